@@ -1,0 +1,41 @@
+# vmbackup: the README's two commands are `make demo` and `make test`.
+# Both are idempotent and install what they need.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-system venv demo test lint fmt typecheck bench lab clean
+
+setup: setup-system venv
+
+setup-system:
+	./scripts/setup-system.sh
+
+venv:
+	./scripts/setup-venv.sh
+
+lab: setup
+	$(PY) -m lab build
+
+demo: setup lab
+	$(PY) -m demo
+
+test: setup lab
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+fmt: venv
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+typecheck: venv
+	$(PY) -m mypy common repository_writer coordinator proxy_worker
+
+bench: setup lab
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache lab/vcsim/bin
