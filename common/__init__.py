@@ -1,0 +1,1 @@
+"""Shared plumbing: config, messages, AMQP, logging, metrics, chunk helpers."""

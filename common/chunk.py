@@ -1,0 +1,62 @@
+"""Chunk-level helpers shared by proxies (source side) and writers.
+
+Chunk ids are BLAKE3-256 of the plaintext, keyed when the repository is
+encrypted so that ids reveal nothing about content. Zero chunks are detected
+by comparing against a cached zero bytes object: ``buf == ZERO`` runs at
+memory speed, ``not any(buf)`` is ~100x slower.
+"""
+
+from __future__ import annotations
+
+import blake3
+import zstandard
+
+ID_LEN = 32
+
+_zero_cache: dict[int, bytes] = {}
+
+
+def zero_bytes(size: int) -> bytes:
+    """A shared all-zero bytes object of ``size`` bytes (cached per size)."""
+    z = _zero_cache.get(size)
+    if z is None:
+        if len(_zero_cache) > 16:  # chunk sizes are few; never grow without bound
+            _zero_cache.clear()
+        z = _zero_cache[size] = bytes(size)
+    return z
+
+
+def is_zero(buf: bytes | bytearray | memoryview) -> bool:
+    """True when every byte of ``buf`` is zero. Pass bytes for speed."""
+    if isinstance(buf, memoryview):
+        buf = buf.tobytes()
+    return buf == zero_bytes(len(buf))
+
+
+def chunk_id(data: bytes | bytearray | memoryview, key: bytes | None = None) -> bytes:
+    """BLAKE3-256 of ``data``; keyed (32-byte key) for encrypted repositories."""
+    if key is None:
+        return blake3.blake3(data, max_threads=1).digest()
+    return blake3.blake3(data, key=key, max_threads=1).digest()
+
+
+def compress(data: bytes, level: int) -> tuple[bytes, bool]:
+    """zstd-compress ``data``; returns (payload, compressed).
+
+    The raw bytes are returned (compressed=False) when compression does not
+    make the payload smaller, so incompressible data costs no decompression.
+    """
+    if level <= 0:
+        return bytes(data), False
+    out = zstandard.ZstdCompressor(level=level).compress(data)
+    if len(out) >= len(data):
+        return bytes(data), False
+    return out, True
+
+
+def decompress(payload: bytes, raw_len: int) -> bytes:
+    """Inverse of :func:`compress` for compressed payloads; checks the length."""
+    out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_len)
+    if len(out) != raw_len:
+        raise ValueError(f"decompressed {len(out)} bytes, expected {raw_len}")
+    return out

@@ -1,0 +1,1 @@
+"""Coordinator: talks to vCenter, plans block-range tasks, commits restore points."""

@@ -1,0 +1,1 @@
+"""Proxy worker: reads snapshot disks near the ESXi hosts and ships new chunks to writers."""

@@ -1,0 +1,1 @@
+"""Repository writer: owns the deduplicating repository on disk and the writer service."""
