@@ -265,7 +265,8 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list | tuple) or len(value) != len(item_tps):
             raise MessageError(f"{where}: expected array of {len(item_tps)} items")
         return tuple(
-            _check(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, item_tps))
+            _check(v, t, f"{where}[{i}]")
+            for i, (v, t) in enumerate(zip(value, item_tps, strict=True))
         )
     if origin is dict:
         key_tp, val_tp = get_args(tp)

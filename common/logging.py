@@ -1,0 +1,74 @@
+"""Structured logging (structlog): JSON lines on stdout, key=value on a TTY.
+
+Context is bound per job / VM / disk / task with :func:`bind` (contextvars, so it
+follows the thread or task that bound it). Records from the standard ``logging``
+module (pika, pyvmomi, urllib3) go through the same renderer.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+_configured = False
+
+
+def setup_logging(level: str = "info", fmt: str = "auto", role: str | None = None) -> None:
+    """Configure structlog and route stdlib logging through it. Idempotent."""
+    global _configured
+    use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+    ]
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if use_console
+        else structlog.processors.JSONRenderer(sort_keys=False)
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # pika logs every reconnect attempt at INFO with tracebacks: keep it to warnings.
+    logging.getLogger("pika").setLevel(max(logging.WARNING, root.level))
+    if role:
+        structlog.contextvars.bind_contextvars(role=role)
+    _configured = True
+
+
+def get_logger(name: str | None = None, **context: Any) -> Any:
+    """A structlog logger, optionally with context bound to it."""
+    log = structlog.get_logger(name)
+    return log.bind(**context) if context else log
+
+
+@contextmanager
+def bound(**context: Any) -> Iterator[None]:
+    """Bind job/vm/disk/task context for the current thread or task while in the block."""
+    with structlog.contextvars.bound_contextvars(**context):
+        yield
+
+
+def bind(**context: Any) -> None:
+    structlog.contextvars.bind_contextvars(**context)

@@ -1,0 +1,121 @@
+"""The top-level config schema: shared sections here, role sections from each role.
+
+Roles declare their sections in ``<package>/settings.py``; :data:`ROLE_SECTIONS` says
+which class provides which top-level key. One file configures every role, so the
+schema is the union of all sections and an unknown key anywhere is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from common import config
+from common.config import Secret
+
+
+def doc(text: str, **kw: Any) -> Any:
+    """A dataclass field with documentation (and a default, via kw)."""
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    url: str = doc(
+        "AMQP URL of RabbitMQ, without the password (amqp://USER@HOST:PORT/VHOST)",
+        default="amqp://guest@127.0.0.1:5672/%2F",
+    )
+    password: Secret = doc(
+        'broker password: inline, {file = "PATH"} or {env = "NAME"}',
+        default=Secret("guest", "default"),
+    )
+    heartbeat_seconds: int = doc("AMQP heartbeat interval", default=30)
+    connect_timeout_seconds: float = doc("TCP connect / handshake timeout", default=10.0)
+    delivery_limit: int = doc(
+        "deliveries of one message before it is dead-lettered to vmbackup.dlq", default=5
+    )
+    reconnect_max_seconds: float = doc("cap of the reconnect backoff", default=30.0)
+    confirm_window: int = doc("publisher: unconfirmed messages in flight at most", default=64)
+    publish_retries: int = doc("publisher: attempts for one message before failing", default=5)
+    n_shards: int = doc("writer hash shards (chunk id prefix -> shard -> queue)", default=16)
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_seconds < 0:
+            raise ValueError("heartbeat_seconds must be >= 0")
+        if self.delivery_limit < 1:
+            raise ValueError("delivery_limit must be >= 1")
+        if self.confirm_window < 1:
+            raise ValueError("confirm_window must be >= 1")
+        if not 1 <= self.n_shards <= 4096:
+            raise ValueError("n_shards must be within 1..4096")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = doc("debug, info, warning or error", default="info")
+    format: str = doc("auto (key=value on a TTY, else JSON lines), json or console", default="auto")
+
+    def __post_init__(self) -> None:
+        if self.level.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError(f"unknown level {self.level!r}")
+        if self.format not in {"auto", "json", "console"}:
+            raise ValueError(f"unknown format {self.format!r}")
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    port: int = doc("port of the /metrics endpoint (0 = none)", default=9400)
+    address: str = doc("address the /metrics endpoint binds to", default="0.0.0.0")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} out of range")
+
+
+SHARED_SECTIONS: dict[str, type] = {
+    "broker": BrokerSettings,
+    "log": LogSettings,
+    "metrics": MetricsSettings,
+}
+
+# top-level key -> (module, class); a list-of-tables section is marked with list=True.
+ROLE_SECTIONS: dict[str, tuple[str, str, bool]] = {
+    "repository": ("repository_writer.settings", "RepositorySettings", False),
+    "writer": ("repository_writer.settings", "WriterSettings", False),
+    "proxy": ("proxy_worker.settings", "ProxySettings", False),
+    "coordinator": ("coordinator.settings", "CoordinatorSettings", False),
+    "vcenters": ("coordinator.settings", "VCenterSettings", True),
+    "policies": ("coordinator.settings", "PolicySettings", True),
+}
+
+
+@cache
+def config_class() -> Any:
+    """Build the top-level Config dataclass from the shared and the role sections."""
+    fields: list[tuple[str, Any, Any]] = [
+        (name, cls, field(default_factory=cls)) for name, cls in SHARED_SECTIONS.items()
+    ]
+    for name, (module_name, class_name, is_list) in ROLE_SECTIONS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        cls = getattr(module, class_name, None)
+        if cls is None:
+            continue
+        if is_list:
+            fields.append((name, list[cls], field(default_factory=list)))
+        else:
+            fields.append((name, cls, field(default_factory=cls)))
+    return dataclasses.make_dataclass("Config", fields, frozen=True)
+
+
+def load_config(path: str | Path | None) -> Any:
+    """Load and validate the whole config (raises common.config.ConfigError)."""
+    return config.load(config_class(), path)
