@@ -1,0 +1,63 @@
+"""Typed errors of the proxy. Each carries a short ``kind`` used as a metric label and in the
+task's failure reason, so an operator sees at once what went wrong without reading a trace."""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """Base of every error that fails a task cleanly (the task is rejected with the reason)."""
+
+    kind = "proxy"
+
+    def reason(self) -> str:
+        return f"{self.kind}: {self}"
+
+
+class ConfigError(ProxyError):
+    """The proxy's configuration cannot serve this task (unknown datastore, vCenter, ...)."""
+
+    kind = "config"
+
+
+class TaskError(ProxyError):
+    """The task itself is malformed (ranges not aligned, beyond capacity, ...)."""
+
+    kind = "bad_task"
+
+
+class TransportError(ProxyError):
+    """Reading the disk failed (I/O error, connection lost for good, server error)."""
+
+    kind = "transport"
+
+
+class DiskNotFoundError(TransportError):
+    kind = "not_found"
+
+
+class ShortReadError(TransportError):
+    """The transport returned fewer bytes than asked for inside the disk's capacity."""
+
+    kind = "short_read"
+
+
+class OutOfRangeError(TransportError):
+    """A read reaches past the disk's capacity."""
+
+    kind = "out_of_range"
+
+
+class TlsError(TransportError):
+    """The server's certificate failed verification or the pinned thumbprint."""
+
+    kind = "tls"
+
+
+class AuthError(TransportError):
+    kind = "auth"
+
+
+class WriterError(ProxyError):
+    """A writer refused a chunk batch or a have-query, or did not answer in time."""
+
+    kind = "writer"

@@ -1,0 +1,223 @@
+"""The ``[proxy]`` config section (dataclasses loaded by common.config), and the vCenter
+access the transports need, taken from the shared top-level ``[[vcenters]]`` list.
+
+Validation raises ValueError naming the key; common.config turns it into a ConfigError.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy_worker.errors import ConfigError
+
+TRANSPORTS = ("nbd", "http", "file")
+_THUMB = re.compile(r"^([0-9a-f]{2}:?){19}[0-9a-f]{2}$|^([0-9a-f]{2}:?){31}[0-9a-f]{2}$", re.I)
+MiB = 1 << 20
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class VCenterAccess:
+    """How the proxy reaches one vCenter/ESXi named by tasks' ``vcenter`` field."""
+
+    name: str
+    url: str
+    user: str = ""
+    password: str = ""
+    password_file: str = ""  # when the secret came from a file (VDDK wants password=+FILE)
+    ca_bundle: str = ""
+    thumbprint: str = ""  # SHA-256 pin of the TLS certificate
+    insecure: bool = False
+    vddk_thumbprint: str = ""  # what VDDK expects (SHA-1 on older releases); default thumbprint
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("https://", "http://")):
+            raise ValueError(f"vCenter {self.name!r}: url {self.url!r} must start with https://")
+        for key in ("thumbprint", "vddk_thumbprint"):
+            v = getattr(self, key)
+            if v and not _THUMB.match(v):
+                raise ValueError(f"vCenter {self.name!r}: {key} {v!r} is not a SHA-1/SHA-256 hex")
+
+    @classmethod
+    def from_config(cls, vc: Any, vddk_thumbprint: str = "") -> VCenterAccess:
+        """From an entry of the shared ``vcenters`` list (coordinator.settings.VCenterSettings)."""
+        pw = vc.password
+        source = getattr(pw, "source", "")
+        return cls(
+            name=vc.name,
+            url=vc.url,
+            user=getattr(vc.user, "value", vc.user),
+            password=getattr(pw, "value", pw),
+            password_file=source[5:] if source.startswith("file ") else "",
+            ca_bundle=vc.ca_bundle,
+            thumbprint=vc.thumbprint,
+            insecure=vc.insecure,
+            vddk_thumbprint=vddk_thumbprint,
+        )
+
+
+class VCenterDirectory:
+    """Looks up the vCenter a task names: by name, else by the host part of its url."""
+
+    def __init__(self, vcenters: list[VCenterAccess]) -> None:
+        self._all = list(vcenters)
+
+    def get(self, name: str) -> VCenterAccess:
+        for vc in self._all:
+            if vc.name == name:
+                return vc
+        for vc in self._all:
+            if vc.url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0] == name:
+                return vc
+        raise ConfigError(f"vCenter {name!r} is not in the config's [[vcenters]]")
+
+
+@dataclass(frozen=True)
+class NbdSettings:
+    server: str = field(
+        default="vddk",
+        metadata=_doc('"vddk" (production) or "file" (nbdkit file plugin, mounted datastore)'),
+    )
+    nbdkit: str = field(default="nbdkit", metadata=_doc("nbdkit executable"))
+    request_size: int = field(default=2 * MiB, metadata=_doc("bytes per NBD read request"))
+    in_flight: int = field(default=4, metadata=_doc("NBD read requests in flight per disk stream"))
+    vddk_libdir: str = field(
+        default="/opt/vmware-vix-disklib-distrib", metadata=_doc("VDDK library directory (libdir=)")
+    )
+    vddk_transports: str = field(
+        default="hotadd:nbdssl:nbd", metadata=_doc("VDDK transport modes in order")
+    )
+    vddk_config: str = field(default="", metadata=_doc("optional VDDK config file (config=)"))
+    vddk_thumbprints: dict[str, str] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "vCenter name -> thumbprint in the form VDDK expects, when it differs from the SHA-256 "
+            "pin (older VDDK releases want SHA-1)"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if self.server not in ("vddk", "file"):
+            raise ValueError(f"proxy.nbd.server must be 'vddk' or 'file', not {self.server!r}")
+        if not 0 < self.request_size <= 32 * MiB:
+            raise ValueError("proxy.nbd.request_size must be in (0, 32 MiB]")
+        if not 1 <= self.in_flight <= 64:
+            raise ValueError("proxy.nbd.in_flight must be within 1..64")
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    pool_size: int = field(default=4, metadata=_doc("keep-alive connections kept per server"))
+    timeout: float = field(default=60.0, metadata=_doc("seconds per socket operation"))
+    retries: int = field(
+        default=5, metadata=_doc("consecutive failures without progress before a read fails")
+    )
+    backoff: float = field(default=0.2, metadata=_doc("first retry delay in seconds (doubles)"))
+    request_size: int = field(default=16 * MiB, metadata=_doc("bytes per ranged GET"))
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1 or self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
+            raise ValueError("proxy.http: pool_size >= 1, timeout > 0, retries >= 0, backoff >= 0")
+        if self.request_size < 64 * 1024:
+            raise ValueError("proxy.http.request_size must be >= 64 KiB")
+
+
+@dataclass(frozen=True)
+class ThrottleSettings:
+    max_streams_per_host: int = field(
+        default=8,
+        metadata=_doc(
+            "concurrent disk streams per ESXi host (NFC allows ~48 1 MB streams per host)"
+        ),
+    )
+    max_mb_per_s_per_host: float = field(
+        default=0.0, metadata=_doc("read MB/s (10^6 bytes) per host; 0 = no cap")
+    )
+    burst_mb: float = field(
+        default=4.0, metadata=_doc("token bucket depth in MB (short bursts above the rate)")
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_streams_per_host < 1:
+            raise ValueError("proxy.throttle.max_streams_per_host must be >= 1")
+        if self.max_mb_per_s_per_host < 0 or self.burst_mb <= 0:
+            raise ValueError("proxy.throttle: max_mb_per_s_per_host >= 0 and burst_mb > 0")
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    name: str = field(
+        default="proxy", metadata=_doc("proxy name, reported in task results and metrics")
+    )
+    queues: list[str] = field(
+        default_factory=list,
+        metadata=_doc('task routing keys this proxy consumes: "host.<name>" or "datastore.<name>"'),
+    )
+    transport: str = field(
+        default="nbd",
+        metadata=_doc('default transport when a task names none: "nbd", "http" or "file"'),
+    )
+    datastore_mounts: dict[str, str] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "datastore name -> local directory where it is mounted (file transport, nbd file "
+            "server)"
+        ),
+    )
+    nbd: NbdSettings = field(default_factory=NbdSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    tasks_in_parallel: int = field(
+        default=2, metadata=_doc("tasks processed at once (one disk stream each)")
+    )
+    pipeline_workers: int = field(
+        default=2, metadata=_doc("hash + compress threads (BLAKE3/zstd release the GIL)")
+    )
+    memory_limit_mib: int = field(
+        default=256, metadata=_doc("chunk bytes in flight, all tasks together")
+    )
+    batch_bytes: int = field(
+        default=4 * MiB, metadata=_doc("payload bytes per chunk batch message")
+    )
+    have_batch: int = field(default=256, metadata=_doc("chunk ids per have-query"))
+    persistent_chunks: bool = field(
+        default=False,
+        metadata=_doc(
+            "publish chunk batches as persistent messages (not needed: a task is acked only after "
+            "the writers' fsync acks; see bench/RESULTS.md)"
+        ),
+    )
+    writer_timeout: float = field(
+        default=120.0, metadata=_doc("seconds to wait for a chunk ack or have-reply")
+    )
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"proxy.transport must be one of {TRANSPORTS}, not {self.transport!r}")
+        for q in self.queues:
+            kind, _, name = q.partition(".")
+            if kind not in ("host", "datastore") or not name:
+                raise ValueError(
+                    f"proxy.queues entry {q!r}: expected host.<name> or datastore.<name>"
+                )
+        if self.tasks_in_parallel < 1 or self.pipeline_workers < 1:
+            raise ValueError("proxy.tasks_in_parallel and proxy.pipeline_workers must be >= 1")
+        if self.memory_limit_mib < 16:
+            raise ValueError("proxy.memory_limit_mib must be >= 16")
+        if not MiB // 4 <= self.batch_bytes <= 32 * MiB:
+            raise ValueError("proxy.batch_bytes must be within 256 KiB..32 MiB")
+        if not 1 <= self.have_batch <= 10000:
+            raise ValueError("proxy.have_batch must be within 1..10000")
+        if self.writer_timeout <= 0:
+            raise ValueError("proxy.writer_timeout must be > 0")
+
+    def mount_of(self, datastore: str) -> str:
+        mount = self.datastore_mounts.get(datastore)
+        if mount is None:
+            raise ConfigError(f"datastore {datastore!r} has no entry in proxy.datastore_mounts")
+        return mount

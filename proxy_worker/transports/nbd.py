@@ -1,0 +1,187 @@
+"""NBD transport: libnbd reading an export that nbdkit serves.
+
+Production: nbdkit's vddk plugin (see vddk.py). Where a datastore is mounted locally the
+file plugin serves the flat file (tests use it over the lab's frozen snapshot files).
+Block status (base:allocation) reports holes, which are then never read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+import nbd
+
+from proxy_worker.errors import DiskNotFoundError, ShortReadError, TransportError
+from proxy_worker.settings import NbdSettings, ProxySettings, VCenterAccess, VCenterDirectory
+from proxy_worker.transports.base import (
+    DiskReader,
+    DiskSource,
+    Extent,
+    check_range,
+    normalize_extents,
+)
+from proxy_worker.transports.file import local_flat_path
+from proxy_worker.transports.vddk import vddk_command
+
+_BLOCK_STATUS_MAX = 1 << 30  # servers may refuse >= 4 GiB per request; stay well below
+
+
+def file_command(path: str, settings: NbdSettings) -> list[str]:
+    return [settings.nbdkit, "-s", "--exit-with-parent", "-r", "file", path]
+
+
+def _collect(out: list[Extent], metacontext: str, off: int, entries: list[int], err: int) -> int:
+    """block_status callback: entries are (length, flags) pairs starting at ``off``."""
+    if metacontext != nbd.CONTEXT_BASE_ALLOCATION:
+        return 0
+    p = off
+    for i in range(0, len(entries) - 1, 2):
+        ln, flags = entries[i], entries[i + 1]
+        out.append(Extent(p, ln, not (flags & nbd.STATE_ZERO)))
+        p += ln
+    return 0
+
+
+class NbdReader(DiskReader):
+    transport = "nbd"
+
+    def __init__(self, argv: list[str], capacity: int, settings: NbdSettings) -> None:
+        super().__init__(capacity)
+        self.settings = settings
+        self._h = nbd.NBD()
+        try:
+            self._h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+            self._h.connect_command(argv)
+            size = self._h.get_size()
+            self._meta = bool(self._h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION))
+        except nbd.Error as exc:
+            self._h.close()
+            raise TransportError(f"nbd connect ({argv[0]} {argv[4]}): {exc}") from exc
+        if size < capacity:
+            self._h.close()
+            raise ShortReadError(f"NBD export holds {size} bytes, less than capacity {capacity}")
+
+    def read(self, offset: int, length: int) -> bytes:
+        check_range(offset, length, self.capacity)
+        try:
+            return self._h.pread(length, offset)
+        except nbd.Error as exc:
+            raise TransportError(f"nbd read at {offset}+{length}: {exc}") from exc
+
+    def read_many(self, ranges: Iterable[tuple[int, int]]) -> Iterator[tuple[int, bytearray]]:
+        """Keep up to ``in_flight`` aio reads queued on the one connection; yield in order.
+
+        Each range is read into its own bytearray (handed to the caller, so never reused).
+        """
+        h = self._h
+        window = self.settings.in_flight
+        pending: deque[tuple[int, int, bytearray, int]] = deque()
+        it = iter(ranges)
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < window:
+                    nxt = next(it, None)
+                    if nxt is None:
+                        exhausted = True
+                        break
+                    off, ln = nxt
+                    check_range(off, ln, self.capacity)
+                    ba = bytearray(ln)
+                    cookie = h.aio_pread(nbd.Buffer.from_buffer(ba), off)
+                    pending.append((off, ln, ba, cookie))
+                if not pending:
+                    return
+                off, ln, ba, cookie = pending[0]
+                while not h.aio_command_completed(cookie):
+                    h.poll(-1)
+                pending.popleft()
+                yield off, ba
+        except nbd.Error as exc:
+            raise TransportError(f"nbd aio read: {exc}") from exc
+        finally:
+            # A consumer that stops early must not leave buffers the library still writes to.
+            while pending:
+                _, _, _, cookie = pending.popleft()
+                try:
+                    while not h.aio_command_completed(cookie):
+                        h.poll(-1)
+                except nbd.Error:
+                    pass
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        check_range(offset, length, self.capacity)
+        if not self._meta or length == 0:
+            return super().extents(offset, length)
+        found: list[Extent] = []
+        pos, end = offset, offset + length
+        while pos < end:
+            got: list[Extent] = []
+            start = pos
+            try:
+                self._h.block_status(
+                    min(end - pos, _BLOCK_STATUS_MAX), pos, functools.partial(_collect, got)
+                )
+            except nbd.Error as exc:
+                raise TransportError(f"nbd block status at {pos}: {exc}") from exc
+            if not got or got[-1].end <= start:
+                break  # no progress: the rest counts as data (normalize fills it)
+            found.extend(got)
+            pos = got[-1].end
+        return normalize_extents(found, offset, length)
+
+    def close(self) -> None:
+        h, self._h = self._h, None
+        if h is not None:
+            with contextlib.suppress(nbd.Error):
+                h.shutdown()
+            h.close()
+
+
+class NbdTransport:
+    name = "nbd"
+
+    def __init__(self, settings: ProxySettings, vcenters: VCenterDirectory | None = None) -> None:
+        self.settings = settings
+        self.vcenters = vcenters or VCenterDirectory([])
+        self._pwdir: str | None = None
+        self._lock = threading.Lock()
+
+    def _password_file(self, vc: VCenterAccess) -> str:
+        """The file nbdkit reads the password from: the config's secret file when there is
+        one, else a private 0600 copy removed when the transport closes."""
+        if vc.password_file or not vc.password:
+            return vc.password_file
+        with self._lock:
+            if self._pwdir is None:
+                self._pwdir = tempfile.mkdtemp(prefix="vmbackup-proxy-")
+            path = os.path.join(self._pwdir, f"{vc.name}.pw")
+            if not os.path.exists(path):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(vc.password)
+        return path
+
+    def command(self, source: DiskSource) -> list[str]:
+        if self.settings.nbd.server == "file":
+            path = local_flat_path(source, self.settings)
+            if not os.path.exists(path):
+                raise DiskNotFoundError(f"disk data {path!r} not found")
+            return file_command(path, self.settings.nbd)
+        vc = self.vcenters.get(source.vcenter)
+        return vddk_command(source, vc, self.settings.nbd, self._password_file(vc))
+
+    def open(self, source: DiskSource) -> NbdReader:
+        return NbdReader(self.command(source), source.capacity, self.settings.nbd)
+
+    def close(self) -> None:
+        if self._pwdir is not None:
+            shutil.rmtree(self._pwdir, ignore_errors=True)
+            self._pwdir = None
