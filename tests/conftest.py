@@ -1,0 +1,61 @@
+"""Fixtures shared by the whole suite: real RabbitMQ, isolated per test by a vhost."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from common.amqp import BrokerParams
+
+BROKER_URL = os.environ.get("VMBACKUP_TEST_BROKER", "amqp://guest@127.0.0.1:5672/%2F")
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> str:
+    exe = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    res = subprocess.run(
+        [exe, "-q", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {res.stderr.strip()}")
+    return res.stdout
+
+
+def make_vhost(prefix: str = "t") -> str:
+    vhost = f"vmbackup-{prefix}-{uuid.uuid4().hex[:10]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    return vhost
+
+
+def drop_vhost(vhost: str) -> None:
+    try:
+        rabbitmqctl("delete_vhost", vhost)
+    except Exception:  # best effort: a leftover test vhost harms nothing
+        pass
+
+
+@pytest.fixture
+def amqp_vhost() -> Iterator[str]:
+    """A fresh RabbitMQ vhost for one test, deleted afterwards."""
+    vhost = make_vhost()
+    yield vhost
+    drop_vhost(vhost)
+
+
+@pytest.fixture
+def broker(amqp_vhost: str) -> BrokerParams:
+    """Broker parameters pointing at the test's own vhost (short heartbeat, fast retry)."""
+    return BrokerParams(url=BROKER_URL, heartbeat=10, reconnect_max=2.0).with_vhost(amqp_vhost)
+
+
+@pytest.fixture(scope="module")
+def module_broker() -> Iterator[BrokerParams]:
+    """Like ``broker`` but shared by a module's tests."""
+    vhost = make_vhost("m")
+    yield BrokerParams(url=BROKER_URL, heartbeat=10, reconnect_max=2.0).with_vhost(vhost)
+    drop_vhost(vhost)
