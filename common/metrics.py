@@ -60,3 +60,77 @@ def serve_metrics(port: int, address: str = "0.0.0.0") -> int:
     if port:
         start_http_server(port, addr=address)
     return port
+
+# --- coordinator (coordinator/) --------------------------------------------------------
+COORD_VMS = Counter(
+    "vmbackup_coordinator_vms_total",
+    "VMs per job outcome: discovered (in a policy's scope), protected, skipped, failed",
+    ["policy", "outcome"],
+)
+COORD_DISKS = Counter(
+    "vmbackup_coordinator_disks_total",
+    "Disks per job outcome: discovered, protected, skipped, failed",
+    ["policy", "outcome"],
+)
+COORD_JOB_SECONDS = Histogram(
+    "vmbackup_coordinator_job_duration_seconds",
+    "Duration of one backup job (policy run)",
+    ["policy"],
+    buckets=(1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 28800),
+)
+COORD_JOBS = Counter(
+    "vmbackup_coordinator_jobs_total", "Jobs finished, by result", ["policy", "result"]
+)
+COORD_BYTES_PLANNED = Counter(
+    "vmbackup_coordinator_planned_bytes_total",
+    "Bytes planned for reading (kind=changed) against the disks' capacity (kind=capacity)",
+    ["policy", "kind"],
+)
+COORD_CBT_FALLBACKS = Counter(
+    "vmbackup_coordinator_cbt_fallbacks_total",
+    "Disks backed up in full instead of incrementally (or whole instead of allocated)",
+    ["reason"],
+)
+COORD_SNAPSHOTS_OPEN = Gauge(
+    "vmbackup_coordinator_snapshots_open", "Backup snapshots this coordinator holds now"
+)
+COORD_SNAPSHOT_OLDEST_AGE = Gauge(
+    "vmbackup_coordinator_snapshot_oldest_age_seconds",
+    "Age of the oldest backup snapshot this coordinator holds (0 = none)",
+)
+COORD_SNAPSHOT_FAILURES = Counter(
+    "vmbackup_coordinator_snapshot_failures_total",
+    "Snapshot create or remove failures",
+    ["vcenter", "op"],
+)
+COORD_ORPHANS_FOUND = Counter(
+    "vmbackup_coordinator_orphan_snapshots_found_total",
+    "Snapshots with our prefix that outlived their job",
+    ["vcenter"],
+)
+COORD_ORPHANS_REMOVED = Counter(
+    "vmbackup_coordinator_orphan_snapshots_removed_total",
+    "Orphan snapshots removed",
+    ["vcenter"],
+)
+COORD_CONSOLIDATIONS = Counter(
+    "vmbackup_coordinator_consolidations_total",
+    "ConsolidateVMDisks_Task runs for VMs with runtime.consolidationNeeded",
+    ["vcenter", "result"],
+)
+COORD_TASKS_IN_FLIGHT = Gauge(
+    "vmbackup_coordinator_tasks_in_flight", "Tasks published and not yet answered", ["host"]
+)
+COORD_LAST_SUCCESS = Gauge(
+    "vmbackup_coordinator_last_success_timestamp_seconds",
+    "Unix time of the last complete restore point of a VM",
+    ["vcenter", "vm"],
+)
+COORD_VCENTER_CALLS = Counter(
+    "vmbackup_coordinator_vcenter_calls_total", "SOAP round trips to vCenter", ["vcenter"]
+)
+COORD_VCENTER_RELOGINS = Counter(
+    "vmbackup_coordinator_vcenter_relogins_total",
+    "Logins again after NotAuthenticated (expired sessions)",
+    ["vcenter"],
+)
