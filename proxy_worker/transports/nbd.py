@@ -37,6 +37,13 @@ def file_command(path: str, settings: NbdSettings) -> list[str]:
     return [settings.nbdkit, "-s", "--exit-with-parent", "-r", "file", path]
 
 
+def _close_handle(h: nbd.NBD) -> None:
+    """Close now, not at garbage collection: the handle owns the nbdkit child process."""
+    if hasattr(h, "_o"):
+        h.__del__()
+        del h._o
+
+
 def _collect(out: list[Extent], metacontext: str, off: int, entries: list[int], err: int) -> int:
     """block_status callback: entries are (length, flags) pairs starting at ``off``."""
     if metacontext != nbd.CONTEXT_BASE_ALLOCATION:
@@ -62,10 +69,10 @@ class NbdReader(DiskReader):
             size = self._h.get_size()
             self._meta = bool(self._h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION))
         except nbd.Error as exc:
-            self._h.close()
+            _close_handle(self._h)
             raise TransportError(f"nbd connect ({argv[0]} {argv[4]}): {exc}") from exc
         if size < capacity:
-            self._h.close()
+            _close_handle(self._h)
             raise ShortReadError(f"NBD export holds {size} bytes, less than capacity {capacity}")
 
     def read(self, offset: int, length: int) -> bytes:
@@ -142,7 +149,7 @@ class NbdReader(DiskReader):
         if h is not None:
             with contextlib.suppress(nbd.Error):
                 h.shutdown()
-            h.close()
+            _close_handle(h)
 
 
 class NbdTransport:

@@ -1,0 +1,295 @@
+"""HTTP transport: ranged GET of the flat file on /folder/PATH?dcPath=DC&dsName=DS.
+
+Authenticated with the vCenter/ESXi session cookie (a SOAP login through pyVmomi over the
+same verified TLS), a keep-alive connection pool per server, and reads that resume from the
+last byte received when a connection drops mid-range.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import ssl
+import threading
+import time
+from http.cookies import SimpleCookie
+from urllib.parse import quote, urlencode, urlsplit
+
+from common.logging import get_logger
+from proxy_worker.errors import (
+    AuthError,
+    DiskNotFoundError,
+    ShortReadError,
+    TlsError,
+    TransportError,
+)
+from proxy_worker.settings import HttpSettings, VCenterAccess, VCenterDirectory
+from proxy_worker.transports.base import DiskReader, DiskSource, check_range
+from proxy_worker.transports.tls import check_pin, normalize_thumbprint, ssl_context
+
+log = get_logger(__name__)
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_READ_PIECE = 1 << 20  # bytes per readinto: small enough to keep progress on a drop
+COOKIE_NAME = "vmware_soap_session"
+
+
+class _PinnedConnection(http.client.HTTPSConnection):
+    """HTTPS connection that checks the certificate pin right after the handshake."""
+
+    def __init__(self, host: str, port: int, ctx: ssl.SSLContext, pin: str, timeout: float):
+        super().__init__(host, port, context=ctx, timeout=timeout)
+        self._pin = pin
+
+    def connect(self) -> None:
+        super().connect()
+        try:
+            check_pin(self.sock.getpeercert(binary_form=True), self._pin, f"{self.host}")
+        except TlsError:
+            self.close()
+            raise
+
+
+class Server:
+    """One vCenter/ESXi: TLS settings, a keep-alive pool and the session cookie."""
+
+    def __init__(self, vc: VCenterAccess, settings: HttpSettings) -> None:
+        self.vc = vc
+        self.settings = settings
+        u = urlsplit(vc.url)
+        if not u.hostname:
+            raise TransportError(f"vCenter url {vc.url!r} has no host")
+        self.host = u.hostname
+        self.https = u.scheme == "https"
+        self.port = u.port or (443 if self.https else 80)
+        self._ctx = ssl_context(vc) if self.https else None
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._cookie = ""
+        self._cookie_gen = 0
+        self._stub: object | None = None
+        self.opened = 0  # connections made (tests check reuse)
+
+    # --- connection pool -----------------------------------------------------------
+    def acquire(self) -> http.client.HTTPConnection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+            self.opened += 1
+        if self._ctx is not None:
+            return _PinnedConnection(
+                self.host, self.port, self._ctx, self.vc.thumbprint, self.settings.timeout
+            )
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.settings.timeout)
+
+    def release(self, conn: http.client.HTTPConnection, reusable: bool) -> None:
+        if reusable:
+            with self._lock:
+                if len(self._idle) < self.settings.pool_size:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    # --- session ---------------------------------------------------------------------
+    def cookie(self) -> tuple[str, int]:
+        with self._lock:
+            if self._cookie:
+                return self._cookie, self._cookie_gen
+        return self.login(0)
+
+    def login(self, stale_gen: int) -> tuple[str, int]:
+        """Log in (again) unless another thread already replaced the stale cookie."""
+        with self._lock:
+            if self._cookie and self._cookie_gen != stale_gen:
+                return self._cookie, self._cookie_gen
+            from pyVmomi import SoapStubAdapter, vim  # heavy import, only when needed
+
+            try:
+                stub = SoapStubAdapter(
+                    host=self.host,
+                    port=self.port if self.https else -self.port,  # pyVmomi: <0 means http
+                    path="/sdk",
+                    sslContext=self._ctx,
+                    thumbprint=normalize_thumbprint(self.vc.thumbprint) or None,
+                    httpConnectionTimeout=self.settings.timeout,
+                )
+                content = vim.ServiceInstance("ServiceInstance", stub).RetrieveContent()
+                content.sessionManager.Login(self.vc.user, self.vc.password)
+            except vim.fault.InvalidLogin as exc:
+                raise AuthError(f"login to {self.vc.name} as {self.vc.user!r} refused") from exc
+            except ssl.SSLError as exc:
+                raise TlsError(f"TLS to {self.vc.url}: {exc}") from exc
+            except Exception as exc:  # pyVmomi raises many kinds; all fail the task cleanly
+                if "thumbprint" in str(exc).lower():
+                    raise TlsError(f"TLS to {self.vc.url}: {exc}") from exc
+                raise TransportError(f"login to {self.vc.url}: {exc}") from exc
+            morsel = SimpleCookie(stub.cookie).get(COOKIE_NAME)
+            if morsel is None:
+                raise AuthError(f"login to {self.vc.url} returned no {COOKIE_NAME} cookie")
+            self._stub = stub
+            self._cookie = f'{COOKIE_NAME}="{morsel.value}"'
+            self._cookie_gen += 1
+            return self._cookie, self._cookie_gen
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+            stub, self._stub = self._stub, None
+            self._cookie = ""
+        for c in idle:
+            c.close()
+        if stub is not None:
+            try:
+                from pyVmomi import vim
+
+                vim.ServiceInstance(
+                    "ServiceInstance", stub
+                ).RetrieveContent().sessionManager.Logout()
+            except Exception as exc:  # logout is best effort; the session expires anyway
+                log.debug("logout_failed", url=self.vc.url, error=str(exc))
+
+
+def folder_url(source: DiskSource) -> str:
+    """The /folder URL of the disk's flat data file (path-quoted, query-encoded)."""
+    ds, rel = source.flat_path()
+    query = urlencode({"dcPath": source.datacenter, "dsName": ds}, quote_via=quote)
+    return f"/folder/{quote(rel)}?{query}"
+
+
+class _Retry(Exception):
+    """A failure worth another attempt (dropped connection, 5xx, timeout)."""
+
+
+class HttpReader(DiskReader):
+    transport = "http"
+
+    def __init__(self, server: Server, source: DiskSource) -> None:
+        super().__init__(source.capacity)
+        self.server = server
+        self.url = folder_url(source)
+        self.resumes = 0  # requests made to continue a dropped range (tests, metrics)
+
+    def read(self, offset: int, length: int) -> bytearray:
+        check_range(offset, length, self.capacity)
+        buf = bytearray(length)
+        if length == 0:
+            return buf
+        mv = memoryview(buf)
+        got = 0
+        failures = 0
+        relogged = False
+        cookie, gen = self.server.cookie()
+        while got < length:
+            before = got
+            conn = self.server.acquire()
+            reusable = False
+            try:
+                got, reusable = self._get(conn, cookie, mv, offset, got, length)
+            except AuthError:
+                if relogged:
+                    raise
+                relogged = True  # session expired: one fresh login, then the same range
+                cookie, gen = self.server.login(gen)
+                continue
+            except _Retry as exc:
+                failures = 0 if got > before else failures + 1
+                if failures > self.server.settings.retries:
+                    raise TransportError(
+                        f"GET {self.url} at {offset + got}: {exc} "
+                        f"({failures} attempts without progress)"
+                    ) from exc
+                self.resumes += 1
+                log.info("http_resume", url=self.url, at=offset + got, error=str(exc))
+                if failures:
+                    time.sleep(self.server.settings.backoff * 2 ** (failures - 1))
+            finally:
+                self.server.release(conn, reusable)
+        return buf
+
+    def _get(
+        self,
+        conn: http.client.HTTPConnection,
+        cookie: str,
+        mv: memoryview,
+        offset: int,
+        got: int,
+        length: int,
+    ) -> tuple[int, bool]:
+        """One ranged GET from offset+got; returns (bytes now held, connection reusable).
+        Progress made before a drop is kept: the caller resumes from there."""
+        first, last = offset + got, offset + length - 1
+        try:
+            conn.request(
+                "GET",
+                self.url,
+                headers={"Range": f"bytes={first}-{last}", "Cookie": cookie},
+            )
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                raise TlsError(f"TLS to {self.server.vc.url}: {exc}") from exc
+            raise _Retry(f"request failed: {exc!r}") from exc
+        status = resp.status
+        if status != 206:
+            resp.read()  # drain so the connection stays usable
+            if status in (401, 403):
+                raise AuthError(f"GET {self.url}: HTTP {status}")
+            if status == 404:
+                raise DiskNotFoundError(f"GET {self.url}: HTTP 404 (disk data not found)")
+            if status == 416:
+                raise ShortReadError(f"GET {self.url}: range {first}-{last} not satisfiable")
+            if status >= 500 or status == 429:
+                raise _Retry(f"HTTP {status}")
+            # 200 would be the whole file: a server ignoring Range is not usable here.
+            raise TransportError(f"GET {self.url} range {first}-{last}: HTTP {status}")
+        m = _CONTENT_RANGE.match(resp.getheader("Content-Range", ""))
+        if m is None or int(m.group(1)) != first:
+            resp.close()
+            raise TransportError(
+                f"GET {self.url}: Content-Range {resp.getheader('Content-Range')!r} "
+                f"does not start at {first}"
+            )
+        if int(m.group(2)) < last:
+            resp.close()
+            raise ShortReadError(
+                f"GET {self.url}: server has bytes up to {m.group(2)}, asked up to {last}"
+            )
+        try:
+            while got < length:
+                n = resp.readinto(mv[got : min(length, got + _READ_PIECE)])
+                if not n:
+                    break
+                got += n
+        except (OSError, http.client.HTTPException) as exc:
+            resp.close()
+            raise _Retry(f"connection dropped after {got} of {length} bytes: {exc!r}") from exc
+        if got < length:
+            resp.close()
+            raise _Retry(f"connection dropped after {got} of {length} bytes")
+        return got, not resp.will_close and resp.isclosed()
+
+
+class HttpTransport:
+    name = "http"
+
+    def __init__(self, settings: HttpSettings, vcenters: VCenterDirectory) -> None:
+        self.settings = settings
+        self.vcenters = vcenters
+        self._servers: dict[str, Server] = {}
+        self._lock = threading.Lock()
+
+    def server(self, vcenter: str) -> Server:
+        with self._lock:
+            s = self._servers.get(vcenter)
+            if s is None:
+                s = self._servers[vcenter] = Server(self.vcenters.get(vcenter), self.settings)
+            return s
+
+    def open(self, source: DiskSource) -> HttpReader:
+        return HttpReader(self.server(source.vcenter), source)
+
+    def close(self) -> None:
+        with self._lock:
+            servers, self._servers = list(self._servers.values()), {}
+        for s in servers:
+            s.close()
