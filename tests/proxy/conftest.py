@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from proxy_helpers import SparseDisk, make_sparse_disk
+
+from tests.proxy.proxy_helpers import SparseDisk, make_sparse_disk
 
 
 @pytest.fixture

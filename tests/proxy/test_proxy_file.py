@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 import pytest
-from proxy_helpers import MiB, SparseDisk, fs_supports_holes
 
 from proxy_worker.errors import (
     ConfigError,
@@ -15,6 +14,7 @@ from proxy_worker.errors import (
 )
 from proxy_worker.transports.base import DiskSource
 from proxy_worker.transports.file import FileTransport
+from tests.proxy.proxy_helpers import MiB, SparseDisk, fs_supports_holes
 
 
 def test_reads_every_byte(sparse_disk: SparseDisk) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 
 import pytest
-from proxy_helpers import MiB, SparseDisk, fs_supports_holes
 
 from proxy_worker.errors import DiskNotFoundError, OutOfRangeError, ShortReadError, TransportError
 from proxy_worker.settings import NbdSettings, ProxySettings
 from proxy_worker.transports.base import DiskSource
 from proxy_worker.transports.nbd import NbdReader, NbdTransport, file_command
+from tests.proxy.proxy_helpers import MiB, SparseDisk, fs_supports_holes
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 import threading
 import time
 
-from proxy_helpers import MiB, SparseDisk
-
 from proxy_worker.settings import ThrottleSettings
 from proxy_worker.throttle import MB, Throttle, ThrottledReader, TokenBucket
 from proxy_worker.transports.file import FileTransport
+from tests.proxy.proxy_helpers import MiB, SparseDisk
 
 
 def test_caps_hold_under_a_burst(sparse_disk: SparseDisk) -> None:
