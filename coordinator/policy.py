@@ -1,0 +1,64 @@
+"""Policy selection: which discovered VMs a policy protects.
+
+Each criterion list is empty = any. Folder entries match the folder path below the
+datacenter's VM folder and everything under it ("prod" matches "prod" and "prod/web").
+Name patterns are shell globs matched case-sensitively (vSphere names are); exclusions
+are globs on the name or exact BIOS/instance UUIDs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from coordinator.discovery import VmInfo
+from coordinator.settings import PolicySettings
+
+
+@dataclass
+class Selection:
+    selected: list[VmInfo]  # in scope and backup-able
+    skipped: list[VmInfo]  # in scope, but cannot be backed up (skip_reason says why)
+    out_of_scope: int
+
+
+def _folder_matches(path: str, wanted: str) -> bool:
+    wanted = wanted.strip("/")
+    if not wanted:
+        return True
+    return path == wanted or path.startswith(wanted + "/")
+
+
+def in_scope(vm: VmInfo, p: PolicySettings) -> bool:
+    if p.vcenters and vm.vcenter not in p.vcenters:
+        return False
+    if p.datacenters and vm.datacenter not in p.datacenters:
+        return False
+    if p.clusters and vm.cluster not in p.clusters:
+        return False
+    if p.folders and not any(_folder_matches(vm.folder, f) for f in p.folders):
+        return False
+    if p.names and not any(fnmatchcase(vm.name, pat) for pat in p.names):
+        return False
+    for ex in p.exclude:
+        if ex in (vm.uuid, vm.instance_uuid) or fnmatchcase(vm.name, ex):
+            return False
+    return True
+
+
+def select(vms: list[VmInfo], p: PolicySettings) -> Selection:
+    selected: list[VmInfo] = []
+    skipped: list[VmInfo] = []
+    out = 0
+    seen: set[tuple[str, str]] = set()
+    for vm in vms:
+        if not in_scope(vm, p):
+            out += 1
+            continue
+        key = (vm.vcenter, vm.moref)
+        if key in seen:
+            continue
+        seen.add(key)
+        (skipped if vm.skip_reason else selected).append(vm)
+    selected.sort(key=lambda v: (v.vcenter, v.name, v.moref))
+    return Selection(selected=selected, skipped=skipped, out_of_scope=out)

@@ -1,0 +1,167 @@
+"""The job report: per VM and disk, full or incremental and why, bytes, time, result.
+
+Written as JSON (for tools) and text (for people); :func:`exit_status` turns it into
+the status a scheduler sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OK = "ok"
+FAILED = "failed"
+SKIPPED = "skipped"
+PARTIAL = "partial"
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_ERROR = 2  # the job itself could not run (config, vCenter unreachable, ...)
+
+
+@dataclass
+class DiskReport:
+    key: int
+    label: str = ""
+    capacity: int = 0
+    mode: str = ""  # full | incremental | "" when skipped before planning
+    reason: str = ""
+    bytes_planned: int = 0
+    tasks: int = 0
+    bytes_read: int = 0
+    bytes_sent: int = 0
+    change_id: str = ""
+    status: str = ""
+    error: str = ""
+
+
+@dataclass
+class VmReport:
+    vcenter: str
+    name: str
+    moref: str
+    uuid: str
+    host: str = ""
+    status: str = ""
+    reason: str = ""
+    consistency: str = ""  # quiesced | crash-consistent
+    snapshot: str = ""
+    point_id: str = ""
+    seconds: float = 0.0
+    disks: list[DiskReport] = field(default_factory=list)
+
+    @property
+    def bytes_planned(self) -> int:
+        return sum(d.bytes_planned for d in self.disks)
+
+    @property
+    def capacity(self) -> int:
+        return sum(d.capacity for d in self.disks if d.mode)
+
+
+@dataclass
+class JobReport:
+    job_id: str
+    policy: str
+    coordinator: str
+    started: float = field(default_factory=time.time)
+    finished: float = 0.0
+    status: str = ""
+    error: str = ""
+    vms: list[VmReport] = field(default_factory=list)
+    orphans_removed: int = 0
+    vcenter_round_trips: int = 0
+
+    def counts(self) -> dict[str, int]:
+        out = {OK: 0, PARTIAL: 0, FAILED: 0, SKIPPED: 0}
+        for v in self.vms:
+            out[v.status] = out.get(v.status, 0) + 1
+        return out
+
+    def finish(self) -> None:
+        self.finished = time.time()
+        c = self.counts()
+        if self.error:
+            self.status = FAILED
+        elif c[FAILED] or c[PARTIAL]:
+            self.status = PARTIAL if c[OK] else FAILED
+        else:
+            self.status = OK
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["counts"] = self.counts()
+        d["seconds"] = round((self.finished or time.time()) - self.started, 3)
+        d["bytes_planned"] = sum(v.bytes_planned for v in self.vms)
+        d["capacity"] = sum(v.capacity for v in self.vms)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def to_text(self) -> str:
+        d = self.to_dict()
+        c = d["counts"]
+        lines = [
+            f"job {self.job_id}  policy {self.policy}  status {self.status or 'running'}",
+            f"  {c[OK]} ok, {c[PARTIAL]} partial, {c[FAILED]} failed, {c[SKIPPED]} skipped;"
+            f" planned {_size(d['bytes_planned'])} of {_size(d['capacity'])} capacity;"
+            f" {d['seconds']:.1f} s; {self.vcenter_round_trips} vCenter round trips",
+        ]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        if self.orphans_removed:
+            lines.append(f"  orphan snapshots removed: {self.orphans_removed}")
+        for v in self.vms:
+            head = f"  {v.status.upper():8} {v.vcenter}/{v.name}"
+            if v.consistency:
+                head += f"  [{v.consistency}]"
+            if v.seconds:
+                head += f"  {v.seconds:.1f} s"
+            if v.point_id:
+                head += f"  point {v.point_id}"
+            lines.append(head)
+            if v.reason:
+                lines.append(f"           {v.reason}")
+            for dk in v.disks:
+                row = f"           disk {dk.key} {dk.label}: {dk.status or '-'}"
+                if dk.mode:
+                    row += (
+                        f" {dk.mode}, {_size(dk.bytes_planned)} of {_size(dk.capacity)}"
+                        f" in {dk.tasks} task(s)"
+                    )
+                if dk.reason:
+                    row += f" ({dk.reason})"
+                if dk.error:
+                    row += f" error: {dk.error}"
+                lines.append(row)
+        return "\n".join(lines) + "\n"
+
+    def write(self, directory: str | Path) -> tuple[Path, Path]:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        js, txt = d / f"{self.job_id}.json", d / f"{self.job_id}.txt"
+        for path, text in ((js, self.to_json()), (txt, self.to_text())):
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(path)
+        return js, txt
+
+
+def exit_status(report: JobReport) -> int:
+    if report.error:
+        return EXIT_ERROR
+    c = report.counts()
+    return EXIT_SOME_FAILED if c[FAILED] or c[PARTIAL] else EXIT_OK
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"

@@ -1,0 +1,201 @@
+"""The coordinator's configuration section: vCenters, policies, limits.
+
+Loaded through :mod:`common.config` (strict TOML + ``VMBACKUP_`` overrides). Every
+validation problem raises ``ValueError`` naming the key, which the loader turns into a
+one-line ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import Secret
+
+MiB = 1024 * 1024
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass
+class VCenterSettings:
+    """One vCenter (or ESXi host) the coordinator talks to."""
+
+    name: str = field(metadata=_doc("short name used in task routing, reports and metrics"))
+    url: str = field(metadata=_doc("SDK endpoint, e.g. https://vc.example.com/sdk"))
+    user: Secret = field(metadata=_doc('user name: inline, {env = "NAME"} or {file = "PATH"}'))
+    password: Secret = field(metadata=_doc('password: {env = "NAME"} or {file = "PATH"}'))
+    ca_bundle: str = field(default="", metadata=_doc("PEM CA bundle to verify vCenter's TLS"))
+    thumbprint: str = field(
+        default="", metadata=_doc("SHA-256 thumbprint pin of vCenter's certificate (hex)")
+    )
+    insecure: bool = field(
+        default=False, metadata=_doc("turn TLS verification off (logged as a warning)")
+    )
+    timeout_s: float = field(default=120.0, metadata=_doc("timeout of every SOAP call"))
+    keepalive_s: float = field(default=600.0, metadata=_doc("session keep-alive period"))
+    retries: int = field(default=4, metadata=_doc("retries of a call on transient faults"))
+    backoff_s: float = field(default=0.5, metadata=_doc("first retry delay (doubles)"))
+    page_size: int = field(default=1000, metadata=_doc("objects per inventory page"))
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"vcenters.name {self.name!r}: letters, digits, '.', '_', '-'")
+        if not self.url.startswith(("https://", "http://")):
+            raise ValueError(f"vcenters.url {self.url!r}: must start with https://")
+        if self.thumbprint:
+            hexpart = self.thumbprint.replace(":", "").lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", hexpart):
+                raise ValueError("vcenters.thumbprint: expected a SHA-256 thumbprint (64 hex)")
+        if self.insecure and (self.thumbprint or self.ca_bundle):
+            raise ValueError("vcenters.insecure: cannot be combined with thumbprint/ca_bundle")
+        if self.timeout_s <= 0 or self.keepalive_s <= 0:
+            raise ValueError("vcenters.timeout_s and keepalive_s must be > 0")
+        if self.retries < 0 or self.page_size < 1:
+            raise ValueError("vcenters.retries must be >= 0 and page_size >= 1")
+
+
+@dataclass
+class WindowSettings:
+    """A daily backup window: new VMs start only inside it."""
+
+    start: str = field(default="", metadata=_doc('"HH:MM" local time; empty = always open'))
+    end: str = field(default="", metadata=_doc('"HH:MM"; may be past midnight (e.g. 22:00-06:00)'))
+    on_end: str = field(
+        default="finish", metadata=_doc('"finish" running VMs or "cancel" them at the end')
+    )
+
+    def __post_init__(self) -> None:
+        if bool(self.start) != bool(self.end):
+            raise ValueError("window: set both start and end, or neither")
+        for key in ("start", "end"):
+            v = getattr(self, key)
+            if v and not _HHMM.match(v):
+                raise ValueError(f"window.{key} {v!r}: expected HH:MM")
+        if self.on_end not in ("finish", "cancel"):
+            raise ValueError(f"window.on_end {self.on_end!r}: expected finish or cancel")
+
+
+@dataclass
+class PolicySettings:
+    """Which VMs to back up, when, and how."""
+
+    name: str = field(metadata=_doc("policy name (vmbackup backup --policy NAME)"))
+    vcenters: list[str] = field(default_factory=list, metadata=_doc("vCenter names; [] = all"))
+    datacenters: list[str] = field(default_factory=list, metadata=_doc("[] = all"))
+    clusters: list[str] = field(default_factory=list, metadata=_doc("[] = all"))
+    folders: list[str] = field(
+        default_factory=list, metadata=_doc("VM folder paths under the datacenter (prefix)")
+    )
+    names: list[str] = field(default_factory=list, metadata=_doc("glob patterns; [] = all"))
+    exclude: list[str] = field(
+        default_factory=list, metadata=_doc("glob patterns of names, or exact UUIDs, left out")
+    )
+    schedule: str = field(default="", metadata=_doc('cron expression, e.g. "0 22 * * *"'))
+    quiesce: bool = field(default=False, metadata=_doc("ask VMware Tools for a quiesced snapshot"))
+    quiesce_fallback: str = field(
+        default="crash", metadata=_doc('"crash" = retry crash-consistent, "fail" = fail the VM')
+    )
+    full_every_days: int = field(
+        default=0, metadata=_doc("force a full when the last full is older; 0 = never")
+    )
+    routing: str = field(default="host", metadata=_doc('route tasks by "host" or "datastore"'))
+    window: WindowSettings = field(default_factory=WindowSettings)
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"policies.name {self.name!r}: letters, digits, '.', '_', '-'")
+        if self.quiesce_fallback not in ("crash", "fail"):
+            raise ValueError(f"policies.quiesce_fallback {self.quiesce_fallback!r}: crash|fail")
+        if self.routing not in ("host", "datastore"):
+            raise ValueError(f"policies.routing {self.routing!r}: host|datastore")
+        if self.full_every_days < 0:
+            raise ValueError("policies.full_every_days must be >= 0")
+        if self.schedule:
+            from croniter import croniter
+
+            if not croniter.is_valid(self.schedule):
+                raise ValueError(f"policies.schedule {self.schedule!r}: not a cron expression")
+
+
+@dataclass
+class LimitSettings:
+    """Load control: what keeps production hosts responsive."""
+
+    snapshots_per_host: int = field(default=2, metadata=_doc("VMs snapshotted at once per host"))
+    snapshots_per_datastore: int = field(
+        default=4, metadata=_doc("VMs snapshotted at once per datastore")
+    )
+    tasks_per_host: int = field(default=8, metadata=_doc("tasks in flight per host"))
+    jobs: int = field(default=2, metadata=_doc("jobs (policy runs) at once"))
+    vms: int = field(default=16, metadata=_doc("VMs in progress at once per job"))
+
+    def __post_init__(self) -> None:
+        for k in ("snapshots_per_host", "snapshots_per_datastore", "tasks_per_host", "jobs", "vms"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"limits.{k} must be >= 1")
+
+
+@dataclass
+class CoordinatorSettings:
+    """The ``[coordinator]`` section (vCenters and policies are top-level lists)."""
+
+    id: str = field(default="coord-1", metadata=_doc("coordinator id (results queue name)"))
+    repository: Path = field(
+        default=Path("/var/lib/vmbackup/repo"), metadata=_doc("repository path (read-only)")
+    )
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    snapshot_prefix: str = field(default="vmbackup", metadata=_doc("our snapshots' name prefix"))
+    task_max_bytes: int = field(default=64 * MiB, metadata=_doc("max bytes per block-range task"))
+    task_timeout_s: float = field(
+        default=3600.0, metadata=_doc("a task with no result after this fails its disk")
+    )
+    commit_timeout_s: float = field(default=600.0, metadata=_doc("wait for a CommitReply"))
+    snapshot_timeout_s: float = field(default=1800.0, metadata=_doc("snapshot create/remove"))
+    orphan_sweep_s: float = field(default=3600.0, metadata=_doc("orphan sweep period (daemon)"))
+    orphan_min_age_s: float = field(
+        default=86400.0,
+        metadata=_doc("snapshots of other coordinators count as orphans after this age"),
+    )
+    report_dir: str = field(default="", metadata=_doc("write job reports (JSON + text) here"))
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.id):
+            raise ValueError(f"coordinator.id {self.id!r}: letters, digits, '.', '_', '-'")
+        if not re.fullmatch(r"[A-Za-z0-9_.]{1,32}", self.snapshot_prefix):
+            raise ValueError(f"coordinator.snapshot_prefix {self.snapshot_prefix!r}: [A-Za-z0-9_.]")
+        if self.task_max_bytes < MiB:
+            raise ValueError("coordinator.task_max_bytes must be >= 1 MiB")
+
+
+def check_references(vcenters: list[VCenterSettings], policies: list[PolicySettings]) -> None:
+    """Cross-section checks the per-class validation cannot do."""
+    names = [v.name for v in vcenters]
+    if len(set(names)) != len(names):
+        raise ValueError("vcenters: names must be unique")
+    pnames = [p.name for p in policies]
+    if len(set(pnames)) != len(pnames):
+        raise ValueError("policies: names must be unique")
+    for p in policies:
+        for vc in p.vcenters:
+            if vc not in names:
+                raise ValueError(f"policies {p.name!r}: unknown vcenter {vc!r}")
+
+
+def find_policy(policies: list[PolicySettings], name: str) -> PolicySettings:
+    for p in policies:
+        if p.name == name:
+            return p
+    known = ", ".join(p.name for p in policies) or "none"
+    raise KeyError(f"no policy named {name!r} (configured: {known})")
+
+
+def vcenters_for(vcenters: list[VCenterSettings], policy: PolicySettings) -> list[VCenterSettings]:
+    if not policy.vcenters:
+        return list(vcenters)
+    return [v for v in vcenters if v.name in policy.vcenters]
