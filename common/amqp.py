@@ -313,7 +313,9 @@ class Publisher:
         self._wake()
         return fut
 
-    def publish_sync(self, exchange: str, routing_key: str, msg: Message | bytes, **kw: Any) -> None:
+    def publish_sync(
+        self, exchange: str, routing_key: str, msg: Message | bytes, **kw: Any
+    ) -> None:
         timeout = kw.pop("timeout", 60.0)
         self.publish(exchange, routing_key, msg, **kw).result(timeout=timeout)
 
@@ -816,7 +818,8 @@ class Consumer:
             reason = f"{msg.KIND}: {type(exc).__name__}: {exc}"
             # x-delivery-count counts earlier deliveries; this one makes one more.
             if d.delivery_count + 1 >= self.params.delivery_limit:
-                self._dead_letter(d, f"failed {d.delivery_count + 1} times; last: {reason}", "limit")
+                why = f"failed {d.delivery_count + 1} times; last: {reason}"
+                self._dead_letter(d, why, "limit")
                 return
             log.warning(
                 "handler failed, message will be retried",

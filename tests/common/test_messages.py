@@ -1,0 +1,200 @@
+"""Strict message schemas: round trips and malformed input (hypothesis)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common import messages as m
+
+ids = st.binary(min_size=32, max_size=32)
+text = st.text(max_size=40)
+i64 = st.integers(min_value=0, max_value=2**63 - 1)
+scalar = st.one_of(st.none(), st.booleans(), i64, text, st.floats(allow_nan=False))
+pairs = st.lists(st.tuples(i64, st.one_of(st.just(b""), ids)), max_size=20)
+
+STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
+    m.BackupTask: st.builds(
+        m.BackupTask,
+        task_id=text,
+        job_id=text,
+        vcenter=text,
+        datacenter=text,
+        host=text,
+        datastore=text,
+        vm_uuid=text,
+        vm_moref=text,
+        vm_name=text,
+        disk_key=i64,
+        snapshot_moref=text,
+        disk_file=text,
+        capacity=i64,
+        chunk_size=i64,
+        compression_level=st.integers(0, 22),
+        ranges=st.lists(st.tuples(i64, i64), max_size=10),
+        results_to=text,
+        transport=text,
+    ),
+    m.TaskResult: st.builds(
+        m.TaskResult,
+        task_id=text,
+        job_id=text,
+        vm_uuid=text,
+        disk_key=i64,
+        ok=st.booleans(),
+        error=text,
+        entries=pairs,
+        bytes_read=i64,
+        bytes_zero=i64,
+        bytes_known=i64,
+        bytes_sent=i64,
+        seconds=st.floats(min_value=0, max_value=1e6),
+        proxy=text,
+    ),
+    m.ChunkBatch: st.builds(
+        m.ChunkBatch,
+        batch_id=text,
+        task_id=text,
+        reply_to=text,
+        chunks=st.lists(st.tuples(ids, i64, st.booleans(), st.binary(max_size=64)), max_size=5),
+    ),
+    m.ChunkAck: st.builds(
+        m.ChunkAck, batch_id=text, shard=i64, ok=st.booleans(), error=text, stored=i64, known=i64
+    ),
+    m.HaveQuery: st.builds(
+        m.HaveQuery, query_id=text, reply_to=text, ids=st.lists(ids, max_size=9)
+    ),
+    m.HaveReply: st.builds(m.HaveReply, query_id=text, present=st.lists(st.booleans())),
+    m.CommitRequest: st.builds(
+        m.CommitRequest,
+        request_id=text,
+        reply_to=text,
+        job_id=text,
+        vcenter=text,
+        vm_uuid=text,
+        vm_moref=text,
+        vm_name=text,
+        vm_config=st.binary(max_size=100),
+        status=st.sampled_from(["complete", "partial"]),
+        snapshot_time=st.floats(min_value=0, max_value=2e9),
+        disks=st.lists(
+            st.builds(
+                m.DiskCommit,
+                key=i64,
+                capacity=i64,
+                change_id=text,
+                base_point_id=text,
+                entries=pairs,
+                info=st.dictionaries(text, scalar, max_size=4),
+            ),
+            max_size=3,
+        ),
+        failed_disks=st.lists(st.tuples(i64, text), max_size=3),
+    ),
+    m.CommitReply: st.builds(
+        m.CommitReply, request_id=text, ok=st.booleans(), error=text, point_id=text
+    ),
+    m.JobEvent: st.builds(
+        m.JobEvent,
+        job_id=text,
+        event=text,
+        vm=text,
+        disk_key=i64,
+        ts=st.floats(min_value=0, max_value=2e9),
+        fields=st.dictionaries(text, scalar, max_size=4),
+    ),
+}
+
+
+def test_every_kind_has_a_strategy() -> None:
+    assert set(STRATEGIES) == set(m.KINDS.values())
+
+
+any_message = st.one_of(*STRATEGIES.values())
+
+
+@given(any_message)
+@settings(max_examples=300)
+def test_round_trip(msg: m.Message) -> None:
+    assert m.decode(m.encode(msg)) == msg
+    assert m.decode(m.encode(msg), expect=type(msg)) == msg
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=500)
+def test_random_bytes_raise_only_message_error(data: bytes) -> None:
+    with contextlib.suppress(m.MessageError):
+        m.decode(data)
+
+
+@given(any_message, st.data())
+@settings(max_examples=300)
+def test_truncated_messages_raise_only_message_error(msg: m.Message, data: st.DataObject) -> None:
+    raw = m.encode(msg)
+    cut = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+    with pytest.raises(m.MessageError):
+        m.decode(raw[:cut])
+
+
+@given(any_message, st.data())
+@settings(max_examples=200)
+def test_mutated_fields_raise_only_message_error(msg: m.Message, data: st.DataObject) -> None:
+    body = msgpack.unpackb(m.encode(msg), raw=False)
+    name = data.draw(st.sampled_from([f.name for f in dataclasses.fields(msg)]))
+    body[name] = data.draw(st.one_of(scalar, st.binary(max_size=4), st.lists(scalar, max_size=2)))
+    try:
+        out = m.decode(msgpack.packb(body, use_bin_type=True))
+    except m.MessageError:
+        return
+    assert type(out) is type(msg)  # the mutation happened to fit the schema
+
+
+def _raw(msg: m.Message) -> dict:
+    return msgpack.unpackb(m.encode(msg), raw=False)
+
+
+EXAMPLE = m.HaveQuery(query_id="q", reply_to="r", ids=[b"\x01" * 32])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda b: b.update(v=2), "unsupported version 2"),
+        (lambda b: b.pop("ids"), "missing field 'ids'"),
+        (lambda b: b.update(extra=1), "unexpected field(s) 'extra'"),
+        (lambda b: b.update(query_id=5), "query_id: expected str, got int"),
+        (lambda b: b.update(k="nope"), "unknown message kind 'nope'"),
+        (lambda b: b.update(ids=[b"short"]), "chunk id of 5 bytes"),
+    ],
+)
+def test_errors_name_what_was_wrong(mutate, needle: str) -> None:
+    body = _raw(EXAMPLE)
+    mutate(body)
+    with pytest.raises(m.MessageError) as exc:
+        m.decode(msgpack.packb(body, use_bin_type=True))
+    assert needle in str(exc.value)
+
+
+def test_wrong_kind_for_expect() -> None:
+    with pytest.raises(m.MessageError, match="expected a 'commit' message"):
+        m.decode(m.encode(EXAMPLE), expect=m.CommitRequest)
+
+
+def test_oversize_payload_is_refused() -> None:
+    big = m.ChunkBatch("b", "t", "r", [(b"\x02" * 32, 1, False, b"x" * (m.MAX_MESSAGE_BYTES + 1))])
+    with pytest.raises(m.MessageError, match="exceeds limit"):
+        m.encode(big)
+    with pytest.raises(m.MessageError, match="exceeds limit"):
+        m.decode(b"\x00" * (m.MAX_MESSAGE_BYTES + 1))
+
+
+def test_bool_is_not_an_int() -> None:
+    body = _raw(m.ChunkAck("b", 1, True, "", 0, 0))
+    body["shard"] = True
+    with pytest.raises(m.MessageError, match="shard: expected int, got bool"):
+        m.decode(msgpack.packb(body))
