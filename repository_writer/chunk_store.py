@@ -1,0 +1,167 @@
+"""Content-addressed chunk files in fan-out directories.
+
+``chunks/<first 4 hex digits>/<64 hex digits>``: 65536 directories created on
+demand, so no directory grows past ~1500 entries per 100 M chunks. Existence is
+a ``stat`` of the file: the index is the file system, nothing is held in RAM.
+A chunk's mtime is its "last needed" time: writes set it, and every dedup hit,
+commit and gc mark refreshes it (gc sweeps only chunks older than its cutoff).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from repository_writer.errors import InvalidChunkIdError, MissingChunkError, RepositoryError
+from repository_writer.fsutil import (
+    TMP_PREFIX,
+    _unlink_quiet,
+    fsync_dir,
+    makedirs_durable,
+    os_error,
+    tmp_path,
+    write_file_durable,
+)
+
+ID_LEN = 32
+_HEX_ID = re.compile(r"[0-9a-f]{64}")
+_HEX_DIR = re.compile(r"[0-9a-f]{4}")
+
+
+def check_id(chunk_id: bytes) -> bytes:
+    if not isinstance(chunk_id, bytes | bytearray) or len(chunk_id) != ID_LEN:
+        raise InvalidChunkIdError(f"chunk id must be {ID_LEN} bytes, got {chunk_id!r:.80}")
+    return bytes(chunk_id)
+
+
+def parse_hex_id(text: str) -> bytes:
+    """A chunk id given as text: exactly 64 lowercase hex digits (no paths, no tricks)."""
+    if not isinstance(text, str) or not _HEX_ID.fullmatch(text):
+        raise InvalidChunkIdError(f"not a chunk id (64 lowercase hex digits): {text!r:.80}")
+    return bytes.fromhex(text)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkFile:
+    id: bytes
+    path: Path
+    size: int
+    mtime: float
+
+
+class ChunkStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_of(self, chunk_id: bytes) -> Path:
+        h = check_id(chunk_id).hex()
+        return self.root / h[:4] / h
+
+    def exists(self, chunk_id: bytes) -> bool:
+        try:
+            os.stat(self.path_of(chunk_id))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def touch(self, chunk_id: bytes) -> bool:
+        """Refresh the chunk's mtime (protects it from a concurrent gc); False if absent."""
+        try:
+            os.utime(self.path_of(chunk_id))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def read(self, chunk_id: bytes) -> bytes:
+        path = self.path_of(chunk_id)
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            raise MissingChunkError(f"chunk {chunk_id.hex()} is missing ({path})") from None
+        except OSError as exc:
+            raise RepositoryError(f"cannot read chunk {chunk_id.hex()}: {exc.strerror}") from None
+
+    def write_many(self, items: Sequence[tuple[bytes, Sequence[bytes]]]) -> list[bool]:
+        """Store each (id, blob parts) not yet present; durable when this returns.
+
+        Returns True per item that was written, False for one already present (its
+        mtime is refreshed instead). All temps are fsynced, then renamed, then each
+        touched directory is fsynced once: one fsync per file plus one per directory.
+        """
+        written = [False] * len(items)
+        pending: list[tuple[int, Path, Path]] = []
+        seen: set[Path] = set()
+        try:
+            for i, (chunk_id, parts) in enumerate(items):
+                final = self.path_of(chunk_id)
+                if final in seen or self.touch(chunk_id):
+                    continue
+                seen.add(final)
+                if not final.parent.is_dir():
+                    makedirs_durable(final.parent)
+                tmp = tmp_path(final)
+                write_file_durable(tmp, parts, f"chunk {chunk_id.hex()}")
+                pending.append((i, tmp, final))
+            dirs: set[Path] = set()
+            for i, tmp, final in pending:
+                try:
+                    os.rename(tmp, final)
+                except OSError as exc:
+                    raise os_error(exc, f"chunk {final.name}") from exc
+                written[i] = True
+                dirs.add(final.parent)
+            for d in dirs:
+                fsync_dir(d)
+        except BaseException:
+            for _, tmp, _ in pending:
+                _unlink_quiet(tmp)
+            raise
+        return written
+
+    def remove(self, chunk_id: bytes) -> None:
+        _unlink_quiet(self.path_of(chunk_id))
+
+    def iter_dirs(self) -> Iterator[Path]:
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if _HEX_DIR.fullmatch(name):
+                yield self.root / name
+
+    def iter_chunks(self, *, with_stat: bool = True) -> Iterator[ChunkFile]:
+        """Every chunk file (temps and stray names are skipped), one directory at a time."""
+        for d in self.iter_dirs():
+            try:
+                entries = list(os.scandir(d))
+            except FileNotFoundError:
+                continue
+            for e in entries:
+                if len(e.name) != 64 or not _HEX_ID.fullmatch(e.name):
+                    continue
+                if with_stat:
+                    try:
+                        st = e.stat()
+                    except FileNotFoundError:
+                        continue
+                    yield ChunkFile(bytes.fromhex(e.name), Path(e.path), st.st_size, st.st_mtime)
+                else:
+                    yield ChunkFile(bytes.fromhex(e.name), Path(e.path), 0, 0.0)
+
+    def iter_temps(self) -> Iterator[tuple[Path, float]]:
+        for d in self.iter_dirs():
+            try:
+                entries = list(os.scandir(d))
+            except FileNotFoundError:
+                continue
+            for e in entries:
+                if e.name.startswith(TMP_PREFIX):
+                    try:
+                        yield Path(e.path), e.stat().st_mtime
+                    except FileNotFoundError:
+                        continue

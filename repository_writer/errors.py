@@ -1,0 +1,52 @@
+"""Typed errors of the repository: each names the object that was wrong and why."""
+
+from __future__ import annotations
+
+
+class RepositoryError(Exception):
+    """Base class; the message is one line fit for an operator."""
+
+
+class RepositoryFormatError(RepositoryError):
+    """Not a repository, or a format version this code does not read."""
+
+
+class CorruptObjectError(RepositoryError):
+    """A stored object (blob, map, point, key file) failed a check."""
+
+    def __init__(self, obj: str, reason: str) -> None:
+        super().__init__(f"{obj}: {reason}")
+        self.obj = obj
+        self.reason = reason
+
+
+class MissingChunkError(RepositoryError):
+    """A chunk that must exist is not in the store."""
+
+
+class InvalidChunkIdError(RepositoryError, ValueError):
+    """An id that is not 32 bytes / 64 lowercase hex characters."""
+
+
+class ChunkIdMismatchError(RepositoryError):
+    """Received data whose hash is not the id it was sent under."""
+
+
+class WrongPassphraseError(RepositoryError):
+    """The passphrase does not open the key file."""
+
+
+class RepositoryFullError(RepositoryError):
+    """The file system holding the repository is full (ENOSPC / EDQUOT)."""
+
+
+class PointNotFoundError(RepositoryError):
+    """No restore point (or no disk in it) with the given id/key."""
+
+
+class InvalidRequestError(RepositoryError, ValueError):
+    """A commit or import request with bad fields (the text names the field)."""
+
+
+class LockedError(RepositoryError):
+    """Another process holds an exclusive repository lock (e.g. gc)."""

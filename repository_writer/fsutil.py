@@ -1,0 +1,93 @@
+"""Durable file-system primitives: temp + fsync + rename + directory fsync.
+
+Every object of the repository is written through these helpers so that a crash
+leaves either the old state or the new one, never a half-written object under
+its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+from repository_writer.errors import RepositoryError, RepositoryFullError
+
+TMP_PREFIX = ".tmp-"
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def tmp_path(final: Path) -> Path:
+    """A unique temporary name in the same directory (same file system for rename)."""
+    return final.with_name(f"{TMP_PREFIX}{final.name}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def os_error(exc: OSError, what: str) -> RepositoryError:
+    """Translate an OSError into a repository error that names the object."""
+    if exc.errno in _FULL:
+        return RepositoryFullError(f"no space left on device while writing {what}")
+    return RepositoryError(f"cannot write {what}: {exc.strerror or exc}")
+
+
+def write_file_durable(path: Path, parts: Iterable[bytes], what: str) -> None:
+    """Write ``parts`` to ``path`` (must not be visible yet to readers) and fsync it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        raise os_error(exc, what) from exc
+    try:
+        for part in parts:
+            view = memoryview(part)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        _unlink_quiet(path)
+        raise os_error(exc, what) from exc
+    os.close(fd)
+
+
+def write_atomic(path: Path, parts: Iterable[bytes], what: str, *, sync_dir: bool = True) -> None:
+    """Replace ``path`` atomically and durably with the concatenation of ``parts``."""
+    tmp = tmp_path(path)
+    write_file_durable(tmp, parts, what)
+    try:
+        os.replace(tmp, path)
+        if sync_dir:
+            fsync_dir(path.parent)
+    except OSError as exc:
+        _unlink_quiet(tmp)
+        raise os_error(exc, what) from exc
+
+
+def makedirs_durable(path: Path) -> None:
+    """Create ``path`` (and parents); fsync each parent whose entry list changed."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            continue
+        fsync_dir(d.parent)
+
+
+def _unlink_quiet(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

@@ -1,0 +1,414 @@
+"""The repository object that the writer service, the CLI and other roles use.
+
+Layout under the repository directory (see docs/repository-format.md):
+``config`` (JSON), ``keys/repokey`` (encrypted repositories), ``chunks/`` (chunk
+blobs), ``points/`` (restore points), ``running/`` (markers of backups in
+progress, which gc honours), ``locks/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blake3
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from common.chunk import chunk_id as _chunk_id
+from common.chunk import compress
+from repository_writer import blob, keyfile
+from repository_writer.chunk_store import ChunkStore, check_id
+from repository_writer.errors import (
+    ChunkIdMismatchError,
+    CorruptObjectError,
+    InvalidRequestError,
+    MissingChunkError,
+    RepositoryError,
+    RepositoryFormatError,
+)
+from repository_writer.fixed_index import ZERO_ID, DiskMap
+from repository_writer.fsutil import makedirs_durable, write_atomic
+from repository_writer.points import (
+    STATUSES,
+    Point,
+    PointDisk,
+    PointStore,
+    check_point_id,
+    check_vm_uuid,
+    make_point_id,
+)
+
+REPO_FORMAT = "vmbackup-repository"
+REPO_VERSION = 1
+KiB = 1024
+MiB = 1024 * KiB
+MIN_CHUNK = 256 * KiB
+MAX_CHUNK = 8 * MiB
+DEFAULT_CHUNK = MiB
+DEFAULT_LEVEL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    stored: int  # chunks written now
+    known: int  # chunks that were already there
+    bytes_stored: int  # blob bytes written
+
+
+def _get(obj: Any, name: str) -> Any:
+    """Field of a message dataclass or of a plain mapping (CLI, tests, other roles)."""
+    if isinstance(obj, Mapping):
+        if name not in obj:
+            raise InvalidRequestError(f"commit request has no field {name!r}")
+        return obj[name]
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        raise InvalidRequestError(f"commit request has no field {name!r}") from None
+
+
+class Repository:
+    def __init__(self, path: Path, config: dict[str, Any], keys: keyfile.RepoKeys | None) -> None:
+        self.path = path
+        self.config = config
+        self.chunk_size: int = config["chunk_size"]
+        self.compression_level: int = config["compression_level"]
+        self.encrypted = keys is not None
+        self.id_key: bytes | None = keys.id_key if keys else None
+        self._cipher = AESGCM(keys.enc_key) if keys else None
+        self.chunks = ChunkStore(path / "chunks")
+        self.point_store = PointStore(path / "points", self._seal_meta, self._unseal_meta)
+
+    # --- life cycle ------------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        path: str | Path,
+        chunk_size: int = DEFAULT_CHUNK,
+        compression_level: int = DEFAULT_LEVEL,
+        passphrase: str | bytes | None = None,
+    ) -> Repository:
+        path = Path(path)
+        if not MIN_CHUNK <= chunk_size <= MAX_CHUNK or chunk_size & (chunk_size - 1):
+            raise InvalidRequestError(
+                f"chunk size {chunk_size} must be a power of two from 256 KiB to 8 MiB"
+            )
+        if not 0 <= compression_level <= 22:
+            raise InvalidRequestError(f"compression level {compression_level} outside 0..22")
+        if path.exists() and any(path.iterdir()):
+            raise RepositoryError(f"{path} exists and is not empty; not creating a repository")
+        makedirs_durable(path)
+        for sub in ("chunks", "points", "running", "locks", "keys"):
+            makedirs_durable(path / sub)
+        keys = None
+        if passphrase is not None:
+            keys = keyfile.create(path / "keys" / "repokey", _pass_bytes(passphrase))
+        config = {
+            "format": REPO_FORMAT,
+            "version": REPO_VERSION,
+            "id": str(uuid.uuid4()),
+            "chunk_size": chunk_size,
+            "compression_level": compression_level,
+            "encryption": "aes-256-gcm" if keys else "none",
+            "created": time.time(),
+        }
+        # config last: a crash during init leaves a directory that does not open as a repo
+        write_atomic(path / "config", [json.dumps(config, indent=2).encode() + b"\n"], "config")
+        return cls(path, config, keys)
+
+    @classmethod
+    def open(cls, path: str | Path, passphrase: str | bytes | None = None) -> Repository:
+        path = Path(path)
+        cfg_path = path / "config"
+        try:
+            config = json.loads(cfg_path.read_bytes())
+        except FileNotFoundError:
+            raise RepositoryFormatError(
+                f"{path} is not a vmbackup repository (no config)"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise RepositoryFormatError(f"{cfg_path}: unreadable config: {exc}") from None
+        if not isinstance(config, dict) or config.get("format") != REPO_FORMAT:
+            raise RepositoryFormatError(f"{cfg_path}: not a vmbackup repository config")
+        if config.get("version") != REPO_VERSION:
+            raise RepositoryFormatError(
+                f"{cfg_path}: repository format version {config.get('version')} is not supported"
+            )
+        cs, lvl, enc = (
+            config.get("chunk_size"),
+            config.get("compression_level"),
+            config.get("encryption"),
+        )
+        if not isinstance(cs, int) or not MIN_CHUNK <= cs <= MAX_CHUNK or not isinstance(lvl, int):
+            raise RepositoryFormatError(f"{cfg_path}: bad chunk_size or compression_level")
+        keys = None
+        if enc == "aes-256-gcm":
+            if passphrase is None:
+                raise RepositoryError(f"{path} is encrypted: a passphrase is needed")
+            keys = keyfile.load(path / "keys" / "repokey", _pass_bytes(passphrase))
+        elif enc != "none":
+            raise RepositoryFormatError(f"{cfg_path}: unknown encryption {enc!r}")
+        return cls(path, config, keys)
+
+    # --- chunks ----------------------------------------------------------------------
+
+    def chunk_id(self, data: bytes) -> bytes:
+        return _chunk_id(data, self.id_key)
+
+    def has_chunks(self, ids: Iterable[bytes]) -> list[bool]:
+        """Which ids are stored; present ones are touched so a running gc keeps them."""
+        return [self.chunks.touch(i) for i in ids]
+
+    def store_chunk(self, chunk_id: bytes, raw_len: int, compressed: bool, payload: bytes) -> bool:
+        """Store one chunk as sent by a proxy; True if new. Verifies the id first."""
+        return self.store_chunks([(chunk_id, raw_len, compressed, payload)]).stored == 1
+
+    def store_chunks(self, items: Sequence[tuple[bytes, int, bool, bytes]]) -> StoreResult:
+        """Verify (decompress + hash) and durably store chunks; duplicates store nothing."""
+        blobs: list[tuple[bytes, Sequence[bytes]]] = []
+        for cid, raw_len, compressed, payload in items:
+            check_id(cid)
+            if not 0 < raw_len <= self.chunk_size:
+                raise InvalidRequestError(
+                    f"chunk {cid.hex()}: raw length {raw_len} outside 1..{self.chunk_size}"
+                )
+            if self.chunks.touch(cid):
+                blobs.append((cid, ()))  # placeholder: counted as known below
+                continue
+            plain = _decompress(payload, raw_len, cid) if compressed else payload
+            if len(plain) != raw_len:
+                raise InvalidRequestError(
+                    f"chunk {cid.hex()}: {len(plain)} bytes, raw_len {raw_len}"
+                )
+            if self.chunk_id(plain) != cid:
+                raise ChunkIdMismatchError(f"chunk {cid.hex()}: data does not hash to its id")
+            blobs.append(
+                (
+                    cid,
+                    blob.encode(
+                        bytes(payload), raw_len, compressed, blob.MAGIC_CHUNK, self._cipher
+                    ),
+                )
+            )
+        return self._write(blobs)
+
+    def store_raw_chunks(self, items: Sequence[tuple[bytes, bytes]]) -> StoreResult:
+        """Store (id, plaintext) pairs hashed by the caller (local import): compress here."""
+        blobs: list[tuple[bytes, Sequence[bytes]]] = []
+        for cid, data in items:
+            if self.chunks.touch(cid):
+                blobs.append((cid, ()))
+                continue
+            payload, compressed = compress(data, self.compression_level)
+            blobs.append(
+                (cid, blob.encode(payload, len(data), compressed, blob.MAGIC_CHUNK, self._cipher))
+            )
+        return self._write(blobs)
+
+    def _write(self, blobs: list[tuple[bytes, Sequence[bytes]]]) -> StoreResult:
+        todo = [b for b in blobs if b[1]]
+        written = self.chunks.write_many(todo)
+        stored = sum(written)
+        nbytes = sum(
+            len(p) for (_, parts), w in zip(todo, written, strict=True) if w for p in parts
+        )
+        return StoreResult(stored, len(blobs) - stored, nbytes)
+
+    def read_chunk(self, chunk_id: bytes, *, check_crc: bool = True) -> bytes:
+        """The plaintext of a chunk, checked against its id."""
+        data = self.chunks.read(chunk_id)
+        name = f"chunk {chunk_id.hex()}"
+        plain = blob.decode(data, blob.MAGIC_CHUNK, self._cipher, name, check_crc=check_crc)
+        if self.chunk_id(plain) != chunk_id:
+            raise CorruptObjectError(name, "content does not hash to its id")
+        return plain
+
+    # --- points ----------------------------------------------------------------------
+
+    def _seal_meta(self, data: bytes) -> tuple[bytes, bytes]:
+        payload, compressed = compress(data, 3)
+        return blob.encode(payload, len(data), compressed, blob.MAGIC_META, self._cipher)
+
+    def _unseal_meta(self, data: bytes, name: str) -> bytes:
+        return blob.decode(data, blob.MAGIC_META, self._cipher, name)
+
+    def points(self, vm_uuid: str | None = None) -> list[Point]:
+        """Every point (of one VM), oldest first. Unreadable points raise."""
+        pts = [self.point_store.load(d) for d in self.point_store.point_dirs(vm_uuid)]
+        pts.sort(key=lambda p: (p.snapshot_time, p.id))
+        return pts
+
+    def latest_point(self, vm_uuid: str, status: str | None = "complete") -> Point | None:
+        pts = [p for p in self.points(vm_uuid) if status is None or p.status == status]
+        return pts[-1] if pts else None
+
+    def get_point(self, point_id: str) -> Point:
+        return self.point_store.load(self.point_store.find(point_id))
+
+    def load_map(self, point: Point | str, disk_key: int) -> DiskMap:
+        if isinstance(point, str):
+            point = self.get_point(point)
+        pdir = self.point_store.root / point.vm_uuid / point.id
+        return self.point_store.load_map(pdir, point.disk(disk_key))
+
+    def delete_point(self, point_id: str) -> None:
+        self.point_store.delete(self.point_store.find(point_id))
+
+    def commit_point(self, request: Any) -> str:
+        """Commit a restore point from a CommitRequest (or a mapping with its fields).
+
+        Each disk's map is its base point's map (resized to the new capacity) with the
+        named entries replaced: a synthetic full. Every chunk the maps name must exist
+        (checked, and touched against gc) before the point becomes visible, atomically.
+        A repeated request (redelivery) returns the point it already made.
+        """
+        vm_uuid = check_vm_uuid(_get(request, "vm_uuid"))
+        job_id = str(_get(request, "job_id"))
+        status = _get(request, "status")
+        if status not in STATUSES:
+            raise InvalidRequestError(f"status {status!r} is not one of {STATUSES}")
+        snapshot_time = float(_get(request, "snapshot_time"))
+        point_id = make_point_id(job_id, vm_uuid, snapshot_time)
+        if (self.point_store.root / vm_uuid / point_id).is_dir():
+            return point_id
+        maps: dict[int, DiskMap] = {}
+        disks: list[PointDisk] = []
+        for d in _get(request, "disks"):
+            key = int(_get(d, "key"))
+            if key in maps:
+                raise InvalidRequestError(f"disk {key} appears twice in the commit request")
+            capacity = int(_get(d, "capacity"))
+            if capacity <= 0:
+                raise InvalidRequestError(f"disk {key}: capacity {capacity} must be positive")
+            base_id = str(_get(d, "base_point_id"))
+            if base_id:
+                check_point_id(base_id)
+                base = self.get_point(base_id)
+                if base.vm_uuid != vm_uuid:
+                    raise InvalidRequestError(f"disk {key}: base point {base_id} is of another VM")
+                dmap = self.load_map(base, key).resized(capacity)
+            else:
+                dmap = DiskMap(self.chunk_size, capacity)
+            entries = _get(d, "entries")
+            for index, cid in entries:
+                dmap.set(int(index), bytes(cid))
+            self._check_referenced(dmap, f"disk {key}")
+            maps[key] = dmap
+            info = _get(d, "info") if not isinstance(d, Mapping) or "info" in d else {}
+            disks.append(
+                PointDisk(
+                    key=key,
+                    capacity=capacity,
+                    change_id=str(_get(d, "change_id")),
+                    base_point_id=base_id,
+                    info=dict(info),
+                    chunks=len(dmap),
+                    zero_chunks=dmap.zero_count(),
+                    changed_chunks=len(entries),
+                )
+            )
+        failed = [(int(k), str(r)) for k, r in _get(request, "failed_disks")]
+        point = Point(
+            id=point_id,
+            job_id=job_id,
+            vcenter=str(_get(request, "vcenter")),
+            vm_uuid=vm_uuid,
+            vm_moref=str(_get(request, "vm_moref")),
+            vm_name=str(_get(request, "vm_name")),
+            vm_config=bytes(_get(request, "vm_config")),
+            status=status,
+            snapshot_time=snapshot_time,
+            created=time.time(),
+            chunk_size=self.chunk_size,
+            disks=disks,
+            failed_disks=failed,
+        )
+        self.point_store.commit(point, maps)
+        return point_id
+
+    def _check_referenced(self, dmap: DiskMap, what: str) -> None:
+        missing: list[str] = []
+        count = 0
+        prev = ZERO_ID
+        for index, cid in dmap.iter_ids():
+            if cid == prev:
+                continue  # runs of one chunk (e.g. a repeated pattern) need one check
+            prev = cid
+            if not self.chunks.touch(cid):
+                count += 1
+                if len(missing) < 5:
+                    missing.append(f"#{index} {cid.hex()}")
+        if count:
+            raise MissingChunkError(
+                f"{what}: {count} named chunk(s) are not in the repository: {', '.join(missing)}"
+            )
+
+    # --- running-backup markers (gc protection) -------------------------------------
+
+    def _marker(self, job_id: str) -> Path:
+        return self.path / "running" / blake3.blake3(job_id.encode()).hexdigest()[:32]
+
+    def begin_job(self, job_id: str) -> None:
+        """Declare a backup in progress: gc keeps every chunk newer than its start."""
+        path = self._marker(job_id)
+        if path.exists():
+            return
+        doc = {
+            "job_id": job_id,
+            "started": time.time(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        write_atomic(path, [json.dumps(doc).encode()], f"running-backup marker of {job_id}")
+
+    def end_job(self, job_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._marker(job_id))
+
+    def running_jobs(self) -> list[dict[str, Any]]:
+        out = []
+        for p in sorted((self.path / "running").glob("[0-9a-f]*")):
+            try:
+                doc = json.loads(p.read_bytes())
+                out.append(
+                    {
+                        "job_id": str(doc["job_id"]),
+                        "started": float(doc["started"]),
+                        "host": doc.get("host", ""),
+                        "marker": str(p),
+                    }
+                )
+            except (OSError, ValueError, KeyError, TypeError):
+                # unreadable marker: treat as started at its mtime (conservative for gc)
+                try:
+                    out.append(
+                        {"job_id": "?", "started": p.stat().st_mtime, "host": "", "marker": str(p)}
+                    )
+                except FileNotFoundError:
+                    continue
+        return out
+
+
+def _pass_bytes(passphrase: str | bytes) -> bytes:
+    return passphrase.encode() if isinstance(passphrase, str) else passphrase
+
+
+def _decompress(payload: bytes, raw_len: int, cid: bytes) -> bytes:
+    import zstandard
+
+    try:
+        out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_len)
+    except zstandard.ZstdError as exc:
+        raise InvalidRequestError(
+            f"chunk {cid.hex()}: payload does not decompress: {exc}"
+        ) from None
+    return out

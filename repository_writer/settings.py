@@ -1,0 +1,41 @@
+"""The ``[repository]`` and ``[writer]`` config sections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import Secret
+from common.settings import doc
+
+
+@dataclass(frozen=True)
+class RepositorySettings:
+    path: str = doc("repository directory (shared by all writers of one repository)", default="")
+    passphrase: Secret | None = doc(
+        'passphrase of an encrypted repository: {file = "PATH"}, {env = "NAME"} or inline',
+        default=None,
+    )
+
+    def __post_init__(self) -> None:
+        if self.path and not Path(self.path).is_absolute():
+            raise ValueError(f"path {self.path!r} must be absolute")
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    name: str = doc("writer name (logs, metrics, reply queue prefix)", default="writer")
+    shards: str = doc('shards this writer owns: "all", "0-7" or "0,3,5"', default="all")
+    prefetch: int = doc(
+        "unacked chunk batches held per shard queue: with the batch size, bounds memory",
+        default=4,
+    )
+    commit_prefetch: int = doc("commit requests handled at once", default=1)
+    consume_commits: bool = doc("also consume vmbackup.commits", default=True)
+    metrics_port: int = doc("port of /metrics (0 = none)", default=0)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.prefetch <= 256:
+            raise ValueError("prefetch must be within 1..256")
+        if not 1 <= self.commit_prefetch <= 16:
+            raise ValueError("commit_prefetch must be within 1..16")

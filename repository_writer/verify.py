@@ -1,0 +1,148 @@
+"""verify: every map names only existing chunks; every (or a sample of) chunk re-hashed.
+
+Never raises on damaged data: each problem becomes a line of the report naming
+the object. Chunks found bad are traced back to the points that use them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from repository_writer.chunk_store import ChunkFile
+from repository_writer.errors import RepositoryError
+from repository_writer.fixed_index import ZERO_ID
+from repository_writer.repository import Repository
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: str  # point, map, missing-chunk, bad-chunk
+    obj: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.obj}: {self.detail}"
+
+
+@dataclass
+class VerifyReport:
+    points: int = 0
+    maps: int = 0
+    references: int = 0
+    chunks_checked: int = 0
+    chunks_total: int = 0
+    bytes_checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(
+    repo: Repository,
+    sample: int | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+    rng: random.Random | None = None,
+) -> VerifyReport:
+    report = VerifyReport()
+    _check_points(repo, report)
+    bad = _check_chunks(repo, report, sample, rng or random.Random())
+    if bad:
+        _trace_users(repo, bad, report)
+    if progress:
+        progress(f"verified {report.points} points, {report.chunks_checked} chunks")
+    return report
+
+
+def _check_points(repo: Repository, report: VerifyReport) -> None:
+    ps = repo.point_store
+    for pdir in ps.point_dirs():
+        name = f"{pdir.parent.name}/{pdir.name}"
+        try:
+            point = ps.load(pdir)
+        except (RepositoryError, OSError) as exc:
+            report.problems.append(Problem("point", name, str(exc)))
+            continue
+        report.points += 1
+        for disk in point.disks:
+            try:
+                dmap = ps.load_map(pdir, disk)
+            except (RepositoryError, OSError) as exc:
+                report.problems.append(Problem("map", f"{name} disk {disk.key}", str(exc)))
+                continue
+            report.maps += 1
+            prev = ZERO_ID
+            for index, cid in dmap.iter_ids():
+                report.references += 1
+                if cid == prev:
+                    continue
+                prev = cid
+                if not repo.chunks.exists(cid):
+                    report.problems.append(
+                        Problem(
+                            "missing-chunk",
+                            f"{name} disk {disk.key} chunk #{index}",
+                            f"names chunk {cid.hex()}, which is not in the repository",
+                        )
+                    )
+
+
+def _check_chunks(
+    repo: Repository, report: VerifyReport, sample: int | None, rng: random.Random
+) -> set[bytes]:
+    files: list[ChunkFile]
+    if sample is None:
+        files_iter = repo.chunks.iter_chunks(with_stat=False)
+    else:  # reservoir sampling: memory is the sample, not the repository
+        files = []
+        for n, cf in enumerate(repo.chunks.iter_chunks(with_stat=False)):
+            report.chunks_total += 1
+            if len(files) < sample:
+                files.append(cf)
+            else:
+                j = rng.randrange(n + 1)
+                if j < sample:
+                    files[j] = cf
+        files_iter = iter(files)
+    bad: set[bytes] = set()
+    for cf in files_iter:
+        if sample is None:
+            report.chunks_total += 1
+        report.chunks_checked += 1
+        try:
+            data = repo.read_chunk(cf.id)
+            report.bytes_checked += len(data)
+        except (RepositoryError, OSError) as exc:
+            bad.add(cf.id)
+            report.problems.append(Problem("bad-chunk", str(cf.path), str(exc)))
+        except Exception as exc:  # never crash on corrupt data
+            bad.add(cf.id)
+            report.problems.append(Problem("bad-chunk", str(cf.path), f"unexpected: {exc!r}"))
+    return bad
+
+
+def _trace_users(repo: Repository, bad: set[bytes], report: VerifyReport) -> None:
+    ps = repo.point_store
+    for pdir in ps.point_dirs():
+        try:
+            point = ps.load(pdir)
+        except (RepositoryError, OSError):
+            continue
+        for disk in point.disks:
+            try:
+                dmap = ps.load_map(pdir, disk)
+            except (RepositoryError, OSError):
+                continue
+            for index, cid in dmap.iter_ids():
+                if cid in bad:
+                    report.problems.append(
+                        Problem(
+                            "damaged-point",
+                            f"{point.vm_uuid}/{point.id} disk {disk.key} chunk #{index}",
+                            f"uses damaged chunk {cid.hex()}",
+                        )
+                    )
