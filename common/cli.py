@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _register_config_commands(sub)
     for name in ROLE_CLI_MODULES:
         try:
             module = importlib.import_module(name)
@@ -47,6 +48,34 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(sub)
     return parser
+
+
+def _register_config_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="check a config file or list every config key")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    csub.required = True
+    check = csub.add_parser("check", help="validate a config file (exit 2 on the first problem)")
+    check.add_argument("--config", "-c", required=True, help="TOML config file")
+    check.set_defaults(func=_config_check)
+    keys = csub.add_parser("keys", help="print every key with its type, default and meaning")
+    keys.set_defaults(func=_config_keys)
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from common.runtime import load_or_exit
+
+    load_or_exit(args.config)
+    print(f"{args.config}: ok")
+    return 0
+
+
+def _config_keys(_args: argparse.Namespace) -> int:
+    from common.config import describe
+    from common.settings import config_class
+
+    for key, tp, default, doc in describe(config_class()):
+        print(f"{key}\t{tp}\t{default}\t{doc}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,6 +53,8 @@ def _field_doc(f: dataclasses.Field[Any]) -> str:
 
 
 def _type_label(tp: Any) -> str:
+    if tp is Secret:
+        return "secret"
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         return " or ".join(_type_label(a) for a in get_args(tp))
@@ -240,7 +242,9 @@ def describe(cls: Any, prefix: str = "") -> list[tuple[str, str, str, str]]:
         if inner is not None and dataclasses.is_dataclass(inner):
             rows.extend(describe(inner, f"{key}[]."))
             continue
-        if f.default is not dataclasses.MISSING:
+        if isinstance(f.default, Secret):
+            default = repr(f.default.value)
+        elif f.default is not dataclasses.MISSING:
             default = repr(f.default)
         elif f.default_factory is not dataclasses.MISSING:
             default = repr(f.default_factory())

@@ -1,0 +1,45 @@
+"""Start-up shared by every long-running role: config, logging, metrics endpoint."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from common.config import ConfigError
+from common.logging import get_logger, setup_logging
+from common.metrics import BUILD_INFO, serve_metrics
+from common.settings import load_config
+
+VERSION = "0.1.0"
+
+
+def load_or_exit(path: str | Path | None) -> Any:
+    """Load the config; on any problem print one line naming key and file, exit 2."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"vmbackup: config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def start_role(role: str, config_path: str | Path | None, metrics_port: int | None = None) -> Any:
+    """Load config, set up logging and serve /metrics; returns the config.
+
+    ``metrics_port`` (e.g. from a --metrics-port flag) overrides the config; the
+    port in use is printed so that an operator (or the demo) can find it.
+    """
+    cfg = load_or_exit(config_path)
+    setup_logging(cfg.log.level, cfg.log.format, role=role)
+    port = cfg.metrics.port if metrics_port is None else metrics_port
+    if port:
+        try:
+            serve_metrics(port, cfg.metrics.address)
+        except OSError as exc:
+            print(
+                f"vmbackup: cannot serve /metrics on port {port}: {exc.strerror}", file=sys.stderr
+            )
+            raise SystemExit(2) from None
+    BUILD_INFO.labels(version=VERSION, role=role).set(1)
+    get_logger("vmbackup").info("starting", role=role, metrics_port=port or None)
+    return cfg
