@@ -134,3 +134,42 @@ COORD_VCENTER_RELOGINS = Counter(
     "Logins again after NotAuthenticated (expired sessions)",
     ["vcenter"],
 )
+
+
+# --- proxy (proxy_worker/) ---------------------------------------------------------------
+PROXY_READ_BYTES = Counter(
+    "vmbackup_proxy_read_bytes_total",
+    "Bytes read from snapshot disks (rate = read B/s per transport and host)",
+    ["transport", "host"],
+)
+PROXY_CHUNKS = Counter(
+    "vmbackup_proxy_chunks_total",
+    "Chunks handled: zero (never hashed or sent), known (writers had them), sent",
+    ["result"],
+)
+PROXY_BYTES = Counter(
+    "vmbackup_proxy_bytes_total",
+    "Chunk bytes by outcome: zero, known and sent_raw (before compression), sent (payload)",
+    ["kind"],
+)
+PROXY_TASKS = Counter(
+    "vmbackup_proxy_tasks_total", "Tasks finished: ok, retry (returned) or failed", ["outcome"]
+)
+PROXY_TASK_SECONDS = Histogram(
+    "vmbackup_proxy_task_seconds", "Time to run one task", ["transport"], buckets=TASK_BUCKETS
+)
+PROXY_QUEUE_WAIT_SECONDS = Histogram(
+    "vmbackup_proxy_queue_wait_seconds",
+    "Time a task waited in its queue (publish to start, 1 s resolution)",
+    buckets=TASK_BUCKETS,
+)
+PROXY_THROTTLE_SECONDS = Counter(
+    "vmbackup_proxy_throttle_seconds_total",
+    "Time reads were held back by the per-host caps",
+    ["host", "cap"],
+)
+PROXY_ERRORS = Counter("vmbackup_proxy_errors_total", "Task failures by kind", ["kind"])
+PROXY_MEMORY_BYTES = Gauge(
+    "vmbackup_proxy_memory_bytes", "Chunk bytes in flight (bounded by proxy.memory_limit_mib)"
+)
+PROXY_STREAMS = Gauge("vmbackup_proxy_streams", "Open disk streams per host", ["host"])
