@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv demo test lint fmt typecheck bench lab clean
+.PHONY: setup setup-system venv demo test lint fmt typecheck bench lab docs clean
 
 setup: setup-system venv
 
@@ -17,7 +17,7 @@ lab: setup
 	$(PY) -m lab build
 
 demo: setup lab
-	$(PY) -m demo
+	$(PY) -m lab.demo
 
 test: setup lab
 	$(PY) -m ruff check .
@@ -36,6 +36,9 @@ typecheck: venv
 
 bench: setup lab
 	$(PY) -m bench.run_all
+
+docs: venv
+	$(PY) -m scripts.gen_config_docs
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache lab/vcsim/bin
