@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.config import Secret
 from proxy_worker.errors import ConfigError
 
 TRANSPORTS = ("nbd", "http", "file")
@@ -84,7 +85,6 @@ class NbdSettings:
         metadata=_doc('"vddk" (production) or "file" (nbdkit file plugin, mounted datastore)'),
     )
     nbdkit: str = field(default="nbdkit", metadata=_doc("nbdkit executable"))
-    request_size: int = field(default=2 * MiB, metadata=_doc("bytes per NBD read request"))
     in_flight: int = field(default=4, metadata=_doc("NBD read requests in flight per disk stream"))
     vddk_libdir: str = field(
         default="/opt/vmware-vix-disklib-distrib", metadata=_doc("VDDK library directory (libdir=)")
@@ -104,8 +104,6 @@ class NbdSettings:
     def __post_init__(self) -> None:
         if self.server not in ("vddk", "file"):
             raise ValueError(f"proxy.nbd.server must be 'vddk' or 'file', not {self.server!r}")
-        if not 0 < self.request_size <= 32 * MiB:
-            raise ValueError("proxy.nbd.request_size must be in (0, 32 MiB]")
         if not 1 <= self.in_flight <= 64:
             raise ValueError("proxy.nbd.in_flight must be within 1..64")
 
@@ -118,13 +116,10 @@ class HttpSettings:
         default=5, metadata=_doc("consecutive failures without progress before a read fails")
     )
     backoff: float = field(default=0.2, metadata=_doc("first retry delay in seconds (doubles)"))
-    request_size: int = field(default=16 * MiB, metadata=_doc("bytes per ranged GET"))
 
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
             raise ValueError("proxy.http: pool_size >= 1, timeout > 0, retries >= 0, backoff >= 0")
-        if self.request_size < 64 * 1024:
-            raise ValueError("proxy.http.request_size must be >= 64 KiB")
 
 
 @dataclass(frozen=True)
@@ -192,6 +187,13 @@ class ProxySettings:
             "the writers' fsync acks; see bench/RESULTS.md)"
         ),
     )
+    id_key: Secret = field(
+        default=Secret("", "none"),
+        metadata=_doc(
+            "hex of the repository's chunk-id key (encrypted repositories; `vmbackup repo` "
+            'shows it): inline, {file = "PATH"} or {env = "NAME"}; empty = unkeyed ids'
+        ),
+    )
     writer_timeout: float = field(
         default=120.0, metadata=_doc("seconds to wait for a chunk ack or have-reply")
     )
@@ -213,8 +215,15 @@ class ProxySettings:
             raise ValueError("proxy.batch_bytes must be within 256 KiB..32 MiB")
         if not 1 <= self.have_batch <= 10000:
             raise ValueError("proxy.have_batch must be within 1..10000")
+        v = self.id_key.value.strip()
+        if v and (len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v)):
+            raise ValueError("proxy.id_key must be 64 hex digits (a 32-byte key)")
         if self.writer_timeout <= 0:
             raise ValueError("proxy.writer_timeout must be > 0")
+
+    def chunk_id_key(self) -> bytes | None:
+        v = self.id_key.value.strip()
+        return bytes.fromhex(v) if v else None
 
     def mount_of(self, datastore: str) -> str:
         mount = self.datastore_mounts.get(datastore)

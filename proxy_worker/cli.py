@@ -1,0 +1,67 @@
+"""``vmbackup proxy``: run the proxy worker."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from common.config import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "proxy",
+        help="run a proxy worker: read snapshot disks, send new chunks to the writers",
+        description="Consume the block-range task queues named in [proxy] queues, read the "
+        "disks through the configured transport, and send the chunks the writers lack.",
+    )
+    p.add_argument("--config", required=False, help="TOML config file (env VMBACKUP_* overrides)")
+    p.add_argument("--name", help="override proxy.name")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from common import metrics
+    from common.amqp import BrokerParams, stop_on_signals
+    from common.logging import get_logger, setup_logging
+    from common.settings import load_config
+    from proxy_worker.service import ProxyService
+    from proxy_worker.settings import VCenterAccess, VCenterDirectory
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"vmbackup proxy: {exc}", file=sys.stderr)
+        return 2
+    settings = cfg.proxy
+    if args.name:
+        settings = dataclasses.replace(settings, name=args.name)
+    setup_logging(cfg.log.level, cfg.log.format, role="proxy")
+    log = get_logger("proxy")
+    vcenters = VCenterDirectory(
+        [
+            VCenterAccess.from_config(vc, settings.nbd.vddk_thumbprints.get(vc.name, ""))
+            for vc in getattr(cfg, "vcenters", [])
+        ]
+    )
+    try:
+        service = ProxyService(
+            settings,
+            BrokerParams.from_settings(cfg.broker),
+            n_shards=cfg.broker.n_shards,
+            vcenters=vcenters,
+        )
+    except (ValueError, ConfigError) as exc:
+        print(f"vmbackup proxy: {exc}", file=sys.stderr)
+        return 2
+    metrics.serve_metrics(cfg.metrics.port, cfg.metrics.address)
+    metrics.BUILD_INFO.labels(version="0.1.0", role="proxy").set(1)
+    stop_on_signals(service)
+    log.info("proxy_started", name=settings.name, queues=settings.queues)
+    try:
+        service.run()
+    finally:
+        service.close()
+    return 0

@@ -1,0 +1,227 @@
+"""``vmbackup proxy``: consume block-range tasks, run them through the pipeline, report.
+
+A task is acked only after every one of its chunks is durable at a writer (ChunkAck) or
+known to one (HaveReply); then its TaskResult is published. A failing task is returned to
+its queue with the reason (the Consumer retries it, and dead-letters it after the delivery
+limit); on its last attempt, or when the task itself is malformed, a failed TaskResult tells
+the coordinator at once instead of letting it wait for a timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from common import metrics
+from common.amqp import (
+    BrokerParams,
+    Consumer,
+    Delivery,
+    PermanentError,
+    Publisher,
+    ReplyQueue,
+    declare_base,
+    declare_task_queue,
+    task_queue,
+)
+from common.logging import bound, get_logger
+from common.messages import BackupTask, Message, TaskResult
+from proxy_worker.budget import MemoryBudget
+from proxy_worker.errors import ProxyError, TaskError
+from proxy_worker.pipeline import PipelineConfig, TaskPipeline, TaskStats
+from proxy_worker.settings import ProxySettings, VCenterDirectory
+from proxy_worker.throttle import Throttle, ThrottledReader
+from proxy_worker.transports.base import DiskSource, Transport
+from proxy_worker.transports.file import FileTransport
+from proxy_worker.transports.http import HttpTransport
+from proxy_worker.transports.nbd import NbdTransport
+from proxy_worker.writers import WriterLink
+
+log = get_logger(__name__)
+MiB = 1 << 20
+
+
+class ProxyService:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        params: BrokerParams,
+        *,
+        n_shards: int,
+        vcenters: VCenterDirectory | None = None,
+    ) -> None:
+        if not settings.queues:
+            raise ValueError("proxy.queues is empty: name the host./datastore. task queues")
+        self.settings = settings
+        self.params = params
+        self.n_shards = n_shards
+        self.id_key = settings.chunk_id_key()
+        vcenters = vcenters or VCenterDirectory([])
+        self.transports: dict[str, Transport] = {
+            "file": FileTransport(settings),
+            "nbd": NbdTransport(settings, vcenters),
+            "http": HttpTransport(settings.http, vcenters),
+        }
+        self.throttle = Throttle(settings.throttle)
+        self.budget = MemoryBudget(settings.memory_limit_mib * MiB)
+        self.pool = ThreadPoolExecutor(settings.pipeline_workers, thread_name_prefix="proxy-cpu")
+        self.publisher = Publisher(params, name=f"proxy-{settings.name}")
+        self.replies = ReplyQueue(params, name=f"proxy-{settings.name}-replies")
+        self.link = WriterLink(
+            self.publisher,
+            self.replies,
+            persistent_chunks=settings.persistent_chunks,
+            timeout=settings.writer_timeout,
+        )
+        queues = [task_queue(k) for k in settings.queues]
+        self.consumer = Consumer(
+            params,
+            queues,
+            self.handle,
+            expect=(BackupTask,),
+            prefetch=settings.tasks_in_parallel,
+            workers=settings.tasks_in_parallel,
+            declare=self._declare,
+            name=f"proxy-{settings.name}",
+        )
+
+    def _declare(self, ch: Any) -> None:
+        declare_base(ch, self.params)
+        for key in self.settings.queues:
+            declare_task_queue(ch, self.params, key)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def start(self) -> ProxyService:
+        self.consumer.start()
+        return self
+
+    def run(self) -> None:
+        self.consumer.run()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.consumer.stop(timeout)
+
+    def close(self) -> None:
+        self.consumer.stop(10)
+        self.replies.close()
+        self.publisher.close()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for t in self.transports.values():
+            t.close()
+
+    # --- one task ----------------------------------------------------------------------
+    def handle(self, msg: Message, d: Delivery) -> None:
+        assert isinstance(msg, BackupTask)
+        task = msg
+        if d.properties.timestamp:
+            metrics.PROXY_QUEUE_WAIT_SECONDS.observe(max(0.0, time.time() - d.properties.timestamp))
+        last_attempt = d.delivery_count + 1 >= self.params.delivery_limit
+        with bound(task=task.task_id, job=task.job_id, vm=task.vm_name, disk=task.disk_key):
+            try:
+                stats = self.run_task(task)
+            except TaskError as exc:
+                self._failed(task, exc, "failed")
+                raise PermanentError(exc.reason()) from exc
+            except ProxyError as exc:
+                self._failed(task, exc, "failed" if last_attempt else "retry")
+                raise
+            except Exception as exc:
+                self._failed(task, exc, "failed" if last_attempt else "retry")
+                raise
+            result = self._result(task, stats, ok=True, error="")
+            self.publisher.publish_sync("", task.results_to, result, persistent=True)
+            metrics.PROXY_TASKS.labels(outcome="ok").inc()
+            log.info(
+                "task_done",
+                read=stats.bytes_read,
+                zero=stats.bytes_zero,
+                known=stats.bytes_known,
+                sent=stats.bytes_sent,
+                seconds=round(stats.seconds, 3),
+            )
+
+    def _failed(self, task: BackupTask, exc: BaseException, outcome: str) -> None:
+        kind = exc.kind if isinstance(exc, ProxyError) else type(exc).__name__
+        reason = exc.reason() if isinstance(exc, ProxyError) else f"{kind}: {exc}"
+        metrics.PROXY_ERRORS.labels(kind=kind).inc()
+        metrics.PROXY_TASKS.labels(outcome=outcome).inc()
+        log.warning("task_failed", outcome=outcome, error=reason)
+        if outcome != "failed":
+            return
+        try:
+            self.publisher.publish_sync(
+                "", task.results_to, self._result(task, TaskStats(), ok=False, error=reason)
+            )
+        except Exception as pub_exc:  # the DLQ still holds the task with its reason
+            log.error("failure_result_not_published", error=repr(pub_exc))
+
+    def _result(self, task: BackupTask, st: TaskStats, *, ok: bool, error: str) -> TaskResult:
+        return TaskResult(
+            task_id=task.task_id,
+            job_id=task.job_id,
+            vm_uuid=task.vm_uuid,
+            disk_key=task.disk_key,
+            ok=ok,
+            error=error[:2000],
+            entries=st.sorted_entries(),
+            bytes_read=st.bytes_read,
+            bytes_zero=st.bytes_zero,
+            bytes_known=st.bytes_known,
+            bytes_sent=st.bytes_sent,
+            seconds=st.seconds,
+            proxy=self.settings.name,
+        )
+
+    def pipeline_config(self, task: BackupTask) -> PipelineConfig:
+        share = self.settings.memory_limit_mib * MiB // (4 * self.settings.tasks_in_parallel)
+        return PipelineConfig(
+            chunk_size=task.chunk_size,
+            compression_level=task.compression_level,
+            n_shards=self.n_shards,
+            id_key=self.id_key,
+            batch_bytes=self.settings.batch_bytes,
+            have_batch=self.settings.have_batch,
+            window_bytes=max(task.chunk_size, share),
+            partial_cap=max(task.chunk_size, share),
+        )
+
+    def run_task(self, task: BackupTask) -> TaskStats:
+        name = task.transport or self.settings.transport
+        transport = self.transports.get(name)
+        if transport is None:
+            raise TaskError(f"unknown transport {name!r}; known: {sorted(self.transports)}")
+        cfg = self.pipeline_config(task)
+        source = DiskSource.from_task(task)
+        lim = self.throttle.host(task.host)
+        read_bytes = metrics.PROXY_READ_BYTES.labels(transport=name, host=task.host)
+        bw_wait = metrics.PROXY_THROTTLE_SECONDS.labels(host=task.host, cap="bandwidth")
+        t0 = time.monotonic()
+        with lim.stream() as waited:
+            metrics.PROXY_THROTTLE_SECONDS.labels(host=task.host, cap="streams").inc(waited)
+            metrics.PROXY_STREAMS.labels(host=task.host).inc()
+            try:
+                reader = ThrottledReader(transport.open(source), lim, bw_wait.inc)
+                with reader:
+                    pipe = TaskPipeline(
+                        reader, self.link, self.pool, self.budget, cfg, task.task_id, read_bytes.inc
+                    )
+                    stats = pipe.run([tuple(r) for r in task.ranges], task.capacity)  # type: ignore[misc]
+            finally:
+                metrics.PROXY_STREAMS.labels(host=task.host).dec()
+                metrics.PROXY_MEMORY_BYTES.set(self.budget.used)
+        metrics.PROXY_TASK_SECONDS.labels(transport=name).observe(time.monotonic() - t0)
+        for result, n in (
+            ("zero", stats.chunks_zero),
+            ("known", stats.chunks_known),
+            ("sent", stats.chunks_sent),
+        ):
+            metrics.PROXY_CHUNKS.labels(result=result).inc(n)
+        for kind, n in (
+            ("zero", stats.bytes_zero),
+            ("known", stats.bytes_known),
+            ("sent_raw", stats.bytes_raw_sent),
+            ("sent", stats.bytes_sent),
+        ):
+            metrics.PROXY_BYTES.labels(kind=kind).inc(n)
+        return stats

@@ -1,0 +1,141 @@
+"""The proxy's side of the writer protocol: have-queries and chunk batches to the shard
+queues, replies on the proxy's exclusive reply queue, re-sent when a reply does not come."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+from common.amqp import EXCHANGE_SHARDS, Publisher, PublishError, ReplyQueue
+from common.logging import get_logger
+from common.messages import ChunkAck, ChunkBatch, HaveQuery, HaveReply, Message
+from common.sharding import shard_routing_key
+from proxy_worker.errors import WriterError
+
+log = get_logger(__name__)
+
+ChunkTuple = tuple[bytes, int, bool, bytes]  # (id, raw_len, compressed, payload)
+
+
+@dataclass
+class PendingBatch:
+    shard: int
+    task_id: str
+    chunks: list[ChunkTuple]
+    payload_bytes: int
+    batch_id: str = ""
+    reply: Future[Message] = field(default_factory=Future)
+    confirm: Future[None] = field(default_factory=Future)
+    sent_at: float = 0.0
+    attempts: int = 0
+
+
+class WriterLink:
+    """Shared by the proxy's tasks (thread safe: Publisher and ReplyQueue are)."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        replies: ReplyQueue,
+        *,
+        persistent_chunks: bool,
+        timeout: float,
+        attempts: int = 3,
+    ) -> None:
+        self.publisher = publisher
+        self.replies = replies
+        self.persistent_chunks = persistent_chunks
+        self.timeout = timeout
+        self.attempts = attempts
+
+    # --- have-queries ------------------------------------------------------------------
+    def have(self, by_shard: dict[int, list[bytes]]) -> dict[int, list[bool]]:
+        """Ask every shard's writer at once which ids it holds; re-ask on a lost reply."""
+        left = dict(by_shard)
+        out: dict[int, list[bool]] = {}
+        for attempt in range(1, self.attempts + 1):
+            waits: dict[int, tuple[str, Future[Message]]] = {}
+            for shard, ids in left.items():
+                qid = uuid.uuid4().hex
+                fut = self.replies.expect(qid)
+                msg = HaveQuery(query_id=qid, reply_to=self.replies.name, ids=ids)
+                try:
+                    self.publisher.publish(
+                        EXCHANGE_SHARDS, shard_routing_key(shard), msg, persistent=False
+                    ).result(timeout=self.timeout)
+                except (PublishError, FutureTimeout) as exc:
+                    self.replies.forget(qid)
+                    raise WriterError(f"have-query to shard {shard}: {exc}") from exc
+                waits[shard] = (qid, fut)
+            deadline = time.monotonic() + self.timeout
+            for shard, (qid, fut) in waits.items():
+                try:
+                    rep = fut.result(timeout=max(0.0, deadline - time.monotonic()))
+                except FutureTimeout:
+                    self.replies.forget(qid)
+                    continue
+                if not isinstance(rep, HaveReply) or len(rep.present) != len(left[shard]):
+                    raise WriterError(f"shard {shard} answered a have-query with {rep!r:.200}")
+                out[shard] = list(rep.present)
+            left = {s: ids for s, ids in left.items() if s not in out}
+            if not left:
+                return out
+            log.warning("have_reply_timeout", shards=sorted(left), attempt=attempt)
+        raise WriterError(f"no have-reply from shards {sorted(left)} after {self.attempts} tries")
+
+    # --- chunk batches -----------------------------------------------------------------
+    def send(self, batch: PendingBatch) -> PendingBatch:
+        """Publish (or re-publish) a batch; its ``reply`` future gets the ChunkAck."""
+        batch.attempts += 1
+        if batch.batch_id:
+            self.replies.forget(batch.batch_id)
+        batch.batch_id = uuid.uuid4().hex
+        batch.reply = self.replies.expect(batch.batch_id)
+        msg = ChunkBatch(
+            batch_id=batch.batch_id,
+            task_id=batch.task_id,
+            reply_to=self.replies.name,
+            chunks=batch.chunks,
+        )
+        try:
+            # The confirm is looked at in check(): publishing stays windowed, not one by one.
+            batch.confirm = self.publisher.publish(
+                EXCHANGE_SHARDS,
+                shard_routing_key(batch.shard),
+                msg,
+                persistent=self.persistent_chunks,
+                timeout=self.timeout,
+            )
+        except PublishError as exc:
+            raise WriterError(f"chunk batch to shard {batch.shard}: {exc}") from exc
+        batch.sent_at = time.monotonic()
+        return batch
+
+    def check(self, batch: PendingBatch, wait: float) -> ChunkAck | None:
+        """The batch's ack if it came within ``wait`` seconds; re-sends after a timeout;
+        raises WriterError when the writer refused it or never answered."""
+        confirm = batch.confirm
+        try:
+            rep = batch.reply.result(timeout=wait)
+        except FutureTimeout:
+            if confirm.done() and confirm.exception() is not None:
+                raise WriterError(
+                    f"chunk batch to shard {batch.shard}: {confirm.exception()}"
+                ) from confirm.exception()
+            if time.monotonic() - batch.sent_at < self.timeout:
+                return None
+            if batch.attempts >= self.attempts:
+                raise WriterError(
+                    f"no chunk ack from shard {batch.shard} after {batch.attempts} tries"
+                ) from None
+            log.warning("chunk_ack_timeout", shard=batch.shard, attempt=batch.attempts)
+            self.send(batch)
+            return None
+        if not isinstance(rep, ChunkAck):
+            raise WriterError(f"shard {batch.shard} answered a chunk batch with {rep!r:.200}")
+        if not rep.ok:
+            raise WriterError(f"shard {batch.shard} refused a chunk batch: {rep.error}")
+        return rep
