@@ -14,6 +14,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 Area = tuple[int, int]  # (offset, length)
+ALL_AREAS = "*"  # changeId that asks for the allocated areas (a full)
 
 
 class CbtError(Exception):

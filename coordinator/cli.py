@@ -1,0 +1,153 @@
+"""``vmbackup backup`` (one job, exit status for a scheduler) and ``vmbackup coordinator``
+(daemon: a cron schedule per policy, orphan sweeps, resume after a restart).
+
+``vmbackup restore-vm`` is added by the end-to-end work (register it next to these).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import Any
+
+from common.logging import get_logger, setup_logging
+from coordinator import report
+
+log = get_logger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    b = sub.add_parser(
+        "backup",
+        help="run one backup job for a policy and exit (0 ok, 1 some VMs failed, 2 error)",
+    )
+    b.add_argument("--config", required=True, help="vmbackup TOML config file")
+    b.add_argument("--policy", required=True, help="policy name from the config")
+    b.add_argument(
+        "--ignore-window", action="store_true", help="run even outside the policy's window"
+    )
+    b.add_argument("--report", help="also write the JSON report to this file ('-' = stdout)")
+    b.set_defaults(func=cmd_backup)
+
+    d = sub.add_parser("coordinator", help="run the coordinator daemon (cron schedule per policy)")
+    d.add_argument("--config", required=True, help="vmbackup TOML config file")
+    d.set_defaults(func=cmd_coordinator)
+
+
+def _load(path: str) -> Any:
+    from common.config import ConfigError
+    from common.settings import load_config
+    from coordinator.settings import check_references
+
+    try:
+        cfg = load_config(path)
+        check_references(list(cfg.vcenters), list(cfg.policies))
+    except (ConfigError, ValueError) as exc:
+        print(f"vmbackup: config error: {exc}", file=sys.stderr)
+        return None
+    if not cfg.vcenters:
+        print(f"vmbackup: config error: {path}: no [[vcenters]] configured", file=sys.stderr)
+        return None
+    if not cfg.repository.path:
+        print(f"vmbackup: config error: {path}: repository.path is not set", file=sys.stderr)
+        return None
+    setup_logging(cfg.log.level, cfg.log.format, role="coordinator")
+    return cfg
+
+
+def open_runtime(cfg: Any) -> Any:
+    """Connect to every vCenter (those that fail are logged), the repository, the broker."""
+    from common.amqp import BrokerParams
+    from coordinator.history import History
+    from coordinator.job import Runtime
+    from coordinator.vcenter import Connection
+
+    history = History.open(
+        cfg.repository.path,
+        cfg.repository.passphrase.value if cfg.repository.passphrase else None,
+    )
+    connections = {}
+    for vc in cfg.vcenters:
+        try:
+            connections[vc.name] = Connection(vc).connect()
+        except Exception as exc:
+            log.error("vcenter_unreachable", vcenter=vc.name, error=str(exc))
+    return Runtime.start(
+        cfg.coordinator, connections, history, BrokerParams.from_settings(cfg.broker)
+    )
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from coordinator.job import Job
+    from coordinator.settings import find_policy
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return report.EXIT_ERROR
+    try:
+        policy = find_policy(list(cfg.policies), args.policy)
+    except KeyError as exc:
+        print(f"vmbackup: {exc.args[0]}", file=sys.stderr)
+        return report.EXIT_ERROR
+    try:
+        rt = open_runtime(cfg)
+    except Exception as exc:
+        print(f"vmbackup: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return report.EXIT_ERROR
+    try:
+        job = Job(rt, policy, ignore_window=args.ignore_window)
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.warning("signal_received_cancelling_job", signal=signum)
+            job.cancel.set()
+            stop.set()
+
+        import signal
+
+        signal.signal(signal.SIGTERM, on_signal)
+        rep = job.run()
+    finally:
+        rt.close()
+        for c in rt.connections.values():
+            c.close()
+    sys.stdout.write(rep.to_text())
+    if args.report:
+        if args.report == "-":
+            sys.stdout.write(rep.to_json() + "\n")
+        else:
+            with open(args.report, "w", encoding="utf-8") as fh:
+                fh.write(rep.to_json())
+    return report.exit_status(rep)
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    from common.metrics import serve_metrics
+    from coordinator.daemon import Daemon
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return report.EXIT_ERROR
+    try:
+        rt = open_runtime(cfg)
+    except Exception as exc:
+        print(f"vmbackup: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return report.EXIT_ERROR
+    serve_metrics(cfg.metrics.port, cfg.metrics.address)
+    daemon = Daemon(rt, list(cfg.policies))
+    import signal
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.warning("signal_received_stopping", signal=signum)
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon.run()
+    finally:
+        rt.close()
+        for c in rt.connections.values():
+            c.close()
+    return 0

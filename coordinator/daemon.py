@@ -1,0 +1,126 @@
+"""The coordinator daemon: cron schedules per policy, periodic orphan sweeps, resume.
+
+Resume without a private database: at start every vCenter is swept; a snapshot of
+ours whose job is not running is an unfinished job of an earlier run (this
+coordinator died). It is removed, and the job's policy (the job id starts with it)
+is started over at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable
+
+from croniter import croniter
+
+from common.logging import get_logger
+from coordinator.job import Job, Runtime, policy_of_job
+from coordinator.report import JobReport
+from coordinator.settings import PolicySettings
+
+log = get_logger(__name__)
+
+
+class Daemon:
+    def __init__(
+        self,
+        rt: Runtime,
+        policies: list[PolicySettings],
+        clock: Callable[[], dt.datetime] = dt.datetime.now,
+    ) -> None:
+        self.rt = rt
+        self.policies = {p.name: p for p in policies}
+        self.clock = clock
+        self._stop = threading.Event()
+        self._jobs_sem = threading.BoundedSemaphore(rt.settings.limits.jobs)
+        self._running: dict[str, Job] = {}
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.reports: list[JobReport] = []
+        self.resumed: set[str] = set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def sweep_all(self) -> set[str]:
+        """Sweep every vCenter; return the policies of unfinished jobs found."""
+        unfinished: set[str] = set()
+        for conn in list(self.rt.connections.values()):
+            try:
+                res = self.rt.sweep(conn)
+            except Exception as exc:
+                log.error("orphan_sweep_failed", vcenter=conn.name, error=str(exc))
+                continue
+            for s in res.found:
+                p = policy_of_job(s.job_id)
+                if p in self.policies:
+                    unfinished.add(p)
+        return unfinished
+
+    def start_job(self, name: str, why: str) -> bool:
+        with self._lock:
+            if name in self._running:
+                log.warning("job_still_running_skipping_run", policy=name, why=why)
+                return False
+            job = Job(self.rt, self.policies[name], sweep_first=False)
+            self._running[name] = job
+        t = threading.Thread(target=self._run_job, args=(job,), name=f"job-{name}", daemon=True)
+        self._threads.append(t)
+        t.start()
+        log.info("job_scheduled", policy=name, job=job.job_id, why=why)
+        return True
+
+    def _run_job(self, job: Job) -> None:
+        try:
+            while not self._jobs_sem.acquire(timeout=1.0):
+                if self._stop.is_set():
+                    return
+            try:
+                if not self._stop.is_set():
+                    self.reports.append(job.run())
+            finally:
+                self._jobs_sem.release()
+        finally:
+            with self._lock:
+                self._running.pop(job.policy.name, None)
+
+    def run(self, max_seconds: float | None = None) -> None:
+        t_end = None if max_seconds is None else time.monotonic() + max_seconds
+        self.resumed = self.sweep_all()
+        for name in sorted(self.resumed):
+            self.start_job(name, "resume: an earlier run left this job unfinished")
+        now = self.clock()
+        next_run = {
+            n: croniter(p.schedule, now).get_next(dt.datetime)
+            for n, p in self.policies.items()
+            if p.schedule
+        }
+        next_sweep = time.monotonic() + self.rt.settings.orphan_sweep_s
+        log.info("coordinator_started", schedules={n: t.isoformat() for n, t in next_run.items()})
+        while not self._stop.is_set():
+            if t_end is not None and time.monotonic() >= t_end:
+                break
+            now = self.clock()
+            for name, when in list(next_run.items()):
+                if now >= when:
+                    self.start_job(name, f"schedule {self.policies[name].schedule}")
+                    next_run[name] = croniter(self.policies[name].schedule, now).get_next(
+                        dt.datetime
+                    )
+            if time.monotonic() >= next_sweep:
+                self.sweep_all()
+                next_sweep = time.monotonic() + self.rt.settings.orphan_sweep_s
+            self._stop.wait(1.0)
+        self.shutdown()
+
+    def shutdown(self, timeout: float = 300.0) -> None:
+        """Cancel running jobs (their snapshots are removed as they unwind) and wait."""
+        with self._lock:
+            jobs = list(self._running.values())
+        for j in jobs:
+            j.cancel.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,69 @@
+"""What the repository knows of earlier backups (the coordinator keeps no database).
+
+Read-only: the previous point of each disk and its changeId, when a disk last had a
+full, the chunk size and compression level tasks must use.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from coordinator.planner import PreviousDisk
+
+
+class History:
+    def __init__(self, repo: Any) -> None:
+        self.repo = repo
+        self._lock = threading.Lock()
+        self._cache: dict[str, list[Any]] = {}
+
+    @classmethod
+    def open(cls, path: str | Path, passphrase: str | None = None) -> History:
+        from repository_writer.repository import Repository
+
+        return cls(Repository.open(path, passphrase))
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.repo.chunk_size)
+
+    @property
+    def compression_level(self) -> int:
+        return int(getattr(self.repo, "compression_level", 1))
+
+    def _points(self, vm_uuid: str) -> list[Any]:
+        """Points of one VM, newest first (read once per job and VM)."""
+        with self._lock:
+            pts = self._cache.get(vm_uuid)
+            if pts is None:
+                pts = list(reversed(self.repo.points(vm_uuid)))
+                self._cache[vm_uuid] = pts
+            return pts
+
+    def forget(self, vm_uuid: str) -> None:
+        with self._lock:
+            self._cache.pop(vm_uuid, None)
+
+    def previous(self, vm_uuid: str, disk_key: int) -> PreviousDisk | None:
+        """The newest point holding this disk (complete or partial: the disk made it)."""
+        for p in self._points(vm_uuid):
+            for d in p.disks:
+                if d.key == disk_key:
+                    return PreviousDisk(point_id=p.id, change_id=d.change_id, capacity=d.capacity)
+        return None
+
+    def last_full_time(self, vm_uuid: str, disk_key: int) -> float | None:
+        """Snapshot time of the newest point where this disk was a full (no base)."""
+        for p in self._points(vm_uuid):
+            for d in p.disks:
+                if d.key == disk_key and not d.base_point_id:
+                    return float(p.snapshot_time)
+        return None
+
+    def last_success_time(self, vm_uuid: str) -> float | None:
+        for p in self._points(vm_uuid):
+            if p.status == "complete":
+                return float(p.snapshot_time)
+        return None

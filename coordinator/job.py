@@ -1,0 +1,780 @@
+"""One backup job (a policy run): discover, snapshot, plan, publish, collect, commit.
+
+Per VM: a snapshot slot (host + datastores), CBT on, a snapshot (always removed),
+per disk a full/incremental plan, tasks published routed by host or datastore with
+at most ``tasks_per_host`` in flight, results collected until every chunk of every
+range is accounted for, then one CommitRequest to the writers with the snapshot's
+changeIds. Any failure of a disk leaves that disk out of the commit, with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyVmomi import vim
+from pyVmomi.VmomiJSONEncoder import VmomiJSONEncoder
+
+from common import metrics
+from common.amqp import (
+    QUEUE_COMMITS,
+    BrokerParams,
+    Consumer,
+    Delivery,
+    Publisher,
+    ReplyQueue,
+    UnroutableError,
+    declare_base,
+    declare_results_queue,
+    results_queue,
+    task_routing_key,
+)
+from common.logging import bound, get_logger
+from common.messages import (
+    BackupTask,
+    CommitReply,
+    CommitRequest,
+    DiskCommit,
+    Message,
+    TaskResult,
+)
+from coordinator import cbt, planner, report, snapshots
+from coordinator.discovery import DiskInfo, Inventory, VmInfo, _disk_info, discover
+from coordinator.history import History
+from coordinator.limits import BackupWindow, Cancelled, KeyedLimiter, SnapshotSlots
+from coordinator.policy import select
+from coordinator.settings import CoordinatorSettings, PolicySettings, vcenters_for
+from coordinator.vcenter import Connection
+
+log = get_logger(__name__)
+EXCHANGE_DEFAULT = ""  # the broker's default exchange routes by queue name
+
+
+def new_job_id(policy: str, now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{policy}-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def policy_of_job(job_id: str) -> str:
+    """The policy name a job id starts with (job ids are ``<policy>-<time>-<hex>``)."""
+    parts = job_id.rsplit("-", 2)
+    return parts[0] if len(parts) == 3 else ""
+
+
+class ResultRouter:
+    """Consumes this coordinator's results queue and completes per-task futures."""
+
+    def __init__(self, params: BrokerParams, coordinator_id: str) -> None:
+        self.queue = results_queue(coordinator_id)
+        self._futures: dict[str, Future[TaskResult]] = {}
+        self._lock = threading.Lock()
+        self.stale = 0
+
+        def declare(ch: Any) -> None:
+            declare_base(ch, params)
+            declare_results_queue(ch, params, coordinator_id)
+
+        self.consumer = Consumer(
+            params,
+            [self.queue],
+            self._on_result,
+            expect=(TaskResult,),
+            prefetch=64,
+            workers=2,
+            declare=declare,
+            name=f"vmbackup-results-{coordinator_id}",
+        ).start()
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        return self.consumer.ready.wait(timeout)
+
+    def expect(self, task_id: str) -> Future[TaskResult]:
+        fut: Future[TaskResult] = Future()
+        with self._lock:
+            self._futures[task_id] = fut
+        return fut
+
+    def forget(self, task_id: str) -> None:
+        with self._lock:
+            self._futures.pop(task_id, None)
+
+    def _on_result(self, msg: Message, _d: Delivery) -> None:
+        assert isinstance(msg, TaskResult)
+        with self._lock:
+            fut = self._futures.pop(msg.task_id, None)
+        if fut is None:
+            # a duplicate, or a result of a job that ended (e.g. before a restart)
+            self.stale += 1
+            log.info("stale_task_result", task=msg.task_id, job=msg.job_id)
+            return
+        if not fut.done():
+            fut.set_result(msg)
+
+    def close(self) -> None:
+        self.consumer.stop(timeout=10)
+
+
+@dataclass
+class Runtime:
+    """What jobs share in one coordinator process."""
+
+    settings: CoordinatorSettings
+    connections: dict[str, Connection]
+    history: History
+    broker: BrokerParams
+    publisher: Publisher
+    results: ResultRouter
+    replies: ReplyQueue
+    slots: SnapshotSlots
+    tasks_per_host: KeyedLimiter
+    active_jobs: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def start(
+        cls,
+        settings: CoordinatorSettings,
+        connections: dict[str, Connection],
+        history: History,
+        broker: BrokerParams,
+    ) -> Runtime:
+        cid = settings.id
+        results = ResultRouter(broker, cid)
+        publisher = Publisher(broker, name=f"vmbackup-coordinator-{cid}")
+        replies = ReplyQueue(broker, name=f"vmbackup-coordinator-{cid}-replies")
+        if not results.wait_ready(30) or not publisher.wait_ready(30):
+            results.close()
+            publisher.close()
+            replies.close()
+            raise ConnectionError(f"broker {broker.url} not reachable")
+        lim = settings.limits
+        return cls(
+            settings=settings,
+            connections=connections,
+            history=history,
+            broker=broker,
+            publisher=publisher,
+            results=results,
+            replies=replies,
+            slots=SnapshotSlots(lim.snapshots_per_host, lim.snapshots_per_datastore),
+            tasks_per_host=KeyedLimiter(lim.tasks_per_host, "tasks per host"),
+        )
+
+    def close(self) -> None:
+        self.results.close()
+        self.replies.close()
+        self.publisher.close()
+
+    def job_started(self, job_id: str) -> None:
+        with self.lock:
+            self.active_jobs.add(job_id)
+
+    def job_ended(self, job_id: str) -> None:
+        with self.lock:
+            self.active_jobs.discard(job_id)
+
+    def running_jobs(self) -> set[str]:
+        with self.lock:
+            return set(self.active_jobs)
+
+    def sweep(self, conn: Connection) -> snapshots.SweepResult:
+        s = self.settings
+        return snapshots.sweep(
+            conn,
+            prefix=s.snapshot_prefix,
+            coordinator_id=s.id,
+            active_jobs=self.running_jobs(),
+            min_age_s=s.orphan_min_age_s,
+            timeout_s=s.snapshot_timeout_s,
+        )
+
+
+class DiskFailed(Exception):
+    """This disk cannot be part of the point; the text is the reason."""
+
+
+@dataclass
+class _DiskWork:
+    info: DiskInfo
+    plan: planner.DiskPlan
+    rep: report.DiskReport
+    futures: dict[str, Future[TaskResult]] = field(default_factory=dict)
+    results: list[TaskResult] = field(default_factory=list)
+    entries: list[tuple[int, bytes]] = field(default_factory=list)  # checked, for the commit
+    error: str = ""
+
+
+class _Slot:
+    """One task's in-flight slot, released exactly once."""
+
+    def __init__(self, limiter: KeyedLimiter, host: str) -> None:
+        self.limiter = limiter
+        self.host = host
+        self._done = False
+        self._lock = threading.Lock()
+        metrics.COORD_TASKS_IN_FLIGHT.labels(host).inc()
+
+    def release(self, *_: object) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        metrics.COORD_TASKS_IN_FLIGHT.labels(self.host).dec()
+        self.limiter.release([self.host])
+
+
+class Job:
+    def __init__(
+        self,
+        rt: Runtime,
+        policy: PolicySettings,
+        *,
+        job_id: str | None = None,
+        ignore_window: bool = False,
+        sweep_first: bool = True,
+        clock: Callable[[], dt.datetime] = dt.datetime.now,
+    ) -> None:
+        self.rt = rt
+        self.s = rt.settings
+        self.policy = policy
+        self.job_id = job_id or new_job_id(policy.name)
+        self.cancel = threading.Event()
+        self.clock = clock
+        self.window = (
+            BackupWindow()
+            if ignore_window
+            else BackupWindow(policy.window.start, policy.window.end)
+        )
+        self.deadline: dt.datetime | None = None
+        self.sweep_first = sweep_first
+        self.report = report.JobReport(
+            job_id=self.job_id, policy=policy.name, coordinator=self.s.id
+        )
+        self.inventories: list[Inventory] = []
+
+    # --- the job ----------------------------------------------------------------------
+
+    def run(self) -> report.JobReport:
+        rep = self.report
+        rt = self.rt
+        rt.job_started(self.job_id)
+        t0 = time.monotonic()
+        rt0 = sum(c.round_trips for c in rt.connections.values())
+        timer: threading.Timer | None = None
+        with bound(job=self.job_id, policy=self.policy.name):
+            try:
+                now = self.clock()
+                if not self.window.is_open(now):
+                    rep.error = (
+                        f"outside the backup window {self.policy.window.start}-"
+                        f"{self.policy.window.end}; no VM started"
+                    )
+                    return rep
+                self.deadline = self.window.closes_at(now)
+                if self.deadline is not None and self.policy.window.on_end == "cancel":
+                    secs = (self.deadline - now).total_seconds()
+                    timer = threading.Timer(secs, self._window_ended)
+                    timer.daemon = True
+                    timer.start()
+                vms = self._discover()
+                sel = select(vms, self.policy)
+                log.info(
+                    "job_started",
+                    selected=len(sel.selected),
+                    skipped=len(sel.skipped),
+                    out_of_scope=sel.out_of_scope,
+                )
+                pol = self.policy.name
+                metrics.COORD_VMS.labels(pol, "discovered").inc(
+                    len(sel.selected) + len(sel.skipped)
+                )
+                for vm in sel.skipped:
+                    metrics.COORD_VMS.labels(pol, "skipped").inc()
+                    rep.vms.append(self._skipped_report(vm))
+                reports: list[report.VmReport | None] = [None] * len(sel.selected)
+                with ThreadPoolExecutor(self.s.limits.vms, thread_name_prefix="vm") as ex:
+                    futs = {ex.submit(self._vm_guarded, vm): i for i, vm in enumerate(sel.selected)}
+                    for fut, i in futs.items():
+                        reports[i] = fut.result()
+                rep.vms.extend(r for r in reports if r is not None)
+            except Exception as exc:
+                log.exception("job_failed")
+                rep.error = f"{type(exc).__name__}: {exc}"
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                rt.job_ended(self.job_id)
+                rep.vcenter_round_trips = sum(c.round_trips for c in rt.connections.values()) - rt0
+                rep.finish()
+                metrics.COORD_JOB_SECONDS.labels(self.policy.name).observe(time.monotonic() - t0)
+                metrics.COORD_JOBS.labels(self.policy.name, rep.status).inc()
+                if self.s.report_dir:
+                    try:
+                        rep.write(self.s.report_dir)
+                    except OSError as exc:
+                        log.error("report_write_failed", error=str(exc))
+                log.info("job_finished", status=rep.status, counts=rep.counts())
+        return rep
+
+    def _window_ended(self) -> None:
+        log.warning("backup_window_ended", action="cancel")
+        self.cancel.set()
+
+    def _discover(self) -> list[VmInfo]:
+        vms: list[VmInfo] = []
+        errors = []
+        for vc in vcenters_for(list(self._vcenter_settings()), self.policy):
+            conn = self.rt.connections.get(vc.name)
+            if conn is None:
+                errors.append(f"vcenter {vc.name}: not connected")
+                continue
+            try:
+                if self.sweep_first:
+                    res = self.rt.sweep(conn)
+                    self.report.orphans_removed += len(res.removed)
+                inv = discover(conn)
+            except Exception as exc:
+                log.exception("discovery_failed", vcenter=vc.name)
+                errors.append(f"vcenter {vc.name}: {type(exc).__name__}: {exc}")
+                continue
+            self.inventories.append(inv)
+            vms.extend(inv.vms)
+        if errors:
+            self.report.error = "; ".join(errors)
+        return vms
+
+    def _vcenter_settings(self) -> list[Any]:
+        return [c.settings for c in self.rt.connections.values()]
+
+    def _skipped_report(self, vm: VmInfo) -> report.VmReport:
+        vr = report.VmReport(
+            vm.vcenter,
+            vm.name,
+            vm.moref,
+            vm.instance_uuid or vm.uuid,
+            vm.host,
+            status=report.SKIPPED,
+            reason=vm.skip_reason,
+        )
+        for d in vm.disks:
+            vr.disks.append(
+                report.DiskReport(
+                    d.key,
+                    d.label,
+                    d.capacity,
+                    status=report.SKIPPED,
+                    reason=d.skip_reason or "VM skipped",
+                )
+            )
+            metrics.COORD_DISKS.labels(self.policy.name, "skipped").inc()
+        return vr
+
+    # --- one VM -----------------------------------------------------------------------
+
+    def _vm_guarded(self, vm: VmInfo) -> report.VmReport:
+        with bound(vm=vm.name, vm_moref=vm.moref):
+            vr = report.VmReport(
+                vm.vcenter, vm.name, vm.moref, vm.instance_uuid or vm.uuid, vm.host
+            )
+            t0 = time.monotonic()
+            try:
+                self._vm(vm, vr)
+            except snapshots.SnapshotError as exc:
+                vr.status, vr.reason = report.FAILED, str(exc)
+            except Cancelled as exc:
+                vr.status, vr.reason = report.FAILED, f"cancelled: {exc}"
+            except Exception as exc:
+                log.exception("vm_failed")
+                vr.status, vr.reason = report.FAILED, f"{type(exc).__name__}: {exc}"
+            vr.seconds = round(time.monotonic() - t0, 3)
+            pol = self.policy.name
+            if vr.status == report.OK:
+                metrics.COORD_VMS.labels(pol, "protected").inc()
+            elif vr.status in (report.FAILED, report.PARTIAL):
+                metrics.COORD_VMS.labels(pol, "failed").inc()
+            for d in vr.disks:
+                metrics.COORD_DISKS.labels(pol, "discovered").inc()
+                metrics.COORD_DISKS.labels(
+                    pol, {report.OK: "protected", report.SKIPPED: "skipped"}.get(d.status, "failed")
+                ).inc()
+            log.info("vm_finished", status=vr.status, reason=vr.reason, seconds=vr.seconds)
+            return vr
+
+    def _may_start(self) -> str:
+        if self.cancel.is_set():
+            return "job cancelled"
+        if self.deadline is not None and self.clock() >= self.deadline:
+            return "backup window closed before this VM started"
+        return ""
+
+    def _vm(self, vm: VmInfo, vr: report.VmReport) -> None:
+        why = self._may_start()
+        if why:
+            vr.status, vr.reason = report.FAILED, f"not started: {why}"
+            return
+        conn = self.rt.connections[vm.vcenter]
+        vm_mo = conn.moref("VirtualMachine", vm.moref)
+        with self.rt.slots.hold(vm.host or vm.host_moref, vm.datastores, self.cancel):
+            why = self._may_start()  # waiting for a slot can take long
+            if why:
+                vr.status, vr.reason = report.FAILED, f"not started: {why}"
+                return
+            just_enabled, note = self._ensure_cbt(conn, vm, vm_mo)
+            with snapshots.held(
+                conn,
+                vm_mo,
+                prefix=self.s.snapshot_prefix,
+                job_id=self.job_id,
+                coordinator_id=self.s.id,
+                quiesce=self.policy.quiesce,
+                fallback=self.policy.quiesce_fallback,
+                timeout_s=self.s.snapshot_timeout_s,
+            ) as snap:
+                vr.snapshot = snap.moref
+                vr.consistency = "quiesced" if snap.quiesced else "crash-consistent"
+                notes = [n for n in (note, snap.note) if n]
+                self._backup_snapshot(conn, vm, vm_mo, snap, vr, just_enabled)
+                if notes:
+                    vr.reason = "; ".join([*notes, vr.reason] if vr.reason else notes)
+
+    def _ensure_cbt(self, conn: Connection, vm: VmInfo, vm_mo: Any) -> tuple[bool, str]:
+        if vm.cbt_enabled:
+            return False, ""
+        try:
+            task = vm_mo.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=True))
+            conn.wait_task(task, f"enable CBT on {vm.name}", self.s.snapshot_timeout_s)
+        except Exception as exc:
+            log.warning("cbt_enable_failed", error=str(exc))
+            return False, f"could not enable CBT ({exc})"
+        log.info("cbt_enabled")
+        return True, "CBT enabled by this backup"
+
+    def _snapshot_disks(
+        self, conn: Connection, snap: snapshots.Snapshot
+    ) -> tuple[list[DiskInfo], bytes]:
+        props = conn.get_properties(snap.mo, ["config"])
+        config = props.get("config")
+        if config is None:
+            raise snapshots.SnapshotError(f"snapshot {snap.moref} has no configuration")
+        devices = config.hardware.device if config.hardware else []
+        disks = [_disk_info(d, {}) for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
+        vm_config = json.dumps(config, cls=VmomiJSONEncoder, sort_keys=True).encode()
+        return disks, vm_config
+
+    def _backup_snapshot(
+        self,
+        conn: Connection,
+        vm: VmInfo,
+        vm_mo: Any,
+        snap: snapshots.Snapshot,
+        vr: report.VmReport,
+        cbt_just_enabled: bool,
+    ) -> None:
+        disks, vm_config = self._snapshot_disks(conn, snap)
+        uuid = vm.instance_uuid or vm.uuid
+        works: list[_DiskWork] = []
+        failed: list[tuple[int, str]] = []
+        for d in disks:
+            dr = report.DiskReport(d.key, d.label, d.capacity)
+            vr.disks.append(dr)
+            if d.skip_reason:
+                dr.status, dr.reason = report.SKIPPED, d.skip_reason
+                continue
+            try:
+                plan = self._plan_disk(vm_mo, snap, uuid, d, cbt_just_enabled)
+            except DiskFailed as exc:
+                dr.status, dr.error = report.FAILED, str(exc)
+                failed.append((d.key, str(exc)))
+                continue
+            dr.mode, dr.reason = plan.decision.mode, plan.reason
+            dr.bytes_planned, dr.tasks, dr.change_id = (
+                plan.bytes_planned,
+                len(plan.tasks),
+                plan.change_id,
+            )
+            pol = self.policy.name
+            metrics.COORD_BYTES_PLANNED.labels(pol, "changed").inc(plan.bytes_planned)
+            metrics.COORD_BYTES_PLANNED.labels(pol, "capacity").inc(plan.capacity)
+            works.append(_DiskWork(d, plan, dr))
+        self._run_tasks(vm, snap, uuid, works)
+        ok: list[_DiskWork] = []
+        for w in works:
+            try:
+                self._check_results(w)
+                ok.append(w)
+            except DiskFailed as exc:
+                w.rep.status, w.rep.error = report.FAILED, str(exc)
+                failed.append((w.info.key, str(exc)))
+        if not ok:
+            vr.status = report.FAILED
+            vr.reason = "no disk could be backed up" if failed else "no disk to back up"
+            return
+        status = "complete" if not failed else "partial"
+        try:
+            vr.point_id = self._commit(vm, uuid, snap, vm_config, ok, failed, status)
+        except DiskFailed as exc:
+            for w in ok:
+                w.rep.status, w.rep.error = report.FAILED, str(exc)
+            vr.status, vr.reason = report.FAILED, str(exc)
+            return
+        for w in ok:
+            w.rep.status = report.OK
+        vr.status = report.OK if status == "complete" else report.PARTIAL
+        if vr.status == report.PARTIAL:
+            vr.reason = f"{len(failed)} disk(s) failed"
+        else:
+            metrics.COORD_LAST_SUCCESS.labels(vm.vcenter, vm.name).set(snap.created)
+        self.rt.history.forget(uuid)
+
+    # --- planning ---------------------------------------------------------------------
+
+    def _plan_disk(
+        self, vm_mo: Any, snap: snapshots.Snapshot, uuid: str, d: DiskInfo, cbt_just_enabled: bool
+    ) -> planner.DiskPlan:
+        hist = self.rt.history
+        prev = hist.previous(uuid, d.key)
+        force = ""
+        days = self.policy.full_every_days
+        if days and prev is not None:
+            last = hist.last_full_time(uuid, d.key)
+            if last is None or time.time() - last >= days * 86400:
+                force = f"periodic full (policy: every {days} day(s))"
+        decision = planner.decide(
+            prev,
+            d.change_id,
+            d.capacity,
+            cbt_just_enabled=cbt_just_enabled,
+            force_full_reason=force,
+        )
+        plan = planner.DiskPlan(d.key, d.capacity, decision, d.change_id)
+        areas: list[tuple[int, int]]
+        if decision.mode == planner.INCREMENTAL:
+            try:
+                areas = cbt.changed_areas(
+                    cbt.vm_query(vm_mo, snap.mo, d.key, decision.base_change_id), d.capacity
+                )
+            except cbt.CbtInconsistent as exc:
+                raise DiskFailed(f"CBT replies inconsistent: {exc.reason}") from exc
+            except cbt.CbtError as exc:
+                metrics.COORD_CBT_FALLBACKS.labels("query_failed").inc()
+                plan.decision = planner.Decision(
+                    planner.FULL, f"incremental not possible: {exc.reason}", code="query_failed"
+                )
+                decision = plan.decision
+        if decision.mode == planner.FULL:
+            if decision.code:
+                metrics.COORD_CBT_FALLBACKS.labels(decision.code).inc()
+            try:
+                areas = cbt.changed_areas(
+                    cbt.vm_query(vm_mo, snap.mo, d.key, cbt.ALL_AREAS), d.capacity
+                )
+                plan.notes.append("allocated areas")
+            except cbt.CbtInconsistent as exc:
+                raise DiskFailed(f"CBT replies inconsistent: {exc.reason}") from exc
+            except cbt.CbtError as exc:
+                metrics.COORD_CBT_FALLBACKS.labels("whole_disk").inc()
+                plan.notes.append(f"whole disk: {exc.reason}")
+                areas = [(0, d.capacity)]
+        try:
+            return planner.plan_ranges(
+                plan,
+                areas,
+                chunk_size=hist.chunk_size,
+                max_bytes=self.s.task_max_bytes,
+                job_id=self.job_id,
+                vm_uuid=uuid,
+            )
+        except ValueError as exc:
+            raise DiskFailed(f"planning failed: {exc}") from exc
+
+    # --- tasks ------------------------------------------------------------------------
+
+    def _route(self, vm: VmInfo, d: DiskInfo) -> str:
+        if self.policy.routing == "datastore":
+            return task_routing_key("datastore", d.datastore)
+        return task_routing_key("host", vm.host)
+
+    def _run_tasks(
+        self, vm: VmInfo, snap: snapshots.Snapshot, uuid: str, works: list[_DiskWork]
+    ) -> None:
+        rt = self.rt
+        hist = rt.history
+        host = vm.host or vm.host_moref
+        pending: dict[Future[TaskResult], tuple[_DiskWork, str, _Slot]] = {}
+        deadline = time.monotonic() + self.s.task_timeout_s
+        try:
+            for w in works:
+                for t in w.plan.tasks:
+                    if w.error:
+                        break
+                    rt.tasks_per_host.acquire([host], self.cancel)
+                    slot = _Slot(rt.tasks_per_host, host)
+                    fut = rt.results.expect(t.task_id)
+                    fut.add_done_callback(slot.release)
+                    task = BackupTask(
+                        task_id=t.task_id,
+                        job_id=self.job_id,
+                        vcenter=vm.vcenter,
+                        datacenter=vm.datacenter,
+                        host=vm.host,
+                        datastore=w.info.datastore,
+                        vm_uuid=uuid,
+                        vm_moref=vm.moref,
+                        vm_name=vm.name,
+                        disk_key=w.info.key,
+                        snapshot_moref=snap.moref,
+                        disk_file=w.info.file,
+                        capacity=w.info.capacity,
+                        chunk_size=hist.chunk_size,
+                        compression_level=hist.compression_level,
+                        ranges=[(o, n) for o, n in t.ranges],
+                        results_to=rt.results.queue,
+                    )
+                    try:
+                        rt.publisher.publish_sync(
+                            "vmbackup.tasks", self._route(vm, w.info), task, timeout=60.0
+                        )
+                    except UnroutableError:
+                        w.error = (
+                            f"no proxy takes tasks for {self._route(vm, w.info)}"
+                            " (no queue bound to that routing key)"
+                        )
+                    except Exception as exc:
+                        w.error = f"publishing task failed: {type(exc).__name__}: {exc}"
+                    if w.error:
+                        rt.results.forget(t.task_id)
+                        slot.release()
+                        break
+                    w.futures[t.task_id] = fut
+                    pending[fut] = (w, t.task_id, slot)
+            while pending:
+                if self.cancel.is_set():
+                    raise Cancelled("job cancelled while tasks were running")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    for w, _tid, _slot in pending.values():
+                        w.error = w.error or (
+                            f"no result within {self.s.task_timeout_s:.0f}s for some tasks"
+                        )
+                    break
+                done, _ = wait_futures(
+                    list(pending), timeout=min(left, 0.5), return_when=FIRST_COMPLETED
+                )
+                for fut in done:
+                    w, _tid, _slot = pending.pop(fut)
+                    w.results.append(fut.result())
+        finally:
+            for fut, (_w, tid, slot) in pending.items():
+                rt.results.forget(tid)
+                fut.cancel()
+                slot.release()
+
+    def _check_results(self, w: _DiskWork) -> None:
+        if w.error:
+            raise DiskFailed(w.error)
+        errors = [r.error or "failed" for r in w.results if not r.ok]
+        if errors:
+            raise DiskFailed(f"{len(errors)} task(s) failed: {errors[0]}")
+        cs = self.rt.history.chunk_size
+        expected = planner.chunk_indexes(w.plan.ranges, cs)
+        entries: dict[int, bytes] = {}
+        for r in w.results:
+            w.rep.bytes_read += r.bytes_read
+            w.rep.bytes_sent += r.bytes_sent
+            for idx, cid in r.entries:
+                entries[int(idx)] = bytes(cid)
+        if sorted(entries) != expected:
+            missing = len(set(expected) - set(entries))
+            extra = len(set(entries) - set(expected))
+            raise DiskFailed(
+                f"task results do not match the plan ({missing} missing, {extra} extra)"
+            )
+        for idx, cid in entries.items():
+            if cid and len(cid) != 32:
+                raise DiskFailed(f"chunk {idx}: id of {len(cid)} bytes")
+        w.entries = sorted(entries.items())
+
+    # --- commit -----------------------------------------------------------------------
+
+    def _commit(
+        self,
+        vm: VmInfo,
+        uuid: str,
+        snap: snapshots.Snapshot,
+        vm_config: bytes,
+        ok: list[_DiskWork],
+        failed: list[tuple[int, str]],
+        status: str,
+    ) -> str:
+        rt = self.rt
+        request_id = "c-" + hashlib.sha256(f"{self.job_id}\0{uuid}".encode()).hexdigest()[:32]
+        disks = [
+            DiskCommit(
+                key=w.info.key,
+                capacity=w.info.capacity,
+                change_id=w.plan.change_id,
+                base_point_id=w.plan.decision.base_point_id
+                if w.plan.decision.mode == planner.INCREMENTAL
+                else "",
+                entries=w.entries,
+                info={
+                    "label": w.info.label,
+                    "file": w.info.file,
+                    "datastore": w.info.datastore,
+                    "controller_key": w.info.controller_key,
+                    "unit_number": w.info.unit_number,
+                    "disk_mode": w.info.disk_mode,
+                    "mode": w.plan.decision.mode,
+                    "reason": w.plan.reason,
+                },
+            )
+            for w in ok
+        ]
+        attempts = 2  # the reply queue is re-created after a reconnect: send again once
+        last = ""
+        for _ in range(attempts):
+            req = CommitRequest(
+                request_id=request_id,
+                reply_to=rt.replies.name,
+                job_id=self.job_id,
+                vcenter=vm.vcenter,
+                vm_uuid=uuid,
+                vm_moref=vm.moref,
+                vm_name=vm.name,
+                vm_config=vm_config,
+                status=status,
+                snapshot_time=snap.created,
+                disks=disks,
+                failed_disks=failed,
+            )
+            fut = rt.replies.expect(request_id)
+            try:
+                rt.publisher.publish_sync(
+                    EXCHANGE_DEFAULT,
+                    QUEUE_COMMITS,
+                    req,
+                    correlation_id=request_id,
+                    reply_to=req.reply_to,
+                    timeout=60.0,
+                )
+                reply = fut.result(timeout=self.s.commit_timeout_s)
+            except Exception as exc:
+                rt.replies.forget(request_id)
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                log.warning("commit_attempt_failed", error=last)
+                continue
+            assert isinstance(reply, CommitReply)
+            if not reply.ok:
+                raise DiskFailed(f"commit refused by the writer: {reply.error}")
+            log.info("point_committed", point=reply.point_id, status=status, disks=len(disks))
+            return reply.point_id
+        raise DiskFailed(f"commit failed: {last or 'no reply'}")
