@@ -58,11 +58,14 @@ def gc(
     *,
     grace: float = DEFAULT_GRACE,
     dry_run: bool = False,
-    now: float | None = None,
 ) -> GcReport:
+    if grace < 0:
+        raise ValueError("grace must not be negative")
     report = GcReport(dry_run=dry_run)
     with gc_lock(repo):
-        start = time.time() if now is None else now
+        # The cutoff must never pass the mark time as the file system records it: the
+        # kernel stamps mtimes from a coarse clock that may lag time.time() by ms.
+        start = min(time.time(), _fs_now(repo))
         cutoff = start - grace
         for job in repo.running_jobs():
             if job["started"] < start - STALE_MARKER:
@@ -73,6 +76,12 @@ def gc(
         _mark(repo, report)
         _sweep(repo, report, cutoff, start, dry_run)
     return report
+
+
+def _fs_now(repo: Repository) -> float:
+    path = repo.path / "locks" / "gc"
+    os.utime(path)
+    return os.stat(path).st_mtime
 
 
 def _mark(repo: Repository, report: GcReport) -> None:

@@ -382,7 +382,8 @@ class Repository:
                 out.append(
                     {
                         "job_id": str(doc["job_id"]),
-                        "started": float(doc["started"]),
+                        # the file's mtime is in the clock domain of chunk mtimes
+                        "started": min(float(doc["started"]), p.stat().st_mtime),
                         "host": doc.get("host", ""),
                         "marker": str(p),
                     }

@@ -1,0 +1,54 @@
+"""Fixtures for repository tests: small repositories and images on real files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from repository_writer.repository import Repository
+
+CS = 256 * 1024  # smallest chunk size: keeps tests fast
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository.init(tmp_path / "repo", chunk_size=CS, compression_level=1)
+
+
+@pytest.fixture
+def enc_repo(tmp_path: Path) -> Repository:
+    return Repository.init(tmp_path / "erepo", chunk_size=CS, passphrase="correct horse")
+
+
+def make_image(path: Path, pattern: str, seed: int = 0) -> bytes:
+    """Image from a pattern: r = random chunk, z = zero, t = text, d = duplicate of first."""
+    import random
+
+    rnd = random.Random(seed)
+    parts: list[bytes] = []
+    for c in pattern:
+        if c == "r":
+            parts.append(rnd.randbytes(CS))
+        elif c == "z":
+            parts.append(bytes(CS))
+        elif c == "t":
+            parts.append((f"line {rnd.random()} of text\n" * (CS // 20))[:CS].encode())
+        elif c == "d":
+            parts.append(parts[0])
+        elif c == "s":  # short tail
+            parts.append(rnd.randbytes(1000))
+    data = b"".join(parts)
+    path.write_bytes(data)
+    return data
+
+
+def flip_bit(path: Path, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        b = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([b[0] ^ 0x10]))
+        fh.flush()
+        os.fsync(fh.fileno())

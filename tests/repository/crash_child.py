@@ -1,0 +1,34 @@
+"""Child process for the crash test: imports, prunes and collects forever until killed."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+from repository_writer.gc import gc
+from repository_writer.import_disk import import_disk
+from repository_writer.prune import KeepPolicy, prune
+from repository_writer.repository import Repository
+
+
+def main() -> None:
+    repo = Repository.open(sys.argv[1])
+    img = Path(sys.argv[2])
+    rnd = random.Random(int(sys.argv[3]))
+    cs = repo.chunk_size
+    base = [rnd.randbytes(cs) for _ in range(4)]
+    print("ready", flush=True)
+    i = 0
+    while True:
+        parts = [rnd.choice([*base, rnd.randbytes(cs), bytes(cs)]) for _ in range(12)]
+        img.write_bytes(b"".join(parts))
+        import_disk(repo, f"vm{i % 3}", 2000, img)
+        if i % 4 == 3:
+            prune(repo, KeepPolicy(last=2))
+            gc(repo, grace=0)
+        i += 1
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The CLI as scripts use it: names, exit status, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.repository.conftest import CS, flip_bit, make_image
+
+
+def vmb(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "common.cli", *args],
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_cli_round_trip(tmp_path: Path) -> None:
+    repo = str(tmp_path / "repo")
+    img = tmp_path / "d.img"
+    data = make_image(img, "rtzrds")
+    assert vmb("repo", "init", repo, "--chunk-size", "256K").returncode == 0
+    r = vmb("repo", "import-disk", "--repo", repo, "--vm", "web", "--disk", "2000", str(img))
+    assert r.returncode == 0 and b"(full)" in r.stdout, r.stderr
+    r = vmb("repo", "import-disk", "--repo", repo, "--vm", "web", "--disk", "2000", str(img))
+    assert b"incremental" in r.stdout and b" 0 new" in r.stdout
+    doc = json.loads(vmb("repo", "list", "--repo", repo, "--json").stdout)
+    assert len(doc["points"]) == 2 and doc["totals"]["dedup_ratio"] > 1.5
+    pid = doc["points"][1]["id"]
+    r = vmb("restore", "--repo", repo, "--point", pid, "--disk", "2000", "--out", "-")
+    assert r.returncode == 0 and r.stdout == data
+    out = tmp_path / "out.img"
+    r = vmb("restore", "--repo", repo, "--point", pid, "--disk", "2000", "--out", str(out))
+    assert r.returncode == 0 and out.read_bytes() == data
+    assert out.stat().st_blocks * 512 < len(data)  # the zero chunk is a hole
+    assert vmb("verify", "--repo", repo).returncode == 0
+    assert vmb("verify", "--repo", repo, "--sample", "2").returncode == 0
+    r = vmb("prune", "--repo", repo, "--keep-last", "1", "--dry-run")
+    assert r.returncode == 0 and b"would remove" in r.stdout
+    assert vmb("prune", "--repo", repo, "--keep-last", "1").returncode == 0
+    r = vmb("gc", "--repo", repo)
+    assert r.returncode == 0 and b"freed" in r.stdout
+    # damage: verify exits non-zero and names the chunk
+    chunk = next(p for p in (Path(repo) / "chunks").rglob("*") if p.is_file())
+    flip_bit(chunk, 40)
+    r = vmb("verify", "--repo", repo)
+    assert r.returncode == 1 and chunk.name.encode() in r.stdout
+
+
+def test_cli_bad_input(tmp_path: Path) -> None:
+    repo = str(tmp_path / "repo")
+    r = vmb("verify", "--repo", repo)
+    assert r.returncode == 1 and b"not a vmbackup repository" in r.stderr
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    assert vmb("repo", "init", repo, "--encrypt", "--passphrase-file", str(pw)).returncode == 0
+    r = vmb("repo", "list", "--repo", repo, env={"VMBACKUP_PASSPHRASE": "nope"})
+    assert r.returncode == 1 and b"wrong passphrase" in r.stderr
+    r = vmb("repo", "list", "--repo", repo, "--passphrase-file", str(pw))
+    assert r.returncode == 0
+    r = vmb(
+        "restore",
+        "--repo",
+        repo,
+        "--point",
+        "../../etc",
+        "--disk",
+        "1",
+        "--out",
+        "-",
+        env={"VMBACKUP_PASSPHRASE": "s3cret"},
+    )
+    assert r.returncode == 1 and b"not a point id" in r.stderr
+    r = vmb("prune", "--repo", repo, env={"VMBACKUP_PASSPHRASE": "s3cret"})
+    assert r.returncode == 1 and b"no --keep" in r.stderr
+    r = vmb("repo", "init", str(tmp_path / "x"), "--chunk-size", "1000")
+    assert r.returncode == 1 and b"chunk size" in r.stderr
+    assert CS == 256 * 1024

@@ -1,0 +1,231 @@
+"""Repository operations on real files: store, commit (synthetic full), restore, bad input."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from common.chunk import compress
+from repository_writer.errors import (
+    ChunkIdMismatchError,
+    CorruptObjectError,
+    InvalidRequestError,
+    MissingChunkError,
+    PointNotFoundError,
+    RepositoryError,
+    RepositoryFormatError,
+    WrongPassphraseError,
+)
+from repository_writer.import_disk import import_disk
+from repository_writer.repository import Repository
+from repository_writer.restore import restore_disk
+from repository_writer.verify import verify
+from tests.repository.conftest import CS, flip_bit, make_image
+
+
+def _commit(repo: Repository, disks: list[dict], *, t: float = 1000.0, job: str = "j1") -> str:
+    return repo.commit_point(
+        {
+            "job_id": job,
+            "vcenter": "vc",
+            "vm_uuid": "vm-1",
+            "vm_moref": "vm-42",
+            "vm_name": "web",
+            "vm_config": b"<cfg/>",
+            "status": "complete",
+            "snapshot_time": t,
+            "failed_disks": [],
+            "disks": disks,
+        }
+    )
+
+
+def _store(repo: Repository, data: bytes) -> bytes:
+    cid = repo.chunk_id(data)
+    payload, compressed = compress(data, 1)
+    repo.store_chunk(cid, len(data), compressed, payload)
+    return cid
+
+
+def test_init_open_and_config_checks(tmp_path: Path) -> None:
+    r = Repository.init(tmp_path / "r", chunk_size=512 * 1024)
+    assert Repository.open(tmp_path / "r").chunk_size == 512 * 1024
+    assert r.id_key is None
+    with pytest.raises(RepositoryError, match="not empty"):
+        Repository.init(tmp_path / "r")
+    for bad in (1000, 128 * 1024, 16 << 20):
+        with pytest.raises(InvalidRequestError, match="chunk size"):
+            Repository.init(tmp_path / f"x{bad}", chunk_size=bad)
+    with pytest.raises(RepositoryFormatError, match="not a vmbackup repository"):
+        Repository.open(tmp_path)
+
+
+def test_store_chunk_verifies_and_dedups(repo: Repository) -> None:
+    data = os.urandom(CS)
+    cid = repo.chunk_id(data)
+    payload, compressed = compress(data, 1)
+    assert repo.store_chunk(cid, len(data), compressed, payload) is True
+    assert repo.store_chunk(cid, len(data), compressed, payload) is False  # redelivery
+    assert repo.has_chunks([cid, os.urandom(32)]) == [True, False]
+    assert repo.read_chunk(cid) == data
+    other = os.urandom(32)
+    with pytest.raises(ChunkIdMismatchError, match=other.hex()):
+        repo.store_chunk(other, len(data), False, data)
+    with pytest.raises(InvalidRequestError, match="decompress"):
+        repo.store_chunk(os.urandom(32), 10, True, b"not zstd")
+    with pytest.raises(InvalidRequestError, match="raw length"):
+        repo.store_chunk(os.urandom(32), CS + 1, False, b"x" * (CS + 1))
+    assert not repo.has_chunks([other])[0]
+
+
+def test_synthetic_full_and_growth(repo: Repository, tmp_path: Path) -> None:
+    a, b, c = (_store(repo, os.urandom(CS)) for _ in range(3))
+    p1 = _commit(
+        repo,
+        [
+            {
+                "key": 2000,
+                "capacity": 4 * CS,
+                "change_id": "c1",
+                "base_point_id": "",
+                "entries": [[0, a], [2, b]],
+                "info": {},
+            }
+        ],
+    )
+    # incremental: chunk 2 changes, disk grows by 2 chunks, chunk 5 written
+    p2 = _commit(
+        repo,
+        [
+            {
+                "key": 2000,
+                "capacity": 6 * CS,
+                "change_id": "c2",
+                "base_point_id": p1,
+                "entries": [[2, c], [5, a]],
+                "info": {},
+            }
+        ],
+        t=2000.0,
+    )
+    m1, m2 = repo.load_map(p1, 2000), repo.load_map(p2, 2000)
+    assert [m1.get(i) for i in (0, 2)] == [a, b]
+    assert [m2.get(i) for i in (0, 2, 5)] == [a, c, a] and len(m2) == 6
+    out = tmp_path / "out.img"
+    restore_disk(repo, p2, 2000, out)
+    ra, rc = repo.read_chunk(a), repo.read_chunk(c)
+    expect = ra + bytes(CS) + rc + bytes(2 * CS) + ra
+    assert out.read_bytes() == expect
+    # deleting the base does not break the incremental: it is a full map
+    repo.delete_point(p1)
+    restore_disk(repo, p2, 2000, out)
+    assert out.read_bytes() == expect
+    pt = repo.latest_point("vm-1")
+    assert pt is not None and pt.id == p2 and pt.disks[0].change_id == "c2"
+    assert pt.vm_config == b"<cfg/>" and pt.job_id == "j1"
+
+
+def test_commit_is_idempotent_and_checks_chunks(repo: Repository) -> None:
+    a = _store(repo, os.urandom(CS))
+    disks = [
+        {
+            "key": 1,
+            "capacity": CS,
+            "change_id": "",
+            "base_point_id": "",
+            "entries": [[0, a]],
+            "info": {},
+        }
+    ]
+    p = _commit(repo, disks)
+    assert _commit(repo, disks) == p  # redelivered request: same point, no second one
+    assert len(repo.points()) == 1
+    missing = os.urandom(32)
+    with pytest.raises(MissingChunkError, match=missing.hex()):
+        _commit(repo, [{**disks[0], "entries": [[0, missing]]}], job="j2")
+    with pytest.raises(InvalidRequestError, match="index 7"):
+        _commit(repo, [{**disks[0], "entries": [[7, a]]}], job="j3")
+    with pytest.raises(PointNotFoundError):
+        _commit(repo, [{**disks[0], "base_point_id": "20200101T000000Z-00000000"}], job="j4")
+    with pytest.raises(InvalidRequestError, match="vm_uuid"):
+        repo.commit_point({"vm_uuid": "../etc"})
+    assert len(repo.points()) == 1
+
+
+def test_import_incremental_stores_only_new(repo: Repository, tmp_path: Path) -> None:
+    img = tmp_path / "disk.img"
+    data = bytearray(make_image(img, "rrztdrs"))
+    r1 = import_disk(repo, "vm-a", 2000, img)
+    assert r1.zero_chunks == 1 and r1.new_chunks == 5 and r1.known_chunks == 1
+    data[CS + 5] ^= 0xFF
+    img.write_bytes(data)
+    r2 = import_disk(repo, "vm-a", 2000, img)
+    assert r2.base_point_id == r1.point_id
+    assert (r2.changed_chunks, r2.new_chunks) == (1, 1)
+    for point in (r1.point_id, r2.point_id):
+        restore_disk(repo, point, 2000, tmp_path / "o")
+    assert (tmp_path / "o").read_bytes() == bytes(data)
+    assert verify(repo).ok
+
+
+def test_encrypted_repository(enc_repo: Repository, tmp_path: Path) -> None:
+    img = tmp_path / "d.img"
+    data = make_image(img, "rtz")
+    r = import_disk(enc_repo, "vm", 1, img)
+    assert enc_repo.id_key is not None
+    # ids are keyed: they do not reveal the plain BLAKE3 of the content
+    from common.chunk import chunk_id
+
+    assert not enc_repo.chunks.exists(chunk_id(data[:CS]))
+    assert enc_repo.chunks.exists(chunk_id(data[:CS], enc_repo.id_key))
+    # chunk files hold no plaintext
+    text = data[CS : CS + 64]
+    for cf in enc_repo.chunks.iter_chunks():
+        assert text not in cf.path.read_bytes()
+    reopened = Repository.open(enc_repo.path, "correct horse")
+    restore_disk(reopened, r.point_id, 1, tmp_path / "o")
+    assert (tmp_path / "o").read_bytes() == data
+    with pytest.raises(WrongPassphraseError, match="repokey"):
+        Repository.open(enc_repo.path, "wrong")
+    with pytest.raises(RepositoryError, match="passphrase is needed"):
+        Repository.open(enc_repo.path)
+
+
+def test_damage_is_named_and_contained(repo: Repository, tmp_path: Path) -> None:
+    img = tmp_path / "d.img"
+    make_image(img, "rrtr")
+    r = import_disk(repo, "vm", 1, img)
+    victim = next(repo.chunks.iter_chunks())
+    flip_bit(victim.path, 40)
+    with pytest.raises(RepositoryError, match=victim.id.hex()):
+        restore_disk(repo, r.point_id, 1, tmp_path / "o")
+    assert not (tmp_path / "o").exists()  # no plausible-looking partial image
+    rep = verify(repo)
+    kinds = {p.kind for p in rep.problems}
+    assert kinds == {"bad-chunk", "damaged-point"}
+    assert any(victim.id.hex() in str(p) for p in rep.problems)
+    # truncated chunk, missing chunk, damaged map: each reported, verify never raises
+    other = [c for c in repo.chunks.iter_chunks() if c.id != victim.id]
+    with open(other[0].path, "r+b") as fh:
+        fh.truncate(10)
+    os.unlink(other[1].path)
+    mapfile = next(repo.point_store.point_dirs()) / "disk-1.map"
+    flip_bit(mapfile, 70)
+    rep = verify(repo)
+    kinds = {p.kind for p in rep.problems}
+    assert {"bad-chunk", "map"} <= kinds
+    assert any("truncated" in str(p) for p in rep.problems)
+    assert any("checksum" in str(p) and "disk 1" in str(p) for p in rep.problems)
+
+
+def test_meta_damage_reported(repo: Repository, tmp_path: Path) -> None:
+    img = tmp_path / "d.img"
+    make_image(img, "r")
+    r = import_disk(repo, "vm", 1, img)
+    flip_bit(repo.point_store.find(r.point_id) / "meta", 40)
+    rep = verify(repo)
+    assert [p.kind for p in rep.problems] == ["point"]
+    with pytest.raises(CorruptObjectError, match=r.point_id):
+        repo.get_point(r.point_id)
