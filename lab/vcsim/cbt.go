@@ -1,0 +1,545 @@
+package main
+
+import (
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+type diskID struct {
+	vm  string
+	key int32
+}
+
+// diskState is the CBT view of one VM disk: its current file and the content
+// digests recorded at each changeId of its tracking epoch (uuid).
+type diskState struct {
+	vm       types.ManagedObjectReference
+	key      int32
+	fileName string // "[ds] dir/x.vmdk"
+	flatPath string
+	capacity int64
+	tracking bool
+	uuid     string
+	seq      int
+	points   map[int][]uint64
+	order    []int // seqs in points, oldest first
+}
+
+// snapDisk is one disk frozen by a snapshot.
+type snapDisk struct {
+	key      int32
+	fileName string
+	flatPath string
+	descPath string
+	capacity int64
+	uuid     string
+	seq      int // 0: no changeId (CBT was off)
+	broken   string
+}
+
+type snapState struct {
+	ref   types.ManagedObjectReference
+	vm    types.ManagedObjectReference
+	disks map[int32]*snapDisk
+	event int
+}
+
+type snapEvent struct {
+	VM        string   `json:"vm"`
+	VMRef     string   `json:"moref"`
+	Host      string   `json:"host"`
+	Snapshot  string   `json:"snapshot"`
+	CreatedAt float64  `json:"created_at"`
+	RemovedAt *float64 `json:"removed_at"`
+}
+
+type faultState struct {
+	failSnapshotVM string
+	slowMs         int
+	slowMethod     string
+}
+
+// lab holds the CBT layer's state. It is registered with the simulator's
+// registry as a RegisterObject handler, so it sees snapshots, tasks and
+// property updates as the simulator makes them.
+type lab struct {
+	cfg   *config
+	inv   *inventory
+	ready readyLine
+
+	serverURL interface{ String() string }
+
+	mu       sync.Mutex
+	disks    map[diskID]*diskState
+	snaps    map[string]*snapState
+	events   []snapEvent
+	faults   faultState
+	sessions map[string]bool
+	expired  map[string]bool
+}
+
+func newLab(cfg *config, inv *inventory) *lab {
+	return &lab{
+		cfg:      cfg,
+		inv:      inv,
+		disks:    map[diskID]*diskState{},
+		snaps:    map[string]*snapState{},
+		faults:   faultState{failSnapshotVM: cfg.failSnapshotVM, slowMs: cfg.slowSOAPms},
+		sessions: map[string]bool{},
+		expired:  map[string]bool{},
+	}
+}
+
+// Reference makes the lab a RegisterObject for simulator.Map.AddHandler.
+func (l *lab) Reference() types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "LabChangeTracker", Value: "lab-cbt"}
+}
+
+func nowSeconds() float64 { return float64(time.Now().UnixNano()) / 1e9 }
+
+// newChangeUUID makes the uuid part of a changeId in VMware's printed form,
+// e.g. "52 3c 8d 1f 0a 4c 12 6e-3d 0e 44 4a 8e 2d 90 77".
+func newChangeUUID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	b[0] = 0x52
+	parts := make([]string, 16)
+	for i, x := range b {
+		parts[i] = fmt.Sprintf("%02x", x)
+	}
+	return strings.Join(parts[:8], " ") + "-" + strings.Join(parts[8:], " ")
+}
+
+func diskCapacity(d *types.VirtualDisk) int64 {
+	c := d.CapacityInKB * 1024
+	if d.CapacityInBytes > c {
+		c = d.CapacityInBytes
+	}
+	return c
+}
+
+// flatPath maps "[ds] dir/x.vmdk" to the local path of "dir/x-flat.vmdk".
+func (l *lab) flatPath(fileName string) (string, error) {
+	var p object.DatastorePath
+	if !p.FromString(fileName) {
+		return "", fmt.Errorf("not a datastore path: %q", fileName)
+	}
+	dir, ok := l.inv.datastoreDirs[p.Datastore]
+	if !ok {
+		return "", fmt.Errorf("unknown datastore %q in %q", p.Datastore, fileName)
+	}
+	return filepath.Join(dir, strings.TrimSuffix(p.Path, ".vmdk")+"-flat.vmdk"), nil
+}
+
+func vmDisks(vm *simulator.VirtualMachine) []*types.VirtualDisk {
+	var out []*types.VirtualDisk
+	if vm.Config == nil {
+		return out
+	}
+	for _, dev := range vm.Config.Hardware.Device {
+		if d, ok := dev.(*types.VirtualDisk); ok {
+			if _, ok := d.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
+				out = append(out, d)
+			}
+		}
+	}
+	return out
+}
+
+func (st *diskState) reset() {
+	st.uuid = newChangeUUID()
+	st.seq = 0
+	st.points = map[int][]uint64{}
+	st.order = nil
+}
+
+// syncVM brings the lab's disk states in line with the VM's configuration:
+// new disks get a sparse flat file of their capacity, grown disks get a larger
+// file and a new tracking epoch, and CBT on/off is applied (off forgets every
+// changeId). The caller holds the VM's lock (or runs before serving).
+func (l *lab) syncVM(vm *simulator.VirtualMachine) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cbtOn := vm.Config != nil && vm.Config.ChangeTrackingEnabled != nil && *vm.Config.ChangeTrackingEnabled
+	seen := map[int32]bool{}
+	var firstErr error
+	for _, d := range vmDisks(vm) {
+		b := d.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+		capacity := diskCapacity(d)
+		d.CapacityInBytes = capacity
+		d.CapacityInKB = capacity / 1024
+		flat, err := l.flatPath(b.FileName)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		if fi, err := os.Stat(flat); err != nil || fi.Size() < capacity {
+			if err := ensureSize(flat, capacity); err != nil && firstErr == nil {
+				firstErr = err
+			}
+		}
+		id := diskID{vm.Self.Value, d.Key}
+		seen[d.Key] = true
+		st := l.disks[id]
+		if st == nil || st.fileName != b.FileName {
+			st = &diskState{vm: vm.Self, key: d.Key, fileName: b.FileName}
+			st.reset()
+			l.disks[id] = st
+		} else if capacity > st.capacity {
+			st.reset() // a grown disk invalidates its changeIds, as on ESXi
+		}
+		st.flatPath = flat
+		st.capacity = capacity
+		switch {
+		case !cbtOn:
+			st.tracking = false
+			st.reset()
+			b.ChangeId = ""
+		case !st.tracking:
+			st.tracking = true
+			st.reset()
+		}
+	}
+	for id := range l.disks {
+		if id.vm == vm.Self.Value && !seen[id.key] {
+			delete(l.disks, id)
+		}
+	}
+	return firstErr
+}
+
+func ensureSize(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Truncate(size)
+}
+
+func (l *lab) trackDisksAtStart() error {
+	for _, v := range l.inv.vms {
+		vm := simulator.Map.Get(v.ref).(*simulator.VirtualMachine)
+		if err := l.syncVM(vm); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PutObject sees every object the simulator registers.
+func (l *lab) PutObject(obj mo.Reference) {
+	switch o := obj.(type) {
+	case *simulator.VirtualMachineSnapshot:
+		l.onSnapshotCreated(o)
+	case *simulator.Task:
+		// vcsim names the snapshot as a snapshot task's entity; TaskInfo.entity is
+		// a ManagedEntity, which a snapshot is not (pyvmomi rejects it). vCenter
+		// names the VM, so do that.
+		if e := o.Info.Entity; e != nil && e.Type == "VirtualMachineSnapshot" {
+			if s, ok := simulator.Map.Get(*e).(*simulator.VirtualMachineSnapshot); ok {
+				vmRef := s.Vm
+				o.Info.Entity = &vmRef
+				if vm, ok := simulator.Map.Get(vmRef).(*simulator.VirtualMachine); ok {
+					o.Info.EntityName = vm.Name
+				}
+			}
+		}
+	}
+}
+
+// UpdateObject sees property changes; a finished ReconfigVM_Task is when CBT
+// may have been switched or disks added or grown.
+func (l *lab) UpdateObject(obj mo.Reference, changes []types.PropertyChange) {
+	t, ok := obj.(*mo.Task)
+	if !ok || t.Info.DescriptionId != "VirtualMachine.reconfigVm" || t.Info.Entity == nil {
+		return
+	}
+	for _, c := range changes {
+		if c.Name == "info.state" && fmt.Sprint(c.Val) == string(types.TaskInfoStateSuccess) {
+			if vm, ok := simulator.Map.Get(*t.Info.Entity).(*simulator.VirtualMachine); ok {
+				if err := l.syncVM(vm); err != nil {
+					fmt.Fprintf(os.Stderr, "vcsim-lab: after reconfigure of %s: %v\n", vm.Name, err)
+				}
+			}
+		}
+	}
+}
+
+// RemoveObject sees objects leaving the registry: removed snapshots lose their
+// frozen files.
+func (l *lab) RemoveObject(ref types.ManagedObjectReference) {
+	if ref.Type != "VirtualMachineSnapshot" {
+		return
+	}
+	l.mu.Lock()
+	s := l.snaps[ref.Value]
+	delete(l.snaps, ref.Value)
+	if s != nil {
+		t := nowSeconds()
+		l.events[s.event].RemovedAt = &t
+	}
+	l.mu.Unlock()
+	if s == nil {
+		return
+	}
+	for _, d := range s.disks {
+		_ = os.Remove(d.flatPath)
+		_ = os.Remove(d.descPath)
+	}
+}
+
+// descriptor is a minimal monolithic-flat VMDK descriptor for a frozen disk.
+func descriptor(capacity int64, flatName string) string {
+	sectors := (capacity + 511) / 512
+	return fmt.Sprintf("# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"+
+		"createType=\"vmfs\"\n\n# Extent description\nRW %d VMFS \"%s\"\n", sectors, flatName)
+}
+
+func (l *lab) onSnapshotCreated(snap *simulator.VirtualMachineSnapshot) {
+	vm, ok := simulator.Map.Get(snap.Vm).(*simulator.VirtualMachine)
+	if !ok {
+		return
+	}
+	// CreateSnapshot_Task runs under the VM's lock, so the VM is ours to read.
+	if err := l.syncVM(vm); err != nil {
+		fmt.Fprintf(os.Stderr, "vcsim-lab: snapshot of %s: %v\n", vm.Name, err)
+	}
+	// vcsim's snapshot config shares device objects with the VM; give the snapshot
+	// its own disk devices so its backings can name the frozen files.
+	devs := make([]types.BaseVirtualDevice, len(snap.Config.Hardware.Device))
+	copy(devs, snap.Config.Hardware.Device)
+	snap.Config.Hardware.Device = devs
+
+	state := &snapState{ref: snap.Self, vm: vm.Self, disks: map[int32]*snapDisk{}}
+	current := map[int32]*types.VirtualDisk{}
+	for _, d := range vmDisks(vm) {
+		current[d.Key] = d
+	}
+	for i, dev := range devs {
+		d, ok := dev.(*types.VirtualDisk)
+		if !ok {
+			continue
+		}
+		b, ok := d.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+		if !ok {
+			continue
+		}
+		dc := *d
+		bc := *b
+		dc.Backing = &bc
+		devs[i] = &dc
+
+		sd := &snapDisk{key: d.Key, capacity: diskCapacity(d)}
+		bc.FileName = strings.TrimSuffix(b.FileName, ".vmdk") + "-" + snap.Self.Value + ".vmdk"
+		sd.fileName = bc.FileName
+		state.disks[d.Key] = sd
+
+		l.mu.Lock()
+		st := l.disks[diskID{vm.Self.Value, d.Key}]
+		l.mu.Unlock()
+		if st == nil {
+			sd.broken = "disk not tracked by the lab"
+			continue
+		}
+		flat, err := l.flatPath(bc.FileName)
+		if err != nil {
+			sd.broken = err.Error()
+			continue
+		}
+		sd.flatPath = flat
+		sd.descPath = strings.TrimSuffix(flat, "-flat.vmdk") + ".vmdk"
+		digests, err := freezeDisk(st.flatPath, flat, sd.capacity, l.cfg.granularity)
+		if err != nil {
+			sd.broken = err.Error()
+			fmt.Fprintf(os.Stderr, "vcsim-lab: freezing %s: %v\n", b.FileName, err)
+			continue
+		}
+		_ = os.WriteFile(sd.descPath, []byte(descriptor(sd.capacity, filepath.Base(flat))), 0o644)
+
+		l.mu.Lock()
+		if st.tracking {
+			st.seq++
+			st.points[st.seq] = digests
+			st.order = append(st.order, st.seq)
+			sd.uuid, sd.seq = st.uuid, st.seq
+			changeID := fmt.Sprintf("%s/%d", st.uuid, st.seq)
+			bc.ChangeId = changeID
+			if cur := current[d.Key]; cur != nil {
+				cur.Backing.(*types.VirtualDiskFlatVer2BackingInfo).ChangeId = changeID
+			}
+			l.prunePoints(st)
+		} else {
+			bc.ChangeId = ""
+		}
+		l.mu.Unlock()
+	}
+
+	host := ""
+	if vm.Runtime.Host != nil {
+		if h, ok := simulator.Map.Get(*vm.Runtime.Host).(*simulator.HostSystem); ok {
+			host = h.Name
+		}
+	}
+	l.mu.Lock()
+	state.event = len(l.events)
+	l.events = append(l.events, snapEvent{
+		VM: vm.Name, VMRef: vm.Self.Value, Host: host, Snapshot: snap.Self.Value, CreatedAt: nowSeconds(),
+	})
+	l.snaps[snap.Self.Value] = state
+	l.mu.Unlock()
+}
+
+// prunePoints keeps the newest cfg.keepPoints changeIds of a disk, plus any a
+// live snapshot still names. Caller holds l.mu.
+func (l *lab) prunePoints(st *diskState) {
+	if len(st.order) <= l.cfg.keepPoints {
+		return
+	}
+	pinned := map[int]bool{}
+	for _, s := range l.snaps {
+		if s.vm == st.vm {
+			if d := s.disks[st.key]; d != nil && d.uuid == st.uuid {
+				pinned[d.seq] = true
+			}
+		}
+	}
+	drop := len(st.order) - l.cfg.keepPoints
+	var kept []int
+	for i, seq := range st.order {
+		if i < drop && !pinned[seq] {
+			delete(st.points, seq)
+			continue
+		}
+		kept = append(kept, seq)
+	}
+	st.order = kept
+}
+
+// area is a changed or allocated byte range [start, end).
+type area = extent
+
+// changedAreas compares two digest vectors and merges adjacent changed granules.
+func changedAreas(old, cur []uint64, capacity, granule int64) []area {
+	var out []area
+	for g := range cur {
+		if g < len(old) && old[g] == cur[g] {
+			continue
+		}
+		start := int64(g) * granule
+		end := start + granule
+		if end > capacity {
+			end = capacity
+		}
+		if n := len(out); n > 0 && out[n-1].end == start {
+			out[n-1].end = end
+		} else {
+			out = append(out, area{start, end})
+		}
+	}
+	return out
+}
+
+// page answers one QueryChangedDiskAreas call from sorted areas: at most max
+// areas at or after start; the reply's length covers only what it answers.
+func page(areas []area, start, capacity int64, max int) types.DiskChangeInfo {
+	i := sort.Search(len(areas), func(i int) bool { return areas[i].end > start })
+	info := types.DiskChangeInfo{StartOffset: start}
+	for ; i < len(areas) && len(info.ChangedArea) < max; i++ {
+		a := areas[i]
+		if a.start < start {
+			a.start = start
+		}
+		info.ChangedArea = append(info.ChangedArea, types.DiskChangeExtent{Start: a.start, Length: a.end - a.start})
+	}
+	if i < len(areas) {
+		last := info.ChangedArea[len(info.ChangedArea)-1]
+		info.Length = last.Start + last.Length - start
+	} else {
+		info.Length = capacity - start
+	}
+	return info
+}
+
+// queryChangedDiskAreas implements VirtualMachine.QueryChangedDiskAreas.
+func (l *lab) queryChangedDiskAreas(req *types.QueryChangedDiskAreas) (*types.DiskChangeInfo, string, types.BaseMethodFault) {
+	if _, ok := simulator.Map.Get(req.This).(*simulator.VirtualMachine); !ok {
+		return nil, "managed object not found: " + req.This.Value, &types.ManagedObjectNotFound{Obj: req.This}
+	}
+	if req.Snapshot == nil {
+		return nil, "the lab needs a snapshot", &types.InvalidArgument{InvalidProperty: "snapshot"}
+	}
+	l.mu.Lock()
+	s := l.snaps[req.Snapshot.Value]
+	l.mu.Unlock()
+	if s == nil {
+		return nil, "managed object not found: " + req.Snapshot.Value, &types.ManagedObjectNotFound{Obj: *req.Snapshot}
+	}
+	if s.vm != req.This {
+		return nil, fmt.Sprintf("snapshot %s is not a snapshot of %s", req.Snapshot.Value, req.This.Value),
+			&types.InvalidArgument{InvalidProperty: "snapshot"}
+	}
+	d := s.disks[req.DeviceKey]
+	if d == nil {
+		return nil, fmt.Sprintf("no virtual disk with key %d", req.DeviceKey), &types.InvalidArgument{InvalidProperty: "deviceKey"}
+	}
+	if req.StartOffset < 0 || req.StartOffset >= d.capacity {
+		return nil, fmt.Sprintf("startOffset %d outside the disk (capacity %d)", req.StartOffset, d.capacity),
+			&types.InvalidArgument{InvalidProperty: "startOffset"}
+	}
+	fileFault := &types.FileFault{File: d.fileName}
+	if d.broken != "" {
+		return nil, "frozen disk unavailable: " + d.broken, fileFault
+	}
+	if d.seq == 0 {
+		return nil, "change tracking was not enabled for this disk when the snapshot was taken", fileFault
+	}
+	var areas []area
+	if req.ChangeId == "*" {
+		f, err := os.Open(d.flatPath)
+		if err != nil {
+			return nil, err.Error(), fileFault
+		}
+		areas, err = dataExtents(f, d.capacity)
+		_ = f.Close()
+		if err != nil {
+			return nil, err.Error(), fileFault
+		}
+	} else {
+		cut := strings.LastIndex(req.ChangeId, "/")
+		if cut < 0 {
+			return nil, fmt.Sprintf("malformed changeId %q", req.ChangeId), fileFault
+		}
+		seq, err := strconv.Atoi(req.ChangeId[cut+1:])
+		if err != nil {
+			return nil, fmt.Sprintf("malformed changeId %q", req.ChangeId), fileFault
+		}
+		l.mu.Lock()
+		st := l.disks[diskID{s.vm.Value, d.key}]
+		var old, cur []uint64
+		if st != nil && st.uuid == req.ChangeId[:cut] && st.uuid == d.uuid {
+			old, cur = st.points[seq], st.points[d.seq]
+		}
+		l.mu.Unlock()
+		if old == nil || cur == nil {
+			return nil, fmt.Sprintf("changeId %q is unknown or no longer valid for this disk", req.ChangeId), fileFault
+		}
+		areas = changedAreas(old, cur, d.capacity, l.cfg.granularity)
+	}
+	info := page(areas, req.StartOffset, d.capacity, l.cfg.pageSize)
+	return &info, "", nil
+}
