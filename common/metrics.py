@@ -61,6 +61,7 @@ def serve_metrics(port: int, address: str = "0.0.0.0") -> int:
         start_http_server(port, addr=address)
     return port
 
+
 # --- coordinator (coordinator/) --------------------------------------------------------
 COORD_VMS = Counter(
     "vmbackup_coordinator_vms_total",
@@ -173,3 +174,50 @@ PROXY_MEMORY_BYTES = Gauge(
     "vmbackup_proxy_memory_bytes", "Chunk bytes in flight (bounded by proxy.memory_limit_mib)"
 )
 PROXY_STREAMS = Gauge("vmbackup_proxy_streams", "Open disk streams per host", ["host"])
+
+
+# --- repository and writer (repository_writer/) ----------------------------------------
+# Ratios in PromQL: dedup = logical / new_raw, compression = new_raw / stored.
+WRITER_CHUNKS = Counter(
+    "vmbackup_writer_chunks_total",
+    "Chunks received: new (stored now) or known (had it)",
+    ["result"],
+)
+WRITER_LOGICAL_BYTES = Counter(
+    "vmbackup_writer_logical_bytes_total", "Plaintext bytes of every chunk received"
+)
+WRITER_NEW_RAW_BYTES = Counter(
+    "vmbackup_writer_new_raw_bytes_total", "Plaintext bytes of chunks stored new"
+)
+WRITER_STORED_BYTES = Counter(
+    "vmbackup_writer_stored_bytes_total", "Blob bytes written to the repository"
+)
+WRITER_BATCHES = Counter(
+    "vmbackup_writer_batches_total", "Chunk batches answered: ok or error", ["result"]
+)
+WRITER_HAVE_IDS = Counter(
+    "vmbackup_writer_have_ids_total", "Ids asked in have-queries: present or absent", ["result"]
+)
+WRITER_COMMITS = Counter(
+    "vmbackup_writer_commits_total", "Commit requests: ok or error", ["result"]
+)
+WRITER_WRITE_SECONDS = Histogram(
+    "vmbackup_writer_write_seconds",
+    "Time to verify and durably store one chunk batch",
+    buckets=LATENCY_BUCKETS,
+)
+WRITER_FSYNC_SECONDS = Histogram(
+    "vmbackup_writer_fsync_seconds",
+    "Latency of one fsync (file or directory)",
+    buckets=LATENCY_BUCKETS,
+)
+WRITER_QUEUE_LAG_SECONDS = Histogram(
+    "vmbackup_writer_queue_lag_seconds",
+    "Publish-to-handling delay of writer messages (1 s resolution)",
+    ["kind"],
+    buckets=TASK_BUCKETS,
+)
+REPO_GC_BYTES_FREED = Counter("vmbackup_repo_gc_freed_bytes_total", "Bytes freed by gc")
+REPO_GC_CHUNKS_REMOVED = Counter("vmbackup_repo_gc_removed_chunks_total", "Chunks removed by gc")
+REPO_VERIFY_PROBLEMS = Gauge("vmbackup_repo_verify_problems", "Problems found by the last verify")
+REPO_VERIFY_CHUNKS = Counter("vmbackup_repo_verify_chunks_total", "Chunks re-hashed by verify")
