@@ -581,6 +581,7 @@ class Consumer:
         declare: Callable[[BlockingChannel], None] | None = None,
         name: str = "vmbackup-consumer",
         exclusive_reply_queue: bool = False,
+        exclusive_bindings: Sequence[tuple[str, str]] = (),
     ) -> None:
         if not queues and not exclusive_reply_queue:
             raise ValueError("a consumer needs at least one queue")
@@ -593,6 +594,7 @@ class Consumer:
         self.declare = declare
         self.name = name
         self.exclusive_reply_queue = exclusive_reply_queue
+        self.exclusive_bindings = list(exclusive_bindings)  # (exchange, routing key)
         self.reply_queue_name: str | None = None
         self.ready = threading.Event()
         self._stop = threading.Event()
@@ -672,6 +674,8 @@ class Consumer:
         if self.exclusive_reply_queue:
             res = ch.queue_declare("", exclusive=True, auto_delete=True)
             self.reply_queue_name = res.method.queue
+            for exchange, key in self.exclusive_bindings:
+                ch.queue_bind(self.reply_queue_name, exchange, routing_key=key)
             queues.append(self.reply_queue_name)
         tags = []
         for q in queues:

@@ -1,0 +1,370 @@
+"""The whole distributed pipeline as separate processes, pointed at a running lab.
+
+Used by ``make demo``, the end-to-end fault tests and the end-to-end benchmarks: it
+writes one config file, starts writers and proxies (``vmbackup writer`` /
+``vmbackup proxy``), runs coordinator jobs (``vmbackup backup``), and can kill or
+restart any process in the middle of a job. Every process is a real ``vmbackup``
+command with its own /metrics port; each role instance gets its name, shard set and
+port through ``VMBACKUP_`` environment overrides of the one shared config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from lab.process import Lab
+
+ROOT = Path(__file__).resolve().parents[1]
+BROKER_URL = os.environ.get("VMBACKUP_TEST_BROKER", "amqp://guest@127.0.0.1:5672/%2F")
+
+
+class StackError(RuntimeError):
+    """A process of the stack did not start or a job could not be run."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rabbitmqctl(*args: str, timeout: float = 120) -> str:
+    res = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if res.returncode != 0:
+        raise StackError(f"rabbitmqctl {' '.join(args)}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def shard_sets(n_shards: int, writers: int) -> list[str]:
+    """Split shards 0..n-1 into ``writers`` contiguous ranges ("0-3", "4-7")."""
+    per, extra = divmod(n_shards, writers)
+    out, lo = [], 0
+    for i in range(writers):
+        hi = lo + per + (1 if i < extra else 0) - 1
+        out.append(f"{lo}-{hi}")
+        lo = hi + 1
+    return out
+
+
+def toml_str(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+@dataclass
+class Proc:
+    role: str
+    index: int
+    name: str
+    metrics_port: int
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+    log_file: IO[bytes] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+@dataclass
+class BackupRun:
+    returncode: int
+    report: dict[str, Any]
+    seconds: float
+    log_path: Path
+
+
+@dataclass
+class StackSpec:
+    writers: int = 2
+    proxies: int = 2
+    n_shards: int = 8
+    transport: str = "http"  # the proxies' transport: http, file or nbd
+    chunk_size: int = 1 << 20
+    compression_level: int = 3
+    task_max_bytes: int = 16 << 20
+    snapshots_per_host: int = 2
+    tasks_per_host: int = 8
+    vms_at_once: int = 8
+    log_level: str = "info"
+    extra_config: str = ""  # appended to the generated TOML (tests)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Stack:
+    """Writers, proxies and coordinator runs against ``lab`` in a private vhost."""
+
+    def __init__(self, lab: Lab, workdir: Path, spec: StackSpec | None = None) -> None:
+        self.lab = lab
+        self.spec = spec or StackSpec()
+        self.workdir = Path(workdir)
+        self.repo = self.workdir / "repo"
+        self.config_path = self.workdir / "vmbackup.toml"
+        self.logs = self.workdir / "logs"
+        self.reports = self.workdir / "reports"
+        self.vhost = f"vmbackup-stack-{uuid.uuid4().hex[:8]}"
+        self.broker_url = BROKER_URL.rsplit("/", 1)[0] + "/" + self.vhost
+        self.procs: dict[str, Proc] = {}
+        self.hosts = sorted({vm["host"] for vm in lab.vms()})
+        self._runs = 0
+
+    # ---- set-up ----------------------------------------------------------------------
+    def start(self) -> Stack:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.reports.mkdir(parents=True, exist_ok=True)
+        rabbitmqctl("add_vhost", self.vhost)
+        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        self._vmbackup(
+            "repo",
+            "init",
+            str(self.repo),
+            "--chunk-size",
+            str(self.spec.chunk_size),
+            "--compression-level",
+            str(self.spec.compression_level),
+        )
+        self.write_config()
+        for i in range(self.spec.writers):
+            self.start_proc("writer", i)
+        for i in range(self.spec.proxies):
+            self.start_proc("proxy", i)
+        for p in list(self.procs.values()):
+            self.wait_ready(p)
+        return self
+
+    def write_config(self) -> None:
+        pw = self.workdir / "vcenter-password"
+        pw.write_text(self.lab.password)
+        pw.chmod(0o600)
+        mounts = ", ".join(f"{toml_str(k)} = {toml_str(v)}" for k, v in self.lab.datastores.items())
+        queues = ", ".join(toml_str(f"host.{h}") for h in self.hosts)
+        s = self.spec
+        text = f"""# Generated by lab/stack.py for one run against the vSphere lab.
+[broker]
+url = {toml_str(self.broker_url)}
+n_shards = {s.n_shards}
+heartbeat_seconds = 20
+reconnect_max_seconds = 5.0
+
+[log]
+level = {toml_str(s.log_level)}
+format = "json"
+
+[metrics]
+port = 0
+address = "127.0.0.1"
+
+[repository]
+path = {toml_str(str(self.repo))}
+
+[writer]
+prefetch = 4
+
+[proxy]
+queues = [{queues}]
+transport = {toml_str(s.transport)}
+datastore_mounts = {{ {mounts} }}
+writer_timeout = 60.0
+
+[proxy.nbd]
+server = "file"
+
+[coordinator]
+id = "stack"
+report_dir = {toml_str(str(self.reports))}
+task_max_bytes = {s.task_max_bytes}
+task_timeout_s = 600.0
+commit_timeout_s = 300.0
+
+[coordinator.limits]
+snapshots_per_host = {s.snapshots_per_host}
+tasks_per_host = {s.tasks_per_host}
+vms = {s.vms_at_once}
+
+[[vcenters]]
+name = "lab"
+url = {toml_str(self.lab.url)}
+user = {toml_str(self.lab.user)}
+password = {{ file = {toml_str(str(pw))} }}
+thumbprint = {toml_str(self.lab.thumbprint)}
+
+[[policies]]
+name = "all"
+"""
+        self.config_path.write_text(text + s.extra_config, encoding="utf-8")
+
+    # ---- processes -------------------------------------------------------------------
+    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+        env = {**os.environ, **self.spec.env, **extra}
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env.pop("VMBACKUP_TEST_BROKER", None)
+        return env
+
+    def _vmbackup(self, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> str:
+        res = subprocess.run(
+            [sys.executable, "-m", "common.cli", *args],
+            cwd=ROOT,
+            env=self._env(env or {}),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if res.returncode != 0:
+            raise StackError(
+                f"vmbackup {' '.join(args)} exited {res.returncode}: {res.stderr.strip()[-2000:]}"
+            )
+        return res.stdout
+
+    def start_proc(self, role: str, index: int) -> Proc:
+        name = f"{role}-{index + 1}"
+        old = self.procs.get(name)
+        port = old.metrics_port if old else free_port()
+        proc = Proc(role, index, name, port, self.logs / f"{name}.log")
+        env = {"VMBACKUP_METRICS__PORT": str(port)}
+        if role == "writer":
+            env["VMBACKUP_WRITER__NAME"] = name
+            env["VMBACKUP_WRITER__SHARDS"] = shard_sets(self.spec.n_shards, self.spec.writers)[
+                index
+            ]
+        elif role == "proxy":
+            env["VMBACKUP_PROXY__NAME"] = name
+        else:
+            raise StackError(f"unknown role {role!r}")
+        proc.log_file = open(proc.log_path, "ab")  # noqa: SIM115 - closed in stop_proc
+        proc.popen = subprocess.Popen(
+            [sys.executable, "-m", "common.cli", role, "--config", str(self.config_path)],
+            cwd=ROOT,
+            env=self._env(env),
+            stdout=proc.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def wait_ready(self, proc: Proc, timeout: float = 60.0) -> None:
+        """Until the process logs that its consumer runs (or fail with its log's tail)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not proc.alive:
+                raise StackError(f"{proc.name} exited at start:\n{self.tail(proc)}")
+            with contextlib.suppress(OSError):
+                if b'"consumer started"' in proc.log_path.read_bytes():
+                    return
+            time.sleep(0.1)
+        raise StackError(f"{proc.name} not ready within {timeout:.0f} s:\n{self.tail(proc)}")
+
+    def tail(self, proc: Proc, lines: int = 20) -> str:
+        try:
+            return "\n".join(proc.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        if proc.popen is not None and proc.alive:
+            os.killpg(proc.popen.pid, sig)
+            proc.popen.wait(timeout=60)
+
+    def restart(self, name: str) -> Proc:
+        old = self.procs[name]
+        if old.alive:
+            self.kill(name)
+        if old.log_file:
+            old.log_file.close()
+        # Keep the old log beside the new one so wait_ready sees only the new start.
+        old.log_path.rename(old.log_path.with_suffix(f".{int(time.time() * 1000)}.log"))
+        proc = self.start_proc(old.role, old.index)
+        self.wait_ready(proc)
+        return proc
+
+    def stop_proc(self, proc: Proc, timeout: float = 30.0) -> None:
+        if proc.popen is not None and proc.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait(timeout=30)
+        if proc.log_file:
+            proc.log_file.close()
+            proc.log_file = None
+
+    def stop(self) -> None:
+        for proc in list(self.procs.values()):
+            self.stop_proc(proc)
+        with contextlib.suppress(Exception):
+            rabbitmqctl("delete_vhost", self.vhost)
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- jobs ------------------------------------------------------------------------
+    def backup_popen(self, policy: str = "all") -> tuple[subprocess.Popen[bytes], Path, Path]:
+        """Start ``vmbackup backup`` without waiting (for progress display or faults)."""
+        self._runs += 1
+        log_path = self.logs / f"coordinator-{self._runs}.log"
+        report_path = self.reports / f"run-{self._runs}.json"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            popen = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "common.cli",
+                    "backup",
+                    "--config",
+                    str(self.config_path),
+                    "--policy",
+                    policy,
+                    "--report",
+                    str(report_path),
+                ],
+                cwd=ROOT,
+                env=self._env({"VMBACKUP_METRICS__PORT": str(free_port())}),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log_file.close()
+        return popen, log_path, report_path
+
+    def backup(self, policy: str = "all", timeout: float = 1800) -> BackupRun:
+        t0 = time.monotonic()
+        popen, log_path, report_path = self.backup_popen(policy)
+        try:
+            rc = popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            raise StackError(f"backup did not finish within {timeout:.0f} s") from None
+        return self.finish_run(rc, report_path, log_path, time.monotonic() - t0)
+
+    def finish_run(self, rc: int, report_path: Path, log_path: Path, seconds: float) -> BackupRun:
+        try:
+            report = json.loads(report_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            report = {}
+        return BackupRun(rc, report, seconds, log_path)
+
+    def vmbackup(self, *args: str, timeout: float = 600) -> str:
+        """Run any ``vmbackup`` operation against this stack's repository/config."""
+        return self._vmbackup(*args, timeout=timeout)
