@@ -11,13 +11,24 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from repository_writer.errors import RepositoryError, RepositoryFullError
 
 TMP_PREFIX = ".tmp-"
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+
+# Set by the writer service to feed its fsync latency histogram.
+fsync_observer: Callable[[float], None] | None = None
+
+
+def _fsync(fd: int) -> None:
+    t0 = time.perf_counter()
+    os.fsync(fd)
+    if fsync_observer is not None:
+        fsync_observer(time.perf_counter() - t0)
 
 
 def tmp_path(final: Path) -> Path:
@@ -28,7 +39,7 @@ def tmp_path(final: Path) -> Path:
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        _fsync(fd)
     finally:
         os.close(fd)
 
@@ -52,7 +63,7 @@ def write_file_durable(path: Path, parts: Iterable[bytes], what: str) -> None:
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
-        os.fsync(fd)
+        _fsync(fd)
     except OSError as exc:
         os.close(fd)
         _unlink_quiet(path)

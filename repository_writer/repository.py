@@ -61,6 +61,7 @@ class StoreResult:
     stored: int  # chunks written now
     known: int  # chunks that were already there
     bytes_stored: int  # blob bytes written
+    raw_stored: int = 0  # plaintext bytes of the chunks written
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -218,10 +219,12 @@ class Repository:
         todo = [b for b in blobs if b[1]]
         written = self.chunks.write_many(todo)
         stored = sum(written)
-        nbytes = sum(
-            len(p) for (_, parts), w in zip(todo, written, strict=True) if w for p in parts
-        )
-        return StoreResult(stored, len(blobs) - stored, nbytes)
+        nbytes = raw = 0
+        for (_, parts), w in zip(todo, written, strict=True):
+            if w:
+                nbytes += sum(len(p) for p in parts)
+                raw += int.from_bytes(parts[0][8:12], "little")  # raw_len from the header
+        return StoreResult(stored, len(blobs) - stored, nbytes, raw)
 
     def read_chunk(self, chunk_id: bytes, *, check_crc: bool = True) -> bytes:
         """The plaintext of a chunk, checked against its id."""

@@ -27,14 +27,22 @@ class WriterSettings:
     name: str = doc("writer name (logs, metrics, reply queue prefix)", default="writer")
     shards: str = doc('shards this writer owns: "all", "0-7" or "0,3,5"', default="all")
     prefetch: int = doc(
-        "unacked chunk batches held per shard queue: with the batch size, bounds memory",
-        default=4,
+        "unacked chunk batches held at once over all shard queues (at least one per queue);"
+        " times the proxies' batch size, this bounds the writer's memory",
+        default=16,
+    )
+    shard_queue_type: str = doc(
+        "classic (default: chunk data needs no broker durability, proxies re-send on a"
+        " missing ack) or quorum; must match what the other writers declared",
+        default="classic",
     )
     commit_prefetch: int = doc("commit requests handled at once", default=1)
     consume_commits: bool = doc("also consume vmbackup.commits", default=True)
     metrics_port: int = doc("port of /metrics (0 = none)", default=0)
 
     def __post_init__(self) -> None:
+        if self.shard_queue_type not in ("classic", "quorum"):
+            raise ValueError(f"shard_queue_type {self.shard_queue_type!r}: classic or quorum")
         if not 1 <= self.prefetch <= 256:
             raise ValueError("prefetch must be within 1..256")
         if not 1 <= self.commit_prefetch <= 16:

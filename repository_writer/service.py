@@ -1,0 +1,262 @@
+"""`vmbackup writer`: the repository's side of the chunk and commit protocol.
+
+Consumes its shard queues (ChunkBatch -> verify, store, fsync -> ChunkAck to the
+sender's reply queue; HaveQuery -> HaveReply) and, optionally, the shared commits
+queue (CommitRequest -> commit_point -> CommitReply). Handlers run on worker
+threads of common.amqp.Consumer; a message is acked only after its reply was
+published, so a crash at any point means a redelivery, and every handler is
+idempotent (chunks are content-addressed, point ids are derived from the request).
+
+Memory: at most ``prefetch`` unacked messages per consumer, i.e. about
+prefetch x batch size of chunk payloads, whatever the backlog or the repository
+size (existence checks are stat() calls, nothing is cached per id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from typing import Any
+
+from common import metrics
+from common.amqp import (
+    QUEUE_COMMITS,
+    BrokerParams,
+    Consumer,
+    Delivery,
+    Publisher,
+    UnroutableError,
+    declare_base,
+    declare_shard_queue,
+)
+from common.logging import get_logger
+from common.messages import (
+    ChunkAck,
+    ChunkBatch,
+    CommitReply,
+    CommitRequest,
+    HaveQuery,
+    HaveReply,
+    Message,
+)
+from common.sharding import parse_shard_set, shard_of, shard_queue
+from repository_writer import fsutil
+from repository_writer.errors import RepositoryError
+from repository_writer.repository import Repository
+
+log = get_logger("writer")
+DEFAULT_EXCHANGE = ""  # routes by queue name: replies go straight to the asker's queue
+
+
+class WriterService:
+    def __init__(
+        self,
+        repo: Repository,
+        params: BrokerParams,
+        *,
+        n_shards: int,
+        shards: str | list[int] = "all",
+        prefetch: int = 16,
+        workers: int = 2,
+        consume_commits: bool = True,
+        commit_prefetch: int = 1,
+        shard_quorum: bool = False,
+        name: str = "writer",
+    ) -> None:
+        self.repo = repo
+        self.params = params
+        self.n_shards = n_shards
+        self.shards = parse_shard_set(shards, n_shards)
+        self._own = set(self.shards)
+        self.shard_quorum = shard_quorum
+        self.name = name
+        self.publisher = Publisher(params, name=f"{name}-replies")
+        # basic_qos is per consumer tag, i.e. per queue: split the budget over the queues
+        per_queue = max(1, prefetch // len(self.shards))
+        self.chunk_consumer = Consumer(
+            params,
+            [shard_queue(s) for s in self.shards],
+            self.handle,
+            expect=(ChunkBatch, HaveQuery),
+            prefetch=per_queue,
+            workers=workers,
+            declare=self._declare,
+            name=f"{name}-shards",
+        )
+        self.commit_consumer = (
+            Consumer(
+                params,
+                [QUEUE_COMMITS],
+                self.handle,
+                expect=(CommitRequest,),
+                prefetch=commit_prefetch,
+                workers=commit_prefetch,
+                declare=lambda ch: declare_base(ch, self.params),
+                name=f"{name}-commits",
+            )
+            if consume_commits
+            else None
+        )
+        self._commit_lock = threading.Lock()
+        fsutil.fsync_observer = metrics.WRITER_FSYNC_SECONDS.observe
+
+    def _declare(self, ch: Any) -> None:
+        declare_base(ch, self.params)
+        for s in self.shards:
+            declare_shard_queue(ch, self.params, s, quorum=self.shard_quorum)
+
+    # --- life cycle ----------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> WriterService:
+        self.chunk_consumer.start()
+        if self.commit_consumer is not None:
+            self.commit_consumer.start()
+        for c in self._consumers():
+            if not c.ready.wait(timeout):
+                raise RepositoryError(f"writer {self.name}: broker not reachable")
+        log.info("writer_started", name=self.name, shards=self.shards, repo=str(self.repo.path))
+        return self
+
+    def _consumers(self) -> list[Consumer]:
+        return [c for c in (self.chunk_consumer, self.commit_consumer) if c is not None]
+
+    def run(self) -> None:
+        self.start()
+        while any(c._thread is not None and c._thread.is_alive() for c in self._consumers()):
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish in-flight messages, return the rest to the broker."""
+        threads = [threading.Thread(target=c.stop, args=(timeout,)) for c in self._consumers()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def close(self) -> None:
+        self.stop()
+        self.publisher.close()
+
+    # --- handlers (worker threads) -------------------------------------------------
+
+    def handle(self, msg: Message, d: Delivery) -> None:
+        ts = d.properties.timestamp
+        if ts:
+            metrics.WRITER_QUEUE_LAG_SECONDS.labels(kind=msg.KIND).observe(
+                max(0.0, time.time() - ts)
+            )
+        if isinstance(msg, ChunkBatch):
+            self._reply(msg.reply_to, msg.batch_id, self.on_batch(msg, d))
+        elif isinstance(msg, HaveQuery):
+            self._reply(msg.reply_to, msg.query_id, self.on_have(msg))
+        elif isinstance(msg, CommitRequest):
+            self._reply(msg.reply_to, msg.request_id, self.on_commit(msg))
+
+    def on_batch(self, msg: ChunkBatch, d: Delivery) -> ChunkAck:
+        shard = _queue_shard(d.queue)
+        stray = [c[0].hex() for c in msg.chunks if shard_of(c[0], self.n_shards) not in self._own]
+        if stray:
+            metrics.WRITER_BATCHES.labels(result="error").inc()
+            return ChunkAck(
+                msg.batch_id,
+                shard,
+                False,
+                f"chunks of shards this writer does not own: {stray[:3]}",
+                0,
+                0,
+            )
+        t0 = time.perf_counter()
+        try:
+            res = self.repo.store_chunks(msg.chunks)
+        except RepositoryError as exc:
+            # bad data or a full disk: tell the proxy (its task fails cleanly), keep going
+            log.error("chunk_batch_refused", batch=msg.batch_id, task=msg.task_id, error=str(exc))
+            metrics.WRITER_BATCHES.labels(result="error").inc()
+            return ChunkAck(msg.batch_id, shard, False, str(exc), 0, 0)
+        metrics.WRITER_WRITE_SECONDS.observe(time.perf_counter() - t0)
+        metrics.WRITER_BATCHES.labels(result="ok").inc()
+        metrics.WRITER_CHUNKS.labels(result="new").inc(res.stored)
+        metrics.WRITER_CHUNKS.labels(result="known").inc(res.known)
+        metrics.WRITER_LOGICAL_BYTES.inc(sum(c[1] for c in msg.chunks))
+        metrics.WRITER_NEW_RAW_BYTES.inc(res.raw_stored)
+        metrics.WRITER_STORED_BYTES.inc(res.bytes_stored)
+        return ChunkAck(msg.batch_id, shard, True, "", res.stored, res.known)
+
+    def on_have(self, msg: HaveQuery) -> HaveReply:
+        present = self.repo.has_chunks(msg.ids)
+        n = sum(present)
+        metrics.WRITER_HAVE_IDS.labels(result="present").inc(n)
+        metrics.WRITER_HAVE_IDS.labels(result="absent").inc(len(present) - n)
+        return HaveReply(msg.query_id, present)
+
+    def on_commit(self, msg: CommitRequest) -> CommitReply:
+        try:
+            point_id = self.repo.commit_point(msg)
+        except RepositoryError as exc:
+            log.error("commit_refused", job=msg.job_id, vm=msg.vm_name, error=str(exc))
+            metrics.WRITER_COMMITS.labels(result="error").inc()
+            return CommitReply(msg.request_id, False, str(exc), "")
+        log.info(
+            "point_committed",
+            job=msg.job_id,
+            vm=msg.vm_name,
+            point=point_id,
+            status=msg.status,
+            disks=len(msg.disks),
+        )
+        metrics.WRITER_COMMITS.labels(result="ok").inc()
+        return CommitReply(msg.request_id, True, "", point_id)
+
+    def _reply(self, reply_to: str, key: str, reply: Message) -> None:
+        try:
+            self.publisher.publish_sync(
+                DEFAULT_EXCHANGE, reply_to, reply, persistent=False, correlation_id=key
+            )
+        except UnroutableError:
+            # the asker is gone (its exclusive queue died); it re-sends if it comes back
+            log.warning("reply_unroutable", reply_to=reply_to, kind=reply.KIND)
+
+
+def _queue_shard(queue: str) -> int:
+    return int(queue.rsplit(".", 1)[1])
+
+
+def main(args: argparse.Namespace) -> int:
+    import sys
+
+    from common.amqp import stop_on_signals
+    from common.config import ConfigError
+    from common.logging import setup_logging
+    from common.settings import load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"vmbackup writer: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log.level, cfg.log.format, role="writer")
+    rs, ws = cfg.repository, cfg.writer
+    if not rs.path:
+        print("vmbackup writer: repository.path is not set", file=sys.stderr)
+        return 2
+    repo = Repository.open(rs.path, rs.passphrase.value if rs.passphrase else None)
+    service = WriterService(
+        repo,
+        BrokerParams.from_settings(cfg.broker),
+        n_shards=cfg.broker.n_shards,
+        shards=ws.shards,
+        prefetch=ws.prefetch,
+        consume_commits=ws.consume_commits,
+        commit_prefetch=ws.commit_prefetch,
+        shard_quorum=ws.shard_queue_type == "quorum",
+        name=ws.name,
+    )
+    metrics.serve_metrics(ws.metrics_port or cfg.metrics.port, cfg.metrics.address)
+    metrics.BUILD_INFO.labels(version="0.1.0", role="writer").set(1)
+    stop_on_signals(service)
+    try:
+        service.run()
+    finally:
+        service.publisher.close()
+    return 0
