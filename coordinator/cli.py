@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--config", required=True, help="vmbackup TOML config file")
     d.set_defaults(func=cmd_coordinator)
 
+    from coordinator.restore_vm import register_restore_vm
+
+    register_restore_vm(sub)
+
 
 def _load(path: str) -> Any:
     from common.config import ConfigError
