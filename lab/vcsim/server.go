@@ -26,6 +26,17 @@ const sessionCookie = "vmware_soap_session"
 // the whole request; only the few methods the lab answers are fully decoded.
 var methodName = regexp.MustCompile(`<(?:[\w.-]+:)?Body[^>]*>\s*<(?:[\w.-]+:)?([A-Za-z_]\w*)`)
 
+// thisRef finds the request's _this (the object the method is called on).
+var thisRef = regexp.MustCompile(`<(?:[\w.-]+:)?_this[^>]*\btype="(\w+)"[^>]*>([^<]*)<`)
+
+func notAuthenticated(head []byte) *types.NotAuthenticated {
+	obj := types.ManagedObjectReference{Type: "ServiceInstance", Value: "ServiceInstance"}
+	if m := thisRef.FindSubmatch(head); m != nil {
+		obj = types.ManagedObjectReference{Type: string(m[1]), Value: string(m[2])}
+	}
+	return &types.NotAuthenticated{NoPermission: types.NoPermission{Object: obj, PrivilegeId: "System.View"}}
+}
+
 // loginMethods work without a session (also on a real vCenter).
 var loginMethods = map[string]bool{
 	"RetrieveServiceContent": true, "Login": true, "LoginByToken": true,
@@ -72,14 +83,12 @@ func (l *lab) frontHandler(inner http.Handler) http.Handler {
 				time.Sleep(time.Duration(f.slowMs) * time.Millisecond)
 			}
 			if expired && !loginMethods[name] {
-				writeFault(w, "The session is not authenticated.", &types.NotAuthenticated{
-					NoPermission: types.NoPermission{PrivilegeId: "System.View"},
-				})
+				writeFault(w, "The session is not authenticated.", notAuthenticated(head))
 				return
 			}
 			switch name {
 			case "QueryChangedDiskAreas":
-				l.serveQueryChangedDiskAreas(w, body, session)
+				l.serveQueryChangedDiskAreas(w, body, session, head)
 				return
 			case "CreateSnapshot_Task":
 				if l.serveFailingSnapshot(w, body, f.failSnapshotVM) {
@@ -88,13 +97,53 @@ func (l *lab) frontHandler(inner http.Handler) http.Handler {
 			}
 		}
 		rec := &cookieRecorder{ResponseWriter: w}
-		inner.ServeHTTP(rec, r)
+		if l.cfg.plain {
+			inner.ServeHTTP(rec, r)
+		} else if !serveRecovering(inner, rec, r, name) {
+			return
+		}
 		if key := rec.sessionKey(); key != "" {
 			l.mu.Lock()
 			l.sessions[key] = true
 			l.mu.Unlock()
 		}
 	})
+}
+
+// serveRecovering passes a request on to the simulator and turns a panic into
+// a SOAP reply. vcsim 0.24 panics in Fetch (pyVmomi's single-property read) when
+// the property is unset, e.g. vm.snapshot of a VM without snapshots; vCenter
+// answers "unset" then. Reports whether the simulator answered.
+func serveRecovering(inner http.Handler, w http.ResponseWriter, r *http.Request, name string) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			ok = false
+			if name == "Fetch" {
+				writeXML(w, http.StatusOK, fetchUnset{})
+				return
+			}
+			writeFault(w, fmt.Sprintf("simulator failure in %s: %v", name, p), &types.SystemError{})
+		}
+	}()
+	inner.ServeHTTP(w, r)
+	return true
+}
+
+// fetchUnset is a FetchResponse without returnval: the property is unset.
+type fetchUnset struct{}
+
+func (fetchUnset) MarshalXML(e *xml.Encoder, start xml.StartElement) error {
+	if err := e.EncodeToken(start); err != nil {
+		return err
+	}
+	el := xml.StartElement{Name: xml.Name{Space: "urn:vim25", Local: "FetchResponse"}}
+	if err := e.EncodeToken(el); err != nil {
+		return err
+	}
+	if err := e.EncodeToken(el.End()); err != nil {
+		return err
+	}
+	return e.EncodeToken(start.End())
 }
 
 // cookieRecorder notes the session cookie the simulator hands out at login.
@@ -119,14 +168,12 @@ func decodeRequest(body []byte) (*simulator.Method, error) {
 	return simulator.UnmarshalBody(types.TypeFunc(), body)
 }
 
-func (l *lab) serveQueryChangedDiskAreas(w http.ResponseWriter, body []byte, session string) {
+func (l *lab) serveQueryChangedDiskAreas(w http.ResponseWriter, body []byte, session string, head []byte) {
 	l.mu.Lock()
 	known := l.sessions[session]
 	l.mu.Unlock()
 	if !known {
-		writeFault(w, "The session is not authenticated.", &types.NotAuthenticated{
-			NoPermission: types.NoPermission{PrivilegeId: "System.View"},
-		})
+		writeFault(w, "The session is not authenticated.", notAuthenticated(head))
 		return
 	}
 	method, err := decodeRequest(body)
