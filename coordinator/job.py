@@ -48,6 +48,7 @@ from common.messages import (
     TaskResult,
 )
 from coordinator import cbt, planner, report, snapshots
+from coordinator import vm_config as vm_config_mod
 from coordinator.discovery import DiskInfo, Inventory, VmInfo, _disk_info, discover
 from coordinator.history import History
 from coordinator.limits import BackupWindow, Cancelled, KeyedLimiter, SnapshotSlots
@@ -717,6 +718,8 @@ class Job:
     ) -> str:
         rt = self.rt
         request_id = "c-" + hashlib.sha256(f"{self.job_id}\0{uuid}".encode()).hexdigest()[:32]
+        # controller type and bus per disk, for restore-vm and `repo list` (additive)
+        ctrl = vm_config_mod.disk_controllers(vm_config)
         disks = [
             DiskCommit(
                 key=w.info.key,
@@ -733,6 +736,7 @@ class Job:
                     "controller_key": w.info.controller_key,
                     "unit_number": w.info.unit_number,
                     "disk_mode": w.info.disk_mode,
+                    **ctrl.get(w.info.key, {}),
                     "mode": w.plan.decision.mode,
                     "reason": w.plan.reason,
                 },
