@@ -20,11 +20,11 @@ def vm_obj(si: Any, moref: str) -> vim.VirtualMachine:
     return vim.VirtualMachine(moref, si._stub)
 
 
-def disks_of(config: Any) -> list[vim.vm.device.VirtualDisk]:
+def disks_of(config: Any) -> list[Any]:
     return [d for d in config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
 
 
-def disk_of(config: Any, key: int) -> vim.vm.device.VirtualDisk:
+def disk_of(config: Any, key: int) -> Any:
     for d in disks_of(config):
         if d.key == key:
             return d
@@ -58,9 +58,10 @@ def all_areas(
         assert info.startOffset == offset
         assert info.length > 0
         for a in info.changedArea:
-            assert offset <= a.start and a.start + a.length <= offset + info.length
-            areas.append((a.start, a.length))
-        offset += info.length
+            start, length = int(a.start), int(a.length)
+            assert offset <= start and start + length <= offset + int(info.length)
+            areas.append((start, length))
+        offset += int(info.length)
     assert offset == capacity
     return areas, calls
 

@@ -44,8 +44,8 @@ def test_fill_mix(lab: Lab) -> None:
     report = lab.fill_disks(seed=7, template_vms=clones, block_size=BLOCK)
     assert set(report.bytes_by_kind) == {"template", "compressible", "unique", "zeros"}
     by_vm: dict[str, dict[int, tuple[int, str]]] = {}
-    for (vm, _key), blocks in report.layout.items():
-        by_vm[vm] = {off: (n, kind) for off, n, kind in blocks}
+    for (vm, _key), layout in report.layout.items():
+        by_vm[vm] = {off: (n, kind) for off, n, kind in layout}
     for v in vms[2:]:
         assert all(kind != "template" for _, kind in by_vm[v["name"]].values())
 
