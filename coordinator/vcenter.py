@@ -90,6 +90,20 @@ def build_ssl_context(s: VCenterSettings) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=s.ca_bundle or None)
 
 
+def _use_server_api_version(stub: SoapStubAdapter, api_version: str) -> None:
+    """Talk the server's API version instead of pyVmomi's default (5.5).
+
+    With the default, types newer than 5.5 come back as their base type: an NVMe
+    controller reads as a plain VirtualController, and a saved VM config loses it.
+    """
+    from pyVmomi import VmomiSupport
+
+    version = VmomiSupport.versionMap.get(f"vim25/{api_version}")
+    if version is None:  # a server newer than this pyVmomi: its newest is the closest
+        version = VmomiSupport.newestVersions.GetName("vim")
+    stub.ComputeVersionInfo(version)  # never downgrades
+
+
 def _is_transport_error(exc: BaseException) -> bool:
     if isinstance(exc, ssl.SSLCertVerificationError | PinMismatchError):
         return False
@@ -162,6 +176,7 @@ class Connection:
             raise VCenterError(f"vcenter {s.name}: TLS check failed: {exc}") from exc
         except OSError as exc:
             raise VCenterError(f"vcenter {s.name}: cannot connect to {s.url}: {exc}") from exc
+        _use_server_api_version(stub, self._content.about.apiVersion)
         self._login()
         self._start_keepalive()
         log.info("vcenter_connected", vcenter=s.name, url=s.url, api=self._content.about.apiVersion)
