@@ -1,7 +1,8 @@
 """Content-addressed chunk files in fan-out directories.
 
-``chunks/<first 4 hex digits>/<64 hex digits>``: 65536 directories created on
-demand, so no directory grows past ~1500 entries per 100 M chunks. Existence is
+``chunks/<first 3 hex digits>/<64 hex digits>``: 4096 directories, all created at
+``repo init`` (no mkdir + parent fsync on the write path), ~25k entries each per
+100 M chunks. Existence is
 a ``stat`` of the file: the index is the file system, nothing is held in RAM.
 A chunk's mtime is its "last needed" time: writes set it, and every dedup hit,
 commit and gc mark refreshes it (gc sweeps only chunks older than its cutoff).
@@ -28,7 +29,8 @@ from repository_writer.fsutil import (
 
 ID_LEN = 32
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
-_HEX_DIR = re.compile(r"[0-9a-f]{4}")
+_HEX_DIR = re.compile(r"[0-9a-f]{3}")
+FANOUT = 3
 
 
 def check_id(chunk_id: bytes) -> bytes:
@@ -58,7 +60,13 @@ class ChunkStore:
 
     def path_of(self, chunk_id: bytes) -> Path:
         h = check_id(chunk_id).hex()
-        return self.root / h[:4] / h
+        return self.root / h[:FANOUT] / h
+
+    def create_dirs(self) -> None:
+        """All fan-out directories, then one fsync of the root (at init)."""
+        for i in range(16**FANOUT):
+            os.makedirs(self.root / f"{i:0{FANOUT}x}", exist_ok=True)
+        fsync_dir(self.root)
 
     def exists(self, chunk_id: bytes) -> bool:
         try:

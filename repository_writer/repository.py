@@ -110,6 +110,7 @@ class Repository:
         makedirs_durable(path)
         for sub in ("chunks", "points", "running", "locks", "keys"):
             makedirs_durable(path / sub)
+        ChunkStore(path / "chunks").create_dirs()
         keys = None
         if passphrase is not None:
             keys = keyfile.create(path / "keys" / "repokey", _pass_bytes(passphrase))
