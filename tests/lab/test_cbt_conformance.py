@@ -9,9 +9,11 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from pyVim.connect import Disconnect
 from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
 
@@ -337,6 +339,29 @@ def test_remove_snapshot_is_waitable_and_deletes_frozen_files(
     assert event["vm"] == info["name"] and event["moref"] == info["moref"]
     assert event["host"] == info["host"]
     assert event["removed_at"] is not None and event["removed_at"] >= event["created_at"]
+
+
+def test_concurrent_snapshots_of_many_vms(lab: Lab, vms: list[dict[str, Any]]) -> None:
+    """Snapshots of several VMs at once (as a coordinator runs them) all freeze and record."""
+
+    def one(info: dict[str, Any]) -> str:
+        si = lab.connect()
+        try:
+            vm = vm_obj(si, info["moref"])
+            snap = snapshot(vm, "parallel")
+            moref = str(snap._moId)
+            remove(snap)
+            return moref
+        finally:
+            Disconnect(si)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        morefs = list(pool.map(one, vms[:4]))
+    events = {e["snapshot"]: e for e in lab.snapshot_events()}
+    assert len(set(morefs)) == 4
+    for moref, info in zip(morefs, vms[:4], strict=True):
+        assert events[moref]["moref"] == info["moref"]
+        assert events[moref]["removed_at"] is not None
 
 
 def test_slow_soap_injection(lab: Lab, si: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,6 +51,10 @@ def test_plain_has_the_same_inventory_as_the_lab(lab: Lab) -> None:
         assert not full.plain
         assert _shape(lab.vms()) == _shape(full.vms())
         assert set(lab.datastores) == set(full.datastores)
+        dirs = [Path(d) for d in full.datastores.values()]
+        assert all(d.is_dir() for d in dirs)
+    assert not full.running
+    assert not any(d.exists() for d in dirs)  # SIGTERM removed the lab's temp files
 
 
 def test_plain_answers_query_changed_disk_areas_with_a_fault(lab: Lab, si: Any) -> None:
