@@ -305,3 +305,34 @@ def disk_controllers(data: bytes) -> dict[int, dict[str, Any]]:
         if c is not None:
             out[d.key] = {"controller_type": c.type, "controller_bus": c.bus}
     return out
+
+
+def describe_point_config(data: bytes) -> dict[str, Any]:
+    """For `repo list`: the saved document, its parsed hardware and a one-line summary.
+
+    Never raises: a point without (or with an unreadable) configuration is listed
+    with the reason instead.
+    """
+    if not data:
+        return {
+            "vm_config": None,
+            "hardware": None,
+            "hardware_summary": "",
+            "vm_config_error": "no saved VM configuration",
+        }
+    try:
+        doc = load_document(data)
+        cfg = parse(data)
+    except VmConfigError as exc:
+        return {
+            "vm_config": None,
+            "hardware": None,
+            "hardware_summary": f"(VM configuration unreadable: {exc})",
+            "vm_config_error": str(exc),
+        }
+    return {
+        "vm_config": doc,
+        "hardware": cfg.to_dict(),
+        "hardware_summary": cfg.summary(),
+        "vm_config_error": "",
+    }

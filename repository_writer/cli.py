@@ -109,6 +109,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from coordinator.vm_config import describe_point_config
     from repository_writer.stats import point_data_bytes, repo_stats
 
     repo = open_repo(args)
@@ -137,10 +138,12 @@ def cmd_list(args: argparse.Namespace) -> int:
                             "chunks": d.chunks,
                             "zero_chunks": d.zero_chunks,
                             "changed_chunks": d.changed_chunks,
+                            "info": d.info,
                         }
                         for d in p.disks
                     ],
                     "failed_disks": p.failed_disks,
+                    **describe_point_config(p.vm_config),
                 }
                 for p in points
             ],
@@ -169,6 +172,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{len(p.disks):>5} {_human(p.logical_bytes):>10} {_human(point_data_bytes(p)):>10} "
             f"{changed:>8}"
         )
+        hw = describe_point_config(p.vm_config)["hardware_summary"]
+        if hw:
+            print(f"    {hw}")
     print(
         f"\n{st.points} points, logical {_human(st.logical_bytes)}, data {_human(st.data_bytes)}; "
         f"{st.chunks} chunks, {_human(st.raw_bytes)} unique, {_human(st.stored_bytes)} stored; "
