@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import queue
 import random
 import threading
@@ -51,7 +52,6 @@ QUEUE_COMMITS = "vmbackup.commits"
 
 HEADER_ERROR = "x-vmbackup-error"
 HEADER_SOURCE_QUEUE = "x-vmbackup-queue"
-HEADER_KIND = "x-vmbackup-kind"
 
 
 def task_routing_key(scope: str, name: str) -> str:
@@ -274,6 +274,10 @@ class Publisher:
         self._closing = False
         self._connect_attempt = 0
         self._lock = threading.Lock()
+        self._pump_scheduled = False
+        # Unique per message (returns are matched by it); cheaper than a uuid each.
+        self._id_prefix = f"{uuid.uuid4().hex[:12]}-"
+        self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -299,8 +303,9 @@ class Publisher:
         props = BasicProperties(
             delivery_mode=2 if persistent else 1,
             content_type="application/msgpack",
-            message_id=uuid.uuid4().hex,
-            headers={HEADER_KIND: kind, **(headers or {})},
+            type=kind,
+            message_id=f"{self._id_prefix}{next(self._ids)}",
+            headers=headers,
             correlation_id=correlation_id,
             reply_to=reply_to,
             timestamp=int(time.time()),
@@ -354,10 +359,20 @@ class Publisher:
 
     # -- I/O thread --
     def _wake(self) -> None:
+        # One scheduled pump drains everything queued: no wake-up per message.
+        with self._lock:
+            if self._pump_scheduled:
+                return
+            self._pump_scheduled = True
         conn = self._conn
         if conn is not None:
-            with contextlib.suppress(Exception):
+            try:
                 conn.ioloop.add_callback_threadsafe(self._pump)
+                return
+            except Exception:  # loop gone: the reconnect pumps what is pending
+                pass
+        with self._lock:
+            self._pump_scheduled = False
 
     def _run(self) -> None:
         while not self._closing:
@@ -423,6 +438,8 @@ class Publisher:
             self._conn.channel(on_open_callback=self._on_channel_open)
 
     def _pump(self) -> None:
+        with self._lock:
+            self._pump_scheduled = False
         ch = self._channel
         if ch is None or not ch.is_open or not self._ready.is_set():
             return
@@ -606,6 +623,9 @@ class Consumer:
         self._in_flight_lock = threading.Lock()
         self._dlq_publisher: Publisher | None = None
         self._dlq_lock = threading.Lock()
+        self._settle_queue: collections.deque[tuple[Delivery, bool]] = collections.deque()
+        self._settle_lock = threading.Lock()
+        self._settle_scheduled = False
         self._thread: threading.Thread | None = None
         self._workers: list[threading.Thread] = []
 
@@ -730,6 +750,8 @@ class Consumer:
         conn = self._conn
         self._conn = None
         self._channel = None
+        # Settles queued for the dead connection will never run there: count them done.
+        self._flush_settles(io_thread=False)
         # Everything delivered on the old connection will be redelivered by the broker.
         while True:
             try:
@@ -766,29 +788,43 @@ class Consumer:
         self._work.put(_Work(d))
 
     def _settle(self, d: Delivery, ack: bool) -> None:
-        """Ack or requeue on the I/O thread, if the delivery's connection still lives."""
-        conn = self._conn
+        """Ack or requeue on the I/O thread, if the delivery's connection still lives.
 
-        def do() -> None:
-            ch = self._channel
+        Settles are queued and flushed by one I/O-thread callback, so a burst of small
+        messages costs one wake-up, not one per message.
+        """
+        with self._settle_lock:
+            self._settle_queue.append((d, ack))
+            if self._settle_scheduled:
+                return
+            self._settle_scheduled = True
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.add_callback_threadsafe(self._flush_settles)
+                return
+            except Exception:  # connection already gone: the broker redelivers
+                pass
+        self._flush_settles(io_thread=False)
+
+    def _flush_settles(self, io_thread: bool = True) -> None:
+        with self._settle_lock:
+            batch = list(self._settle_queue)
+            self._settle_queue.clear()
+            self._settle_scheduled = False
+        ch = self._channel if io_thread else None
+        for d, ack in batch:
             try:
                 if d.generation == self._generation and ch is not None and ch.is_open:
                     if ack:
                         ch.basic_ack(d.tag)
                     else:
                         ch.basic_nack(d.tag, requeue=True)
+            except Exception as exc:  # the broker redelivers what we could not settle
+                log.warning("cannot settle delivery", queue=d.queue, error=repr(exc))
             finally:
                 with self._in_flight_lock:
                     self._in_flight -= 1
-
-        if conn is not None and d.generation == self._generation:
-            try:
-                conn.add_callback_threadsafe(do)
-                return
-            except Exception:  # connection already gone: the broker redelivers
-                pass
-        with self._in_flight_lock:
-            self._in_flight -= 1
 
     # -- worker threads --
     def _worker_loop(self) -> None:
