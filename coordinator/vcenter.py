@@ -196,7 +196,18 @@ class Connection:
             if self._generation != seen_generation:
                 return  # another thread renewed the session already
             log.warning("vcenter_relogin", vcenter=self.name)
-            self._login()
+            for attempt in range(self.settings.retries + 1):
+                try:
+                    self._login()
+                    break
+                except VCenterError:
+                    raise  # credentials refused: retrying cannot help
+                except Exception as exc:
+                    if attempt >= self.settings.retries:
+                        raise
+                    log.warning("vcenter_relogin_retry", vcenter=self.name, error=repr(exc))
+                    self._stub.DropConnections()  # type: ignore[union-attr]
+                    self._sleep(self.settings.backoff_s * 2**attempt)
             self._generation += 1
             self.relogins += 1
             metrics.COORD_VCENTER_RELOGINS.labels(self.name).inc()
