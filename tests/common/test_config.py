@@ -122,3 +122,43 @@ def test_configuration_doc_is_generated_from_the_schema() -> None:
 
     current = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert current == render(), "docs/configuration.md is stale: run make docs"
+
+
+def _uncommented_example() -> str:
+    lines = []
+    for line in (ROOT / "examples" / "vmbackup.toml").read_text().splitlines():
+        if line.startswith("# "):
+            line = line[2:]
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def test_example_config_is_valid_and_shows_every_key(tmp_path: Path) -> None:
+    import tomllib
+
+    from common.config import describe
+    from common.settings import config_class
+
+    for name in ("rabbitmq-password", "vc1-password"):
+        (tmp_path / name).write_text("x\n")
+    text = (
+        (ROOT / "examples" / "vmbackup.toml")
+        .read_text()
+        .replace("/run/secrets/vmbackup", str(tmp_path))
+    )
+    env = {"VC1_USER": "backup@vsphere.local"}
+    load(config_class(), write(tmp_path, text), env=env)  # as shipped
+
+    full = tomllib.loads(_uncommented_example())  # with every optional key shown
+    missing = []
+    for key, *_ in describe(config_class()):
+        node = full
+        for part in key.split("."):
+            if part.endswith("[]"):
+                node = node.get(part[:-2], [{}])[0]
+            elif isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                missing.append(key)
+                break
+    assert not missing, f"examples/vmbackup.toml does not show: {missing}"
