@@ -115,6 +115,16 @@ class Daemon:
             self._stop.wait(1.0)
         self.shutdown()
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job runs (tests, and a clean stop); True when idle."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running:
+                    return True
+            time.sleep(0.1)
+        return False
+
     def shutdown(self, timeout: float = 300.0) -> None:
         """Cancel running jobs (their snapshots are removed as they unwind) and wait."""
         with self._lock:

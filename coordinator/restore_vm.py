@@ -36,6 +36,7 @@ from coordinator.vcenter import (
     normalize_thumbprint,
 )
 from coordinator.vm_config import VmConfig
+from repository_writer.errors import RepositoryError
 from repository_writer.points import Point
 from repository_writer.repository import Repository
 from repository_writer.restore import restore_disk
@@ -458,6 +459,8 @@ def upload_disk(
                 f"upload of disk {disk_key} to [{target.datastore_name}] {path} refused: "
                 f"HTTP {resp.status} {resp.reason} {detail[:200]}"
             )
+    except RepositoryError as exc:  # a chunk missing or damaged: stop before the end
+        raise RestoreVmError(f"disk {disk_key}: {exc}") from exc
     except (OSError, http.client.HTTPException) as exc:
         raise RestoreVmError(
             f"upload of disk {disk_key} to [{target.datastore_name}] {path} failed: "
@@ -666,7 +669,6 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
     from common.logging import setup_logging
     from common.settings import load_config
     from coordinator.vcenter import VCenterError
-    from repository_writer.errors import RepositoryError
 
     def fail(msg: str, code: int = 1) -> int:
         print(f"vmbackup: restore-vm: {msg}", file=sys.stderr)

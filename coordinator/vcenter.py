@@ -188,7 +188,8 @@ class Connection:
             self._content.sessionManager.Login(s.user.value, s.password.value)
         except vim.fault.InvalidLogin as exc:
             raise VCenterError(
-                f"vcenter {s.name}: login refused for user from {s.user.source}: {exc.msg}"
+                f"vcenter {s.name}: login refused (user from {s.user.source},"
+                f" password from {s.password.source}): {exc.msg}"
             ) from exc
 
     def _relogin(self, seen_generation: int) -> None:

@@ -7,6 +7,7 @@ restore of every committed disk is compared with the guest data byte for byte.
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,8 +128,6 @@ def test_cbt_reset_grown_disk_missing_point(lab: Lab, make_env: Any) -> None:
     text = rep.to_text()
     assert "CBT was reset" in text and "capacity grew" in text
 
-    other = make_env(lab, peer=False)
-    other.peer = None
     env2 = make_env(lab)  # new repository: no previous point
     env2.start(id="coord-other")
     rep3 = env2.run(pol)
@@ -194,5 +193,5 @@ def test_snapshot_limit_per_host(lab: Lab, make_env: Any) -> None:
     for host in {e["host"] for e in events}:
         spans = sorted((e["created_at"], e["removed_at"]) for e in events if e["host"] == host)
         assert len(spans) >= 2
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end, f"two snapshots at once on {host}: {spans}"

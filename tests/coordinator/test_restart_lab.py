@@ -1,0 +1,126 @@
+"""A coordinator killed mid-job leaves a snapshot; the next start removes it and resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator import report
+from coordinator.daemon import Daemon
+from coordinator.settings import PolicySettings
+from lab import Lab, LabSpec
+from tests.coordinator.conftest import MiB
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab.start(LabSpec(hosts_per_cluster=1, vms_per_host=2, disk_sizes=[8 * MiB])) as lab:
+        for v in lab.vms():
+            lab.write_guest_data(v["name"], 2000, 0, b"data" * 1024)
+        yield lab
+
+
+def write_config(path: Path, lab: Lab, broker: Any, repo: Path) -> Path:
+    path.write_text(
+        f"""
+[broker]
+url = "{broker.url}"
+
+[repository]
+path = "{repo}"
+
+[coordinator]
+id = "coord-killed"
+task_timeout_s = 600.0
+
+[[vcenters]]
+name = "lab"
+url = "{lab.url}"
+user = "{lab.user}"
+password = {{ env = "LAB_PASSWORD" }}
+thumbprint = "{lab.thumbprint}"
+
+[[policies]]
+name = "nightly"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def open_snapshots(lab: Lab) -> list[dict[str, Any]]:
+    return [e for e in lab.snapshot_events() if not e["removed_at"]]
+
+
+def test_killed_coordinator_orphan_swept_and_job_resumed(
+    lab: Lab, make_env: Any, tmp_path: Path
+) -> None:
+    env = make_env(lab)
+    names = {v["name"] for v in lab.vms()}
+    env.peer.hold_vm.update(names)  # tasks are taken and never answered
+    cfg = write_config(tmp_path / "vmbackup.toml", lab, env.broker, env.repo_path)
+    exe = Path(sys.executable).with_name("vmbackup")
+    proc = subprocess.Popen(
+        [str(exe), "backup", "--config", str(cfg), "--policy", "nightly"],
+        env={**os.environ, "LAB_PASSWORD": lab.password},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not env.peer.tasks and time.monotonic() < deadline:
+            assert proc.poll() is None, "vmbackup backup exited early"
+            time.sleep(0.1)
+        assert env.peer.tasks, "no task published"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    left = open_snapshots(lab)
+    assert left, "the killed coordinator should have left its snapshot behind"
+
+    # restart (same coordinator id): the sweep finds the orphan, removes it, and the
+    # policy of the unfinished job runs again
+    env.peer.hold_vm.clear()
+    rt = env.start(id="coord-killed")
+    daemon = Daemon(rt, [PolicySettings(name="nightly")])
+    assert daemon.sweep_all() == {"nightly"}
+    assert not open_snapshots(lab)
+    assert daemon.start_job("nightly", "resume")
+    assert daemon.wait_idle(120)
+    (rep,) = daemon.reports
+    assert rep.status == report.OK, rep.to_text()
+    assert not open_snapshots(lab)
+
+
+def test_snapshot_of_other_coordinator_kept_until_old(lab: Lab, make_env: Any) -> None:
+    from coordinator import snapshots
+
+    env = make_env(lab)
+    rt = env.start(id="coord-a", orphan_min_age_s=3600.0)
+    vm = rt.connections["lab"].moref("VirtualMachine", lab.vms()[0]["moref"])
+    s = snapshots.create(
+        rt.connections["lab"],
+        vm,
+        prefix="vmbackup",
+        job_id="p-20240101T000000Z-abcdef",
+        coordinator_id="coord-b",
+        quiesce=False,
+        fallback="crash",
+        timeout_s=30,
+    )
+    res = rt.sweep(rt.connections["lab"])
+    assert [k.snapshot._moId for k in res.kept] == [s.moref] and not res.removed
+    rt.settings.orphan_min_age_s = 0.0
+    res = rt.sweep(rt.connections["lab"])
+    assert [k.snapshot._moId for k in res.removed] == [s.moref]
+    assert not open_snapshots(lab)
