@@ -68,7 +68,9 @@ def back_up(conn: Connection, lab: Any, repo: Repository, vm_mo: Any) -> LabPoin
         caps: dict[int, int] = {}
         for d in disks:
             frozen = lab.local_path(d.file)
-            r = import_disk(repo, vm_name, d.key, frozen, vm_uuid=vm_uuid, job_id=f"{job_id}-{d.key}")
+            r = import_disk(
+                repo, vm_name, d.key, frozen, vm_uuid=vm_uuid, job_id=f"{job_id}-{d.key}"
+            )
             sums[d.key] = sha256_file(frozen)
             caps[d.key] = d.capacity
             assert r.capacity == d.capacity, (r.capacity, d.capacity)
