@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -695,7 +696,9 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
     try:
         conn = Connection(vcs[0]).connect()
     except (VCenterError, OSError) as exc:
-        return fail(f"vCenter {args.to} unreachable: {exc}")
+        cause = exc.__cause__ if isinstance(exc, VCenterError) else exc
+        down = isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError)
+        return fail(f"vCenter {args.to} {'unreachable' if down else 'refused us'}: {exc}")
     last = [0.0]
 
     def progress(what: str, done: int, total: int) -> None:

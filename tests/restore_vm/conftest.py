@@ -77,9 +77,11 @@ def vcenter_settings(lab: Any) -> VCenterSettings:
     )
 
 
-def write_config(path: Path, lab: Any, repo: Path, url: str | None = None) -> Path:
+def write_config(
+    path: Path, lab: Any, repo: Path, url: str | None = None, password: str | None = None
+) -> Path:
     pw = path.with_suffix(".password")
-    pw.write_text(lab.password)
+    pw.write_text(lab.password if password is None else password)
     path.write_text(
         f"""
 [repository]

@@ -178,6 +178,9 @@ def test_clear_errors(env: Env) -> None:
     )
     r = env.vmbackup("restore-vm", env.plain.point_id, "--to", "lab", *ds, config=bad)
     assert r.returncode == 1 and "unreachable" in r.stderr and str(port) in r.stderr
+    bad = write_config(env.tmp / "pw.toml", env.lab, env.repo_path, password="wrong")
+    r = env.vmbackup("restore-vm", env.plain.point_id, "--to", "lab", *ds, config=bad)
+    assert r.returncode == 1 and "refused us" in r.stderr and "login refused" in r.stderr
     assert not env.vms_named("never")
 
 
