@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from common.config import Secret
 
@@ -146,9 +145,6 @@ class CoordinatorSettings:
     """The ``[coordinator]`` section (vCenters and policies are top-level lists)."""
 
     id: str = field(default="coord-1", metadata=_doc("coordinator id (results queue name)"))
-    repository: Path = field(
-        default=Path("/var/lib/vmbackup/repo"), metadata=_doc("repository path (read-only)")
-    )
     limits: LimitSettings = field(default_factory=LimitSettings)
     snapshot_prefix: str = field(default="vmbackup", metadata=_doc("our snapshots' name prefix"))
     task_max_bytes: int = field(default=64 * MiB, metadata=_doc("max bytes per block-range task"))
