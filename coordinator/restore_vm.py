@@ -175,13 +175,13 @@ def find_target(conn: Connection, datastore: str, host: str = "", folder: str = 
         raise RestoreVmError(f"host {props[h._moId].get('name')!r} has no resource pool")
 
     # the datacenter's inventory path, for /folder's dcPath (folders above it included)
-    names: list[str] = []
-    obj: Any = dc
-    while obj is not None and obj._moId in props:
-        if isinstance(obj, vim.Datacenter | vim.Folder) and props[obj._moId].get("parent"):
-            names.append(str(props[obj._moId].get("name")))
-        obj = props[obj._moId].get("parent")
-    dc_path = "/".join(reversed(names))
+    path: list[str] = []
+    walk: Any = dc
+    while walk is not None and walk._moId in props:
+        if isinstance(walk, vim.Datacenter | vim.Folder) and props[walk._moId].get("parent"):
+            path.append(str(props[walk._moId].get("name")))
+        walk = props[walk._moId].get("parent")
+    dc_path = "/".join(reversed(path))
 
     vm_folder = props[dc._moId].get("vmFolder")
     target_folder = _find_folder(vm_folder, folder, props, objs) if folder else vm_folder
@@ -616,12 +616,13 @@ def _created_disks(conn: Connection, vm: Any, plan: SpecPlan) -> dict[int, tuple
         want_type = vm_config.CONTROLLER_TYPES[dp.controller_type][0]
         found = None
         for d in disks:
-            c = ctrls.get(d.controllerKey)
+            c: Any = ctrls.get(d.controllerKey) if d.controllerKey is not None else None
             if c is None or d.unitNumber != dp.unit_number or c.busNumber != dp.controller_bus:
                 continue
             ctype = type(c).__name__.rsplit(".", 1)[-1]
-            if vm_config.CONTROLLER_TYPES.get(ctype, ("", ""))[0] == want_type:
-                found = (d.key, d.backing.fileName, f"{ctype} {c.busNumber}")
+            file = str(getattr(d.backing, "fileName", "") or "")
+            if vm_config.CONTROLLER_TYPES.get(ctype, ("", ""))[0] == want_type and file:
+                found = (int(d.key), file, f"{ctype} {c.busNumber}")
                 break
         if found is None:
             raise RestoreVmError(
@@ -723,7 +724,7 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
     except (RestoreVmError, RepositoryError, VCenterError) as exc:
         return fail(str(exc))
     except vim.fault.VimFault as exc:
-        return fail(f"vCenter refused: {type(exc).__name__}: {exc.msg}")
+        return fail(f"vCenter refused: {type(exc).__name__}: {getattr(exc, 'msg', exc)}")
     finally:
         conn.close()
     sys.stdout.write(res.to_json() + "\n" if args.json else res.to_text())

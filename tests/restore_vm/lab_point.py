@@ -231,3 +231,38 @@ def write_disks(conn: Connection, lab: Any, vm_mo: Any, seed: int) -> None:
             data = block[:n] if rng.random() < 0.3 else rng.randbytes(n)
             write_at(path, cap, off, data)
         write_at(path, cap, cap - 512, rng.randbytes(512))  # the very last sector too
+
+
+def create_simple_vm(conn: Connection, name: str, datastore: str, size: int) -> Any:
+    """A VM with one pvscsi disk of ``size`` bytes."""
+    content = conn.content
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
+    try:
+        host = view.view[0]
+    finally:
+        view.DestroyView()
+    ctrl = D.ParaVirtualSCSIController(key=-10, busNumber=0, sharedBus="noSharing")
+    disk = D.VirtualDisk(
+        key=-11,
+        controllerKey=-10,
+        unitNumber=0,
+        capacityInKB=size // 1024,
+        capacityInBytes=size,
+        backing=D.VirtualDisk.FlatVer2BackingInfo(
+            fileName=f"[{datastore}]", diskMode="persistent", thinProvisioned=True
+        ),
+    )
+    spec = vim.vm.ConfigSpec(
+        name=name,
+        guestId="otherLinux64Guest",
+        numCPUs=1,
+        memoryMB=512,
+        files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
+        deviceChange=[
+            D.VirtualDeviceSpec(operation="add", device=ctrl),
+            D.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk),
+        ],
+    )
+    dc = host.parent.parent.parent
+    task = dc.vmFolder.CreateVM_Task(config=spec, pool=host.parent.resourcePool, host=host)
+    return conn.wait_task(task, f"create {name}", 60)
