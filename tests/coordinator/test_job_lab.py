@@ -85,6 +85,19 @@ def test_full_then_incremental(lab: Lab, make_env: Any) -> None:
     # every snapshot of both jobs is gone
     events = lab.snapshot_events()
     assert events and all(e["removed_at"] for e in events)
+    # metrics
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    assert sample("vmbackup_coordinator_vms_total", policy="all", outcome="protected") >= 12
+    assert sample("vmbackup_coordinator_planned_bytes_total", policy="all", kind="changed") >= (
+        4 * MiB
+    )
+    assert sample("vmbackup_coordinator_cbt_fallbacks_total", reason="cbt_enabled") >= 6
+    assert sample("vmbackup_coordinator_snapshots_open") == 0
+    assert sample("vmbackup_coordinator_last_success_timestamp_seconds", vcenter="lab", vm=names[0])
 
 
 def test_more_than_2000_changed_areas(lab: Lab, make_env: Any) -> None:

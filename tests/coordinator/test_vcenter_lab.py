@@ -125,3 +125,18 @@ def test_plain_vcsim_backs_up_whole_disks(plain_lab: Lab, make_env: Any) -> None
     rep2 = env.run()
     assert all(v.disks[0].mode == "full" for v in rep2.vms), rep2.to_text()
     assert all(e["removed_at"] for e in plain_lab.snapshot_events())
+
+
+def test_timeouts_are_retried_with_backoff_then_raised(lab: Lab) -> None:
+    s = vcenter_settings(lab, timeout_s=0.3, retries=2, backoff_s=0.01)
+    with Connection(s).connect() as c:
+        lab.inject(slow_soap_ms=1500, slow_soap_method="RetrievePropertiesEx")
+        try:
+            before = c.calls["RetrievePropertiesEx"]
+            with pytest.raises(TimeoutError):
+                c.get_properties(c.content.rootFolder, ["name"])
+            assert c.retries == 2
+            assert c.calls["RetrievePropertiesEx"] - before == 3  # first try + 2 retries
+        finally:
+            lab.inject(slow_soap_ms=0, slow_soap_method="")
+        assert c.get_properties(c.content.rootFolder, ["name"])["name"]
