@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     per_k = inv.round_trips / n * 1000
     print(f"VMs: {n}, pages: {inv.pages} (page size {args.page})")
     print(
-        f"discovery: {inv.seconds:.2f} s, {inv.round_trips} round trips "
-        f"({per_k:.2f} per 1000 VMs)"
+        f"discovery: {inv.seconds:.2f} s, {inv.round_trips} round trips ({per_k:.2f} per 1000 VMs)"
     )
     print(
         f"baseline (one read per VM, {len(sample)} sampled, scaled to {n}): "
