@@ -208,3 +208,28 @@ def test_snapshot_limit_per_host(lab: Lab, make_env: Any) -> None:
         assert len(spans) >= 2
         for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end, f"two snapshots at once on {host}: {spans}"
+
+
+def test_backup_window(lab: Lab, make_env: Any) -> None:
+    import datetime as dt
+
+    from coordinator.settings import WindowSettings
+
+    env = make_env(lab)
+    env.start(limits=LimitSettings(vms=1))
+    pol = PolicySettings(name="win", window=WindowSettings(start="22:00", end="06:00"))
+    noon = dt.datetime(2024, 5, 1, 12, 0)
+    rep = env.run(pol, clock=lambda: noon)
+    assert "outside the backup window" in rep.error and not rep.vms
+    assert report.exit_status(rep) == report.EXIT_ERROR
+
+    # inside the window for the first VM only: the others must not start
+    times = iter([dt.datetime(2024, 5, 1, 23, 0)] * 3)
+    late = dt.datetime(2024, 5, 2, 6, 30)
+    before = len(lab.snapshot_events())
+    rep = env.run(pol, clock=lambda: next(times, late))
+    started = [v for v in rep.vms if v.status == report.OK]
+    stopped = [v for v in rep.vms if v.status == report.FAILED]
+    assert len(started) == 1 and len(stopped) == len(lab.vms()) - 1, rep.to_text()
+    assert all("backup window closed" in v.reason for v in stopped)
+    assert len(lab.snapshot_events()) == before + 1
