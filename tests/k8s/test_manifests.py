@@ -1,0 +1,282 @@
+"""The kustomize builds of k8s/base and k8s/overlays/example-site hold what we rely on."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from typing import Any
+
+import pytest
+
+from tests.k8s.conftest import Build
+
+MiB = 1 << 20
+# Secrets the base references but does not define (the site provides them: ExternalSecret,
+# sealed secrets, kubectl create secret); the overlay must define each one.
+SITE_SECRETS = {"vmbackup-broker", "vmbackup-repository", "vmbackup-vcenter"}
+
+
+def containers(tpl: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = tpl["spec"]
+    return list(spec.get("initContainers", [])) + list(spec["containers"])
+
+
+def main_container(tpl: dict[str, Any]) -> dict[str, Any]:
+    return tpl["spec"]["containers"][0]
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def quantity_bytes(q: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+    for suffix, mult in units.items():
+        if q.endswith(suffix):
+            return int(q[: -len(suffix)]) * mult
+    return int(q)
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def role_toml(build: Build, tpl: dict[str, Any]) -> dict[str, Any]:
+    """The TOML the pod's main container reads (from the config ConfigMap volume)."""
+    cm = build.configmap("vmbackup-config")
+    (vol,) = [v for v in tpl["spec"]["volumes"] if v["name"] == "config"]
+    assert vol["configMap"]["name"] == cm["metadata"]["name"]
+    (item,) = vol["configMap"]["items"]
+    return tomllib.loads(cm["data"][item["key"]])
+
+
+def site_secret_keys(build: Build) -> dict[str, set[str]]:
+    """Secret name -> keys, from Secrets and ExternalSecrets in the build."""
+    out: dict[str, set[str]] = {}
+    for s in build.all("Secret"):
+        out[s["metadata"]["name"]] = set(s.get("data", {})) | set(s.get("stringData", {}))
+    for es in build.all("ExternalSecret"):
+        name = es["spec"].get("target", {}).get("name", es["metadata"]["name"])
+        out[name] = {d["secretKey"] for d in es["spec"]["data"]}
+    return out
+
+
+def test_expected_objects(build: Build) -> None:
+    assert build.get("Namespace", "vmbackup")
+    for d in build.docs:
+        if d["kind"] != "Namespace":
+            assert d["metadata"].get("namespace") == "vmbackup", d["metadata"]["name"]
+    coord = build.get("Deployment", "vmbackup-coordinator")
+    assert coord["spec"]["replicas"] == 1
+    assert coord["spec"]["strategy"]["type"] == "Recreate", "never two coordinators at once"
+    args = main_container(coord["spec"]["template"])["args"]
+    assert args[0] == "coordinator" and "--config" in args
+    writer = build.get("StatefulSet", "vmbackup-writer")
+    assert writer["spec"]["serviceName"] == build.get("Service", "vmbackup-writer")["metadata"][
+        "name"
+    ]
+    assert build.role("proxy"), "no proxy group"
+    pvc = build.get("PersistentVolumeClaim", "vmbackup-repository")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    rmq = build.get("RabbitmqCluster", "vmbackup-rabbitmq")
+    assert rmq["spec"]["replicas"] >= 3, "quorum queues need 3 nodes to survive one loss"
+    assert "rabbitmq_prometheus" in rmq["spec"]["rabbitmq"]["additionalPlugins"]
+    assert build.all("ServiceMonitor") and build.all("PodMonitor")
+
+
+def test_pods_are_restricted_and_bounded(build: Build) -> None:
+    """Pod Security 'restricted' essentials and resources on every container."""
+    for obj, tpl in build.workloads():
+        where = f"{build.name} {obj['kind']}/{obj['metadata']['name']}"
+        psc = tpl["spec"]["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] > 0, where
+        assert psc["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert tpl["spec"].get("serviceAccountName") == "vmbackup", where
+        for c in containers(tpl):
+            csc = c["securityContext"]
+            assert csc["allowPrivilegeEscalation"] is False, f"{where} {c['name']}"
+            assert csc["capabilities"]["drop"] == ["ALL"], f"{where} {c['name']}"
+            res = c["resources"]
+            assert {"cpu", "memory"} <= set(res["requests"]), f"{where} {c['name']}"
+            assert "memory" in res["limits"], f"{where} {c['name']}"
+            image = c["image"]
+            assert re.search(r"/[^/]+:[\w.-]+$", image) and not image.endswith(":latest"), image
+
+
+def test_references_resolve(build: Build) -> None:
+    """Volumes name existing ConfigMaps, PVCs and (site) Secrets; mounts name volumes."""
+    configmaps = {d["metadata"]["name"]: d for d in build.all("ConfigMap")}
+    pvcs = {d["metadata"]["name"] for d in build.all("PersistentVolumeClaim")}
+    secrets = site_secret_keys(build)
+    if build.name != "base":
+        missing = SITE_SECRETS - set(secrets)
+        assert not missing, f"{build.name} does not define secrets {missing}"
+    for obj, tpl in build.workloads():
+        where = f"{build.name} {obj['kind']}/{obj['metadata']['name']}"
+        volumes = {v["name"]: v for v in tpl["spec"].get("volumes", [])}
+        for c in containers(tpl):
+            for m in c.get("volumeMounts", []):
+                assert m["name"] in volumes, f"{where}: mount of unknown volume {m['name']}"
+        for v in volumes.values():
+            if "configMap" in v:
+                cm = configmaps.get(v["configMap"]["name"])
+                assert cm is not None, f"{where}: ConfigMap {v['configMap']['name']} missing"
+                for item in v["configMap"].get("items", []):
+                    assert item["key"] in cm["data"], f"{where}: key {item['key']} missing"
+            if "persistentVolumeClaim" in v:
+                assert v["persistentVolumeClaim"]["claimName"] in pvcs, where
+            if "secret" in v:
+                name = v["secret"]["secretName"]
+                assert name in SITE_SECRETS | set(secrets), f"{where}: unknown Secret {name}"
+                if name in secrets:
+                    for item in v["secret"].get("items", []):
+                        assert item["key"] in secrets[name], f"{where}: {name} has no {item['key']}"
+
+
+def test_selectors_match_pods(build: Build) -> None:
+    """Services, PDBs and monitors select pods that exist, on ports that exist."""
+    pods = [tpl for _, tpl in build.workloads()]
+    for svc in build.all("Service"):
+        matched = [p for p in pods if selects(svc["spec"]["selector"], p["metadata"]["labels"])]
+        assert matched, f"Service {svc['metadata']['name']} selects no pod"
+        for port in svc["spec"]["ports"]:
+            for p in matched:
+                names = {cp.get("name") for cp in main_container(p).get("ports", [])}
+                assert port["targetPort"] in names, f"{svc['metadata']['name']} {port}"
+    for pdb in build.all("PodDisruptionBudget"):
+        sel = pdb["spec"]["selector"]["matchLabels"]
+        assert any(selects(sel, p["metadata"]["labels"]) for p in pods), pdb["metadata"]["name"]
+        assert "maxUnavailable" in pdb["spec"] or "minAvailable" in pdb["spec"]
+    (sm,) = build.all("ServiceMonitor")
+    monitored = [
+        s
+        for s in build.all("Service")
+        if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"].get("labels", {}))
+    ]
+    assert {s["metadata"]["name"] for s in monitored} == {
+        "vmbackup-coordinator",
+        "vmbackup-writer",
+        "vmbackup-proxy",
+    }, "alert rules use these names as the scrape job"
+    for ep in sm["spec"]["endpoints"]:
+        for s in monitored:
+            assert ep["port"] in {p["name"] for p in s["spec"]["ports"]}
+    (pm,) = build.all("PodMonitor")
+    rmq = build.get("RabbitmqCluster", pm["spec"]["selector"]["matchLabels"][
+        "app.kubernetes.io/name"
+    ])
+    assert rmq
+    detailed = [e for e in pm["spec"]["podMetricsEndpoints"] if e["path"] == "/metrics/detailed"]
+    (ep,) = detailed
+    # The families the alerts, dashboard and autoscaler read (rabbitmq_detailed_queue_*).
+    assert {"queue_coarse_metrics", "queue_consumer_count"} <= set(ep["params"]["family"])
+    assert ep["params"]["vhost"] == ["vmbackup"]
+
+
+def test_metrics_port_matches_config(build: Build) -> None:
+    for component in ("coordinator", "writer", "proxy"):
+        for _obj, tpl in build.role(component):
+            cfg = role_toml(build, tpl)
+            port = cfg.get("metrics", {}).get("port", 9400)
+            ports = {p["name"]: p["containerPort"] for p in main_container(tpl)["ports"]}
+            assert ports["metrics"] == port, f"{component}: metrics port != metrics.port"
+
+
+def test_writer_replicas_and_shards(build: Build) -> None:
+    sts = build.get("StatefulSet", "vmbackup-writer")
+    tpl = sts["spec"]["template"]
+    c = main_container(tpl)
+    assert env_of(c)["WRITER_REPLICAS"]["value"] == str(sts["spec"]["replicas"]), (
+        "WRITER_REPLICAS must equal the StatefulSet's replicas (shard split)"
+    )
+    n_shards = role_toml(build, tpl)["broker"]["n_shards"]
+    assert 1 <= sts["spec"]["replicas"] <= n_shards
+    # The entry point is writer_start.py from the scripts ConfigMap, wrapping `vmbackup writer`.
+    script = c["command"][1]
+    (mount,) = [m for m in c["volumeMounts"] if script.startswith(m["mountPath"] + "/")]
+    (vol,) = [v for v in tpl["spec"]["volumes"] if v["name"] == mount["name"]]
+    cm = build.get("ConfigMap", vol["configMap"]["name"])
+    assert script.rsplit("/", 1)[1] in cm["data"]
+    assert c["command"][3:5] == ["vmbackup", "writer"]
+
+
+def test_memory_limits_fit_the_settings(build: Build) -> None:
+    for _obj, tpl in build.role("proxy"):
+        cfg = role_toml(build, tpl)["proxy"]
+        chunk_mib = cfg.get("memory_limit_mib", 256)
+        assert chunk_mib <= 256, "memory goal: a proxy holds at most 256 MiB of chunk data"
+        res = main_container(tpl)["resources"]
+        limit = quantity_bytes(res["limits"]["memory"])
+        # Chunk data plus interpreter, buffers and nbdkit/VDDK: at least 256 MiB more.
+        assert limit >= (chunk_mib + 256) * MiB, limit
+        assert limit <= 1024 * MiB, "a proxy should not need more than 1 GiB"
+    for _obj, tpl in build.role("writer"):
+        prefetch = role_toml(build, tpl)["writer"].get("prefetch", 16)
+        batch = 4 * MiB  # proxy.batch_bytes default
+        limit = quantity_bytes(main_container(tpl)["resources"]["limits"]["memory"])
+        assert limit >= 2 * prefetch * batch + 256 * MiB, "writer limit below its batch bound"
+
+
+def _promql_regex(query: str) -> re.Pattern[str]:
+    m = re.search(r'queue=~"((?:[^"\\]|\\.)*)"', query)
+    assert m, f"no queue regex in {query!r}"
+    # PromQL double-quoted strings use Go escapes: \\ is one backslash.
+    return re.compile(m.group(1).replace("\\\\", "\\"))
+
+
+def test_proxy_groups_placement_and_autoscaling(build: Build) -> None:
+    from common.amqp import task_queue
+
+    deployments = {d["metadata"]["name"]: d for d in build.all("Deployment")}
+    scaled = build.all("ScaledObject")
+    proxies = build.role("proxy")
+    assert len(scaled) == len(proxies), "one ScaledObject per proxy group"
+    for so in scaled:
+        target = deployments[so["spec"]["scaleTargetRef"]["name"]]
+        tpl = target["spec"]["template"]
+        group = tpl["metadata"]["labels"]["vmbackup.io/proxy-group"]
+        # Placement: required node affinity on the group's node label.
+        terms = tpl["spec"]["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]["nodeSelectorTerms"]
+        exprs = [e for t in terms for e in t["matchExpressions"]]
+        assert {"key": "vmbackup.io/proxy-group", "operator": "In", "values": [group]} in exprs
+        # The scaling query covers exactly the group's task queues.
+        env = env_of(main_container(tpl))
+        queues = tomllib.loads("q = " + env["VMBACKUP_PROXY__QUEUES"]["value"])["q"]
+        assert queues, f"group {group} takes no queues"
+        (trigger,) = so["spec"]["triggers"]
+        assert trigger["type"] == "prometheus"
+        query = trigger["metadata"]["query"]
+        assert "rabbitmq_detailed_queue_messages{" in query
+        rx = _promql_regex(query)
+        for key in queues:
+            assert rx.fullmatch(task_queue(key)), f"{group}: query misses {task_queue(key)}"
+        assert not rx.fullmatch(task_queue("host.some-other-host")), "query too wide"
+        # No more replicas than the coordinator can feed (tasks_per_host per host).
+        coord_tpl = build.get("Deployment", "vmbackup-coordinator")["spec"]["template"]
+        per_host = role_toml(build, coord_tpl)["coordinator"]["limits"]["tasks_per_host"]
+        in_parallel = role_toml(build, tpl)["proxy"].get("tasks_in_parallel", 2)
+        assert trigger["metadata"]["threshold"] == str(in_parallel)
+        assert so["spec"]["maxReplicaCount"] * in_parallel <= len(queues) * per_host
+        assert 1 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
+
+
+def test_shared_sections_identical(build: Build) -> None:
+    """One broker, one repository: every role's file agrees on the shared sections."""
+    cm = build.configmap("vmbackup-config")
+    files = {k: tomllib.loads(v) for k, v in cm["data"].items()}
+    assert set(files) == {"coordinator.toml", "proxy.toml", "writer.toml"}
+    for section in ("broker", "log", "metrics", "repository", "vcenters"):
+        present = {k: f[section] for k, f in files.items() if section in f}
+        values = list(present.values())
+        assert all(v == values[0] for v in values), f"[{section}] differs: {present}"
+    assert "vcenters" not in files["writer.toml"], "writers must not get vCenter credentials"
+
+
+@pytest.mark.parametrize("tool_missing", ["kubectl-that-does-not-exist"])
+def test_missing_tool_fails_clearly(tool_missing: str) -> None:
+    from tests.k8s.conftest import require_tool
+
+    with pytest.raises(pytest.fail.Exception, match="is not installed.*make setup"):
+        require_tool(tool_missing, "some-package")
