@@ -61,7 +61,7 @@ def writer_env(env: Mapping[str, str], n_shards: int) -> dict[str, str]:
 
 def _config_path(command: Sequence[str]) -> str | None:
     for i, arg in enumerate(command):
-        if arg in ("--config", "-c") and i + 1 < len(command):
+        if arg == "--config" and i + 1 < len(command):
             return command[i + 1]
         if arg.startswith("--config="):
             return arg.split("=", 1)[1]

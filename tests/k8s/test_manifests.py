@@ -72,9 +72,9 @@ def test_expected_objects(build: Build) -> None:
     args = main_container(coord["spec"]["template"])["args"]
     assert args[0] == "coordinator" and "--config" in args
     writer = build.get("StatefulSet", "vmbackup-writer")
-    assert writer["spec"]["serviceName"] == build.get("Service", "vmbackup-writer")["metadata"][
-        "name"
-    ]
+    assert (
+        writer["spec"]["serviceName"] == build.get("Service", "vmbackup-writer")["metadata"]["name"]
+    )
     assert build.role("proxy"), "no proxy group"
     pvc = build.get("PersistentVolumeClaim", "vmbackup-repository")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -162,9 +162,9 @@ def test_selectors_match_pods(build: Build) -> None:
         for s in monitored:
             assert ep["port"] in {p["name"] for p in s["spec"]["ports"]}
     (pm,) = build.all("PodMonitor")
-    rmq = build.get("RabbitmqCluster", pm["spec"]["selector"]["matchLabels"][
-        "app.kubernetes.io/name"
-    ])
+    rmq = build.get(
+        "RabbitmqCluster", pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+    )
     assert rmq
     detailed = [e for e in pm["spec"]["podMetricsEndpoints"] if e["path"] == "/metrics/detailed"]
     (ep,) = detailed
@@ -278,5 +278,5 @@ def test_shared_sections_identical(build: Build) -> None:
 def test_missing_tool_fails_clearly(tool_missing: str) -> None:
     from tests.k8s.conftest import require_tool
 
-    with pytest.raises(pytest.fail.Exception, match="is not installed.*make setup"):
+    with pytest.raises(pytest.fail.Exception, match=r"is not installed.*make setup"):
         require_tool(tool_missing, "some-package")
