@@ -258,7 +258,16 @@ class TaskPipeline:
                     wait = 0.0
 
         while True:
-            item = self._windows.get()
+            try:
+                item = self._windows.get(timeout=0.05)
+            except queue.Empty:
+                # The reader is slow or waits for memory: what this task holds in partial
+                # batches and unacked sends is what may free it, so push it out now.
+                if not self.abort.is_set():
+                    for shard in list(partial):
+                        flush(shard)
+                    reap(0.0)
+                continue
             if item is _END:
                 break
             if self.abort.is_set():
