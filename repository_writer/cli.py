@@ -187,7 +187,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from repository_writer.restore import restore_disk
 
     repo = open_repo(args)
-    st = restore_disk(repo, args.point, args.disk, args.out)
+    st = restore_disk(repo, args.point, args.disk, args.out, sync=not args.no_fsync)
     if args.out != "-":
         print(
             f"restored disk {args.disk} of {args.point} to {args.out}: "
@@ -327,6 +327,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--point", required=True, metavar="ID")
     p.add_argument("--disk", required=True, type=int, metavar="KEY")
     p.add_argument("--out", required=True, metavar="FILE|-", help="raw file, block device or -")
+    p.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="do not fsync a file or device target before exiting (scratch copies only)",
+    )
     p.set_defaults(func=_guard(cmd_restore))
 
     p = sub.add_parser("verify", help="check maps and re-hash chunks; non-zero exit on damage")

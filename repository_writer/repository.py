@@ -163,7 +163,7 @@ class Repository:
 
     # --- chunks ----------------------------------------------------------------------
 
-    def chunk_id(self, data: bytes) -> bytes:
+    def chunk_id(self, data: bytes | memoryview) -> bytes:
         return _chunk_id(data, self.id_key)
 
     def has_chunks(self, ids: Iterable[bytes]) -> list[bool]:
@@ -229,9 +229,14 @@ class Repository:
 
     def read_chunk(self, chunk_id: bytes, *, check_crc: bool = True) -> bytes:
         """The plaintext of a chunk, checked against its id."""
+        plain = self.read_chunk_view(chunk_id, check_crc=check_crc)
+        return plain if isinstance(plain, bytes) else bytes(plain)
+
+    def read_chunk_view(self, chunk_id: bytes, *, check_crc: bool = True) -> bytes | memoryview:
+        """:meth:`read_chunk` without copying a stored-raw payload (restore path)."""
         data = self.chunks.read(chunk_id)
         name = f"chunk {chunk_id.hex()}"
-        plain = blob.decode(data, blob.MAGIC_CHUNK, self._cipher, name, check_crc=check_crc)
+        plain = blob.decode_view(data, blob.MAGIC_CHUNK, self._cipher, name, check_crc=check_crc)
         if self.chunk_id(plain) != chunk_id:
             raise CorruptObjectError(name, "content does not hash to its id")
         return plain
