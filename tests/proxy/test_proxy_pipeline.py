@@ -120,10 +120,9 @@ def test_writer_gone_fails_the_task(broker: BrokerParams, tmp_path: Path) -> Non
     link = WriterLink(pub, replies, persistent_chunks=False, timeout=1.0, attempts=1)
     budget = MemoryBudget(16 * MiB)
     try:
-        with ThreadPoolExecutor(2) as pool:
-            # no shard queue exists: the publish is returned unroutable -> writer error
-            with pytest.raises(WriterError):
-                _run({"link": link, "pool": pool}, d, budget)
+        # no shard queue exists: the publish is returned unroutable -> writer error
+        with ThreadPoolExecutor(2) as pool, pytest.raises(WriterError):
+            _run({"link": link, "pool": pool}, d, budget)
     finally:
         replies.close()
         pub.close()

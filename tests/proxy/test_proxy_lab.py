@@ -1,0 +1,171 @@
+"""Every transport against the vSphere lab: a snapshot's disk is read byte for byte as frozen,
+writes made after the snapshot are not seen, and a dropped HTTP connection resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pyVim.task import WaitForTask
+from pyVmomi import vim
+
+from lab import Lab, LabSpec
+from proxy_worker.errors import DiskNotFoundError, OutOfRangeError, TlsError
+from proxy_worker.settings import (
+    HttpSettings,
+    NbdSettings,
+    ProxySettings,
+    VCenterAccess,
+    VCenterDirectory,
+)
+from proxy_worker.transports.base import DiskReader, DiskSource
+from proxy_worker.transports.file import FileTransport
+from proxy_worker.transports.http import HttpTransport
+from proxy_worker.transports.nbd import NbdTransport
+from tests.proxy.relay import CuttingRelay
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def snap() -> Iterator[dict[str, Any]]:
+    spec = LabSpec(
+        clusters=1,
+        hosts_per_cluster=1,
+        vms_per_host=1,
+        disks_per_vm=1,
+        disk_sizes=[12 * MiB + 4096 * 3],
+        odd_names=True,
+    )
+    with Lab.start(spec) as lab:
+        vm = lab.vms()[0]
+        disk = vm["disks"][0]
+        lab.fill_disks(seed=11, block_size=MiB)
+        si = lab.connect()
+        vmo = vim.VirtualMachine(vm["moref"], si._stub)
+        task = vmo.CreateSnapshot_Task(name="b", description="", memory=False, quiesce=False)
+        WaitForTask(task)
+        snapshot = task.info.result
+        sdisk = next(
+            d
+            for d in snapshot.config.hardware.device
+            if isinstance(d, vim.vm.device.VirtualDisk) and d.key == disk["key"]
+        )
+        frozen = lab.local_path(sdisk.backing.fileName).read_bytes()
+        # the guest keeps writing after the snapshot: none of this may be read
+        after = random.Random(2).randbytes(64 * 1024)
+        for off in (0, 5 * MiB, disk["capacity"] - len(after)):
+            lab.write_guest_data(vm["moref"], disk["key"], off, after)
+        ds = sdisk.backing.fileName[1:].split("]", 1)[0]
+        source = DiskSource(
+            vcenter="lab",
+            datacenter=vm["datacenter"],
+            host=vm["host"],
+            datastore=ds,
+            vm_moref=vm["moref"],
+            snapshot_moref=snapshot._moId,
+            disk_file=sdisk.backing.fileName,
+            capacity=disk["capacity"],
+        )
+        vc = VCenterAccess(
+            name="lab", url=lab.url, user=lab.user, password=lab.password, thumbprint=lab.thumbprint
+        )
+        yield {
+            "lab": lab,
+            "source": source,
+            "frozen": frozen,
+            "after": after,
+            "vc": vc,
+            "current": lab.read_guest_data(vm["moref"], disk["key"], 0, disk["capacity"]),
+        }
+
+
+def _read_all(r: DiskReader, step: int = 3 * MiB) -> bytes:
+    cap = r.capacity
+    return b"".join(
+        bytes(b) for _, b in r.read_many((o, min(step, cap - o)) for o in range(0, cap, step))
+    )
+
+
+def _check(snap: dict[str, Any], got: bytes) -> None:
+    assert len(got) == snap["source"].capacity
+    assert hashlib.sha256(got).digest() == hashlib.sha256(snap["frozen"]).digest()
+    assert got != snap["current"]  # the post-snapshot writes are not there
+    assert snap["after"] not in got[: len(snap["after"])]
+
+
+def _settings(snap: dict[str, Any], **kw: Any) -> ProxySettings:
+    return ProxySettings(datastore_mounts=snap["lab"].datastores, **kw)
+
+
+def test_file_transport_reads_the_frozen_snapshot(snap: dict[str, Any]) -> None:
+    with FileTransport(_settings(snap)).open(snap["source"]) as r:
+        _check(snap, _read_all(r))
+
+
+def test_nbd_transport_reads_the_frozen_snapshot(snap: dict[str, Any]) -> None:
+    t = NbdTransport(_settings(snap, nbd=NbdSettings(server="file", in_flight=4)))
+    with t.open(snap["source"]) as r:
+        _check(snap, _read_all(r))
+        exts = r.extents(0, r.capacity)
+        for e in exts:
+            if not e.data:
+                assert snap["frozen"][e.offset : e.end] == bytes(e.length)
+        assert any(not e.data for e in exts)  # fill_disks leaves unallocated blocks
+
+
+def test_http_transport_reads_the_frozen_snapshot(snap: dict[str, Any]) -> None:
+    t = HttpTransport(HttpSettings(), VCenterDirectory([snap["vc"]]))
+    try:
+        with t.open(snap["source"]) as r:
+            _check(snap, _read_all(r))
+            with pytest.raises(OutOfRangeError):
+                r.read(r.capacity - 1, 2)
+        server = t.server("lab")
+        assert server.opened <= 2  # keep-alive: a handful of connections, not one per range
+        missing = dataclasses.replace(
+            snap["source"], disk_file="[" + snap["source"].datastore + "] nope/x.vmdk"
+        )
+        with pytest.raises(DiskNotFoundError), t.open(missing) as r:
+            r.read(0, 10)
+    finally:
+        t.close()
+
+
+def test_http_resumes_after_dropped_connections(snap: dict[str, Any]) -> None:
+    lab = snap["lab"]
+    relay = CuttingRelay((lab.host, lab.port), cut_after=1 * MiB + 777, cuts=3)
+    vc = dataclasses.replace(snap["vc"], url=f"https://127.0.0.1:{relay.port}/sdk")
+    t = HttpTransport(HttpSettings(backoff=0.01), VCenterDirectory([vc]))
+    try:
+        with t.open(snap["source"]) as r:
+            got = _read_all(r, step=4 * MiB)
+            assert r.resumes >= 3  # type: ignore[attr-defined]
+        _check(snap, got)
+        assert relay.cuts_done == 3
+    finally:
+        t.close()
+        relay.close()
+
+
+def test_http_refuses_a_wrong_certificate_pin(snap: dict[str, Any]) -> None:
+    vc = dataclasses.replace(snap["vc"], thumbprint=":".join(["00"] * 32))
+    t = HttpTransport(HttpSettings(retries=0), VCenterDirectory([vc]))
+    try:
+        with pytest.raises(TlsError), t.open(snap["source"]) as r:
+            r.read(0, 4096)
+    finally:
+        t.close()
+    # default verification (no pin, no CA bundle) rejects the lab's self-signed certificate
+    plain = dataclasses.replace(snap["vc"], thumbprint="")
+    t = HttpTransport(HttpSettings(retries=0), VCenterDirectory([plain]))
+    try:
+        with pytest.raises(TlsError), t.open(snap["source"]) as r:
+            r.read(0, 4096)
+    finally:
+        t.close()
