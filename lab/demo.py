@@ -30,6 +30,7 @@ from typing import Any
 
 from common import amqp
 from common.amqp import BrokerParams, Consumer, Delivery
+from common.logging import setup_logging
 from common.messages import JobEvent, Message
 from lab import Lab, LabSpec
 from lab.stack import BackupRun, Stack, StackSpec
@@ -62,7 +63,7 @@ def disk_digest(lab: Lab, vm: str, key: int, capacity: int) -> str:
 
 def snapshot_expectations(lab: Lab) -> dict[tuple[str, int], str]:
     return {
-        (vm["uuid"], d["key"]): disk_digest(lab, vm["moref"], d["key"], d["capacity"])
+        (vm["moref"], d["key"]): disk_digest(lab, vm["moref"], d["key"], d["capacity"])
         for vm in lab.vms()
         for d in vm["disks"]
     }
@@ -210,7 +211,7 @@ def restore_and_compare(
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             if proc.wait() != 0:
                 bad.append(f"{label}: {vm['name']} disk {d['key']}: restore failed: {err.strip()}")
-            elif h.hexdigest() != expected.get((vm["uuid"], d["key"])):
+            elif h.hexdigest() != expected.get((vm["moref"], d["key"])):
                 bad.append(f"{label}: {vm['name']} disk {d['key']}: restored bytes differ")
             checked += 1
     print(f"  {label}: {checked} disks restored and compared, {len(bad)} mismatches")
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep", metavar="DIR", help="keep the repository and logs in DIR")
     args = ap.parse_args(argv)
+    setup_logging("warning", "console")
 
     spec = LabSpec(
         clusters=2,
@@ -281,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         with Lab.start(spec) as lab:
             print(f"  lab (vcsim + CBT) at {lab.url}")
             report = lab.fill_disks(seed=args.seed, template_vms=spec.vm_count // 3)
-            print(f"  disks filled: {report}")
+            kinds = ", ".join(f"{k} {human(v)}" for k, v in report.bytes_by_kind.items())
+            print(f"  disks filled: {kinds}")
             with Stack(lab, work, StackSpec()) as stack:
                 for p in stack.procs.values():
                     print(
@@ -371,11 +374,18 @@ def restore_one_vm(stack: Stack, lab: Lab, run: BackupRun) -> list[str]:
         )
     except Exception as exc:
         return [f"restore-vm failed: {exc}"]
-    print("  " + out.strip().replace("\n", "\n  "))
+    for line in out.splitlines():
+        if not line.startswith("{"):  # the command's own log lines are JSON; show the result
+            print(f"  {line}")
     bad = []
-    new = lab.vm(new_name)
-    for d_new, d_old in zip(new["disks"], vm["disks"], strict=False):
-        want = stack.vmbackup(
+    new_disks = vm_disk_files(lab, new_name)
+    if len(new_disks) != len(vm["disks"]):
+        return [
+            f"restore-vm: {new_name} has {len(new_disks)} disks, the point has {len(vm['disks'])}"
+        ]
+    img = stack.workdir / "cmp.img"
+    for ds_path, d_old in zip(new_disks, vm["disks"], strict=True):
+        stack.vmbackup(
             "restore",
             "--repo",
             str(stack.repo),
@@ -384,17 +394,46 @@ def restore_one_vm(stack: Stack, lab: Lab, run: BackupRun) -> list[str]:
             "--disk",
             str(d_old["key"]),
             "--out",
-            str(stack.workdir / "cmp.img"),
+            str(img),
         )
-        del want
-        got = lab.local_path(d_new["file"]).read_bytes()
-        exp = (stack.workdir / "cmp.img").read_bytes()
-        got = got + bytes(len(exp) - len(got)) if len(got) < len(exp) else got
-        if got != exp:
-            bad.append(f"restore-vm: {new_name} disk {d_new['key']} differs from the point")
-    (stack.workdir / "cmp.img").unlink(missing_ok=True)
-    print(f"  {new_name}: {len(new['disks'])} disks equal the point: {not bad}")
+        if not same_content(lab.local_path(ds_path), img):
+            bad.append(f"restore-vm: {new_name} {ds_path} differs from the point")
+    img.unlink(missing_ok=True)
+    print(f"  {new_name}: {len(new_disks)} disk files equal the point byte for byte: {not bad}")
     return bad
+
+
+def same_content(a: Path, b: Path) -> bool:
+    """Byte equality of two (possibly sparse) files, a shorter file read as zero-extended."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(8 * MiB), fb.read(8 * MiB)
+            if not x and not y:
+                return True
+            if len(x) != len(y):
+                n = max(len(x), len(y))
+                x, y = x.ljust(n, b"\0"), y.ljust(n, b"\0")
+            if x != y:
+                return False
+
+
+def vm_disk_files(lab: Lab, name: str) -> list[str]:
+    """Datastore paths of a VM's disks, in device-key order, looked up through the API."""
+    from pyVmomi import vim
+
+    si = lab.connect()
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        for vm in view.view:
+            if vm.name == name:
+                disks = [
+                    d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)
+                ]
+                return [d.backing.fileName for d in sorted(disks, key=lambda d: d.key)]
+    finally:
+        view.Destroy()
+    return []
 
 
 if __name__ == "__main__":
