@@ -164,7 +164,7 @@ def test_generated_files_are_up_to_date() -> None:
         )
 
 
-def test_prometheusrule_carries_the_rules(builds: dict[str, Build]) -> None:
+def test_prometheusrule_carries_the_rules() -> None:
     from tests.k8s.conftest import kustomize
 
     docs = kustomize(MON)
