@@ -1,0 +1,271 @@
+"""`vmbackup proxy` on the real broker: tasks in, chunks durable at a writer, results out;
+failing tasks retried then dead-lettered; a proxy killed mid-task loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from common.amqp import (
+    EXCHANGE_TASKS,
+    QUEUE_DLQ,
+    BrokerParams,
+    Publisher,
+    declare_base,
+    declare_results_queue,
+    declare_task_queue,
+    open_blocking,
+    results_queue,
+)
+from common.messages import BackupTask, TaskResult, decode
+from proxy_worker.service import ProxyService
+from proxy_worker.settings import NbdSettings, ProxySettings, ThrottleSettings
+from tests.proxy.proxy_helpers import MiB, SparseDisk, make_sparse_disk
+from tests.proxy.shard_writer import ShardWriter
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+CHUNK = 256 * 1024
+SHARDS = 2
+
+
+def _task(d: SparseDisk, task_id: str = "t1", **kw: object) -> BackupTask:
+    s = d.source
+    base: dict[str, object] = dict(
+        task_id=task_id,
+        job_id="job1",
+        vcenter=s.vcenter,
+        datacenter=s.datacenter,
+        host=s.host,
+        datastore=s.datastore,
+        vm_uuid="uuid-1",
+        vm_moref=s.vm_moref,
+        vm_name="vm 1",
+        disk_key=2000,
+        snapshot_moref=s.snapshot_moref,
+        disk_file=s.disk_file,
+        capacity=s.capacity,
+        chunk_size=CHUNK,
+        compression_level=1,
+        ranges=[(0, s.capacity)],
+        results_to=results_queue("c1"),
+        transport="",
+    )
+    base.update(kw)
+    return BackupTask(**base)  # type: ignore[arg-type]
+
+
+def _setup(params: BrokerParams) -> None:
+    conn = open_blocking(params, "test-setup")
+    ch = conn.channel()
+    declare_base(ch, params)
+    declare_task_queue(ch, params, "host.esx-1")
+    declare_results_queue(ch, params, "c1")
+    conn.close()
+
+
+def _publish(params: BrokerParams, *tasks: BackupTask) -> None:
+    with Publisher(params, name="test-coordinator") as pub:
+        for t in tasks:
+            pub.publish_sync(EXCHANGE_TASKS, "host.esx-1", t)
+
+
+def _get(params: BrokerParams, queue: str, timeout: float) -> bytes | None:
+    conn = open_blocking(params, "test-get")
+    try:
+        ch = conn.channel()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m, _props, body = ch.basic_get(queue, auto_ack=True)
+            if m is not None:
+                return body
+            time.sleep(0.1)
+        return None
+    finally:
+        conn.close()
+
+
+def _check_result(res: TaskResult, d: SparseDisk, writer: ShardWriter) -> None:
+    assert res.ok, res.error
+    cap = d.source.capacity
+    assert [i for i, _ in res.entries] == list(range(-(-cap // CHUNK)))
+    for idx, cid in res.entries:
+        want = d.data[idx * CHUNK : min(cap, (idx + 1) * CHUNK)]
+        if cid == b"":
+            assert want == bytes(len(want))
+        else:
+            assert writer.repo.read_chunk(cid) == want
+
+
+@pytest.fixture
+def params(broker: BrokerParams) -> BrokerParams:
+    p = BrokerParams(**{**broker.__dict__, "delivery_limit": 2})
+    _setup(p)
+    return p
+
+
+@pytest.fixture
+def writer(params: BrokerParams, tmp_path: Path) -> Iterator[ShardWriter]:
+    w = ShardWriter(params, tmp_path / "repo", SHARDS, chunk_size=CHUNK)
+    yield w
+    w.close()
+
+
+def _service(params: BrokerParams, d: SparseDisk, **kw: object) -> ProxyService:
+    settings = ProxySettings(
+        name="p1",
+        queues=["host.esx-1"],
+        transport="nbd",
+        datastore_mounts=d.settings.datastore_mounts,
+        nbd=NbdSettings(server="file"),
+        writer_timeout=5.0,
+        **kw,  # type: ignore[arg-type]
+    )
+    return ProxyService(settings, params, n_shards=SHARDS).start()
+
+
+def test_task_result_after_chunks_are_durable(
+    params: BrokerParams, writer: ShardWriter, tmp_path: Path
+) -> None:
+    d = make_sparse_disk(tmp_path, capacity=6 * MiB + 100)
+    svc = _service(params, d)
+    try:
+        _publish(params, _task(d))
+        body = _get(params, results_queue("c1"), 60)
+        assert body is not None
+        res = decode(body, TaskResult)
+        _check_result(res, d, writer)
+        assert res.proxy == "p1" and res.bytes_read < d.source.capacity
+        assert res.bytes_zero + res.bytes_known <= d.source.capacity
+        assert res.bytes_sent == writer.payload_bytes
+    finally:
+        svc.close()
+
+
+def test_failing_task_is_retried_then_dead_lettered(
+    params: BrokerParams, writer: ShardWriter, tmp_path: Path
+) -> None:
+    d = make_sparse_disk(tmp_path, capacity=2 * MiB)
+    svc = _service(params, d)
+    try:
+        # the disk's data is missing: every attempt fails, the last one reports it
+        _publish(params, _task(d, "bad", disk_file="[ds1] gone/disk.vmdk"))
+        body = _get(params, results_queue("c1"), 60)
+        assert body is not None
+        res = decode(body, TaskResult)
+        assert not res.ok and "not_found" in res.error and res.entries == []
+        dead = _get(params, QUEUE_DLQ, 30)
+        assert dead is not None and decode(dead, BackupTask).task_id == "bad"
+        # a malformed task (ranges not aligned) goes to the DLQ at once, with a result
+        _publish(params, _task(d, "unaligned", ranges=[(100, CHUNK)]))
+        res2 = decode(_get(params, results_queue("c1"), 30) or b"", TaskResult)
+        assert not res2.ok and "bad_task" in res2.error
+    finally:
+        svc.close()
+
+
+def test_killed_proxy_task_is_redone_by_another(
+    params: BrokerParams, writer: ShardWriter, tmp_path: Path
+) -> None:
+    d = make_sparse_disk(tmp_path, capacity=16 * MiB)
+    with open(d.path, "r+b") as fh:  # all data: the throttled read takes a few seconds
+        fh.write(os.urandom(16 * MiB))
+    d.data = d.path.read_bytes()
+    cfg = tmp_path / "proxy.toml"
+    mounts = d.settings.datastore_mounts["ds1"]
+    cfg.write_text(
+        f"""
+[broker]
+url = "{params.url}"
+n_shards = {SHARDS}
+delivery_limit = 2
+[metrics]
+port = 0
+[proxy]
+name = "doomed"
+queues = ["host.esx-1"]
+transport = "file"
+datastore_mounts = {{ ds1 = "{mounts}" }}
+[proxy.throttle]
+max_mb_per_s_per_host = 4.0
+burst_mb = 0.5
+"""
+    )
+    log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "common.cli", "proxy", "--config", str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _publish(params, _task(d, "big"))
+        deadline = time.monotonic() + 30
+        while writer.batches == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert writer.batches > 0, (tmp_path / "proxy.log").read_text()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert _get(params, results_queue("c1"), 0.5) is None  # no result from a dead proxy
+        svc = _service(params, d)
+        try:
+            body = _get(params, results_queue("c1"), 60)
+            assert body is not None
+            _check_result(decode(body, TaskResult), d, writer)
+        finally:
+            svc.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_stream_cap_holds_under_a_task_burst(
+    params: BrokerParams, writer: ShardWriter, tmp_path: Path
+) -> None:
+    disks = [make_sparse_disk(tmp_path / f"d{i}", capacity=3 * MiB, seed=i) for i in range(6)]
+    mounts = disks[0].settings.datastore_mounts
+    svc = _service(
+        params,
+        disks[0],
+        tasks_in_parallel=4,
+        throttle=ThrottleSettings(max_streams_per_host=2, max_mb_per_s_per_host=20.0, burst_mb=1),
+    )
+    seen: list[int] = []
+    lim = svc.throttle.host("esx-1")
+    stop = False
+
+    def watch() -> None:
+        while not stop:
+            seen.append(lim.active)
+            time.sleep(0.002)
+
+    import threading
+
+    th = threading.Thread(target=watch)
+    th.start()
+    try:
+        tasks = []
+        for i, d in enumerate(disks):
+            # every disk under the one mount: same datastore, distinct files
+            name = f"vm{i}/disk"
+            dst = Path(mounts["ds1"]) / f"{name}-flat.vmdk"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(d.path, dst)
+            tasks.append(_task(d, f"t{i}", disk_file=f"[ds1] {name}.vmdk"))
+        _publish(params, *tasks)
+        got = [_get(params, results_queue("c1"), 60) for _ in tasks]
+    finally:
+        stop = True
+        th.join()
+        svc.close()
+    assert all(g is not None for g in got)
+    for g in got:
+        assert decode(g or b"", TaskResult).ok
+    assert max(seen) == 2  # four task workers, never more than two streams on the host
