@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from repository_writer.errors import InvalidRequestError, RepositoryError
 from repository_writer.fixed_index import ZERO_ID, DiskMap, chunk_count
 from repository_writer.repository import Repository
 
-BATCH = 8  # chunks per durable write batch: bounds memory to BATCH x chunk size
+BATCH = 8  # chunks per durable write batch; memory: (2 x BATCH + 2 x workers) x chunk size
 _VM_NS = uuid.UUID("0f6c5f36-6f0e-4c59-9a53-3f3b8d5cb1a1")
 
 
@@ -55,7 +58,10 @@ def import_disk(
     vm_uuid: str | None = None,
     job_id: str | None = None,
     snapshot_time: float | None = None,
+    workers: int = 2,
 ) -> ImportResult:
+    """``workers`` threads hash and compress while the caller reads and writes; 0 does
+    everything in the calling thread."""
     t0 = time.perf_counter()
     if not vm_name:
         raise InvalidRequestError("--vm must not be empty")
@@ -79,23 +85,45 @@ def import_disk(
             base = None
         cs = repo.chunk_size
         entries: list[tuple[int, bytes]] = []
-        batch: list[tuple[bytes, bytes]] = []
+        batch: list[tuple[bytes, Sequence[bytes]]] = []
         totals = [0, 0, 0]  # new, known, stored bytes
         zeros = 0
         n = chunk_count(capacity, cs)
-        for index in range(n):
-            data = _read_exact(fh, min(cs, capacity - index * cs), image)
-            if is_zero(data):
+
+        def take(index: int, cid: bytes, prepared: tuple[bytes, Sequence[bytes]] | None) -> None:
+            nonlocal zeros, batch
+            if prepared is None:
                 zeros += 1
-                cid = ZERO_ID
             else:
-                cid = repo.chunk_id(data)
-                batch.append((cid, data))
+                batch.append(prepared)
             if (base_map.get(index) != cid) if base_map is not None else (cid != ZERO_ID):
                 entries.append((index, b"" if cid == ZERO_ID else cid))
             if len(batch) >= BATCH:
                 _store(repo, batch, totals)
                 batch = []
+
+        chunks = (_read_exact(fh, min(cs, capacity - i * cs), image) for i in range(n))
+        if workers <= 0:
+            for index, data in enumerate(chunks):
+                take(index, *_prepare(repo, data))
+        else:
+            # workers hash + compress (GIL released) while this thread reads and does the
+            # durable writes; at most `window` chunks are in flight: memory stays bounded
+            window = BATCH + 2 * workers
+            pending: deque[tuple[int, Future[Prepared]]] = deque()
+            with ThreadPoolExecutor(workers, thread_name_prefix="import") as ex:
+                try:
+                    for index, data in enumerate(chunks):
+                        pending.append((index, ex.submit(_prepare, repo, data)))
+                        if len(pending) >= window:
+                            i, f = pending.popleft()
+                            take(i, *f.result())
+                    while pending:
+                        i, f = pending.popleft()
+                        take(i, *f.result())
+                finally:
+                    for _, f in pending:
+                        f.cancel()
         if batch:
             _store(repo, batch, totals)
         snap = time.time() if snapshot_time is None else snapshot_time
@@ -139,8 +167,19 @@ def import_disk(
     )
 
 
-def _store(repo: Repository, batch: list[tuple[bytes, bytes]], totals: list[int]) -> None:
-    r = repo.store_raw_chunks(batch)
+Prepared = tuple[bytes, tuple[bytes, Sequence[bytes]] | None]
+
+
+def _prepare(repo: Repository, data: bytes) -> Prepared:
+    """(id, blob parts to write or () when already stored) or (ZERO_ID, None)."""
+    if is_zero(data):
+        return ZERO_ID, None
+    cid = repo.chunk_id(data)
+    return cid, repo.prepare_raw_chunk(cid, data)
+
+
+def _store(repo: Repository, batch: list[tuple[bytes, Sequence[bytes]]], totals: list[int]) -> None:
+    r = repo.write_prepared(batch)
     totals[0] += r.stored
     totals[1] += r.known
     totals[2] += r.bytes_stored

@@ -205,15 +205,19 @@ class Repository:
 
     def store_raw_chunks(self, items: Sequence[tuple[bytes, bytes]]) -> StoreResult:
         """Store (id, plaintext) pairs hashed by the caller (local import): compress here."""
-        blobs: list[tuple[bytes, Sequence[bytes]]] = []
-        for cid, data in items:
-            if self.chunks.touch(cid):
-                blobs.append((cid, ()))
-                continue
-            payload, compressed = compress(data, self.compression_level)
-            blobs.append(
-                (cid, blob.encode(payload, len(data), compressed, blob.MAGIC_CHUNK, self._cipher))
-            )
+        return self.write_prepared([self.prepare_raw_chunk(cid, data) for cid, data in items])
+
+    def prepare_raw_chunk(self, cid: bytes, data: bytes) -> tuple[bytes, Sequence[bytes]]:
+        """(id, blob parts) of a plaintext chunk hashed by the caller, or (id, ()) when it
+        is already stored (then touched for gc). Thread-safe: import-disk compresses in a
+        pool; zstd and AES release the GIL."""
+        if self.chunks.touch(cid):
+            return cid, ()
+        payload, compressed = compress(data, self.compression_level)
+        return cid, blob.encode(payload, len(data), compressed, blob.MAGIC_CHUNK, self._cipher)
+
+    def write_prepared(self, blobs: list[tuple[bytes, Sequence[bytes]]]) -> StoreResult:
+        """Durably write what :meth:`prepare_raw_chunk` made; () entries count as known."""
         return self._write(blobs)
 
     def _write(self, blobs: list[tuple[bytes, Sequence[bytes]]]) -> StoreResult:

@@ -10,7 +10,7 @@ Durability: a regular file or a block device is fsynced before the restore
 reports success (``sync=True``, the default): the image is about to be attached
 to a VM and must survive a crash of the restoring host. Writeback is started
 every WRITEBACK_BYTES with sync_file_range so the final fsync only waits for the
-tail. Streams (stdout, pipes, file-like objects) are never fsynced: the reader
+tail. Streams (stdout, pipes, character devices, file-like objects) are never fsynced: the reader
 owns durability. ``sync=False`` is for scratch copies (tests, benchmarks).
 """
 
@@ -75,8 +75,14 @@ def restore_disk(
         st = path.stat()
     except FileNotFoundError:
         st = None
-    if st is not None and (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+    if st is not None and stat.S_ISBLK(st.st_mode):
         return _to_device(repo, dmap, path, workers, sync)
+    if st is not None and not stat.S_ISREG(st.st_mode):  # fifo, tty, /dev/null: a stream
+        try:
+            with open(path, "wb") as fh:
+                return _to_stream(repo, dmap, fh, str(path), workers)
+        except OSError as exc:
+            raise os_error(exc, f"restore target {path}") from exc
     return _to_file(repo, dmap, path, workers, sync)
 
 
@@ -150,7 +156,7 @@ def _to_file(repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bo
 
 
 def _to_device(repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bool) -> Any:
-    """A device holds old data: overwrite every byte, zeros included."""
+    """A block device holds old data: overwrite every byte, zeros included."""
     try:
         fd = os.open(path, os.O_WRONLY)
         try:
