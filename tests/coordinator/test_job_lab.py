@@ -233,3 +233,22 @@ def test_backup_window(lab: Lab, make_env: Any) -> None:
     assert len(started) == 1 and len(stopped) == len(lab.vms()) - 1, rep.to_text()
     assert all("backup window closed" in v.reason for v in stopped)
     assert len(lab.snapshot_events()) == before + 1
+
+
+@pytest.mark.parametrize(("fallback", "attempts"), [("crash", 2), ("fail", 1)])
+def test_quiesce_fallback_policy(lab: Lab, make_env: Any, fallback: str, attempts: int) -> None:
+    names = [v["name"] for v in lab.vms() if v["disks"][0]["capacity"] < 100 * MiB][:2]
+    bad, good = names
+    env = make_env(lab)
+    env.start()
+    pol = PolicySettings(name="q", names=names, quiesce=True, quiesce_fallback=fallback)
+    lab.inject(fail_snapshot_vm=bad)  # the lab fails quiesced and crash-consistent snapshots
+    try:
+        rep = env.run(pol)
+    finally:
+        lab.inject(fail_snapshot_vm=None)
+    assert vm_report(rep, good).status == report.OK
+    assert vm_report(rep, good).consistency == "quiesced"
+    v = vm_report(rep, bad)
+    assert v.status == report.FAILED and "snapshot failed" in v.reason
+    assert env.conn.calls["CreateSnapshot_Task"] == 1 + attempts
