@@ -196,7 +196,7 @@ def find_ours(conn: Connection, prefix: str) -> tuple[list[OurSnapshot], list[tu
     """Our snapshots on every VM, and the VMs that need consolidation (one paged pass)."""
     ours: list[OurSnapshot] = []
     consolidate: list[tuple[Any, str]] = []
-    types = {vim.VirtualMachine: SWEEP_PROPERTIES}
+    types: dict[type, list[str]] = {vim.VirtualMachine: SWEEP_PROPERTIES}
     for vm, p in retrieve_paged(conn, types, conn.settings.page_size):
         name = p.get("name", "")
         if p.get("runtime.consolidationNeeded"):

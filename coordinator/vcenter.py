@@ -167,7 +167,9 @@ class Connection:
             poolSize=8,
         )
         if https and s.thumbprint:
-            stub.scheme = _pinned_connection_class(normalize_thumbprint(s.thumbprint))
+            # every new pooled connection checks the pin (pyVmomi's own check is skipped
+            # when a CA happens to vouch for the certificate)
+            stub.scheme = _pinned_connection_class(normalize_thumbprint(s.thumbprint))  # type: ignore[assignment]
         self._stub = stub
         self._si = vim.ServiceInstance("ServiceInstance", stub)
         try:
@@ -189,7 +191,7 @@ class Connection:
         except vim.fault.InvalidLogin as exc:
             raise VCenterError(
                 f"vcenter {s.name}: login refused (user from {s.user.source},"
-                f" password from {s.password.source}): {exc.msg}"
+                f" password from {s.password.source}): {getattr(exc, 'msg', '') or exc}"
             ) from exc
 
     def _relogin(self, seen_generation: int) -> None:

@@ -124,3 +124,36 @@ def test_snapshot_of_other_coordinator_kept_until_old(lab: Lab, make_env: Any) -
     res = rt.sweep(rt.connections["lab"])
     assert [k.snapshot._moId for k in res.removed] == [s.moref]
     assert not open_snapshots(lab)
+
+
+def test_daemon_runs_policies_on_their_cron_schedule(lab: Lab, make_env: Any) -> None:
+    import datetime as dt
+    import itertools
+    import threading
+
+    env = make_env(lab)
+    rt = env.start(id="coord-daemon")
+    ticks = itertools.count()
+    base = dt.datetime(2024, 5, 1, 21, 58)
+
+    def clock() -> dt.datetime:  # each look at the clock is one minute later
+        return base + dt.timedelta(minutes=next(ticks))
+
+    daemon = Daemon(
+        rt,
+        [PolicySettings(name="every-min", schedule="* * * * *"), PolicySettings(name="manual")],
+        clock=clock,
+    )
+    t = threading.Thread(target=daemon.run, kwargs={"max_seconds": 120})
+    t.start()
+    try:
+        deadline = time.monotonic() + 100
+        while not daemon.reports and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        daemon.stop()
+        t.join(150)
+    assert daemon.reports, "the scheduled policy never ran"
+    assert {r.policy for r in daemon.reports} == {"every-min"}
+    assert daemon.reports[0].status == report.OK, daemon.reports[0].to_text()
+    assert not open_snapshots(lab)
