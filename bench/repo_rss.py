@@ -2,6 +2,9 @@
 store path, no broker). Goal: <= 256 MiB at 20 GiB.
 
     .venv/bin/python -m bench.repo_rss [--gib 2]     (--gib 20 for the full run)
+
+The image and the repository live in a temp dir (under --dir, else $TMPDIR or /tmp),
+removed at the end even on failure; --gib 20 needs ~30 GiB free there.
 """
 
 from __future__ import annotations
@@ -45,10 +48,7 @@ def main() -> None:
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"import-disk of {args.gib} GiB mixed data: peak RSS {peak_kib / 1024:.0f} MiB"
-        f" ({peak_kib * 1024 / MiB:.0f} MiB)"
-    )
+    print(f"import-disk of {args.gib} GiB mixed data: peak RSS {peak_kib * 1024 / MiB:.0f} MiB")
 
 
 if __name__ == "__main__":
