@@ -35,7 +35,12 @@ from repository_writer.import_disk import import_disk
 from repository_writer.repository import Repository
 from repository_writer.restore import restore_disk
 
-MODES = {"1core": (0, True, True), "1core-nosync": (0, False, True), "2thr": (2, True, False)}
+MODES = {
+    "1core": (0, True, True),
+    "1core-nosync": (0, False, True),
+    "1thr": (1, True, False),
+    "2thr": (2, True, False),
+}
 
 
 def baseline(repo: Repository, point_id: str) -> float:
