@@ -547,7 +547,7 @@ class Job:
         days = self.policy.full_every_days
         if days and prev is not None:
             last = hist.last_full_time(uuid, d.key)
-            if last is None or time.time() - last >= days * 86400:
+            if last is None or self.clock().timestamp() - last >= days * 86400:
                 force = f"periodic full (policy: every {days} day(s))"
         decision = planner.decide(
             prev,

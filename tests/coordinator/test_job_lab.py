@@ -252,3 +252,19 @@ def test_quiesce_fallback_policy(lab: Lab, make_env: Any, fallback: str, attempt
     v = vm_report(rep, bad)
     assert v.status == report.FAILED and "snapshot failed" in v.reason
     assert env.conn.calls["CreateSnapshot_Task"] == 1 + attempts
+
+
+def test_periodic_full(lab: Lab, make_env: Any) -> None:
+    import datetime as dt
+
+    name = next(v["name"] for v in lab.vms() if v["disks"][0]["capacity"] < 100 * MiB)
+    env = make_env(lab)
+    env.start()
+    pol = PolicySettings(name="weekly", names=[name], full_every_days=7)
+    assert env.run(pol).status == report.OK
+    (v,) = env.run(pol).vms  # right after the full: incremental
+    assert v.disks[0].mode == "incremental", v
+    later = dt.datetime.now() + dt.timedelta(days=8)
+    (v,) = env.run(pol, clock=lambda: later).vms
+    assert v.status == report.OK
+    assert v.disks[0].mode == "full" and "periodic full" in v.disks[0].reason
