@@ -13,7 +13,8 @@ One image set, made in a temp dir and removed afterwards (at --scale 1, ~2 GiB):
 Each tool backs up each image as its own VM (one process per image, as a backup
 of one VM disk would be), into a fresh repository per round, then the repository
 size (sum of file sizes) is measured. Tools at their defaults except where noted:
-vmbackup: fixed 1 MiB chunks, zstd-3, no encryption; restic 0.14: repository v2,
+vmbackup: fixed 1 MiB chunks, zstd-3, no encryption (and with --encrypt: AES-256-GCM,
+keyed ids, passphrase via env); restic 0.14: repository v2,
 compression auto (zstd), always encrypted (fixed passphrase via env), content-
 defined chunks, all cores; borg 1.2: `--encryption=none`, content-defined chunks,
 one thread, compression lz4 (its default) and zstd,3.
@@ -107,19 +108,23 @@ def _run(cmd: list[str], env: dict[str, str] | None = None) -> None:
         raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
 
 
-def _dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def _dir_size(path: Path) -> tuple[int, int]:
+    """(sum of file sizes, blocks allocated on disk: what du reports)."""
+    sts = [p.stat() for p in path.rglob("*") if p.is_file()]
+    return sum(st.st_size for st in sts), sum(st.st_blocks * 512 for st in sts)
 
 
-def vmbackup(work: Path, images: list[tuple[str, Path]]) -> tuple[list[list[str]], dict[str, str]]:
-    repo = work / "repo"
-    vmb = [sys.executable, "-m", "common.cli", "repo"]
-    cmds = [[*vmb, "init", str(repo)]]
-    for name, path in images:
-        cmds.append(
-            [*vmb, "import-disk", "--repo", str(repo), "--vm", name, "--disk", "2000", str(path)]
-        )
-    return cmds, dict(os.environ)
+def vmbackup(encrypt: bool) -> Callable[..., tuple[list[list[str]], dict[str, str]]]:
+    def make(work: Path, images: list[tuple[str, Path]]) -> tuple[list[list[str]], dict[str, str]]:
+        repo = work / "repo"
+        vmb = [sys.executable, "-m", "common.cli", "repo"]
+        cmds = [[*vmb, "init", str(repo), *(["--encrypt"] if encrypt else [])]]
+        for name, path in images:
+            imp = [*vmb, "import-disk", "--repo", str(repo), "--vm", name, "--disk", "2000"]
+            cmds.append([*imp, str(path)])
+        return cmds, {**os.environ, "VMBACKUP_PASSPHRASE": "bench"}
+
+    return make
 
 
 def restic(work: Path, images: list[tuple[str, Path]]) -> tuple[list[list[str]], dict[str, str]]:
@@ -151,7 +156,7 @@ def measure(
     tool: Callable[..., tuple[list[list[str]], dict[str, str]]],
     tmp: Path,
     images: list[tuple[str, Path]],
-) -> tuple[float, float, int]:
+) -> tuple[float, float, int, int]:
     work = Path(tempfile.mkdtemp(prefix="tool-", dir=tmp))
     try:
         cmds, env = tool(work, images)
@@ -163,7 +168,7 @@ def measure(
         wall = time.perf_counter() - t0
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
-        return wall, cpu, _dir_size(work / "repo")
+        return (wall, cpu, *_dir_size(work / "repo"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -175,13 +180,14 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="parent of the temp dir (default: $TMPDIR)")
     args = ap.parse_args()
     tools = {
-        "vmbackup": vmbackup,
+        "vmbackup": vmbackup(False),
+        "vmbackup --encrypt": vmbackup(True),
         "restic": restic,
         "borg lz4": borg("lz4"),
         "borg zstd,3": borg("zstd,3"),
     }
     tmp = Path(tempfile.mkdtemp(prefix="repo-vs-", dir=args.dir))
-    best: dict[str, tuple[float, float, int]] = {}
+    best: dict[str, tuple[float, float, int, int]] = {}
     try:
         images = make_images(tmp, args.scale)
         logical = sum(p.stat().st_size for _, p in images)
@@ -191,20 +197,23 @@ def main() -> None:
                 r = measure(tool, tmp, images)
                 if name not in best or r[0] < best[name][0]:
                     best[name] = r
-                print(f"  {name}: {r[0]:.1f} s wall, {r[1]:.1f} s CPU, {r[2] / MiB:.0f} MiB")
+                print(
+                    f"  {name}: {r[0]:.1f} s wall, {r[1]:.1f} s CPU, {r[2] / MiB:.0f} MiB",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(
         f"{len(images)} images, {logical / MiB:.0f} MiB logical ({allocated / MiB:.0f} MiB"
         f" allocated, the rest holes); best of {args.rounds} round(s)"
     )
-    print("| tool | ingest s | MiB/s | CPU s | repository MiB | size vs vmbackup |")
-    print("|---|---|---|---|---|---|")
+    print("| tool | ingest s | MiB/s | CPU s | repo MiB (files) | du MiB | size vs vmbackup |")
+    print("|---|---|---|---|---|---|---|")
     ours = best["vmbackup"][2]
-    for name, (wall, cpu, size) in best.items():
+    for name, (wall, cpu, size, du) in best.items():
         print(
             f"| {name} | {wall:.1f} | {logical / wall / MiB:.0f} | {cpu:.1f} | {size / MiB:.0f}"
-            f" | {size / ours:.2f} |"
+            f" | {du / MiB:.0f} | {size / ours:.2f} |"
         )
 
 
