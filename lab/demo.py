@@ -17,10 +17,8 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +31,8 @@ from common.amqp import BrokerParams, Consumer, Delivery
 from common.logging import setup_logging
 from common.messages import JobEvent, Message
 from lab import Lab, LabSpec
-from lab.stack import BackupRun, Stack, StackSpec
+from lab.checks import disk_digests, lab_snapshots, same_content, vm_disk_files
+from lab.stack import BackupRun, Stack, StackError, StackSpec
 
 MiB = 1 << 20
 
@@ -44,29 +43,6 @@ def human(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TiB"
-
-
-def disk_digest(lab: Lab, vm: str, key: int, capacity: int) -> str:
-    """SHA-256 of a disk's current content (what a snapshot taken now will freeze)."""
-    path = lab.local_path(lab.disk(vm, key)["file"])
-    h = hashlib.sha256()
-    left = capacity
-    with open(path, "rb") as f:
-        while left:
-            block = f.read(min(left, 8 * MiB))
-            if not block:  # past the end of a sparse file: zeros
-                block = bytes(min(left, 8 * MiB))
-            h.update(block)
-            left -= len(block)
-    return h.hexdigest()
-
-
-def snapshot_expectations(lab: Lab) -> dict[tuple[str, int], str]:
-    return {
-        (vm["moref"], d["key"]): disk_digest(lab, vm["moref"], d["key"], d["capacity"])
-        for vm in lab.vms()
-        for d in vm["disks"]
-    }
 
 
 class Progress:
@@ -185,34 +161,13 @@ def restore_and_compare(
             bad.append(f"{label}: {vm['name']}: no restore point ({vm.get('reason', '')})")
             continue
         for d in vm["disks"]:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "common.cli",
-                    "restore",
-                    "--repo",
-                    str(stack.repo),
-                    "--point",
-                    vm["point_id"],
-                    "--disk",
-                    str(d["key"]),
-                    "--out",
-                    "-",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=stack.workdir,
-            )
-            assert proc.stdout is not None
-            h = hashlib.sha256()
-            for block in iter(lambda s=proc.stdout: s.read(8 * MiB), b""):
-                h.update(block)
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            if proc.wait() != 0:
-                bad.append(f"{label}: {vm['name']} disk {d['key']}: restore failed: {err.strip()}")
-            elif h.hexdigest() != expected.get((vm["moref"], d["key"])):
-                bad.append(f"{label}: {vm['name']} disk {d['key']}: restored bytes differ")
+            try:
+                digest = stack.restore_digest(vm["point_id"], d["key"])
+            except StackError as exc:
+                bad.append(f"{label}: {vm['name']} disk {d['key']}: {exc}")
+            else:
+                if digest != expected.get((vm["moref"], d["key"])):
+                    bad.append(f"{label}: {vm['name']} disk {d['key']}: restored bytes differ")
             checked += 1
     print(f"  {label}: {checked} disks restored and compared, {len(bad)} mismatches")
     return bad
@@ -292,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"metrics http://127.0.0.1:{p.metrics_port}/metrics"
                     )
                 print("full backup:")
-                expected_full = snapshot_expectations(lab)
+                expected_full = disk_digests(lab)
                 full = run_backup(stack, "full")
                 rows.append(summary_row("full", full))
                 if full.returncode != 0:
@@ -300,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 changed = write_guest_changes(lab, args.seed + 1, 0.01)
                 print(f"guest writes: {human(changed)} in runs of 64 KiB to 8 MiB")
                 print("incremental backup (CBT):")
-                expected_incr = snapshot_expectations(lab)
+                expected_incr = disk_digests(lab)
                 incr = run_backup(stack, "incremental")
                 rows.append(summary_row("incremental", incr))
                 if incr.returncode != 0:
@@ -310,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                 failures += restore_and_compare(stack, full, expected_full, "older point")
                 failures += restore_one_vm(stack, lab, incr)
                 print("verify:")
-                print("  " + stack.vmbackup("verify", "--repo", str(stack.repo)).strip()[-400:])
+                try:
+                    print("  " + stack.verify().strip()[-400:])
+                except StackError as exc:
+                    failures.append(f"verify found damage: {exc}")
             left = lab_snapshots(lab)
             if left:
                 failures.append(f"snapshots left in the lab: {left}")
@@ -327,27 +285,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("\nall restored disks are bit-exact; no snapshot, process or temp file left behind")
     return 0
-
-
-def lab_snapshots(lab: Lab) -> list[str]:
-    """Names of snapshots that still exist on any VM of the lab."""
-    from pyVmomi import vim
-
-    si = lab.connect()
-    content = si.RetrieveContent()
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-    left = []
-    try:
-        for vm in view.view:
-            tree = vm.snapshot.rootSnapshotList if vm.snapshot else []
-            stack = list(tree)
-            while stack:
-                node = stack.pop()
-                left.append(f"{vm.name}:{node.name}")
-                stack.extend(node.childSnapshotList)
-    finally:
-        view.Destroy()
-    return left
 
 
 def restore_one_vm(stack: Stack, lab: Lab, run: BackupRun) -> list[str]:
@@ -401,39 +338,6 @@ def restore_one_vm(stack: Stack, lab: Lab, run: BackupRun) -> list[str]:
     img.unlink(missing_ok=True)
     print(f"  {new_name}: {len(new_disks)} disk files equal the point byte for byte: {not bad}")
     return bad
-
-
-def same_content(a: Path, b: Path) -> bool:
-    """Byte equality of two (possibly sparse) files, a shorter file read as zero-extended."""
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(8 * MiB), fb.read(8 * MiB)
-            if not x and not y:
-                return True
-            if len(x) != len(y):
-                n = max(len(x), len(y))
-                x, y = x.ljust(n, b"\0"), y.ljust(n, b"\0")
-            if x != y:
-                return False
-
-
-def vm_disk_files(lab: Lab, name: str) -> list[str]:
-    """Datastore paths of a VM's disks, in device-key order, looked up through the API."""
-    from pyVmomi import vim
-
-    si = lab.connect()
-    content = si.RetrieveContent()
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-    try:
-        for vm in view.view:
-            if vm.name == name:
-                disks = [
-                    d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)
-                ]
-                return [d.backing.fileName for d in sorted(disks, key=lambda d: d.key)]
-    finally:
-        view.Destroy()
-    return []
 
 
 if __name__ == "__main__":

@@ -368,3 +368,41 @@ name = "all"
     def vmbackup(self, *args: str, timeout: float = 600) -> str:
         """Run any ``vmbackup`` operation against this stack's repository/config."""
         return self._vmbackup(*args, timeout=timeout)
+
+    def restore_digest(self, point_id: str, disk_key: int) -> str:
+        """SHA-256 of a disk restored from the repository through `vmbackup restore` (streamed)."""
+        import hashlib
+
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "common.cli",
+                "restore",
+                "--repo",
+                str(self.repo),
+                "--point",
+                point_id,
+                "--disk",
+                str(disk_key),
+                "--out",
+                "-",
+            ],
+            cwd=ROOT,
+            env=self._env({}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        h = hashlib.sha256()
+        out = proc.stdout
+        for block in iter(lambda: out.read(8 << 20), b""):
+            h.update(block)
+        err = proc.stderr.read().decode(errors="replace")
+        if proc.wait() != 0:
+            raise StackError(f"restore of {point_id} disk {disk_key} failed: {err.strip()}")
+        return h.hexdigest()
+
+    def verify(self) -> str:
+        """`vmbackup verify` of the whole repository; raises StackError on damage."""
+        return self._vmbackup("verify", "--repo", str(self.repo))
