@@ -39,6 +39,7 @@ bench: setup lab
 
 docs: venv
 	$(PY) -m scripts.gen_config_docs
+	$(PY) -m scripts.gen_metrics_docs
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache lab/vcsim/bin

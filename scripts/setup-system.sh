@@ -7,11 +7,15 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-mapfile -t wanted < <(grep -vE '^\s*(#|$)' "$here/scripts/debian-packages.txt" | awk '{print $1}')
+# Each line: PACKAGE [provides=COMMAND] # why. A package whose command is already on
+# PATH from elsewhere (e.g. a newer kubectl) is not installed over it.
 missing=()
-for p in "${wanted[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+while read -r pkg rest; do
+  case "$pkg" in ''|'#'*) continue ;; esac
+  cmd=$(printf '%s\n' "$rest" | sed -n 's/^provides=\([^ ]*\).*/\1/p')
+  if [ -n "$cmd" ] && command -v "$cmd" >/dev/null 2>&1; then continue; fi
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done < "$here/scripts/debian-packages.txt"
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq

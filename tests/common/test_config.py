@@ -162,3 +162,10 @@ def test_example_config_is_valid_and_shows_every_key(tmp_path: Path) -> None:
                 missing.append(key)
                 break
     assert not missing, f"examples/vmbackup.toml does not show: {missing}"
+
+
+def test_metrics_doc_is_generated_from_the_declarations() -> None:
+    from scripts.gen_metrics_docs import render
+
+    current = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    assert current == render(), "docs/metrics.md is stale: run make docs"
