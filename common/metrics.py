@@ -136,6 +136,18 @@ COORD_VCENTER_RELOGINS = Counter(
     ["vcenter"],
 )
 
+# coordinator follow-ups (coord2): job events, start-up state
+COORD_EVENTS = Counter(
+    "vmbackup_coordinator_job_events_total",
+    "Job events (vmbackup.events) by result: published, failed (broker), dropped (queue full)",
+    ["result"],
+)
+COORD_JOB_MARKERS = Counter(
+    "vmbackup_coordinator_job_markers_total",
+    "Running-backup markers (gc protection) requested from the writers, by op and result",
+    ["op", "result"],
+)
+
 
 # --- proxy (proxy_worker/) ---------------------------------------------------------------
 PROXY_READ_BYTES = Counter(

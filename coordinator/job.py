@@ -50,6 +50,7 @@ from common.messages import (
 from coordinator import cbt, planner, report, snapshots
 from coordinator import vm_config as vm_config_mod
 from coordinator.discovery import DiskInfo, Inventory, VmInfo, _disk_info, discover
+from coordinator.events import EventPublisher
 from coordinator.history import History
 from coordinator.limits import BackupWindow, Cancelled, KeyedLimiter, SnapshotSlots
 from coordinator.policy import select
@@ -139,6 +140,7 @@ class Runtime:
     tasks_per_host: KeyedLimiter
     active_jobs: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    events: EventPublisher = field(default_factory=lambda: EventPublisher(None))
 
     @classmethod
     def start(
@@ -168,9 +170,11 @@ class Runtime:
             replies=replies,
             slots=SnapshotSlots(lim.snapshots_per_host, lim.snapshots_per_datastore),
             tasks_per_host=KeyedLimiter(lim.tasks_per_host, "tasks per host"),
+            events=EventPublisher(broker, name=f"vmbackup-coordinator-{cid}-events"),
         )
 
     def close(self) -> None:
+        self.events.close()
         self.results.close()
         self.replies.close()
         self.publisher.close()
@@ -261,6 +265,8 @@ class Job:
             job_id=self.job_id, policy=policy.name, coordinator=self.s.id
         )
         self.inventories: list[Inventory] = []
+        self._lock = threading.Lock()
+        self._vm_bytes: dict[str, tuple[int, int]] = {}  # VM moref -> bytes read, sent
 
     # --- the job ----------------------------------------------------------------------
 
@@ -271,6 +277,7 @@ class Job:
         t0 = time.monotonic()
         rt0 = sum(c.round_trips for c in rt.connections.values())
         timer: threading.Timer | None = None
+        self._emit("job-started", policy=self.policy.name)
         with bound(job=self.job_id, policy=self.policy.name):
             try:
                 now = self.clock()
@@ -301,6 +308,7 @@ class Job:
                 for vm in sel.skipped:
                     metrics.COORD_VMS.labels(pol, "skipped").inc()
                     rep.vms.append(self._skipped_report(vm))
+                self._emit("job-planned", vms=len(sel.selected))
                 reports: list[report.VmReport | None] = [None] * len(sel.selected)
                 with ThreadPoolExecutor(self.s.limits.vms, thread_name_prefix="vm") as ex:
                     futs = {ex.submit(self._vm_guarded, vm): i for i, vm in enumerate(sel.selected)}
@@ -316,7 +324,9 @@ class Job:
                 rt.job_ended(self.job_id)
                 rep.vcenter_round_trips = sum(c.round_trips for c in rt.connections.values()) - rt0
                 rep.finish()
-                metrics.COORD_JOB_SECONDS.labels(self.policy.name).observe(time.monotonic() - t0)
+                seconds = time.monotonic() - t0
+                metrics.COORD_JOB_SECONDS.labels(self.policy.name).observe(seconds)
+                self._emit("job-done", status=rep.status, seconds=round(seconds, 3))
                 metrics.COORD_JOBS.labels(self.policy.name, rep.status).inc()
                 if self.s.report_dir:
                     try:
@@ -325,6 +335,9 @@ class Job:
                         log.error("report_write_failed", error=str(exc))
                 log.info("job_finished", status=rep.status, counts=rep.counts())
         return rep
+
+    def _emit(self, event: str, *, vm: str = "", disk_key: int = -1, **fields: Any) -> None:
+        self.rt.events.emit(self.job_id, event, vm=vm, disk_key=disk_key, **fields)
 
     def _window_ended(self) -> None:
         log.warning("backup_window_ended", action="cancel")
@@ -387,6 +400,7 @@ class Job:
                 vm.vcenter, vm.name, vm.moref, vm.instance_uuid or vm.uuid, vm.host
             )
             t0 = time.monotonic()
+            self._emit("vm-started", vm=vm.name)
             try:
                 self._vm(vm, vr)
             except snapshots.SnapshotError as exc:
@@ -408,6 +422,18 @@ class Job:
                     pol, {report.OK: "protected", report.SKIPPED: "skipped"}.get(d.status, "failed")
                 ).inc()
             log.info("vm_finished", status=vr.status, reason=vr.reason, seconds=vr.seconds)
+            with self._lock:
+                read, sent = self._vm_bytes.pop(vm.moref, (0, 0))
+            modes = {d.mode for d in vr.disks if d.mode}
+            self._emit(
+                "vm-done",
+                vm=vm.name,
+                status=vr.status,
+                mode=modes.pop() if len(modes) == 1 else ("mixed" if modes else ""),
+                bytes_read=read,
+                bytes_sent=sent,
+                seconds=vr.seconds,
+            )
             return vr
 
     def _may_start(self) -> str:
@@ -505,6 +531,15 @@ class Job:
             pol = self.policy.name
             metrics.COORD_BYTES_PLANNED.labels(pol, "changed").inc(plan.bytes_planned)
             metrics.COORD_BYTES_PLANNED.labels(pol, "capacity").inc(plan.capacity)
+            self._emit(
+                "disk-planned",
+                vm=vm.name,
+                disk_key=d.key,
+                mode=plan.decision.mode,
+                reason=plan.reason,
+                bytes_planned=plan.bytes_planned,
+                capacity=plan.capacity,
+            )
             works.append(_DiskWork(d, plan, dr))
         self._run_tasks(vm, snap, uuid, works)
         ok: list[_DiskWork] = []
@@ -610,7 +645,7 @@ class Job:
         rt = self.rt
         hist = rt.history
         host = vm.host or vm.host_moref
-        pending: dict[Future[TaskResult], tuple[_DiskWork, str, _Slot]] = {}
+        pending: dict[Future[TaskResult], tuple[_DiskWork, str, _Slot, int]] = {}
         deadline = time.monotonic() + self.s.task_timeout_s
         try:
             for w in works:
@@ -656,13 +691,13 @@ class Job:
                         slot.release()
                         break
                     w.futures[t.task_id] = fut
-                    pending[fut] = (w, t.task_id, slot)
+                    pending[fut] = (w, t.task_id, slot, sum(n for _o, n in t.ranges))
             while pending:
                 if self.cancel.is_set():
                     raise Cancelled("job cancelled while tasks were running")
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    for w, _tid, _slot in pending.values():
+                    for w, _tid, _slot, _n in pending.values():
                         w.error = w.error or (
                             f"no result within {self.s.task_timeout_s:.0f}s for some tasks"
                         )
@@ -671,13 +706,31 @@ class Job:
                     list(pending), timeout=min(left, 0.5), return_when=FIRST_COMPLETED
                 )
                 for fut in done:
-                    w, _tid, _slot = pending.pop(fut)
-                    w.results.append(fut.result())
+                    w, _tid, _slot, nbytes = pending.pop(fut)
+                    r = fut.result()
+                    w.results.append(r)
+                    self._task_done(vm, w, r, nbytes)
         finally:
-            for fut, (_w, tid, slot) in pending.items():
+            for fut, (_w, tid, slot, _n) in pending.items():
                 rt.results.forget(tid)
                 fut.cancel()
                 slot.release()
+
+    def _task_done(self, vm: VmInfo, w: _DiskWork, r: TaskResult, nbytes: int) -> None:
+        with self._lock:
+            read, sent = self._vm_bytes.get(vm.moref, (0, 0))
+            self._vm_bytes[vm.moref] = (read + r.bytes_read, sent + r.bytes_sent)
+        self._emit(
+            "task-done",
+            vm=vm.name,
+            disk_key=w.info.key,
+            ok=r.ok,
+            bytes=nbytes,
+            bytes_read=r.bytes_read,
+            bytes_sent=r.bytes_sent,
+            bytes_known=r.bytes_known,
+            bytes_zero=r.bytes_zero,
+        )
 
     def _check_results(self, w: _DiskWork) -> None:
         if w.error:
