@@ -20,10 +20,19 @@ MB = 1_000_000
 
 
 class TokenBucket:
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        clock: Callable[[], float] = time.monotonic,
+        observer: Callable[[float, int], None] | None = None,
+    ):
         self.rate = rate  # bytes per second; 0 = unlimited
         self.burst = burst
         self._clock = clock
+        # told (admission time, bytes) under the lock, so a caller delayed by the scheduler
+        # after admission cannot make admissions look bunched (tests measure the cap with it)
+        self.observer = observer
         self._tokens = burst
         self._last = clock()
         self._lock = threading.Lock()
@@ -38,6 +47,8 @@ class TokenBucket:
             self._last = now
             self._tokens -= n
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+            if self.observer is not None:
+                self.observer(now + wait, n)
         if wait > 0:
             time.sleep(wait)
         return wait
