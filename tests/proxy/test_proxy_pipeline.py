@@ -1,4 +1,4 @@
-"""The pipeline on the real broker with a real repository behind a minimal shard writer."""
+"""The pipeline on the real broker into the real writer service and its repository."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from proxy_worker.pipeline import PipelineConfig, TaskPipeline, plan_chunks
 from proxy_worker.transports.file import FileTransport
 from proxy_worker.writers import WriterLink
 from tests.proxy.proxy_helpers import MiB, SparseDisk, make_sparse_disk
-from tests.proxy.shard_writer import ShardWriter
+from tests.proxy.writer_probe import ProbedWriter
 
 pytestmark = pytest.mark.integration
 CHUNK = 256 * 1024
@@ -25,7 +25,7 @@ SHARDS = 4
 
 @pytest.fixture
 def env(broker: BrokerParams, tmp_path: Path) -> Iterator[dict[str, object]]:
-    writer = ShardWriter(broker, tmp_path / "repo", SHARDS, chunk_size=CHUNK)
+    writer = ProbedWriter(broker, tmp_path / "repo", SHARDS, chunk_size=CHUNK)
     pub = Publisher(broker, name="proxy-test")
     replies = ReplyQueue(broker, name="proxy-test-replies")
     link = WriterLink(pub, replies, persistent_chunks=False, timeout=2.0)
@@ -69,7 +69,7 @@ def _run(env: dict[str, object], d: SparseDisk, budget: MemoryBudget | None = No
 
 def test_every_chunk_lands_exactly(env: dict[str, object], tmp_path: Path) -> None:
     d = _disk_with_duplicates(tmp_path)
-    writer: ShardWriter = env["writer"]  # type: ignore[assignment]
+    writer: ProbedWriter = env["writer"]  # type: ignore[assignment]
     st = _run(env, d)
     cap = d.source.capacity
     n_chunks = -(-cap // CHUNK)
@@ -93,7 +93,7 @@ def test_every_chunk_lands_exactly(env: dict[str, object], tmp_path: Path) -> No
 
 def test_lost_chunk_ack_is_resent(env: dict[str, object], tmp_path: Path) -> None:
     d = make_sparse_disk(tmp_path, capacity=4 * MiB)
-    writer: ShardWriter = env["writer"]  # type: ignore[assignment]
+    writer: ProbedWriter = env["writer"]  # type: ignore[assignment]
     writer.drop_batches = 2
     st = _run(env, d)
     for idx, cid in st.entries.items():

@@ -28,7 +28,7 @@ from common.messages import BackupTask, TaskResult, decode
 from proxy_worker.service import ProxyService
 from proxy_worker.settings import NbdSettings, ProxySettings, ThrottleSettings
 from tests.proxy.proxy_helpers import MiB, SparseDisk, make_sparse_disk
-from tests.proxy.shard_writer import ShardWriter
+from tests.proxy.writer_probe import ProbedWriter
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CHUNK = 256 * 1024
@@ -91,7 +91,7 @@ def _get(params: BrokerParams, queue: str, timeout: float) -> bytes | None:
         conn.close()
 
 
-def _check_result(res: TaskResult, d: SparseDisk, writer: ShardWriter) -> None:
+def _check_result(res: TaskResult, d: SparseDisk, writer: ProbedWriter) -> None:
     assert res.ok, res.error
     cap = d.source.capacity
     assert [i for i, _ in res.entries] == list(range(-(-cap // CHUNK)))
@@ -111,8 +111,8 @@ def params(broker: BrokerParams) -> BrokerParams:
 
 
 @pytest.fixture
-def writer(params: BrokerParams, tmp_path: Path) -> Iterator[ShardWriter]:
-    w = ShardWriter(params, tmp_path / "repo", SHARDS, chunk_size=CHUNK)
+def writer(params: BrokerParams, tmp_path: Path) -> Iterator[ProbedWriter]:
+    w = ProbedWriter(params, tmp_path / "repo", SHARDS, chunk_size=CHUNK)
     yield w
     w.close()
 
@@ -131,7 +131,7 @@ def _service(params: BrokerParams, d: SparseDisk, **kw: object) -> ProxyService:
 
 
 def test_task_result_after_chunks_are_durable(
-    params: BrokerParams, writer: ShardWriter, tmp_path: Path
+    params: BrokerParams, writer: ProbedWriter, tmp_path: Path
 ) -> None:
     d = make_sparse_disk(tmp_path, capacity=6 * MiB + 100)
     svc = _service(params, d)
@@ -149,7 +149,7 @@ def test_task_result_after_chunks_are_durable(
 
 
 def test_failing_task_is_retried_then_dead_lettered(
-    params: BrokerParams, writer: ShardWriter, tmp_path: Path
+    params: BrokerParams, writer: ProbedWriter, tmp_path: Path
 ) -> None:
     d = make_sparse_disk(tmp_path, capacity=2 * MiB)
     svc = _service(params, d)
@@ -171,7 +171,7 @@ def test_failing_task_is_retried_then_dead_lettered(
 
 
 def test_killed_proxy_task_is_redone_by_another(
-    params: BrokerParams, writer: ShardWriter, tmp_path: Path
+    params: BrokerParams, writer: ProbedWriter, tmp_path: Path
 ) -> None:
     d = make_sparse_disk(tmp_path, capacity=16 * MiB)
     with open(d.path, "r+b") as fh:  # all data: the throttled read takes a few seconds
@@ -227,7 +227,7 @@ burst_mb = 0.5
 
 
 def test_stream_cap_holds_under_a_task_burst(
-    params: BrokerParams, writer: ShardWriter, tmp_path: Path
+    params: BrokerParams, writer: ProbedWriter, tmp_path: Path
 ) -> None:
     disks = [make_sparse_disk(tmp_path / f"d{i}", capacity=3 * MiB, seed=i) for i in range(6)]
     mounts = disks[0].settings.datastore_mounts
