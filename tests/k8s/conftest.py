@@ -1,7 +1,22 @@
 """Builds of k8s/ (kustomize) shared by the tests of this directory.
 
 kubectl and promtool are required, never skipped: `make setup` installs them (Debian
-kubernetes-client and prometheus, listed in scripts/debian-packages.txt).
+kubernetes-client and prometheus, listed in scripts/debian-packages.txt). The builds run
+the `kubectl` found on PATH, whatever its version.
+
+The manifests are kept compatible with Debian 12's kubectl 1.20.2 (embedded kustomize
+v2.0.3, what CI and new users get) as well as current kubectl/kustomize (v5), and both
+must give the same objects (generated names differ only in their hash suffix, whose
+algorithm changed). test_kustomize_compat.py checks statically that every kustomization
+uses only what v2.0.3 understands. To check the builds themselves with both versions:
+
+    dpkg-deb -x /var/cache/apt/archives/kubernetes-client_*.deb /tmp/kc   # Debian 12 kubectl
+    for k in /tmp/kc/usr/bin/kubectl kubectl; do
+        PATH=$(dirname $(command -v $k)):$PATH .venv/bin/python -m pytest tests/k8s -q
+    done
+
+and compare `kubectl kustomize k8s/overlays/example-site` from both (docs/kubernetes.md,
+"kubectl versions").
 """
 
 from __future__ import annotations
@@ -17,7 +32,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
-BUILDS = {"base": K8S / "base", "example-site": K8S / "overlays" / "example-site"}
+# The deployable builds (the base alone has no proxy group).
+BUILDS = {
+    "single-group": K8S / "overlays" / "single-group",
+    "example-site": K8S / "overlays" / "example-site",
+}
 
 
 def require_tool(name: str, package: str) -> str:

@@ -1,4 +1,4 @@
-"""The kustomize builds of k8s/base and k8s/overlays/example-site hold what we rely on."""
+"""The kustomize builds of k8s/overlays (single-group, example-site) hold what we rely on."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tests.k8s.conftest import Build
 
 MiB = 1 << 20
 # Secrets the base references but does not define (the site provides them: ExternalSecret,
-# sealed secrets, kubectl create secret); the overlay must define each one.
+# sealed secrets, kubectl create secret); the example site must define each one.
 SITE_SECRETS = {"vmbackup-broker", "vmbackup-repository", "vmbackup-vcenter"}
 
 
@@ -108,7 +108,7 @@ def test_references_resolve(build: Build) -> None:
     configmaps = {d["metadata"]["name"]: d for d in build.all("ConfigMap")}
     pvcs = {d["metadata"]["name"] for d in build.all("PersistentVolumeClaim")}
     secrets = site_secret_keys(build)
-    if build.name != "base":
+    if build.name == "example-site":
         missing = SITE_SECRETS - set(secrets)
         assert not missing, f"{build.name} does not define secrets {missing}"
     for obj, tpl in build.workloads():
