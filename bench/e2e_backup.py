@@ -345,6 +345,19 @@ class Bench:
             tool.cleanup()
 
 
+def wait_for_quiet(limit: float, max_seconds: float, period: float = 20.0) -> None:
+    """Block until the 1-minute load average was below ``limit`` at 4 checks in a row."""
+    t0, quiet = time.monotonic(), 0
+    while time.monotonic() - t0 < max_seconds:
+        la = load1()
+        quiet = quiet + 1 if la < limit else 0
+        print(f"  waiting for load < {limit}: {la:.2f} ({quiet}/4)", flush=True)
+        if quiet >= 4:
+            return
+        time.sleep(period)
+    print(f"  load stayed above {limit} for {max_seconds / 60:.0f} min; running anyway", flush=True)
+
+
 def lab_spec(scale: str) -> tuple[LabSpec, int]:
     restore, sizes = disk_sizes(scale)
     spec = LabSpec(
@@ -375,9 +388,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--dir", default=None, help="parent of the temp dir (default: $TMPDIR)")
     ap.add_argument("--json", default=None, metavar="OUT", help="write every figure as JSON")
+    ap.add_argument(
+        "--wait-load",
+        type=float,
+        default=None,
+        metavar="L",
+        help="first wait until the 1-minute load average stays below L for a minute",
+    )
+    ap.add_argument("--wait-max", type=float, default=60.0, metavar="MIN", help="then run anyway")
     ap.add_argument("--keep-logs", default=None, metavar="DIR", help="copy the stack's logs here")
     args = ap.parse_args(argv)
     setup_logging("warning", "console")
+    if args.wait_load is not None:
+        wait_for_quiet(args.wait_load, args.wait_max * 60)
     names = [n for n in args.tools.split(",") if n]
     spec, restore_cap = lab_spec(args.scale)
     work = Path(tempfile.mkdtemp(prefix="e2e-bench-", dir=args.dir))
