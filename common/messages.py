@@ -10,6 +10,7 @@ with the error text as reason.
 from __future__ import annotations
 
 import dataclasses
+import struct
 import types
 import typing
 from dataclasses import dataclass, field
@@ -143,11 +144,21 @@ class DiskCommit:
     base_point_id: str  # "" = no base: chunks not named are zero
     entries: list[tuple[int, bytes]]  # (chunk index, id); b"" = zero chunk
     info: dict[str, Scalar]  # backing file, datastore, controller key/unit, label...
+    # CommitParts staged for this disk under the request's id (numbered 0..parts-1);
+    # their entries apply before ``entries``. 0 = everything is inline.
+    parts: int = 0
+
+    def __post_init__(self) -> None:
+        if self.parts < 0:
+            raise MessageError(f"disk {self.key}: parts {self.parts} must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
 class CommitRequest(Message):
+    """Commit one VM's point. Version 2: DiskCommit.parts (staged CommitParts)."""
+
     KIND: ClassVar[str] = "commit"
+    VERSION: ClassVar[int] = 2
     request_id: str
     reply_to: str
     job_id: str
@@ -164,11 +175,56 @@ class CommitRequest(Message):
 
 @dataclass(frozen=True, slots=True)
 class CommitReply(Message):
+    """A writer's answer on the commits queue: to a CommitRequest (point_id set), a
+    CommitPart (request_id = its part_id) or a JobMarker (point_id "")."""
+
     KIND: ClassVar[str] = "commit-reply"
     request_id: str
     ok: bool
     error: str
     point_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPart(Message):
+    """A slice of one disk's commit entries, staged durably by a writer until the
+    CommitRequest with ``request_id`` names it (DiskCommit.parts). Lets a commit of a
+    disk of millions of chunks stay far below the message limit."""
+
+    KIND: ClassVar[str] = "commit-part"
+    request_id: str  # of the CommitRequest that will name this part
+    part_id: str  # the reply's request_id: part_key(request_id, disk_key, part)
+    reply_to: str
+    disk_key: int
+    part: int  # 0 .. parts-1
+    entries: bytes  # pack_entries() format
+
+    def __post_init__(self) -> None:
+        if self.part < 0:
+            raise MessageError(f"part {self.part} must not be negative")
+        if self.part_id != part_key(self.request_id, self.disk_key, self.part):
+            raise MessageError(f"part_id {self.part_id!r:.80} does not match the part")
+        for _ in iter_packed(self.entries):
+            pass  # validates the structure
+
+
+@dataclass(frozen=True, slots=True)
+class JobMarker(Message):
+    """Ask a writer to mark a backup job as running ("begin") or finished ("end") in
+    the repository, so that gc keeps every chunk the job may deduplicate against
+    (the coordinator has no write access to the repository)."""
+
+    KIND: ClassVar[str] = "job-marker"
+    request_id: str
+    reply_to: str
+    job_id: str
+    op: str  # "begin" | "end"
+
+    def __post_init__(self) -> None:
+        if self.op not in ("begin", "end"):
+            raise MessageError(f"op {self.op!r:.40} is not 'begin' or 'end'")
+        if not self.job_id:
+            raise MessageError("job_id is empty")
 
 
 # --- observability ------------------------------------------------------------------
@@ -196,11 +252,100 @@ KINDS: dict[str, type[Message]] = {
         HaveReply,
         CommitRequest,
         CommitReply,
+        CommitPart,
+        JobMarker,
         JobEvent,
     )
 }
 
 M = TypeVar("M", bound=Message)
+
+# --- packed commit entries ----------------------------------------------------------
+#
+# A sequence of runs of consecutive chunk indexes, ascending and not overlapping:
+#   start u64 BE, count u32 BE (>= 1), kind u8 (0 = all-zero chunks, 1 = ids),
+#   then for kind 1 ``count`` ids of 32 bytes.
+# A zero run costs 13 bytes whatever its length; an id costs 32 bytes (msgpack
+# pairs cost about 40).
+
+_RUN = struct.Struct(">QIB")
+RUN_ZERO = 0
+RUN_IDS = 1
+
+
+def part_key(request_id: str, disk_key: int, part: int) -> str:
+    return f"{request_id}/{disk_key}/{part}"
+
+
+def pack_entries(entries: list[tuple[int, bytes]]) -> bytes:
+    """Pack (index, id) pairs sorted by index (b"" = zero chunk) into runs."""
+    out = bytearray()
+    i = 0
+    n = len(entries)
+    prev_end = -1
+    while i < n:
+        start, cid = entries[i]
+        if start < 0 or start <= prev_end - 1 or start > 2**64 - 1:
+            raise MessageError(f"entries: index {start} out of order or out of range")
+        kind = RUN_ZERO if cid == b"" else RUN_IDS
+        j = i + 1
+        while (
+            j < n
+            and j - i < 0xFFFFFFFF
+            and entries[j][0] == start + (j - i)
+            and (entries[j][1] == b"") == (kind == RUN_ZERO)
+        ):
+            j += 1
+        out += _RUN.pack(start, j - i, kind)
+        if kind == RUN_IDS:
+            for _idx, c in entries[i:j]:
+                if len(c) != ID_LEN:
+                    raise MessageError(f"entries: chunk id of {len(c)} bytes, expected {ID_LEN}")
+                out += c
+        prev_end = start + (j - i)
+        i = j
+    return bytes(out)
+
+
+def iter_packed(data: bytes) -> typing.Iterator[tuple[int, int, bytes | None]]:
+    """Runs (start, count, ids or None for zeros) of packed entries, checked strictly."""
+    view = memoryview(data)
+    pos = 0
+    prev_end = 0
+    first = True
+    while pos < len(view):
+        if len(view) - pos < _RUN.size:
+            raise MessageError(f"packed entries: truncated run header at byte {pos}")
+        start, count, kind = _RUN.unpack_from(view, pos)
+        pos += _RUN.size
+        if count == 0:
+            raise MessageError(f"packed entries: empty run at index {start}")
+        if not first and start < prev_end:
+            raise MessageError(f"packed entries: run at index {start} overlaps or is unsorted")
+        if kind == RUN_ZERO:
+            ids = None
+        elif kind == RUN_IDS:
+            size = count * ID_LEN
+            if len(view) - pos < size:
+                raise MessageError(f"packed entries: run at index {start} is truncated")
+            ids = bytes(view[pos : pos + size])
+            pos += size
+        else:
+            raise MessageError(f"packed entries: unknown run kind {kind} at index {start}")
+        first = False
+        prev_end = start + count
+        yield start, count, ids
+
+
+def unpack_entries(data: bytes) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    for start, count, ids in iter_packed(data):
+        if ids is None:
+            out.extend((start + k, b"") for k in range(count))
+        else:
+            out.extend((start + k, ids[k * ID_LEN : (k + 1) * ID_LEN]) for k in range(count))
+    return out
+
 
 # --- strict validation --------------------------------------------------------------
 

@@ -41,11 +41,15 @@ from common.amqp import (
 from common.logging import bound, get_logger
 from common.messages import (
     BackupTask,
+    CommitPart,
     CommitReply,
     CommitRequest,
     DiskCommit,
+    JobMarker,
     Message,
     TaskResult,
+    pack_entries,
+    part_key,
 )
 from coordinator import cbt, planner, report, snapshots
 from coordinator import vm_config as vm_config_mod
@@ -179,6 +183,51 @@ class Runtime:
         self.replies.close()
         self.publisher.close()
 
+    def writer_request(
+        self, key: str, build: Callable[[str], Message], timeout: float, what: str
+    ) -> CommitReply:
+        """Send a commits-queue request (built for the current reply queue) to the writers
+        and wait for its CommitReply; raise WriterRequestFailed when none comes."""
+        last = ""
+        for _ in range(2):  # the reply queue is re-created after a reconnect: send again once
+            fut = self.replies.expect(key)
+            try:
+                msg = build(self.replies.name)
+                self.publisher.publish_sync(
+                    EXCHANGE_DEFAULT,
+                    QUEUE_COMMITS,
+                    msg,
+                    correlation_id=key,
+                    reply_to=getattr(msg, "reply_to", None),
+                    timeout=60.0,
+                )
+                reply = fut.result(timeout=timeout)
+            except Exception as exc:
+                self.replies.forget(key)
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                log.warning("writer_request_attempt_failed", what=what, error=last)
+                continue
+            assert isinstance(reply, CommitReply)
+            return reply
+        raise WriterRequestFailed(f"{what}: {last or 'no reply'}")
+
+    def job_marker(self, job_id: str, op: str) -> None:
+        """Have a writer begin or end the job's running-backup marker (gc protection)."""
+        key = f"m-{op}-" + hashlib.sha256(job_id.encode()).hexdigest()[:32]
+        try:
+            reply = self.writer_request(
+                key,
+                lambda reply_to: JobMarker(key, reply_to, job_id, op),
+                self.settings.commit_timeout_s,
+                f"job marker {op}",
+            )
+            if not reply.ok:
+                raise WriterRequestFailed(f"job marker {op} refused by the writer: {reply.error}")
+        except WriterRequestFailed:
+            metrics.COORD_JOB_MARKERS.labels(op, "error").inc()
+            raise
+        metrics.COORD_JOB_MARKERS.labels(op, "ok").inc()
+
     def job_started(self, job_id: str) -> None:
         with self.lock:
             self.active_jobs.add(job_id)
@@ -201,6 +250,10 @@ class Runtime:
             min_age_s=s.orphan_min_age_s,
             timeout_s=s.snapshot_timeout_s,
         )
+
+
+class WriterRequestFailed(Exception):
+    """No writer answered a commits-queue request (or none accepted it)."""
 
 
 class DiskFailed(Exception):
@@ -277,6 +330,7 @@ class Job:
         t0 = time.monotonic()
         rt0 = sum(c.round_trips for c in rt.connections.values())
         timer: threading.Timer | None = None
+        marked = False
         self._emit("job-started", policy=self.policy.name)
         with bound(job=self.job_id, policy=self.policy.name):
             try:
@@ -309,6 +363,17 @@ class Job:
                     metrics.COORD_VMS.labels(pol, "skipped").inc()
                     rep.vms.append(self._skipped_report(vm))
                 self._emit("job-planned", vms=len(sel.selected))
+                if sel.selected:
+                    # before the first task: from now on gc keeps every chunk this job
+                    # may deduplicate against (repository_writer/gc.py)
+                    try:
+                        rt.job_marker(self.job_id, "begin")
+                    except WriterRequestFailed as exc:
+                        raise WriterRequestFailed(
+                            f"cannot mark the job as running in the repository, no VM"
+                            f" started: {exc}"
+                        ) from None
+                    marked = True
                 reports: list[report.VmReport | None] = [None] * len(sel.selected)
                 with ThreadPoolExecutor(self.s.limits.vms, thread_name_prefix="vm") as ex:
                     futs = {ex.submit(self._vm_guarded, vm): i for i, vm in enumerate(sel.selected)}
@@ -321,6 +386,11 @@ class Job:
             finally:
                 if timer is not None:
                     timer.cancel()
+                if marked:
+                    try:  # after the last commit; a marker left behind only delays gc
+                        rt.job_marker(self.job_id, "end")
+                    except WriterRequestFailed as exc:
+                        log.error("job_marker_end_failed", error=str(exc))
                 rt.job_ended(self.job_id)
                 rep.vcenter_round_trips = sum(c.round_trips for c in rt.connections.values()) - rt0
                 rep.finish()
@@ -773,6 +843,8 @@ class Job:
         request_id = "c-" + hashlib.sha256(f"{self.job_id}\0{uuid}".encode()).hexdigest()[:32]
         # controller type and bus per disk, for restore-vm and `repo list` (additive)
         ctrl = vm_config_mod.disk_controllers(vm_config)
+        per_part = self.s.commit_part_entries
+        parts = {w.info.key: self._stage_parts(request_id, w, per_part) for w in ok}
         disks = [
             DiskCommit(
                 key=w.info.key,
@@ -781,7 +853,7 @@ class Job:
                 base_point_id=w.plan.decision.base_point_id
                 if w.plan.decision.mode == planner.INCREMENTAL
                 else "",
-                entries=w.entries,
+                entries=[] if parts[w.info.key] else w.entries,
                 info={
                     "label": w.info.label,
                     "file": w.info.file,
@@ -793,15 +865,15 @@ class Job:
                     "mode": w.plan.decision.mode,
                     "reason": w.plan.reason,
                 },
+                parts=parts[w.info.key],
             )
             for w in ok
         ]
-        attempts = 2  # the reply queue is re-created after a reconnect: send again once
-        last = ""
-        for _ in range(attempts):
-            req = CommitRequest(
+
+        def build(reply_to: str) -> CommitRequest:
+            return CommitRequest(
                 request_id=request_id,
-                reply_to=rt.replies.name,
+                reply_to=reply_to,
                 job_id=self.job_id,
                 vcenter=vm.vcenter,
                 vm_uuid=uuid,
@@ -813,25 +885,41 @@ class Job:
                 disks=disks,
                 failed_disks=failed,
             )
-            fut = rt.replies.expect(request_id)
-            try:
-                rt.publisher.publish_sync(
-                    EXCHANGE_DEFAULT,
-                    QUEUE_COMMITS,
-                    req,
-                    correlation_id=request_id,
-                    reply_to=req.reply_to,
-                    timeout=60.0,
-                )
-                reply = fut.result(timeout=self.s.commit_timeout_s)
-            except Exception as exc:
-                rt.replies.forget(request_id)
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                log.warning("commit_attempt_failed", error=last)
-                continue
-            assert isinstance(reply, CommitReply)
+
+        try:
+            reply = rt.writer_request(request_id, build, self.s.commit_timeout_s, "commit")
+        except WriterRequestFailed as exc:
+            raise DiskFailed(f"commit failed: {exc}") from None
+        if not reply.ok:
+            raise DiskFailed(f"commit refused by the writer: {reply.error}")
+        log.info("point_committed", point=reply.point_id, status=status, disks=len(disks))
+        return reply.point_id
+
+    def _stage_parts(self, request_id: str, w: _DiskWork, per_part: int) -> int:
+        """Send a large disk's entries as staged CommitParts; return how many (0 = inline)."""
+        if len(w.entries) <= per_part:
+            return 0
+        key = w.info.key
+        slices = [w.entries[i : i + per_part] for i in range(0, len(w.entries), per_part)]
+
+        def send(n: int) -> None:
+            pid = part_key(request_id, key, n)
+            packed = pack_entries(slices[n])
+            reply = self.rt.writer_request(
+                pid,
+                lambda reply_to: CommitPart(request_id, pid, reply_to, key, n, packed),
+                self.s.commit_timeout_s,
+                f"commit part {n} of disk {key}",
+            )
             if not reply.ok:
-                raise DiskFailed(f"commit refused by the writer: {reply.error}")
-            log.info("point_committed", point=reply.point_id, status=status, disks=len(disks))
-            return reply.point_id
-        raise DiskFailed(f"commit failed: {last or 'no reply'}")
+                raise DiskFailed(f"commit part {n} of disk {key} refused: {reply.error}")
+
+        # a few parts in flight: writers stage them in parallel, memory stays bounded
+        with ThreadPoolExecutor(4, thread_name_prefix="commit-part") as ex:
+            for fut in [ex.submit(send, n) for n in range(len(slices))]:
+                try:
+                    fut.result()
+                except WriterRequestFailed as exc:
+                    raise DiskFailed(f"commit failed: {exc}") from None
+        log.info("commit_parts_staged", disk=key, parts=len(slices), entries=len(w.entries))
+        return len(slices)

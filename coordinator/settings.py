@@ -159,6 +159,13 @@ class CoordinatorSettings:
         metadata=_doc("snapshots of other coordinators count as orphans after this age"),
     )
     report_dir: str = field(default="", metadata=_doc("write job reports (JSON + text) here"))
+    commit_part_entries: int = field(
+        default=131072,
+        metadata=_doc(
+            "a disk with more commit entries sends them in staged parts of this many"
+            " (about 32 bytes each; keeps every message far below the 64 MiB limit)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.id):
@@ -167,6 +174,8 @@ class CoordinatorSettings:
             raise ValueError(f"coordinator.snapshot_prefix {self.snapshot_prefix!r}: [A-Za-z0-9_.]")
         if self.task_max_bytes < MiB:
             raise ValueError("coordinator.task_max_bytes must be >= 1 MiB")
+        if not 1 <= self.commit_part_entries <= 1_000_000:
+            raise ValueError("coordinator.commit_part_entries must be 1 .. 1000000")
 
 
 def check_references(vcenters: list[VCenterSettings], policies: list[PolicySettings]) -> None:

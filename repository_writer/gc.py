@@ -33,6 +33,7 @@ class GcReport:
     bytes_freed: int = 0
     chunks_kept_young: int = 0
     temps_removed: int = 0
+    staged_removed: int = 0  # commit parts of requests never committed (abandoned)
     cutoff: float = 0.0
     missing: list[str] = field(default_factory=list)
     stale_markers: list[str] = field(default_factory=list)
@@ -132,6 +133,13 @@ def _sweep(repo: Repository, report: GcReport, cutoff: float, start: float, dry_
     for path, mtime in repo.point_store.leftovers():
         if mtime < cutoff:
             report.temps_removed += 1
+            if not dry_run:
+                _remove(path)
+    # Staged commit parts of a running job are newer than its marker, hence than the
+    # cutoff; older ones belong to a commit that will never come.
+    for path, mtime in repo.staging.leftovers():
+        if mtime < cutoff:
+            report.staged_removed += 1
             if not dry_run:
                 _remove(path)
 

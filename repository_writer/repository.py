@@ -45,6 +45,7 @@ from repository_writer.points import (
     check_vm_uuid,
     make_point_id,
 )
+from repository_writer.staging import CommitStaging
 
 REPO_FORMAT = "vmbackup-repository"
 REPO_VERSION = 1
@@ -87,6 +88,7 @@ class Repository:
         self._cipher = AESGCM(keys.enc_key) if keys else None
         self.chunks = ChunkStore(path / "chunks")
         self.point_store = PointStore(path / "points", self._seal_meta, self._unseal_meta)
+        self.staging = CommitStaging(path / "staging")  # created on first use
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -283,7 +285,12 @@ class Repository:
         named entries replaced: a synthetic full. Every chunk the maps name must exist
         (checked, and touched against gc) before the point becomes visible, atomically.
         A repeated request (redelivery) returns the point it already made.
+
+        A disk with ``parts`` > 0 takes its entries first from the CommitParts staged
+        under the request's id (:meth:`stage_commit_part`), then from ``entries``; the
+        staged parts are removed once the point is committed.
         """
+        request_id = str(_get(request, "request_id")) if _has(request, "request_id") else ""
         vm_uuid = check_vm_uuid(_get(request, "vm_uuid"))
         job_id = str(_get(request, "job_id"))
         status = _get(request, "status")
@@ -292,6 +299,8 @@ class Repository:
         snapshot_time = float(_get(request, "snapshot_time"))
         point_id = make_point_id(job_id, vm_uuid, snapshot_time)
         if (self.point_store.root / vm_uuid / point_id).is_dir():
+            if request_id:
+                self.staging.remove(request_id)
             return point_id
         maps: dict[int, DiskMap] = {}
         disks: list[PointDisk] = []
@@ -312,8 +321,16 @@ class Repository:
             else:
                 dmap = DiskMap(self.chunk_size, capacity)
             entries = _get(d, "entries")
+            parts = int(_get(d, "parts")) if _has(d, "parts") else 0
+            changed = len(entries)
+            if parts:
+                if not request_id:
+                    raise InvalidRequestError(f"disk {key}: staged parts need a request_id")
+                for index, cid in self.staging.load(request_id, key, parts):
+                    _set_entry(dmap, index, cid, key)
+                    changed += 1
             for index, cid in entries:
-                dmap.set(int(index), bytes(cid))
+                _set_entry(dmap, int(index), bytes(cid), key)
             self._check_referenced(dmap, f"disk {key}")
             maps[key] = dmap
             info = _get(d, "info") if not isinstance(d, Mapping) or "info" in d else {}
@@ -326,7 +343,7 @@ class Repository:
                     info=dict(info),
                     chunks=len(dmap),
                     zero_chunks=dmap.zero_count(),
-                    changed_chunks=len(entries),
+                    changed_chunks=changed,
                 )
             )
         failed = [(int(k), str(r)) for k, r in _get(request, "failed_disks")]
@@ -346,7 +363,13 @@ class Repository:
             failed_disks=failed,
         )
         self.point_store.commit(point, maps)
+        if request_id:
+            self.staging.remove(request_id)
         return point_id
+
+    def stage_commit_part(self, request_id: str, disk_key: int, part: int, packed: bytes) -> None:
+        """Durably stage one CommitPart (packed entries) for a later commit_point."""
+        self.staging.stage(request_id, disk_key, part, packed)
 
     def _check_referenced(self, dmap: DiskMap, what: str) -> None:
         missing: list[str] = []
@@ -410,6 +433,18 @@ class Repository:
                 except FileNotFoundError:
                     continue
         return out
+
+
+def _has(obj: Any, name: str) -> bool:
+    return name in obj if isinstance(obj, Mapping) else hasattr(obj, name)
+
+
+def _set_entry(dmap: DiskMap, index: int, cid: bytes, key: int) -> None:
+    if not 0 <= index < len(dmap):
+        raise InvalidRequestError(
+            f"disk {key}: chunk index {index} outside the disk (0..{len(dmap) - 1})"
+        )
+    dmap.set(index, cid)
 
 
 def _pass_bytes(passphrase: str | bytes) -> bytes:

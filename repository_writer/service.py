@@ -2,8 +2,9 @@
 
 Consumes its shard queues (ChunkBatch -> verify, store, fsync -> ChunkAck to the
 sender's reply queue; HaveQuery -> HaveReply) and, optionally, the shared commits
-queue (CommitRequest -> commit_point -> CommitReply). Handlers run on worker
-threads of common.amqp.Consumer; a message is acked only after its reply was
+queue (CommitRequest -> commit_point -> CommitReply; CommitPart -> staged durably ->
+CommitReply; JobMarker -> running-backup marker begun or ended -> CommitReply).
+Handlers run on worker threads of common.amqp.Consumer; a message is acked only after its reply was
 published, so a crash at any point means a redelivery, and every handler is
 idempotent (chunks are content-addressed, point ids are derived from the request).
 
@@ -34,10 +35,12 @@ from common.logging import get_logger
 from common.messages import (
     ChunkAck,
     ChunkBatch,
+    CommitPart,
     CommitReply,
     CommitRequest,
     HaveQuery,
     HaveReply,
+    JobMarker,
     Message,
 )
 from common.sharding import parse_shard_set, shard_of, shard_queue
@@ -89,7 +92,7 @@ class WriterService:
                 params,
                 [QUEUE_COMMITS],
                 self.handle,
-                expect=(CommitRequest,),
+                expect=(CommitRequest, CommitPart, JobMarker),
                 prefetch=commit_prefetch,
                 workers=commit_prefetch,
                 declare=lambda ch: declare_base(ch, self.params),
@@ -150,8 +153,9 @@ class WriterService:
             self._reply(msg.reply_to, msg.batch_id, self.on_batch(msg, d))
         elif isinstance(msg, HaveQuery):
             self._reply(msg.reply_to, msg.query_id, self.on_have(msg))
-        elif isinstance(msg, CommitRequest):
-            self._reply(msg.reply_to, msg.request_id, self.on_commit(msg))
+        elif isinstance(msg, CommitRequest | CommitPart | JobMarker):
+            reply = commit_queue_reply(self.repo, msg)
+            self._reply(msg.reply_to, reply.request_id, reply)
 
     def on_batch(self, msg: ChunkBatch, d: Delivery) -> ChunkAck:
         shard = _queue_shard(d.queue)
@@ -191,22 +195,7 @@ class WriterService:
         return HaveReply(msg.query_id, present)
 
     def on_commit(self, msg: CommitRequest) -> CommitReply:
-        try:
-            point_id = self.repo.commit_point(msg)
-        except RepositoryError as exc:
-            log.error("commit_refused", job=msg.job_id, vm=msg.vm_name, error=str(exc))
-            metrics.WRITER_COMMITS.labels(result="error").inc()
-            return CommitReply(msg.request_id, False, str(exc), "")
-        log.info(
-            "point_committed",
-            job=msg.job_id,
-            vm=msg.vm_name,
-            point=point_id,
-            status=msg.status,
-            disks=len(msg.disks),
-        )
-        metrics.WRITER_COMMITS.labels(result="ok").inc()
-        return CommitReply(msg.request_id, True, "", point_id)
+        return commit_queue_reply(self.repo, msg)
 
     def _reply(self, reply_to: str, key: str, reply: Message) -> None:
         try:
@@ -216,6 +205,48 @@ class WriterService:
         except UnroutableError:
             # the asker is gone (its exclusive queue died); it re-sends if it comes back
             log.warning("reply_unroutable", reply_to=reply_to, kind=reply.KIND)
+
+
+def commit_queue_reply(
+    repo: Repository, msg: CommitRequest | CommitPart | JobMarker
+) -> CommitReply:
+    """Handle one message of the commits queue; the reply says ok or why not."""
+    if isinstance(msg, CommitPart):
+        try:
+            repo.stage_commit_part(msg.request_id, msg.disk_key, msg.part, msg.entries)
+        except RepositoryError as exc:
+            log.error("commit_part_refused", part=msg.part_id, error=str(exc))
+            metrics.WRITER_COMMITS.labels(result="part_error").inc()
+            return CommitReply(msg.part_id, False, str(exc), "")
+        metrics.WRITER_COMMITS.labels(result="part_ok").inc()
+        return CommitReply(msg.part_id, True, "", "")
+    if isinstance(msg, JobMarker):
+        try:
+            if msg.op == "begin":
+                repo.begin_job(msg.job_id)
+            else:
+                repo.end_job(msg.job_id)
+        except (RepositoryError, OSError) as exc:
+            log.error("job_marker_failed", job=msg.job_id, op=msg.op, error=str(exc))
+            return CommitReply(msg.request_id, False, f"{type(exc).__name__}: {exc}", "")
+        log.info("job_marker", job=msg.job_id, op=msg.op)
+        return CommitReply(msg.request_id, True, "", "")
+    try:
+        point_id = repo.commit_point(msg)
+    except RepositoryError as exc:
+        log.error("commit_refused", job=msg.job_id, vm=msg.vm_name, error=str(exc))
+        metrics.WRITER_COMMITS.labels(result="error").inc()
+        return CommitReply(msg.request_id, False, str(exc), "")
+    log.info(
+        "point_committed",
+        job=msg.job_id,
+        vm=msg.vm_name,
+        point=point_id,
+        status=msg.status,
+        disks=len(msg.disks),
+    )
+    metrics.WRITER_COMMITS.labels(result="ok").inc()
+    return CommitReply(msg.request_id, True, "", point_id)
 
 
 def _queue_shard(queue: str) -> int:

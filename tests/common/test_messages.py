@@ -17,6 +17,26 @@ text = st.text(max_size=40)
 i64 = st.integers(min_value=0, max_value=2**63 - 1)
 scalar = st.one_of(st.none(), st.booleans(), i64, text, st.floats(allow_nan=False))
 pairs = st.lists(st.tuples(i64, st.one_of(st.just(b""), ids)), max_size=20)
+# sorted, distinct indexes with runs (what a disk's commit entries look like)
+sorted_pairs = st.lists(
+    st.tuples(st.integers(0, 2**40), st.one_of(st.just(b""), ids)),
+    max_size=30,
+    unique_by=lambda p: p[0],
+).map(sorted)
+
+
+@st.composite
+def commit_parts(draw: st.DrawFn) -> m.CommitPart:
+    request_id, disk_key, part = draw(text), draw(i64), draw(st.integers(0, 10**6))
+    return m.CommitPart(
+        request_id=request_id,
+        part_id=m.part_key(request_id, disk_key, part),
+        reply_to=draw(text),
+        disk_key=disk_key,
+        part=part,
+        entries=m.pack_entries(draw(sorted_pairs)),
+    )
+
 
 STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.BackupTask: st.builds(
@@ -91,6 +111,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
                 base_point_id=text,
                 entries=pairs,
                 info=st.dictionaries(text, scalar, max_size=4),
+                parts=st.integers(0, 10**6),
             ),
             max_size=3,
         ),
@@ -98,6 +119,14 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     ),
     m.CommitReply: st.builds(
         m.CommitReply, request_id=text, ok=st.booleans(), error=text, point_id=text
+    ),
+    m.CommitPart: commit_parts(),
+    m.JobMarker: st.builds(
+        m.JobMarker,
+        request_id=text,
+        reply_to=text,
+        job_id=text.filter(bool),
+        op=st.sampled_from(["begin", "end"]),
     ),
     m.JobEvent: st.builds(
         m.JobEvent,
@@ -198,3 +227,70 @@ def test_bool_is_not_an_int() -> None:
     body["shard"] = True
     with pytest.raises(m.MessageError, match="shard: expected int, got bool"):
         m.decode(msgpack.packb(body))
+
+
+# --- packed commit entries ------------------------------------------------------------
+
+
+@given(sorted_pairs)
+@settings(max_examples=300)
+def test_packed_entries_round_trip(entries: list[tuple[int, bytes]]) -> None:
+    packed = m.pack_entries(entries)
+    assert m.unpack_entries(packed) == entries
+    # runs: a long zero run costs one header
+    assert len(packed) <= 13 * len(entries) + 32 * sum(1 for _i, c in entries if c)
+
+
+def test_packed_entries_are_compact() -> None:
+    n = 100_000
+    # a disk's layout: allocated stretches (ids) between unallocated ones (zeros)
+    entries = [(i, (i % 7 + 1).to_bytes(1, "big") * 32 if i % 70 < 50 else b"") for i in range(n)]
+    packed = m.pack_entries(entries)
+    loose = len(m.encode(m.TaskResult("t", "j", "u", 1, True, "", entries, 0, 0, 0, 0, 0.0, "p")))
+    assert len(packed) < 0.9 * loose
+    zeros = m.pack_entries([(i, b"") for i in range(n)])
+    assert len(zeros) == 13
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=500)
+def test_packed_entries_garbage_raises_only_message_error(data: bytes) -> None:
+    with contextlib.suppress(m.MessageError):
+        m.unpack_entries(data)
+
+
+@pytest.mark.parametrize(
+    ("entries", "needle"),
+    [
+        ([(5, b""), (4, b"")], "out of order"),
+        ([(1, b"x")], "chunk id of 1 bytes"),
+        ([(-1, b"")], "out of order or out of range"),
+    ],
+)
+def test_pack_refuses_bad_entries(entries: list[tuple[int, bytes]], needle: str) -> None:
+    with pytest.raises(m.MessageError, match=needle):
+        m.pack_entries(entries)
+
+
+def test_commit_part_is_checked() -> None:
+    good = m.pack_entries([(0, b"\x01" * 32), (1, b"")])
+    m.CommitPart("r", m.part_key("r", 2000, 0), "q", 2000, 0, good)
+    with pytest.raises(m.MessageError, match="truncated"):
+        m.CommitPart("r", m.part_key("r", 2000, 0), "q", 2000, 0, good[:-1])
+    with pytest.raises(m.MessageError, match="does not match"):
+        m.CommitPart("r", m.part_key("r", 2000, 1), "q", 2000, 0, good)
+    body = _raw(m.CommitPart("r", m.part_key("r", 2000, 0), "q", 2000, 0, good))
+    body["entries"] = good + b"\x00"
+    with pytest.raises(m.MessageError, match="commit-part: packed entries: truncated"):
+        m.decode(msgpack.packb(body, use_bin_type=True))
+    with pytest.raises(m.MessageError, match="op 'start'"):
+        m.JobMarker("r", "q", "job", "start")
+
+
+def test_commit_request_version_2_is_required() -> None:
+    req = m.CommitRequest("r", "q", "j", "vc", "u", "vm-1", "vm", b"", "complete", 1.0, [], [])
+    body = _raw(req)
+    assert body["v"] == 2
+    body["v"] = 1
+    with pytest.raises(m.MessageError, match="unsupported version 1"):
+        m.decode(msgpack.packb(body, use_bin_type=True))

@@ -25,7 +25,15 @@ from common.amqp import (
     task_queue,
 )
 from common.chunk import chunk_id, is_zero
-from common.messages import BackupTask, CommitReply, CommitRequest, Message, TaskResult
+from common.messages import (
+    BackupTask,
+    CommitPart,
+    CommitRequest,
+    JobMarker,
+    Message,
+    TaskResult,
+)
+from repository_writer.service import commit_queue_reply
 
 
 class ProtocolPeer:
@@ -42,6 +50,9 @@ class ProtocolPeer:
         self.publisher = Publisher(broker, name="test-peer")
         self.tasks: list[BackupTask] = []
         self.commits: list[CommitRequest] = []
+        self.parts: list[CommitPart] = []
+        self.markers: list[JobMarker] = []
+        self.on_commit: Callable[[Message], None] | None = None  # runs before the writer's code
         self.fail_vm: set[str] = set()  # vm names whose tasks fail
         self.hold_vm: set[str] = set()  # vm names whose tasks get no answer
         self.on_task: Callable[[BackupTask], None] | None = None
@@ -59,7 +70,7 @@ class ProtocolPeer:
             broker,
             [QUEUE_COMMITS],
             self._on_commit,
-            expect=(CommitRequest,),
+            expect=(CommitRequest, CommitPart, JobMarker),
             prefetch=1,
             workers=1,
             name="test-peer-commits",
@@ -127,16 +138,21 @@ class ProtocolPeer:
         self.publisher.publish_sync("", t.results_to, res)
 
     def _on_commit(self, msg: Message, d: Delivery) -> None:
-        assert isinstance(msg, CommitRequest)
+        # the writer service's own handler for the commits queue
+        assert isinstance(msg, CommitRequest | CommitPart | JobMarker)
         with self._lock:
-            self.commits.append(msg)
-        try:
-            point_id, ok, err = self.repo.commit_point(msg), True, ""
-        except Exception as exc:
-            point_id, ok, err = "", False, f"{type(exc).__name__}: {exc}"
-        reply = CommitReply(request_id=msg.request_id, ok=ok, error=err, point_id=point_id)
+            if isinstance(msg, CommitRequest):
+                self.commits.append(msg)
+            elif isinstance(msg, CommitPart):
+                self.parts.append(msg)
+            else:
+                self.markers.append(msg)
+            hook = self.on_commit
+        if hook is not None:
+            hook(msg)
+        reply = commit_queue_reply(self.repo, msg)
         self.publisher.publish_sync(
-            "", msg.reply_to, reply, correlation_id=msg.request_id, persistent=False
+            "", msg.reply_to, reply, correlation_id=reply.request_id, persistent=False
         )
 
     def close(self) -> None:
