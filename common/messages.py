@@ -428,7 +428,7 @@ def _check(value: Any, tp: Any, where: str) -> Any:
     raise MessageError(f"{where}: unsupported schema type {tp}")  # a bug in this module
 
 
-def _from_fields(cls: type, data: dict[Any, Any], where: str) -> Any:
+def _from_fields(cls: Any, data: dict[Any, Any], where: str) -> Any:
     hints = _hints(cls)
     extra = [k for k in data if k not in hints]
     if extra:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import types
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -106,11 +107,11 @@ def config_class() -> Any:
             if exc.name != module_name:
                 raise
             continue
-        cls = getattr(module, class_name, None)
+        cls: Any = getattr(module, class_name, None)
         if cls is None:
             continue
         if is_list:
-            fields.append((name, list[cls], field(default_factory=list)))
+            fields.append((name, types.GenericAlias(list, (cls,)), field(default_factory=list)))
         else:
             fields.append((name, cls, field(default_factory=cls)))
     return dataclasses.make_dataclass("Config", fields, frozen=True)

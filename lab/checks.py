@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from lab.process import Lab
 
@@ -81,7 +82,8 @@ def vm_disk_files(lab: Lab, name: str) -> list[str]:
                 disks = [
                     d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)
                 ]
-                return [d.backing.fileName for d in sorted(disks, key=lambda d: d.key)]
+                backings: list[Any] = [d.backing for d in sorted(disks, key=lambda d: d.key)]
+                return [str(b.fileName) for b in backings]
     finally:
         view.Destroy()
     return []
