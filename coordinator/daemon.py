@@ -19,6 +19,7 @@ from common.logging import get_logger
 from coordinator.job import Job, Runtime, policy_of_job
 from coordinator.report import JobReport
 from coordinator.settings import PolicySettings
+from coordinator.startup import restore_metrics
 
 log = get_logger(__name__)
 
@@ -40,6 +41,7 @@ class Daemon:
         self._lock = threading.Lock()
         self.reports: list[JobReport] = []
         self.resumed: set[str] = set()
+        self.unfinished_jobs: set[str] = set()  # job ids of earlier runs found unfinished
 
     def stop(self) -> None:
         self._stop.set()
@@ -57,7 +59,19 @@ class Daemon:
                 p = policy_of_job(s.job_id)
                 if p in self.policies:
                     unfinished.add(p)
+                    self.unfinished_jobs.add(s.job_id)
         return unfinished
+
+    def end_stale_markers(self) -> None:
+        """End the running-backup markers of unfinished jobs of an earlier run: left
+        alone they would hold back gc for days (repository_writer/gc.py)."""
+        for job_id in sorted(self.unfinished_jobs - self.rt.running_jobs()):
+            try:
+                self.rt.job_marker(job_id, "end")
+            except Exception as exc:
+                log.warning("stale_job_marker_not_ended", job=job_id, error=str(exc))
+            else:
+                log.info("stale_job_marker_ended", job=job_id)
 
     def start_job(self, name: str, why: str) -> bool:
         with self._lock:
@@ -88,7 +102,9 @@ class Daemon:
 
     def run(self, max_seconds: float | None = None) -> None:
         t_end = None if max_seconds is None else time.monotonic() + max_seconds
+        restore_metrics(self.rt.history.repo, self.policies)
         self.resumed = self.sweep_all()
+        self.end_stale_markers()
         for name in sorted(self.resumed):
             self.start_job(name, "resume: an earlier run left this job unfinished")
         now = self.clock()

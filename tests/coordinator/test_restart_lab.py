@@ -87,6 +87,7 @@ def test_killed_coordinator_orphan_swept_and_job_resumed(
         proc.wait(10)
     left = open_snapshots(lab)
     assert left, "the killed coordinator should have left its snapshot behind"
+    (killed,) = [j["job_id"] for j in env.repo.running_jobs()]  # its gc marker too
 
     # restart (same coordinator id): the sweep finds the orphan, removes it, and the
     # policy of the unfinished job runs again
@@ -95,6 +96,9 @@ def test_killed_coordinator_orphan_swept_and_job_resumed(
     daemon = Daemon(rt, [PolicySettings(name="nightly")])
     assert daemon.sweep_all() == {"nightly"}
     assert not open_snapshots(lab)
+    assert daemon.unfinished_jobs == {killed}
+    daemon.end_stale_markers()
+    assert env.repo.running_jobs() == []
     assert daemon.start_job("nightly", "resume")
     assert daemon.wait_idle(120)
     (rep,) = daemon.reports
