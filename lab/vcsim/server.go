@@ -94,6 +94,16 @@ func (l *lab) frontHandler(inner http.Handler) http.Handler {
 				if l.serveFailingSnapshot(w, body, f.failSnapshotVM) {
 					return
 				}
+			case "RetrievePropertiesEx":
+				if l.serveRetrievePropertiesEx(w, r, inner, body, session) {
+					return
+				}
+			case "ContinueRetrievePropertiesEx":
+				l.serveContinueRetrievePropertiesEx(w, body, session)
+				return
+			case "CancelRetrievePropertiesEx":
+				l.serveCancelRetrievePropertiesEx(w, body, session)
+				return
 			}
 		}
 		rec := &cookieRecorder{ResponseWriter: w}

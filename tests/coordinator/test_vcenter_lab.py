@@ -103,6 +103,60 @@ def test_discovery_placement_and_round_trips(lab: Lab) -> None:
         assert sel.selected and all(v.cluster == one for v in sel.selected)
 
 
+def test_discovery_pages_when_the_page_is_smaller_than_the_inventory(lab: Lab) -> None:
+    from pyVmomi import vim, vmodl
+
+    from coordinator.discovery import _PLACEMENT_TYPES, VM_PROPERTIES, retrieve_paged
+
+    with Connection(vcenter_settings(lab)).connect() as c:
+        one = discover(c, page_size=10_000)
+        assert one.pages == 1
+        types = {**_PLACEMENT_TYPES, vim.VirtualMachine: VM_PROPERTIES}
+        objects = len(list(retrieve_paged(c, types, 10_000)))
+        assert objects > len(lab.vms()) == 10
+        before = dict(c.calls)
+        paged = discover(c, page_size=3)
+        assert paged.pages == -(-objects // 3)  # round trips grow with pages
+        assert c.calls["RetrievePropertiesEx"] - before.get("RetrievePropertiesEx", 0) == 1
+        assert (
+            c.calls["ContinueRetrievePropertiesEx"] - before.get("ContinueRetrievePropertiesEx", 0)
+            == paged.pages - 1
+        )
+        assert paged.round_trips <= 2 + paged.pages
+        # the same inventory, whatever the page size
+        assert sorted((v.moref, v.name, v.host, v.cluster, v.datacenter) for v in paged.vms) == (
+            sorted((v.moref, v.name, v.host, v.cluster, v.datacenter) for v in one.vms)
+        )
+        assert sorted((v.moref, [d.key for d in v.disks]) for v in paged.vms) == sorted(
+            (v.moref, [d.key for d in v.disks]) for v in one.vms
+        )
+
+        # a token is good for one continuation; a cancelled one is refused
+        pc = c.content.propertyCollector
+        view = c.content.viewManager.CreateContainerView(
+            c.content.rootFolder, [vim.VirtualMachine], True
+        )
+        PC = vmodl.query.PropertyCollector
+        spec = PC.FilterSpec(
+            objectSet=[
+                PC.ObjectSpec(
+                    obj=view,
+                    skip=True,
+                    selectSet=[
+                        PC.TraversalSpec(name="v", path="view", type=vim.view.ContainerView)
+                    ],
+                )
+            ],
+            propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=["name"])],
+        )
+        res = pc.RetrievePropertiesEx([spec], PC.RetrieveOptions(maxObjects=4))
+        assert len(res.objects) == 4 and res.token
+        pc.CancelRetrievePropertiesEx(res.token)
+        with pytest.raises(vmodl.fault.InvalidArgument):
+            pc.ContinueRetrievePropertiesEx(res.token)
+        view.DestroyView()
+
+
 @pytest.fixture(scope="module")
 def plain_lab() -> Iterator[Lab]:
     with Lab.start(LabSpec(vms_per_host=1, disk_sizes=[6 * MiB + 4096]), plain=True) as lab:
