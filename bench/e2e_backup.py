@@ -271,6 +271,7 @@ class Bench:
         self.work = work
         self.results: list[RunResult] = []
         self.failures: list[str] = []
+        self.lab_snapshots: dict[str, float] = {}
 
     def record(self, r: RunResult) -> RunResult:
         self.results.append(r)
@@ -310,6 +311,14 @@ class Bench:
                     ours.stack.workdir / sub, Path(self.args.keep_logs) / sub, dirs_exist_ok=True
                 )
         shutil.rmtree(self.work / "vmbackup", ignore_errors=True)
+        la = load1()
+        create, remove = lab_snapshot_seconds(lab)
+        self.lab_snapshots = {"create": create, "remove": remove}
+        print(
+            f"  lab alone: snapshot of every VM, one at a time: create {create:.1f} s, "
+            f"remove {remove:.1f} s (load {la:.2f}->{load1():.2f})",
+            flush=True,
+        )
 
     def theirs(self, tool: Tool, disks: list[Disk], changes: list[ChangeSet], rdisk: Disk) -> None:
         print(f"{tool.name}:", flush=True)
@@ -343,6 +352,32 @@ class Bench:
             for cs in reversed(changes):
                 cs.revert(disks)
             tool.cleanup()
+
+
+def lab_snapshot_seconds(lab: Lab) -> tuple[float, float]:
+    """Create and remove a snapshot of every VM, one at a time: (create s, remove s).
+
+    This is what the simulator alone costs a job (it copies and hashes every disk at
+    CreateSnapshot); ESXi instead switches the VM to a delta disk in about a second.
+    """
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    si = lab.connect()
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    create = remove = 0.0
+    try:
+        for vm in view.view:
+            t0 = time.perf_counter()
+            WaitForTask(vm.CreateSnapshot_Task("bench", "", False, False))
+            t1 = time.perf_counter()
+            WaitForTask(vm.snapshot.currentSnapshot.RemoveSnapshot_Task(False))
+            create += t1 - t0
+            remove += time.perf_counter() - t1
+    finally:
+        view.Destroy()
+    return create, remove
 
 
 def wait_for_quiet(limit: float, max_seconds: float, period: float = 20.0) -> None:
@@ -451,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                 "changed_disks": {cs.name: len(cs.disks_touched()) for cs in changes},
                 "restore_capacity": restore_cap,
                 "seconds_total": round(time.monotonic() - t_start, 1),
+                "lab_snapshot_seconds": bench.lab_snapshots,
             }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -514,6 +550,12 @@ def print_tables(meta: dict[str, Any], results: list[RunResult]) -> None:
                 f"| {t} | {r.wall:.1f} | {cap / r.wall / 1e6:.0f} | {r.ok} | {r.note} | "
                 f"{r.load_before:.2f}→{r.load_after:.2f} |"
             )
+    snaps = meta.get("lab_snapshot_seconds") or {}
+    if snaps:
+        print(
+            f"\nlab alone, snapshot create + remove of every VM one at a time: "
+            f"{snaps['create']:.1f} s + {snaps['remove']:.1f} s"
+        )
     print("\nvmbackup per run (deltas over the run: CPU s per process, metrics summed):")
     for r in results:
         if r.tool == "vmbackup" and r.what != "restore":
