@@ -1,76 +1,89 @@
 """Proxy throughput per transport, side by side in one run with its baselines.
 
-For each transport (file, nbd via nbdkit): the bare read rate of the disk's allocated data,
-the bare BLAKE3 + zstd rate of the same data (pipeline_workers threads), a bare windowed
-publish+consume of the bytes that actually had to be sent, and the pipeline end to end into
-a real writer (repository_writer.service) on the real broker, with chunk messages transient
-and persistent. Also: the bytes sent for a clone of an already backed-up template, and the
-peak of the proxy's chunk-memory budget for the whole disk as one task.
+A lab (vcsim) with two VMs whose disks hold the same mixed data, the second a clone of the
+first (template) with 2 % of its blocks rewritten. Per transport (file, nbd via nbdkit's file
+plugin, http through the lab's /folder URL):
 
-    .venv/bin/python -m bench.proxy_throughput [--size-mib 4096]
+- bare read: the transport reading the disk's allocated data (what the pipeline reads);
+- bare BLAKE3 + zstd: ``--workers`` threads hashing and compressing a sample of that data;
+- bare publish+consume: windowed publish (confirms) of the payload the pipeline actually
+  sent, in batch-sized messages, consumed by another process;
+- the pipeline end to end: the proxy in its own process (``--child``) sending to a real
+  ``vmbackup writer`` process (fresh repository), chunk messages transient and persistent,
+  then the clone through the same writer (bytes sent / allocated).
+
+What runs where (2 shared cores): this process runs the baselines and the lab client; the
+proxy, the writer, RabbitMQ and the lab (http only) are separate processes. The baselines
+run alone, the pipeline shares the cores with the writer (decompress, re-hash, fsync) and
+the broker, which is the deployment shape minus the network. RSS is the proxy process's
+peak (getrusage), next to the peak of its chunk-memory budget.
+
+    .venv/bin/python -m bench.proxy_throughput [--size-mib 4096] [--transports file,nbd,http]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import resource
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common.amqp import BrokerParams, Consumer, Publisher, ReplyQueue
+from common.amqp import BrokerParams, Publisher, open_blocking
 from common.chunk import chunk_id, compress, is_zero
 from common.messages import ChunkBatch
 from proxy_worker.budget import MemoryBudget
-from proxy_worker.pipeline import PipelineConfig, TaskPipeline
-from proxy_worker.settings import NbdSettings, ProxySettings
+from proxy_worker.heap import limit_heap_retention
+from proxy_worker.pipeline import PipelineConfig, TaskPipeline, TaskStats
+from proxy_worker.settings import (
+    HttpSettings,
+    NbdSettings,
+    ProxySettings,
+    VCenterAccess,
+    VCenterDirectory,
+)
 from proxy_worker.transports.base import DiskReader, DiskSource
 from proxy_worker.transports.file import FileTransport
+from proxy_worker.transports.http import HttpTransport
 from proxy_worker.transports.nbd import NbdTransport
 from proxy_worker.writers import WriterLink
-from repository_writer.repository import Repository
-from repository_writer.service import WriterService
 
 MiB = 1 << 20
 CHUNK = 1 * MiB
 SHARDS = 4
 LEVEL = 1
+BATCH = 4 * MiB
+CPU_SAMPLE = 512 * MiB  # bytes of allocated data the bare hash+zstd baseline processes
 
 
-def make_disks(root: Path, size: int, seed: int = 1) -> tuple[Path, Path]:
-    """template and clone flat files: mixed 1 MiB blocks (25 % template-shared, 20 % text,
-    15 % random, 5 % written zeros, rest holes); the clone rewrites 2 % of the blocks."""
+def fill_disks(tpl: Path, clone: Path, size: int, seed: int = 1) -> None:
+    """Mixed 1 MiB blocks (25 % shared with the template, 20 % text, 15 % random, 5 %
+    written zeros, rest holes); the clone equals the template except 2 % rewritten blocks."""
     rnd = random.Random(seed)
     words = [rnd.randbytes(rnd.randint(3, 9)).hex().encode() for _ in range(500)]
-    tpl, clone = root / "tpl/disk-flat.vmdk", root / "clone/disk-flat.vmdk"
-    for p in (tpl, clone):
-        p.parent.mkdir(parents=True)
     with open(tpl, "wb") as ft, open(clone, "wb") as fc:
         ft.truncate(size)
         fc.truncate(size)
         for off in range(0, size, CHUNK):
             r = rnd.random()
-            if r < 0.25:
+            if r < 0.25 or 0.45 <= r < 0.60:
                 data = rnd.randbytes(CHUNK)
             elif r < 0.45:
                 line = b" ".join(rnd.choice(words) for _ in range(12)) + b"\n"
-                data = (line * (CHUNK // len(line) + 1))[:CHUNK]
-                data = (
-                    bytes(
-                        rnd.randrange(256) if i % 4096 == 0 else b
-                        for i, b in enumerate(data[:8192])
-                    )
-                    + data[8192:]
-                )
-            elif r < 0.60:
-                data = rnd.randbytes(CHUNK)
+                text = bytearray((line * (CHUNK // len(line) + 1))[:CHUNK])
+                for i in range(0, 8192, 4096):  # a few unique bytes: no two blocks alike
+                    text[i] = rnd.randrange(256)
+                data = bytes(text)
             elif r < 0.65:
                 data = bytes(CHUNK)
             else:
@@ -81,112 +94,196 @@ def make_disks(root: Path, size: int, seed: int = 1) -> tuple[Path, Path]:
             if rnd.random() < 0.02:
                 fc.seek(off)
                 fc.write(rnd.randbytes(CHUNK))
-    return tpl, clone
 
 
-def source(path: Path, size: int) -> DiskSource:
-    rel = path.parent.name + "/disk.vmdk"
-    return DiskSource("vc", "DC0", "esx", "ds", "vm-1", "snapshot-1", f"[ds] {rel}", size)
-
-
-def chunks_of(r: DiskReader) -> list[tuple[int, int]]:
-    out = []
+def allocated_chunks(r: DiskReader) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
     for e in r.extents(0, r.capacity):
         if e.data:
-            start = e.offset - e.offset % CHUNK
-            for o in range(start, e.end, CHUNK):
+            for o in range(e.offset - e.offset % CHUNK, e.end, CHUNK):
                 if not out or out[-1][0] != o:
                     out.append((o, min(CHUNK, r.capacity - o)))
     return out
 
 
-def bare_read(r: DiskReader) -> tuple[float, int, list[bytes]]:
-    ranges = chunks_of(r)
+def bare_read(r: DiskReader) -> tuple[float, int]:
+    ranges = allocated_chunks(r)
     t0 = time.perf_counter()
-    n = 0
-    for _, b in r.read_many(ranges):
-        n += len(b)
-    return time.perf_counter() - t0, n, []
+    n = sum(len(b) for _, b in r.read_many(ranges))
+    return time.perf_counter() - t0, n
 
 
 def bare_cpu(r: DiskReader, workers: int) -> tuple[float, int]:
-    data = [bytes(b) for _, b in r.read_many(chunks_of(r)[:2048])]
-    nz = [d for d in data if not is_zero(d)]
+    """Hash + compress (zero chunks only checked) of a sample of the allocated data;
+    only the CPU stage is timed, in batches so the sample never sits in memory at once."""
 
-    def work(d: bytes) -> int:
+    def work(d: bytes | bytearray) -> int:
+        if is_zero(d):
+            return 0
         chunk_id(d)
         return len(compress(d, LEVEL)[0])
 
-    t0 = time.perf_counter()
+    ranges = allocated_chunks(r)[: CPU_SAMPLE // CHUNK]
+    spent, n = 0.0, 0
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(work, nz))
-    return time.perf_counter() - t0, sum(len(d) for d in data)
+        for i in range(0, len(ranges), 64):
+            data = [b for _, b in r.read_many(ranges[i : i + 64])]
+            t0 = time.perf_counter()
+            list(pool.map(work, data))
+            spent += time.perf_counter() - t0
+            n += sum(len(d) for d in data)
+    return spent, n
 
 
-def bare_publish_consume(params: BrokerParams, nbytes: int, batch: int) -> float:
-    n = max(1, nbytes // batch)
-    payload = os.urandom(batch)
-    got = threading.Event()
-    count = [0]
-
-    def handle(_m: object, _d: object) -> None:
-        count[0] += 1
-        if count[0] >= n:
-            got.set()
-
-    cons = Consumer(
-        params,
-        ["bench.bare"],
-        handle,
-        prefetch=64,
-        workers=1,
-        declare=lambda ch: ch.queue_declare("bench.bare", durable=True),
-        name="bench-bare",
-    ).start()
-    cons.ready.wait(30)
+def bare_publish_consume(params: BrokerParams, nbytes: int) -> float:
+    """Publish ``nbytes`` as BATCH-sized ChunkBatch messages (confirm window as the proxy's
+    publisher) to a queue that a consumer in another process drains; time until all arrived."""
+    n = max(1, nbytes // BATCH)
+    queue = f"bench.bare.{uuid.uuid4().hex[:8]}"
+    conn = open_blocking(params, "bench-setup")
+    conn.channel().queue_declare(queue, durable=True)
+    conn.close()
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "bench.proxy_throughput", "--consume", queue, str(n)],
+        env={**os.environ, "BENCH_BROKER_URL": params.url},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert consumer.stdout is not None
+    if consumer.stdout.readline().strip() != "ready":
+        raise RuntimeError("bench consumer did not start")
+    payload = os.urandom(BATCH)
     msg = ChunkBatch(
-        batch_id="b", task_id="t", reply_to="x", chunks=[(bytes(32), batch, False, payload)]
+        batch_id="b", task_id="t", reply_to="x", chunks=[(bytes(32), BATCH, False, payload)]
     )
     with Publisher(params, name="bench-pub") as pub:
         t0 = time.perf_counter()
-        futs = [pub.publish("", "bench.bare", msg, persistent=False) for _ in range(n)]
+        futs = [pub.publish("", queue, msg, persistent=False) for _ in range(n)]
         pub.flush(futs)
-        got.wait(600)
+        consumer.stdout.readline()  # "done"
         dt = time.perf_counter() - t0
-    cons.stop(10)
+    consumer.wait(60)
+    conn = open_blocking(params, "bench-setup")
+    conn.channel().queue_delete(queue)
+    conn.close()
     return dt
 
 
+def consume_main(queue: str, n: int) -> None:
+    params = BrokerParams(url=os.environ["BENCH_BROKER_URL"])
+    conn = open_blocking(params, "bench-consumer")
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=16)
+    got = 0
+
+    def on_msg(ch: Any, m: Any, _p: Any, _b: bytes) -> None:
+        nonlocal got
+        ch.basic_ack(m.delivery_tag)
+        got += 1
+        if got >= n:
+            ch.stop_consuming()
+
+    ch.basic_consume(queue, on_msg)
+    print("ready", flush=True)
+    ch.start_consuming()
+    print("done", flush=True)
+    conn.close()
+
+
+# --- the proxy in its own process ------------------------------------------------------------
+
+
+def open_transport(spec: dict[str, Any]) -> Any:
+    settings = ProxySettings(
+        datastore_mounts=spec["mounts"], nbd=NbdSettings(server="file", in_flight=8)
+    )
+    if spec["transport"] == "file":
+        return FileTransport(settings)
+    if spec["transport"] == "nbd":
+        return NbdTransport(settings)
+    vc = VCenterAccess(**spec["vc"])
+    return HttpTransport(HttpSettings(), VCenterDirectory([vc]))
+
+
 def run_pipeline(
-    params: BrokerParams,
-    transport: object,
-    src: DiskSource,
-    persistent: bool,
-    budget: MemoryBudget,
-    workers: int,
-) -> tuple[float, object]:
+    link: WriterLink, transport: Any, src: DiskSource, budget: MemoryBudget, workers: int
+) -> tuple[float, TaskStats]:
+    cfg = PipelineConfig(chunk_size=CHUNK, compression_level=LEVEL, n_shards=SHARDS)
+    with ThreadPoolExecutor(workers) as pool, transport.open(src) as r:
+        t0 = time.perf_counter()
+        st = TaskPipeline(r, link, pool, budget, cfg, uuid.uuid4().hex).run(
+            [(0, src.capacity)], src.capacity
+        )
+        return time.perf_counter() - t0, st
+
+
+def child_main(spec_json: str) -> None:
+    """One proxy process: the template, then the clone, through the pipeline."""
+    from common.amqp import ReplyQueue
+
+    spec = json.loads(spec_json)
+    if spec.get("heap", True):
+        limit_heap_retention()  # as `vmbackup proxy` does
+    params = BrokerParams(url=spec["url"])
+    transport = open_transport(spec)
     pub = Publisher(params, name="bench-proxy")
     replies = ReplyQueue(params, name="bench-proxy-replies")
-    link = WriterLink(pub, replies, persistent_chunks=persistent, timeout=120)
-    cfg = PipelineConfig(
-        chunk_size=CHUNK,
-        compression_level=LEVEL,
-        n_shards=SHARDS,
-        batch_bytes=4 * MiB,
-        have_batch=256,
-        window_bytes=32 * MiB,
-        partial_cap=32 * MiB,
-    )
+    link = WriterLink(pub, replies, persistent_chunks=spec["persistent"], timeout=120)
+    budget = MemoryBudget(256 * MiB)
+    out: dict[str, Any] = {}
     try:
-        with ThreadPoolExecutor(workers) as pool, transport.open(src) as r:  # type: ignore[attr-defined]
-            t0 = time.perf_counter()
-            st = TaskPipeline(r, link, pool, budget, cfg, uuid.uuid4().hex).run(
-                [(0, src.capacity)], src.capacity
-            )
-            return time.perf_counter() - t0, st
+        for which in ("tpl", "clone"):
+            src = DiskSource(**spec[which])
+            dt, st = run_pipeline(link, transport, src, budget, spec["workers"])
+            out[which] = {"seconds": dt, **{k: v for k, v in vars(st).items() if k != "entries"}}
     finally:
         replies.close()
         pub.close()
+        transport.close()
+    out["budget_peak"] = budget.peak
+    out["rss_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(out), flush=True)
+
+
+def start_writer(
+    root: Path, repo_root: Path, params: BrokerParams, tag: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    repo = repo_root / f"vmbackup-bench-repo-{tag}-{uuid.uuid4().hex[:6]}"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "common.cli",
+            "repo",
+            "init",
+            str(repo),
+            "--chunk-size",
+            str(CHUNK),
+            "--compression-level",
+            str(LEVEL),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    cfg = root / f"writer-{tag}.toml"
+    cfg.write_text(
+        f'[broker]\nurl = "{params.url}"\nn_shards = {SHARDS}\n'
+        f'[metrics]\nport = 0\n[repository]\npath = "{repo}"\n'
+        f'[writer]\nname = "bench-writer-{tag}"\nconsume_commits = false\n'
+    )
+    log = root / f"writer-{tag}.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "common.cli", "writer", "--config", str(cfg)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while b"writer_started" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"writer did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return proc, repo
 
 
 def rabbitmqctl(*a: str) -> None:
@@ -197,87 +294,147 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--transports", default="file,nbd,http")
+    ap.add_argument("--persistence", default="false,true")
+    ap.add_argument(
+        "--repo-dir",
+        default="/dev/shm",
+        help="where the writer's repository lives (default tmpfs: writers are other machines "
+        "with their own disks, so this VM's fsync latency is not the proxy's)",
+    )
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--consume", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        child_main(args.child)
+        return
+    if args.consume:
+        consume_main(args.consume[0], int(args.consume[1]))
+        return
+
+    from lab import Lab, LabSpec
+
     size = args.size_mib * MiB
     root = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     vhost = f"bench-proxy-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", vhost)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     params = BrokerParams().with_vhost(vhost)
+    spec = LabSpec(
+        clusters=1,
+        hosts_per_cluster=1,
+        vms_per_host=2,
+        disk_sizes=[size],
+        local_datastores=False,
+        power_on=False,
+    )
+    rows = []
     try:
-        tpl, clone = make_disks(root, size)
-        settings = ProxySettings(datastore_mounts={"ds": str(root)}, nbd=NbdSettings(server="file"))
-        transports = {"file": FileTransport(settings), "nbd": NbdTransport(settings)}
-        rows = []
-        for name, t in transports.items():
-            with t.open(source(tpl, size)) as r:
-                rt, rn, _ = bare_read(r)
-            with t.open(source(tpl, size)) as r:
-                ct, cn = bare_cpu(r, args.workers)
-            for persistent in (False, True):
-                repo_dir = root / f"repo-{name}-{persistent}"
-                repo = Repository.init(repo_dir, chunk_size=CHUNK, compression_level=LEVEL)
-                w = WriterService(
-                    repo,
-                    params,
-                    n_shards=SHARDS,
-                    consume_commits=False,
-                    name=f"bench-w-{name}-{persistent}",
-                ).start()
-                budget = MemoryBudget(256 * MiB)
-                try:
-                    pt, st = run_pipeline(
-                        params, t, source(tpl, size), persistent, budget, args.workers
-                    )
-                    _ct2, st2 = run_pipeline(
-                        params, t, source(clone, size), persistent, budget, args.workers
-                    )
-                finally:
-                    w.chunk_consumer.stop(10)
-                    w.publisher.close()
-                    shutil.rmtree(repo_dir, ignore_errors=True)
-                bt = bare_publish_consume(params, st.bytes_sent, 4 * MiB)  # type: ignore[attr-defined]
-                rows.append(
-                    (
-                        name,
-                        persistent,
-                        rn / rt,
-                        cn / ct,
-                        st.bytes_sent / bt,
-                        size / pt,  # type: ignore[attr-defined]
-                        st,
-                        st2,
-                        budget.peak,
+        with Lab.start(spec) as lab:
+            vms = lab.vms()
+            srcs = []
+            for vm in vms[:2]:
+                d = vm["disks"][0]
+                ds = d["file"][1:].split("]", 1)[0]
+                srcs.append(
+                    DiskSource(
+                        "lab",
+                        vm["datacenter"],
+                        vm["host"],
+                        ds,
+                        vm["moref"],
+                        "",
+                        d["file"],
+                        d["capacity"],
                     )
                 )
-        print(
-            "| transport | chunk msgs persistent | bare read | bare BLAKE3+zstd | "
-            "bare publish+consume | pipeline | pipeline / slowest | pipeline per core | "
-            "clone bytes sent / allocated | budget peak MiB |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for name, pers, rr, cr, br, pr, st, st2, peak in rows:
-            # every rate as disk MB/s: each stage only sees its share of the disk
-            read_r = rr * size / st.bytes_read  # type: ignore[attr-defined]
-            cpu_r = cr * size / st.bytes_read  # type: ignore[attr-defined]
-            pub_r = br * size / max(1, st.bytes_sent)  # type: ignore[attr-defined]
-            slowest = min(read_r, cpu_r, pub_r)
-            alloc2 = st2.bytes_read  # type: ignore[attr-defined]
-            sent2 = st2.bytes_sent  # type: ignore[attr-defined]
-            print(
-                f"| {name} | {pers} | {read_r / 1e6:.0f} | {cpu_r / 1e6:.0f} | {pub_r / 1e6:.0f} | "
-                f"{pr / 1e6:.0f} | {pr / slowest:.2f} | {pr / 1e6 / args.workers:.0f} | "
-                f"{sent2 / alloc2:.3f} | {peak / MiB:.0f} |"
+            t0 = time.perf_counter()
+            clone_path = lab.local_path(srcs[1].disk_file)
+            fill_disks(lab.local_path(srcs[0].disk_file), clone_path, size)
+            clone_alloc = os.stat(clone_path).st_blocks * 512
+            print(f"# disks filled in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            vc = dict(
+                name="lab",
+                url=lab.url,
+                user=lab.user,
+                password=lab.password,
+                thumbprint=lab.thumbprint,
             )
-        st: Any = rows[0][6]
-        print(
-            f"\ndisk {size / MiB:.0f} MiB: read {st.bytes_read / MiB:.0f} MiB, "
-            f"zero {st.bytes_zero / MiB:.0f}, known {st.bytes_known / MiB:.0f}, "
-            f"sent raw {st.bytes_raw_sent / MiB:.0f} -> payload {st.bytes_sent / MiB:.0f} MiB"
-        )
+            for name in args.transports.split(","):
+                cspec = {"transport": name, "mounts": lab.datastores, "vc": vc}
+                t = open_transport(cspec)
+                with t.open(srcs[0]) as r:
+                    rt, rn = bare_read(r)
+                with t.open(srcs[0]) as r:
+                    ct, cn = bare_cpu(r, args.workers)
+                t.close()
+                for pers in args.persistence.split(","):
+                    persistent = pers == "true"
+                    writer, repo = start_writer(root, Path(args.repo_dir), params, f"{name}-{pers}")
+                    try:
+                        child = subprocess.run(
+                            [
+                                sys.executable,
+                                "-m",
+                                "bench.proxy_throughput",
+                                "--child",
+                                json.dumps(
+                                    {
+                                        **cspec,
+                                        "url": params.url,
+                                        "persistent": persistent,
+                                        "workers": args.workers,
+                                        "tpl": vars(srcs[0]),
+                                        "clone": vars(srcs[1]),
+                                    }
+                                ),
+                            ],
+                            check=True,
+                            capture_output=True,
+                            text=True,
+                        )
+                    finally:
+                        writer.send_signal(signal.SIGTERM)
+                        writer.wait(60)
+                        shutil.rmtree(repo, ignore_errors=True)
+                    res = json.loads(child.stdout.strip().splitlines()[-1])
+                    bt = bare_publish_consume(params, res["tpl"]["bytes_sent"])
+                    rows.append((name, persistent, rn / rt, cn / ct, bt, res, clone_alloc))
+                    print(f"# {name} {persistent}: {res}", file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
         rabbitmqctl("delete_vhost", vhost)
+    print_table(rows, size)
+
+
+def print_table(rows: list[Any], size: int) -> None:
+    print(
+        "| transport | chunk msgs persistent | bare read | bare BLAKE3+zstd | "
+        "bare publish+consume | pipeline | pipeline / slowest | pipeline per core (/2) | "
+        "clone sent / allocated | budget peak MiB | proxy RSS peak MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, pers, read_rate, cpu_rate, bt, res, clone_alloc in rows:
+        st = res["tpl"]
+        # every rate in disk MB/s: each stage only sees its share of the disk
+        read_r = read_rate * size / st["bytes_read"]
+        cpu_r = cpu_rate * size / st["bytes_read"]
+        pub_r = size / bt
+        pipe_r = size / st["seconds"]
+        slowest = min(read_r, cpu_r, pub_r)
+        clone = res["clone"]
+        print(
+            f"| {name} | {pers} | {read_r / 1e6:.0f} | {cpu_r / 1e6:.0f} | {pub_r / 1e6:.0f} | "
+            f"{pipe_r / 1e6:.0f} | {pipe_r / slowest:.2f} | {pipe_r / 1e6 / 2:.0f} | "
+            f"{clone['bytes_sent'] / clone_alloc:.3f} | "
+            f"{res['budget_peak'] / MiB:.0f} | {res['rss_peak'] / MiB:.0f} |"
+        )
+    st = rows[0][5]["tpl"]
+    print(
+        f"\ndisk {size / MiB:.0f} MiB ({rows[0][0]}): read {st['bytes_read'] / MiB:.0f} MiB, "
+        f"zero {st['bytes_zero'] / MiB:.0f}, known {st['bytes_known'] / MiB:.0f}, "
+        f"sent raw {st['bytes_raw_sent'] / MiB:.0f} -> payload {st['bytes_sent'] / MiB:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

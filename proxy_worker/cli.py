@@ -27,8 +27,11 @@ def run(args: argparse.Namespace) -> int:
     from common.amqp import BrokerParams, stop_on_signals
     from common.logging import get_logger, setup_logging
     from common.settings import load_config
+    from proxy_worker.heap import limit_heap_retention
     from proxy_worker.service import ProxyService
     from proxy_worker.settings import VCenterAccess, VCenterDirectory
+
+    limit_heap_retention()  # before the first chunk buffer: see proxy_worker/heap.py
 
     try:
         cfg = load_config(args.config)

@@ -1,12 +1,16 @@
 """One task through the pipeline: read -> zero check -> hash -> have-query -> compress -> send.
 
-Two threads per task plus a shared worker pool:
+Three threads per task plus a shared worker pool, each stage one window ahead of the next:
 - the task's thread reads chunks in disk order (holes the transport reports are never
   read), drops zero chunks, and hands non-zero ones to the pool for hashing, in windows;
-- a sender thread takes each window, asks the owning writers which ids they hold, has the
-  pool compress only the unknown chunks, packs them into per-shard batches and publishes.
-Hashing and zstd release the GIL, so the pool keeps both cores busy while reading goes on.
-Every chunk byte in flight is charged to the proxy's MemoryBudget before it is read.
+- a query thread takes each hashed window, asks the owning writers which ids they hold and
+  has the pool compress only the unknown chunks;
+- a sender thread packs the compressed chunks into per-shard batches, publishes them and
+  collects the writers' acks.
+So the have-query round trip of one window overlaps reading and hashing of the next and
+packing and publishing of the previous one. Hashing and zstd release the GIL, so the pool
+keeps both cores busy. Every chunk byte in flight is charged to the proxy's MemoryBudget
+before it is read.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ class PipelineConfig:
     have_batch: int = 256
     window_bytes: int = 32 << 20  # chunk bytes handed to the sender at once
     partial_cap: int = 32 << 20  # payload bytes a task may keep in unsent partial batches
+    # Encoded bytes a task may have at the publisher before the broker confirms them: the
+    # encoded message and pika's frames are copies of the payload outside the chunk budget.
+    unconfirmed_cap: int = 16 << 20
 
 
 @dataclass
@@ -111,7 +118,8 @@ class TaskPipeline:
         self.abort = threading.Event()
         self.budget = TaskBudget(budget, self.abort)
         self.stats = TaskStats()
-        self._windows: queue.Queue[object] = queue.Queue(maxsize=1)
+        self._windows: queue.Queue[object] = queue.Queue(maxsize=1)  # reader -> query
+        self._answered: queue.Queue[object] = queue.Queue(maxsize=1)  # query -> sender
         self._error: BaseException | None = None
         self._lock = threading.Lock()
 
@@ -119,15 +127,21 @@ class TaskPipeline:
     def run(self, ranges: list[tuple[int, int]], capacity: int) -> TaskStats:
         t0 = time.monotonic()
         plan = plan_chunks(ranges, self.cfg.chunk_size, capacity)
-        sender = threading.Thread(target=self._sender, name=f"send-{self.task_id[:12]}")
-        sender.start()
+        tag = self.task_id[:12]
+        stages = [
+            threading.Thread(target=self._stage, args=(self._query_loop,), name=f"query-{tag}"),
+            threading.Thread(target=self._stage, args=(self._send_loop,), name=f"send-{tag}"),
+        ]
+        for t in stages:
+            t.start()
         try:
             self._read(plan)
         except BaseException as exc:
             self._fail(exc)
         finally:
-            self._put(_END)
-            sender.join()
+            self._put(self._windows, _END)
+            for t in stages:
+                t.join()
             self.budget.release_all()
         if self._error is not None:
             raise self._error
@@ -140,17 +154,17 @@ class TaskPipeline:
                 self._error = exc
         self.abort.set()
 
-    def _put(self, item: object) -> None:
+    def _put(self, q: queue.Queue[object], item: object) -> None:
         while True:
             try:
-                self._windows.put(item, timeout=0.1)
+                q.put(item, timeout=0.1)
                 return
             except queue.Full:
                 if self.abort.is_set() and item is not _END:
-                    raise InterruptedError("sender stopped") from None
-                if self.abort.is_set():  # drop a stuck window so the sender sees the end
+                    raise InterruptedError("next stage stopped") from None
+                if self.abort.is_set():  # drop a stuck window so the next stage sees the end
                     with contextlib.suppress(queue.Empty):
-                        self._windows.get_nowait()
+                        q.get_nowait()
 
     # --- stage 1: read, zero check, hash (task thread) ----------------------------------
     def _zero_chunks(self, plan: list[tuple[int, int, int]]) -> set[int]:
@@ -222,24 +236,76 @@ class TaskPipeline:
             window.append(_Chunk(idx, ln, data, self.pool.submit(chunk_id, data, key)))
             window_bytes += ln
             if window_bytes >= self.cfg.window_bytes:
-                self._put(window)
+                self._put(self._windows, window)
                 window, window_bytes = [], 0
         if window:
-            self._put(window)
+            self._put(self._windows, window)
 
-    # --- stage 2: have-query, compress, send (sender thread) ----------------------------
-    def _sender(self) -> None:
+    # --- stage 2: have-query, compress (query thread) -----------------------------------
+    def _stage(self, loop: Callable[[], None]) -> None:
         try:
-            self._send_loop()
+            loop()
         except BaseException as exc:
             self._fail(exc)
-            # keep draining so the reader never blocks on a full queue
-            while self._windows.get() is not _END:
+            # keep draining so the stage before never blocks on a full queue
+            inbox = self._windows if loop == self._query_loop else self._answered
+            while inbox.get() is not _END:
                 pass
+            if loop == self._query_loop:
+                self._put(self._answered, _END)
 
+    def _query_loop(self) -> None:
+        cfg, st = self.cfg, self.stats
+        seen: set[bytes] = set()  # ids of this task already queried
+        while True:
+            item = self._windows.get()
+            if item is _END:
+                break
+            if self.abort.is_set():
+                continue
+            window: list[_Chunk] = item  # type: ignore[assignment]
+            fresh: list[tuple[_Chunk, bytes]] = []
+            by_shard: dict[int, list[bytes]] = {}
+            for c in window:
+                cid = c.hashed.result()
+                st.entries[c.index] = cid
+                if cid in seen:  # duplicate inside the task: counted as known, sent once
+                    self._known(c)
+                    continue
+                seen.add(cid)
+                fresh.append((c, cid))
+                by_shard.setdefault(shard_of(cid, cfg.n_shards), []).append(cid)
+            present: dict[bytes, bool] = {}
+            longest = max((len(v) for v in by_shard.values()), default=0)
+            for i in range(0, longest, cfg.have_batch):  # every shard's writer asked at once
+                parts = {
+                    shard: sids[i : i + cfg.have_batch]
+                    for shard, sids in by_shard.items()
+                    if i < len(sids)
+                }
+                for shard, answer in self.link.have(parts).items():
+                    present.update(zip(parts[shard], answer, strict=True))
+            jobs: list[tuple[_Chunk, bytes, Future[tuple[bytes, bool]]]] = []
+            for c, cid in fresh:
+                if present[cid]:
+                    self._known(c)
+                else:
+                    fut = self.pool.submit(compress, c.data, cfg.compression_level)
+                    c.data = None  # the future holds it until compressed
+                    jobs.append((c, cid, fut))
+            if jobs:
+                self._put(self._answered, jobs)
+        self._put(self._answered, _END)
+
+    def _known(self, c: _Chunk) -> None:
+        self.stats.bytes_known += c.length
+        self.stats.chunks_known += 1
+        self.budget.release(c.length)
+        c.data = None
+
+    # --- stage 3: pack, send, collect acks (sender thread) ------------------------------
     def _send_loop(self) -> None:
         cfg, st = self.cfg, self.stats
-        seen: dict[bytes, bool] = {}  # ids of this task already queried -> known before
         partial: dict[int, PendingBatch] = {}
         partial_bytes = 0
         inflight: list[PendingBatch] = []
@@ -248,6 +314,13 @@ class TaskPipeline:
             nonlocal partial_bytes
             b = partial.pop(shard)
             partial_bytes -= b.payload_bytes
+            for old in inflight:  # oldest first: wait for confirms until the copy fits
+                if sum(x.payload_bytes for x in inflight if not x.confirm.done()) <= max(
+                    0, cfg.unconfirmed_cap - b.payload_bytes
+                ):
+                    break
+                with contextlib.suppress(Exception):  # check() reports a failed publish
+                    old.confirm.result(timeout=self.link.timeout)
             inflight.append(self.link.send(b))
 
         def reap(wait: float) -> None:
@@ -259,7 +332,7 @@ class TaskPipeline:
 
         while True:
             try:
-                item = self._windows.get(timeout=0.05)
+                item = self._answered.get(timeout=0.05)
             except queue.Empty:
                 # The reader is slow or waits for memory: what this task holds in partial
                 # batches and unacked sends is what may free it, so push it out now.
@@ -272,49 +345,10 @@ class TaskPipeline:
                 break
             if self.abort.is_set():
                 continue
-            window: list[_Chunk] = item  # type: ignore[assignment]
-            fresh: list[_Chunk] = []
-            by_shard: dict[int, list[bytes]] = {}
-            ids: dict[int, bytes] = {}
-            for c in window:
-                cid = c.hashed.result()
-                ids[c.index] = cid
-                st.entries[c.index] = cid
-                if cid in seen:  # duplicate inside the task: counted as known, sent once
-                    st.bytes_known += c.length
-                    st.chunks_known += 1
-                    self.budget.release(c.length)
-                    c.data = None
-                    continue
-                seen[cid] = False
-                fresh.append(c)
-                by_shard.setdefault(shard_of(cid, cfg.n_shards), []).append(cid)
-            present: dict[bytes, bool] = {}
-            longest = max((len(v) for v in by_shard.values()), default=0)
-            for i in range(0, longest, cfg.have_batch):  # every shard's writer asked at once
-                parts = {
-                    shard: sids[i : i + cfg.have_batch]
-                    for shard, sids in by_shard.items()
-                    if i < len(sids)
-                }
-                for shard, answer in self.link.have(parts).items():
-                    present.update(zip(parts[shard], answer, strict=True))
-            jobs: list[tuple[_Chunk, Future[tuple[bytes, bool]]]] = []
-            for c in fresh:
-                cid = ids[c.index]
-                if present[cid]:
-                    seen[cid] = True
-                    st.bytes_known += c.length
-                    st.chunks_known += 1
-                    self.budget.release(c.length)
-                    c.data = None
-                else:
-                    jobs.append((c, self.pool.submit(compress, c.data, cfg.compression_level)))
-            for c, fut in jobs:
+            jobs: list[tuple[_Chunk, bytes, Future[tuple[bytes, bool]]]] = item  # type: ignore[assignment]
+            for c, cid, fut in jobs:
                 payload, compressed = fut.result()
-                c.data = None
                 self.budget.release(c.length - len(payload))  # keep only the payload charged
-                cid = ids[c.index]
                 shard = shard_of(cid, cfg.n_shards)
                 b = partial.get(shard)
                 if b is None:
