@@ -21,10 +21,11 @@ from repository_writer.fsutil import (
     TMP_PREFIX,
     _unlink_quiet,
     fsync_dir,
+    fsync_dirs,
     makedirs_durable,
     os_error,
     tmp_path,
-    write_file_durable,
+    write_files_durable,
 )
 
 ID_LEN = 32
@@ -97,11 +98,13 @@ class ChunkStore:
         """Store each (id, blob parts) not yet present; durable when this returns.
 
         Returns True per item that was written, False for one already present (its
-        mtime is refreshed instead). All temps are fsynced, then renamed, then each
-        touched directory is fsynced once: one fsync per file plus one per directory.
+        mtime is refreshed instead). All temps are written, fsynced together, then
+        renamed, then each touched directory is fsynced once (concurrently: the file
+        system can group the commits). Only then is anything acknowledged.
         """
         written = [False] * len(items)
         pending: list[tuple[int, Path, Path]] = []
+        todo: list[tuple[Path, Sequence[bytes], str]] = []
         seen: set[Path] = set()
         try:
             for i, (chunk_id, parts) in enumerate(items):
@@ -112,8 +115,9 @@ class ChunkStore:
                 if not final.parent.is_dir():
                     makedirs_durable(final.parent)
                 tmp = tmp_path(final)
-                write_file_durable(tmp, parts, f"chunk {chunk_id.hex()}")
                 pending.append((i, tmp, final))
+                todo.append((tmp, parts, f"chunk {chunk_id.hex()}"))
+            write_files_durable(todo)
             dirs: set[Path] = set()
             for i, tmp, final in pending:
                 try:
@@ -122,8 +126,7 @@ class ChunkStore:
                     raise os_error(exc, f"chunk {final.name}") from exc
                 written[i] = True
                 dirs.add(final.parent)
-            for d in dirs:
-                fsync_dir(d)
+            fsync_dirs(dirs)
         except BaseException:
             for _, tmp, _ in pending:
                 _unlink_quiet(tmp)
