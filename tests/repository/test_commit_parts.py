@@ -207,7 +207,7 @@ def test_writer_service_parts_and_markers(repo: Repository, broker: BrokerParams
         empty = part_key(rid, 2000, 99)
         assert ask(CommitPart(rid, empty, rq, 2000, 99, b""), empty).ok
         # a commit naming parts nobody staged: refused, and the reply says why
-        missing = ask(request("other", [disk(3)], reply_to=rq, job="job-9"), "other")
+        missing = ask(request("other", [disk(3)], reply_to=rq, job="job-10"), "other")
         assert not missing.ok and "commit part 0 of 3 of disk 2000 is not staged" in missing.error
 
         assert ask(JobMarker("m2", rq, "job-9", "end"), "m2").ok
