@@ -16,7 +16,7 @@ What runs where (2 shared cores): this process runs the baselines and the lab cl
 proxy, the writer, RabbitMQ and the lab (http only) are separate processes. The baselines
 run alone, the pipeline shares the cores with the writer (decompress, re-hash, fsync) and
 the broker, which is the deployment shape minus the network. RSS is the proxy process's
-peak (getrusage), next to the peak of its chunk-memory budget.
+peak (VmHWM), next to the peak of its chunk-memory budget.
 
     .venv/bin/python -m bench.proxy_throughput [--size-mib 4096] [--transports file,nbd,http]
 """
@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import signal
 import subprocess
@@ -217,6 +216,15 @@ def run_pipeline(
         return time.perf_counter() - t0, st
 
 
+def peak_rss() -> int:
+    """VmHWM of this process: unlike getrusage's ru_maxrss it is not inherited across exec
+    from the (larger) benchmark parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child_main(spec_json: str) -> None:
     """One proxy process: the template, then the clone, through the pipeline."""
     from common.amqp import ReplyQueue
@@ -241,7 +249,7 @@ def child_main(spec_json: str) -> None:
         pub.close()
         transport.close()
     out["budget_peak"] = budget.peak
-    out["rss_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out["rss_peak"] = peak_rss()
     print(json.dumps(out), flush=True)
 
 
