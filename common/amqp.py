@@ -244,6 +244,7 @@ class _Outgoing:
     properties: BasicProperties
     kind: str
     future: Future[None]
+    mandatory: bool = True
     attempts: int = 0
     returned: bool = False
 
@@ -289,17 +290,25 @@ class Publisher:
         msg: Message | bytes,
         *,
         persistent: bool = True,
+        mandatory: bool = True,
         headers: dict[str, Any] | None = None,
         correlation_id: str | None = None,
         reply_to: str | None = None,
         timeout: float | None = None,
     ) -> Future[None]:
+        """Queue ``msg``; the future completes on the broker's confirm.
+
+        ``mandatory=False`` is for messages nobody may be listening to (job events):
+        the broker then drops an unroutable message instead of returning it as an error.
+        ``timeout=0`` never blocks: a full window raises :class:`PublishError`.
+        """
         if self._closing:
             raise PublishError("publisher is closed")
         body = encode(msg) if isinstance(msg, Message) else bytes(msg)
         kind = msg.KIND if isinstance(msg, Message) else "raw"
-        if not self._slots.acquire(timeout=timeout):
-            raise PublishError(f"publish window full for {timeout}s")
+        acquired = self._slots.acquire(blocking=timeout != 0, timeout=timeout or None)
+        if not acquired:
+            raise PublishError(f"publish window full (waited {timeout or 0}s)")
         props = BasicProperties(
             delivery_mode=2 if persistent else 1,
             content_type="application/msgpack",
@@ -312,7 +321,7 @@ class Publisher:
         )
         fut: Future[None] = Future()
         fut.add_done_callback(lambda _f: self._slots.release())
-        out = _Outgoing(exchange, routing_key, body, props, kind, fut)
+        out = _Outgoing(exchange, routing_key, body, props, kind, fut, mandatory)
         with self._lock:
             self._pending.append(out)
         self._wake()
@@ -456,7 +465,7 @@ class Publisher:
             self._by_message_id[out.properties.message_id] = out
             try:
                 ch.basic_publish(
-                    out.exchange, out.routing_key, out.body, out.properties, mandatory=True
+                    out.exchange, out.routing_key, out.body, out.properties, mandatory=out.mandatory
                 )
             except Exception as exc:
                 self._unconfirmed.pop(self._next_tag, None)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from common import amqp
-from common.amqp import BrokerParams, Consumer, Delivery
+from common.amqp import BrokerParams, Consumer, Delivery, declare_topology
 from common.messages import JobEvent, Message
 from coordinator import report
 from coordinator.events import EventPublisher, routing_key
@@ -144,6 +144,7 @@ def test_events_are_best_effort(broker: BrokerParams) -> None:
         )
 
     # nobody listens: not an error, and nothing is returned or retried
+    declare_topology(broker)  # the coordinator declares the exchanges at start
     pub = EventPublisher(broker, name="test-events-pub")
     before = sample("published")
     pub.emit("job-1", "job-started", policy="p")
@@ -151,14 +152,15 @@ def test_events_are_best_effort(broker: BrokerParams) -> None:
     pub.close()
     assert sample("published") == before + 1
 
-    # a broker that is not there: emit neither blocks nor raises; the failure is counted
+    # a broker that is not there: emit neither blocks nor raises; events that were never
+    # confirmed count as failed at close
     dead = BrokerParams(url="amqp://guest:guest@127.0.0.1:1/%2F", reconnect_max=0.1)
     pub = EventPublisher(dead, name="test-events-dead")
     failed = sample("failed")
     for i in range(3):
         pub.emit("job-2", "task-done", disk_key=i, bytes=1)
-    assert pub.flush(30)
-    pub.close()
+    assert not pub.flush(0.5)
+    pub.close(timeout=0.5)
     assert sample("failed") == failed + 3
 
     # a field that is not a scalar is refused at emit, counted, never raised
