@@ -36,7 +36,7 @@ from repository_writer.fsutil import _unlink_quiet, fsync_dir, os_error, tmp_pat
 from repository_writer.repository import Repository
 
 READ_AHEAD = 8  # chunks decoded ahead of the writer: bounds memory to 8 x chunk size
-WRITEBACK_BYTES = 32 << 20  # start writeback of each 32 MiB written (regular files)
+WRITEBACK_BYTES = 8 << 20  # start writeback of each 8 MiB written (regular files)
 
 Buf = bytes | memoryview
 # put(offset, data or None for a zero chunk, length): writes one chunk of the disk
