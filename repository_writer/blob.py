@@ -137,6 +137,7 @@ def decode_view(
     if h.encrypted != (cipher is not None):
         state = "encrypted" if h.encrypted else "not encrypted"
         raise CorruptObjectError(name, f"blob is {state}, repository is not the same")
+    plain: bytes | memoryview
     if cipher is not None:
         try:
             plain = cipher.decrypt(h.nonce, body, data[:AAD_LEN])
@@ -146,6 +147,7 @@ def decode_view(
             ) from None
     else:
         plain = body
+    out: bytes | memoryview
     if h.compressed:
         try:
             out = _dctx().decompress(plain, max_output_size=h.raw_len)
