@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any
 
-from common.logging import get_logger, setup_logging
+from common.logging import get_logger
 from coordinator import report
 
 log = get_logger(__name__)
@@ -40,15 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _load(path: str) -> Any:
-    from common.config import ConfigError
-    from common.settings import load_config
+    from common.runtime import start_role
     from coordinator.settings import check_references
 
+    cfg = start_role("coordinator", path)
     try:
-        cfg = load_config(path)
         check_references(list(cfg.vcenters), list(cfg.policies))
-    except (ConfigError, ValueError) as exc:
-        print(f"vmbackup: config error: {exc}", file=sys.stderr)
+    except ValueError as exc:
+        print(f"vmbackup: config error: {path}: {exc}", file=sys.stderr)
         return None
     if not cfg.vcenters:
         print(f"vmbackup: config error: {path}: no [[vcenters]] configured", file=sys.stderr)
@@ -56,7 +55,6 @@ def _load(path: str) -> Any:
     if not cfg.repository.path:
         print(f"vmbackup: config error: {path}: repository.path is not set", file=sys.stderr)
         return None
-    setup_logging(cfg.log.level, cfg.log.format, role="coordinator")
     return cfg
 
 
@@ -127,7 +125,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
-    from common.metrics import serve_metrics
     from coordinator.daemon import Daemon
 
     cfg = _load(args.config)
@@ -138,7 +135,6 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"vmbackup: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return report.EXIT_ERROR
-    serve_metrics(cfg.metrics.port, cfg.metrics.address)
     daemon = Daemon(rt, list(cfg.policies))
     import signal
 

@@ -23,25 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from common import metrics
     from common.amqp import BrokerParams, stop_on_signals
-    from common.logging import get_logger, setup_logging
-    from common.settings import load_config
+    from common.logging import get_logger
+    from common.runtime import start_role
     from proxy_worker.heap import limit_heap_retention
     from proxy_worker.service import ProxyService
     from proxy_worker.settings import VCenterAccess, VCenterDirectory
 
     limit_heap_retention()  # before the first chunk buffer: see proxy_worker/heap.py
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"vmbackup proxy: {exc}", file=sys.stderr)
-        return 2
+    cfg = start_role("proxy", args.config)
     settings = cfg.proxy
     if args.name:
         settings = dataclasses.replace(settings, name=args.name)
-    setup_logging(cfg.log.level, cfg.log.format, role="proxy")
     log = get_logger("proxy")
     vcenters = VCenterDirectory(
         [
@@ -59,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ConfigError) as exc:
         print(f"vmbackup proxy: {exc}", file=sys.stderr)
         return 2
-    metrics.serve_metrics(cfg.metrics.port, cfg.metrics.address)
-    metrics.BUILD_INFO.labels(version="0.1.0", role="proxy").set(1)
     stop_on_signals(service)
     log.info("proxy_started", name=settings.name, queues=settings.queues)
     try:

@@ -257,16 +257,9 @@ def main(args: argparse.Namespace) -> int:
     import sys
 
     from common.amqp import stop_on_signals
-    from common.config import ConfigError
-    from common.logging import setup_logging
-    from common.settings import load_config
+    from common.runtime import start_role
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"vmbackup writer: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(cfg.log.level, cfg.log.format, role="writer")
+    cfg = start_role("writer", args.config)
     rs, ws = cfg.repository, cfg.writer
     if not rs.path:
         print("vmbackup writer: repository.path is not set", file=sys.stderr)
@@ -283,8 +276,6 @@ def main(args: argparse.Namespace) -> int:
         shard_quorum=ws.shard_queue_type == "quorum",
         name=ws.name,
     )
-    metrics.serve_metrics(ws.metrics_port or cfg.metrics.port, cfg.metrics.address)
-    metrics.BUILD_INFO.labels(version="0.1.0", role="writer").set(1)
     stop_on_signals(service)
     try:
         service.run()

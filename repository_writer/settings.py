@@ -38,7 +38,6 @@ class WriterSettings:
     )
     commit_prefetch: int = doc("commit requests handled at once", default=1)
     consume_commits: bool = doc("also consume vmbackup.commits", default=True)
-    metrics_port: int = doc("port of /metrics (0 = none)", default=0)
 
     def __post_init__(self) -> None:
         if self.shard_queue_type not in ("classic", "quorum"):
