@@ -365,99 +365,214 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp)
 
 
-def _check(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` (as msgpack decoded it) against ``tp``; return the typed value."""
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        errors = []
-        for alt in get_args(tp):
-            try:
-                return _check(value, alt, where)
-            except MessageError as exc:
-                errors.append(str(exc))
-        raise MessageError(f"{where}: {type(value).__name__} is not {tp}")
+class _Bad(Exception):
+    """A validation failure deep in a value; ``path`` is filled in on the way out."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+        self.path: list[str] = []
+
+
+Conv = typing.Callable[[Any], Any]
+
+# Validators are compiled once per schema type: decoding a message then costs a few
+# isinstance checks per field instead of re-reading the type hints every time.
+_decoders: dict[Any, Conv] = {}
+_encoders: dict[Any, Conv] = {}
+
+
+def _scalar(tp: Any) -> Conv | None:
+    name = {bool: "bool", int: "int", float: "float", str: "str", bytes: "bytes"}.get(tp)
     if tp is type(None):
-        if value is not None:
-            raise MessageError(f"{where}: expected nil, got {type(value).__name__}")
-        return None
+
+        def check_nil(v: Any) -> Any:
+            if v is not None:
+                raise _Bad(f"expected nil, got {type(v).__name__}")
+            return None
+
+        return check_nil
     if tp is bool:
-        if not isinstance(value, bool):
-            raise MessageError(f"{where}: expected bool, got {type(value).__name__}")
-        return value
+
+        def check_bool(v: Any) -> Any:
+            if v is not True and v is not False:
+                raise _Bad(f"expected bool, got {type(v).__name__}")
+            return v
+
+        return check_bool
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise MessageError(f"{where}: expected int, got {type(value).__name__}")
-        return value
+
+        def check_int(v: Any) -> Any:
+            if type(v) is not int and (isinstance(v, bool) or not isinstance(v, int)):
+                raise _Bad(f"expected int, got {type(v).__name__}")
+            return v
+
+        return check_int
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise MessageError(f"{where}: expected float, got {type(value).__name__}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise MessageError(f"{where}: expected str, got {type(value).__name__}")
-        return value
-    if tp is bytes:
-        if not isinstance(value, bytes):
-            raise MessageError(f"{where}: expected bytes, got {type(value).__name__}")
-        return value
-    if origin is list:
-        (item_tp,) = get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise MessageError(f"{where}: expected array, got {type(value).__name__}")
-        return [_check(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        item_tps = get_args(tp)
-        if not isinstance(value, list | tuple) or len(value) != len(item_tps):
-            raise MessageError(f"{where}: expected array of {len(item_tps)} items")
-        return tuple(
-            _check(v, t, f"{where}[{i}]")
-            for i, (v, t) in enumerate(zip(value, item_tps, strict=True))
-        )
-    if origin is dict:
-        key_tp, val_tp = get_args(tp)
-        if not isinstance(value, dict):
-            raise MessageError(f"{where}: expected map, got {type(value).__name__}")
-        return {
-            _check(k, key_tp, f"{where} key"): _check(v, val_tp, f"{where}[{k!r}]")
-            for k, v in value.items()
-        }
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise MessageError(f"{where}: expected map for {_type_name(tp)}")
-        return _from_fields(tp, value, where)
-    raise MessageError(f"{where}: unsupported schema type {tp}")  # a bug in this module
+
+        def check_float(v: Any) -> Any:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise _Bad(f"expected float, got {type(v).__name__}")
+            return float(v)
+
+        return check_float
+    if name is not None:
+
+        def check_exact(v: Any, tp: Any = tp, name: str = name) -> Any:
+            if not isinstance(v, tp):
+                raise _Bad(f"expected {name}, got {type(v).__name__}")
+            return v
+
+        return check_exact
+    return None
+
+
+def _compile(tp: Any, encode: bool) -> Conv:
+    """A function that checks a value against ``tp``: decode = msgpack form -> typed
+    value, encode = typed value -> msgpack form. Raises _Bad with the failing path."""
+    cache = _encoders if encode else _decoders
+    fn = cache.get(tp)
+    if fn is not None:
+        return fn
+    origin = get_origin(tp)
+    scalar = _scalar(tp)
+    if scalar is not None:
+        fn = scalar
+    elif origin in (Union, types.UnionType):
+        alts = [_compile(a, encode) for a in get_args(tp)]
+
+        def check_union(v: Any) -> Any:
+            for alt in alts:
+                try:
+                    return alt(v)
+                except _Bad:
+                    continue
+            raise _Bad(f"{type(v).__name__} is not {tp}")
+
+        fn = check_union
+    elif origin is list:
+        item = _compile(get_args(tp)[0], encode)
+
+        def check_list(v: Any) -> Any:
+            if not isinstance(v, list | tuple):
+                raise _Bad(f"expected array, got {type(v).__name__}")
+            out = []
+            for i, x in enumerate(v):
+                try:
+                    out.append(item(x))
+                except _Bad as bad:
+                    bad.path.append(f"[{i}]")
+                    raise
+            return out
+
+        fn = check_list
+    elif origin is tuple:
+        items = [_compile(t, encode) for t in get_args(tp)]
+        n = len(items)
+        make = list if encode else tuple
+
+        def check_tuple(v: Any) -> Any:
+            if not isinstance(v, list | tuple) or len(v) != n:
+                raise _Bad(f"expected array of {n} items")
+            out = []
+            for i in range(n):
+                try:
+                    out.append(items[i](v[i]))
+                except _Bad as bad:
+                    bad.path.append(f"[{i}]")
+                    raise
+            return make(out)
+
+        fn = check_tuple
+    elif origin is dict:
+        kt, vt = (_compile(t, encode) for t in get_args(tp))
+
+        def check_dict(v: Any) -> Any:
+            if not isinstance(v, dict):
+                raise _Bad(f"expected map, got {type(v).__name__}")
+            out = {}
+            for k, x in v.items():
+                try:
+                    key = kt(k)
+                except _Bad as bad:
+                    bad.path.append(" key")
+                    raise
+                try:
+                    out[key] = vt(x)
+                except _Bad as bad:
+                    bad.path.append(f"[{k!r}]")
+                    raise
+            return out
+
+        fn = check_dict
+    elif dataclasses.is_dataclass(tp):
+        fn = _compile_dataclass(tp, encode)
+    else:
+        raise TypeError(f"unsupported schema type {tp}")  # a bug in this module
+    cache[tp] = fn
+    return fn
+
+
+def _compile_dataclass(cls: Any, encode: bool) -> Conv:
+    fields = [(name, _compile(t, encode)) for name, t in _hints(cls).items()]
+    names = frozenset(name for name, _ in fields)
+
+    if encode:
+
+        def to_map(v: Any) -> Any:
+            if not isinstance(v, cls):
+                raise _Bad(f"expected {_type_name(cls)}, got {type(v).__name__}")
+            out = {}
+            for name, conv in fields:
+                try:
+                    out[name] = conv(getattr(v, name))
+                except _Bad as bad:
+                    bad.path.append(f".{name}")
+                    raise
+            return out
+
+        return to_map
+
+    def from_map(v: Any) -> Any:
+        if not isinstance(v, dict):
+            raise _Bad(f"expected map for {_type_name(cls)}")
+        if v.keys() != names:
+            extra = [k for k in v if k not in names]
+            if extra:
+                raise _Bad(f"unexpected field(s) {', '.join(map(repr, extra))}")
+            missing = next(name for name, _ in fields if name not in v)
+            raise _Bad(f"missing field {missing!r}")
+        kwargs = {}
+        for name, conv in fields:
+            try:
+                kwargs[name] = conv(v[name])
+            except _Bad as bad:
+                bad.path.append(f".{name}")
+                raise
+        try:
+            return cls(**kwargs)
+        except MessageError as exc:  # semantic checks in __post_init__
+            raise _Bad(str(exc)) from None
+
+    return from_map
+
+
+def _where(prefix: str, bad: _Bad) -> str:
+    path = "".join(reversed(bad.path))
+    return f"{prefix}{path}: {bad.text}"
 
 
 def _from_fields(cls: Any, data: dict[Any, Any], where: str) -> Any:
-    hints = _hints(cls)
-    extra = [k for k in data if k not in hints]
-    if extra:
-        raise MessageError(f"{where}: unexpected field(s) {', '.join(map(repr, extra))}")
-    kwargs = {}
-    for name, tp in hints.items():
-        if name not in data:
-            raise MessageError(f"{where}: missing field {name!r}")
-        kwargs[name] = _check(data[name], tp, f"{where}.{name}")
     try:
-        return cls(**kwargs)
-    except MessageError as exc:
-        raise MessageError(f"{where}: {exc}") from None
+        return _compile(cls, encode=False)(data)
+    except _Bad as bad:
+        raise MessageError(_where(where, bad)) from None
 
 
 def _check_ids(ids: Any, what: str) -> None:
     for i, cid in enumerate(ids):
         if len(cid) != ID_LEN:
             raise MessageError(f"{what}[{i}]: chunk id of {len(cid)} bytes, expected {ID_LEN}")
-
-
-def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list | tuple):
-        return [_to_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
-    return value
 
 
 # --- public API ---------------------------------------------------------------------
@@ -468,9 +583,11 @@ def encode(msg: Message) -> bytes:
     cls = type(msg)
     if cls.KIND not in KINDS:
         raise MessageError(f"not a message kind: {cls.__name__}")
-    body = _to_plain(msg)
     # Validate on the way out too: a bad message is the sender's bug, caught at its source.
-    _from_fields(cls, body, cls.KIND)
+    try:
+        body = _compile(cls, encode=True)(msg)
+    except _Bad as bad:
+        raise MessageError(_where(cls.KIND, bad)) from None
     out = msgpack.packb({"k": cls.KIND, "v": cls.VERSION, **body}, use_bin_type=True)
     if len(out) > MAX_MESSAGE_BYTES:
         raise MessageError(f"{cls.KIND}: {len(out)} bytes exceeds limit {MAX_MESSAGE_BYTES}")
