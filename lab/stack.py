@@ -101,6 +101,9 @@ class StackSpec:
     log_level: str = "info"
     extra_config: str = ""  # appended to the generated TOML (tests)
     env: dict[str, str] = field(default_factory=dict)
+    # An existing vhost to run in (its owner, e.g. a test fixture, creates and deletes it);
+    # None: the stack makes a private one and deletes it on stop.
+    vhost: str | None = None
 
 
 class Stack:
@@ -114,7 +117,7 @@ class Stack:
         self.config_path = self.workdir / "vmbackup.toml"
         self.logs = self.workdir / "logs"
         self.reports = self.workdir / "reports"
-        self.vhost = f"vmbackup-stack-{uuid.uuid4().hex[:8]}"
+        self.vhost = self.spec.vhost or f"vmbackup-stack-{uuid.uuid4().hex[:8]}"
         self.broker_url = BROKER_URL.rsplit("/", 1)[0] + "/" + self.vhost
         self.procs: dict[str, Proc] = {}
         self.hosts = sorted({vm["host"] for vm in lab.vms()})
@@ -124,8 +127,9 @@ class Stack:
     def start(self) -> Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.reports.mkdir(parents=True, exist_ok=True)
-        rabbitmqctl("add_vhost", self.vhost)
-        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        if self.spec.vhost is None:
+            rabbitmqctl("add_vhost", self.vhost)
+            rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
         self._vmbackup(
             "repo",
             "init",
@@ -144,10 +148,29 @@ class Stack:
             self.wait_ready(p)
         return self
 
-    def write_config(self) -> None:
-        pw = self.workdir / "vcenter-password"
-        pw.write_text(self.lab.password)
+    def write_config(
+        self,
+        path: Path | None = None,
+        *,
+        repo: Path | None = None,
+        password: str | None = None,
+        **vcenter: str | float | int,
+    ) -> Path:
+        """The stack's config (at ``path``, default ``config_path``). ``repo``, ``password``
+        and ``vcenter`` keys (url, timeout_s, retries...) override or add to the lab's
+        values, for configs that point somewhere else (error tests)."""
+        path = path or self.config_path
+        pw = self.workdir / "vcenter-password" if password is None else path.with_suffix(".pw")
+        pw.write_text(self.lab.password if password is None else password)
         pw.chmod(0o600)
+        vc: dict[str, str | float | int] = {
+            "name": "lab",
+            "url": self.lab.url,
+            "user": self.lab.user,
+            "thumbprint": self.lab.thumbprint,
+            **vcenter,
+        }
+        vc_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in vc.items())
         mounts = ", ".join(f"{toml_str(k)} = {toml_str(v)}" for k, v in self.lab.datastores.items())
         queues = ", ".join(toml_str(f"host.{h}") for h in self.hosts)
         s = self.spec
@@ -167,7 +190,7 @@ port = 0
 address = "127.0.0.1"
 
 [repository]
-path = {toml_str(str(self.repo))}
+path = {toml_str(str(repo or self.repo))}
 
 [writer]
 prefetch = 4
@@ -194,16 +217,14 @@ tasks_per_host = {s.tasks_per_host}
 vms = {s.vms_at_once}
 
 [[vcenters]]
-name = "lab"
-url = {toml_str(self.lab.url)}
-user = {toml_str(self.lab.user)}
+{vc_lines}
 password = {{ file = {toml_str(str(pw))} }}
-thumbprint = {toml_str(self.lab.thumbprint)}
 
 [[policies]]
 name = "all"
 """
-        self.config_path.write_text(text + s.extra_config, encoding="utf-8")
+        path.write_text(text + s.extra_config, encoding="utf-8")
+        return path
 
     # ---- processes -------------------------------------------------------------------
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
@@ -212,16 +233,20 @@ name = "all"
         env.pop("VMBACKUP_TEST_BROKER", None)
         return env
 
-    def _vmbackup(self, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> str:
-        res = subprocess.run(
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run one ``vmbackup`` command as this stack runs them; the caller judges the result."""
+        return subprocess.run(
             [sys.executable, "-m", "common.cli", *args],
             cwd=ROOT,
-            env=self._env(env or {}),
+            env=self._env({}),
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
         )
+
+    def _vmbackup(self, *args: str, timeout: float = 600) -> str:
+        res = self.run(*args, timeout=timeout)
         if res.returncode != 0:
             raise StackError(
                 f"vmbackup {' '.join(args)} exited {res.returncode}: {res.stderr.strip()[-2000:]}"
@@ -308,8 +333,9 @@ name = "all"
     def stop(self) -> None:
         for proc in list(self.procs.values()):
             self.stop_proc(proc)
-        with contextlib.suppress(Exception):
-            rabbitmqctl("delete_vhost", self.vhost)
+        if self.spec.vhost is None:
+            with contextlib.suppress(Exception):
+                rabbitmqctl("delete_vhost", self.vhost)
 
     def __enter__(self) -> Stack:
         return self.start()

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +13,7 @@ from coordinator import report
 from coordinator.daemon import Daemon
 from coordinator.settings import PolicySettings
 from lab import Lab, LabSpec
+from lab.stack import Stack, StackSpec
 from tests.coordinator.conftest import MiB
 
 pytestmark = pytest.mark.integration
@@ -30,52 +27,26 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
-def write_config(path: Path, lab: Lab, broker: Any, repo: Path) -> Path:
-    path.write_text(
-        f"""
-[broker]
-url = "{broker.url}"
-
-[repository]
-path = "{repo}"
-
-[coordinator]
-id = "coord-killed"
-task_timeout_s = 600.0
-
-[[vcenters]]
-name = "lab"
-url = "{lab.url}"
-user = "{lab.user}"
-password = {{ env = "LAB_PASSWORD" }}
-thumbprint = "{lab.thumbprint}"
-
-[[policies]]
-name = "nightly"
-""",
-        encoding="utf-8",
-    )
-    return path
-
-
 def open_snapshots(lab: Lab) -> list[dict[str, Any]]:
     return [e for e in lab.snapshot_events() if not e["removed_at"]]
 
 
 def test_killed_coordinator_orphan_swept_and_job_resumed(
-    lab: Lab, make_env: Any, tmp_path: Path
+    lab: Lab, make_env: Any, amqp_vhost: str, tmp_path: Path
 ) -> None:
-    env = make_env(lab)
+    # only the coordinator runs as a process; the test's peer (same vhost) takes its tasks
+    spec = StackSpec(
+        writers=0,
+        proxies=0,
+        vhost=amqp_vhost,
+        env={"VMBACKUP_COORDINATOR__ID": "coord-killed"},
+        extra_config='\n[[policies]]\nname = "nightly"\n',
+    )
+    stack = Stack(lab, tmp_path / "stack", spec).start()
+    env = make_env(lab, repo_path=stack.repo)
     names = {v["name"] for v in lab.vms()}
     env.peer.hold_vm.update(names)  # tasks are taken and never answered
-    cfg = write_config(tmp_path / "vmbackup.toml", lab, env.broker, env.repo_path)
-    exe = Path(sys.executable).with_name("vmbackup")
-    proc = subprocess.Popen(
-        [str(exe), "backup", "--config", str(cfg), "--policy", "nightly"],
-        env={**os.environ, "LAB_PASSWORD": lab.password},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, _log, _report = stack.backup_popen("nightly")
     try:
         deadline = time.monotonic() + 60
         while not env.peer.tasks and time.monotonic() < deadline:
@@ -83,7 +54,7 @@ def test_killed_coordinator_orphan_swept_and_job_resumed(
             time.sleep(0.1)
         assert env.peer.tasks, "no task published"
     finally:
-        proc.send_signal(signal.SIGKILL)
+        proc.kill()
         proc.wait(10)
     left = open_snapshots(lab)
     assert left, "the killed coordinator should have left its snapshot behind"
