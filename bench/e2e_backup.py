@@ -31,6 +31,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -201,7 +202,16 @@ class Ours:
         before = self.sample()
         la = load1()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        r = self.stack.backup("all")
+        t0 = time.monotonic()
+        popen, log_path, report_path = self.stack.backup_popen("all")
+        try:
+            rc = popen.wait(timeout=3600)
+        except BaseException:
+            # The coordinator runs in its own session: stop it too when we are stopped.
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+            raise
+        r = self.stack.finish_run(rc, report_path, log_path, time.monotonic() - t0)
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         after = self.sample()
         delta = {k: round(after[k] - before.get(k, 0.0), 3) for k in after}
@@ -398,6 +408,10 @@ def lab_snapshot_seconds(lab: Lab) -> tuple[float, float]:
     return create, remove
 
 
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def wait_for_quiet(limit: float, max_seconds: float, period: float = 20.0) -> None:
     """Block until the 1-minute load average was below ``limit`` at 4 checks in a row."""
     t0, quiet = time.monotonic(), 0
@@ -452,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-logs", default=None, metavar="DIR", help="copy the stack's logs here")
     args = ap.parse_args(argv)
     setup_logging("warning", "console")
+    # SIGTERM unwinds like Ctrl-C, so the stack, the lab and the temp data are cleaned up.
+    signal.signal(signal.SIGTERM, _interrupted)
     if args.wait_load is not None:
         wait_for_quiet(args.wait_load, args.wait_max * 60)
     names = [n for n in args.tools.split(",") if n]
