@@ -86,7 +86,9 @@ def restore_disk(
     return _to_file(repo, dmap, path, workers, sync)
 
 
-def _to_stream(repo: Repository, dmap: DiskMap, fh: BinaryIO, what: str, workers: int) -> Any:
+def _to_stream(
+    repo: Repository, dmap: DiskMap, fh: BinaryIO, what: str, workers: int
+) -> RestoreStats:
     def put(_off: int, data: Buf | None, n: int) -> None:
         if data is None:
             fh.write(zero_bytes(n))
@@ -129,7 +131,7 @@ def _file_put(fd: int, *, zeros: bool, sync: bool) -> Put:
     return put
 
 
-def _to_file(repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bool) -> Any:
+def _to_file(repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bool) -> RestoreStats:
     tmp = tmp_path(path.absolute())
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -155,7 +157,9 @@ def _to_file(repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bo
     return stats
 
 
-def _to_device(repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bool) -> Any:
+def _to_device(
+    repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bool
+) -> RestoreStats:
     """A block device holds old data: overwrite every byte, zeros included."""
     try:
         fd = os.open(path, os.O_WRONLY)
