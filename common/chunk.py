@@ -8,6 +8,8 @@ memory speed, ``not any(buf)`` is ~100x slower.
 
 from __future__ import annotations
 
+import threading
+
 import blake3
 import zstandard
 
@@ -40,6 +42,28 @@ def chunk_id(data: bytes | bytearray | memoryview, key: bytes | None = None) -> 
     return blake3.blake3(data, key=key, max_threads=1).digest()
 
 
+# zstd contexts are not thread-safe but are costly to make: one per thread and level.
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "compressors", None)
+    if cache is None:
+        cache = _local.compressors = {}
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = zstandard.ZstdCompressor(level=level)
+    return c
+
+
+def zstd_decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompression context (contexts are not thread-safe)."""
+    d: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if d is None:
+        d = _local.decompressor = zstandard.ZstdDecompressor()
+    return d
+
+
 def compress(data: bytes, level: int) -> tuple[bytes, bool]:
     """zstd-compress ``data``; returns (payload, compressed).
 
@@ -48,7 +72,7 @@ def compress(data: bytes, level: int) -> tuple[bytes, bool]:
     """
     if level <= 0:
         return bytes(data), False
-    out = zstandard.ZstdCompressor(level=level).compress(data)
+    out = _compressor(level).compress(data)
     if len(out) >= len(data):
         return bytes(data), False
     return out, True
@@ -56,7 +80,7 @@ def compress(data: bytes, level: int) -> tuple[bytes, bool]:
 
 def decompress(payload: bytes, raw_len: int) -> bytes:
     """Inverse of :func:`compress` for compressed payloads; checks the length."""
-    out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_len)
+    out = zstd_decompressor().decompress(payload, max_output_size=raw_len)
     if len(out) != raw_len:
         raise ValueError(f"decompressed {len(out)} bytes, expected {raw_len}")
     return out

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import struct
-import threading
 import zlib
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from common.chunk import zstd_decompressor
 from repository_writer.errors import CorruptObjectError
 
 MAGIC_CHUNK = b"VMBC"
@@ -99,18 +99,6 @@ def parse_header(data: bytes | memoryview, name: str) -> BlobHeader:
     return BlobHeader(magic, flags, raw_len, payload_len, crc, nonce)
 
 
-_local = threading.local()
-
-
-def _dctx() -> zstandard.ZstdDecompressor:
-    """One decompression context per thread (contexts are not thread-safe; making
-    one per chunk costs an allocation of ~100 KiB)."""
-    d = getattr(_local, "dctx", None)
-    if d is None:
-        d = _local.dctx = zstandard.ZstdDecompressor()
-    return d
-
-
 def decode(
     data: bytes, magic: bytes, cipher: AESGCM | None, name: str, *, check_crc: bool = True
 ) -> bytes:
@@ -150,7 +138,7 @@ def decode_view(
     out: bytes | memoryview
     if h.compressed:
         try:
-            out = _dctx().decompress(plain, max_output_size=h.raw_len)
+            out = zstd_decompressor().decompress(plain, max_output_size=h.raw_len)
         except zstandard.ZstdError as exc:
             raise CorruptObjectError(name, f"cannot decompress: {exc}") from None
     else:

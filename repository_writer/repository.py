@@ -454,9 +454,11 @@ def _pass_bytes(passphrase: str | bytes) -> bytes:
 def _decompress(payload: bytes, raw_len: int, cid: bytes) -> bytes:
     import zstandard
 
+    from common.chunk import decompress
+
     try:
-        out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_len)
-    except zstandard.ZstdError as exc:
+        out = decompress(payload, raw_len)
+    except (zstandard.ZstdError, ValueError) as exc:
         raise InvalidRequestError(
             f"chunk {cid.hex()}: payload does not decompress: {exc}"
         ) from None
