@@ -60,7 +60,7 @@ def normalize_thumbprint(text: str) -> str:
     return text.replace(":", "").strip().lower()
 
 
-def _pinned_connection_class(pin_hex: str) -> type[http.client.HTTPSConnection]:
+def pinned_connection_class(pin_hex: str) -> type[http.client.HTTPSConnection]:
     """An HTTPSConnection that accepts exactly the certificate with this SHA-256."""
 
     class PinnedHTTPSConnection(http.client.HTTPSConnection):
@@ -169,7 +169,7 @@ class Connection:
         if https and s.thumbprint:
             # every new pooled connection checks the pin (pyVmomi's own check is skipped
             # when a CA happens to vouch for the certificate)
-            stub.scheme = _pinned_connection_class(normalize_thumbprint(s.thumbprint))  # type: ignore[assignment]
+            stub.scheme = pinned_connection_class(normalize_thumbprint(s.thumbprint))  # type: ignore[assignment]
         self._stub = stub
         self._si = vim.ServiceInstance("ServiceInstance", stub)
         try:

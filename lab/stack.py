@@ -233,12 +233,15 @@ name = "all"
         env.pop("VMBACKUP_TEST_BROKER", None)
         return env
 
-    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        """Run one ``vmbackup`` command as this stack runs them; the caller judges the result."""
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """Run one ``vmbackup`` command as this stack runs them (``env``: extra variables);
+        the caller judges the result."""
         return subprocess.run(
             [sys.executable, "-m", "common.cli", *args],
             cwd=ROOT,
-            env=self._env({}),
+            env=self._env(env or {}),
             capture_output=True,
             text=True,
             timeout=timeout,

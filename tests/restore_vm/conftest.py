@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,10 +14,10 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
-from common.config import Secret
-from coordinator.settings import VCenterSettings
 from coordinator.vcenter import Connection
+from lab.stack import Stack, StackSpec
 from repository_writer.repository import Repository
+from tests.coordinator.conftest import vcenter_settings
 from tests.restore_vm.lab_point import (
     LabPoint,
     back_up,
@@ -31,7 +30,6 @@ MiB = 2**20
 CHUNK = 256 * 1024
 # odd sizes: a chunk plus a sector, a partial last chunk, less than one chunk
 RICH_SIZES = [2 * MiB + 4096, 1 * MiB, 5 * MiB + 512, 768 * 1024, CHUNK + 512]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -40,6 +38,7 @@ class Env:
     conn: Connection
     repo: Repository
     repo_path: Path
+    stack: Stack  # not started: only its config writer and its way to run `vmbackup`
     config: Path
     shared_ds: str
     rich: LabPoint  # a VM with every controller kind and two NICs
@@ -47,12 +46,9 @@ class Env:
     tmp: Path
 
     def vmbackup(self, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "common.cli", *args]
         if args and args[0] == "restore-vm":
-            cmd += ["--config", str(config or self.config)]
-        return subprocess.run(
-            cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
-        )
+            args += ("--config", str(config or self.config))
+        return self.stack.run(*args, timeout=300)
 
     def vms_named(self, name: str) -> list[Any]:
         content = self.conn.content
@@ -65,42 +61,20 @@ class Env:
             view.DestroyView()
 
 
-def vcenter_settings(lab: Any) -> VCenterSettings:
-    return VCenterSettings(
-        name="lab",
-        url=lab.url,
-        user=Secret(lab.user, "test"),
-        password=Secret(lab.password, "test"),
-        thumbprint=lab.thumbprint,
-        timeout_s=60.0,
-        backoff_s=0.05,
-    )
+def config_stack(lab: Any, workdir: Path) -> Stack:
+    """A stack that is never started: restore-vm needs only its config (quiet logs)."""
+    return Stack(lab, workdir, StackSpec(writers=0, proxies=0, log_level="warning"))
 
 
 def write_config(
-    path: Path, lab: Any, repo: Path, url: str | None = None, password: str | None = None
+    stack: Stack, path: Path, repo: Path, url: str | None = None, password: str | None = None
 ) -> Path:
-    pw = path.with_suffix(".password")
-    pw.write_text(lab.password if password is None else password)
-    path.write_text(
-        f"""
-[repository]
-path = "{repo}"
-
-[log]
-level = "warning"
-
-[[vcenters]]
-name = "lab"
-url = "{url or lab.url}"
-user = "{lab.user}"
-password = {{ file = "{pw}" }}
-thumbprint = "{lab.thumbprint}"
-timeout_s = 20.0
-retries = 0
-"""
-    )
-    return path
+    """A config for restore-vm: ``repo``, and the lab's vCenter (or ``url``/``password``)
+    with a short timeout and no retries so that the error tests fail fast."""
+    vcenter: dict[str, str | float | int] = {"timeout_s": 20.0, "retries": 0}
+    if url is not None:
+        vcenter["url"] = url
+    return stack.write_config(path, repo=repo, password=password, **vcenter)
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +104,9 @@ def env() -> Iterator[Env]:
                 rich = back_up(conn, lab, repo, rich_mo)
                 plain = back_up(conn, lab, repo, plain_mo)
                 remove_extra_net(conn)  # the target now lacks one of rich's networks
-                config = write_config(tmp / "vmbackup.toml", lab, repo_path)
-                yield Env(lab, conn, repo, repo_path, config, shared, rich, plain, tmp)
+                stack = config_stack(lab, tmp)
+                config = write_config(stack, tmp / "vmbackup.toml", repo_path)
+                yield Env(lab, conn, repo, repo_path, stack, config, shared, rich, plain, tmp)
             finally:
                 conn.close()
     finally:

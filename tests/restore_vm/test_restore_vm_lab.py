@@ -174,11 +174,11 @@ def test_clear_errors(env: Env) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     bad = write_config(
-        env.tmp / "down.toml", env.lab, env.repo_path, f"https://127.0.0.1:{port}/sdk"
+        env.stack, env.tmp / "down.toml", env.repo_path, f"https://127.0.0.1:{port}/sdk"
     )
     r = env.vmbackup("restore-vm", env.plain.point_id, "--to", "lab", *ds, config=bad)
     assert r.returncode == 1 and "unreachable" in r.stderr and str(port) in r.stderr
-    bad = write_config(env.tmp / "pw.toml", env.lab, env.repo_path, password="wrong")
+    bad = write_config(env.stack, env.tmp / "pw.toml", env.repo_path, password="wrong")
     r = env.vmbackup("restore-vm", env.plain.point_id, "--to", "lab", *ds, config=bad)
     assert r.returncode == 1 and "refused us" in r.stderr and "login refused" in r.stderr
     assert not env.vms_named("never")
@@ -196,7 +196,7 @@ def test_corrupt_chunk_fails_and_leaves_no_vm(env: Env, tmp_path: Path) -> None:
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
-    cfg = write_config(tmp_path / "c.toml", env.lab, copy)
+    cfg = write_config(env.stack, tmp_path / "c.toml", copy)
     r = env.vmbackup(
         "restore-vm",
         env.plain.point_id,

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from lab.guest import write_at
-from tests.restore_vm.conftest import ROOT, Env, flat_of, same_bytes
+from lab.stack import ROOT
+from tests.restore_vm.conftest import Env, flat_of, same_bytes
 from tests.restore_vm.lab_point import back_up, create_simple_vm
 
 MiB = 2**20

@@ -12,7 +12,10 @@ from pyVmomi import vim
 from pyVmomi.VmomiJSONEncoder import VmomiJSONEncoder
 
 from coordinator import vm_config
-from coordinator.restore_vm import IDE_KEYS, RestoreVmError, Target, build_spec, flat_file
+from coordinator.restore.errors import RestoreVmError
+from coordinator.restore.spec import IDE_KEYS, build_spec
+from coordinator.restore.target import Target
+from coordinator.restore.upload import flat_file
 from repository_writer.points import Point, PointDisk
 
 D = vim.vm.device

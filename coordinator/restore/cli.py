@@ -1,0 +1,105 @@
+"""``vmbackup restore-vm``: arguments, config, errors as exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+import sys
+import time
+
+from pyVmomi import vim
+
+from coordinator.restore.errors import RestoreVmError
+from coordinator.restore.recreate import load_point, restore_vm
+from coordinator.vcenter import (
+    Connection,
+)
+from repository_writer.errors import RepositoryError
+from repository_writer.repository import Repository
+
+
+def register_restore_vm(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "restore-vm",
+        help="recreate the VM of a restore point on a vCenter (registered, powered off)",
+    )
+    p.add_argument("point", metavar="POINT", help="restore point id (see `vmbackup repo list`)")
+    p.add_argument("--config", required=True, help="vmbackup TOML config (vCenters, repository)")
+    p.add_argument("--to", required=True, metavar="VCENTER", help="vCenter name from the config")
+    p.add_argument("--datastore", required=True, metavar="DS", help="datastore for files and disks")
+    p.add_argument("--name", default="", help="name of the new VM (default: the saved name)")
+    p.add_argument("--host", default="", help="host to register the VM on (default: any)")
+    p.add_argument("--folder", default="", help="VM folder path below the datacenter")
+    p.add_argument("--repo", default="", metavar="PATH", help="repository (default: config)")
+    p.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="keep the new VM when an upload fails (default: destroy it)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_restore_vm)
+
+
+def cmd_restore_vm(args: argparse.Namespace) -> int:
+    from common.config import ConfigError
+    from common.logging import setup_logging
+    from common.settings import load_config
+    from coordinator.vcenter import VCenterError
+
+    def fail(msg: str, code: int = 1) -> int:
+        print(f"vmbackup: restore-vm: {msg}", file=sys.stderr)
+        return code
+
+    try:
+        cfg = load_config(args.config)
+    except (ConfigError, ValueError) as exc:
+        return fail(f"config error: {exc}", 2)
+    setup_logging(cfg.log.level, cfg.log.format, role="restore-vm")
+    vcs = [vc for vc in cfg.vcenters if vc.name == args.to]
+    if not vcs:
+        names = ", ".join(vc.name for vc in cfg.vcenters) or "none"
+        return fail(f"no vCenter named {args.to!r} in {args.config} (configured: {names})", 2)
+    repo_path = args.repo or cfg.repository.path
+    if not repo_path:
+        return fail(f"no repository: give --repo or set repository.path in {args.config}", 2)
+    passphrase = cfg.repository.passphrase.value if cfg.repository.passphrase else None
+    try:
+        repo = Repository.open(repo_path, passphrase)
+        load_point(repo, args.point)  # bad point: fail before touching vCenter
+    except (RepositoryError, RestoreVmError) as exc:
+        return fail(str(exc))
+    try:
+        conn = Connection(vcs[0]).connect()
+    except (VCenterError, OSError) as exc:
+        cause = exc.__cause__ if isinstance(exc, VCenterError) else exc
+        down = isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError)
+        return fail(f"vCenter {args.to} {'unreachable' if down else 'refused us'}: {exc}")
+    last = [0.0]
+
+    def progress(what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] >= 1.0:
+            last[0] = now
+            pct = 100.0 * done / total if total else 100.0
+            print(f"  {what}: {done}/{total} bytes ({pct:.0f}%)", file=sys.stderr, flush=True)
+
+    try:
+        res = restore_vm(
+            conn,
+            repo,
+            args.point,
+            datastore=args.datastore,
+            name=args.name,
+            host=args.host,
+            folder=args.folder,
+            keep_failed=args.keep_failed,
+            progress=progress,
+        )
+    except (RestoreVmError, RepositoryError, VCenterError) as exc:
+        return fail(str(exc))
+    except vim.fault.VimFault as exc:
+        return fail(f"vCenter refused: {type(exc).__name__}: {getattr(exc, 'msg', exc)}")
+    finally:
+        conn.close()
+    sys.stdout.write(res.to_json() + "\n" if args.json else res.to_text())
+    return 0

@@ -1,0 +1,57 @@
+"""What restore-vm did: the new VM and its disks (text or JSON)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class RestoredDisk:
+    saved_key: int
+    key: int
+    label: str
+    file: str
+    capacity: int
+    controller: str
+    unit_number: int
+    seconds: float
+
+
+@dataclass
+class RestoreVmResult:
+    point_id: str
+    vcenter: str
+    vm_name: str
+    vm_moref: str
+    datacenter: str
+    datastore: str
+    host: str
+    power_state: str
+    disks: list[RestoredDisk] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    bytes_uploaded: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def to_text(self) -> str:
+        rate = self.bytes_uploaded / self.seconds / 2**20 if self.seconds > 0 else 0.0
+        lines = [
+            f"restored point {self.point_id} as VM {self.vm_name!r} ({self.vm_moref}) on "
+            f"{self.vcenter}: datacenter {self.datacenter}, host {self.host}, "
+            f"datastore {self.datastore}, {self.power_state}",
+        ]
+        for d in self.disks:
+            lines.append(
+                f"  disk {d.saved_key} -> {d.key} {d.controller}:{d.unit_number} {d.file} "
+                f"{d.capacity} bytes in {d.seconds:.2f} s"
+            )
+        for n in self.notes:
+            lines.append(f"  note: {n}")
+        lines.append(
+            f"{len(self.disks)} disk(s), {self.bytes_uploaded} bytes uploaded in "
+            f"{self.seconds:.2f} s ({rate:.1f} MiB/s)"
+        )
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,119 @@
+"""One disk from the repository into its flat file on the datastore, with one streamed
+HTTP PUT on /folder."""
+
+from __future__ import annotations
+
+import http.client
+import time
+from collections.abc import Callable
+from urllib.parse import quote, urlparse
+
+from coordinator.restore.errors import RestoreVmError
+from coordinator.restore.target import Target
+from coordinator.settings import VCenterSettings
+from coordinator.vcenter import (
+    Connection,
+    build_ssl_context,
+    normalize_thumbprint,
+    pinned_connection_class,
+)
+from repository_writer.errors import RepositoryError
+from repository_writer.points import Point
+from repository_writer.repository import Repository
+from repository_writer.restore import restore_disk
+
+
+def flat_file(ds_path: str) -> str:
+    """ "[ds] dir/name.vmdk" -> "dir/name-flat.vmdk" (the data file of a flat disk)."""
+    if not ds_path.startswith("[") or "]" not in ds_path or not ds_path.endswith(".vmdk"):
+        raise RestoreVmError(f"unexpected disk file name {ds_path!r}")
+    rel = ds_path.split("]", 1)[1].strip()
+    return rel if rel.endswith("-flat.vmdk") else rel[: -len(".vmdk")] + "-flat.vmdk"
+
+
+def _http_connection(s: VCenterSettings) -> http.client.HTTPConnection:
+    u = urlparse(s.url)
+    host = u.hostname or ""
+    if u.scheme != "https":
+        return http.client.HTTPConnection(host, u.port or 80, timeout=s.timeout_s)
+    ctx = build_ssl_context(s)
+    if s.thumbprint:
+        cls = pinned_connection_class(normalize_thumbprint(s.thumbprint))
+        return cls(host, u.port or 443, context=ctx, timeout=s.timeout_s)
+    return http.client.HTTPSConnection(host, u.port or 443, context=ctx, timeout=s.timeout_s)
+
+
+class _PutBody:
+    """File-like sink that sends what restore_disk writes as the PUT request body."""
+
+    def __init__(
+        self, conn: http.client.HTTPConnection, total: int, progress: Callable[[int], None]
+    ) -> None:
+        self._conn = conn
+        self.total = total
+        self.sent = 0
+        self._progress = progress
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = len(data)
+        if self.sent + n > self.total:
+            raise RestoreVmError(f"disk data longer than its capacity {self.total}")
+        self._conn.send(data)
+        self.sent += n
+        self._progress(self.sent)
+        return n
+
+    def flush(self) -> None:
+        return None
+
+
+def upload_disk(
+    conn: Connection,
+    repo: Repository,
+    point: Point,
+    disk_key: int,
+    target: Target,
+    ds_path: str,
+    progress: Callable[[int], None] = lambda _n: None,
+) -> float:
+    """Stream one disk of the point into its flat file; returns seconds taken."""
+    capacity = point.disk(disk_key).capacity
+    path = flat_file(ds_path)
+    query = (
+        f"dcPath={quote(target.dc_path, safe='')}&dsName={quote(target.datastore_name, safe='')}"
+    )
+    url = f"/folder/{quote(path)}?{query}"
+    cookie = (getattr(conn.stub, "cookie", "") or "").split(";", 1)[0].strip()
+    if not cookie:
+        raise RestoreVmError(f"vcenter {conn.name}: no session cookie for the upload")
+    t0 = time.monotonic()
+    http_conn = _http_connection(conn.settings)
+    try:
+        # vcsim writes the whole body and takes no ranges: one PUT of the whole disk,
+        # streamed chunk by chunk (never the whole disk in memory)
+        http_conn.putrequest("PUT", url, skip_accept_encoding=True)
+        http_conn.putheader("Cookie", cookie)
+        http_conn.putheader("Content-Type", "application/octet-stream")
+        http_conn.putheader("Content-Length", str(capacity))
+        http_conn.endheaders()
+        body = _PutBody(http_conn, capacity, progress)
+        restore_disk(repo, point.id, disk_key, body)  # type: ignore[arg-type]
+        if body.sent != capacity:
+            raise RestoreVmError(f"disk {disk_key}: sent {body.sent} of {capacity} bytes")
+        resp = http_conn.getresponse()
+        detail = resp.read(2000).decode(errors="replace").strip()
+        if resp.status not in (200, 201, 204):
+            raise RestoreVmError(
+                f"upload of disk {disk_key} to [{target.datastore_name}] {path} refused: "
+                f"HTTP {resp.status} {resp.reason} {detail[:200]}"
+            )
+    except RepositoryError as exc:  # a chunk missing or damaged: stop before the end
+        raise RestoreVmError(f"disk {disk_key}: {exc}") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise RestoreVmError(
+            f"upload of disk {disk_key} to [{target.datastore_name}] {path} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        http_conn.close()
+    return time.monotonic() - t0
