@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--config", required=True, help="vmbackup TOML config file")
     d.set_defaults(func=cmd_coordinator)
 
-    from coordinator.restore_vm import register_restore_vm
+    from coordinator.restore.cli import register_restore_vm
 
     register_restore_vm(sub)
 
@@ -80,6 +80,21 @@ def open_runtime(cfg: Any) -> Any:
     )
 
 
+def _start(cfg: Any) -> Any:
+    """open_runtime, or None after saying on stderr why the coordinator cannot start."""
+    try:
+        return open_runtime(cfg)
+    except Exception as exc:
+        print(f"vmbackup: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
+def _close(rt: Any) -> None:
+    rt.close()
+    for c in rt.connections.values():
+        c.close()
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     from coordinator.job import Job
     from coordinator.settings import find_policy
@@ -92,10 +107,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     except KeyError as exc:
         print(f"vmbackup: {exc.args[0]}", file=sys.stderr)
         return report.EXIT_ERROR
-    try:
-        rt = open_runtime(cfg)
-    except Exception as exc:
-        print(f"vmbackup: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+    rt = _start(cfg)
+    if rt is None:
         return report.EXIT_ERROR
     try:
         job = Job(rt, policy, ignore_window=args.ignore_window)
@@ -111,9 +124,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         rep = job.run()
     finally:
-        rt.close()
-        for c in rt.connections.values():
-            c.close()
+        _close(rt)
     sys.stdout.write(rep.to_text())
     if args.report:
         if args.report == "-":
@@ -130,10 +141,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return report.EXIT_ERROR
-    try:
-        rt = open_runtime(cfg)
-    except Exception as exc:
-        print(f"vmbackup: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+    rt = _start(cfg)
+    if rt is None:
         return report.EXIT_ERROR
     daemon = Daemon(rt, list(cfg.policies))
     import signal
@@ -147,7 +156,5 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     try:
         daemon.run()
     finally:
-        rt.close()
-        for c in rt.connections.values():
-            c.close()
+        _close(rt)
     return 0
