@@ -735,23 +735,33 @@ class Consumer:
         with self._in_flight_lock:
             return self._in_flight > 0
 
-    def _return_queued(self, gen: int) -> None:
-        returned = 0
+    def _take_queued(self, each: Callable[[_Work], None] = lambda _item: None) -> None:
+        """Take every message still waiting for a worker, ``each`` before it counts as done
+        (the stop sentinel stays queued for the workers)."""
         while True:
             try:
                 item = self._work.get_nowait()
             except queue.Empty:
-                break
+                return
             if item is None:
                 self._work.put(None)
-                break
+                return
+            each(item)
+            with self._in_flight_lock:
+                self._in_flight -= 1
+
+    def _return_queued(self, gen: int) -> None:
+        returned = 0
+
+        def nack(item: _Work) -> None:
+            nonlocal returned
             d = item.delivery
             if d.generation == gen and self._channel is not None:
                 with contextlib.suppress(Exception):
                     self._channel.basic_nack(d.tag, requeue=True)
                     returned += 1
-            with self._in_flight_lock:
-                self._in_flight -= 1
+
+        self._take_queued(nack)
         if returned:
             log.info("returned unstarted messages", consumer=self.name, count=returned)
 
@@ -762,16 +772,7 @@ class Consumer:
         # Settles queued for the dead connection will never run there: count them done.
         self._flush_settles(io_thread=False)
         # Everything delivered on the old connection will be redelivered by the broker.
-        while True:
-            try:
-                item = self._work.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                self._work.put(None)
-                break
-            with self._in_flight_lock:
-                self._in_flight -= 1
+        self._take_queued()
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
