@@ -53,6 +53,8 @@ class Progress:
         self.planned = 0
         self.done = 0
         self.sent = 0
+        self.zero = 0
+        self.known = 0
         self.vms_done = 0
         self.vms_total = 0
         self.t0 = time.monotonic()
@@ -87,6 +89,8 @@ class Progress:
             elif msg.event == "task-done":
                 self.done += int(f.get("bytes", 0) or 0)
                 self.sent += int(f.get("bytes_sent", 0) or 0)
+                self.zero += int(f.get("bytes_zero", 0) or 0)
+                self.known += int(f.get("bytes_known", 0) or 0)
             elif msg.event == "vm-done":
                 self.vms_done += 1
                 secs = float(f.get("seconds", 0) or 0)
@@ -116,7 +120,7 @@ class Progress:
         self.consumer.stop(timeout=10)
 
 
-def run_backup(stack: Stack, label: str) -> BackupRun:
+def run_backup(stack: Stack, label: str) -> tuple[BackupRun, Progress]:
     progress = Progress(stack, label)
     stop = threading.Event()
     ticker = threading.Thread(target=progress.ticker, args=(stop,), daemon=True)
@@ -129,7 +133,7 @@ def run_backup(stack: Stack, label: str) -> BackupRun:
     progress.render()
     if run.returncode != 0:
         print(f"  backup exited {run.returncode}; coordinator log: {run.log_path}")
-    return run
+    return run, progress
 
 
 def write_guest_changes(lab: Lab, seed: int, fraction: float) -> int:
@@ -173,7 +177,7 @@ def restore_and_compare(
     return bad
 
 
-def summary_row(label: str, run: BackupRun) -> list[str]:
+def summary_row(label: str, run: BackupRun, progress: Progress) -> list[str]:
     vms = run.report.get("vms", [])
     disks = [d for vm in vms for d in vm.get("disks", [])]
     full = sum(1 for d in disks if d.get("mode") == "full")
@@ -189,10 +193,15 @@ def summary_row(label: str, run: BackupRun) -> list[str]:
         f"{full}/{incr}",
         f"{human(read)} / {human(cap)}",
         human(sent),
-        f"{read / sent:.1f}x" if sent else "-",
+        ratio(read - progress.zero, read - progress.zero - progress.known),
+        ratio(read - progress.zero - progress.known, sent),
         f"{run.seconds:.1f}s",
         f"{read / max(run.seconds, 1e-6) / 1e6:.1f}",
     ]
+
+
+def ratio(a: int, b: int) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "-"
 
 
 def print_table(rows: list[list[str]]) -> None:
@@ -203,7 +212,8 @@ def print_table(rows: list[list[str]]) -> None:
         "full/incr",
         "read / capacity",
         "sent to writers",
-        "read/sent",
+        "dedup",
+        "compression",
         "time",
         "MB/s",
     ]
@@ -248,16 +258,16 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 print("full backup:")
                 expected_full = disk_digests(lab)
-                full = run_backup(stack, "full")
-                rows.append(summary_row("full", full))
+                full, progress = run_backup(stack, "full")
+                rows.append(summary_row("full", full, progress))
                 if full.returncode != 0:
                     failures.append(f"full backup exited {full.returncode}")
                 changed = write_guest_changes(lab, args.seed + 1, 0.01)
                 print(f"guest writes: {human(changed)} in runs of 64 KiB to 8 MiB")
                 print("incremental backup (CBT):")
                 expected_incr = disk_digests(lab)
-                incr = run_backup(stack, "incremental")
-                rows.append(summary_row("incremental", incr))
+                incr, progress = run_backup(stack, "incremental")
+                rows.append(summary_row("incremental", incr, progress))
                 if incr.returncode != 0:
                     failures.append(f"incremental backup exited {incr.returncode}")
                 print("restore and compare, byte for byte:")
