@@ -430,12 +430,17 @@ class Publisher:
         self._pump()
 
     def _on_channel_closed(self, ch: Any, reason: BaseException) -> None:
-        # A channel error (e.g. publishing to a missing exchange) closes only the channel.
-        if self._closing:
-            return
-        log.warning("publisher channel closed", reason=str(reason))
         self._channel = None
         self._ready.clear()
+        if self._closing:
+            return
+        if not isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            # The channel went down with its connection: the unconfirmed messages are
+            # re-sent after the reconnect (_requeue_unconfirmed), not failed here.
+            return
+        # A channel error (e.g. publishing to a missing exchange) closes only the channel;
+        # sending the same messages again would fail the same way.
+        log.warning("publisher channel closed by the broker", reason=str(reason))
         text = str(reason)
         with self._lock:
             failed = list(self._unconfirmed.values())
@@ -443,7 +448,7 @@ class Publisher:
         for out in failed:
             self._by_message_id.pop(out.properties.message_id, None)
             self._set_exception(out, PublishError(f"channel closed by broker: {text}"))
-        if self._conn is not None and self._conn.is_open and not self._closing:
+        if self._conn is not None and self._conn.is_open:
             self._conn.channel(on_open_callback=self._on_channel_open)
 
     def _pump(self) -> None:

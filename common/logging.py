@@ -11,17 +11,24 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 import structlog
 
 _configured = False
 
 
-def setup_logging(level: str = "info", fmt: str = "auto", role: str | None = None) -> None:
-    """Configure structlog and route stdlib logging through it. Idempotent."""
+def setup_logging(
+    level: str = "info", fmt: str = "auto", role: str | None = None, stream: IO[str] | None = None
+) -> None:
+    """Configure structlog and route stdlib logging through it. Idempotent.
+
+    Services log to stdout; one-shot commands whose stdout is their result (a report,
+    ``--json``) pass ``stream=sys.stderr`` so that the two never mix.
+    """
     global _configured
-    use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    out = stream or sys.stdout
+    use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -45,7 +52,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", role: str | None = Non
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

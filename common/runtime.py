@@ -23,14 +23,21 @@ def load_or_exit(path: str | Path | None) -> Any:
         raise SystemExit(2) from None
 
 
-def start_role(role: str, config_path: str | Path | None, metrics_port: int | None = None) -> Any:
+def start_role(
+    role: str,
+    config_path: str | Path | None,
+    metrics_port: int | None = None,
+    *,
+    one_shot: bool = False,
+) -> Any:
     """Load config, set up logging and serve /metrics; returns the config.
 
     ``metrics_port`` (e.g. from a --metrics-port flag) overrides the config; the
-    port in use is printed so that an operator (or the demo) can find it.
+    port in use is printed so that an operator (or the demo) can find it. A
+    ``one_shot`` command logs to stderr: its stdout is its result.
     """
     cfg = load_or_exit(config_path)
-    setup_logging(cfg.log.level, cfg.log.format, role=role)
+    setup_logging(cfg.log.level, cfg.log.format, role=role, stream=sys.stderr if one_shot else None)
     port = cfg.metrics.port if metrics_port is None else metrics_port
     if port:
         try:

@@ -39,11 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     register_restore_vm(sub)
 
 
-def _load(path: str) -> Any:
+def _load(path: str, one_shot: bool = False) -> Any:
     from common.runtime import start_role
     from coordinator.settings import check_references
 
-    cfg = start_role("coordinator", path)
+    cfg = start_role("coordinator", path, one_shot=one_shot)
     try:
         check_references(list(cfg.vcenters), list(cfg.policies))
     except ValueError as exc:
@@ -99,7 +99,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from coordinator.job import Job
     from coordinator.settings import find_policy
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, one_shot=True)
     if cfg is None:
         return report.EXIT_ERROR
     try:

@@ -54,7 +54,8 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
     except (ConfigError, ValueError) as exc:
         return fail(f"config error: {exc}", 2)
-    setup_logging(cfg.log.level, cfg.log.format, role="restore-vm")
+    # The result (text or --json) is stdout; logs go to stderr.
+    setup_logging(cfg.log.level, cfg.log.format, role="restore-vm", stream=sys.stderr)
     vcs = [vc for vc in cfg.vcenters if vc.name == args.to]
     if not vcs:
         names = ", ".join(vc.name for vc in cfg.vcenters) or "none"
