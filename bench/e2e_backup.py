@@ -180,9 +180,9 @@ def broker_pid() -> int | None:
 class Ours:
     """The vmbackup stack on the lab, with per-process CPU and metrics around each job."""
 
-    def __init__(self, lab: Lab, work: Path, transport: str) -> None:
+    def __init__(self, lab: Lab, work: Path, transport: str, level: int) -> None:
         self.lab = lab
-        self.stack = Stack(lab, work, StackSpec(transport=transport))
+        self.stack = Stack(lab, work, StackSpec(transport=transport, compression_level=level))
         self.broker_pid = broker_pid()
 
     def sample(self) -> dict[str, float]:
@@ -319,7 +319,7 @@ class Bench:
         self, lab: Lab, disks: list[Disk], changes: list[ChangeSet], rdisk: tuple[str, int, Disk]
     ) -> None:
         print(f"vmbackup ({self.args.transport} transport):", flush=True)
-        ours = Ours(lab, self.work / "vmbackup", self.args.transport)
+        ours = Ours(lab, self.work / "vmbackup", self.args.transport, self.args.compression_level)
         with ours.stack:
             full = self.record(ours.backup("full"))
             full.repo_bytes, full.repo_du = dir_size(ours.stack.repo)
@@ -451,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scale", choices=("dev", "full"), default="dev")
     ap.add_argument("--transport", choices=("file", "http", "nbd"), default="file")
+    ap.add_argument("--compression-level", type=int, default=3, help="repository zstd level")
     ap.add_argument("--tools", default="restic,borg,borg-fixed", help="competitors, in order")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--dir", default=None, help="parent of the temp dir (default: $TMPDIR)")
