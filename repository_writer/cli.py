@@ -108,6 +108,20 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_id_key(args: argparse.Namespace) -> int:
+    """Print the chunk-id key of an encrypted repository (what proxies need as proxy.id_key)."""
+    repo = open_repo(args)
+    if repo.id_key is None:
+        print(
+            f"vmbackup: {args.repo} is not encrypted: chunk ids are plain BLAKE3, "
+            "proxies need no id key",
+            file=sys.stderr,
+        )
+        return 1
+    print(repo.id_key.hex())
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from coordinator.vm_config import describe_point_config
     from repository_writer.stats import point_data_bytes, repo_stats
@@ -315,6 +329,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--disk", required=True, type=int, metavar="KEY", help="disk key, e.g. 2000")
     p.add_argument("file", metavar="FILE", help="raw image file or block device")
     p.set_defaults(func=_guard(cmd_import))
+
+    p = rsub.add_parser(
+        "id-key",
+        help="print an encrypted repository's chunk-id key (hex), for proxy.id_key",
+        description="Proxies hash chunks with this key (keyed BLAKE3) so that ids reveal "
+        "nothing about content. Store the output as a secret and point proxy.id_key at it.",
+    )
+    _repo_arg(p)
+    p.set_defaults(func=_guard(cmd_id_key))
 
     p = rsub.add_parser("list", help="restore points, sizes, dedup and compression ratios")
     _repo_arg(p)
