@@ -36,13 +36,17 @@ def test_encrypted_repository_end_to_end(tmp_path: Path) -> None:
                         got = stack.restore_digest(v["point_id"], d["key"])
                         assert got == expected[(v["moref"], d["key"])]
             assert "OK" in stack.verify()
-            # Ids are keyed: the plain BLAKE3 of a chunk the guest wrote names no file.
+            # Ids are keyed: a chunk the guest wrote is stored under its keyed id, and its
+            # plain BLAKE3 names no file.
             from common.chunk import chunk_id
 
             chunk_files = [f for f in (stack.repo / "chunks").rglob("*") if f.is_file()]
             assert len(chunk_files) > 10
-            plain_id = chunk_id(b"\x5a" * MiB).hex()
-            assert plain_id not in {f.name for f in chunk_files}
+            names = {f.name for f in chunk_files}
+            data = lab.read_guest_data(vm["moref"], vm["disks"][0]["key"], 3 * MiB, MiB)
+            key = bytes.fromhex(stack.id_key_file.read_text())
+            assert chunk_id(data, key).hex() in names
+            assert chunk_id(data).hex() not in names
             # The guest's bytes appear in no chunk file (encrypted, not just compressed).
             needle = b"\x5a" * 4096
             for f in chunk_files:
