@@ -64,7 +64,7 @@ def zstd_decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def compress(data: bytes, level: int) -> tuple[bytes, bool]:
+def compress(data: bytes | bytearray | memoryview, level: int) -> tuple[bytes, bool]:
     """zstd-compress ``data``; returns (payload, compressed).
 
     The raw bytes are returned (compressed=False) when compression does not

@@ -290,6 +290,7 @@ class TaskPipeline:
                 if present[cid]:
                     self._known(c)
                 else:
+                    assert c.data is not None  # read, not yet handed to the compressor
                     fut = self.pool.submit(compress, c.data, cfg.compression_level)
                     c.data = None  # the future holds it until compressed
                     jobs.append((c, cid, fut))

@@ -114,7 +114,10 @@ class Server:
                     httpConnectionTimeout=self.settings.timeout,
                 )
                 content = vim.ServiceInstance("ServiceInstance", stub).RetrieveContent()
-                content.sessionManager.Login(self.vc.user, self.vc.password)
+                sessions = content.sessionManager
+                if sessions is None:
+                    raise TransportError(f"{self.vc.url} has no session manager")
+                sessions.Login(self.vc.user, self.vc.password, None)
             except vim.fault.InvalidLogin as exc:
                 raise AuthError(f"login to {self.vc.name} as {self.vc.user!r} refused") from exc
             except ssl.SSLError as exc:
@@ -142,9 +145,9 @@ class Server:
             try:
                 from pyVmomi import vim
 
-                vim.ServiceInstance(
-                    "ServiceInstance", stub
-                ).RetrieveContent().sessionManager.Logout()
+                sessions = vim.ServiceInstance("ServiceInstance", stub).RetrieveContent()
+                if sessions.sessionManager is not None:
+                    sessions.sessionManager.Logout()
             except Exception as exc:  # logout is best effort; the session expires anyway
                 log.debug("logout_failed", url=self.vc.url, error=str(exc))
 
