@@ -130,6 +130,7 @@ class Stack:
         self.id_key_file = self.workdir / "repo-id-key"
         self.hosts = sorted({vm["host"] for vm in lab.vms()})
         self._runs = 0
+        self._jobs: list[subprocess.Popen[bytes]] = []  # coordinator runs, stopped by stop()
 
     # ---- set-up ----------------------------------------------------------------------
     def start(self) -> Stack:
@@ -350,6 +351,18 @@ name = "all"
             proc.log_file = None
 
     def stop(self) -> None:
+        # A coordinator run still going (the caller was interrupted) goes first: it would
+        # otherwise outlive the stack and keep its snapshots.
+        for job in self._jobs:
+            if job.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.pid, signal.SIGTERM)
+                try:
+                    job.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(job.pid, signal.SIGKILL)
+                    job.wait(timeout=30)
         for proc in list(self.procs.values()):
             self.stop_proc(proc)
         if self.spec.vhost is None:
@@ -391,6 +404,7 @@ name = "all"
             )
         finally:
             log_file.close()
+        self._jobs.append(popen)
         return popen, log_path, report_path
 
     def backup(self, policy: str = "all", timeout: float = 1800) -> BackupRun:
