@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,9 @@ class ChunkFile:
 class ChunkStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Ids renamed into place whose directory entry is not yet fsynced (see touch).
+        self._undurable: set[bytes] = set()
+        self._undurable_lock = threading.Lock()
 
     def path_of(self, chunk_id: bytes) -> Path:
         h = check_id(chunk_id).hex()
@@ -77,7 +81,16 @@ class ChunkStore:
         return True
 
     def touch(self, chunk_id: bytes) -> bool:
-        """Refresh the chunk's mtime (protects it from a concurrent gc); False if absent."""
+        """Refresh the chunk's mtime (protects it from a concurrent gc); False if absent.
+
+        A chunk another thread has renamed into place but whose directory is not fsynced
+        yet counts as absent: answering "have it" then could let a point name a chunk
+        that a power loss takes back. The caller stores it again (same bytes, atomic
+        rename) and so makes it durable itself.
+        """
+        with self._undurable_lock:
+            if chunk_id in self._undurable:
+                return False
         try:
             os.utime(self.path_of(chunk_id))
         except FileNotFoundError:
@@ -126,7 +139,11 @@ class ChunkStore:
                     raise os_error(exc, f"chunk {final.name}") from exc
                 written[i] = True
                 dirs.add(final.parent)
+                with self._undurable_lock:
+                    self._undurable.add(items[i][0])
             fsync_dirs(dirs)
+            with self._undurable_lock:
+                self._undurable.difference_update(items[i][0] for i, _, _ in pending)
         except BaseException:
             for _, tmp, _ in pending:
                 _unlink_quiet(tmp)

@@ -229,3 +229,48 @@ def test_meta_damage_reported(repo: Repository, tmp_path: Path) -> None:
     assert [p.kind for p in rep.problems] == ["point"]
     with pytest.raises(CorruptObjectError, match=r.point_id):
         repo.get_point(r.point_id)
+
+
+def test_a_chunk_is_not_present_until_its_rename_is_durable(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one writer thread has renamed a chunk into place but not yet fsynced its
+    directory, a have-query must not answer "present" (a point naming it could lose it
+    to a power cut); storing it again meanwhile makes it durable before the ack."""
+    import threading
+
+    from repository_writer import chunk_store
+
+    data = os.urandom(CS)
+    payload, compressed = compress(data, 3)
+    cid = repo.chunk_id(data)
+    renamed = threading.Event()
+    release = threading.Event()
+    real_fsync_dirs = chunk_store.fsync_dirs
+    synced: list[set[Path]] = []
+
+    def slow_fsync_dirs(dirs: set[Path]) -> None:
+        if threading.current_thread().name == "first-writer":
+            renamed.set()  # the rename is done; hold the directory fsync back
+            assert release.wait(10)
+        synced.append(set(dirs))
+        real_fsync_dirs(dirs)
+
+    monkeypatch.setattr(chunk_store, "fsync_dirs", slow_fsync_dirs)
+    first = threading.Thread(
+        target=repo.store_chunks, args=([(cid, CS, compressed, payload)],), name="first-writer"
+    )
+    first.start()
+    try:
+        assert renamed.wait(10)
+        assert repo.chunks.path_of(cid).exists()  # on disk, but not durable yet
+        assert repo.has_chunks([cid]) == [False]
+        # A second copy arriving now is written and its directory fsynced before it returns.
+        res = repo.store_chunks([(cid, CS, compressed, payload)])
+        assert res.stored == 1
+        assert repo.chunks.path_of(cid).parent in synced[-1]
+    finally:
+        release.set()
+        first.join(10)
+    assert repo.has_chunks([cid]) == [True]
+    assert repo.read_chunk(cid) == data
