@@ -268,3 +268,25 @@ def test_periodic_full(lab: Lab, make_env: Any) -> None:
     (v,) = env.run(pol, clock=lambda: later).vms
     assert v.status == report.OK
     assert v.disks[0].mode == "full" and "periodic full" in v.disks[0].reason
+
+
+def test_a_pruned_newest_point_is_not_used_as_base(lab: Lab, make_env: Any) -> None:
+    """The same coordinator runs two jobs; between them the newest point of a VM is
+    deleted (prune). The next job must plan on what the repository holds now."""
+    env = make_env(lab)
+    env.start()
+    name = lab.vms()[0]["name"]
+    lab.write_guest_data(name, 2000, 2 * MiB, b"a" * 5000)
+    rep1 = env.run()
+    assert rep1.status == report.OK, rep1.to_text()
+    lab.write_guest_data(name, 2000, 4 * MiB, b"b" * 5000)
+    rep2 = env.run()
+    assert rep2.status == report.OK, rep2.to_text()
+    newest = vm_report(rep2, name).point_id
+    env.repo.delete_point(newest)
+    lab.write_guest_data(name, 2000, 6 * MiB, b"c" * 5000)
+    rep3 = env.run()
+    assert rep3.status == report.OK, rep3.to_text()
+    d = vm_report(rep3, name).disks[0]
+    assert newest not in d.reason
+    assert_points_match_guest(env, lab, rep3)
