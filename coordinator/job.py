@@ -578,6 +578,9 @@ class Job:
     ) -> None:
         disks, vm_config = self._snapshot_disks(conn, snap)
         uuid = vm.instance_uuid or vm.uuid
+        # Read this VM's points afresh for every backup: a point pruned since the last
+        # read must never be chosen as the base of this one.
+        self.rt.history.forget(uuid)
         works: list[_DiskWork] = []
         failed: list[tuple[int, str]] = []
         for d in disks:
@@ -715,15 +718,50 @@ class Job:
         rt = self.rt
         hist = rt.history
         host = vm.host or vm.host_moref
-        pending: dict[Future[TaskResult], tuple[_DiskWork, str, _Slot, int]] = {}
-        deadline = time.monotonic() + self.s.task_timeout_s
+        # future -> (disk, task id, slot, bytes, deadline): each task's timeout counts
+        # from its own publish, so a big disk of timely tasks is never timed out
+        pending: dict[Future[TaskResult], tuple[_DiskWork, str, _Slot, int, float]] = {}
+        timeout_s = self.s.task_timeout_s
+
+        def collect(wait_s: float) -> None:
+            """Take finished results; fail the disks of tasks past their deadline (their
+            slots are freed, so the tasks still to publish can go on)."""
+            if not pending:
+                return
+            done, _ = wait_futures(list(pending), timeout=wait_s, return_when=FIRST_COMPLETED)
+            for fut in done:
+                w, _tid, _slot, nbytes, _due = pending.pop(fut)
+                r = fut.result()
+                w.results.append(r)
+                self._task_done(vm, w, r, nbytes)
+            now = time.monotonic()
+            for fut, (w, tid, slot, _n, due) in list(pending.items()):
+                if due <= now:
+                    w.error = w.error or f"no result within {timeout_s:.0f}s for some tasks"
+                    del pending[fut]
+                    rt.results.forget(tid)
+                    fut.cancel()
+                    slot.release()
+
         try:
             for w in works:
                 for t in w.plan.tasks:
                     if w.error:
                         break
-                    rt.tasks_per_host.acquire([host], self.cancel)
+                    # a lost result holds its slot until its deadline: wait for a slot
+                    # while still collecting, or the job waits on itself forever
+                    while True:
+                        try:
+                            rt.tasks_per_host.acquire([host], self.cancel, timeout=0.5)
+                            break
+                        except Cancelled:
+                            if self.cancel.is_set():
+                                raise
+                        collect(0)
                     slot = _Slot(rt.tasks_per_host, host)
+                    if w.error:  # one of its tasks timed out while we waited
+                        slot.release()
+                        break
                     fut = rt.results.expect(t.task_id)
                     fut.add_done_callback(slot.release)
                     task = BackupTask(
@@ -761,27 +799,15 @@ class Job:
                         slot.release()
                         break
                     w.futures[t.task_id] = fut
-                    pending[fut] = (w, t.task_id, slot, sum(n for _o, n in t.ranges))
+                    due = time.monotonic() + timeout_s
+                    pending[fut] = (w, t.task_id, slot, sum(n for _o, n in t.ranges), due)
             while pending:
                 if self.cancel.is_set():
                     raise Cancelled("job cancelled while tasks were running")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    for w, _tid, _slot, _n in pending.values():
-                        w.error = w.error or (
-                            f"no result within {self.s.task_timeout_s:.0f}s for some tasks"
-                        )
-                    break
-                done, _ = wait_futures(
-                    list(pending), timeout=min(left, 0.5), return_when=FIRST_COMPLETED
-                )
-                for fut in done:
-                    w, _tid, _slot, nbytes = pending.pop(fut)
-                    r = fut.result()
-                    w.results.append(r)
-                    self._task_done(vm, w, r, nbytes)
+                left = min(p[4] for p in pending.values()) - time.monotonic()
+                collect(min(max(left, 0.0), 0.5))
         finally:
-            for fut, (_w, tid, slot, _n) in pending.items():
+            for fut, (_w, tid, slot, _n, _due) in pending.items():
                 rt.results.forget(tid)
                 fut.cancel()
                 slot.release()

@@ -1,0 +1,68 @@
+"""SIGTERM of a running ``vmbackup backup``: the job is cancelled, its snapshot removed,
+its running-backup marker ended, and the report written, before the process exits."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import Lab, LabSpec
+from lab.stack import Stack, StackSpec
+from tests.coordinator.conftest import MiB
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab.start(LabSpec(hosts_per_cluster=1, vms_per_host=1, disk_sizes=[8 * MiB])) as lab:
+        for v in lab.vms():
+            lab.write_guest_data(v["name"], 2000, 0, b"data" * 1024)
+        yield lab
+
+
+def test_sigterm_cancels_the_job_and_cleans_up(
+    lab: Lab, make_env: Any, amqp_vhost: str, tmp_path: Path
+) -> None:
+    spec = StackSpec(
+        writers=0,
+        proxies=0,
+        vhost=amqp_vhost,
+        env={"VMBACKUP_COORDINATOR__ID": "coord-term"},
+        extra_config='\n[[policies]]\nname = "nightly"\n',
+    )
+    stack = Stack(lab, tmp_path / "stack", spec).start()
+    env = make_env(lab, repo_path=stack.repo)
+    env.peer.hold_vm.update(v["name"] for v in lab.vms())  # tasks taken, never answered
+    before = len(lab.snapshot_events())
+    proc, log_path, report_path = stack.backup_popen("nightly")
+    try:
+        deadline = time.monotonic() + 60
+        while not env.peer.tasks and time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()
+            time.sleep(0.1)
+        assert env.peer.tasks, "no task published"
+        assert env.repo.running_jobs(), "no running-backup marker while the job runs"
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("vmbackup backup still running 120s after SIGTERM")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert rc != 0, log_path.read_text()
+    new = lab.snapshot_events()[before:]
+    assert new and all(e["removed_at"] for e in new), new
+    assert env.repo.running_jobs() == []
+    rep = json.loads(report_path.read_text())
+    assert rep["vms"] and all(v["status"] == "failed" for v in rep["vms"])
+    assert all("cancelled" in v["reason"] for v in rep["vms"]), rep["vms"]
