@@ -121,7 +121,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
         import signal
 
+        # Ctrl-C cancels like SIGTERM: snapshots removed, nothing half-committed.
         signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
         rep = job.run()
     finally:
         _close(rt)

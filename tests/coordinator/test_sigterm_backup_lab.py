@@ -28,8 +28,9 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_cancels_the_job_and_cleans_up(
-    lab: Lab, make_env: Any, amqp_vhost: str, tmp_path: Path
+    sig: signal.Signals, lab: Lab, make_env: Any, amqp_vhost: str, tmp_path: Path
 ) -> None:
     spec = StackSpec(
         writers=0,
@@ -50,11 +51,11 @@ def test_sigterm_cancels_the_job_and_cleans_up(
             time.sleep(0.1)
         assert env.peer.tasks, "no task published"
         assert env.repo.running_jobs(), "no running-backup marker while the job runs"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             rc = proc.wait(120)
         except subprocess.TimeoutExpired:
-            pytest.fail("vmbackup backup still running 120s after SIGTERM")
+            pytest.fail(f"vmbackup backup still running 120s after {sig.name}")
     finally:
         if proc.poll() is None:
             proc.kill()
