@@ -17,7 +17,7 @@ from coordinator import report
 log = get_logger(__name__)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "backup",
         help="run one backup job for a policy and exit (0 ok, 1 some VMs failed, 2 error)",

@@ -66,7 +66,7 @@ def pinned_connection_class(pin_hex: str) -> type[http.client.HTTPSConnection]:
     class PinnedHTTPSConnection(http.client.HTTPSConnection):
         def connect(self) -> None:
             super().connect()
-            der = self.sock.getpeercert(binary_form=True) or b""  # type: ignore[union-attr]
+            der = self.sock.getpeercert(binary_form=True) or b""
             got = hashlib.sha256(der).hexdigest()
             if got != pin_hex:
                 self.close()
@@ -169,7 +169,9 @@ class Connection:
         if https and s.thumbprint:
             # every new pooled connection checks the pin (pyVmomi's own check is skipped
             # when a CA happens to vouch for the certificate)
-            stub.scheme = pinned_connection_class(normalize_thumbprint(s.thumbprint))  # type: ignore[assignment]
+            # pyVmomi's stubs type `scheme` as str; its connection pool takes a class too.
+            pinned: Any = pinned_connection_class(normalize_thumbprint(s.thumbprint))
+            stub.scheme = pinned
         self._stub = stub
         self._si = vim.ServiceInstance("ServiceInstance", stub)
         try:
@@ -209,7 +211,8 @@ class Connection:
                     if attempt >= self.settings.retries:
                         raise
                     log.warning("vcenter_relogin_retry", vcenter=self.name, error=repr(exc))
-                    self._stub.DropConnections()  # type: ignore[union-attr]
+                    if self._stub is not None:
+                        self._stub.DropConnections()
                     self._sleep(self.settings.backoff_s * 2**attempt)
             self._generation += 1
             self.relogins += 1

@@ -8,7 +8,7 @@ import sys
 from common.config import ConfigError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "proxy",
         help="run a proxy worker: read snapshot disks, send new chunks to the writers",

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from typing import cast
 
 from common.chunk import chunk_id, compress, is_zero
 from common.sharding import shard_of
@@ -171,17 +172,12 @@ class TaskPipeline:
         """Chunks entirely inside ranges the transport reports as reading zero."""
         holes: list[Extent] = []
         # one extents call per contiguous run of the plan
-        run_start, run_end = None, None
-        runs: list[tuple[int, int]] = []
+        runs: list[tuple[int, int]] = []  # (offset, length)
         for _, off, ln in plan:
-            if run_end == off:
-                run_end = off + ln
+            if runs and sum(runs[-1]) == off:
+                runs[-1] = (runs[-1][0], runs[-1][1] + ln)
             else:
-                if run_start is not None:
-                    runs.append((run_start, run_end - run_start))  # type: ignore[operator]
-                run_start, run_end = off, off + ln
-        if run_start is not None:
-            runs.append((run_start, run_end - run_start))  # type: ignore[operator]
+                runs.append((off, ln))
         for off, ln in runs:
             holes.extend(e for e in self.reader.extents(off, ln) if not e.data)
         zero: set[int] = set()
@@ -263,7 +259,7 @@ class TaskPipeline:
                 break
             if self.abort.is_set():
                 continue
-            window: list[_Chunk] = item  # type: ignore[assignment]
+            window = cast(list[_Chunk], item)
             fresh: list[tuple[_Chunk, bytes]] = []
             by_shard: dict[int, list[bytes]] = {}
             for c in window:
@@ -346,7 +342,7 @@ class TaskPipeline:
                 break
             if self.abort.is_set():
                 continue
-            jobs: list[tuple[_Chunk, bytes, Future[tuple[bytes, bool]]]] = item  # type: ignore[assignment]
+            jobs = cast(list[tuple[_Chunk, bytes, Future[tuple[bytes, bool]]]], item)
             for c, cid, fut in jobs:
                 payload, compressed = fut.result()
                 self.budget.release(c.length - len(payload))  # keep only the payload charged

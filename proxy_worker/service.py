@@ -206,7 +206,7 @@ class ProxyService:
                     pipe = TaskPipeline(
                         reader, self.link, self.pool, self.budget, cfg, task.task_id, read_bytes.inc
                     )
-                    stats = pipe.run([tuple(r) for r in task.ranges], task.capacity)  # type: ignore[misc]
+                    stats = pipe.run(list(task.ranges), task.capacity)
             finally:
                 metrics.PROXY_STREAMS.labels(host=task.host).dec()
                 metrics.PROXY_MEMORY_BYTES.set(self.budget.used)

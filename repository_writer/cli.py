@@ -298,7 +298,7 @@ def _repo_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     repo = sub.add_parser("repo", help="create, fill and list a repository")
     rsub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND")
     rsub.required = True

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from common.chunk import is_zero
 from repository_writer.errors import InvalidRequestError, RepositoryError
@@ -44,8 +45,8 @@ def vm_uuid_for_name(name: str) -> str:
     return str(uuid.uuid5(_VM_NS, name))
 
 
-def image_size(fh: object) -> int:
-    fileno = fh.fileno()  # type: ignore[attr-defined]
+def image_size(fh: BinaryIO) -> int:
+    fileno = fh.fileno()
     return os.lseek(fileno, 0, os.SEEK_END)
 
 
@@ -185,11 +186,11 @@ def _store(repo: Repository, batch: list[tuple[bytes, Sequence[bytes]]], totals:
     totals[2] += r.bytes_stored
 
 
-def _read_exact(fh: object, size: int, image: str | Path) -> bytes:
+def _read_exact(fh: BinaryIO, size: int, image: str | Path) -> bytes:
     parts: list[bytes] = []
     got = 0
     while got < size:
-        b = fh.read(size - got)  # type: ignore[attr-defined]
+        b = fh.read(size - got)
         if not b:
             raise RepositoryError(f"image {image} ended early (changed while importing?)")
         parts.append(b)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 from common.chunk import zero_bytes
 from repository_writer.errors import RepositoryError
@@ -51,11 +51,17 @@ class RestoreStats:
     seconds: float
 
 
+class ByteSink(Protocol):
+    """Where a streamed restore goes: a binary file, a pipe, or an upload body."""
+
+    def write(self, data: bytes | memoryview, /) -> int | None: ...
+
+
 def restore_disk(
     repo: Repository,
     point_id: str,
     disk_key: int,
-    out: str | Path | BinaryIO,
+    out: str | Path | ByteSink,
     *,
     workers: int = 2,
     sync: bool = True,
@@ -87,7 +93,7 @@ def restore_disk(
 
 
 def _to_stream(
-    repo: Repository, dmap: DiskMap, fh: BinaryIO, what: str, workers: int
+    repo: Repository, dmap: DiskMap, fh: ByteSink, what: str, workers: int
 ) -> RestoreStats:
     def put(_off: int, data: Buf | None, n: int) -> None:
         if data is None:

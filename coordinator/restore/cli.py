@@ -18,7 +18,7 @@ from repository_writer.errors import RepositoryError
 from repository_writer.repository import Repository
 
 
-def register_restore_vm(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register_restore_vm(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "restore-vm",
         help="recreate the VM of a restore point on a vCenter (registered, powered off)",

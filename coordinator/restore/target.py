@@ -72,7 +72,9 @@ def find_target(conn: Connection, datastore: str, host: str = "", folder: str = 
             obj = props.get(obj._moId, {}).get("parent")
         return None
 
-    of_type = lambda t: [o for o in objs.values() if isinstance(o, t)]  # noqa: E731
+    def of_type(t: type) -> list[Any]:
+        return [o for o in objs.values() if isinstance(o, t)]
+
     stores = [d for d in of_type(vim.Datastore) if props[d._moId].get("name") == datastore]
     if not stores:
         names = sorted(str(props[d._moId].get("name")) for d in of_type(vim.Datastore))
@@ -131,7 +133,11 @@ def find_target(conn: Connection, datastore: str, host: str = "", folder: str = 
 
     vm_folder = props[dc._moId].get("vmFolder")
     target_folder = _find_folder(vm_folder, folder, props, objs) if folder else vm_folder
-    in_dc = lambda o: (d := dc_of(o)) is not None and d._moId == dc._moId  # noqa: E731
+
+    def in_dc(o: Any) -> bool:
+        d = dc_of(o)
+        return d is not None and bool(d._moId == dc._moId)
+
     networks: dict[str, Any] = {}
     portgroups: dict[str, tuple[Any, str]] = {}
     for n in of_type(vim.Network):

@@ -97,7 +97,7 @@ def upload_disk(
         http_conn.putheader("Content-Length", str(capacity))
         http_conn.endheaders()
         body = _PutBody(http_conn, capacity, progress)
-        restore_disk(repo, point.id, disk_key, body)  # type: ignore[arg-type]
+        restore_disk(repo, point.id, disk_key, body)
         if body.sent != capacity:
             raise RestoreVmError(f"disk {disk_key}: sent {body.sent} of {capacity} bytes")
         resp = http_conn.getresponse()
