@@ -107,3 +107,23 @@ def vm_report(rep: JobReport, name: str) -> Any:
         if v.name == name:
             return v
     raise AssertionError(f"{name} not in the report: {[v.name for v in rep.vms]}")
+
+
+def coordinator_only_stack(
+    lab: Any, make_env: Callable[..., Any], vhost: str, workdir: Path, coordinator_id: str
+) -> tuple[Any, Any]:
+    """A stack whose only process is `vmbackup backup` (policy "nightly"); the test's peer
+    in the same vhost takes every task and never answers, so a job stays mid-flight."""
+    from lab.stack import Stack, StackSpec
+
+    spec = StackSpec(
+        writers=0,
+        proxies=0,
+        vhost=vhost,
+        env={"VMBACKUP_COORDINATOR__ID": coordinator_id},
+        extra_config='\n[[policies]]\nname = "nightly"\n',
+    )
+    stack = Stack(lab, workdir, spec).start()
+    env = make_env(lab, repo_path=stack.repo)
+    env.peer.hold_vm.update(v["name"] for v in lab.vms())
+    return stack, env

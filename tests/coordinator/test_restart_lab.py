@@ -13,8 +13,7 @@ from coordinator import report
 from coordinator.daemon import Daemon
 from coordinator.settings import PolicySettings
 from lab import Lab, LabSpec
-from lab.stack import Stack, StackSpec
-from tests.coordinator.conftest import MiB
+from tests.coordinator.conftest import MiB, coordinator_only_stack
 
 pytestmark = pytest.mark.integration
 
@@ -35,17 +34,9 @@ def test_killed_coordinator_orphan_swept_and_job_resumed(
     lab: Lab, make_env: Any, amqp_vhost: str, tmp_path: Path
 ) -> None:
     # only the coordinator runs as a process; the test's peer (same vhost) takes its tasks
-    spec = StackSpec(
-        writers=0,
-        proxies=0,
-        vhost=amqp_vhost,
-        env={"VMBACKUP_COORDINATOR__ID": "coord-killed"},
-        extra_config='\n[[policies]]\nname = "nightly"\n',
+    stack, env = coordinator_only_stack(
+        lab, make_env, amqp_vhost, tmp_path / "stack", "coord-killed"
     )
-    stack = Stack(lab, tmp_path / "stack", spec).start()
-    env = make_env(lab, repo_path=stack.repo)
-    names = {v["name"] for v in lab.vms()}
-    env.peer.hold_vm.update(names)  # tasks are taken and never answered
     proc, _log, _report = stack.backup_popen("nightly")
     try:
         deadline = time.monotonic() + 60

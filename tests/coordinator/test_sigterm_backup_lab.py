@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from lab import Lab, LabSpec
-from lab.stack import Stack, StackSpec
-from tests.coordinator.conftest import MiB
+from tests.coordinator.conftest import MiB, coordinator_only_stack
 
 pytestmark = pytest.mark.integration
 
@@ -32,16 +31,7 @@ def lab() -> Iterator[Lab]:
 def test_sigterm_cancels_the_job_and_cleans_up(
     sig: signal.Signals, lab: Lab, make_env: Any, amqp_vhost: str, tmp_path: Path
 ) -> None:
-    spec = StackSpec(
-        writers=0,
-        proxies=0,
-        vhost=amqp_vhost,
-        env={"VMBACKUP_COORDINATOR__ID": "coord-term"},
-        extra_config='\n[[policies]]\nname = "nightly"\n',
-    )
-    stack = Stack(lab, tmp_path / "stack", spec).start()
-    env = make_env(lab, repo_path=stack.repo)
-    env.peer.hold_vm.update(v["name"] for v in lab.vms())  # tasks taken, never answered
+    stack, env = coordinator_only_stack(lab, make_env, amqp_vhost, tmp_path / "stack", "coord-term")
     before = len(lab.snapshot_events())
     proc, log_path, report_path = stack.backup_popen("nightly")
     try:
