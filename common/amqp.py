@@ -613,6 +613,7 @@ class Consumer:
         name: str = "vmbackup-consumer",
         exclusive_reply_queue: bool = False,
         exclusive_bindings: Sequence[tuple[str, str]] = (),
+        on_connected: Callable[[int], None] | None = None,
     ) -> None:
         if not queues and not exclusive_reply_queue:
             raise ValueError("a consumer needs at least one queue")
@@ -626,6 +627,8 @@ class Consumer:
         self.name = name
         self.exclusive_reply_queue = exclusive_reply_queue
         self.exclusive_bindings = list(exclusive_bindings)  # (exchange, routing key)
+        # Called on the I/O thread after each (re)connect, with the connection number.
+        self.on_connected = on_connected
         self.reply_queue_name: str | None = None
         self.ready = threading.Event()
         self._stop = threading.Event()
@@ -718,6 +721,8 @@ class Consumer:
                     q, lambda c, m, p, b, q=q: self._on_message(q, gen, m, p, b), auto_ack=False
                 )
             )
+        if self.on_connected is not None:
+            self.on_connected(gen)
         self.ready.set()
         log.info("consumer started", consumer=self.name, queues=queues, prefetch=self.prefetch)
         while not self._stop.is_set():
@@ -932,12 +937,18 @@ def _reply_key(msg: Message) -> str | None:
     return None
 
 
+class ReplyLost(TimeoutError):
+    """The reply queue was re-created (the connection dropped): a reply sent to the old
+    queue is gone. A TimeoutError, so callers re-send at once as after a time-out."""
+
+
 class ReplyQueue:
     """An exclusive reply queue; callers wait on futures keyed by correlation id.
 
-    The queue is re-created (with a new name) after a reconnect, so a caller that times
-    out re-sends its request with the current :attr:`name`. Replies for keys nobody
-    waits for are dropped (a late duplicate of an answered request).
+    The queue is re-created (with a new name) after a reconnect; every request still
+    waiting then fails with :class:`ReplyLost` instead of waiting out its time-out, and
+    the caller re-sends it with the current :attr:`name` (requests are idempotent).
+    Replies for keys nobody waits for are dropped (a late duplicate).
     """
 
     def __init__(self, params: BrokerParams, *, name: str = "vmbackup-replies") -> None:
@@ -951,6 +962,7 @@ class ReplyQueue:
             workers=1,
             name=name,
             exclusive_reply_queue=True,
+            on_connected=self._on_connected,
         )
         self._consumer.start()
 
@@ -970,6 +982,16 @@ class ReplyQueue:
     def forget(self, key: str) -> None:
         with self._lock:
             self._futures.pop(key, None)
+
+    def _on_connected(self, generation: int) -> None:
+        if generation == 1:
+            return
+        with self._lock:
+            lost = list(self._futures.values())
+            self._futures.clear()
+        for fut in lost:
+            if not fut.done():
+                fut.set_exception(ReplyLost("reply queue re-created after a reconnect"))
 
     def _on_reply(self, msg: Message, _d: Delivery) -> None:
         key = _reply_key(msg)

@@ -125,7 +125,8 @@ class WriterLink:
                 raise WriterError(
                     f"chunk batch to shard {batch.shard}: {confirm.exception()}"
                 ) from confirm.exception()
-            if time.monotonic() - batch.sent_at < self.timeout:
+            lost = batch.reply.done()  # ReplyLost: our reply queue was re-created
+            if not lost and time.monotonic() - batch.sent_at < self.timeout:
                 return None
             if batch.attempts >= self.attempts:
                 raise WriterError(

@@ -253,3 +253,27 @@ def test_sigterm_finishes_in_flight_and_returns_the_rest(
         rest.append(m.decode(body, expect=m.JobEvent).disk_key)
     conn.close()
     assert sorted(rest + sorted(done)) == list(range(8))
+
+
+def test_waiting_requests_learn_at_once_that_their_reply_queue_is_gone(
+    broker: BrokerParams,
+) -> None:
+    """After a reconnect the exclusive reply queue has a new name: a request still waiting
+    fails with ReplyLost (so the caller re-sends now) instead of waiting out its timeout."""
+    rq = amqp.ReplyQueue(broker, name="test-replies")
+    try:
+        first = rq.name
+        fut = rq.expect("q-1")
+        t0 = time.monotonic()
+        rabbitmqctl("close_all_connections", "--vhost", broker.vhost, "test drop")
+        with pytest.raises(amqp.ReplyLost):
+            fut.result(timeout=60)
+        assert time.monotonic() - t0 < 30
+        assert rq.name != first
+        # the new queue works: a reply to it reaches a new waiter
+        again = rq.expect("q-1")
+        with Publisher(broker) as pub:
+            pub.publish_sync("", rq.name, m.HaveReply("q-1", [True]), persistent=False)
+        assert again.result(timeout=30) == m.HaveReply("q-1", [True])
+    finally:
+        rq.close()

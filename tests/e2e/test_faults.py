@@ -20,7 +20,8 @@ from lab import Lab, LabSpec
 from lab.checks import disk_digests, lab_snapshots
 from lab.stack import BackupRun, Stack, StackSpec, rabbitmqctl
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# A fault costs retries (ack and commit time-outs): allow more than the suite default.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 MiB = 1 << 20
 # Slow the proxies down so that "mid-job" is a wide, reliable moment.
