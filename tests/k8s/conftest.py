@@ -15,7 +15,7 @@ uses only what v2.0.3 understands. To check the builds themselves with both vers
         PATH=$(dirname $(command -v $k)):$PATH .venv/bin/python -m pytest tests/k8s -q
     done
 
-and compare `kubectl kustomize k8s/overlays/example-site` from both (docs/kubernetes.md,
+and compare `kubectl kustomize k8s/overlays/production` from both (docs/kubernetes.md,
 "kubectl versions").
 """
 
@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 # The deployable builds (the base alone has no proxy group).
 BUILDS = {
-    "single-group": K8S / "overlays" / "single-group",
-    "example-site": K8S / "overlays" / "example-site",
+    "dev": K8S / "overlays" / "dev",
+    "production": K8S / "overlays" / "production",
 }
 
 

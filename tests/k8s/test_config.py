@@ -116,7 +116,7 @@ def test_role_config_loads(build: Build, component: str, tmp_path: Path) -> None
 
 def test_bad_override_is_rejected(builds: dict[str, Build], tmp_path: Path) -> None:
     """The check is real: a wrong env override in a manifest would fail it."""
-    build = builds["example-site"]
+    build = builds["production"]
     _obj, tpl = build.role("proxy")[0]
     raw = role_toml(build, tpl)
     path = tmp_path / "proxy.toml"
@@ -133,5 +133,5 @@ def load_config_env(path: Path, env: dict[str, str]) -> Any:
 
 
 def test_example_site_config_files_are_toml() -> None:
-    for p in (K8S / "overlays" / "example-site" / "config").glob("*.toml"):
+    for p in (K8S / "overlays" / "production" / "config").glob("*.toml"):
         tomllib.loads(p.read_text(encoding="utf-8"))

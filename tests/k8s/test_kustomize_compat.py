@@ -55,7 +55,7 @@ def load(path: Path) -> dict[str, Any]:
 
 def test_kustomizations_found() -> None:
     dirs = {p.parent.relative_to(K8S).as_posix() for p in KUSTOMIZATIONS}
-    assert {"base", "proxy-group", "overlays/example-site", "monitoring"} <= dirs
+    assert {"base", "proxy-group", "overlays/production", "monitoring"} <= dirs
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS, ids=lambda p: str(p.parent.relative_to(K8S)))

@@ -1,4 +1,4 @@
-"""The kustomize builds of k8s/overlays (single-group, example-site) hold what we rely on."""
+"""The kustomize builds of k8s/overlays (dev, production) hold what we rely on."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_references_resolve(build: Build) -> None:
     configmaps = {d["metadata"]["name"]: d for d in build.all("ConfigMap")}
     pvcs = {d["metadata"]["name"] for d in build.all("PersistentVolumeClaim")}
     secrets = site_secret_keys(build)
-    if build.name == "example-site":
+    if build.name == "production":
         missing = SITE_SECRETS - set(secrets)
         assert not missing, f"{build.name} does not define secrets {missing}"
     for obj, tpl in build.workloads():
