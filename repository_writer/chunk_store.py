@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,12 @@ ID_LEN = 32
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
 _HEX_DIR = re.compile(r"[0-9a-f]{3}")
 FANOUT = 3
+# A chunk renamed into place by another process (a writer sharing the shard, or one killed
+# between rename and directory fsync) within this window gets its directory fsynced by
+# whoever answers "present" for it. Past it, the kernel has long written the entry back.
+RENAME_SETTLE_NS = 60 * 1_000_000_000
+# atime of a chunk just renamed into place and not touched since (atime is otherwise unused).
+UNSETTLED_ATIME_NS = 1
 
 
 def check_id(chunk_id: bytes) -> bytes:
@@ -46,6 +53,24 @@ def parse_hex_id(text: str) -> bytes:
     if not isinstance(text, str) or not _HEX_ID.fullmatch(text):
         raise InvalidChunkIdError(f"not a chunk id (64 lowercase hex digits): {text!r:.80}")
     return bytes.fromhex(text)
+
+
+def _maybe_unsettled(st: os.stat_result) -> bool:
+    """The chunk may sit in a directory entry nobody has fsynced yet.
+
+    write_many stamps a new chunk's atime with UNSETTLED_ATIME_NS before renaming it into
+    place; the first touch (which fsyncs the directory first) replaces it with "now". Only
+    a recent change counts: past RENAME_SETTLE_NS the kernel has long written the entry
+    back. (A read that updates atime first only skips a fsync nobody needed.)
+    """
+    return (
+        st.st_atime_ns == UNSETTLED_ATIME_NS and time.time_ns() - st.st_ctime_ns < RENAME_SETTLE_NS
+    )
+
+
+def _mark_unsettled(path: Path) -> None:
+    """Stamp UNSETTLED_ATIME_NS, keeping the mtime the file system gave the write."""
+    os.utime(path, ns=(UNSETTLED_ATIME_NS, os.stat(path).st_mtime_ns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +116,14 @@ class ChunkStore:
         with self._undurable_lock:
             if chunk_id in self._undurable:
                 return False
+        path = self.path_of(chunk_id)
         try:
-            os.utime(self.path_of(chunk_id))
+            st = os.stat(path)
+            if _maybe_unsettled(st):
+                # Writers share shards (and the volume), so the rename may be another
+                # process's whose directory fsync is still to come: make it durable here.
+                fsync_dir(path.parent)
+            os.utime(path)  # the file system's clock: gc compares against it
         except FileNotFoundError:
             return False
         return True
@@ -134,6 +165,7 @@ class ChunkStore:
             dirs: set[Path] = set()
             for i, tmp, final in pending:
                 try:
+                    _mark_unsettled(tmp)
                     os.rename(tmp, final)
                 except OSError as exc:
                     raise os_error(exc, f"chunk {final.name}") from exc

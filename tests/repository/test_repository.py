@@ -274,3 +274,58 @@ def test_a_chunk_is_not_present_until_its_rename_is_durable(
         first.join(10)
     assert repo.has_chunks([cid]) == [True]
     assert repo.read_chunk(cid) == data
+
+
+def test_a_chunk_renamed_by_another_writer_is_made_durable_before_it_counts_as_present(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writers scaled out share shards and the volume: a chunk another writer process has
+    renamed into place, its directory fsync still to come (or never: killed), is answered
+    "present" only after this writer fsyncs that directory itself. Later touches, which
+    leave mtime == ctime, do not fsync again."""
+    import threading
+
+    from repository_writer import chunk_store
+
+    other = Repository.open(repo.path)  # its own ChunkStore: another process's view
+    data = os.urandom(CS)
+    payload, compressed = compress(data, 3)
+    cid = repo.chunk_id(data)
+    renamed = threading.Event()
+    release = threading.Event()
+    real_fsync_dirs, real_fsync_dir = chunk_store.fsync_dirs, chunk_store.fsync_dir
+    synced_by_main: list[Path] = []
+
+    def held_fsync_dirs(dirs: set[Path]) -> None:
+        if threading.current_thread().name == "other-writer":
+            renamed.set()
+            assert release.wait(10)
+        real_fsync_dirs(dirs)
+
+    def recorded_fsync_dir(d: Path) -> None:
+        if threading.current_thread() is threading.main_thread():
+            synced_by_main.append(d)
+        real_fsync_dir(d)
+
+    monkeypatch.setattr(chunk_store, "fsync_dirs", held_fsync_dirs)
+    monkeypatch.setattr(chunk_store, "fsync_dir", recorded_fsync_dir)
+    t = threading.Thread(
+        target=other.store_chunks, args=([(cid, CS, compressed, payload)],), name="other-writer"
+    )
+    t.start()
+    try:
+        assert renamed.wait(10)
+        assert repo.has_chunks([cid]) == [True]
+        assert synced_by_main == [repo.chunks.path_of(cid).parent]
+        assert repo.has_chunks([cid]) == [True]
+        assert len(synced_by_main) == 1  # a touched chunk is settled
+    finally:
+        release.set()
+        t.join(10)
+    # A chunk some other writer renamed into place and never touched: the same.
+    fresh = os.urandom(CS)
+    fresh_id = repo.chunk_id(fresh)
+    other.store_chunks([(fresh_id, CS, False, fresh)])
+    synced_by_main.clear()
+    assert repo.has_chunks([fresh_id, fresh_id]) == [True, True]
+    assert synced_by_main == [repo.chunks.path_of(fresh_id).parent]
