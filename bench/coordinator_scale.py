@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.procmem import proc_memory
 from common.config import Secret
 from coordinator import planner
 from coordinator.discovery import VM_PROPERTIES, discover
@@ -61,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             page_size=args.page,
             timeout_s=600,
         )
+        rss_start = proc_memory()["VmRSS"]
         with Connection(vc).connect() as conn:
             # --- discovery, paged ---
             inv = discover(conn)
+            rss_discovered = proc_memory()["VmRSS"]
             n = len(inv.vms)
             # --- baseline: one read per VM, on a sample ---
             sample = inv.vms[: args.sample]
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                     tasks += len(plan.tasks)
                     planned += plan.bytes_planned
             plan_s = time.monotonic() - t0
+            rss_planned = proc_memory()["VmRSS"]
 
     per_k = inv.round_trips / n * 1000
     print(f"VMs: {n}, pages: {inv.pages} (page size {args.page})")
@@ -148,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"planning: {plan_s:.2f} s for {n} disks, {args.areas} areas each -> {tasks} tasks, "
         f"{planned / GiB:.1f} GiB planned"
+    )
+    print(
+        f"memory (this process's VmRSS): {rss_start / MiB:.0f} MiB before connecting, "
+        f"{rss_discovered / MiB:.0f} MiB holding the inventory, "
+        f"{rss_planned / MiB:.0f} MiB after planning; inventory "
+        f"{(rss_discovered - rss_start) / MiB / n * 1000:.1f} MiB per 1000 VMs"
     )
     print(
         "| VMs | discovery s | round trips | per 1000 VMs | baseline s | baseline round trips |"

@@ -20,6 +20,7 @@ from pathlib import Path
 from pyVim.connect import Disconnect
 from pyVmomi import vim, vmodl
 
+from bench.procmem import proc_memory
 from lab import Lab, LabSpec
 from lab.build import build
 
@@ -40,16 +41,6 @@ def spec_for(vms: int) -> LabSpec:
         vms_per_host=per_host,
         disk_sizes=[64 * 2**20],
     )
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of a process, in bytes."""
-    out: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
 
 
 def inventory_pass(lab: Lab) -> tuple[float, int]:
@@ -94,7 +85,7 @@ def measure(spec: LabSpec, plain: bool) -> dict[str, float]:
     began = time.perf_counter()
     with Lab.start(spec, plain=plain, timeout=900) as lab:
         ready = time.perf_counter() - began
-        mem = proc_status(lab.pid)
+        mem = proc_memory(lab.pid)
         passes = [inventory_pass(lab) for _ in range(3)]
         if any(count != spec.vm_count for _, count in passes):
             raise SystemExit(f"an inventory pass missed VMs (expected {spec.vm_count})")

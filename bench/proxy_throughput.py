@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.procmem import proc_memory
 from common.amqp import BrokerParams, Publisher, open_blocking
 from common.chunk import chunk_id, compress, is_zero
 from common.messages import ChunkBatch
@@ -216,15 +217,6 @@ def run_pipeline(
         return time.perf_counter() - t0, st
 
 
-def peak_rss() -> int:
-    """VmHWM of this process: unlike getrusage's ru_maxrss it is not inherited across exec
-    from the (larger) benchmark parent."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def child_main(spec_json: str) -> None:
     """One proxy process: the template, then the clone, through the pipeline."""
     from common.amqp import ReplyQueue
@@ -249,7 +241,7 @@ def child_main(spec_json: str) -> None:
         pub.close()
         transport.close()
     out["budget_peak"] = budget.peak
-    out["rss_peak"] = peak_rss()
+    out["rss_peak"] = proc_memory()["VmHWM"]
     print(json.dumps(out), flush=True)
 
 

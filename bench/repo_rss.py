@@ -10,6 +10,7 @@ removed at the end even on failure; --gib 20 needs ~30 GiB free there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -17,21 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.procmem import proc_memory
 from bench.repo_data import write_image
 
 
 def peak_rss_kib(proc: subprocess.Popen[bytes]) -> int:
-    """VmHWM of the child, read until it exits. Not getrusage's ru_maxrss: Linux carries
-    that across fork + exec, so it would include this (parent) process's RSS."""
+    """VmHWM of the child, read until it exits (bench.procmem: why not ru_maxrss)."""
     peak = 0
-    status = Path(f"/proc/{proc.pid}/status")
     while proc.poll() is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
-        except (FileNotFoundError, ProcessLookupError):
-            pass
+        # exiting: the /proc entry is gone, or a zombie without memory lines
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, RuntimeError):
+            peak = max(peak, proc_memory(proc.pid)["VmHWM"] // 1024)
         time.sleep(0.02)
     if proc.returncode != 0:
         raise SystemExit(f"import-disk failed with status {proc.returncode}")

@@ -1,11 +1,16 @@
 """Start one writer of the StatefulSet with the shard range of its ordinal.
 
 Mounted from a ConfigMap and run as ``python writer_start.py -- vmbackup writer --config F``.
-The pod's ordinal comes from its hostname (``vmbackup-writer-3`` -> 3), the number of
-writers from ``WRITER_REPLICAS`` (kept equal to the StatefulSet's replicas; tests/k8s checks
-it) and the shard count from the config file itself, so that writers and proxies can never
-disagree on ``broker.n_shards``. Shards are split into contiguous ranges, the first
-``n_shards % replicas`` writers taking one more.
+The shards (``broker.n_shards``, read from the config file itself so that writers and
+proxies can never disagree) are split into ``WRITER_SHARD_GROUPS`` contiguous ranges, the
+first ``n_shards % groups`` taking one more. The pod's ordinal comes from its hostname
+(``vmbackup-writer-5`` -> 5); writer *i* consumes the range of group ``i % groups``.
+
+Shard ownership is therefore stable while KEDA scales the StatefulSet: ``groups`` equals the
+ScaledObject's ``minReplicaCount`` (tests/k8s checks it), so ordinals 0..groups-1 always run
+and cover every shard, and each extra writer (ordinal >= groups) joins a group's queues as
+one more competing consumer. Writers share the repository volume; a chunk stored by two
+writers of a group at once is written twice under the same name, harmlessly.
 """
 
 from __future__ import annotations
@@ -29,33 +34,35 @@ def ordinal_of(hostname: str) -> int:
     return int(m.group(1))
 
 
-def shard_range(ordinal: int, replicas: int, n_shards: int) -> tuple[int, int]:
-    """First and last shard (inclusive) owned by writer ``ordinal`` of ``replicas``."""
-    if replicas < 1:
-        raise StartError(f"WRITER_REPLICAS must be >= 1, got {replicas}")
-    if replicas > n_shards:
+def shard_range(group: int, groups: int, n_shards: int) -> tuple[int, int]:
+    """First and last shard (inclusive) of shard group ``group`` of ``groups``."""
+    if groups < 1:
+        raise StartError(f"WRITER_SHARD_GROUPS must be >= 1, got {groups}")
+    if groups > n_shards:
         raise StartError(
-            f"{replicas} writers but only {n_shards} shards (broker.n_shards): "
-            "a writer would own nothing; lower the replicas"
+            f"{groups} shard groups but only {n_shards} shards (broker.n_shards): "
+            "a group would own nothing; lower WRITER_SHARD_GROUPS"
         )
-    if not 0 <= ordinal < replicas:
-        raise StartError(f"ordinal {ordinal} outside 0..{replicas - 1} (WRITER_REPLICAS stale?)")
-    base, extra = divmod(n_shards, replicas)
-    first = ordinal * base + min(ordinal, extra)
-    size = base + (1 if ordinal < extra else 0)
+    if not 0 <= group < groups:
+        raise StartError(f"shard group {group} outside 0..{groups - 1}")
+    base, extra = divmod(n_shards, groups)
+    first = group * base + min(group, extra)
+    size = base + (1 if group < extra else 0)
     return first, first + size - 1
 
 
 def writer_env(env: Mapping[str, str], n_shards: int) -> dict[str, str]:
     """The environment overrides for this writer pod."""
     hostname = env.get("HOSTNAME", "")
-    raw = env.get("WRITER_REPLICAS", "")
+    raw = env.get("WRITER_SHARD_GROUPS", "")
     try:
-        replicas = int(raw)
+        groups = int(raw)
     except ValueError:
-        raise StartError(f"WRITER_REPLICAS must be an integer, got {raw!r}") from None
+        raise StartError(f"WRITER_SHARD_GROUPS must be an integer, got {raw!r}") from None
     ordinal = ordinal_of(hostname)
-    first, last = shard_range(ordinal, replicas, n_shards)
+    if groups < 1:
+        raise StartError(f"WRITER_SHARD_GROUPS must be >= 1, got {groups}")
+    first, last = shard_range(ordinal % groups, groups, n_shards)
     return {"VMBACKUP_WRITER__NAME": hostname, "VMBACKUP_WRITER__SHARDS": f"{first}-{last}"}
 
 

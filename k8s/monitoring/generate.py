@@ -152,17 +152,19 @@ LAYOUT: list[str | Panel] = [
         "logical / new and new / stored bytes at the writers",
     ),
     (
-        "Planned vs capacity",
+        "Read vs changed vs capacity (1 h)",
         "timeseries",
         "bytes",
         [
             (
                 "sum by (kind) (increase(vmbackup_coordinator_planned_bytes_total[1h]))",
-                "{{kind}}",
-            )
+                "planned {{kind}}",
+            ),
+            ("sum(increase(vmbackup_proxy_read_bytes_total[1h]))", "read by proxies"),
         ],
         12,
-        "Bytes CBT says changed against the disks' capacity: the incremental saving",
+        "Bytes CBT says changed and bytes the proxies read, against the disks' capacity:"
+        " the incremental saving (read above changed = chunk rounding and retries)",
     ),
     "Queues and scaling",
     (

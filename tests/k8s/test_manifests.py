@@ -77,11 +77,26 @@ def test_expected_objects(build: Build) -> None:
     )
     assert build.role("proxy"), "no proxy group"
     pvc = build.get("PersistentVolumeClaim", "vmbackup-repository")
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     rmq = build.get("RabbitmqCluster", "vmbackup-rabbitmq")
-    assert rmq["spec"]["replicas"] >= 3, "quorum queues need 3 nodes to survive one loss"
+    if build.name == "production":
+        # writers on many nodes share the repository
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert rmq["spec"]["replicas"] == 3, "quorum queues need 3 nodes to survive one loss"
+    else:
+        assert rmq["spec"]["replicas"] == 1, "dev: one small broker node"
     assert "rabbitmq_prometheus" in rmq["spec"]["rabbitmq"]["additionalPlugins"]
+    assert build.get("Vhost", "vmbackup-vhost")["spec"]["defaultQueueType"] == "quorum"
     assert build.all("ServiceMonitor") and build.all("PodMonitor")
+    # Every voluntary disruption of the services is bounded (the coordinator has none on
+    # purpose: a single Recreate pod).
+    budgets = build.all("PodDisruptionBudget")
+    for component in ("writer", "proxy"):
+        for _obj, tpl in build.role(component):
+            labels = tpl["metadata"]["labels"]
+            assert any(
+                all(labels.get(k) == v for k, v in pdb["spec"]["selector"]["matchLabels"].items())
+                for pdb in budgets
+            ), f"no PodDisruptionBudget covers {component} {labels}"
 
 
 def test_pods_are_restricted_and_bounded(build: Build) -> None:
@@ -186,11 +201,31 @@ def test_writer_replicas_and_shards(build: Build) -> None:
     sts = build.get("StatefulSet", "vmbackup-writer")
     tpl = sts["spec"]["template"]
     c = main_container(tpl)
-    assert env_of(c)["WRITER_REPLICAS"]["value"] == str(sts["spec"]["replicas"]), (
-        "WRITER_REPLICAS must equal the StatefulSet's replicas (shard split)"
+    groups = int(env_of(c)["WRITER_SHARD_GROUPS"]["value"])
+    so = build.get("ScaledObject", "vmbackup-writer")
+    assert so["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": "vmbackup-writer",
+    }
+    # The first `groups` ordinals own every shard: they must always run.
+    assert so["spec"]["minReplicaCount"] == groups == sts["spec"]["replicas"], (
+        "WRITER_SHARD_GROUPS, the StatefulSet's replicas and the ScaledObject's "
+        "minReplicaCount must be equal (shard ownership)"
     )
+    assert so["spec"]["maxReplicaCount"] >= groups
+    # Scaled on exactly the shard queues' depth, two full prefetch windows per writer.
+    from common.sharding import shard_queue
+
+    n = role_toml(build, tpl)["broker"]["n_shards"]
+    (trigger,) = so["spec"]["triggers"]
+    rx = _promql_regex(trigger["metadata"]["query"])
+    assert all(rx.fullmatch(shard_queue(i)) for i in range(n))
+    assert not rx.fullmatch("vmbackup.tasks.host.esx-01") and not rx.fullmatch("vmbackup.commits")
+    prefetch = role_toml(build, tpl)["writer"].get("prefetch", 16)
+    assert trigger["metadata"]["threshold"] == str(2 * prefetch)
     n_shards = role_toml(build, tpl)["broker"]["n_shards"]
-    assert 1 <= sts["spec"]["replicas"] <= n_shards
+    assert 1 <= groups <= n_shards
     # The entry point is writer_start.py from the scripts ConfigMap, wrapping `vmbackup writer`.
     script = c["command"][1]
     (mount,) = [m for m in c["volumeMounts"] if script.startswith(m["mountPath"] + "/")]
@@ -228,7 +263,11 @@ def test_proxy_groups_placement_and_autoscaling(build: Build) -> None:
     from common.amqp import task_queue
 
     deployments = {d["metadata"]["name"]: d for d in build.all("Deployment")}
-    scaled = build.all("ScaledObject")
+    scaled = [
+        so
+        for so in build.all("ScaledObject")
+        if so["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
+    ]
     proxies = build.role("proxy")
     assert len(scaled) == len(proxies), "one ScaledObject per proxy group"
     for so in scaled:

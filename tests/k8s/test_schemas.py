@@ -44,18 +44,6 @@ K8S_DEFINITIONS = "https://kubernetes.io/api/_definitions.json"
 # Each build by the name in the test ids.
 SCHEMA_BUILDS = {**BUILDS, "monitoring": K8S / "monitoring"}
 
-# Rendered objects that fail, each a finding reported to the owner of k8s/, keyed by
-# (apiVersion, kind) so that the mark goes away with the cause. strict: once fixed, the
-# test passes and the entry must be removed.
-KNOWN_FAILURES = {
-    ("external-secrets.io/v1beta1", "ExternalSecret"): (
-        "external-secrets.io/v1beta1 is not served by the External Secrets Operator since "
-        "v0.17.0 (served: false in config/crds/bases/external-secrets.io_externalsecrets.yaml "
-        "up to v2.9.0): `kubectl apply` fails with 'no matches for kind'; the manifests must "
-        "use external-secrets.io/v1 (same fields for what they set)"
-    ),
-}
-
 
 def oldest_supported() -> str:
     """The oldest Kubernetes version (major.minor) docs/kubernetes.md says is supported."""
@@ -112,9 +100,7 @@ def params(kubernetes: bool) -> list[Any]:
     for build, obj in RENDERED:
         if is_kubernetes_kind(obj) != kubernetes:
             continue
-        reason = KNOWN_FAILURES.get((obj["apiVersion"], obj["kind"]))
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        out.append(pytest.param(obj, id=object_id(build, obj), marks=marks))
+        out.append(pytest.param(obj, id=object_id(build, obj)))
     return out
 
 
