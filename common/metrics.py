@@ -114,6 +114,11 @@ COORD_ORPHANS_REMOVED = Counter(
     "Orphan snapshots removed",
     ["vcenter"],
 )
+COORD_ORPHAN_OLDEST_AGE = Gauge(
+    "vmbackup_coordinator_orphan_snapshot_oldest_age_seconds",
+    "Age, at the last sweep, of the oldest orphan snapshot whose removal failed (0 = none)",
+    ["vcenter"],
+)
 COORD_CONSOLIDATIONS = Counter(
     "vmbackup_coordinator_consolidations_total",
     "ConsolidateVMDisks_Task runs for VMs with runtime.consolidationNeeded",

@@ -223,6 +223,11 @@ def find_ours(conn: Connection, prefix: str) -> tuple[list[OurSnapshot], list[tu
     return ours, consolidate
 
 
+def _age(s: OurSnapshot, now: dt.datetime) -> float:
+    """Seconds since the snapshot was taken (infinite when vCenter did not say)."""
+    return (now - s.created).total_seconds() if s.created is not None else float("inf")
+
+
 def sweep(
     conn: Connection,
     *,
@@ -246,7 +251,7 @@ def sweep(
         if s.job_id in active_jobs:
             res.kept.append(s)
             continue
-        age = (now - s.created).total_seconds() if s.created is not None else float("inf")
+        age = _age(s, now)
         if s.coordinator != coordinator_id and age < min_age_s:
             res.kept.append(s)
             continue
@@ -265,6 +270,10 @@ def sweep(
             continue
         res.removed.append(s)
         metrics.COORD_ORPHANS_REMOVED.labels(conn.name).inc()
+    # Orphans still on a VM after this sweep: the alert watches their age.
+    metrics.COORD_ORPHAN_OLDEST_AGE.labels(conn.name).set(
+        max((_age(s, now) for s, _ in res.failed), default=0.0)
+    )
     for vm, name in needs_consolidation:
         try:
             conn.wait_task(vm.ConsolidateVMDisks_Task(), f"consolidate {name}", timeout_s)

@@ -187,16 +187,22 @@ class Lab:
         self,
         *,
         fail_snapshot_vm: str | None = _UNSET,
+        fail_remove_vm: str | None = _UNSET,
         reset_cbt: tuple[str, int] | None = None,
         grow_disk: tuple[str, int, int] | None = None,
         slow_soap_ms: int | None = None,
         slow_soap_method: str | None = None,
         expire_sessions: bool = False,
     ) -> dict[str, Any]:
-        """Inject faults. fail_snapshot_vm=None (or "") clears that fault."""
+        """Inject faults. fail_snapshot_vm / fail_remove_vm = None (or "") clear theirs.
+
+        fail_remove_vm: RemoveSnapshot_Task of that VM's snapshots fails (FileLocked).
+        """
         body: dict[str, Any] = {}
         if fail_snapshot_vm is not _UNSET:
             body["fail_snapshot_vm"] = fail_snapshot_vm or ""
+        if fail_remove_vm is not _UNSET:
+            body["fail_remove_vm"] = fail_remove_vm or ""
         if reset_cbt is not None:
             body["reset_cbt"] = list(reset_cbt)
         if grow_disk is not None:

@@ -67,6 +67,7 @@ type snapEvent struct {
 
 type faultState struct {
 	failSnapshotVM string
+	failRemoveVM   string
 	slowMs         int
 	slowMethod     string
 }

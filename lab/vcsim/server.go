@@ -94,6 +94,10 @@ func (l *lab) frontHandler(inner http.Handler) http.Handler {
 				if l.serveFailingSnapshot(w, body, f.failSnapshotVM) {
 					return
 				}
+			case "RemoveSnapshot_Task":
+				if l.serveFailingRemove(w, body, f.failRemoveVM) {
+					return
+				}
 			case "RetrievePropertiesEx":
 				if l.serveRetrievePropertiesEx(w, r, inner, body, session) {
 					return
@@ -235,6 +239,36 @@ func (l *lab) serveFailingSnapshot(w http.ResponseWriter, body []byte, target st
 	return true
 }
 
+// serveFailingRemove fails RemoveSnapshot_Task on the snapshots of one VM (name or
+// moref), as a locked delta file does on ESXi; the snapshot stays.
+func (l *lab) serveFailingRemove(w http.ResponseWriter, body []byte, target string) bool {
+	if target == "" {
+		return false
+	}
+	method, err := decodeRequest(body)
+	if err != nil {
+		return false
+	}
+	req, ok := method.Body.(*types.RemoveSnapshot_Task)
+	if !ok {
+		return false
+	}
+	snap, ok := simulator.Map.Get(req.This).(*simulator.VirtualMachineSnapshot)
+	if !ok {
+		return false
+	}
+	vm, ok := simulator.Map.Get(snap.Vm).(*simulator.VirtualMachine)
+	if !ok || (vm.Name != target && vm.Self.Value != target) {
+		return false
+	}
+	fault := &types.FileLocked{}
+	task := simulator.CreateTask(snap, "removeSnapshot", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
+		return nil, fault
+	})
+	writeResponse(w, &methods.RemoveSnapshot_TaskBody{Res: &types.RemoveSnapshot_TaskResponse{Returnval: task.Run()}})
+	return true
+}
+
 // SOAP envelope, written the way the simulator writes its own replies.
 type envelope struct {
 	XMLName xml.Name    `xml:"soapenv:Envelope"`
@@ -338,6 +372,7 @@ type vmJSON struct {
 
 type injectRequest struct {
 	FailSnapshotVM *string         `json:"fail_snapshot_vm"`
+	FailRemoveVM   *string         `json:"fail_remove_vm"`
 	ResetCBT       *[2]interface{} `json:"reset_cbt"`
 	GrowDisk       *[3]interface{} `json:"grow_disk"`
 	SlowSOAPms     *int            `json:"slow_soap_ms"`
@@ -471,12 +506,16 @@ func (l *lab) serveInject(w http.ResponseWriter, r *http.Request) {
 		jsonError(w, http.StatusBadRequest, "bad inject request: %v", err)
 		return
 	}
-	if l.cfg.plain && (req.ResetCBT != nil || req.GrowDisk != nil || req.SlowSOAPms != nil || req.FailSnapshotVM != nil) {
+	if l.cfg.plain && (req.ResetCBT != nil || req.GrowDisk != nil || req.SlowSOAPms != nil || req.FailSnapshotVM != nil || req.FailRemoveVM != nil) {
 		jsonError(w, http.StatusConflict, "the plain simulator only supports expire_sessions")
 		return
 	}
 	if req.FailSnapshotVM != nil && *req.FailSnapshotVM != "" && l.findVM(*req.FailSnapshotVM) == nil {
 		jsonError(w, http.StatusBadRequest, "fail_snapshot_vm: no VM named %q", *req.FailSnapshotVM)
+		return
+	}
+	if req.FailRemoveVM != nil && *req.FailRemoveVM != "" && l.findVM(*req.FailRemoveVM) == nil {
+		jsonError(w, http.StatusBadRequest, "fail_remove_vm: no VM named %q", *req.FailRemoveVM)
 		return
 	}
 	if req.SlowSOAPms != nil && *req.SlowSOAPms < 0 {
@@ -520,6 +559,9 @@ func (l *lab) serveInject(w http.ResponseWriter, r *http.Request) {
 	l.mu.Lock()
 	if req.FailSnapshotVM != nil {
 		l.faults.failSnapshotVM = *req.FailSnapshotVM
+	}
+	if req.FailRemoveVM != nil {
+		l.faults.failRemoveVM = *req.FailRemoveVM
 	}
 	if req.SlowSOAPms != nil {
 		l.faults.slowMs = *req.SlowSOAPms

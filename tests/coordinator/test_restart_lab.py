@@ -92,6 +92,52 @@ def test_snapshot_of_other_coordinator_kept_until_old(lab: Lab, make_env: Any) -
     assert not open_snapshots(lab)
 
 
+def test_an_orphan_that_cannot_be_removed_is_kept_and_its_age_exported(
+    lab: Lab, make_env: Any
+) -> None:
+    """vCenter refuses to remove an orphan (a locked delta file): it stays, the sweep
+    reports it, and the age gauge the alert VmbackupOrphanSnapshotStuck watches holds its
+    age until a later sweep removes it."""
+    from prometheus_client import REGISTRY
+
+    from coordinator import snapshots
+
+    def oldest_stuck_orphan() -> float | None:
+        return REGISTRY.get_sample_value(
+            "vmbackup_coordinator_orphan_snapshot_oldest_age_seconds", {"vcenter": "lab"}
+        )
+
+    env = make_env(lab)
+    rt = env.start(id="coord-a", orphan_min_age_s=0.0)
+    conn = rt.connections["lab"]
+    name = lab.vms()[1]["name"]
+    vm = conn.moref("VirtualMachine", lab.vms()[1]["moref"])
+    s = snapshots.create(
+        conn,
+        vm,
+        prefix="vmbackup",
+        job_id="p-20240101T000000Z-fedcba",
+        coordinator_id="coord-gone",
+        quiesce=False,
+        fallback="crash",
+        timeout_s=30,
+    )
+    lab.inject(fail_remove_vm=name)
+    try:
+        res = rt.sweep(conn)
+        assert [f.snapshot._moId for f, _ in res.failed] == [s.moref]
+        assert "FileLocked" in res.failed[0][1], res.failed[0][1]
+        assert [e["snapshot"] for e in open_snapshots(lab)] == [s.moref]
+        age = oldest_stuck_orphan()
+        assert age is not None and 0.0 <= age < 600  # just taken: seconds old
+    finally:
+        lab.inject(fail_remove_vm=None)
+    res = rt.sweep(conn)
+    assert [r.snapshot._moId for r in res.removed] == [s.moref]
+    assert not open_snapshots(lab)
+    assert oldest_stuck_orphan() == 0.0
+
+
 def test_daemon_runs_policies_on_their_cron_schedule(lab: Lab, make_env: Any) -> None:
     import datetime as dt
     import itertools

@@ -318,6 +318,26 @@ def test_failing_snapshot_injection(lab: Lab, si: Any, vms: list[dict[str, Any]]
         lab.inject(fail_snapshot_vm="no such vm")
 
 
+def test_failing_remove_injection(lab: Lab, si: Any, vms: list[dict[str, Any]]) -> None:
+    """RemoveSnapshot_Task of one VM fails with FileLocked and the snapshot stays."""
+    info, vm, _ = _vm(si, vms, 4)
+    _, other, _ = _vm(si, vms, 5)
+    s = snapshot(vm, "locked")
+    lab.inject(fail_remove_vm=info["moref"])
+    try:
+        with pytest.raises(vim.fault.FileLocked):
+            remove(s)
+        assert [e["snapshot"] for e in lab.snapshot_events() if not e["removed_at"]] == [
+            s._moId
+        ]
+        remove(snapshot(other, "unaffected"))
+    finally:
+        lab.inject(fail_remove_vm=None)
+    remove(s)
+    with pytest.raises(LabError):
+        lab.inject(fail_remove_vm="no such vm")
+
+
 def test_remove_snapshot_is_waitable_and_deletes_frozen_files(
     lab: Lab, si: Any, vms: list[dict[str, Any]]
 ) -> None:
