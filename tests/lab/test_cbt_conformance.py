@@ -327,9 +327,7 @@ def test_failing_remove_injection(lab: Lab, si: Any, vms: list[dict[str, Any]]) 
     try:
         with pytest.raises(vim.fault.FileLocked):
             remove(s)
-        assert [e["snapshot"] for e in lab.snapshot_events() if not e["removed_at"]] == [
-            s._moId
-        ]
+        assert [e["snapshot"] for e in lab.snapshot_events() if not e["removed_at"]] == [s._moId]
         remove(snapshot(other, "unaffected"))
     finally:
         lab.inject(fail_remove_vm=None)
