@@ -54,6 +54,7 @@ from bench.e2e_tools import (
     proc_io,
     run,
 )
+from bench.procmem import proc_memory
 from common.logging import setup_logging
 from lab import Lab, LabSpec
 from lab.stack import Stack, StackSpec
@@ -194,6 +195,8 @@ class Ours:
                 continue
             s[f"cpu:{p.name}"] = proc_cpu(p.popen.pid)
             s[f"rchar:{p.name}"] = proc_io(p.popen.pid).get("rchar", 0)
+            # peak resident memory since start (what k8s/ sizes its limits from)
+            s[f"peak_rss_mib:{p.name}"] = proc_memory(p.popen.pid)["VmHWM"] / 2**20
             for k, v in scrape(p.metrics_port).items():
                 s[k] = s.get(k, 0.0) + v
         return s
@@ -214,7 +217,10 @@ class Ours:
         r = self.stack.finish_run(rc, report_path, log_path, time.monotonic() - t0)
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         after = self.sample()
-        delta = {k: round(after[k] - before.get(k, 0.0), 3) for k in after}
+        delta = {
+            k: round(after[k] if k.startswith("peak_") else after[k] - before.get(k, 0.0), 3)
+            for k in after
+        }
         delta["cpu:coordinator"] = round(
             ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 3
         )
