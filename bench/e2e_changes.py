@@ -11,6 +11,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.guest import make_private
+
 KiB = 1 << 10
 MiB = 1 << 20
 RUN_LENGTHS = (64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 8 * MiB)  # logs, DB pages, files
@@ -69,6 +71,7 @@ class ChangeSet:
             raise RuntimeError(f"change set {self.name} is already applied")
         for w in self.writes:
             d = disks[w.disk]
+            make_private(d.path)  # never write into a live snapshot's frozen disk
             fd = os.open(d.path, os.O_RDWR)
             try:
                 old = os.pread(fd, w.length, w.offset)
@@ -83,6 +86,7 @@ class ChangeSet:
         """Put back the old bytes, newest write first (overlapping writes undo correctly)."""
         while self.undo:
             w, old = self.undo.pop()
+            make_private(disks[w.disk].path)
             fd = os.open(disks[w.disk].path, os.O_WRONLY)
             try:
                 os.pwrite(fd, old, w.offset)

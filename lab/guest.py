@@ -6,6 +6,8 @@ datastore's directory: a sparse file the size of the disk.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
 import random
@@ -49,8 +51,65 @@ def _check_range(capacity: int, offset: int, length: int) -> None:
         )
 
 
+def make_private(path: Path) -> None:
+    """Give a disk file that a live snapshot shares its own copy before it is written.
+
+    The lab freezes a disk for a snapshot as a second hard link to its flat file (no
+    copy: ESXi's snapshots are redirect-on-write and cost nothing either). A write to
+    the disk while the file has other links would change the snapshot too, so the
+    data extents are first copied into a new sparse file that replaces the disk's
+    name; the snapshot keeps the old one. A no-op when nothing shares the file. Every
+    writer of a disk file calls this first (write_at, fill, the benchmarks' change sets).
+    """
+    while True:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # one copier per disk; others then see nlink 1
+            st = os.fstat(fd)
+            if os.stat(path).st_ino != st.st_ino:
+                continue  # another writer replaced it meanwhile: look at the new file
+            if st.st_nlink <= 1:
+                return
+            tmp = path.with_name(path.name + ".private-tmp")
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.ftruncate(out, st.st_size)
+                for start, end in data_extents(fd, st.st_size):
+                    while start < end:
+                        start += os.copy_file_range(fd, out, end - start, start, start)
+            except BaseException:
+                os.close(out)
+                os.unlink(tmp)
+                raise
+            os.close(out)
+            os.replace(tmp, path)
+            return
+        finally:
+            os.close(fd)
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """The allocated [start, end) ranges of an open file below size (SEEK_DATA/HOLE)."""
+    out: list[tuple[int, int]] = []
+    off = 0
+    while off < size:
+        try:
+            start = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data past off
+                break
+            raise
+        if start >= size:
+            break
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        out.append((start, end))
+        off = end
+    return out
+
+
 def write_at(path: Path, capacity: int, offset: int, data: bytes) -> None:
     _check_range(capacity, offset, len(data))
+    make_private(path)
     fd = os.open(path, os.O_WRONLY)
     try:
         view = memoryview(data)
@@ -176,6 +235,7 @@ def fill(
             rng = _vm_rng(seed, vm["name"], disk["key"])
             weights = [mix.template, mix.compressible, mix.unique, mix.zeros]
             weights.append(max(0.0, 1.0 - sum(weights)))
+            make_private(path)
             fd = os.open(path, os.O_WRONLY)
             try:
                 for block, offset in enumerate(range(0, capacity, block_size)):

@@ -224,6 +224,10 @@ func (l *lab) syncVM(vm *simulator.VirtualMachine) error {
 }
 
 func ensureSize(path string, size int64) error {
+	// A live snapshot shares the file (freezeDisk): grow a private copy, not the snapshot.
+	if err := makePrivate(path); err != nil && !os.IsNotExist(err) {
+		return err
+	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err

@@ -70,32 +70,72 @@ func zeroDigest(n int64) uint64 {
 	return d
 }
 
-// freezeDisk copies the data extents of src (a disk's flat file) into a new sparse
-// file dst of the same size, writing every data byte (so written zeros stay
-// allocated), and returns one content digest per granule of the frozen disk.
+// freezeDisk freezes src (a disk's flat file) as dst the way ESXi's redirect-on-write
+// snapshots cost nothing: dst becomes a second name of the same file (a hard link, no
+// copy). Whoever writes to the disk while it has other names first gives it a private
+// copy (lab/guest.py make_private; makePrivate here before a disk grows), so the frozen
+// name keeps the bytes of this moment. Returns one content digest per granule.
 func freezeDisk(src, dst string, size, granule int64) ([]uint64, error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return nil, err
-	}
-	defer in.Close()
-	exts, err := dataExtents(in, size)
-	if err != nil {
-		return nil, err
-	}
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
-	if err != nil {
+	if err := os.Link(src, dst); err != nil {
 		return nil, err
 	}
 	ok := false
 	defer func() {
-		_ = out.Close()
 		if !ok {
 			_ = os.Remove(dst)
 		}
 	}()
-	if err := out.Truncate(size); err != nil {
+	f, err := os.Open(dst)
+	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	exts, err := dataExtents(f, size)
+	if err != nil {
+		return nil, err
+	}
+	digests, err := granuleDigests(f, exts, size, granule)
+	if err != nil {
+		return nil, err
+	}
+	ok = true
+	return digests, nil
+}
+
+// makePrivate gives path its own copy of the data when a snapshot shares it (more than
+// one link): data extents are copied into a new sparse file that replaces path.
+func makePrivate(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || st.Nlink <= 1 {
+		return nil
+	}
+	in, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	exts, err := dataExtents(in, fi.Size())
+	if err != nil {
+		return err
+	}
+	tmp := path + ".private-tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	done := false
+	defer func() {
+		_ = out.Close()
+		if !done {
+			_ = os.Remove(tmp)
+		}
+	}()
+	if err := out.Truncate(fi.Size()); err != nil {
+		return err
 	}
 	buf := make([]byte, 1<<20)
 	for _, e := range exts {
@@ -105,20 +145,19 @@ func freezeDisk(src, dst string, size, granule int64) ([]uint64, error) {
 				n = e.end - off
 			}
 			if _, err := in.ReadAt(buf[:n], off); err != nil && err != io.EOF {
-				return nil, err
+				return err
 			}
 			if _, err := out.WriteAt(buf[:n], off); err != nil {
-				return nil, err
+				return err
 			}
 			off += n
 		}
 	}
-	digests, err := granuleDigests(out, exts, size, granule)
-	if err != nil {
-		return nil, err
+	if err := os.Rename(tmp, path); err != nil {
+		return err
 	}
-	ok = true
-	return digests, nil
+	done = true
+	return nil
 }
 
 // granuleDigests hashes every granule that holds data; granules entirely in holes

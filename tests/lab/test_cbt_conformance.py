@@ -277,6 +277,49 @@ def test_reset_cbt_invalidates_change_ids(lab: Lab, si: Any, vms: list[dict[str,
         remove(s2)
 
 
+def test_snapshots_cost_no_copy_and_later_writes_leave_them_alone(
+    lab: Lab, si: Any, vms: list[dict[str, Any]]
+) -> None:
+    """Like ESXi's redirect-on-write snapshots, taking one copies no data: the frozen
+    disk is the disk's file under a second name. The first write afterwards moves the
+    disk to a private copy, so two snapshots and the disk each keep their own bytes;
+    growing a disk under a live snapshot does not grow the snapshot (a new CBT epoch)."""
+    info, vm, key = _vm(si, vms, 2)
+    set_cbt(vm, True)
+    current = lab.local_path(info["disks"][0]["file"])
+    cap = info["disks"][0]["capacity"]
+    lab.write_guest_data(info["moref"], key, MIB, b"one" * 100)
+    allocated = os.stat(current).st_blocks
+    s1 = snapshot(vm, "cow-1")
+    s2 = None
+    try:
+        f1 = lab.local_path(disk_of(s1.config, key).backing.fileName)
+        assert os.stat(f1).st_ino == os.stat(current).st_ino  # a link, not a copy
+        lab.write_guest_data(info["moref"], key, MIB, b"two" * 100)
+        assert os.stat(f1).st_ino != os.stat(current).st_ino
+        assert os.stat(current).st_nlink == 1
+        s2 = snapshot(vm, "cow-2")
+        f2 = lab.local_path(disk_of(s2.config, key).backing.fileName)
+        # CBT between the two snapshots sees the one rewritten granule
+        areas, _ = all_areas(vm, s2, key, _change_id(s1, key), cap)
+        assert areas == [(MIB, GRANULE)]
+        lab.write_guest_data(info["moref"], key, MIB, b"new" * 100)
+        lab.inject(grow_disk=(info["moref"], key, cap + 4 * MIB))
+        with open(f1, "rb") as a, open(f2, "rb") as b:
+            a.seek(MIB)
+            b.seek(MIB)
+            assert (a.read(300), b.read(300)) == (b"one" * 100, b"two" * 100)
+        assert os.stat(f1).st_size == os.stat(f2).st_size == cap
+        assert lab.read_guest_data(info["moref"], key, MIB, 300) == b"new" * 100
+        # the disk stays as sparse through its private copies
+        assert (os.stat(current).st_blocks - allocated) * 512 < MIB
+    finally:
+        for s in (s1, s2):
+            if s is not None:
+                remove(s)
+    assert not any(p.name.endswith(".private-tmp") for p in current.parent.iterdir())
+
+
 def test_grow_disk(lab: Lab, si: Any, vms: list[dict[str, Any]]) -> None:
     info, vm, key = _vm(si, vms, 4)
     set_cbt(vm, True)
