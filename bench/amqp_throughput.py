@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 import pika
+from pika.adapters.utils import io_services_utils
 
 from common import amqp
 from common.amqp import BrokerParams, Consumer, Publisher
@@ -175,7 +176,18 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=64)
     ap.add_argument("--prefetch", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3, help="runs per case (best is kept)")
+    ap.add_argument(
+        "--recv-bytes",
+        type=int,
+        default=None,
+        help="socket read size of every pika connection here, bare ones included (default:"
+        " common.amqp.RECV_BYTES; 4096 is pika's own)",
+    )
     args = ap.parse_args()
+    if args.recv_bytes is not None:
+        io_services_utils._AsyncTransportBase._MAX_RECV_BYTES = args.recv_bytes
+        io_services_utils._AsyncTransportBase._MAX_CONSUME_BYTES = max(102400, 4 * args.recv_bytes)
+    print(f"pika socket reads of {io_services_utils._AsyncTransportBase._MAX_RECV_BYTES} bytes")
     rows = run(args.small, args.large, args.window, args.prefetch, args.repeat)
     print(
         "| size | operation | messages | bare pika msg/s | vmbackup msg/s | bare MiB/s "

@@ -277,3 +277,16 @@ def test_waiting_requests_learn_at_once_that_their_reply_queue_is_gone(
         assert again.result(timeout=30) == m.HaveReply("q-1", [True])
     finally:
         rq.close()
+
+
+def test_pika_reads_the_socket_in_large_pieces() -> None:
+    """common.amqp raises a private pika read size (4 KiB -> 256 KiB: a third of a writer's
+    CPU went into receiving chunk batches 4 KiB at a time). Fail loudly if a pika upgrade
+    stops reading that attribute, instead of silently losing the gain."""
+    import inspect
+
+    from pika.adapters.utils import io_services_utils as io
+
+    assert io._AsyncTransportBase._MAX_RECV_BYTES == amqp.RECV_BYTES >= 256 * 1024
+    consume = inspect.getsource(io._AsyncTransportBase._consume)
+    assert "self._MAX_RECV_BYTES" in consume and "self._MAX_CONSUME_BYTES" in consume
