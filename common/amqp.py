@@ -155,6 +155,22 @@ def open_blocking(params: BrokerParams, name: str) -> pika.BlockingConnection:
     return pika.BlockingConnection(params.pika_params(name))
 
 
+def pump(conn: pika.BlockingConnection, time_limit: float) -> None:
+    """Run the connection's I/O for up to ``time_limit`` seconds.
+
+    When the broker closes the connection while a callback scheduled from another thread
+    (an ack) runs, pika 1.x may raise ``ValueError("Timeout closed before call")`` from
+    its closed ioloop instead of a connection error: report it as the connection loss it
+    is, so the caller reconnects instead of its thread dying.
+    """
+    try:
+        conn.process_data_events(time_limit=time_limit)
+    except ValueError as exc:
+        if conn.is_open:
+            raise
+        raise pika.exceptions.AMQPConnectionError(f"connection closed: {exc}") from exc
+
+
 # --- topology ------------------------------------------------------------------------
 
 
@@ -736,7 +752,7 @@ class Consumer:
         self.ready.set()
         log.info("consumer started", consumer=self.name, queues=queues, prefetch=self.prefetch)
         while not self._stop.is_set():
-            conn.process_data_events(time_limit=0.2)
+            pump(conn, 0.2)
         # Graceful stop: no new deliveries, finish what runs, give back the rest.
         for tag in tags:
             with contextlib.suppress(Exception):
@@ -744,8 +760,8 @@ class Consumer:
         self._return_queued(gen)
         deadline = time.monotonic() + 300
         while self._busy() and time.monotonic() < deadline:
-            conn.process_data_events(time_limit=0.1)
-        conn.process_data_events(time_limit=0)
+            pump(conn, 0.1)
+        pump(conn, 0)
         with contextlib.suppress(Exception):
             conn.close()
         self._conn = None

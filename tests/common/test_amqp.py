@@ -290,3 +290,19 @@ def test_pika_reads_the_socket_in_large_pieces() -> None:
     assert io._AsyncTransportBase._MAX_RECV_BYTES == amqp.RECV_BYTES >= 256 * 1024
     consume = inspect.getsource(io._AsyncTransportBase._consume)
     assert "self._MAX_RECV_BYTES" in consume and "self._MAX_CONSUME_BYTES" in consume
+
+
+def test_pumping_a_connection_the_broker_closed_raises_a_connection_error(
+    broker: BrokerParams,
+) -> None:
+    """pika 1.x answers later calls on a connection the broker closed with
+    ValueError("Timeout closed before call"); once it killed a consumer's I/O thread (the
+    close had been consumed by an ack in a callback). amqp.pump turns it into a connection
+    error, which the consumer's loop reconnects on."""
+    conn = amqp.open_blocking(broker, "pump-test")
+    conn.channel()
+    rabbitmqctl("close_all_connections", "--vhost", broker.vhost, "test drop")
+    time.sleep(1)
+    for _ in range(3):
+        with pytest.raises(pika.exceptions.AMQPConnectionError):
+            amqp.pump(conn, 0.2)
