@@ -34,7 +34,8 @@ type diskState struct {
 	uuid     string
 	seq      int
 	points   map[int][]uint64
-	order    []int // seqs in points, oldest first
+	order    []int       // seqs in points, oldest first
+	memo     *digestMemo // digests of the file as last frozen, while it is unchanged
 }
 
 // snapDisk is one disk frozen by a snapshot.
@@ -368,7 +369,13 @@ func (l *lab) onSnapshotCreated(snap *simulator.VirtualMachineSnapshot) {
 		}
 		sd.flatPath = flat
 		sd.descPath = strings.TrimSuffix(flat, "-flat.vmdk") + ".vmdk"
-		digests, err := freezeDisk(st.flatPath, flat, sd.capacity, l.cfg.granularity)
+		l.mu.Lock()
+		memo := st.memo
+		l.mu.Unlock()
+		digests, memo, err := freezeDisk(st.flatPath, flat, sd.capacity, l.cfg.granularity, memo)
+		l.mu.Lock()
+		st.memo = memo
+		l.mu.Unlock()
 		if err != nil {
 			sd.broken = err.Error()
 			fmt.Fprintf(os.Stderr, "vcsim-lab: freezing %s: %v\n", b.FileName, err)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Linux lseek whence values; the syscall package does not name them.
@@ -74,10 +75,11 @@ func zeroDigest(n int64) uint64 {
 // snapshots cost nothing: dst becomes a second name of the same file (a hard link, no
 // copy). Whoever writes to the disk while it has other names first gives it a private
 // copy (lab/guest.py make_private; makePrivate here before a disk grows), so the frozen
-// name keeps the bytes of this moment. Returns one content digest per granule.
-func freezeDisk(src, dst string, size, granule int64) ([]uint64, error) {
+// name keeps the bytes of this moment. Returns one content digest per granule, from
+// memo when the file is unchanged since memo was made (see digestMemo).
+func freezeDisk(src, dst string, size, granule int64, memo *digestMemo) ([]uint64, *digestMemo, error) {
 	if err := os.Link(src, dst); err != nil {
-		return nil, err
+		return nil, memo, err
 	}
 	ok := false
 	defer func() {
@@ -87,19 +89,63 @@ func freezeDisk(src, dst string, size, granule int64) ([]uint64, error) {
 	}()
 	f, err := os.Open(dst)
 	if err != nil {
-		return nil, err
+		return nil, memo, err
 	}
 	defer f.Close()
+	id, err := identityOf(f)
+	if err != nil {
+		return nil, memo, err
+	}
+	if memo != nil && memo.id == id && memo.size == size && memo.granule == granule {
+		ok = true
+		return memo.digests, memo, nil
+	}
+	start := time.Now()
 	exts, err := dataExtents(f, size)
 	if err != nil {
-		return nil, err
+		return nil, memo, err
 	}
 	digests, err := granuleDigests(f, exts, size, granule)
 	if err != nil {
-		return nil, err
+		return nil, memo, err
 	}
 	ok = true
-	return digests, nil
+	// Remember only a file last modified well before we started reading: a write after
+	// our stat then always moves its mtime, however coarse the kernel's clock.
+	if time.Unix(0, id.mtimeNs).Before(start.Add(-time.Second)) {
+		memo = &digestMemo{id: id, size: size, granule: granule, digests: digests}
+	} else {
+		memo = nil
+	}
+	return digests, memo, nil
+}
+
+// fileIdentity names one version of a file: the same inode, size and mtime.
+type fileIdentity struct {
+	dev, ino uint64
+	size     int64
+	mtimeNs  int64
+}
+
+func identityOf(f *os.File) (fileIdentity, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return fileIdentity{}, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileIdentity{}, errors.New("no stat_t")
+	}
+	return fileIdentity{dev: uint64(st.Dev), ino: st.Ino, size: fi.Size(), mtimeNs: fi.ModTime().UnixNano()}, nil
+}
+
+// digestMemo keeps the digests of a disk file version, so that a snapshot of a disk
+// nobody wrote since the last one reads nothing (most disks, most nights).
+type digestMemo struct {
+	id      fileIdentity
+	size    int64
+	granule int64
+	digests []uint64
 }
 
 // makePrivate gives path its own copy of the data when a snapshot shares it (more than
@@ -168,6 +214,14 @@ func granuleDigests(f *os.File, exts []extent, size, granule int64) ([]uint64, e
 	for i := int64(0); i < count; i++ {
 		digests[i] = zeroDigest(granuleLen(i, size, granule))
 	}
+	// Hash the page cache in place (no copy into a buffer) when the file covers size.
+	var mapped []byte
+	if fi, err := f.Stat(); err == nil && fi.Size() >= size && size > 0 {
+		if m, err := syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED); err == nil {
+			mapped = m
+			defer func() { _ = syscall.Munmap(m) }()
+		}
+	}
 	buf := make([]byte, granule)
 	last := int64(-1)
 	for _, e := range exts {
@@ -176,10 +230,14 @@ func granuleDigests(f *os.File, exts []extent, size, granule int64) ([]uint64, e
 				continue
 			}
 			n := granuleLen(g, size, granule)
-			if _, err := f.ReadAt(buf[:n], g*granule); err != nil && err != io.EOF {
-				return nil, err
+			if mapped != nil {
+				digests[g] = maphash.Bytes(digestSeed, mapped[g*granule:g*granule+n])
+			} else {
+				if _, err := f.ReadAt(buf[:n], g*granule); err != nil && err != io.EOF {
+					return nil, err
+				}
+				digests[g] = maphash.Bytes(digestSeed, buf[:n])
 			}
-			digests[g] = maphash.Bytes(digestSeed, buf[:n])
 			last = g
 		}
 	}

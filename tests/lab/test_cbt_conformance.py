@@ -320,6 +320,36 @@ def test_snapshots_cost_no_copy_and_later_writes_leave_them_alone(
     assert not any(p.name.endswith(".private-tmp") for p in current.parent.iterdir())
 
 
+def test_unchanged_disk_reuses_its_digests_and_still_sees_the_next_write(
+    lab: Lab, si: Any, vms: list[dict[str, Any]]
+) -> None:
+    """A disk nobody wrote since its last snapshot is not read again (its digests are
+    remembered by inode, size and mtime); the first write after that, in place (no
+    snapshot shares the file), still shows up in CBT."""
+    import time
+
+    info, vm, key = _vm(si, vms, 3)
+    set_cbt(vm, True)
+    cap = info["disks"][0]["capacity"]
+    lab.write_guest_data(info["moref"], key, 2 * MIB, b"a" * 100)
+    time.sleep(1.2)  # the lab remembers only files modified over a second before reading
+    s1 = snapshot(vm, "memo-1")
+    cid1 = _change_id(s1, key)
+    remove(s1)
+    s2 = snapshot(vm, "memo-2")  # from the memo
+    try:
+        assert all_areas(vm, s2, key, cid1, cap)[0] == []
+        cid2 = _change_id(s2, key)
+    finally:
+        remove(s2)
+    lab.write_guest_data(info["moref"], key, 5 * MIB, b"b")  # in place: nlink is 1
+    s3 = snapshot(vm, "memo-3")
+    try:
+        assert all_areas(vm, s3, key, cid2, cap)[0] == [(5 * MIB, GRANULE)]
+    finally:
+        remove(s3)
+
+
 def test_grow_disk(lab: Lab, si: Any, vms: list[dict[str, Any]]) -> None:
     info, vm, key = _vm(si, vms, 4)
     set_cbt(vm, True)
