@@ -6,12 +6,11 @@ incremental, so a change set remembers the bytes it overwrote and can put them b
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.guest import make_private
+from lab.guest import DiskWriter
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -71,27 +70,19 @@ class ChangeSet:
             raise RuntimeError(f"change set {self.name} is already applied")
         for w in self.writes:
             d = disks[w.disk]
-            make_private(d.path)  # never write into a live snapshot's frozen disk
-            fd = os.open(d.path, os.O_RDWR)
-            try:
-                old = os.pread(fd, w.length, w.offset)
+            with DiskWriter(d.path) as disk:  # the guest's I/O path (lab.guest)
+                old = disk.pread(w.length, w.offset)
                 # Past the end of a short read the file is a hole: zeros to restore.
                 old += bytes(w.length - len(old))
-                os.pwrite(fd, random.Random(w.seed).randbytes(w.length), w.offset)
-            finally:
-                os.close(fd)
+                disk.pwrite(random.Random(w.seed).randbytes(w.length), w.offset)
             self.undo.append((w, old))
 
     def revert(self, disks: list[Disk]) -> None:
         """Put back the old bytes, newest write first (overlapping writes undo correctly)."""
         while self.undo:
             w, old = self.undo.pop()
-            make_private(disks[w.disk].path)
-            fd = os.open(disks[w.disk].path, os.O_WRONLY)
-            try:
-                os.pwrite(fd, old, w.offset)
-            finally:
-                os.close(fd)
+            with DiskWriter(disks[w.disk].path) as disk:
+                disk.pwrite(old, w.offset)
 
 
 def _pick_disk(rng: random.Random, disks: list[Disk], total: int) -> int:

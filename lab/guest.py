@@ -2,6 +2,14 @@
 
 A disk backing "[ds] dir/x.vmdk" keeps its bytes in "dir/x-flat.vmdk" on that
 datastore's directory: a sparse file the size of the disk.
+
+Every write to a disk file goes through :class:`DiskWriter` (``write_at`` and ``fill``
+use it), the lab's guest I/O path: it moves the disk off a live snapshot's frozen file
+first (:func:`make_private`) and logs each write in "dir/x-flat.vmdk.writes", from which
+the lab's CBT re-hashes only the written blocks at the next snapshot, as ESXi's CBT
+tracks writes in the I/O path. A write that bypasses it is still found (the file's
+inode and mtime no longer chain up with the log, and the lab re-hashes the whole disk),
+unless it lands within the same kernel clock tick as a logged one: do not bypass it.
 """
 
 from __future__ import annotations
@@ -58,8 +66,8 @@ def make_private(path: Path) -> None:
     copy: ESXi's snapshots are redirect-on-write and cost nothing either). A write to
     the disk while the file has other links would change the snapshot too, so the
     data extents are first copied into a new sparse file that replaces the disk's
-    name; the snapshot keeps the old one. A no-op when nothing shares the file. Every
-    writer of a disk file calls this first (write_at, fill, the benchmarks' change sets).
+    name; the snapshot keeps the old one. A no-op when nothing shares the file.
+    :class:`DiskWriter` calls it first.
     """
     while True:
         fd = os.open(path, os.O_RDONLY)
@@ -83,9 +91,61 @@ def make_private(path: Path) -> None:
                 raise
             os.close(out)
             os.replace(tmp, path)
+            _log_write(path, 0, 0, st, os.stat(path))  # same bytes, a new inode
             return
         finally:
             os.close(fd)
+
+
+WRITE_LOG_SUFFIX = ".writes"
+
+
+def _log_write(
+    path: Path, offset: int, length: int, pre: os.stat_result, post: os.stat_result
+) -> None:
+    """One line of the disk's write log: range, then inode and mtime before and after.
+
+    The lab accepts the log only as an unbroken chain from the identity it last hashed to
+    the file's current one (lab/vcsim/sparse.go, writeLog).
+    """
+    line = f"{offset} {length} {pre.st_ino} {pre.st_mtime_ns} {post.st_ino} {post.st_mtime_ns}\n"
+    fd = os.open(f"{path}{WRITE_LOG_SUFFIX}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+class DiskWriter:
+    """Writes into one disk's flat file as the guest's I/O path: off any live snapshot
+    first, every write logged for CBT (see the module's docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        make_private(self.path)
+        self._fd = os.open(self.path, os.O_RDWR)
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        pre = os.fstat(self._fd)
+        view, off = memoryview(data), offset
+        while view:
+            n = os.pwrite(self._fd, view, off)
+            view, off = view[n:], off + n
+        _log_write(self.path, offset, len(data), pre, os.fstat(self._fd))
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> DiskWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
@@ -109,15 +169,8 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
 
 def write_at(path: Path, capacity: int, offset: int, data: bytes) -> None:
     _check_range(capacity, offset, len(data))
-    make_private(path)
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
-    finally:
-        os.close(fd)
+    with DiskWriter(path) as w:
+        w.pwrite(data, offset)
 
 
 def read_at(path: Path, capacity: int, offset: int, length: int) -> bytes:
@@ -235,9 +288,7 @@ def fill(
             rng = _vm_rng(seed, vm["name"], disk["key"])
             weights = [mix.template, mix.compressible, mix.unique, mix.zeros]
             weights.append(max(0.0, 1.0 - sum(weights)))
-            make_private(path)
-            fd = os.open(path, os.O_WRONLY)
-            try:
+            with DiskWriter(path) as w:
                 for block, offset in enumerate(range(0, capacity, block_size)):
                     n = min(block_size, capacity - offset)
                     kind = rng.choices(kinds, weights)[0]
@@ -253,8 +304,6 @@ def fill(
                         data = rng.randbytes(n)
                     else:
                         data = bytes(n)
-                    os.pwrite(fd, data, offset)
+                    w.pwrite(data, offset)
                     report.add(vm["name"], disk["key"], offset, n, kind)
-            finally:
-                os.close(fd)
     return report

@@ -2,9 +2,11 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -75,11 +77,20 @@ func zeroDigest(n int64) uint64 {
 // snapshots cost nothing: dst becomes a second name of the same file (a hard link, no
 // copy). Whoever writes to the disk while it has other names first gives it a private
 // copy (lab/guest.py make_private; makePrivate here before a disk grows), so the frozen
-// name keeps the bytes of this moment. Returns one content digest per granule, from
-// memo when the file is unchanged since memo was made (see digestMemo).
+// name keeps the bytes of this moment. Returns one content digest per granule and the
+// memo for the next snapshot. Digests come, cheapest first, from memo when the file is
+// the one memo hashed; from memo plus the granules the guest's write log names, when
+// the log chains memo's file to this one; else from hashing the whole disk.
 func freezeDisk(src, dst string, size, granule int64, memo *digestMemo) ([]uint64, *digestMemo, error) {
+	logPath := src + writeLogSuffix
+	records, logErr := readWriteLog(logPath)
 	if err := os.Link(src, dst); err != nil {
 		return nil, memo, err
+	}
+	// Writes logged from here on belong to the next snapshot (a write between the read
+	// above and the link breaks the chain below: the whole disk is hashed, safely).
+	if err := os.Truncate(logPath, 0); err != nil && !os.IsNotExist(err) {
+		logErr = err
 	}
 	ok := false
 	defer func() {
@@ -96,28 +107,105 @@ func freezeDisk(src, dst string, size, granule int64, memo *digestMemo) ([]uint6
 	if err != nil {
 		return nil, memo, err
 	}
-	if memo != nil && memo.id == id && memo.size == size && memo.granule == granule {
-		ok = true
-		return memo.digests, memo, nil
-	}
 	start := time.Now()
-	exts, err := dataExtents(f, size)
-	if err != nil {
-		return nil, memo, err
-	}
-	digests, err := granuleDigests(f, exts, size, granule)
-	if err != nil {
-		return nil, memo, err
+	var digests []uint64
+	usable := memo != nil && memo.size == size && memo.granule == granule
+	switch {
+	case usable && len(records) == 0 && logErr == nil && !memo.fresh && memo.id == id:
+		digests = memo.digests
+	case usable && len(records) > 0 && logErr == nil && chains(memo.id, records, id):
+		digests = append([]uint64(nil), memo.digests...)
+		if err := rehash(f, digests, records, size, granule); err != nil {
+			return nil, memo, err
+		}
+	default:
+		exts, err := dataExtents(f, size)
+		if err != nil {
+			return nil, memo, err
+		}
+		if digests, err = granuleDigests(f, exts, size, granule); err != nil {
+			return nil, memo, err
+		}
 	}
 	ok = true
-	// Remember only a file last modified well before we started reading: a write after
-	// our stat then always moves its mtime, however coarse the kernel's clock.
-	if time.Unix(0, id.mtimeNs).Before(start.Add(-time.Second)) {
-		memo = &digestMemo{id: id, size: size, granule: granule, digests: digests}
-	} else {
-		memo = nil
+	// A file modified within a second of our reading it may still change within the
+	// same tick of the kernel's clock without its mtime moving: such a memo is used
+	// only through a logged write (whose record names it), never on identity alone.
+	fresh := !time.Unix(0, id.mtimeNs).Before(start.Add(-time.Second))
+	return digests, &digestMemo{id: id, size: size, granule: granule, digests: digests, fresh: fresh}, nil
+}
+
+const writeLogSuffix = ".writes"
+
+// writeRecord is one line of a disk's write log (lab/guest.py DiskWriter): the range
+// written and the file's inode and mtime just before and just after.
+type writeRecord struct {
+	offset, length          int64
+	preIno, postIno         uint64
+	preMtimeNs, postMtimeNs int64
+}
+
+func readWriteLog(path string) ([]writeRecord, error) {
+	data, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil, nil
 	}
-	return digests, memo, nil
+	if err != nil {
+		return nil, err
+	}
+	var out []writeRecord
+	for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+		if line == "" {
+			continue
+		}
+		var r writeRecord
+		if n, err := fmt.Sscan(line, &r.offset, &r.length, &r.preIno, &r.preMtimeNs, &r.postIno, &r.postMtimeNs); err != nil || n != 6 {
+			return nil, fmt.Errorf("%s: bad record %q", path, line)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// chains reports whether the records lead, each from the file the previous one left,
+// from the file memo hashed to the file now frozen: then no write escaped the log
+// (one that did would have moved the mtime between two records).
+func chains(from fileIdentity, records []writeRecord, to fileIdentity) bool {
+	ino, mtime := from.ino, from.mtimeNs
+	for _, r := range records {
+		if r.preIno != ino || r.preMtimeNs != mtime || r.offset < 0 || r.length < 0 {
+			return false
+		}
+		ino, mtime = r.postIno, r.postMtimeNs
+	}
+	return ino == to.ino && mtime == to.mtimeNs
+}
+
+// rehash recomputes the digests of the granules the records wrote.
+func rehash(f *os.File, digests []uint64, records []writeRecord, size, granule int64) error {
+	buf := make([]byte, granule)
+	done := map[int64]bool{}
+	for _, r := range records {
+		if r.length == 0 {
+			continue
+		}
+		end := r.offset + r.length
+		if end > size {
+			end = size
+		}
+		for g := r.offset / granule; g*granule < end; g++ {
+			if done[g] {
+				continue
+			}
+			n := granuleLen(g, size, granule)
+			if _, err := f.ReadAt(buf[:n], g*granule); err != nil && err != io.EOF {
+				return err
+			}
+			digests[g] = maphash.Bytes(digestSeed, buf[:n])
+			done[g] = true
+		}
+	}
+	return nil
 }
 
 // fileIdentity names one version of a file: the same inode, size and mtime.
@@ -139,13 +227,15 @@ func identityOf(f *os.File) (fileIdentity, error) {
 	return fileIdentity{dev: uint64(st.Dev), ino: st.Ino, size: fi.Size(), mtimeNs: fi.ModTime().UnixNano()}, nil
 }
 
-// digestMemo keeps the digests of a disk file version, so that a snapshot of a disk
-// nobody wrote since the last one reads nothing (most disks, most nights).
+// digestMemo keeps the digests of the disk file as last frozen, so that the next
+// snapshot reads nothing of a disk nobody wrote, and only the written blocks of one the
+// guest wrote (most disks, most nights).
 type digestMemo struct {
 	id      fileIdentity
 	size    int64
 	granule int64
 	digests []uint64
+	fresh   bool // modified within a second of hashing: usable only through the log
 }
 
 // makePrivate gives path its own copy of the data when a snapshot shares it (more than

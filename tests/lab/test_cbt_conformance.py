@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -348,6 +349,69 @@ def test_unchanged_disk_reuses_its_digests_and_still_sees_the_next_write(
         assert all_areas(vm, s3, key, cid2, cap)[0] == [(5 * MIB, GRANULE)]
     finally:
         remove(s3)
+
+
+def test_cbt_from_the_write_log_and_writes_that_bypass_it(
+    lab: Lab, si: Any, vms: list[dict[str, Any]]
+) -> None:
+    """The lab re-hashes only the blocks the guest's write log names when the log chains
+    the last hashed file to the current one; a write that bypasses the log (or a
+    damaged log) breaks the chain and the whole disk is hashed: CBT is exact either way."""
+    import time
+
+    from lab.guest import WRITE_LOG_SUFFIX, DiskWriter
+
+    info, vm, key = _vm(si, vms, 0)
+    set_cbt(vm, True)
+    cap = info["disks"][0]["capacity"]
+    path = lab.local_path(info["disks"][0]["file"])
+    log = Path(f"{path}{WRITE_LOG_SUFFIX}")
+    lab.write_guest_data(info["moref"], key, 0, b"x")
+    time.sleep(1.2)
+    cids = []
+
+    def snap_and_changes(name: str) -> list[tuple[int, int]]:
+        s = snapshot(vm, name)
+        try:
+            cid = _change_id(s, key)
+            areas = all_areas(vm, s, key, cids[-1], cap)[0] if cids else []
+        finally:
+            remove(s)
+        cids.append(cid)
+        assert log.stat().st_size == 0  # consumed by the snapshot
+        return areas
+
+    snap_and_changes("log-0")
+    with DiskWriter(path) as w:
+        w.pwrite(b"a", 3 * MIB)
+    assert snap_and_changes("log-1") == [(3 * MIB, GRANULE)]
+    lab.write_guest_data(info["moref"], key, 1 * MIB, b"b")  # right after: a fresh memo
+    assert snap_and_changes("log-2") == [(1 * MIB, GRANULE)]
+    time.sleep(0.05)  # a new tick of the kernel's clock: the bypass moves the mtime
+    with open(path, "r+b") as fh:  # bypasses the log
+        fh.seek(5 * MIB)
+        fh.write(b"c")
+    assert snap_and_changes("log-3") == [(5 * MIB, GRANULE)]
+    lab.write_guest_data(info["moref"], key, 2 * MIB, b"d")
+    time.sleep(0.05)
+    with open(path, "r+b") as fh:  # after a logged write: the chain ends short
+        fh.seek(6 * MIB)
+        fh.write(b"e")
+    assert snap_and_changes("log-4") == [(2 * MIB, GRANULE), (6 * MIB, GRANULE)]
+    lab.write_guest_data(info["moref"], key, 7 * MIB, b"f")
+    with open(log, "a") as fh:
+        fh.write("not a record\n")
+    assert snap_and_changes("log-5") == [(7 * MIB, GRANULE)]
+    # The log is trusted like ESXi trusts its I/O path: a record that names another block
+    # than the one written (its chain intact) is what the lab re-hashes. This shows the
+    # snapshot read only the logged blocks, not the disk.
+    time.sleep(1.2)
+    snap_and_changes("log-6")
+    with DiskWriter(path) as w:
+        w.pwrite(b"g", 8 * MIB)
+    rec = log.read_text().split()
+    log.write_text(" ".join([str(9 * MIB), *rec[1:]]) + "\n")
+    assert snap_and_changes("log-7") == []
 
 
 def test_grow_disk(lab: Lab, si: Any, vms: list[dict[str, Any]]) -> None:
