@@ -30,6 +30,23 @@ def open_snapshots(lab: Lab) -> list[dict[str, Any]]:
     return [e for e in lab.snapshot_events() if not e["removed_at"]]
 
 
+def snapshot_of_another_coordinator(rt: Any, vm_moref: str, coordinator_id: str) -> Any:
+    """A backup snapshot as another coordinator's job would have left it."""
+    from coordinator import snapshots
+
+    conn = rt.connections["lab"]
+    return snapshots.create(
+        conn,
+        conn.moref("VirtualMachine", vm_moref),
+        prefix="vmbackup",
+        job_id="p-20240101T000000Z-abcdef",
+        coordinator_id=coordinator_id,
+        quiesce=False,
+        fallback="crash",
+        timeout_s=30,
+    )
+
+
 def test_killed_coordinator_orphan_swept_and_job_resumed(
     lab: Lab, make_env: Any, amqp_vhost: str, tmp_path: Path
 ) -> None:
@@ -69,21 +86,10 @@ def test_killed_coordinator_orphan_swept_and_job_resumed(
 
 
 def test_snapshot_of_other_coordinator_kept_until_old(lab: Lab, make_env: Any) -> None:
-    from coordinator import snapshots
 
     env = make_env(lab)
     rt = env.start(id="coord-a", orphan_min_age_s=3600.0)
-    vm = rt.connections["lab"].moref("VirtualMachine", lab.vms()[0]["moref"])
-    s = snapshots.create(
-        rt.connections["lab"],
-        vm,
-        prefix="vmbackup",
-        job_id="p-20240101T000000Z-abcdef",
-        coordinator_id="coord-b",
-        quiesce=False,
-        fallback="crash",
-        timeout_s=30,
-    )
+    s = snapshot_of_another_coordinator(rt, lab.vms()[0]["moref"], "coord-b")
     res = rt.sweep(rt.connections["lab"])
     assert [k.snapshot._moId for k in res.kept] == [s.moref] and not res.removed
     rt.settings.orphan_min_age_s = 0.0
@@ -100,8 +106,6 @@ def test_an_orphan_that_cannot_be_removed_is_kept_and_its_age_exported(
     age until a later sweep removes it."""
     from prometheus_client import REGISTRY
 
-    from coordinator import snapshots
-
     def oldest_stuck_orphan() -> float | None:
         return REGISTRY.get_sample_value(
             "vmbackup_coordinator_orphan_snapshot_oldest_age_seconds", {"vcenter": "lab"}
@@ -111,17 +115,7 @@ def test_an_orphan_that_cannot_be_removed_is_kept_and_its_age_exported(
     rt = env.start(id="coord-a", orphan_min_age_s=0.0)
     conn = rt.connections["lab"]
     name = lab.vms()[1]["name"]
-    vm = conn.moref("VirtualMachine", lab.vms()[1]["moref"])
-    s = snapshots.create(
-        conn,
-        vm,
-        prefix="vmbackup",
-        job_id="p-20240101T000000Z-fedcba",
-        coordinator_id="coord-gone",
-        quiesce=False,
-        fallback="crash",
-        timeout_s=30,
-    )
+    s = snapshot_of_another_coordinator(rt, lab.vms()[1]["moref"], "coord-gone")
     lab.inject(fail_remove_vm=name)
     try:
         res = rt.sweep(conn)
