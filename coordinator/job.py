@@ -555,18 +555,6 @@ class Job:
         log.info("cbt_enabled")
         return True, "CBT enabled by this backup"
 
-    def _snapshot_disks(
-        self, conn: Connection, snap: snapshots.Snapshot
-    ) -> tuple[list[DiskInfo], bytes]:
-        props = conn.get_properties(snap.mo, ["config"])
-        config = props.get("config")
-        if config is None:
-            raise snapshots.SnapshotError(f"snapshot {snap.moref} has no configuration")
-        devices = config.hardware.device if config.hardware else []
-        disks = [_disk_info(d, {}) for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
-        vm_config = json.dumps(config, cls=VmomiJSONEncoder, sort_keys=True).encode()
-        return disks, vm_config
-
     def _backup_snapshot(
         self,
         conn: Connection,
@@ -576,7 +564,7 @@ class Job:
         vr: report.VmReport,
         cbt_just_enabled: bool,
     ) -> None:
-        disks, vm_config = self._snapshot_disks(conn, snap)
+        disks, vm_config = snapshot_disks(conn, snap)
         uuid = vm.instance_uuid or vm.uuid
         # Read this VM's points afresh for every backup: a point pruned since the last
         # read must never be chosen as the base of this one.
@@ -949,3 +937,14 @@ class Job:
                     raise DiskFailed(f"commit failed: {exc}") from None
         log.info("commit_parts_staged", disk=key, parts=len(slices), entries=len(w.entries))
         return len(slices)
+
+
+def snapshot_disks(conn: Connection, snap: snapshots.Snapshot) -> tuple[list[DiskInfo], bytes]:
+    props = conn.get_properties(snap.mo, ["config"])
+    config = props.get("config")
+    if config is None:
+        raise snapshots.SnapshotError(f"snapshot {snap.moref} has no configuration")
+    devices = config.hardware.device if config.hardware else []
+    disks = [_disk_info(d, {}) for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
+    vm_config = json.dumps(config, cls=VmomiJSONEncoder, sort_keys=True).encode()
+    return disks, vm_config

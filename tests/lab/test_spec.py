@@ -41,7 +41,7 @@ def test_spec_defaults_and_flags() -> None:
 )
 def test_spec_rejects_bad_values(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
-        LabSpec(**kwargs)  # type: ignore[arg-type]
+        LabSpec(**kwargs)  # type: ignore[arg-type]  # the bad input under test
 
 
 ds_names = st.text(min_size=1, max_size=20).filter(lambda s: "]" not in s and "\x00" not in s)

@@ -118,5 +118,5 @@ def test_chunk_store_rejects_bad_ids(tmp_path: Path) -> None:
     store = ChunkStore(tmp_path)
     for bad in (b"", b"x" * 31, b"../../" * 6, "a" * 64):
         with pytest.raises(InvalidChunkIdError):
-            store.path_of(bad)  # type: ignore[arg-type]
+            store.path_of(bad)  # type: ignore[arg-type]  # the bad input under test
     assert parse_hex_id("ab" * 32) == bytes([0xAB]) * 32

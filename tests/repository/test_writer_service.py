@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,7 @@ from common.messages import (
     DiskCommit,
     HaveQuery,
     HaveReply,
+    Message,
 )
 from common.sharding import shard_of, shard_routing_key
 from repository_writer.repository import Repository
@@ -33,6 +36,7 @@ from repository_writer.verify import verify
 pytestmark = pytest.mark.integration
 CS = 256 * 1024
 N = 4
+Entry = tuple[bytes, int, bool, bytes]  # a ChunkBatch entry: id, raw length, compressed, payload
 
 
 class Client:
@@ -42,7 +46,14 @@ class Client:
         self.pub = Publisher(params, name="test-client")
         self.replies = ReplyQueue(params, name="test-client-replies")
 
-    def ask(self, exchange: str, key: str, build, corr: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    def ask(
+        self,
+        exchange: str,
+        key: str,
+        build: Callable[[str], Message],
+        corr: str,
+        timeout: float = 30.0,
+    ) -> Any:
         fut = self.replies.expect(corr)
         self.pub.publish_sync(exchange, key, build(self.replies.name), persistent=False)
         return fut.result(timeout=timeout)
@@ -53,7 +64,7 @@ class Client:
             EXCHANGE_SHARDS, shard_routing_key(shard), lambda rt: HaveQuery(q, rt, ids), q
         )
 
-    def batch(self, shard: int, chunks: list) -> ChunkAck:  # type: ignore[type-arg]
+    def batch(self, shard: int, chunks: list[Entry]) -> ChunkAck:
         b = uuid.uuid4().hex
         return self.ask(
             EXCHANGE_SHARDS,
@@ -62,7 +73,7 @@ class Client:
             b,
         )
 
-    def commit(self, req: dict) -> CommitReply:  # type: ignore[type-arg]
+    def commit(self, req: dict[str, Any]) -> CommitReply:
         r = uuid.uuid4().hex
         return self.ask(
             "", QUEUE_COMMITS, lambda rt: CommitRequest(request_id=r, reply_to=rt, **req), r
@@ -73,8 +84,11 @@ class Client:
         self.pub.close()
 
 
-def _chunks(repo: Repository, datas: list[bytes]) -> dict[int, list]:  # type: ignore[type-arg]
-    by_shard: dict[int, list] = {}  # type: ignore[type-arg]
+Setup = tuple[Repository, list[WriterService], Client]
+
+
+def _chunks(repo: Repository, datas: list[bytes]) -> dict[int, list[Entry]]:
+    by_shard: dict[int, list[Entry]] = {}
     for d in datas:
         cid = repo.chunk_id(d)
         payload, comp = compress(d, 1)
@@ -82,7 +96,7 @@ def _chunks(repo: Repository, datas: list[bytes]) -> dict[int, list]:  # type: i
     return by_shard
 
 
-def _request(disks: list[DiskCommit], job: str = "job-1") -> dict:  # type: ignore[type-arg]
+def _request(disks: list[DiskCommit], job: str = "job-1") -> dict[str, Any]:
     return dict(
         job_id=job,
         vcenter="vc1",
@@ -98,7 +112,7 @@ def _request(disks: list[DiskCommit], job: str = "job-1") -> dict:  # type: igno
 
 
 @pytest.fixture
-def setup(broker: BrokerParams, tmp_path: Path):  # type: ignore[no-untyped-def]
+def setup(broker: BrokerParams, tmp_path: Path) -> Iterator[Setup]:
     repo = Repository.init(tmp_path / "repo", chunk_size=CS, compression_level=1)
     services = [
         WriterService(Repository.open(repo.path), broker, n_shards=N, shards="0-1", name="w1"),
@@ -120,7 +134,7 @@ def setup(broker: BrokerParams, tmp_path: Path):  # type: ignore[no-untyped-def]
         s.close()
 
 
-def test_store_have_commit_restore(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_store_have_commit_restore(setup: Setup, tmp_path: Path) -> None:
     repo, _services, client = setup
     rnd = __import__("random").Random(3)
     datas = [rnd.randbytes(CS) for _ in range(6)] + [b"text " * (CS // 5) + b"x" * (CS % 5)]
@@ -170,7 +184,7 @@ def test_store_have_commit_restore(setup, tmp_path: Path) -> None:  # type: igno
     assert verify(repo).ok
 
 
-def test_bad_input_is_refused_cleanly(setup, broker: BrokerParams) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_refused_cleanly(setup: Setup, broker: BrokerParams) -> None:
     repo, _services, client = setup
     data = os.urandom(CS)
     ((shard, chunks),) = _chunks(repo, [data]).items()

@@ -1,7 +1,7 @@
 """Builds a restore point of a lab VM the way the coordinator would, without the broker.
 
 The VM's snapshot is taken with the coordinator's own snapshot code, its config is
-read and serialized by the coordinator's own Job._snapshot_disks (so the saved
+read and serialized by the coordinator's own job.snapshot_disks (so the saved
 document is exactly what a backup saves), each frozen disk file is imported with
 ``repo import-disk``'s code, and one point combining those disks and the config is
 committed with the repository's ``commit_point``: what the writer does on a
@@ -20,7 +20,7 @@ from typing import Any
 from pyVmomi import vim
 
 from coordinator import snapshots, vm_config
-from coordinator.job import Job
+from coordinator.job import snapshot_disks
 from coordinator.vcenter import Connection
 from repository_writer.import_disk import import_disk
 from repository_writer.repository import Repository
@@ -59,7 +59,7 @@ def back_up(conn: Connection, lab: Any, repo: Repository, vm_mo: Any) -> LabPoin
         fallback="crash",
         timeout_s=60,
     ) as snap:
-        disks, saved = Job._snapshot_disks(None, conn, snap)  # type: ignore[arg-type]
+        disks, saved = snapshot_disks(conn, snap)
         config = conn.get_properties(snap.mo, ["config"])["config"]
         vm_uuid = config.instanceUuid or config.uuid
         ctrl = vm_config.disk_controllers(saved)
