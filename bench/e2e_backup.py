@@ -32,6 +32,7 @@ import os
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -181,10 +182,13 @@ def broker_pid() -> int | None:
 class Ours:
     """The vmbackup stack on the lab, with per-process CPU and metrics around each job."""
 
-    def __init__(self, lab: Lab, work: Path, transport: str, level: int) -> None:
+    def __init__(
+        self, lab: Lab, work: Path, transport: str, level: int, perf_full: str | None = None
+    ) -> None:
         self.lab = lab
         self.stack = Stack(lab, work, StackSpec(transport=transport, compression_level=level))
         self.broker_pid = broker_pid()
+        self.perf_full = perf_full
 
     def sample(self) -> dict[str, float]:
         s: dict[str, float] = {"cpu:lab": proc_cpu(self.lab.pid)}
@@ -205,6 +209,7 @@ class Ours:
         before = self.sample()
         la = load1()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        perf = self.start_perf() if what == "full" else None
         t0 = time.monotonic()
         popen, log_path, report_path = self.stack.backup_popen("all")
         try:
@@ -214,6 +219,10 @@ class Ours:
             os.killpg(popen.pid, signal.SIGKILL)
             popen.wait()
             raise
+        finally:
+            if perf is not None:
+                perf.send_signal(signal.SIGINT)
+                perf.wait()
         r = self.stack.finish_run(rc, report_path, log_path, time.monotonic() - t0)
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         after = self.sample()
@@ -253,6 +262,15 @@ class Ours:
         res.detail.update(timeline(r.log_path, vms, r.seconds, float(r.report.get("seconds", 0))))
         self.last_report = r.report
         return res
+
+    def start_perf(self) -> subprocess.Popen[bytes] | None:
+        """System-wide `perf record` (with call graphs) of the full job, for `perf report`."""
+        if not self.perf_full:
+            return None
+        cmd = ["perf", "record", "-a", "-g", "-F", "499", "-o", self.perf_full]
+        perf = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # perf needs a moment before it samples
+        return perf
 
     def restore(self, vm: str, key: int, out: Path, capacity: int) -> RunResult:
         point = next(
@@ -325,7 +343,13 @@ class Bench:
         self, lab: Lab, disks: list[Disk], changes: list[ChangeSet], rdisk: tuple[str, int, Disk]
     ) -> None:
         print(f"vmbackup ({self.args.transport} transport):", flush=True)
-        ours = Ours(lab, self.work / "vmbackup", self.args.transport, self.args.compression_level)
+        ours = Ours(
+            lab,
+            self.work / "vmbackup",
+            self.args.transport,
+            self.args.compression_level,
+            self.args.perf_full,
+        )
         with ours.stack:
             full = self.record(ours.backup("full"))
             full.repo_bytes, full.repo_du = dir_size(ours.stack.repo)
@@ -471,6 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--wait-max", type=float, default=60.0, metavar="MIN", help="then run anyway")
     ap.add_argument("--keep-logs", default=None, metavar="DIR", help="copy the stack's logs here")
+    ap.add_argument(
+        "--perf-full",
+        default=None,
+        metavar="FILE",
+        help="record the full job system-wide with `perf record -a -g` into FILE",
+    )
     args = ap.parse_args(argv)
     setup_logging("warning", "console")
     # SIGTERM unwinds like Ctrl-C, so the stack, the lab and the temp data are cleaned up.

@@ -208,7 +208,14 @@ def open_transport(spec: dict[str, Any]) -> Any:
 def run_pipeline(
     link: WriterLink, transport: Any, src: DiskSource, budget: MemoryBudget, workers: int
 ) -> tuple[float, TaskStats]:
-    cfg = PipelineConfig(chunk_size=CHUNK, compression_level=LEVEL, n_shards=SHARDS)
+    window = ProxySettings().window_bytes(CHUNK)  # as `vmbackup proxy` sizes its stages
+    cfg = PipelineConfig(
+        chunk_size=CHUNK,
+        compression_level=LEVEL,
+        n_shards=SHARDS,
+        window_bytes=window,
+        partial_cap=window,
+    )
     with ThreadPoolExecutor(workers) as pool, transport.open(src) as r:
         t0 = time.perf_counter()
         st = TaskPipeline(r, link, pool, budget, cfg, uuid.uuid4().hex).run(
@@ -229,7 +236,7 @@ def child_main(spec_json: str) -> None:
     pub = Publisher(params, name="bench-proxy")
     replies = ReplyQueue(params, name="bench-proxy-replies")
     link = WriterLink(pub, replies, persistent_chunks=spec["persistent"], timeout=120)
-    budget = MemoryBudget(256 * MiB)
+    budget = MemoryBudget(ProxySettings().memory_limit_mib * MiB)  # the default budget
     out: dict[str, Any] = {}
     try:
         for which in ("tpl", "clone"):

@@ -30,10 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from proxy_worker.service import ProxyService
     from proxy_worker.settings import VCenterAccess, VCenterDirectory
 
-    limit_heap_retention()  # before the first chunk buffer: see proxy_worker/heap.py
-
     cfg = start_role("proxy", args.config)
     settings = cfg.proxy
+    # Before the first chunk buffer (proxy_worker/heap.py); a batch message is packed into
+    # a buffer up to twice its size.
+    limit_heap_retention(mmap_threshold=4 * settings.batch_bytes)
     if args.name:
         settings = dataclasses.replace(settings, name=args.name)
     log = get_logger("proxy")

@@ -1,10 +1,18 @@
-"""Keep the proxy's resident memory close to its chunk budget.
+"""Keep the proxy's chunk buffers on a heap that is reused, and its resident size bounded.
 
-glibc raises its mmap threshold each time a large block is freed, after which 1 MiB chunk
-buffers come from per-thread arenas that keep freed memory: resident size then grows far past
-what is in flight (measured: 224-635 MiB RSS for a 118 MiB budget peak). A fixed threshold
-keeps every chunk-sized buffer in its own mapping, returned to the kernel when freed, and a
-small arena count bounds what the remaining small allocations can strand.
+Every chunk passes through a few large buffers: the 1 MiB read, the zstd output, the 4 MiB
+batch message and its frames. glibc's default serves such blocks from fresh mmap()s until
+the first one is freed and from per-thread arenas afterwards: per-thread arenas keep freed
+memory, so resident size grew far past what was in flight (224-635 MiB for a 118 MiB chunk
+budget). The first fix, a fixed 256 KiB mmap threshold, bounded that but made every buffer
+a new mapping that the kernel zeroes and faults in page by page: page faults and munmap took
+a third of the proxy's CPU (perf, bench/RESULTS.md, Proxy).
+
+So: one arena for every thread (nothing stranded per thread), an mmap threshold above the
+largest buffer the pipeline makes (freed buffers are reused in place, never faulted in
+again), and a trim threshold that keeps at most 32 MiB of free memory at the top of the
+heap (a lower one hands back and faults in again whatever oscillates above it). The peak
+is then about the chunk budget plus what is being encoded (bench/RESULTS.md, Proxy).
 """
 
 from __future__ import annotations
@@ -20,9 +28,15 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
+# glibc refuses mmap thresholds above HEAP_MAX_SIZE / 2 (32 MiB on 64-bit).
+MAX_MMAP_THRESHOLD = 32 << 20
 
-def limit_heap_retention(mmap_threshold: int = 256 * 1024, arenas: int = 2) -> bool:
-    """Apply the settings above; False where the C library has no mallopt (not glibc)."""
+
+def limit_heap_retention(
+    mmap_threshold: int = 16 << 20, arenas: int = 1, trim_threshold: int = 32 << 20
+) -> bool:
+    """Apply the settings above; False where the C library has no mallopt (not glibc) or
+    refuses a value. Each setting is applied even when another is refused."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
@@ -31,14 +45,15 @@ def limit_heap_retention(mmap_threshold: int = 256 * 1024, arenas: int = 2) -> b
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    ok = all(
-        mallopt(param, value) == 1
-        for param, value in (
-            (_M_MMAP_THRESHOLD, mmap_threshold),
-            (_M_TRIM_THRESHOLD, 2 * mmap_threshold),
-            (_M_ARENA_MAX, arenas),
+    refused = [
+        label
+        for label, param, value in (
+            ("mmap_threshold", _M_MMAP_THRESHOLD, min(mmap_threshold, MAX_MMAP_THRESHOLD)),
+            ("trim_threshold", _M_TRIM_THRESHOLD, trim_threshold),
+            ("arena_max", _M_ARENA_MAX, arenas),
         )
-    )
-    if not ok:
-        log.warning("mallopt_refused")
-    return ok
+        if mallopt(param, value) != 1
+    ]
+    if refused:
+        log.warning("mallopt_refused", settings=refused)
+    return not refused

@@ -44,7 +44,7 @@ class PipelineConfig:
     partial_cap: int = 32 << 20  # payload bytes a task may keep in unsent partial batches
     # Encoded bytes a task may have at the publisher before the broker confirms them: the
     # encoded message and pika's frames are copies of the payload outside the chunk budget.
-    unconfirmed_cap: int = 16 << 20
+    unconfirmed_cap: int = 8 << 20
 
 
 @dataclass

@@ -174,7 +174,7 @@ class ProxyService:
         )
 
     def pipeline_config(self, task: BackupTask) -> PipelineConfig:
-        share = self.settings.memory_limit_mib * MiB // (4 * self.settings.tasks_in_parallel)
+        window = self.settings.window_bytes(task.chunk_size)
         return PipelineConfig(
             chunk_size=task.chunk_size,
             compression_level=task.compression_level,
@@ -182,8 +182,8 @@ class ProxyService:
             id_key=self.id_key,
             batch_bytes=self.settings.batch_bytes,
             have_batch=self.settings.have_batch,
-            window_bytes=max(task.chunk_size, share),
-            partial_cap=max(task.chunk_size, share),
+            window_bytes=window,
+            partial_cap=window,
         )
 
     def run_task(self, task: BackupTask) -> TaskStats:

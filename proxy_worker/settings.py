@@ -174,7 +174,11 @@ class ProxySettings:
         default=2, metadata=_doc("hash + compress threads (BLAKE3/zstd release the GIL)")
     )
     memory_limit_mib: int = field(
-        default=256, metadata=_doc("chunk bytes in flight, all tasks together")
+        default=128,
+        metadata=_doc(
+            "chunk bytes in flight, all tasks together (the process's resident size is about "
+            "this + 125 MiB: bench/RESULTS.md, Proxy)"
+        ),
     )
     batch_bytes: int = field(
         default=4 * MiB, metadata=_doc("payload bytes per chunk batch message")
@@ -220,6 +224,13 @@ class ProxySettings:
             raise ValueError("proxy.id_key must be 64 hex digits (a 32-byte key)")
         if self.writer_timeout <= 0:
             raise ValueError("proxy.writer_timeout must be > 0")
+
+    def window_bytes(self, chunk_size: int) -> int:
+        """Chunk bytes a task hands from one pipeline stage to the next at once: half of its
+        share of the memory budget. The windows being filled by the readers of all tasks
+        then never hold the whole budget, so what is downstream can always drain."""
+        share = self.memory_limit_mib * MiB // (2 * self.tasks_in_parallel)
+        return max(chunk_size, share)
 
     def chunk_id_key(self) -> bytes | None:
         v = self.id_key.value.strip()

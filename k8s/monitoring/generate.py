@@ -254,7 +254,7 @@ LAYOUT: list[str | Panel] = [
         "bytes",
         [("max by (pod) (vmbackup_proxy_memory_bytes)", "{{pod}}")],
         8,
-        "Bounded by proxy.memory_limit_mib (256 MiB)",
+        "Bounded by proxy.memory_limit_mib (128 MiB by default)",
     ),
     (
         "CBT fallbacks",

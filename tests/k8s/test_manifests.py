@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from proxy_worker.settings import ProxySettings
 from tests.k8s.conftest import Build
 
 MiB = 1 << 20
@@ -238,7 +239,7 @@ def test_writer_replicas_and_shards(build: Build) -> None:
 def test_memory_limits_fit_the_settings(build: Build) -> None:
     for _obj, tpl in build.role("proxy"):
         cfg = role_toml(build, tpl)["proxy"]
-        chunk_mib = cfg.get("memory_limit_mib", 256)
+        chunk_mib = cfg.get("memory_limit_mib", ProxySettings().memory_limit_mib)
         assert chunk_mib <= 256, "memory goal: a proxy holds at most 256 MiB of chunk data"
         res = main_container(tpl)["resources"]
         limit = quantity_bytes(res["limits"]["memory"])
