@@ -34,23 +34,18 @@ from urllib.parse import quote, unquote, urlsplit
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
-from pika.adapters.utils import io_services_utils
 from pika.spec import Basic, BasicProperties
 
-from common import metrics
+from common import amqp_wire, metrics
 from common.logging import get_logger
 from common.messages import Message, MessageError, decode, encode
 
 log = get_logger(__name__)
 
-# pika 1.x reads its socket 4 KiB at a time and grows its frame buffer by bytes
-# concatenation: a 4 MiB chunk batch took ~1,000 recv calls and about 16 copies of every
-# byte, a third of a writer's CPU. Reading 256 KiB at a time (and up to 1 MiB per event
-# loop turn) consumed 4 MiB messages at 3x the rate for a third of the CPU
-# (bench.amqp_throughput). Every connection of this process (ours and pika's) reads so.
-RECV_BYTES = 256 * 1024
-io_services_utils._AsyncTransportBase._MAX_RECV_BYTES = RECV_BYTES
-io_services_utils._AsyncTransportBase._MAX_CONSUME_BYTES = 4 * RECV_BYTES
+# Every pika connection of this process reads 256 KiB at a time and cuts frames without
+# re-copying its input (common/amqp_wire.py).
+amqp_wire.install()
+RECV_BYTES = amqp_wire.RECV_BYTES
 
 # --- names ---------------------------------------------------------------------------
 EXCHANGE_TASKS = "vmbackup.tasks"

@@ -1,0 +1,119 @@
+"""How pika connections of this process read and write their frames.
+
+Reading: pika 1.x reads its socket 4 KiB at a time and keeps unparsed input in a bytes
+object that it re-creates on every append and after every frame (``buf += data``,
+``buf = buf[n:]``), and slices each frame out once more: a 4 MiB chunk batch in 128 KiB
+frames was copied about four times before the body was even assembled, in the writers'
+hottest Python lines (py-spy --gil; bench/RESULTS.md). Here: 256 KiB reads (and up to
+1 MiB per event loop turn), unparsed input in one bytearray consumed by offset, and body
+frames copied out of it exactly once. Other frames (methods, content headers, the protocol
+header) still go through pika's own decoder.
+
+Writing: pika slices each body frame out of the message (a copy), joins it (a copy) and
+prepends the frame header by concatenation (a copy). Here each body frame is made with
+one copy, from a view of the message.
+
+:func:`install` applies both to every pika connection; common.amqp calls it on import.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from pika import connection, exceptions, frame, spec
+from pika.adapters.utils import io_services_utils
+
+RECV_BYTES = 256 * 1024
+
+_HEADER = struct.Struct(">BHL")  # frame type, channel, payload size
+_HEADER_LEN = spec.FRAME_HEADER_SIZE  # 7
+_END_LEN = spec.FRAME_END_SIZE  # 1
+_PROTOCOL_HEADER = b"AMQP"  # a server that rejects our version answers with its own
+
+_FRAME_END = bytes([spec.FRAME_END])
+
+# pika's own reader and writer, before install() replaces them (tests compare)
+PIKA_ON_DATA_AVAILABLE = connection.Connection._on_data_available
+PIKA_SEND_MESSAGE = connection.Connection._send_message
+
+
+def on_data_available(conn: Any, data_in: bytes) -> None:
+    """Replacement for ``pika.connection.Connection._on_data_available``: same frames, in
+    the same order, to ``_process_frame``; same ``bytes_received``; an incomplete frame
+    stays buffered for the next read."""
+    buf = conn._frame_buffer
+    if not isinstance(buf, bytearray):  # pika (re)initialises it as bytes
+        buf = conn._frame_buffer = bytearray(buf)
+    buf += data_in
+    offset = 0
+    try:
+        while True:
+            value, consumed = _next_frame(buf, offset)
+            if value is None:
+                return
+            offset += consumed
+            conn.bytes_received += consumed
+            conn._process_frame(value)
+            if conn._frame_buffer is not buf:  # the connection was reset by a callback
+                offset = 0
+                return
+    finally:
+        if offset:
+            del buf[:offset]
+
+
+def _next_frame(buf: bytearray, offset: int) -> tuple[Any, int]:
+    """(frame, bytes it used) starting at ``offset``, or (None, 0) while incomplete."""
+    avail = len(buf) - offset
+    if avail < _HEADER_LEN + _END_LEN:
+        if avail >= 4 and buf[offset : offset + 4] == _PROTOCOL_HEADER:
+            return _pika_decode(buf, offset, min(avail, 8))
+        return None, 0
+    if buf[offset : offset + 4] == _PROTOCOL_HEADER:
+        return _pika_decode(buf, offset, 8)
+    frame_type, channel, size = _HEADER.unpack_from(buf, offset)
+    end = offset + _HEADER_LEN + size + _END_LEN
+    if end > len(buf):
+        return None, 0
+    if buf[end - 1] != spec.FRAME_END:
+        raise exceptions.InvalidFrameError("Invalid FRAME_END marker")
+    if frame_type == spec.FRAME_BODY:
+        with memoryview(buf) as view:
+            fragment = bytes(view[offset + _HEADER_LEN : end - _END_LEN])
+        return frame.Body(channel, fragment), end - offset
+    return _pika_decode(buf, offset, end - offset)
+
+
+def _pika_decode(buf: bytearray, offset: int, length: int) -> tuple[Any, int]:
+    consumed, value = frame.decode_frame(bytes(buf[offset : offset + length]))
+    if value is None:
+        return None, 0
+    return value, consumed
+
+
+def send_message(conn: Any, channel_number: int, method: Any, content: tuple[Any, Any]) -> None:
+    """Replacement for ``pika.connection.Connection._send_message``: the same frames, bytes
+    for bytes (method, content header, body frames of at most the negotiated size)."""
+    properties, body = content
+    length = len(body)
+    out = [
+        frame.Method(channel_number, method).marshal(),
+        frame.Header(channel_number, length, properties).marshal(),
+    ]
+    step = conn._body_max_length
+    with memoryview(body) as view:
+        for start in range(0, length, step):
+            piece = view[start : start + step]
+            head = _HEADER.pack(spec.FRAME_BODY, channel_number, len(piece))
+            out.append(b"".join((head, piece, _FRAME_END)))
+            piece.release()
+    conn._output_marshaled_frames(out)
+
+
+def install() -> None:
+    """Make every pika connection of this process read and write as described above."""
+    io_services_utils._AsyncTransportBase._MAX_RECV_BYTES = RECV_BYTES
+    io_services_utils._AsyncTransportBase._MAX_CONSUME_BYTES = 4 * RECV_BYTES
+    connection.Connection._on_data_available = on_data_available
+    connection.Connection._send_message = send_message
