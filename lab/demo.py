@@ -250,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             report = lab.fill_disks(seed=args.seed, template_vms=spec.vm_count // 3)
             kinds = ", ".join(f"{k} {human(v)}" for k, v in report.bytes_by_kind.items())
             print(f"  disks filled: {kinds}")
+            # ESXi tracks a running VM's writes as they happen: the lab's CBT state is
+            # brought there before the first backup, not hashed inside it.
+            settled = lab.settle()
+            print(f"  CBT state of {settled['disks']} disks settled in {settled['seconds']:.1f} s")
             with Stack(lab, work, StackSpec()) as stack:
                 for p in stack.procs.values():
                     print(

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
@@ -403,6 +404,8 @@ func (l *lab) serveControl(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, events)
 	case r.URL.Path == "/lab/inject" && r.Method == http.MethodPost:
 		l.serveInject(w, r)
+	case r.URL.Path == "/lab/settle" && r.Method == http.MethodPost:
+		l.serveSettle(w)
 	default:
 		jsonError(w, http.StatusNotFound, "no control call %s %s", r.Method, r.URL.Path)
 	}
@@ -496,6 +499,57 @@ func (l *lab) diskOf(vmArg, keyArg interface{}) (*simulator.VirtualMachine, *typ
 		}
 	}
 	return nil, nil, fmt.Errorf("VM %q has no disk with key %d", name, key)
+}
+
+// serveSettle settles every disk's CBT state now (settleDisk), two disks at a time.
+func (l *lab) serveSettle(w http.ResponseWriter) {
+	if l.cfg.plain {
+		jsonError(w, http.StatusConflict, "the plain simulator has no CBT to settle")
+		return
+	}
+	l.mu.Lock()
+	disks := make([]*diskState, 0, len(l.disks))
+	for _, st := range l.disks {
+		disks = append(disks, st)
+	}
+	l.mu.Unlock()
+	start := time.Now()
+	work := make(chan *diskState)
+	errs := make(chan string, len(disks))
+	var wg sync.WaitGroup
+	for i := 0; i < 2; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for st := range work {
+				l.mu.Lock()
+				memo := st.memo
+				l.mu.Unlock()
+				memo, err := settleDisk(st.flatPath, st.capacity, l.cfg.granularity, memo)
+				l.mu.Lock()
+				st.memo = memo
+				l.mu.Unlock()
+				if err != nil {
+					errs <- fmt.Sprintf("%s: %v", st.fileName, err)
+				}
+			}
+		}()
+	}
+	for _, st := range disks {
+		work <- st
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	var failed []string
+	for e := range errs {
+		failed = append(failed, e)
+	}
+	if len(failed) > 0 {
+		jsonError(w, http.StatusInternalServerError, "settle: %s", strings.Join(failed, "; "))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"disks": len(disks), "seconds": time.Since(start).Seconds()})
 }
 
 func (l *lab) serveInject(w http.ResponseWriter, r *http.Request) {

@@ -108,31 +108,80 @@ func freezeDisk(src, dst string, size, granule int64, memo *digestMemo) ([]uint6
 		return nil, memo, err
 	}
 	start := time.Now()
-	var digests []uint64
+	digests, err := digestsOf(f, id, size, granule, memo, records, logErr)
+	if err != nil {
+		return nil, memo, err
+	}
+	ok = true
+	return digests, newMemo(id, size, granule, digests, start), nil
+}
+
+// digestsOf returns the granule digests of f (whose identity is id), cheapest first:
+// memo's own when f is the file memo hashed; memo's plus the granules the write log
+// names when the log chains memo's file to f; else from hashing the whole disk.
+func digestsOf(f *os.File, id fileIdentity, size, granule int64, memo *digestMemo, records []writeRecord, logErr error) ([]uint64, error) {
 	usable := memo != nil && memo.size == size && memo.granule == granule
 	switch {
 	case usable && len(records) == 0 && logErr == nil && !memo.fresh && memo.id == id:
-		digests = memo.digests
+		return memo.digests, nil
 	case usable && len(records) > 0 && logErr == nil && chains(memo.id, records, id):
-		digests = append([]uint64(nil), memo.digests...)
+		digests := append([]uint64(nil), memo.digests...)
 		if err := rehash(f, digests, records, size, granule); err != nil {
-			return nil, memo, err
+			return nil, err
 		}
+		return digests, nil
 	default:
 		exts, err := dataExtents(f, size)
 		if err != nil {
-			return nil, memo, err
+			return nil, err
 		}
-		if digests, err = granuleDigests(f, exts, size, granule); err != nil {
-			return nil, memo, err
+		return granuleDigests(f, exts, size, granule)
+	}
+}
+
+// newMemo remembers digests of the file with identity id, hashed from start on. A file
+// modified within a second of our reading it may still change within the same tick of
+// the kernel's clock without its mtime moving: such a memo is used only through a logged
+// write (whose record names it), never on identity alone.
+func newMemo(id fileIdentity, size, granule int64, digests []uint64, start time.Time) *digestMemo {
+	fresh := !time.Unix(0, id.mtimeNs).Before(start.Add(-time.Second))
+	return &digestMemo{id: id, size: size, granule: granule, digests: digests, fresh: fresh}
+}
+
+// settleDisk does ahead of time what a disk's first snapshot does for CBT: digest the
+// whole disk as it is and start its write log afresh. ESXi has tracked a running VM's
+// writes long before its first backup; the simulator would otherwise hash every disk
+// inside the first backup's snapshots. The next snapshot then re-hashes only what the
+// guest writes from here on. It first waits until the file is more than a second old, so
+// that the memo can be trusted on identity alone (newMemo).
+func settleDisk(src string, size, granule int64, memo *digestMemo) (*digestMemo, error) {
+	if fi, err := os.Stat(src); err == nil {
+		if wait := time.Until(fi.ModTime().Add(1100 * time.Millisecond)); wait > 0 {
+			time.Sleep(wait)
 		}
 	}
-	ok = true
-	// A file modified within a second of our reading it may still change within the
-	// same tick of the kernel's clock without its mtime moving: such a memo is used
-	// only through a logged write (whose record names it), never on identity alone.
-	fresh := !time.Unix(0, id.mtimeNs).Before(start.Add(-time.Second))
-	return digests, &digestMemo{id: id, size: size, granule: granule, digests: digests, fresh: fresh}, nil
+	logPath := src + writeLogSuffix
+	records, logErr := readWriteLog(logPath)
+	// As in freezeDisk: writes logged from here on chain from the file hashed below, and a
+	// write between the read above and the truncation breaks the chain (full hash, safely).
+	if err := os.Truncate(logPath, 0); err != nil && !os.IsNotExist(err) {
+		logErr = err
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return memo, err
+	}
+	defer f.Close()
+	id, err := identityOf(f)
+	if err != nil {
+		return memo, err
+	}
+	start := time.Now()
+	digests, err := digestsOf(f, id, size, granule, memo, records, logErr)
+	if err != nil {
+		return memo, err
+	}
+	return newMemo(id, size, granule, digests, start), nil
 }
 
 const writeLogSuffix = ".writes"
