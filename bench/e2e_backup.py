@@ -48,6 +48,7 @@ from bench.e2e_tools import (
     Measured,
     Restic,
     Tool,
+    broker_pid,
     dir_size,
     load1,
     make_tools,
@@ -164,19 +165,6 @@ def timeline(log: Path, vms: list[dict[str, Any]], wall: float, job: float) -> d
         "vm_snapshot_seconds_sum": round(snap, 1),
         "vm_data_seconds_sum": round(data, 1),
     }
-
-
-def broker_pid() -> int | None:
-    """The RabbitMQ node's pid (its CPU also serves other helpers' tests: shown apart)."""
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if cmd and cmd[0].endswith(b"beam.smp") and b"rabbit" in cmd and b"boot" in cmd:
-                return int(d.name)
-    return None
 
 
 class Ours:

@@ -16,7 +16,10 @@ What runs where (2 shared cores): this process runs the baselines and the lab cl
 proxy, the writer, RabbitMQ and the lab (http only) are separate processes. The baselines
 run alone, the pipeline shares the cores with the writer (decompress, re-hash, fsync) and
 the broker, which is the deployment shape minus the network. RSS is the proxy process's
-peak (VmHWM), next to the peak of its chunk-memory budget.
+peak (VmHWM), next to the peak of its chunk-memory budget. CPU seconds of the template's
+run: the proxy process's own, the writer's and the broker's (these two over the template
+and the clone); disk MB per proxy CPU second is what sizes proxies (Veeam's anchor:
+~100 MB/s per core).
 
     .venv/bin/python -m bench.proxy_throughput [--size-mib 4096] [--transports file,nbd,http]
 """
@@ -24,6 +27,7 @@ peak (VmHWM), next to the peak of its chunk-memory budget.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -38,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.e2e_tools import broker_pid, proc_cpu
 from bench.procmem import proc_memory
 from common.amqp import BrokerParams, Publisher, open_blocking
 from common.chunk import chunk_id, compress, is_zero
@@ -106,6 +111,51 @@ def allocated_chunks(r: DiskReader) -> list[tuple[int, int]]:
     return out
 
 
+# --- where processes run (--split) ---------------------------------------------------------
+
+
+class Placement:
+    """``--split``: the deployment shape on one box. The proxy side (this process: the
+    baselines' reading, hashing and publishing; the proxy child and its nbdkit) runs on the
+    first core; the other side (writer, baseline consumer, RabbitMQ, the lab as the
+    datastore's server) on the rest, as if they were other machines. Without it nothing
+    is pinned."""
+
+    def __init__(self, split: bool) -> None:
+        self.split = split
+        self.all = sorted(os.sched_getaffinity(0))
+        if split and len(self.all) < 2:
+            raise SystemExit("--split needs at least 2 cores")
+        self.proxy = set(self.all[:1]) if split else set(self.all)
+        self.backend = set(self.all[1:]) if split else set(self.all)
+        self.pinned: list[int] = []
+
+    @property
+    def proxy_cores(self) -> int:
+        return len(self.proxy)
+
+    def pin_self(self) -> None:
+        os.sched_setaffinity(0, self.proxy)  # children started later inherit it
+
+    def pin_backend(self, pid: int | None) -> None:
+        """Every thread of ``pid`` onto the back-end cores (children started later too)."""
+        if not self.split or pid is None:
+            return
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), self.backend)
+        self.pinned.append(pid)
+
+    def release(self) -> None:
+        """Give every pinned process (the shared broker above all) all cores back."""
+        for pid in self.pinned:
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(int(task.name), self.all)
+        os.sched_setaffinity(0, self.all)
+
+
 def bare_read(r: DiskReader) -> tuple[float, int]:
     ranges = allocated_chunks(r)
     t0 = time.perf_counter()
@@ -135,7 +185,7 @@ def bare_cpu(r: DiskReader, workers: int) -> tuple[float, int]:
     return spent, n
 
 
-def bare_publish_consume(params: BrokerParams, nbytes: int) -> float:
+def bare_publish_consume(params: BrokerParams, nbytes: int, where: Placement) -> float:
     """Publish ``nbytes`` as BATCH-sized ChunkBatch messages (confirm window as the proxy's
     publisher) to a queue that a consumer in another process drains; time until all arrived."""
     n = max(1, nbytes // BATCH)
@@ -150,6 +200,7 @@ def bare_publish_consume(params: BrokerParams, nbytes: int) -> float:
         text=True,
     )
     assert consumer.stdout is not None
+    where.pin_backend(consumer.pid)
     if consumer.stdout.readline().strip() != "ready":
         raise RuntimeError("bench consumer did not start")
     payload = os.urandom(BATCH)
@@ -205,9 +256,15 @@ def open_transport(spec: dict[str, Any]) -> Any:
     return HttpTransport(HttpSettings(), VCenterDirectory([vc]))
 
 
+def process_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def run_pipeline(
     link: WriterLink, transport: Any, src: DiskSource, budget: MemoryBudget, workers: int
-) -> tuple[float, TaskStats]:
+) -> tuple[float, float, TaskStats]:
+    """(seconds, CPU seconds of this process, stats) of one disk through the pipeline."""
     window = ProxySettings().window_bytes(CHUNK)  # as `vmbackup proxy` sizes its stages
     cfg = PipelineConfig(
         chunk_size=CHUNK,
@@ -217,11 +274,11 @@ def run_pipeline(
         partial_cap=window,
     )
     with ThreadPoolExecutor(workers) as pool, transport.open(src) as r:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), process_cpu()
         st = TaskPipeline(r, link, pool, budget, cfg, uuid.uuid4().hex).run(
             [(0, src.capacity)], src.capacity
         )
-        return time.perf_counter() - t0, st
+        return time.perf_counter() - t0, process_cpu() - c0, st
 
 
 def child_main(spec_json: str) -> None:
@@ -241,8 +298,9 @@ def child_main(spec_json: str) -> None:
     try:
         for which in ("tpl", "clone"):
             src = DiskSource(**spec[which])
-            dt, st = run_pipeline(link, transport, src, budget, spec["workers"])
-            out[which] = {"seconds": dt, **{k: v for k, v in vars(st).items() if k != "entries"}}
+            dt, cpu, st = run_pipeline(link, transport, src, budget, spec["workers"])
+            stats = {k: v for k, v in vars(st).items() if k != "entries"}
+            out[which] = {"seconds": dt, "cpu": cpu, **stats}
     finally:
         replies.close()
         pub.close()
@@ -309,6 +367,11 @@ def main() -> None:
         help="where the writer's repository lives (default tmpfs: writers are other machines "
         "with their own disks, so this VM's fsync latency is not the proxy's)",
     )
+    ap.add_argument(
+        "--split",
+        action="store_true",
+        help="proxy side on the first core, writer + broker + lab on the others (see Placement)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--consume", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -336,8 +399,13 @@ def main() -> None:
         power_on=False,
     )
     rows = []
+    broker = broker_pid()
+    where = Placement(args.split)
+    where.pin_self()
+    where.pin_backend(broker)
     try:
         with Lab.start(spec) as lab:
+            where.pin_backend(lab.pid)
             vms = lab.vms()
             srcs = []
             for vm in vms[:2]:
@@ -378,6 +446,8 @@ def main() -> None:
                 for pers in args.persistence.split(","):
                     persistent = pers == "true"
                     writer, repo = start_writer(root, Path(args.repo_dir), params, f"{name}-{pers}")
+                    where.pin_backend(writer.pid)
+                    w_cpu0, b_cpu0 = proc_cpu(writer.pid), proc_cpu(broker) if broker else 0.0
                     try:
                         child = subprocess.run(
                             [
@@ -400,27 +470,35 @@ def main() -> None:
                             capture_output=True,
                             text=True,
                         )
+                        res_cpu = {
+                            "writer_cpu": proc_cpu(writer.pid) - w_cpu0,
+                            "broker_cpu": (proc_cpu(broker) - b_cpu0) if broker else 0.0,
+                        }
                     finally:
                         writer.send_signal(signal.SIGTERM)
                         writer.wait(60)
                         shutil.rmtree(repo, ignore_errors=True)
-                    res = json.loads(child.stdout.strip().splitlines()[-1])
-                    bt = bare_publish_consume(params, res["tpl"]["bytes_sent"])
+                    res = {**json.loads(child.stdout.strip().splitlines()[-1]), **res_cpu}
+                    bt = bare_publish_consume(params, res["tpl"]["bytes_sent"], where)
                     rows.append((name, persistent, rn / rt, cn / ct, bt, res, clone_alloc))
                     print(f"# {name} {persistent}: {res}", file=sys.stderr)
     finally:
+        where.release()
         shutil.rmtree(root, ignore_errors=True)
         rabbitmqctl("delete_vhost", vhost)
-    print_table(rows, size)
+    if args.split:
+        print(f"split: proxy side on cores {sorted(where.proxy)}, rest on {sorted(where.backend)}")
+    print_table(rows, size, where.proxy_cores)
 
 
-def print_table(rows: list[Any], size: int) -> None:
+def print_table(rows: list[Any], size: int, proxy_cores: int) -> None:
     print(
         "| transport | chunk msgs persistent | bare read | bare BLAKE3+zstd | "
-        "bare publish+consume | pipeline | pipeline / slowest | pipeline per core (/2) | "
-        "clone sent / allocated | budget peak MiB | proxy RSS peak MiB |"
+        "bare publish+consume | pipeline | pipeline / slowest | pipeline per proxy core | "
+        "clone sent / allocated | budget peak MiB | proxy RSS peak MiB | "
+        "CPU s proxy / writer / broker | disk MB per proxy CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, pers, read_rate, cpu_rate, bt, res, clone_alloc in rows:
         st = res["tpl"]
         # every rate in disk MB/s: each stage only sees its share of the disk
@@ -432,9 +510,11 @@ def print_table(rows: list[Any], size: int) -> None:
         clone = res["clone"]
         print(
             f"| {name} | {pers} | {read_r / 1e6:.0f} | {cpu_r / 1e6:.0f} | {pub_r / 1e6:.0f} | "
-            f"{pipe_r / 1e6:.0f} | {pipe_r / slowest:.2f} | {pipe_r / 1e6 / 2:.0f} | "
+            f"{pipe_r / 1e6:.0f} | {pipe_r / slowest:.2f} | {pipe_r / 1e6 / proxy_cores:.0f} | "
             f"{clone['bytes_sent'] / clone_alloc:.3f} | "
-            f"{res['budget_peak'] / MiB:.0f} | {res['rss_peak'] / MiB:.0f} |"
+            f"{res['budget_peak'] / MiB:.0f} | {res['rss_peak'] / MiB:.0f} | "
+            f"{st['cpu']:.1f} / {res['writer_cpu']:.1f} / {res['broker_cpu']:.1f} | "
+            f"{size / st['cpu'] / 1e6:.0f} |"
         )
     st = rows[0][5]["tpl"]
     print(
