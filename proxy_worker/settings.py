@@ -174,7 +174,7 @@ class ProxySettings:
         default=2, metadata=_doc("hash + compress threads (BLAKE3/zstd release the GIL)")
     )
     memory_limit_mib: int = field(
-        default=128,
+        default=96,
         metadata=_doc(
             "chunk bytes in flight, all tasks together (the process's resident size is about "
             "this + 125 MiB: bench/RESULTS.md, Proxy)"

@@ -254,7 +254,7 @@ LAYOUT: list[str | Panel] = [
         "bytes",
         [("max by (pod) (vmbackup_proxy_memory_bytes)", "{{pod}}")],
         8,
-        "Bounded by proxy.memory_limit_mib (128 MiB by default)",
+        "Bounded by proxy.memory_limit_mib (96 MiB by default)",
     ),
     (
         "CBT fallbacks",
