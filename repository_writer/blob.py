@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from dataclasses import dataclass
 
 import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from isal.isal_zlib import crc32  # zlib's CRC-32, ~13x faster (ISA-L): it was 10 % of a writer
 
 from common.chunk import zstd_decompressor
 from repository_writer.errors import CorruptObjectError
@@ -80,7 +80,7 @@ def encode(
         aad = struct.pack("<4sBBHII", magic, VERSION, flags, 0, raw_len, len(payload) + TAG_LEN)
         nonce = os.urandom(NONCE_LEN)
         body = cipher.encrypt(nonce, payload, aad)
-    header = aad + struct.pack("<I12s", zlib.crc32(body), nonce)
+    header = aad + struct.pack("<I12s", crc32(body), nonce)
     return header, body
 
 
@@ -120,7 +120,7 @@ def decode_view(
             name, f"payload is {len(data) - HEADER_LEN} bytes, header says {h.payload_len}"
         )
     body = memoryview(data)[HEADER_LEN:]
-    if check_crc and zlib.crc32(body) != h.crc:
+    if check_crc and crc32(body) != h.crc:
         raise CorruptObjectError(name, "checksum mismatch (bit rot or truncation)")
     if h.encrypted != (cipher is not None):
         state = "encrypted" if h.encrypted else "not encrypted"

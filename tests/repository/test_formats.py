@@ -120,3 +120,15 @@ def test_chunk_store_rejects_bad_ids(tmp_path: Path) -> None:
         with pytest.raises(InvalidChunkIdError):
             store.path_of(bad)  # type: ignore[arg-type]  # the bad input under test
     assert parse_hex_id("ab" * 32) == bytes([0xAB]) * 32
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=70_000), st.integers(0, 0xFFFFFFFF))
+def test_blob_crc_is_zlibs_crc32(data: bytes, start: int) -> None:
+    """The blob CRC (docs/repository-format.md: CRC-32, zlib polynomial) comes from ISA-L
+    for speed: it must equal zlib's, so existing repositories keep verifying."""
+    import zlib
+
+    assert blob.crc32(data) == zlib.crc32(data)
+    assert blob.crc32(data, start) == zlib.crc32(data, start)
+    assert blob.crc32(memoryview(data)[1:]) == zlib.crc32(data[1:])
