@@ -119,7 +119,8 @@ class Placement:
     baselines' reading, hashing and publishing; the proxy child and its nbdkit) runs on the
     first core; the other side (writer, baseline consumer, RabbitMQ, the lab as the
     datastore's server) on the rest, as if they were other machines. Without it nothing
-    is pinned."""
+    is pinned. The shared RabbitMQ node gets all cores back at the end; should the
+    benchmark be killed first: ``taskset -a -p -c 0-$(($(nproc)-1)) $(pgrep -f beam.smp)``."""
 
     def __init__(self, split: bool) -> None:
         self.split = split
