@@ -118,8 +118,9 @@ def test_a_reset_in_a_callback_drops_the_old_buffer() -> None:
 
 
 def test_installed_on_every_pika_connection() -> None:
-    import common.amqp  # noqa: F401  (installs on import)
+    import common.amqp  # installs on import
 
+    assert common.amqp.RECV_BYTES == amqp_wire.RECV_BYTES
     assert connection.Connection._on_data_available is amqp_wire.on_data_available
 
 
@@ -158,6 +159,7 @@ def test_messages_are_written_as_the_same_frames_as_pika_writes(
 
 
 def test_installed_writer() -> None:
-    import common.amqp  # noqa: F401  (installs on import)
+    import common.amqp  # installs on import
 
+    assert common.amqp.RECV_BYTES == amqp_wire.RECV_BYTES
     assert connection.Connection._send_message is amqp_wire.send_message
