@@ -9,8 +9,10 @@ plugin, http through the lab's /folder URL):
 - bare publish+consume: windowed publish (confirms) of the payload the pipeline actually
   sent, in batch-sized messages, consumed by another process;
 - the pipeline end to end: the proxy in its own process (``--child``) sending to a real
-  ``vmbackup writer`` process (fresh repository), chunk messages transient and persistent,
-  then the clone through the same writer (bytes sent / allocated).
+  ``vmbackup writer`` process (fresh repository), then the clone through the same writer
+  (bytes sent / allocated). Per ``--chunk-paths``: ``stream`` (chunk batches on the
+  writer's chunk stream, the default deployment), ``broker`` (through RabbitMQ, transient
+  messages) and ``broker-persistent``.
 
 What runs where (2 shared cores): this process runs the baselines and the lab client; the
 proxy, the writer, RabbitMQ and the lab (http only) are separate processes. The baselines
@@ -22,6 +24,7 @@ and the clone); disk MB per proxy CPU second is what sizes proxies (Veeam's anch
 ~100 MB/s per core).
 
     .venv/bin/python -m bench.proxy_throughput [--size-mib 4096] [--transports file,nbd,http]
+        [--chunk-paths stream,broker,broker-persistent]
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from common.amqp import BrokerParams, Publisher, open_blocking
 from common.chunk import chunk_id, compress, is_zero
 from common.messages import ChunkBatch
 from proxy_worker.budget import MemoryBudget
+from proxy_worker.chunk_stream import WriterStreams
 from proxy_worker.heap import limit_heap_retention
 from proxy_worker.pipeline import PipelineConfig, TaskPipeline, TaskStats
 from proxy_worker.settings import (
@@ -293,7 +297,14 @@ def child_main(spec_json: str) -> None:
     transport = open_transport(spec)
     pub = Publisher(params, name="bench-proxy")
     replies = ReplyQueue(params, name="bench-proxy-replies")
-    link = WriterLink(pub, replies, persistent_chunks=spec["persistent"], timeout=120)
+    streams = WriterStreams("bench-proxy", connect_timeout=10) if spec["path"] == "stream" else None
+    link = WriterLink(
+        pub,
+        replies,
+        persistent_chunks=spec["path"] == "broker-persistent",
+        timeout=120,
+        streams=streams,
+    )
     budget = MemoryBudget(ProxySettings().memory_limit_mib * MiB)  # the default budget
     out: dict[str, Any] = {}
     try:
@@ -303,6 +314,8 @@ def child_main(spec_json: str) -> None:
             stats = {k: v for k, v in vars(st).items() if k != "entries"}
             out[which] = {"seconds": dt, "cpu": cpu, **stats}
     finally:
+        if streams is not None:
+            streams.close()
         replies.close()
         pub.close()
         transport.close()
@@ -312,7 +325,7 @@ def child_main(spec_json: str) -> None:
 
 
 def start_writer(
-    root: Path, repo_root: Path, params: BrokerParams, tag: str
+    root: Path, repo_root: Path, params: BrokerParams, tag: str, *, stream: bool
 ) -> tuple[subprocess.Popen[bytes], Path]:
     repo = repo_root / f"vmbackup-bench-repo-{tag}-{uuid.uuid4().hex[:6]}"
     subprocess.run(
@@ -336,6 +349,7 @@ def start_writer(
         f'[broker]\nurl = "{params.url}"\nn_shards = {SHARDS}\n'
         f'[metrics]\nport = 0\n[repository]\npath = "{repo}"\n'
         f'[writer]\nname = "bench-writer-{tag}"\nconsume_commits = false\n'
+        + ('data_listen = "127.0.0.1:0"\n' if stream else "")
     )
     log = root / f"writer-{tag}.log"
     with open(log, "wb") as fh:
@@ -361,7 +375,11 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--transports", default="file,nbd,http")
-    ap.add_argument("--persistence", default="false,true")
+    ap.add_argument(
+        "--chunk-paths",
+        default="stream,broker",
+        help="how chunk batches reach the writer: stream, broker, broker-persistent",
+    )
     ap.add_argument(
         "--repo-dir",
         default="/dev/shm",
@@ -444,9 +462,10 @@ def main() -> None:
                 with t.open(srcs[0]) as r:
                     ct, cn = bare_cpu(r, args.workers)
                 t.close()
-                for pers in args.persistence.split(","):
-                    persistent = pers == "true"
-                    writer, repo = start_writer(root, Path(args.repo_dir), params, f"{name}-{pers}")
+                for path in args.chunk_paths.split(","):
+                    writer, repo = start_writer(
+                        root, Path(args.repo_dir), params, f"{name}-{path}", stream=path == "stream"
+                    )
                     where.pin_backend(writer.pid)
                     w_cpu0, b_cpu0 = proc_cpu(writer.pid), proc_cpu(broker) if broker else 0.0
                     try:
@@ -460,7 +479,7 @@ def main() -> None:
                                     {
                                         **cspec,
                                         "url": params.url,
-                                        "persistent": persistent,
+                                        "path": path,
                                         "workers": args.workers,
                                         "tpl": vars(srcs[0]),
                                         "clone": vars(srcs[1]),
@@ -481,8 +500,8 @@ def main() -> None:
                         shutil.rmtree(repo, ignore_errors=True)
                     res = {**json.loads(child.stdout.strip().splitlines()[-1]), **res_cpu}
                     bt = bare_publish_consume(params, res["tpl"]["bytes_sent"], where)
-                    rows.append((name, persistent, rn / rt, cn / ct, bt, res, clone_alloc))
-                    print(f"# {name} {persistent}: {res}", file=sys.stderr)
+                    rows.append((name, path, rn / rt, cn / ct, bt, res, clone_alloc))
+                    print(f"# {name} {path}: {res}", file=sys.stderr)
     finally:
         where.release()
         shutil.rmtree(root, ignore_errors=True)
@@ -494,13 +513,13 @@ def main() -> None:
 
 def print_table(rows: list[Any], size: int, proxy_cores: int) -> None:
     print(
-        "| transport | chunk msgs persistent | bare read | bare BLAKE3+zstd | "
+        "| transport | chunk path | bare read | bare BLAKE3+zstd | "
         "bare publish+consume | pipeline | pipeline / slowest | pipeline per proxy core | "
         "clone sent / allocated | budget peak MiB | proxy RSS peak MiB | "
         "CPU s proxy / writer / broker | disk MB per proxy CPU s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, pers, read_rate, cpu_rate, bt, res, clone_alloc in rows:
+    for name, path, read_rate, cpu_rate, bt, res, clone_alloc in rows:
         st = res["tpl"]
         # every rate in disk MB/s: each stage only sees its share of the disk
         read_r = read_rate * size / st["bytes_read"]
@@ -510,7 +529,7 @@ def print_table(rows: list[Any], size: int, proxy_cores: int) -> None:
         slowest = min(read_r, cpu_r, pub_r)
         clone = res["clone"]
         print(
-            f"| {name} | {pers} | {read_r / 1e6:.0f} | {cpu_r / 1e6:.0f} | {pub_r / 1e6:.0f} | "
+            f"| {name} | {path} | {read_r / 1e6:.0f} | {cpu_r / 1e6:.0f} | {pub_r / 1e6:.0f} | "
             f"{pipe_r / 1e6:.0f} | {pipe_r / slowest:.2f} | {pipe_r / 1e6 / proxy_cores:.0f} | "
             f"{clone['bytes_sent'] / clone_alloc:.3f} | "
             f"{res['budget_peak'] / MiB:.0f} | {res['rss_peak'] / MiB:.0f} | "

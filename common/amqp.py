@@ -110,6 +110,12 @@ class BrokerParams:
         path = urlsplit(self.url).path
         return unquote(path[1:]) if len(path) > 1 else "/"
 
+    def host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.url)
+        return parts.hostname or "127.0.0.1", parts.port or (
+            5671 if parts.scheme == "amqps" else 5672
+        )
+
     def with_vhost(self, vhost: str) -> BrokerParams:
         parts = urlsplit(self.url)
         url = parts._replace(path="/" + quote(vhost, safe="")).geturl()
@@ -121,9 +127,10 @@ class BrokerParams:
             raise ValueError(f"broker.url must start with amqp:// or amqps://, got {self.url!r}")
         user = unquote(parts.username or "guest")
         password = unquote(parts.password) if parts.password else self.password
+        host, port = self.host_port()
         params = pika.ConnectionParameters(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or (5671 if parts.scheme == "amqps" else 5672),
+            host=host,
+            port=port,
             virtual_host=self.vhost,
             credentials=pika.PlainCredentials(user, password),
         )

@@ -126,9 +126,25 @@ class HaveQuery(Message):
 
 @dataclass(frozen=True, slots=True)
 class HaveReply(Message):
+    """Which of the queried ids the writer holds, and where it takes chunk batches
+    directly (its chunk stream, see repository_writer/chunk_stream.py): ``data_addr`` is
+    "HOST:PORT" or "" for broker only; ``data_token`` must open every stream to it."""
+
     KIND: ClassVar[str] = "have-reply"
+    VERSION: ClassVar[int] = 2
     query_id: str
     present: list[bool]
+    data_addr: str = ""
+    data_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHello(Message):
+    """First frame of a chunk stream: the token the writer handed out in its have-replies."""
+
+    KIND: ClassVar[str] = "stream-hello"
+    token: str
+    client: str
 
 
 # --- restore points -----------------------------------------------------------------
@@ -250,6 +266,7 @@ KINDS: dict[str, type[Message]] = {
         ChunkAck,
         HaveQuery,
         HaveReply,
+        StreamHello,
         CommitRequest,
         CommitReply,
         CommitPart,
@@ -594,13 +611,16 @@ def encode(msg: Message) -> bytes:
     return out
 
 
-@typing.overload
-def decode(data: bytes, expect: type[M]) -> M: ...
-@typing.overload
-def decode(data: bytes, expect: None = None) -> Message: ...
+Bytes = bytes | bytearray | memoryview
 
 
-def decode(data: bytes, expect: type[Message] | None = None) -> Message:
+@typing.overload
+def decode(data: Bytes, expect: type[M]) -> M: ...
+@typing.overload
+def decode(data: Bytes, expect: None = None) -> Message: ...
+
+
+def decode(data: Bytes, expect: type[Message] | None = None) -> Message:
     """Parse and validate one message; ``expect`` restricts the accepted kind."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MessageError(f"message body must be bytes, got {type(data).__name__}")

@@ -191,6 +191,16 @@ PROXY_MEMORY_BYTES = Gauge(
     "vmbackup_proxy_memory_bytes", "Chunk bytes in flight (bounded by proxy.memory_limit_mib)"
 )
 PROXY_STREAMS = Gauge("vmbackup_proxy_streams", "Open disk streams per host", ["host"])
+PROXY_BATCHES_SENT = Counter(
+    "vmbackup_proxy_batches_sent_total",
+    "Chunk batches sent to writers: over a writer's chunk stream (direct) or the broker",
+    ["path"],
+)
+PROXY_CHUNK_STREAM_ERRORS = Counter(
+    "vmbackup_proxy_chunk_stream_errors_total",
+    "Writer chunk streams that failed (connect, send or lost); their batches went again",
+    ["kind"],
+)
 
 
 # --- repository and writer (repository_writer/) ----------------------------------------
@@ -233,6 +243,14 @@ WRITER_QUEUE_LAG_SECONDS = Histogram(
     "Publish-to-handling delay of writer messages (1 s resolution)",
     ["kind"],
     buckets=TASK_BUCKETS,
+)
+WRITER_STREAMS = Gauge(
+    "vmbackup_writer_chunk_streams", "Proxies' chunk streams open to this writer"
+)
+WRITER_STREAM_ERRORS = Counter(
+    "vmbackup_writer_chunk_stream_errors_total",
+    "Chunk streams dropped or refused, by kind (hello, token, MessageError, ...)",
+    ["kind"],
 )
 REPO_GC_BYTES_FREED = Counter("vmbackup_repo_gc_freed_bytes_total", "Bytes freed by gc")
 REPO_GC_CHUNKS_REMOVED = Counter("vmbackup_repo_gc_removed_chunks_total", "Chunks removed by gc")

@@ -110,6 +110,9 @@ class StackSpec:
     vhost: str | None = None
     # An encrypted repository: AES-256-GCM chunks, keyed chunk ids (proxies get the id key).
     encrypt: bool = False
+    # Writers offer chunk streams (proxies send chunk batches to them directly); False:
+    # chunk batches only through the broker.
+    chunk_streams: bool = True
 
 
 class Stack:
@@ -206,6 +209,7 @@ path = {toml_str(str(repo or self.repo))}
 
 [writer]
 prefetch = 4
+{'data_listen = "127.0.0.1:0"' if s.chunk_streams else ""}
 
 [proxy]
 queues = [{queues}]

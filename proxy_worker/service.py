@@ -28,6 +28,7 @@ from common.amqp import (
 from common.logging import bound, get_logger
 from common.messages import BackupTask, Message, TaskResult
 from proxy_worker.budget import MemoryBudget
+from proxy_worker.chunk_stream import WriterStreams
 from proxy_worker.errors import ProxyError, TaskError
 from proxy_worker.pipeline import PipelineConfig, TaskPipeline, TaskStats
 from proxy_worker.settings import ProxySettings, VCenterDirectory
@@ -68,11 +69,17 @@ class ProxyService:
         self.pool = ThreadPoolExecutor(settings.pipeline_workers, thread_name_prefix="proxy-cpu")
         self.publisher = Publisher(params, name=f"proxy-{settings.name}")
         self.replies = ReplyQueue(params, name=f"proxy-{settings.name}-replies")
+        self.streams = (
+            WriterStreams(f"proxy-{settings.name}", connect_timeout=params.connect_timeout)
+            if settings.chunk_streams
+            else None
+        )
         self.link = WriterLink(
             self.publisher,
             self.replies,
             persistent_chunks=settings.persistent_chunks,
             timeout=settings.writer_timeout,
+            streams=self.streams,
         )
         queues = [task_queue(k) for k in settings.queues]
         self.consumer = Consumer(
@@ -104,6 +111,8 @@ class ProxyService:
 
     def close(self) -> None:
         self.consumer.stop(10)
+        if self.streams is not None:
+            self.streams.close()
         self.replies.close()
         self.publisher.close()
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -201,6 +201,13 @@ class ProxySettings:
     writer_timeout: float = field(
         default=120.0, metadata=_doc("seconds to wait for a chunk ack or have-reply")
     )
+    chunk_streams: bool = field(
+        default=True,
+        metadata=_doc(
+            "send chunk batches on the chunk stream a writer offers (writer.data_listen) "
+            "instead of through the broker; false: always the broker"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:

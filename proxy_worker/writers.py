@@ -1,5 +1,7 @@
-"""The proxy's side of the writer protocol: have-queries and chunk batches to the shard
-queues, replies on the proxy's exclusive reply queue, re-sent when a reply does not come."""
+"""The proxy's side of the writer protocol: have-queries to the shard queues, chunk
+batches on the writer's chunk stream where its have-replies offer one and to the shard
+queues otherwise, replies on the stream or the proxy's exclusive reply queue, re-sent when
+a reply does not come."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
+from common import metrics
 from common.amqp import EXCHANGE_SHARDS, Publisher, PublishError, ReplyQueue
 from common.logging import get_logger
 from common.messages import ChunkAck, ChunkBatch, HaveQuery, HaveReply, Message
 from common.sharding import shard_routing_key
+from proxy_worker.chunk_stream import WriterStreams
 from proxy_worker.errors import WriterError
 
 log = get_logger(__name__)
@@ -44,12 +48,16 @@ class WriterLink:
         persistent_chunks: bool,
         timeout: float,
         attempts: int = 3,
+        streams: WriterStreams | None = None,
     ) -> None:
         self.publisher = publisher
         self.replies = replies
         self.persistent_chunks = persistent_chunks
         self.timeout = timeout
         self.attempts = attempts
+        self.streams = streams
+        # shard -> (address, token) of the chunk stream its writer last offered
+        self.endpoints: dict[int, tuple[str, str]] = {}
 
     # --- have-queries ------------------------------------------------------------------
     def have(self, by_shard: dict[int, list[bytes]]) -> dict[int, list[bool]]:
@@ -80,6 +88,10 @@ class WriterLink:
                 if not isinstance(rep, HaveReply) or len(rep.present) != len(left[shard]):
                     raise WriterError(f"shard {shard} answered a have-query with {rep!r:.200}")
                 out[shard] = list(rep.present)
+                if rep.data_addr:
+                    self.endpoints[shard] = (rep.data_addr, rep.data_token)
+                else:
+                    self.endpoints.pop(shard, None)
             left = {s: ids for s, ids in left.items() if s not in out}
             if not left:
                 return out
@@ -88,11 +100,17 @@ class WriterLink:
 
     # --- chunk batches -----------------------------------------------------------------
     def send(self, batch: PendingBatch) -> PendingBatch:
-        """Publish (or re-publish) a batch; its ``reply`` future gets the ChunkAck."""
+        """Send (or re-send) a batch; its ``reply`` future gets the ChunkAck."""
         batch.attempts += 1
         if batch.batch_id:
             self.replies.forget(batch.batch_id)
+            if self.streams is not None:
+                self.streams.forget(batch.batch_id)
         batch.batch_id = uuid.uuid4().hex
+        if self.streams is not None and self._send_direct(batch):
+            metrics.PROXY_BATCHES_SENT.labels(path="direct").inc()
+            batch.sent_at = time.monotonic()
+            return batch
         batch.reply = self.replies.expect(batch.batch_id)
         msg = ChunkBatch(
             batch_id=batch.batch_id,
@@ -111,8 +129,26 @@ class WriterLink:
             )
         except PublishError as exc:
             raise WriterError(f"chunk batch to shard {batch.shard}: {exc}") from exc
+        metrics.PROXY_BATCHES_SENT.labels(path="broker").inc()
         batch.sent_at = time.monotonic()
         return batch
+
+    def _send_direct(self, batch: PendingBatch) -> bool:
+        """On the shard's writer's chunk stream, if it offered one that works. The stream
+        has taken the bytes when this returns, so there is no confirm to wait for."""
+        assert self.streams is not None
+        endpoint = self.endpoints.get(batch.shard)
+        if endpoint is None:
+            return False
+        reply: Future[Message] = Future()
+        msg = ChunkBatch(
+            batch_id=batch.batch_id, task_id=batch.task_id, reply_to="", chunks=batch.chunks
+        )
+        if not self.streams.send(endpoint[0], endpoint[1], msg, reply):
+            return False
+        batch.reply = reply
+        batch.confirm = _SENT
+        return True
 
     def check(self, batch: PendingBatch, wait: float) -> ChunkAck | None:
         """The batch's ack if it came within ``wait`` seconds; re-sends after a timeout;
@@ -140,3 +176,7 @@ class WriterLink:
         if not rep.ok:
             raise WriterError(f"shard {batch.shard} refused a chunk batch: {rep.error}")
         return rep
+
+
+_SENT: Future[None] = Future()
+_SENT.set_result(None)

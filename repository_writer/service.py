@@ -45,6 +45,7 @@ from common.messages import (
 )
 from common.sharding import parse_shard_set, shard_of, shard_queue
 from repository_writer import fsutil
+from repository_writer.chunk_stream import ChunkStreamServer, route_address
 from repository_writer.errors import RepositoryError
 from repository_writer.repository import Repository
 
@@ -66,6 +67,8 @@ class WriterService:
         commit_prefetch: int = 1,
         shard_quorum: bool = False,
         name: str = "writer",
+        data_listen: str = "",
+        data_advertise: str = "",
     ) -> None:
         self.repo = repo
         self.params = params
@@ -102,6 +105,18 @@ class WriterService:
             else None
         )
         self._commit_lock = threading.Lock()
+        self.chunk_stream = (
+            ChunkStreamServer(
+                self.on_stream_batch,
+                listen=data_listen,
+                advertise=data_advertise or route_address(*params.host_port()),
+                workers=workers,
+                max_inflight=prefetch,
+                name=name,
+            )
+            if data_listen
+            else None
+        )
         fsutil.fsync_observer = metrics.WRITER_FSYNC_SECONDS.observe
 
     def _declare(self, ch: Any) -> None:
@@ -112,6 +127,8 @@ class WriterService:
     # --- life cycle ----------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> WriterService:
+        if self.chunk_stream is not None:
+            self.chunk_stream.start()
         self.chunk_consumer.start()
         if self.commit_consumer is not None:
             self.commit_consumer.start()
@@ -132,6 +149,8 @@ class WriterService:
     def stop(self, timeout: float = 60.0) -> None:
         """Finish in-flight messages, return the rest to the broker."""
         threads = [threading.Thread(target=c.stop, args=(timeout,)) for c in self._consumers()]
+        if self.chunk_stream is not None:
+            threads.append(threading.Thread(target=self.chunk_stream.stop))
         for t in threads:
             t.start()
         for t in threads:
@@ -150,15 +169,19 @@ class WriterService:
                 max(0.0, time.time() - ts)
             )
         if isinstance(msg, ChunkBatch):
-            self._reply(msg.reply_to, msg.batch_id, self.on_batch(msg, d))
+            self._reply(msg.reply_to, msg.batch_id, self.on_batch(msg, _queue_shard(d.queue)))
         elif isinstance(msg, HaveQuery):
             self._reply(msg.reply_to, msg.query_id, self.on_have(msg))
         elif isinstance(msg, CommitRequest | CommitPart | JobMarker):
             reply = commit_queue_reply(self.repo, msg)
             self._reply(msg.reply_to, reply.request_id, reply)
 
-    def on_batch(self, msg: ChunkBatch, d: Delivery) -> ChunkAck:
-        shard = _queue_shard(d.queue)
+    def on_stream_batch(self, msg: ChunkBatch) -> ChunkAck:
+        """A batch from a chunk stream: the same checks and storage as from a shard queue."""
+        shard = shard_of(msg.chunks[0][0], self.n_shards) if msg.chunks else -1
+        return self.on_batch(msg, shard)
+
+    def on_batch(self, msg: ChunkBatch, shard: int) -> ChunkAck:
         stray = [c[0].hex() for c in msg.chunks if shard_of(c[0], self.n_shards) not in self._own]
         if stray:
             metrics.WRITER_BATCHES.labels(result="error").inc()
@@ -192,7 +215,9 @@ class WriterService:
         n = sum(present)
         metrics.WRITER_HAVE_IDS.labels(result="present").inc(n)
         metrics.WRITER_HAVE_IDS.labels(result="absent").inc(len(present) - n)
-        return HaveReply(msg.query_id, present)
+        if self.chunk_stream is None:
+            return HaveReply(msg.query_id, present)
+        return HaveReply(msg.query_id, present, self.chunk_stream.address, self.chunk_stream.token)
 
     def on_commit(self, msg: CommitRequest) -> CommitReply:
         return commit_queue_reply(self.repo, msg)
@@ -275,6 +300,8 @@ def main(args: argparse.Namespace) -> int:
         commit_prefetch=ws.commit_prefetch,
         shard_quorum=ws.shard_queue_type == "quorum",
         name=ws.name,
+        data_listen=ws.data_listen,
+        data_advertise=ws.data_advertise,
     )
     stop_on_signals(service)
     try:

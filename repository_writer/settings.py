@@ -37,6 +37,16 @@ class WriterSettings:
         default="classic",
     )
     commit_prefetch: int = doc("commit requests handled at once", default=1)
+    data_listen: str = doc(
+        "HOST:PORT where proxies send chunk batches directly, beside the broker (port 0:"
+        ' any free port); "" = chunk batches only through the broker',
+        default="",
+    )
+    data_advertise: str = doc(
+        "HOST or HOST:PORT proxies connect to for data_listen (default: this machine's"
+        " address on its route to the broker, and the bound port)",
+        default="",
+    )
     consume_commits: bool = doc("also consume vmbackup.commits", default=True)
 
     def __post_init__(self) -> None:
@@ -44,5 +54,9 @@ class WriterSettings:
             raise ValueError(f"shard_queue_type {self.shard_queue_type!r}: classic or quorum")
         if not 1 <= self.prefetch <= 256:
             raise ValueError("prefetch must be within 1..256")
+        if self.data_listen:
+            from repository_writer.chunk_stream import parse_listen
+
+            parse_listen(self.data_listen)
         if not 1 <= self.commit_prefetch <= 16:
             raise ValueError("commit_prefetch must be within 1..16")

@@ -89,7 +89,14 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.HaveQuery: st.builds(
         m.HaveQuery, query_id=text, reply_to=text, ids=st.lists(ids, max_size=9)
     ),
-    m.HaveReply: st.builds(m.HaveReply, query_id=text, present=st.lists(st.booleans())),
+    m.HaveReply: st.builds(
+        m.HaveReply,
+        query_id=text,
+        present=st.lists(st.booleans()),
+        data_addr=text,
+        data_token=text,
+    ),
+    m.StreamHello: st.builds(m.StreamHello, token=text, client=text),
     m.CommitRequest: st.builds(
         m.CommitRequest,
         request_id=text,

@@ -209,6 +209,17 @@ def test_nothing_inbound_but_metrics(build: Build) -> None:
             assert not allowed(build, other, pod, 9400), f"{other.name} -> {pod.name}"
 
 
+def test_only_proxies_reach_the_writers_chunk_streams(build: Build) -> None:
+    writers = _by_component(build, "writer")
+    for w in writers:
+        for proxy in _by_component(build, "proxy"):
+            assert allowed(build, proxy, w, 7071), f"{proxy.name} -> {w.name}"
+            assert not allowed(build, proxy, w, 7072), f"{proxy.name} -> {w.name}: other port"
+        others = _by_component(build, "coordinator", "writer", "repo-init", "verify")
+        for other in [*others, STRANGER, PROMETHEUS, rabbitmq_pod(build)]:
+            assert not allowed(build, other, w, 7071), f"{other.name} -> {w.name}"
+
+
 def test_broker_ingress(build: Build) -> None:
     rmq = rabbitmq_pod(build)
     peer = Peer("vmbackup-rabbitmq-server-1", NS, rmq.labels)

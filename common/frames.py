@@ -1,0 +1,68 @@
+"""Messages over a plain stream socket: the chunk streams between proxies and writers.
+
+A frame is a 4-byte big-endian length and then one message exactly as
+:mod:`common.messages` encodes it, so a stream carries the same strictly checked schemas
+as the broker does. A length above MAX_MESSAGE_BYTES, a truncated frame or a body that does
+not decode is a :class:`~common.messages.MessageError`; the peer closing the connection
+between frames is a clean end (``None``), in the middle of one a :class:`StreamClosed`.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from common.messages import MAX_MESSAGE_BYTES, M, Message, MessageError, decode, encode
+
+HEADER = struct.Struct(">I")
+
+
+class StreamClosed(ConnectionError):
+    """The peer closed the connection in the middle of a frame."""
+
+
+def send_message(sock: socket.socket, msg: Message) -> int:
+    """Encode and send one frame; returns the bytes sent. OSError when the socket fails."""
+    body = encode(msg)
+    send_frame(sock, body)
+    return HEADER.size + len(body)
+
+
+def send_frame(sock: socket.socket, body: bytes) -> None:
+    """Header and body in one system call where the kernel takes it (no copy of the body)."""
+    parts: list[memoryview] = [memoryview(HEADER.pack(len(body))), memoryview(body)]
+    while parts:
+        sent = sock.sendmsg(parts)
+        while parts and sent >= len(parts[0]):
+            sent -= len(parts[0])
+            parts.pop(0)
+        if parts and sent:
+            parts[0] = parts[0][sent:]
+
+
+def read_message(sock: socket.socket, expect: type[M]) -> M | None:
+    """The next frame's message, of kind ``expect``; None when the peer closed the
+    connection between frames."""
+    header = _recv_exact(sock, HEADER.size, at_boundary=True)
+    if header is None:
+        return None
+    (size,) = HEADER.unpack(header)
+    if size > MAX_MESSAGE_BYTES:
+        raise MessageError(f"frame of {size} bytes exceeds limit {MAX_MESSAGE_BYTES}")
+    body = _recv_exact(sock, size, at_boundary=False)
+    assert body is not None
+    return decode(body, expect)
+
+
+def _recv_exact(sock: socket.socket, size: int, *, at_boundary: bool) -> bytearray | None:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            if got == 0 and at_boundary:
+                return None
+            raise StreamClosed(f"connection closed after {got} of {size} bytes of a frame")
+        got += n
+    return buf

@@ -1,0 +1,193 @@
+"""The proxy's chunk streams: chunk batches straight to the writers that offer a stream
+(repository_writer/chunk_stream.py), one TCP connection per writer, shared by the tasks.
+
+A batch is sent on the stream and its ChunkAck comes back on it; the ack resolves the
+same future the broker path would. When a stream cannot be opened or breaks, every batch
+waiting on it gets :class:`StreamLost` (a TimeoutError, so WriterLink re-sends it at once,
+as after a lost reply) and the writer's address is left alone for ``retry_after`` seconds:
+those re-sends go through the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from common import metrics
+from common.frames import StreamClosed, read_message, send_frame, send_message
+from common.logging import get_logger
+from common.messages import ChunkAck, ChunkBatch, Message, MessageError, StreamHello, encode
+
+log = get_logger(__name__)
+_OnLost = Callable[["_Stream", str], None]
+
+
+class StreamLost(TimeoutError):
+    """The chunk stream carrying a batch broke before its ack came."""
+
+
+def split_address(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class WriterStreams:
+    """Thread safe; ``send`` is called by the tasks' sender threads."""
+
+    def __init__(self, client: str, *, connect_timeout: float, retry_after: float = 10.0) -> None:
+        self.client = client
+        self.connect_timeout = connect_timeout
+        self.retry_after = retry_after
+        self._streams: dict[str, _Stream] = {}
+        self._down_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def send(self, addr: str, token: str, batch: ChunkBatch, reply: Future[Message]) -> bool:
+        """Send ``batch`` on the writer's stream; ``reply`` gets its ChunkAck (or
+        StreamLost). False when the stream is unusable: the caller uses the broker."""
+        stream = self._stream(addr, token)
+        if stream is None:
+            return False
+        body = encode(batch)
+        if stream.send(batch.batch_id, body, reply):
+            return True
+        self._mark_down(addr, stream, "send")
+        return False
+
+    def forget(self, batch_id: str) -> None:
+        with self._lock:
+            streams = list(self._streams.values())
+        for s in streams:
+            s.forget(batch_id)
+
+    def close(self) -> None:
+        with self._lock:
+            streams = list(self._streams.values())
+            self._streams.clear()
+        for s in streams:
+            s.close("proxy closing")
+
+    # --- internals -----------------------------------------------------------------------
+    def _stream(self, addr: str, token: str) -> _Stream | None:
+        with self._lock:
+            s = self._streams.get(addr)
+            if s is not None and s.alive and s.token == token:
+                return s
+            if time.monotonic() < self._down_until.get(addr, 0.0):
+                return None
+        try:
+            s = _Stream.open(addr, token, self.client, self.connect_timeout, self._on_lost)
+        except (OSError, ValueError) as exc:
+            metrics.PROXY_CHUNK_STREAM_ERRORS.labels(kind="connect").inc()
+            log.warning("chunk_stream_unavailable", writer=addr, error=str(exc))
+            with self._lock:
+                self._down_until[addr] = time.monotonic() + self.retry_after
+            return None
+        with self._lock:
+            old = self._streams.get(addr)
+            if old is not None and old.alive and old.token == token:
+                keep: _Stream = old  # another task opened one meanwhile
+                drop: _Stream | None = s
+            else:
+                self._streams[addr] = keep = s
+                drop = old
+        if drop is not None:
+            drop.close("replaced")
+        return keep
+
+    def _on_lost(self, stream: _Stream, why: str) -> None:
+        self._mark_down(stream.addr, stream, why)
+
+    def _mark_down(self, addr: str, stream: _Stream, kind: str) -> None:
+        metrics.PROXY_CHUNK_STREAM_ERRORS.labels(kind=kind).inc()
+        with self._lock:
+            if self._streams.get(addr) is stream:
+                del self._streams[addr]
+            self._down_until[addr] = time.monotonic() + self.retry_after
+        stream.close(kind)
+
+
+class _Stream:
+    def __init__(self, sock: socket.socket, addr: str, token: str, on_lost: _OnLost) -> None:
+        self.sock = sock
+        self.addr = addr
+        self.token = token
+        self.alive = True
+        self._on_lost = on_lost
+        self._pending: dict[str, Future[Message]] = {}
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"chunk-stream-{addr}", daemon=True
+        )
+
+    @classmethod
+    def open(cls, addr: str, token: str, client: str, timeout: float, on_lost: _OnLost) -> _Stream:
+        sock = socket.create_connection(split_address(addr), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            send_message(sock, StreamHello(token=token, client=client))
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        s = cls(sock, addr, token, on_lost)
+        s._reader.start()
+        log.info("chunk_stream_opened", writer=addr)
+        return s
+
+    def send(self, batch_id: str, body: bytes, reply: Future[Message]) -> bool:
+        with self._lock:
+            if not self.alive:
+                return False
+            self._pending[batch_id] = reply
+        try:
+            with self._send_lock:
+                send_frame(self.sock, body)
+        except OSError as exc:
+            with self._lock:
+                self._pending.pop(batch_id, None)
+            log.warning("chunk_stream_send_failed", writer=self.addr, error=str(exc))
+            return False
+        return True
+
+    def forget(self, batch_id: str) -> None:
+        with self._lock:
+            self._pending.pop(batch_id, None)
+
+    def close(self, why: str) -> None:
+        with self._lock:
+            was_alive, self.alive = self.alive, False
+            lost = list(self._pending.values())
+            self._pending.clear()
+        if was_alive:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader
+            self.sock.close()
+        for fut in lost:
+            if not fut.done():
+                fut.set_exception(StreamLost(f"chunk stream to {self.addr} lost ({why})"))
+
+    def _read_loop(self) -> None:
+        why = "closed by writer"
+        try:
+            while True:
+                msg = read_message(self.sock, ChunkAck)
+                if msg is None:
+                    break
+                with self._lock:
+                    fut = self._pending.pop(msg.batch_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except (MessageError, StreamClosed) as exc:
+            why = f"bad frame: {exc}"
+        except OSError as exc:
+            why = str(exc)
+        if self.alive:
+            log.warning("chunk_stream_lost", writer=self.addr, error=why)
+            self._on_lost(self, "lost")

@@ -1,0 +1,221 @@
+"""The writer's chunk stream: chunk batches straight from proxies, beside the broker.
+
+Chunk payloads are most of the bytes a backup moves. Through RabbitMQ each byte is
+framed by the proxy's AMQP client, routed by the broker and framed again to the writer:
+on the development box the broker alone cost 1.7 CPU s per GB and AMQP framing a large
+part of both ends. So a writer may also listen on a TCP port: a proxy opens one stream
+per writer, sends ``StreamHello`` with the writer's token and then ``ChunkBatch`` frames
+(common/frames.py), and gets one ``ChunkAck`` per batch on the same connection, sent
+only once the batch is durable, exactly as on the broker path (same handler, same
+checks). Have-queries, tasks and commits stay on the broker; the have-replies carry the
+stream's address and token, so only clients the broker let in learn the token, and a
+proxy that cannot reach the stream falls back to the shard queue.
+
+Memory: at most ``max_inflight`` batches are read and not yet acknowledged, over all
+connections (a connection stops reading while none is free: TCP pushes back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from common import metrics
+from common.frames import StreamClosed, read_message, send_message
+from common.logging import get_logger
+from common.messages import ChunkAck, ChunkBatch, MessageError, StreamHello
+
+log = get_logger(__name__)
+HELLO_TIMEOUT = 10.0
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """ "HOST:PORT" (port 0: any free port) -> (host, port); ValueError naming what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"data_listen {text!r}: expected HOST:PORT with a port within 0..65535")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def route_address(peer_host: str, peer_port: int) -> str:
+    """This machine's address on the route to ``peer`` (no packet is sent): where a
+    proxy that reaches the broker most likely reaches this writer too."""
+    family = socket.AF_INET6 if ":" in peer_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((peer_host, peer_port))
+            return str(s.getsockname()[0])
+        except OSError:
+            return socket.gethostname()
+
+
+class ChunkStreamServer:
+    def __init__(
+        self,
+        handle_batch: Callable[[ChunkBatch], ChunkAck],
+        *,
+        listen: str,
+        advertise: str,
+        workers: int,
+        max_inflight: int,
+        name: str,
+    ) -> None:
+        self.handle_batch = handle_batch
+        self.name = name
+        self.token = secrets.token_hex(16)
+        host, port = parse_listen(listen)
+        self._listener = socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=64
+        )
+        bound_port = self._listener.getsockname()[1]
+        adv_host, _, adv_port = (
+            advertise.rpartition(":") if ":" in advertise else (advertise, "", "")
+        )
+        self.address = f"{adv_host or host}:{adv_port or bound_port}"
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{name}-stream")
+        self._slots = threading.Semaphore(max_inflight)
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._acceptor = threading.Thread(target=self._accept_loop, name=f"{name}-accept")
+
+    def start(self) -> ChunkStreamServer:
+        self._acceptor.start()
+        log.info("chunk_stream_listening", writer=self.name, address=self.address)
+        return self
+
+    def stop(self) -> None:
+        """Stop taking batches; those already read are finished and acknowledged."""
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self._listener.close()
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RD)  # readers end; in-flight acks still go out
+        self._acceptor.join(timeout=10)
+        self._pool.shutdown(wait=True)
+
+    # --- connections -------------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, peer = self._listener.accept()
+            except OSError:
+                return  # closed by stop()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            with self._lock:
+                self._conns.add(conn)
+            threading.Thread(
+                target=self._serve, args=(conn, f"{peer[0]}:{peer[1]}"), daemon=True
+            ).start()
+
+    def _serve(self, sock: socket.socket, peer: str) -> None:
+        conn = _Conn(sock, peer)
+        metrics.WRITER_STREAMS.inc()
+        try:
+            if not self._hello(sock, peer):
+                return
+            while not self._closed.is_set():
+                self._slots.acquire()
+                try:
+                    msg = read_message(sock, ChunkBatch)
+                except BaseException:
+                    self._slots.release()
+                    raise
+                if msg is None:
+                    self._slots.release()
+                    return
+                conn.begin()
+                try:
+                    self._pool.submit(self._batch, conn, msg)
+                except RuntimeError:  # the pool was shut down by stop()
+                    conn.end()
+                    self._slots.release()
+                    return
+        except (MessageError, StreamClosed) as exc:
+            # A proxy's bug or a torn connection: drop the stream (it re-sends its unacked
+            # batches, through the broker if need be); nothing half-read is stored.
+            metrics.WRITER_STREAM_ERRORS.labels(kind=type(exc).__name__).inc()
+            log.warning("chunk_stream_dropped", writer=self.name, peer=peer, error=str(exc))
+        except OSError as exc:
+            if not self._closed.is_set():
+                metrics.WRITER_STREAM_ERRORS.labels(kind="OSError").inc()
+                log.warning("chunk_stream_dropped", writer=self.name, peer=peer, error=str(exc))
+        finally:
+            metrics.WRITER_STREAMS.dec()
+            with self._lock:
+                self._conns.discard(sock)
+            conn.reader_done()  # closes the socket once the last ack is out
+
+    def _hello(self, conn: socket.socket, peer: str) -> bool:
+        conn.settimeout(HELLO_TIMEOUT)
+        try:
+            hello = read_message(conn, StreamHello)
+        except (MessageError, OSError) as exc:
+            log.warning("chunk_stream_refused", writer=self.name, peer=peer, error=str(exc))
+            metrics.WRITER_STREAM_ERRORS.labels(kind="hello").inc()
+            return False
+        conn.settimeout(None)
+        if not isinstance(hello, StreamHello) or not hmac.compare_digest(
+            hello.token.encode(), self.token.encode()
+        ):
+            log.warning("chunk_stream_refused", writer=self.name, peer=peer, error="bad token")
+            metrics.WRITER_STREAM_ERRORS.labels(kind="token").inc()
+            return False
+        log.info("chunk_stream_opened", writer=self.name, peer=peer, client=hello.client)
+        return True
+
+    def _batch(self, conn: _Conn, msg: ChunkBatch) -> None:
+        try:
+            ack = self.handle_batch(msg)
+            conn.send(ack)
+        except OSError as exc:
+            # The proxy is gone: it re-sends the batch (stored chunks are found as known).
+            log.warning("chunk_ack_undelivered", writer=self.name, peer=conn.peer, error=str(exc))
+        finally:
+            conn.end()
+            self._slots.release()
+
+
+class _Conn:
+    """One proxy's connection: acks go out under one lock; the socket is closed when its
+    reader has ended and no batch read from it is still being stored."""
+
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        self.sock = sock
+        self.peer = peer
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._inflight = 0
+        self._reading = True
+
+    def begin(self) -> None:
+        with self._lock:
+            self._inflight += 1
+
+    def send(self, msg: ChunkAck) -> None:
+        with self._send_lock:
+            send_message(self.sock, msg)
+
+    def end(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            done = not self._reading and self._inflight == 0
+        if done:
+            self.sock.close()
+
+    def reader_done(self) -> None:
+        with self._lock:
+            self._reading = False
+            done = self._inflight == 0
+        if done:
+            self.sock.close()

@@ -1,0 +1,271 @@
+"""Writers' chunk streams on the real RabbitMQ, real sockets and a real repository:
+the address and token come in have-replies, batches sent on the stream are stored and
+acked exactly as through the broker, and bad peers are refused without harm."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+
+from common import metrics
+from common.amqp import BrokerParams, Publisher, ReplyQueue
+from common.chunk import compress
+from common.frames import read_message, send_frame, send_message
+from common.messages import ChunkAck, ChunkBatch, Message, StreamHello
+from common.sharding import shard_of
+from proxy_worker.chunk_stream import StreamLost, WriterStreams, split_address
+from proxy_worker.writers import PendingBatch, WriterLink
+from repository_writer.chunk_stream import parse_listen
+from repository_writer.repository import Repository
+from repository_writer.service import WriterService
+from repository_writer.verify import verify
+from tests.repository.test_writer_service import Client, Entry
+
+pytestmark = pytest.mark.integration
+CS = 256 * 1024
+N = 4
+
+
+@pytest.fixture
+def writer(broker: BrokerParams, tmp_path: Path) -> Iterator[tuple[Repository, WriterService]]:
+    repo = Repository.init(tmp_path / "repo", chunk_size=CS, compression_level=1)
+    service = WriterService(
+        Repository.open(repo.path), broker, n_shards=N, shards="0-1", data_listen="127.0.0.1:0"
+    )
+    service.start()
+    yield repo, service
+    service.close()
+
+
+@pytest.fixture
+def client(broker: BrokerParams) -> Iterator[Client]:
+    c = Client(broker)
+    yield c
+    c.close()
+
+
+def _entries(repo: Repository, shard: int, n: int) -> list[Entry]:
+    out: list[Entry] = []
+    while len(out) < n:
+        d = os.urandom(CS)
+        cid = repo.chunk_id(d)
+        if shard_of(cid, N) == shard:
+            payload, comp = compress(d, 1)
+            out.append((cid, len(d), comp, payload))
+    return out
+
+
+def _send(streams: WriterStreams, addr: str, token: str, chunks: list[Entry]) -> Future[Message]:
+    fut: Future[Message] = Future()
+    assert streams.send(addr, token, ChunkBatch(uuid.uuid4().hex, "t", "", chunks), fut)
+    return fut
+
+
+def _open(addr: str) -> socket.socket:
+    return socket.create_connection(split_address(addr), timeout=10)
+
+
+def _closed_by_writer(s: socket.socket) -> bool:
+    """The writer closed without answering (a reset when our bytes were left unread)."""
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_have_reply_offers_the_stream_and_batches_on_it_are_durable(
+    writer: tuple[Repository, WriterService], client: Client
+) -> None:
+    repo, service = writer
+    chunks = _entries(repo, 1, 3)
+    rep = client.have(1, [c[0] for c in chunks])
+    assert rep.present == [False] * 3
+    assert service.chunk_stream is not None
+    assert (rep.data_addr, rep.data_token) == (
+        service.chunk_stream.address,
+        service.chunk_stream.token,
+    )
+    assert rep.data_addr.startswith("127.0.0.1:") and len(rep.data_token) == 32
+    streams = WriterStreams("test", connect_timeout=5)
+    try:
+        futs = [_send(streams, rep.data_addr, rep.data_token, [c]) for c in chunks]
+        acks = [f.result(timeout=30) for f in futs]  # pipelined on one connection
+        assert all(isinstance(a, ChunkAck) and a.ok and a.stored == 1 for a in acks)
+        assert acks[0].shard == 1
+        again = _send(streams, rep.data_addr, rep.data_token, chunks).result(timeout=30)
+        assert isinstance(again, ChunkAck) and (again.stored, again.known) == (0, 3)
+    finally:
+        streams.close()
+    assert client.have(1, [c[0] for c in chunks]).present == [True] * 3
+    for cid, _n, _c, _p in chunks:
+        assert repo.chunks.exists(cid)
+    assert verify(repo).ok
+
+
+def test_refusals_on_the_stream_are_acks_not_crashes(
+    writer: tuple[Repository, WriterService],
+) -> None:
+    repo, service = writer
+    assert service.chunk_stream is not None
+    addr, token = service.chunk_stream.address, service.chunk_stream.token
+    good = _entries(repo, 0, 1)[0]
+    forged = (good[0], good[1], good[2], compress(os.urandom(CS), 1)[0])
+    stray = _entries(repo, 2, 1)  # shard 2 is not this writer's
+    streams = WriterStreams("test", connect_timeout=5)
+    try:
+        bad = _send(streams, addr, token, [forged]).result(timeout=30)
+        assert isinstance(bad, ChunkAck) and not bad.ok and "hash" in bad.error
+        other = _send(streams, addr, token, stray).result(timeout=30)
+        assert isinstance(other, ChunkAck) and not other.ok and "does not own" in other.error
+        ok = _send(streams, addr, token, [good]).result(timeout=30)  # same stream still works
+        assert isinstance(ok, ChunkAck) and ok.ok
+    finally:
+        streams.close()
+    assert not repo.chunks.exists(stray[0][0])
+
+
+def _errors(kind: str) -> float:
+    return metrics.WRITER_STREAM_ERRORS.labels(kind=kind)._value.get()
+
+
+def test_wrong_token_and_garbage_are_dropped_and_store_nothing(
+    writer: tuple[Repository, WriterService],
+) -> None:
+    repo, service = writer
+    assert service.chunk_stream is not None
+    addr, token = service.chunk_stream.address, service.chunk_stream.token
+    chunk = _entries(repo, 0, 1)[0]
+    batch = ChunkBatch("b1", "t", "", [chunk])
+
+    before = _errors("token")
+    with _open(addr) as s:
+        send_message(s, StreamHello(token="0" * 32, client="intruder"))
+        send_message(s, batch)
+        assert _closed_by_writer(s)  # without an ack
+    assert _errors("token") == before + 1
+
+    before = _errors("MessageError")
+    with _open(addr) as s:
+        send_message(s, StreamHello(token=token, client="buggy"))
+        send_frame(s, b"\xc1 not msgpack")
+        assert _closed_by_writer(s)
+    with _open(addr) as s:
+        send_message(s, StreamHello(token=token, client="huge"))
+        s.sendall(struct.pack(">I", 1 << 31))
+        assert _closed_by_writer(s)
+    assert _errors("MessageError") == before + 2
+
+    before = _errors("StreamClosed")
+    with _open(addr) as s:  # killed mid-frame: the half batch is not stored
+        send_message(s, StreamHello(token=token, client="killed"))
+        body = bytearray(struct.pack(">I", 1 << 20)) + os.urandom(1000)
+        s.sendall(body)
+    deadline = time.monotonic() + 10
+    while _errors("StreamClosed") == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _errors("StreamClosed") == before + 1
+    assert not repo.chunks.exists(chunk[0])
+
+    with _open(addr) as s:  # and a well-behaved stream is served as before
+        send_message(s, StreamHello(token=token, client="good"))
+        send_message(s, batch)
+        ack = read_message(s, ChunkAck)
+        assert ack is not None and ack.ok and ack.stored == 1
+
+
+def test_a_stream_that_breaks_fails_its_batches_as_lost_and_rests(
+    writer: tuple[Repository, WriterService],
+) -> None:
+    repo, service = writer
+    assert service.chunk_stream is not None
+    addr, token = service.chunk_stream.address, service.chunk_stream.token
+    streams = WriterStreams("test", connect_timeout=5, retry_after=30)
+    try:
+        assert _send(streams, addr, token, _entries(repo, 0, 1)).result(timeout=30)
+        service.close()  # the writer goes away: its stream ends
+        fut: Future[Message] = Future()
+        deadline = time.monotonic() + 10
+        sent = True
+        while sent and time.monotonic() < deadline:  # until the stream is seen gone
+            fut = Future()
+            sent = streams.send(addr, token, ChunkBatch("b", "t", "", []), fut)
+            time.sleep(0.05)
+        assert not sent  # the caller falls back to the broker
+        if fut.done():
+            with pytest.raises(StreamLost):
+                fut.result()
+        # resting: no new connection attempt within retry_after
+        assert not streams.send(addr, token, ChunkBatch("c", "t", "", []), Future())
+    finally:
+        streams.close()
+
+
+def test_unreachable_stream_is_refused_at_once() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{s.getsockname()[1]}"  # bound, not listening: refused
+        streams = WriterStreams("test", connect_timeout=2)
+        assert not streams.send(addr, "t", ChunkBatch("b", "t", "", []), Future())
+        streams.close()
+
+
+@pytest.mark.parametrize("text", ["7000", "host:", "host:70000", "h:x1"])
+def test_data_listen_is_checked(text: str) -> None:
+    with pytest.raises(ValueError, match="data_listen"):
+        parse_listen(text)
+    assert parse_listen("0.0.0.0:0") == ("0.0.0.0", 0)
+    assert parse_listen(":7071") == ("0.0.0.0", 7071)
+
+
+def _sent(path: str) -> float:
+    return metrics.PROXY_BATCHES_SENT.labels(path=path)._value.get()
+
+
+def test_writer_link_uses_the_stream_and_falls_back_to_the_broker(
+    writer: tuple[Repository, WriterService], broker: BrokerParams
+) -> None:
+    repo, service = writer
+    assert service.chunk_stream is not None
+    pub = Publisher(broker, name="test-link")
+    replies = ReplyQueue(broker, name="test-link-replies")
+    streams = WriterStreams("test", connect_timeout=5, retry_after=60)
+    link = WriterLink(pub, replies, persistent_chunks=False, timeout=30, streams=streams)
+    try:
+        first, second, third = (_entries(repo, 0, 1) for _ in range(3))
+        assert link.have({0: [first[0][0]]}) == {0: [False]}
+        assert link.endpoints[0][0] == service.chunk_stream.address
+        direct, via_broker = _sent("direct"), _sent("broker")
+        b = link.send(PendingBatch(0, "task", first, len(first[0][3])))
+        assert _wait_ack(link, b).stored == 1
+        assert (_sent("direct"), _sent("broker")) == (direct + 1, via_broker)
+        # the stream goes away (the writer's consumers stay): the next batch and the
+        # re-send of one in flight go through the shard queue
+        pending = link.send(PendingBatch(0, "task", second, len(second[0][3])))
+        service.chunk_stream.stop()
+        assert _wait_ack(link, pending).ok
+        b = link.send(PendingBatch(0, "task", third, len(third[0][3])))
+        assert _wait_ack(link, b).stored == 1
+        assert _sent("broker") >= via_broker + 1
+    finally:
+        streams.close()
+        replies.close()
+        pub.close()
+    for chunk in (first, second, third):
+        assert repo.chunks.exists(chunk[0][0])
+
+
+def _wait_ack(link: WriterLink, batch: PendingBatch) -> ChunkAck:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ack = link.check(batch, 0.5)
+        if ack is not None:
+            return ack
+    raise AssertionError("no ack within 60 s")
