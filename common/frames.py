@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from common.messages import MAX_MESSAGE_BYTES, M, Message, MessageError, decode, encode
+from common.messages import MAX_MESSAGE_BYTES, Message, MessageError, decode, encode
 
 HEADER = struct.Struct(">I")
 
@@ -40,8 +40,8 @@ def send_frame(sock: socket.socket, body: bytes) -> None:
             parts[0] = parts[0][sent:]
 
 
-def read_message(sock: socket.socket, expect: type[M]) -> M | None:
-    """The next frame's message, of kind ``expect``; None when the peer closed the
+def read_message(sock: socket.socket, *kinds: type[Message]) -> Message | None:
+    """The next frame's message, of one of ``kinds``; None when the peer closed the
     connection between frames."""
     header = _recv_exact(sock, HEADER.size, at_boundary=True)
     if header is None:
@@ -51,7 +51,11 @@ def read_message(sock: socket.socket, expect: type[M]) -> M | None:
         raise MessageError(f"frame of {size} bytes exceeds limit {MAX_MESSAGE_BYTES}")
     body = _recv_exact(sock, size, at_boundary=False)
     assert body is not None
-    return decode(body, expect)
+    msg = decode(body)
+    if not isinstance(msg, kinds):
+        expected = " or ".join(repr(k.KIND) for k in kinds)
+        raise MessageError(f"expected a {expected} message, got {msg.KIND!r}")
+    return msg
 
 
 def _recv_exact(sock: socket.socket, size: int, *, at_boundary: bool) -> bytearray | None:

@@ -196,6 +196,11 @@ PROXY_BATCHES_SENT = Counter(
     "Chunk batches sent to writers: over a writer's chunk stream (direct) or the broker",
     ["path"],
 )
+PROXY_HAVE_QUERIES = Counter(
+    "vmbackup_proxy_have_queries_total",
+    "Have-queries sent to writers: over a writer's chunk stream (direct) or the broker",
+    ["path"],
+)
 PROXY_CHUNK_STREAM_ERRORS = Counter(
     "vmbackup_proxy_chunk_stream_errors_total",
     "Writer chunk streams that failed (connect, send or lost); their batches went again",

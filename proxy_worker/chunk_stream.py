@@ -1,11 +1,12 @@
-"""The proxy's chunk streams: chunk batches straight to the writers that offer a stream
-(repository_writer/chunk_stream.py), one TCP connection per writer, shared by the tasks.
+"""The proxy's chunk streams: chunk batches and have-queries straight to the writers that
+offer a stream (repository_writer/chunk_stream.py), one TCP connection per writer, shared
+by the tasks.
 
-A batch is sent on the stream and its ChunkAck comes back on it; the ack resolves the
-same future the broker path would. When a stream cannot be opened or breaks, every batch
-waiting on it gets :class:`StreamLost` (a TimeoutError, so WriterLink re-sends it at once,
-as after a lost reply) and the writer's address is left alone for ``retry_after`` seconds:
-those re-sends go through the broker.
+A request is sent on the stream and its answer (ChunkAck, HaveReply) comes back on it,
+keyed by batch or query id; it resolves the same future the broker path would. When a
+stream cannot be opened or breaks, every request waiting on it gets :class:`StreamLost` (a
+TimeoutError, so WriterLink re-sends it at once, as after a lost reply) and the writer's
+address is left alone for ``retry_after`` seconds: those re-sends go through the broker.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from concurrent.futures import Future
 from common import metrics
 from common.frames import StreamClosed, read_message, send_frame, send_message
 from common.logging import get_logger
-from common.messages import ChunkAck, ChunkBatch, Message, MessageError, StreamHello, encode
+from common.messages import (
+    ChunkAck,
+    ChunkBatch,
+    HaveQuery,
+    HaveReply,
+    Message,
+    MessageError,
+    StreamHello,
+    encode,
+)
 
 log = get_logger(__name__)
 _OnLost = Callable[["_Stream", str], None]
@@ -28,6 +38,11 @@ _OnLost = Callable[["_Stream", str], None]
 
 class StreamLost(TimeoutError):
     """The chunk stream carrying a batch broke before its ack came."""
+
+
+def _key(msg: ChunkBatch | ChunkAck | HaveQuery | HaveReply) -> str:
+    """The id that pairs a request with its answer."""
+    return msg.batch_id if isinstance(msg, ChunkBatch | ChunkAck) else msg.query_id
 
 
 def split_address(addr: str) -> tuple[str, int]:
@@ -46,23 +61,26 @@ class WriterStreams:
         self._down_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def send(self, addr: str, token: str, batch: ChunkBatch, reply: Future[Message]) -> bool:
-        """Send ``batch`` on the writer's stream; ``reply`` gets its ChunkAck (or
+    def send(
+        self, addr: str, token: str, request: ChunkBatch | HaveQuery, reply: Future[Message]
+    ) -> bool:
+        """Send ``request`` on the writer's stream; ``reply`` gets its answer (or
         StreamLost). False when the stream is unusable: the caller uses the broker."""
         stream = self._stream(addr, token)
         if stream is None:
             return False
-        body = encode(batch)
-        if stream.send(batch.batch_id, body, reply):
+        body = encode(request)
+        if stream.send(_key(request), body, reply):
             return True
         self._mark_down(addr, stream, "send")
         return False
 
-    def forget(self, batch_id: str) -> None:
+    def forget(self, key: str) -> None:
+        """Stop waiting for the answer to a batch or query id (it was re-sent)."""
         with self._lock:
             streams = list(self._streams.values())
         for s in streams:
-            s.forget(batch_id)
+            s.forget(key)
 
     def close(self) -> None:
         with self._lock:
@@ -141,24 +159,24 @@ class _Stream:
         log.info("chunk_stream_opened", writer=addr)
         return s
 
-    def send(self, batch_id: str, body: bytes, reply: Future[Message]) -> bool:
+    def send(self, key: str, body: bytes, reply: Future[Message]) -> bool:
         with self._lock:
             if not self.alive:
                 return False
-            self._pending[batch_id] = reply
+            self._pending[key] = reply
         try:
             with self._send_lock:
                 send_frame(self.sock, body)
         except OSError as exc:
             with self._lock:
-                self._pending.pop(batch_id, None)
+                self._pending.pop(key, None)
             log.warning("chunk_stream_send_failed", writer=self.addr, error=str(exc))
             return False
         return True
 
-    def forget(self, batch_id: str) -> None:
+    def forget(self, key: str) -> None:
         with self._lock:
-            self._pending.pop(batch_id, None)
+            self._pending.pop(key, None)
 
     def close(self, why: str) -> None:
         with self._lock:
@@ -177,11 +195,12 @@ class _Stream:
         why = "closed by writer"
         try:
             while True:
-                msg = read_message(self.sock, ChunkAck)
+                msg = read_message(self.sock, ChunkAck, HaveReply)
                 if msg is None:
                     break
+                assert isinstance(msg, ChunkAck | HaveReply)
                 with self._lock:
-                    fut = self._pending.pop(msg.batch_id, None)
+                    fut = self._pending.pop(_key(msg), None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
         except (MessageError, StreamClosed) as exc:

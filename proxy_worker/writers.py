@@ -61,29 +61,21 @@ class WriterLink:
 
     # --- have-queries ------------------------------------------------------------------
     def have(self, by_shard: dict[int, list[bytes]]) -> dict[int, list[bool]]:
-        """Ask every shard's writer at once which ids it holds; re-ask on a lost reply."""
+        """Ask every shard's writer at once which ids it holds; re-ask on a lost reply.
+        On the writer's chunk stream where it offered one, else through the broker."""
         left = dict(by_shard)
         out: dict[int, list[bool]] = {}
         for attempt in range(1, self.attempts + 1):
             waits: dict[int, tuple[str, Future[Message]]] = {}
             for shard, ids in left.items():
                 qid = uuid.uuid4().hex
-                fut = self.replies.expect(qid)
-                msg = HaveQuery(query_id=qid, reply_to=self.replies.name, ids=ids)
-                try:
-                    self.publisher.publish(
-                        EXCHANGE_SHARDS, shard_routing_key(shard), msg, persistent=False
-                    ).result(timeout=self.timeout)
-                except (PublishError, FutureTimeout) as exc:
-                    self.replies.forget(qid)
-                    raise WriterError(f"have-query to shard {shard}: {exc}") from exc
-                waits[shard] = (qid, fut)
+                waits[shard] = (qid, self._ask(shard, qid, ids))
             deadline = time.monotonic() + self.timeout
             for shard, (qid, fut) in waits.items():
                 try:
                     rep = fut.result(timeout=max(0.0, deadline - time.monotonic()))
-                except FutureTimeout:
-                    self.replies.forget(qid)
+                except FutureTimeout:  # a time-out, a lost reply queue or chunk stream
+                    self._forget(qid)
                     continue
                 if not isinstance(rep, HaveReply) or len(rep.present) != len(left[shard]):
                     raise WriterError(f"shard {shard} answered a have-query with {rep!r:.200}")
@@ -98,14 +90,36 @@ class WriterLink:
             log.warning("have_reply_timeout", shards=sorted(left), attempt=attempt)
         raise WriterError(f"no have-reply from shards {sorted(left)} after {self.attempts} tries")
 
+    def _ask(self, shard: int, qid: str, ids: list[bytes]) -> Future[Message]:
+        endpoint = self.endpoints.get(shard)
+        if self.streams is not None and endpoint is not None:
+            fut: Future[Message] = Future()
+            if self.streams.send(*endpoint, HaveQuery(query_id=qid, reply_to="", ids=ids), fut):
+                metrics.PROXY_HAVE_QUERIES.labels(path="direct").inc()
+                return fut
+        fut = self.replies.expect(qid)
+        msg = HaveQuery(query_id=qid, reply_to=self.replies.name, ids=ids)
+        try:
+            self.publisher.publish(
+                EXCHANGE_SHARDS, shard_routing_key(shard), msg, persistent=False
+            ).result(timeout=self.timeout)
+        except (PublishError, FutureTimeout) as exc:
+            self.replies.forget(qid)
+            raise WriterError(f"have-query to shard {shard}: {exc}") from exc
+        metrics.PROXY_HAVE_QUERIES.labels(path="broker").inc()
+        return fut
+
+    def _forget(self, key: str) -> None:
+        self.replies.forget(key)
+        if self.streams is not None:
+            self.streams.forget(key)
+
     # --- chunk batches -----------------------------------------------------------------
     def send(self, batch: PendingBatch) -> PendingBatch:
         """Send (or re-send) a batch; its ``reply`` future gets the ChunkAck."""
         batch.attempts += 1
         if batch.batch_id:
-            self.replies.forget(batch.batch_id)
-            if self.streams is not None:
-                self.streams.forget(batch.batch_id)
+            self._forget(batch.batch_id)
         batch.batch_id = uuid.uuid4().hex
         if self.streams is not None and self._send_direct(batch):
             metrics.PROXY_BATCHES_SENT.labels(path="direct").inc()

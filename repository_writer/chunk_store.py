@@ -105,13 +105,15 @@ class ChunkStore:
             return False
         return True
 
-    def touch(self, chunk_id: bytes) -> bool:
+    def touch(self, chunk_id: bytes, *, settle: bool = True) -> bool:
         """Refresh the chunk's mtime (protects it from a concurrent gc); False if absent.
 
         A chunk another thread has renamed into place but whose directory is not fsynced
         yet counts as absent: answering "have it" then could let a point name a chunk
         that a power loss takes back. The caller stores it again (same bytes, atomic
-        rename) and so makes it durable itself.
+        rename) and so makes it durable itself. ``settle=False`` skips making a recent
+        rename by another process durable: for chunks some writer already acknowledged as
+        durable (those a commit names), where only existence and the mtime matter.
         """
         with self._undurable_lock:
             if chunk_id in self._undurable:
@@ -120,6 +122,8 @@ class ChunkStore:
         try:
             st = os.stat(path)
             if _maybe_unsettled(st):
+                if not settle:
+                    return True  # renamed moments ago (a fresh mtime); keep the mark
                 # Writers share shards (and the volume), so the rename may be another
                 # process's whose directory fsync is still to come: make it durable here.
                 fsync_dir(path.parent)

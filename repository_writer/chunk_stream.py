@@ -7,9 +7,12 @@ part of both ends. So a writer may also listen on a TCP port: a proxy opens one 
 per writer, sends ``StreamHello`` with the writer's token and then ``ChunkBatch`` frames
 (common/frames.py), and gets one ``ChunkAck`` per batch on the same connection, sent
 only once the batch is durable, exactly as on the broker path (same handler, same
-checks). Have-queries, tasks and commits stay on the broker; the have-replies carry the
-stream's address and token, so only clients the broker let in learn the token, and a
-proxy that cannot reach the stream falls back to the shard queue.
+checks). Have-queries go the same way once a proxy knows the stream (``HaveQuery`` ->
+``HaveReply``): small messages that cost the broker and both AMQP clients more per byte
+than anything else. The first have-query of a proxy goes through the broker, and its
+reply carries the stream's address and token: only clients the broker let in learn the
+token. A proxy that cannot reach the stream falls back to the shard queue. Tasks,
+results and commits always go through the broker.
 
 Memory: at most ``max_inflight`` batches are read and not yet acknowledged, over all
 connections (a connection stops reading while none is free: TCP pushes back).
@@ -28,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from common import metrics
 from common.frames import StreamClosed, read_message, send_message
 from common.logging import get_logger
-from common.messages import ChunkAck, ChunkBatch, MessageError, StreamHello
+from common.messages import ChunkBatch, HaveQuery, Message, MessageError, StreamHello
 
 log = get_logger(__name__)
 HELLO_TIMEOUT = 10.0
@@ -57,7 +60,7 @@ def route_address(peer_host: str, peer_port: int) -> str:
 class ChunkStreamServer:
     def __init__(
         self,
-        handle_batch: Callable[[ChunkBatch], ChunkAck],
+        handle: Callable[[ChunkBatch | HaveQuery], Message],
         *,
         listen: str,
         advertise: str,
@@ -65,7 +68,7 @@ class ChunkStreamServer:
         max_inflight: int,
         name: str,
     ) -> None:
-        self.handle_batch = handle_batch
+        self.handle = handle
         self.name = name
         self.token = secrets.token_hex(16)
         host, port = parse_listen(listen)
@@ -127,7 +130,7 @@ class ChunkStreamServer:
             while not self._closed.is_set():
                 self._slots.acquire()
                 try:
-                    msg = read_message(sock, ChunkBatch)
+                    msg = read_message(sock, ChunkBatch, HaveQuery)
                 except BaseException:
                     self._slots.release()
                     raise
@@ -136,7 +139,7 @@ class ChunkStreamServer:
                     return
                 conn.begin()
                 try:
-                    self._pool.submit(self._batch, conn, msg)
+                    self._pool.submit(self._answer, conn, msg)
                 except RuntimeError:  # the pool was shut down by stop()
                     conn.end()
                     self._slots.release()
@@ -174,10 +177,10 @@ class ChunkStreamServer:
         log.info("chunk_stream_opened", writer=self.name, peer=peer, client=hello.client)
         return True
 
-    def _batch(self, conn: _Conn, msg: ChunkBatch) -> None:
+    def _answer(self, conn: _Conn, msg: Message) -> None:
+        assert isinstance(msg, ChunkBatch | HaveQuery)
         try:
-            ack = self.handle_batch(msg)
-            conn.send(ack)
+            conn.send(self.handle(msg))
         except OSError as exc:
             # The proxy is gone: it re-sends the batch (stored chunks are found as known).
             log.warning("chunk_ack_undelivered", writer=self.name, peer=conn.peer, error=str(exc))
@@ -202,7 +205,7 @@ class _Conn:
         with self._lock:
             self._inflight += 1
 
-    def send(self, msg: ChunkAck) -> None:
+    def send(self, msg: Message) -> None:
         with self._send_lock:
             send_message(self.sock, msg)
 

@@ -107,7 +107,7 @@ class WriterService:
         self._commit_lock = threading.Lock()
         self.chunk_stream = (
             ChunkStreamServer(
-                self.on_stream_batch,
+                self.on_stream_message,
                 listen=data_listen,
                 advertise=data_advertise or route_address(*params.host_port()),
                 workers=workers,
@@ -176,8 +176,11 @@ class WriterService:
             reply = commit_queue_reply(self.repo, msg)
             self._reply(msg.reply_to, reply.request_id, reply)
 
-    def on_stream_batch(self, msg: ChunkBatch) -> ChunkAck:
-        """A batch from a chunk stream: the same checks and storage as from a shard queue."""
+    def on_stream_message(self, msg: ChunkBatch | HaveQuery) -> ChunkAck | HaveReply:
+        """A batch or have-query from a chunk stream: the same checks and answers as from a
+        shard queue."""
+        if isinstance(msg, HaveQuery):
+            return self.on_have(msg)
         shard = shard_of(msg.chunks[0][0], self.n_shards) if msg.chunks else -1
         return self.on_batch(msg, shard)
 

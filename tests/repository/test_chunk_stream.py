@@ -19,7 +19,7 @@ from common import metrics
 from common.amqp import BrokerParams, Publisher, ReplyQueue
 from common.chunk import compress
 from common.frames import read_message, send_frame, send_message
-from common.messages import ChunkAck, ChunkBatch, Message, StreamHello
+from common.messages import ChunkAck, ChunkBatch, HaveQuery, HaveReply, Message, StreamHello
 from common.sharding import shard_of
 from proxy_worker.chunk_stream import StreamLost, WriterStreams, split_address
 from proxy_worker.writers import PendingBatch, WriterLink
@@ -102,6 +102,13 @@ def test_have_reply_offers_the_stream_and_batches_on_it_are_durable(
         assert acks[0].shard == 1
         again = _send(streams, rep.data_addr, rep.data_token, chunks).result(timeout=30)
         assert isinstance(again, ChunkAck) and (again.stored, again.known) == (0, 3)
+        fut: Future[Message] = Future()
+        query = HaveQuery("q-1", "", [c[0] for c in chunks] + [os.urandom(32)])
+        assert streams.send(rep.data_addr, rep.data_token, query, fut)
+        have = fut.result(timeout=30)
+        assert isinstance(have, HaveReply) and have.query_id == "q-1"
+        assert have.present == [True, True, True, False]
+        assert have.data_addr == rep.data_addr
     finally:
         streams.close()
     assert client.have(1, [c[0] for c in chunks]).present == [True] * 3
@@ -229,6 +236,10 @@ def _sent(path: str) -> float:
     return metrics.PROXY_BATCHES_SENT.labels(path=path)._value.get()
 
 
+def _asked(path: str) -> float:
+    return metrics.PROXY_HAVE_QUERIES.labels(path=path)._value.get()
+
+
 def test_writer_link_uses_the_stream_and_falls_back_to_the_broker(
     writer: tuple[Repository, WriterService], broker: BrokerParams
 ) -> None:
@@ -240,8 +251,11 @@ def test_writer_link_uses_the_stream_and_falls_back_to_the_broker(
     link = WriterLink(pub, replies, persistent_chunks=False, timeout=30, streams=streams)
     try:
         first, second, third = (_entries(repo, 0, 1) for _ in range(3))
-        assert link.have({0: [first[0][0]]}) == {0: [False]}
+        asked = _asked("broker"), _asked("direct")
+        assert link.have({0: [first[0][0]]}) == {0: [False]}  # learns the stream
         assert link.endpoints[0][0] == service.chunk_stream.address
+        assert link.have({0: [first[0][0]]}) == {0: [False]}  # asked on it
+        assert (_asked("broker"), _asked("direct")) == (asked[0] + 1, asked[1] + 1)
         direct, via_broker = _sent("direct"), _sent("broker")
         b = link.send(PendingBatch(0, "task", first, len(first[0][3])))
         assert _wait_ack(link, b).stored == 1
@@ -254,6 +268,8 @@ def test_writer_link_uses_the_stream_and_falls_back_to_the_broker(
         b = link.send(PendingBatch(0, "task", third, len(third[0][3])))
         assert _wait_ack(link, b).stored == 1
         assert _sent("broker") >= via_broker + 1
+        assert link.have({0: [third[0][0]]}) == {0: [True]}  # through the broker again
+        assert _asked("broker") == asked[0] + 2
     finally:
         streams.close()
         replies.close()

@@ -329,3 +329,33 @@ def test_a_chunk_renamed_by_another_writer_is_made_durable_before_it_counts_as_p
     synced_by_main.clear()
     assert repo.has_chunks([fresh_id, fresh_id]) == [True, True]
     assert synced_by_main == [repo.chunks.path_of(fresh_id).parent]
+
+
+def test_commit_check_does_not_settle_acknowledged_chunks(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit names only chunks a writer acknowledged as durable: checking them costs a
+    stat and a utime each, no directory fsync (one journal commit each on ext4), and a
+    chunk's "not settled yet" mark stays for the next have-query to honour."""
+    from repository_writer import chunk_store
+
+    other = Repository.open(repo.path)  # another writer stored them
+    datas = [os.urandom(CS) for _ in range(3)]
+    ids = [repo.chunk_id(d) for d in datas]
+    other.store_chunks([(i, CS, False, d) for i, d in zip(ids, datas, strict=True)])
+    synced: list[Path] = []
+    real_fsync_dir = chunk_store.fsync_dir
+    monkeypatch.setattr(chunk_store, "fsync_dir", lambda d: (synced.append(d), real_fsync_dir(d)))
+    disk = {
+        "key": 1,
+        "capacity": 3 * CS,
+        "change_id": "",
+        "base_point_id": "",
+        "entries": [list(e) for e in enumerate(ids)],
+        "info": {},
+    }
+    point = _commit(repo, [disk])
+    assert repo.get_point(point).disks[0].key == 1
+    assert synced == []
+    assert repo.has_chunks(ids[:1]) == [True]  # a have-query still settles what it answers
+    assert synced == [repo.chunks.path_of(ids[0]).parent]
