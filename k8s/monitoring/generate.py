@@ -133,6 +133,21 @@ LAYOUT: list[str | Panel] = [
         "zero (never sent), known (deduplicated at the source), sent_raw and sent (payload)",
     ),
     (
+        "Chunk batches: chunk streams vs broker",
+        "timeseries",
+        "ops",
+        [
+            ("sum by (path) (rate(vmbackup_proxy_batches_sent_total[5m]))", "batches {{path}}"),
+            ("sum by (path) (rate(vmbackup_proxy_have_queries_total[5m]))", "have {{path}}"),
+            (
+                "sum by (kind) (rate(vmbackup_proxy_chunk_stream_errors_total[5m]))",
+                "errors {{kind}}",
+            ),
+        ],
+        12,
+        "direct = on a writer's chunk stream; broker = through RabbitMQ (the fallback)",
+    ),
+    (
         "Dedup and compression ratios (1 h)",
         "timeseries",
         "none",
