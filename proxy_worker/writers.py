@@ -49,6 +49,7 @@ class WriterLink:
         timeout: float,
         attempts: int = 3,
         streams: WriterStreams | None = None,
+        stream_refresh: float = 60.0,
     ) -> None:
         self.publisher = publisher
         self.replies = replies
@@ -56,8 +57,13 @@ class WriterLink:
         self.timeout = timeout
         self.attempts = attempts
         self.streams = streams
-        # shard -> (address, token) of the chunk stream its writer last offered
+        # shard -> (address, token) of the chunk stream its writer last offered, and when.
+        # Have-queries of a shard go through the broker again after ``stream_refresh``
+        # seconds: where several writers consume one shard queue (scaled out), the broker
+        # hands each refresh to one of them, so proxies spread over them.
         self.endpoints: dict[int, tuple[str, str]] = {}
+        self._learned: dict[int, float] = {}
+        self.stream_refresh = stream_refresh
 
     # --- have-queries ------------------------------------------------------------------
     def have(self, by_shard: dict[int, list[bytes]]) -> dict[int, list[bool]]:
@@ -81,7 +87,9 @@ class WriterLink:
                     raise WriterError(f"shard {shard} answered a have-query with {rep!r:.200}")
                 out[shard] = list(rep.present)
                 if rep.data_addr:
-                    self.endpoints[shard] = (rep.data_addr, rep.data_token)
+                    if self.endpoints.get(shard) != (rep.data_addr, rep.data_token):
+                        self.endpoints[shard] = (rep.data_addr, rep.data_token)
+                        self._learned[shard] = time.monotonic()
                 else:
                     self.endpoints.pop(shard, None)
             left = {s: ids for s, ids in left.items() if s not in out}
@@ -92,6 +100,11 @@ class WriterLink:
 
     def _ask(self, shard: int, qid: str, ids: list[bytes]) -> Future[Message]:
         endpoint = self.endpoints.get(shard)
+        if endpoint is not None and (
+            time.monotonic() - self._learned.get(shard, 0.0) > self.stream_refresh
+        ):
+            self._learned[shard] = time.monotonic()  # this query goes through the broker
+            endpoint = None
         if self.streams is not None and endpoint is not None:
             fut: Future[Message] = Future()
             if self.streams.send(*endpoint, HaveQuery(query_id=qid, reply_to="", ids=ids), fut):

@@ -215,11 +215,18 @@ def test_writer_replicas_and_shards(build: Build) -> None:
         "minReplicaCount must be equal (shard ownership)"
     )
     assert so["spec"]["maxReplicaCount"] >= groups
-    # Scaled on exactly the shard queues' depth, two full prefetch windows per writer.
+    # Scaled on exactly the shard queues' depth, two full prefetch windows per writer, and
+    # (chunk streams bypass the queues) on the writers' busy time when they offer streams.
     from common.sharding import shard_queue
 
     n = role_toml(build, tpl)["broker"]["n_shards"]
-    (trigger,) = so["spec"]["triggers"]
+    trigger, *busy = so["spec"]["triggers"]
+    if role_toml(build, tpl)["writer"].get("data_listen"):
+        (b,) = busy
+        assert "vmbackup_writer_write_seconds_sum" in b["metadata"]["query"]
+        assert 0 < float(b["metadata"]["threshold"]) <= 2  # a writer works on 2 at once
+    else:
+        assert busy == []
     rx = _promql_regex(trigger["metadata"]["query"])
     assert all(rx.fullmatch(shard_queue(i)) for i in range(n))
     assert not rx.fullmatch("vmbackup.tasks.host.esx-01") and not rx.fullmatch("vmbackup.commits")

@@ -285,3 +285,42 @@ def _wait_ack(link: WriterLink, batch: PendingBatch) -> ChunkAck:
         if ack is not None:
             return ack
     raise AssertionError("no ack within 60 s")
+
+
+def test_proxies_spread_over_writers_sharing_a_shard(
+    broker: BrokerParams, tmp_path: Path
+) -> None:
+    """Scaled out, several writers consume one shard queue: a proxy's endpoint for the
+    shard is refreshed through the broker (every ``stream_refresh`` s), which hands each
+    refresh to one of them, so the streams' load spreads instead of sticking to one."""
+    repo = Repository.init(tmp_path / "repo", chunk_size=CS, compression_level=1)
+    services = [
+        WriterService(
+            Repository.open(repo.path),
+            broker,
+            n_shards=N,
+            shards="0-1",
+            name=f"w{i}",
+            consume_commits=False,
+            data_listen="127.0.0.1:0",
+        ).start()
+        for i in range(2)
+    ]
+    pub = Publisher(broker, name="test-spread")
+    replies = ReplyQueue(broker, name="test-spread-replies")
+    streams = WriterStreams("test", connect_timeout=5)
+    link = WriterLink(
+        pub, replies, persistent_chunks=False, timeout=30, streams=streams, stream_refresh=0.0
+    )
+    try:
+        seen = set()
+        for _ in range(8):
+            link.have({0: [os.urandom(32)]})
+            seen.add(link.endpoints[0][0])
+        assert seen == {s.chunk_stream.address for s in services if s.chunk_stream}
+    finally:
+        streams.close()
+        replies.close()
+        pub.close()
+        for s in services:
+            s.close()
