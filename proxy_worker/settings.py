@@ -116,10 +116,16 @@ class HttpSettings:
         default=5, metadata=_doc("consecutive failures without progress before a read fails")
     )
     backoff: float = field(default=0.2, metadata=_doc("first retry delay in seconds (doubles)"))
+    request_bytes: int = field(
+        default=8 * MiB,
+        metadata=_doc("adjacent chunks read with one GET, up to this many bytes (>= 1 chunk)"),
+    )
 
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
             raise ValueError("proxy.http: pool_size >= 1, timeout > 0, retries >= 0, backoff >= 0")
+        if not 0 < self.request_bytes <= 64 * MiB:
+            raise ValueError("proxy.http.request_bytes must be within 1..64 MiB")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from proxy_worker.settings import (
 )
 from proxy_worker.transports.base import DiskReader, DiskSource
 from proxy_worker.transports.file import FileTransport
-from proxy_worker.transports.http import HttpTransport
+from proxy_worker.transports.http import HttpReader, HttpTransport
 from proxy_worker.transports.nbd import NbdTransport
 from tests.proxy.relay import CuttingRelay
 
@@ -151,6 +151,37 @@ def test_http_resumes_after_dropped_connections(snap: dict[str, Any]) -> None:
     finally:
         t.close()
         relay.close()
+
+
+def test_http_reads_adjacent_ranges_with_one_request_each_run(
+    snap: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adjacent ranges share a GET of up to request_bytes; a gap or the limit starts the
+    next one; every range still gets exactly its own bytes in its own buffer."""
+    gets: list[int] = []
+    real_get = HttpReader._get
+
+    def counting_get(self: HttpReader, *args: Any) -> tuple[int, bool]:
+        gets.append(args[-1])  # the length of the request's run
+        return real_get(self, *args)
+
+    monkeypatch.setattr(HttpReader, "_get", counting_get)
+    t = HttpTransport(HttpSettings(request_bytes=2 * MiB), VCenterDirectory([snap["vc"]]))
+    cap = snap["source"].capacity
+    k = 256 * 1024
+    ranges = [(o, MiB) for o in range(0, 6 * MiB, MiB)]  # 6 adjacent: 2 + 2 + 2
+    ranges += [(26 * k, k), (27 * k, MiB)]  # after a gap: one run of 1.25 MiB
+    ranges += [(8 * MiB, 3 * MiB)]  # larger than the limit on its own: still one request
+    assert ranges[-1][0] + ranges[-1][1] <= cap
+    try:
+        with t.open(snap["source"]) as r:
+            got = list(r.read_many(iter(ranges)))
+    finally:
+        t.close()
+    assert gets == [2 * MiB, 2 * MiB, 2 * MiB, MiB + k, 3 * MiB]
+    assert [o for o, _ in got] == [o for o, _ in ranges]
+    for (off, ln), (_, data) in zip(ranges, got, strict=True):
+        assert isinstance(data, bytearray) and data == snap["frozen"][off : off + ln]
 
 
 def test_http_refuses_a_wrong_certificate_pin(snap: dict[str, Any]) -> None:

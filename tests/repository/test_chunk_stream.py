@@ -69,6 +69,12 @@ def _send(streams: WriterStreams, addr: str, token: str, chunks: list[Entry]) ->
     return fut
 
 
+def _stream_of(service: WriterService) -> tuple[str, str]:
+    """The address and token the writer hands out in its have-replies."""
+    assert service.chunk_stream is not None
+    return service.chunk_stream.address, service.chunk_stream.token
+
+
 def _open(addr: str) -> socket.socket:
     return socket.create_connection(split_address(addr), timeout=10)
 
@@ -121,8 +127,7 @@ def test_refusals_on_the_stream_are_acks_not_crashes(
     writer: tuple[Repository, WriterService],
 ) -> None:
     repo, service = writer
-    assert service.chunk_stream is not None
-    addr, token = service.chunk_stream.address, service.chunk_stream.token
+    addr, token = _stream_of(service)
     good = _entries(repo, 0, 1)[0]
     forged = (good[0], good[1], good[2], compress(os.urandom(CS), 1)[0])
     stray = _entries(repo, 2, 1)  # shard 2 is not this writer's
@@ -147,8 +152,7 @@ def test_wrong_token_and_garbage_are_dropped_and_store_nothing(
     writer: tuple[Repository, WriterService],
 ) -> None:
     repo, service = writer
-    assert service.chunk_stream is not None
-    addr, token = service.chunk_stream.address, service.chunk_stream.token
+    addr, token = _stream_of(service)
     chunk = _entries(repo, 0, 1)[0]
     batch = ChunkBatch("b1", "t", "", [chunk])
 
@@ -192,8 +196,7 @@ def test_a_stream_that_breaks_fails_its_batches_as_lost_and_rests(
     writer: tuple[Repository, WriterService],
 ) -> None:
     repo, service = writer
-    assert service.chunk_stream is not None
-    addr, token = service.chunk_stream.address, service.chunk_stream.token
+    addr, token = _stream_of(service)
     streams = WriterStreams("test", connect_timeout=5, retry_after=30)
     try:
         assert _send(streams, addr, token, _entries(repo, 0, 1)).result(timeout=30)
@@ -287,9 +290,7 @@ def _wait_ack(link: WriterLink, batch: PendingBatch) -> ChunkAck:
     raise AssertionError("no ack within 60 s")
 
 
-def test_proxies_spread_over_writers_sharing_a_shard(
-    broker: BrokerParams, tmp_path: Path
-) -> None:
+def test_proxies_spread_over_writers_sharing_a_shard(broker: BrokerParams, tmp_path: Path) -> None:
     """Scaled out, several writers consume one shard queue: a proxy's endpoint for the
     shard is refreshed through the broker (every ``stream_refresh`` s), which hands each
     refresh to one of them, so the streams' load spreads instead of sticking to one."""
