@@ -25,6 +25,7 @@ import hmac
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -111,8 +112,13 @@ class ChunkStreamServer:
         while not self._closed.is_set():
             try:
                 conn, peer = self._listener.accept()
-            except OSError:
-                return  # closed by stop()
+            except OSError as exc:
+                if self._closed.is_set():
+                    return  # closed by stop()
+                # out of file descriptors or the like: keep the port, try again shortly
+                log.warning("chunk_stream_accept_failed", writer=self.name, error=str(exc))
+                time.sleep(0.5)
+                continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             with self._lock:
@@ -184,6 +190,12 @@ class ChunkStreamServer:
         except OSError as exc:
             # The proxy is gone: it re-sends the batch (stored chunks are found as known).
             log.warning("chunk_ack_undelivered", writer=self.name, peer=conn.peer, error=str(exc))
+        except Exception as exc:  # a fault the handler did not turn into a refusal
+            # Without an answer the proxy would wait writer_timeout: drop the stream so that
+            # everything waiting on it is re-sent at once (through the broker).
+            metrics.WRITER_STREAM_ERRORS.labels(kind="handler").inc()
+            log.error("chunk_stream_request_failed", writer=self.name, error=repr(exc))
+            conn.abort()
         finally:
             conn.end()
             self._slots.release()
@@ -208,6 +220,11 @@ class _Conn:
     def send(self, msg: Message) -> None:
         with self._send_lock:
             send_message(self.sock, msg)
+
+    def abort(self) -> None:
+        """Break the connection now (its reader ends, the proxy sees the stream lost)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
     def end(self) -> None:
         with self._lock:

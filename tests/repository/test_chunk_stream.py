@@ -325,3 +325,26 @@ def test_proxies_spread_over_writers_sharing_a_shard(broker: BrokerParams, tmp_p
         pub.close()
         for s in services:
             s.close()
+
+
+def test_a_handler_fault_drops_the_stream_so_requests_go_again_at_once(
+    writer: tuple[Repository, WriterService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault the handler does not turn into a refusal (a bug, an unexpected OSError
+    from below) must not leave the proxy waiting writer_timeout for an answer."""
+    repo, service = writer
+    addr, token = _stream_of(service)
+
+    def broken(items: object) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(service.repo, "store_chunks", broken)
+    before = _errors("handler")
+    streams = WriterStreams("test", connect_timeout=5)
+    try:
+        fut = _send(streams, addr, token, _entries(repo, 0, 1))
+        with pytest.raises(StreamLost):
+            fut.result(timeout=10)
+    finally:
+        streams.close()
+    assert _errors("handler") == before + 1
