@@ -23,7 +23,10 @@ def _nbd_settings(d: SparseDisk, **kw: object) -> ProxySettings:
 
 def test_command_for_mounted_datastore(sparse_disk: SparseDisk) -> None:
     argv = NbdTransport(_nbd_settings(sparse_disk)).command(sparse_disk.source)
-    assert argv == ["nbdkit", "-s", "--exit-with-parent", "-r", "file", str(sparse_disk.path)]
+    path = str(sparse_disk.path)
+    assert argv == ["nbdkit", "-s", "--exit-with-parent", "--threads=4", "-r", "file", path]
+    argv = NbdTransport(_nbd_settings(sparse_disk, in_flight=8)).command(sparse_disk.source)
+    assert argv[3] == "--threads=8"  # server threads follow the requests one stream sends
 
 
 @pytest.mark.parametrize("in_flight", [1, 4])
