@@ -21,11 +21,9 @@ class StreamClosed(ConnectionError):
     """The peer closed the connection in the middle of a frame."""
 
 
-def send_message(sock: socket.socket, msg: Message) -> int:
-    """Encode and send one frame; returns the bytes sent. OSError when the socket fails."""
-    body = encode(msg)
-    send_frame(sock, body)
-    return HEADER.size + len(body)
+def send_message(sock: socket.socket, msg: Message) -> None:
+    """Encode and send one frame; OSError when the socket fails."""
+    send_frame(sock, encode(msg))
 
 
 def send_frame(sock: socket.socket, body: bytes) -> None:

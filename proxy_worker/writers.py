@@ -1,7 +1,7 @@
-"""The proxy's side of the writer protocol: have-queries to the shard queues, chunk
-batches on the writer's chunk stream where its have-replies offer one and to the shard
-queues otherwise, replies on the stream or the proxy's exclusive reply queue, re-sent when
-a reply does not come."""
+"""The proxy's side of the writer protocol: have-queries and chunk batches on the writer's
+chunk stream where its have-replies offer one, through the shard queues otherwise (and for
+a shard's first query and its periodic refresh); answers on the stream or the proxy's
+exclusive reply queue; re-sent when an answer does not come."""
 
 from __future__ import annotations
 
