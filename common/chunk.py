@@ -64,21 +64,23 @@ def zstd_decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def compress(data: bytes | bytearray | memoryview, level: int) -> tuple[bytes, bool]:
+def compress(data: bytes | bytearray | memoryview, level: int) -> tuple[bytes | bytearray, bool]:
     """zstd-compress ``data``; returns (payload, compressed).
 
     The raw bytes are returned (compressed=False) when compression does not
     make the payload smaller, so incompressible data costs no decompression.
+    They are ``data`` itself unless it is a memoryview (which may look into a
+    buffer that gets reused): the caller hands over a bytes or bytearray chunk
+    and must not change it afterwards.
     """
-    if level <= 0:
-        return bytes(data), False
-    out = _compressor(level).compress(data)
-    if len(out) >= len(data):
-        return bytes(data), False
-    return out, True
+    if level > 0:
+        out = _compressor(level).compress(data)
+        if len(out) < len(data):
+            return out, True
+    return (data.tobytes() if isinstance(data, memoryview) else data), False
 
 
-def decompress(payload: bytes, raw_len: int) -> bytes:
+def decompress(payload: bytes | bytearray, raw_len: int) -> bytes:
     """Inverse of :func:`compress` for compressed payloads; checks the length."""
     out = zstd_decompressor().decompress(payload, max_output_size=raw_len)
     if len(out) != raw_len:

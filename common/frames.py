@@ -9,10 +9,20 @@ between frames is a clean end (``None``), in the middle of one a :class:`StreamC
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
+from collections import deque
+from collections.abc import Sequence
 
-from common.messages import MAX_MESSAGE_BYTES, Message, MessageError, decode, encode
+from common.messages import (
+    MAX_MESSAGE_BYTES,
+    Bytes,
+    Message,
+    MessageError,
+    decode,
+    encode_parts,
+)
 
 HEADER = struct.Struct(">I")
 
@@ -23,17 +33,24 @@ class StreamClosed(ConnectionError):
 
 def send_message(sock: socket.socket, msg: Message) -> None:
     """Encode and send one frame; OSError when the socket fails."""
-    send_frame(sock, encode(msg))
+    send_frame(sock, encode_parts(msg))
 
 
-def send_frame(sock: socket.socket, body: bytes) -> None:
-    """Header and body in one system call where the kernel takes it (no copy of the body)."""
-    parts: list[memoryview] = [memoryview(HEADER.pack(len(body))), memoryview(body)]
+# Linux takes at most 1024 buffers per sendmsg (IOV_MAX).
+_MAX_BUFFERS = 512
+
+
+def send_frame(sock: socket.socket, body: Sequence[Bytes]) -> None:
+    """Header and body (the concatenation of ``body``, see encode_parts) with as few system
+    calls as the kernel allows and no copy of the body in user space."""
+    size = sum(memoryview(b).nbytes for b in body)
+    parts: deque[memoryview] = deque(memoryview(b).cast("B") for b in body if len(b))
+    parts.appendleft(memoryview(HEADER.pack(size)))
     while parts:
-        sent = sock.sendmsg(parts)
+        sent = sock.sendmsg(list(itertools.islice(parts, _MAX_BUFFERS)))
         while parts and sent >= len(parts[0]):
             sent -= len(parts[0])
-            parts.pop(0)
+            parts.popleft()
         if parts and sent:
             parts[0] = parts[0][sent:]
 

@@ -23,6 +23,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 ID_LEN = 32
 
 Scalar = str | int | float | bool | None
+Bytes = bytes | bytearray | memoryview
 
 
 class MessageError(ValueError):
@@ -94,7 +95,9 @@ class ChunkBatch(Message):
     batch_id: str
     task_id: str
     reply_to: str
-    chunks: list[tuple[bytes, int, bool, bytes]]  # (id, raw_len, compressed, payload)
+    # (id, raw_len, compressed, payload); a sender may pass the bytearray a chunk was read
+    # into as payload (no copy), a decoded batch always holds bytes.
+    chunks: list[tuple[bytes, int, bool, bytes | bytearray]]
 
     def __post_init__(self) -> None:
         _check_ids([c[0] for c in self.chunks], "chunks")
@@ -400,7 +403,14 @@ _encoders: dict[Any, Conv] = {}
 
 
 def _scalar(tp: Any) -> Conv | None:
-    name = {bool: "bool", int: "int", float: "float", str: "str", bytes: "bytes"}.get(tp)
+    name = {
+        bool: "bool",
+        int: "int",
+        float: "float",
+        str: "str",
+        bytes: "bytes",
+        bytearray: "bytearray",
+    }.get(tp)
     if tp is type(None):
 
         def check_nil(v: Any) -> Any:
@@ -595,23 +605,67 @@ def _check_ids(ids: Any, what: str) -> None:
 # --- public API ---------------------------------------------------------------------
 
 
-def encode(msg: Message) -> bytes:
-    """Serialize ``msg``; raises MessageError when a field has the wrong type or it is too big."""
+def _wire_form(msg: Message) -> dict[str, Any]:
+    """The map that goes on the wire, validated on the way out too: a bad message is the
+    sender's bug, caught at its source."""
     cls = type(msg)
     if cls.KIND not in KINDS:
         raise MessageError(f"not a message kind: {cls.__name__}")
-    # Validate on the way out too: a bad message is the sender's bug, caught at its source.
     try:
         body = _compile(cls, encode=True)(msg)
     except _Bad as bad:
         raise MessageError(_where(cls.KIND, bad)) from None
-    out = msgpack.packb({"k": cls.KIND, "v": cls.VERSION, **body}, use_bin_type=True)
-    if len(out) > MAX_MESSAGE_BYTES:
-        raise MessageError(f"{cls.KIND}: {len(out)} bytes exceeds limit {MAX_MESSAGE_BYTES}")
+    return {"k": cls.KIND, "v": cls.VERSION, **body}
+
+
+def _check_size(kind: str, size: int) -> None:
+    if size > MAX_MESSAGE_BYTES:
+        raise MessageError(f"{kind}: {size} bytes exceeds limit {MAX_MESSAGE_BYTES}")
+
+
+def encode(msg: Message) -> bytes:
+    """Serialize ``msg``; raises MessageError when a field has the wrong type or it is too big."""
+    out = msgpack.packb(_wire_form(msg), use_bin_type=True)
+    _check_size(msg.KIND, len(out))
     return out
 
 
-Bytes = bytes | bytearray | memoryview
+# Byte strings at least this long are not copied into the encoding (see encode_parts).
+INLINE_BELOW = 64 * 1024
+
+
+def encode_parts(msg: Message) -> list[Bytes]:
+    """The same bytes as :func:`encode`, as a list of buffers whose concatenation is the
+    message: long byte strings (chunk payloads) are parts of their own, referenced, not
+    copied, for a scatter-gather send (a chunk stream frame)."""
+    packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+    parts: list[Bytes] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, bytes | bytearray | memoryview) and len(v) >= INLINE_BELOW:
+            n = len(v) if not isinstance(v, memoryview) else v.nbytes
+            parts.append(packer.bytes() + _BIN32.pack(0xC6, n))  # msgpack bin 32
+            packer.reset()
+            parts.append(v)
+        elif isinstance(v, dict):
+            packer.pack_map_header(len(v))
+            for k, x in v.items():
+                packer.pack(k)
+                walk(x)
+        elif isinstance(v, list | tuple):
+            packer.pack_array_header(len(v))
+            for x in v:
+                walk(x)
+        else:
+            packer.pack(v)
+
+    walk(_wire_form(msg))
+    parts.append(packer.bytes())
+    _check_size(msg.KIND, sum(len(p) if not isinstance(p, memoryview) else p.nbytes for p in parts))
+    return parts
+
+
+_BIN32 = struct.Struct(">BI")
 
 
 @typing.overload

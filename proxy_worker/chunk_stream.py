@@ -22,6 +22,7 @@ from common import metrics
 from common.frames import StreamClosed, read_message, send_frame, send_message
 from common.logging import get_logger
 from common.messages import (
+    Bytes,
     ChunkAck,
     ChunkBatch,
     HaveQuery,
@@ -29,7 +30,7 @@ from common.messages import (
     Message,
     MessageError,
     StreamHello,
-    encode,
+    encode_parts,
 )
 
 log = get_logger(__name__)
@@ -69,7 +70,7 @@ class WriterStreams:
         stream = self._stream(addr, token)
         if stream is None:
             return False
-        body = encode(request)
+        body = encode_parts(request)
         if stream.send(_key(request), body, reply):
             return True
         self._mark_down(addr, stream, "send")
@@ -159,7 +160,7 @@ class _Stream:
         log.info("chunk_stream_opened", writer=addr)
         return s
 
-    def send(self, key: str, body: bytes, reply: Future[Message]) -> bool:
+    def send(self, key: str, body: list[Bytes], reply: Future[Message]) -> bool:
         with self._lock:
             if not self.alive:
                 return False

@@ -281,7 +281,7 @@ class TaskPipeline:
                 }
                 for shard, answer in self.link.have(parts).items():
                     present.update(zip(parts[shard], answer, strict=True))
-            jobs: list[tuple[_Chunk, bytes, Future[tuple[bytes, bool]]]] = []
+            jobs: list[tuple[_Chunk, bytes, Future[tuple[bytes | bytearray, bool]]]] = []
             for c, cid in fresh:
                 if present[cid]:
                     self._known(c)
@@ -342,7 +342,7 @@ class TaskPipeline:
                 break
             if self.abort.is_set():
                 continue
-            jobs = cast(list[tuple[_Chunk, bytes, Future[tuple[bytes, bool]]]], item)
+            jobs = cast(list[tuple[_Chunk, bytes, Future[tuple[bytes | bytearray, bool]]]], item)
             for c, cid, fut in jobs:
                 payload, compressed = fut.result()
                 self.budget.release(c.length - len(payload))  # keep only the payload charged

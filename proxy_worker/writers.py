@@ -21,7 +21,7 @@ from proxy_worker.errors import WriterError
 
 log = get_logger(__name__)
 
-ChunkTuple = tuple[bytes, int, bool, bytes]  # (id, raw_len, compressed, payload)
+ChunkTuple = tuple[bytes, int, bool, bytes | bytearray]  # (id, raw_len, compressed, payload)
 
 
 @dataclass

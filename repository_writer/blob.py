@@ -65,8 +65,12 @@ class BlobHeader:
 
 
 def encode(
-    payload: bytes, raw_len: int, compressed: bool, magic: bytes, cipher: AESGCM | None
-) -> tuple[bytes, bytes]:
+    payload: bytes | bytearray,
+    raw_len: int,
+    compressed: bool,
+    magic: bytes,
+    cipher: AESGCM | None,
+) -> tuple[bytes, bytes | bytearray]:
     """Frame ``payload`` (already compressed or not); returns (header, body) to write."""
     if not 0 <= raw_len <= MAX_RAW_LEN:
         raise ValueError(f"raw length {raw_len} out of range")

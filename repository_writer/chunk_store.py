@@ -142,7 +142,7 @@ class ChunkStore:
         except OSError as exc:
             raise RepositoryError(f"cannot read chunk {chunk_id.hex()}: {exc.strerror}") from None
 
-    def write_many(self, items: Sequence[tuple[bytes, Sequence[bytes]]]) -> list[bool]:
+    def write_many(self, items: Sequence[tuple[bytes, Sequence[bytes | bytearray]]]) -> list[bool]:
         """Store each (id, blob parts) not yet present; durable when this returns.
 
         Returns True per item that was written, False for one already present (its
@@ -152,7 +152,7 @@ class ChunkStore:
         """
         written = [False] * len(items)
         pending: list[tuple[int, Path, Path]] = []
-        todo: list[tuple[Path, Sequence[bytes], str]] = []
+        todo: list[tuple[Path, Sequence[bytes | bytearray], str]] = []
         seen: set[Path] = set()
         try:
             for i, (chunk_id, parts) in enumerate(items):

@@ -64,7 +64,7 @@ def os_error(exc: OSError, what: str) -> RepositoryError:
     return RepositoryError(f"cannot write {what}: {exc.strerror or exc}")
 
 
-def write_file_durable(path: Path, parts: Iterable[bytes], what: str) -> None:
+def write_file_durable(path: Path, parts: Iterable[bytes | bytearray], what: str) -> None:
     """Write ``parts`` to ``path`` (must not be visible yet to readers) and fsync it."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -97,7 +97,7 @@ def _pool() -> ThreadPoolExecutor:
         return _sync_pool
 
 
-def write_files_durable(items: Sequence[tuple[Path, Iterable[bytes], str]]) -> None:
+def write_files_durable(items: Sequence[tuple[Path, Iterable[bytes | bytearray], str]]) -> None:
     """:func:`write_file_durable` for several new files: all are written, then fsynced
     together from a few threads (fsync releases the GIL), so the file system can
     commit them in one journal transaction instead of one per file. When this
@@ -137,7 +137,9 @@ def write_files_durable(items: Sequence[tuple[Path, Iterable[bytes], str]]) -> N
             os.close(fd)
 
 
-def write_atomic(path: Path, parts: Iterable[bytes], what: str, *, sync_dir: bool = True) -> None:
+def write_atomic(
+    path: Path, parts: Iterable[bytes | bytearray], what: str, *, sync_dir: bool = True
+) -> None:
     """Replace ``path`` atomically and durably with the concatenation of ``parts``."""
     tmp = tmp_path(path)
     write_file_durable(tmp, parts, what)

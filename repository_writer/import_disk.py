@@ -86,12 +86,14 @@ def import_disk(
             base = None
         cs = repo.chunk_size
         entries: list[tuple[int, bytes]] = []
-        batch: list[tuple[bytes, Sequence[bytes]]] = []
+        batch: list[tuple[bytes, Sequence[bytes | bytearray]]] = []
         totals = [0, 0, 0]  # new, known, stored bytes
         zeros = 0
         n = chunk_count(capacity, cs)
 
-        def take(index: int, cid: bytes, prepared: tuple[bytes, Sequence[bytes]] | None) -> None:
+        def take(
+            index: int, cid: bytes, prepared: tuple[bytes, Sequence[bytes | bytearray]] | None
+        ) -> None:
             nonlocal zeros, batch
             if prepared is None:
                 zeros += 1
@@ -168,7 +170,7 @@ def import_disk(
     )
 
 
-Prepared = tuple[bytes, tuple[bytes, Sequence[bytes]] | None]
+Prepared = tuple[bytes, tuple[bytes, Sequence[bytes | bytearray]] | None]
 
 
 def _prepare(repo: Repository, data: bytes) -> Prepared:
@@ -179,7 +181,9 @@ def _prepare(repo: Repository, data: bytes) -> Prepared:
     return cid, repo.prepare_raw_chunk(cid, data)
 
 
-def _store(repo: Repository, batch: list[tuple[bytes, Sequence[bytes]]], totals: list[int]) -> None:
+def _store(
+    repo: Repository, batch: list[tuple[bytes, Sequence[bytes | bytearray]]], totals: list[int]
+) -> None:
     r = repo.write_prepared(batch)
     totals[0] += r.stored
     totals[1] += r.known

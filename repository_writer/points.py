@@ -134,7 +134,7 @@ class PointStore:
     def __init__(
         self,
         root: Path,
-        seal: Callable[[bytes], tuple[bytes, bytes]],
+        seal: Callable[[bytes], tuple[bytes, bytes | bytearray]],
         unseal: Callable[[bytes, str], bytes],
     ) -> None:
         self.root = root

@@ -165,7 +165,7 @@ class Repository:
 
     # --- chunks ----------------------------------------------------------------------
 
-    def chunk_id(self, data: bytes | memoryview) -> bytes:
+    def chunk_id(self, data: bytes | bytearray | memoryview) -> bytes:
         return _chunk_id(data, self.id_key)
 
     def has_chunks(self, ids: Iterable[bytes]) -> list[bool]:
@@ -176,9 +176,11 @@ class Repository:
         """Store one chunk as sent by a proxy; True if new. Verifies the id first."""
         return self.store_chunks([(chunk_id, raw_len, compressed, payload)]).stored == 1
 
-    def store_chunks(self, items: Sequence[tuple[bytes, int, bool, bytes]]) -> StoreResult:
+    def store_chunks(
+        self, items: Sequence[tuple[bytes, int, bool, bytes | bytearray]]
+    ) -> StoreResult:
         """Verify (decompress + hash) and durably store chunks; duplicates store nothing."""
-        blobs: list[tuple[bytes, Sequence[bytes]]] = []
+        blobs: list[tuple[bytes, Sequence[bytes | bytearray]]] = []
         for cid, raw_len, compressed, payload in items:
             check_id(cid)
             if not 0 < raw_len <= self.chunk_size:
@@ -198,9 +200,7 @@ class Repository:
             blobs.append(
                 (
                     cid,
-                    blob.encode(
-                        bytes(payload), raw_len, compressed, blob.MAGIC_CHUNK, self._cipher
-                    ),
+                    blob.encode(payload, raw_len, compressed, blob.MAGIC_CHUNK, self._cipher),
                 )
             )
         return self._write(blobs)
@@ -209,7 +209,9 @@ class Repository:
         """Store (id, plaintext) pairs hashed by the caller (local import): compress here."""
         return self.write_prepared([self.prepare_raw_chunk(cid, data) for cid, data in items])
 
-    def prepare_raw_chunk(self, cid: bytes, data: bytes) -> tuple[bytes, Sequence[bytes]]:
+    def prepare_raw_chunk(
+        self, cid: bytes, data: bytes
+    ) -> tuple[bytes, Sequence[bytes | bytearray]]:
         """(id, blob parts) of a plaintext chunk hashed by the caller, or (id, ()) when it
         is already stored (then touched for gc). Thread-safe: import-disk compresses in a
         pool; zstd and AES release the GIL."""
@@ -218,11 +220,11 @@ class Repository:
         payload, compressed = compress(data, self.compression_level)
         return cid, blob.encode(payload, len(data), compressed, blob.MAGIC_CHUNK, self._cipher)
 
-    def write_prepared(self, blobs: list[tuple[bytes, Sequence[bytes]]]) -> StoreResult:
+    def write_prepared(self, blobs: list[tuple[bytes, Sequence[bytes | bytearray]]]) -> StoreResult:
         """Durably write what :meth:`prepare_raw_chunk` made; () entries count as known."""
         return self._write(blobs)
 
-    def _write(self, blobs: list[tuple[bytes, Sequence[bytes]]]) -> StoreResult:
+    def _write(self, blobs: list[tuple[bytes, Sequence[bytes | bytearray]]]) -> StoreResult:
         todo = [b for b in blobs if b[1]]
         written = self.chunks.write_many(todo)
         stored = sum(written)
@@ -249,7 +251,7 @@ class Repository:
 
     # --- points ----------------------------------------------------------------------
 
-    def _seal_meta(self, data: bytes) -> tuple[bytes, bytes]:
+    def _seal_meta(self, data: bytes) -> tuple[bytes, bytes | bytearray]:
         payload, compressed = compress(data, 3)
         return blob.encode(payload, len(data), compressed, blob.MAGIC_META, self._cipher)
 
@@ -455,7 +457,7 @@ def _pass_bytes(passphrase: str | bytes) -> bytes:
     return passphrase.encode() if isinstance(passphrase, str) else passphrase
 
 
-def _decompress(payload: bytes, raw_len: int, cid: bytes) -> bytes:
+def _decompress(payload: bytes | bytearray, raw_len: int, cid: bytes) -> bytes:
     import zstandard
 
     from common.chunk import decompress

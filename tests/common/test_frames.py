@@ -56,6 +56,25 @@ def test_big_frame_survives_partial_sends() -> None:
         b.close()
 
 
+def test_frame_of_more_buffers_than_one_sendmsg_takes() -> None:
+    """1,200 payload parts (64 KiB chunks): sent in several system calls, arrives whole."""
+    chunks = [
+        (bytes([i % 256]) * 32, 65536, False, bytearray([i % 256]) * 65536) for i in range(600)
+    ]
+    msg = ChunkBatch("b", "t", "", chunks)
+    a, b = _pair()
+    try:
+        sender = threading.Thread(target=send_message, args=(a, msg))
+        sender.start()
+        got = read_message(b, ChunkBatch)
+        sender.join()
+        assert got is not None
+        assert [bytes(c[3]) for c in chunks] == [c[3] for c in got.chunks]  # type: ignore[attr-defined]
+    finally:
+        a.close()
+        b.close()
+
+
 @given(st.data())
 @settings(max_examples=30, deadline=None)
 def test_truncated_frame_is_stream_closed(data: st.DataObject) -> None:
@@ -95,7 +114,7 @@ def test_oversize_length_is_refused_before_reading_it() -> None:
 def test_bad_bodies_are_message_errors(body: bytes, error: str) -> None:
     a, b = _pair()
     try:
-        send_frame(a, body)
+        send_frame(a, [body])
         with pytest.raises(MessageError, match=error):
             read_message(b, ChunkBatch)
     finally:

@@ -221,10 +221,52 @@ def test_wrong_kind_for_expect() -> None:
         m.decode(m.encode(EXAMPLE), expect=m.CommitRequest)
 
 
+@given(any_message)
+@settings(max_examples=300)
+def test_encode_parts_is_encode_in_pieces(msg: m.Message) -> None:
+    assert b"".join(m.encode_parts(msg)) == m.encode(msg)
+
+
+# Payloads around the msgpack bin8/bin16/bin32 limits and INLINE_BELOW, as bytes and as
+# bytearray (a chunk as read, sent without a copy).
+_sizes = st.sampled_from([0, 255, 256, 65535, 65536, 65537, 300_000])
+_payload = st.builds(
+    lambda n, seed, kind: kind(bytes([seed]) * n),
+    _sizes,
+    st.integers(0, 255),
+    st.sampled_from([bytes, bytearray]),
+)
+
+
+@given(st.lists(st.tuples(ids, i64, st.booleans(), _payload), max_size=4))
+@settings(max_examples=60, deadline=None)
+def test_encode_parts_references_long_payloads(chunks: list[tuple]) -> None:
+    msg = m.ChunkBatch("b", "t", "r", chunks)
+    parts = m.encode_parts(msg)
+    joined = b"".join(parts)
+    assert joined == m.encode(msg)
+    as_bytes = m.ChunkBatch("b", "t", "r", [(c[0], c[1], c[2], bytes(c[3])) for c in chunks])
+    assert joined == m.encode(as_bytes)
+    assert m.decode(joined) == as_bytes
+    for c in chunks:  # long payloads are sent from the caller's buffer, not from a copy
+        assert any(p is c[3] for p in parts) == (len(c[3]) >= m.INLINE_BELOW)
+
+
+def test_encode_checks_payload_types() -> None:
+    bad = m.ChunkBatch("b", "t", "r", [(b"\x02" * 32, 1, False, "text")])  # type: ignore[list-item]
+    for enc in (m.encode, m.encode_parts):
+        with pytest.raises(
+            m.MessageError, match=r"chunk-batch.chunks\[0\]\[3\]: str is not bytes \| bytearray"
+        ):
+            enc(bad)
+
+
 def test_oversize_payload_is_refused() -> None:
     big = m.ChunkBatch("b", "t", "r", [(b"\x02" * 32, 1, False, b"x" * (m.MAX_MESSAGE_BYTES + 1))])
     with pytest.raises(m.MessageError, match="exceeds limit"):
         m.encode(big)
+    with pytest.raises(m.MessageError, match="exceeds limit"):
+        m.encode_parts(big)
     with pytest.raises(m.MessageError, match="exceeds limit"):
         m.decode(b"\x00" * (m.MAX_MESSAGE_BYTES + 1))
 

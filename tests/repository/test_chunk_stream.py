@@ -166,7 +166,7 @@ def test_wrong_token_and_garbage_are_dropped_and_store_nothing(
     before = _errors("MessageError")
     with _open(addr) as s:
         send_message(s, StreamHello(token=token, client="buggy"))
-        send_frame(s, b"\xc1 not msgpack")
+        send_frame(s, [b"\xc1 not msgpack"])
         assert _closed_by_writer(s)
     with _open(addr) as s:
         send_message(s, StreamHello(token=token, client="huge"))
