@@ -49,10 +49,10 @@ from bench.e2e_tools import broker_pid, proc_cpu
 from bench.procmem import proc_memory
 from common.amqp import BrokerParams, Publisher, open_blocking
 from common.chunk import chunk_id, compress, is_zero
+from common.heap import limit_heap_retention
 from common.messages import ChunkBatch
 from proxy_worker.budget import MemoryBudget
 from proxy_worker.chunk_stream import WriterStreams
-from proxy_worker.heap import limit_heap_retention
 from proxy_worker.pipeline import PipelineConfig, TaskPipeline, TaskStats
 from proxy_worker.settings import (
     HttpSettings,

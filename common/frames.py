@@ -56,32 +56,46 @@ def send_frame(sock: socket.socket, body: Sequence[Bytes]) -> None:
 
 
 def read_message(sock: socket.socket, *kinds: type[Message]) -> Message | None:
-    """The next frame's message, of one of ``kinds``; None when the peer closed the
-    connection between frames."""
-    header = _recv_exact(sock, HEADER.size, at_boundary=True)
-    if header is None:
-        return None
-    (size,) = HEADER.unpack(header)
-    if size > MAX_MESSAGE_BYTES:
-        raise MessageError(f"frame of {size} bytes exceeds limit {MAX_MESSAGE_BYTES}")
-    body = _recv_exact(sock, size, at_boundary=False)
-    assert body is not None
-    msg = decode(body)
-    if not isinstance(msg, kinds):
-        expected = " or ".join(repr(k.KIND) for k in kinds)
-        raise MessageError(f"expected a {expected} message, got {msg.KIND!r}")
-    return msg
+    """One frame's message, of one of ``kinds``; None when the peer closed the connection
+    between frames. A connection that carries many frames reads them with a FrameReader."""
+    return FrameReader(sock).read(*kinds)
 
 
-def _recv_exact(sock: socket.socket, size: int, *, at_boundary: bool) -> bytearray | None:
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            if got == 0 and at_boundary:
-                return None
-            raise StreamClosed(f"connection closed after {got} of {size} bytes of a frame")
-        got += n
-    return buf
+class FrameReader:
+    """Reads the frames of one socket into one reused buffer: decoding copies every value
+    out of it, so a frame needs no fresh (zero-filled, faulted-in) buffer of its own."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray(HEADER.size)
+
+    def read(self, *kinds: type[Message]) -> Message | None:
+        """The next frame's message, of one of ``kinds``; None when the peer closed the
+        connection between frames."""
+        header = self._recv_exact(HEADER.size, at_boundary=True)
+        if header is None:
+            return None
+        (size,) = HEADER.unpack(header)
+        if size > MAX_MESSAGE_BYTES:
+            raise MessageError(f"frame of {size} bytes exceeds limit {MAX_MESSAGE_BYTES}")
+        body = self._recv_exact(size, at_boundary=False)
+        assert body is not None
+        msg = decode(body)
+        if not isinstance(msg, kinds):
+            expected = " or ".join(repr(k.KIND) for k in kinds)
+            raise MessageError(f"expected a {expected} message, got {msg.KIND!r}")
+        return msg
+
+    def _recv_exact(self, size: int, *, at_boundary: bool) -> memoryview | None:
+        if len(self._buf) < size:
+            self._buf = bytearray(size)  # grows to the largest frame seen (<= the limit)
+        view = memoryview(self._buf)[:size]
+        got = 0
+        while got < size:
+            n = self.sock.recv_into(view[got:])
+            if n == 0:
+                if got == 0 and at_boundary:
+                    return None
+                raise StreamClosed(f"connection closed after {got} of {size} bytes of a frame")
+            got += n
+        return view

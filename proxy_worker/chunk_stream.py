@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from common import metrics
-from common.frames import StreamClosed, read_message, send_frame, send_message
+from common.frames import FrameReader, StreamClosed, send_frame, send_message
 from common.logging import get_logger
 from common.messages import (
     Bytes,
@@ -194,9 +194,10 @@ class _Stream:
 
     def _read_loop(self) -> None:
         why = "closed by writer"
+        frames = FrameReader(self.sock)
         try:
             while True:
-                msg = read_message(self.sock, ChunkAck, HaveReply)
+                msg = frames.read(ChunkAck, HaveReply)
                 if msg is None:
                     break
                 assert isinstance(msg, ChunkAck | HaveReply)

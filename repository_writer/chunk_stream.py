@@ -30,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from common import metrics
-from common.frames import StreamClosed, read_message, send_message
+from common.frames import FrameReader, StreamClosed, read_message, send_message
 from common.logging import get_logger
 from common.messages import ChunkBatch, HaveQuery, Message, MessageError, StreamHello
 
@@ -133,10 +133,11 @@ class ChunkStreamServer:
         try:
             if not self._hello(sock, peer):
                 return
+            frames = FrameReader(sock)
             while not self._closed.is_set():
                 self._slots.acquire()
                 try:
-                    msg = read_message(sock, ChunkBatch, HaveQuery)
+                    msg = frames.read(ChunkBatch, HaveQuery)
                 except BaseException:
                     self._slots.release()
                     raise

@@ -285,9 +285,13 @@ def main(args: argparse.Namespace) -> int:
     import sys
 
     from common.amqp import stop_on_signals
+    from common.heap import limit_heap_retention
     from common.runtime import start_role
 
     cfg = start_role("writer", args.config)
+    # Before the first frame is received: received batches and their chunks reuse the heap
+    # instead of faulting in fresh pages (common/heap.py).
+    limit_heap_retention()
     rs, ws = cfg.repository, cfg.writer
     if not rs.path:
         print("vmbackup writer: repository.path is not set", file=sys.stderr)

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.frames import HEADER, StreamClosed, read_message, send_frame, send_message
+from common.frames import (
+    HEADER,
+    FrameReader,
+    StreamClosed,
+    read_message,
+    send_frame,
+    send_message,
+)
 from common.messages import MAX_MESSAGE_BYTES, ChunkAck, ChunkBatch, MessageError, encode
 from tests.common.test_messages import STRATEGIES
 
@@ -38,6 +45,26 @@ def test_messages_round_trip_in_order(msgs: list[ChunkBatch], sndbuf: int) -> No
         a.shutdown(socket.SHUT_WR)
         assert got == msgs
         assert read_message(b, ChunkBatch) is None  # closed between frames: a clean end
+    finally:
+        a.close()
+        b.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(batches, min_size=2, max_size=8))
+def test_one_reader_reuses_its_buffer_and_earlier_messages_stay_intact(
+    msgs: list[ChunkBatch],
+) -> None:
+    """Frames of any sizes, in any order, through one FrameReader: each message decoded
+    earlier is unchanged after later frames were received into the same buffer."""
+    a, b = _pair()
+    try:
+        sender = threading.Thread(target=lambda: [send_message(a, m) for m in msgs])
+        sender.start()
+        frames = FrameReader(b)
+        got = [frames.read(ChunkBatch) for _ in msgs]
+        sender.join()
+        assert got == msgs
     finally:
         a.close()
         b.close()

@@ -1,7 +1,8 @@
-"""Keep the proxy's chunk buffers on a heap that is reused, and its resident size bounded.
+"""Keep chunk buffers on a heap that is reused, and resident size bounded (proxies, writers).
 
 Every chunk passes through a few large buffers: the 1 MiB read, the zstd output, the 4 MiB
-batch message and its frames. glibc's default serves such blocks from fresh mmap()s until
+batch message and its frames (on a writer: the received frame, the decoded payloads, the
+decompressed chunk). glibc's default serves such blocks from fresh mmap()s until
 the first one is freed and from per-thread arenas afterwards: per-thread arenas keep freed
 memory, so resident size grew far past what was in flight (224-635 MiB for a 118 MiB chunk
 budget). The first fix, a fixed 256 KiB mmap threshold, bounded that but made every buffer

@@ -1,4 +1,4 @@
-"""The proxy's heap settings: chunk-sized buffers are reused, freed memory goes back.
+"""Heap settings of proxies and writers: chunk-sized buffers are reused, freed memory goes back.
 
 Each case runs in a fresh interpreter, since mallopt settings last for the process."""
 
@@ -12,7 +12,7 @@ import textwrap
 PROBE = textwrap.dedent(
     """
     import json, resource, sys
-    from proxy_worker.heap import limit_heap_retention
+    from common.heap import limit_heap_retention
     from bench.procmem import proc_memory
 
     MiB = 1 << 20
