@@ -306,7 +306,7 @@ def child_main(spec_json: str) -> None:
         streams=streams,
     )
     budget = MemoryBudget(ProxySettings().memory_limit_mib * MiB)  # the default budget
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"rss_before": proc_memory()["VmRSS"]}  # interpreter + libraries
     try:
         for which in ("tpl", "clone"):
             src = DiskSource(**spec[which])

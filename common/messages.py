@@ -640,29 +640,32 @@ def encode_parts(msg: Message) -> list[Bytes]:
     copied, for a scatter-gather send (a chunk stream frame)."""
     packer = msgpack.Packer(use_bin_type=True, autoreset=False)
     parts: list[Bytes] = []
-
-    def walk(v: Any) -> None:
-        if isinstance(v, bytes | bytearray | memoryview) and len(v) >= INLINE_BELOW:
-            n = len(v) if not isinstance(v, memoryview) else v.nbytes
-            parts.append(packer.bytes() + _BIN32.pack(0xC6, n))  # msgpack bin 32
-            packer.reset()
-            parts.append(v)
-        elif isinstance(v, dict):
-            packer.pack_map_header(len(v))
-            for k, x in v.items():
-                packer.pack(k)
-                walk(x)
-        elif isinstance(v, list | tuple):
-            packer.pack_array_header(len(v))
-            for x in v:
-                walk(x)
-        else:
-            packer.pack(v)
-
-    walk(_wire_form(msg))
+    _pack_parts(packer, parts, _wire_form(msg))
     parts.append(packer.bytes())
     _check_size(msg.KIND, sum(len(p) if not isinstance(p, memoryview) else p.nbytes for p in parts))
     return parts
+
+
+def _pack_parts(packer: msgpack.Packer, parts: list[Bytes], v: Any) -> None:
+    # A plain function, not a closure over ``parts``: a closure that calls itself is a
+    # reference cycle, which kept every sent payload alive until the cyclic collector ran
+    # (measured: +440 MiB resident in a loop of 4 MiB batches).
+    if isinstance(v, bytes | bytearray | memoryview) and len(v) >= INLINE_BELOW:
+        n = len(v) if not isinstance(v, memoryview) else v.nbytes
+        parts.append(packer.bytes() + _BIN32.pack(0xC6, n))  # msgpack bin 32
+        packer.reset()
+        parts.append(v)
+    elif isinstance(v, dict):
+        packer.pack_map_header(len(v))
+        for k, x in v.items():
+            packer.pack(k)
+            _pack_parts(packer, parts, x)
+    elif isinstance(v, list | tuple):
+        packer.pack_array_header(len(v))
+        for x in v:
+            _pack_parts(packer, parts, x)
+    else:
+        packer.pack(v)
 
 
 _BIN32 = struct.Struct(">BI")

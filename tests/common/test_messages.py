@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
+import weakref
 
 import msgpack
 import pytest
@@ -250,6 +252,25 @@ def test_encode_parts_references_long_payloads(chunks: list[tuple]) -> None:
     assert m.decode(joined) == as_bytes
     for c in chunks:  # long payloads are sent from the caller's buffer, not from a copy
         assert any(p is c[3] for p in parts) == (len(c[3]) >= m.INLINE_BELOW)
+
+
+class _Payload(bytearray):
+    """A bytearray that can be weakly referenced."""
+
+
+def test_encode_parts_keeps_no_payload_alive() -> None:
+    """Once the caller drops the parts, the payloads go at once, not at the next run of the
+    cyclic collector (a self-calling closure once kept every sent batch alive until then)."""
+    payload = _Payload(b"x" * (2 * m.INLINE_BELOW))
+    gone = weakref.ref(payload)
+    gc.disable()
+    try:
+        parts = m.encode_parts(m.ChunkBatch("b", "t", "r", [(b"\x02" * 32, 9, False, payload)]))
+        assert any(p is payload for p in parts)
+        del parts, payload
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 def test_encode_checks_payload_types() -> None:
