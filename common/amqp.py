@@ -51,6 +51,8 @@ RECV_BYTES = amqp_wire.RECV_BYTES
 EXCHANGE_TASKS = "vmbackup.tasks"
 EXCHANGE_SHARDS = "vmbackup.shards"
 EXCHANGE_EVENTS = "vmbackup.events"
+# Fanout of TaskWithdrawal messages: every proxy binds its own exclusive queue.
+EXCHANGE_WITHDRAWALS = "vmbackup.withdrawals"
 EXCHANGE_DLX = "vmbackup.dlx"
 QUEUE_DLQ = "vmbackup.dlq"
 QUEUE_COMMITS = "vmbackup.commits"
@@ -192,6 +194,7 @@ def declare_base(ch: BlockingChannel, params: BrokerParams) -> None:
     ch.exchange_declare(EXCHANGE_TASKS, exchange_type="direct", durable=True)
     ch.exchange_declare(EXCHANGE_SHARDS, exchange_type="direct", durable=True)
     ch.exchange_declare(EXCHANGE_EVENTS, exchange_type="topic", durable=True)
+    ch.exchange_declare(EXCHANGE_WITHDRAWALS, exchange_type="fanout", durable=True)
     ch.queue_declare(QUEUE_COMMITS, durable=True, arguments=quorum_args(params.delivery_limit))
 
 

@@ -84,6 +84,18 @@ class TaskResult(Message):
     proxy: str
 
 
+@dataclass(frozen=True, slots=True)
+class TaskWithdrawal(Message):
+    """The coordinator no longer waits for these tasks of a job (the job was cancelled, or
+    the tasks ran past their time-out). Proxies drop them instead of reading a snapshot that
+    is being removed, retrying and dead-lettering them, and stop the ones they are running."""
+
+    KIND: ClassVar[str] = "task-withdrawal"
+    job_id: str
+    task_ids: list[str]
+    reason: str
+
+
 # --- chunks -------------------------------------------------------------------------
 
 
@@ -265,6 +277,7 @@ KINDS: dict[str, type[Message]] = {
     for cls in (
         BackupTask,
         TaskResult,
+        TaskWithdrawal,
         ChunkBatch,
         ChunkAck,
         HaveQuery,

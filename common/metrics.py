@@ -152,6 +152,12 @@ COORD_JOB_MARKERS = Counter(
     "Running-backup markers (gc protection) requested from the writers, by op and result",
     ["op", "result"],
 )
+COORD_TASKS_WITHDRAWN = Counter(
+    "vmbackup_coordinator_tasks_withdrawn_total",
+    "Published tasks no longer waited for (job cancelled, task timed out), announced to the "
+    "proxies on vmbackup.withdrawals; result: published or failed (best effort)",
+    ["reason", "result"],
+)
 
 
 # --- proxy (proxy_worker/) ---------------------------------------------------------------
@@ -171,7 +177,10 @@ PROXY_BYTES = Counter(
     ["kind"],
 )
 PROXY_TASKS = Counter(
-    "vmbackup_proxy_tasks_total", "Tasks finished: ok, retry (returned) or failed", ["outcome"]
+    "vmbackup_proxy_tasks_total",
+    "Tasks finished: ok, retry (returned), failed or withdrawn (dropped: the coordinator "
+    "no longer waits for them)",
+    ["outcome"],
 )
 PROXY_TASK_SECONDS = Histogram(
     "vmbackup_proxy_task_seconds", "Time to run one task", ["transport"], buckets=TASK_BUCKETS

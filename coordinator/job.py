@@ -26,6 +26,7 @@ from pyVmomi.VmomiJSONEncoder import VmomiJSONEncoder
 
 from common import metrics
 from common.amqp import (
+    EXCHANGE_WITHDRAWALS,
     QUEUE_COMMITS,
     BrokerParams,
     Consumer,
@@ -48,6 +49,7 @@ from common.messages import (
     JobMarker,
     Message,
     TaskResult,
+    TaskWithdrawal,
     pack_entries,
     part_key,
 )
@@ -723,6 +725,7 @@ class Job:
                 w.results.append(r)
                 self._task_done(vm, w, r, nbytes)
             now = time.monotonic()
+            late: list[str] = []
             for fut, (w, tid, slot, _n, due) in list(pending.items()):
                 if due <= now:
                     w.error = w.error or f"no result within {timeout_s:.0f}s for some tasks"
@@ -730,6 +733,8 @@ class Job:
                     rt.results.forget(tid)
                     fut.cancel()
                     slot.release()
+                    late.append(tid)
+            self._withdraw(late, "timeout")
 
         try:
             for w in works:
@@ -799,6 +804,34 @@ class Job:
                 rt.results.forget(tid)
                 fut.cancel()
                 slot.release()
+            # Before the snapshot goes: proxies drop these instead of failing them against
+            # it, retrying and dead-lettering them (and stop the ones they are reading).
+            self._withdraw(
+                [p[1] for p in pending.values()],
+                "cancelled" if self.cancel.is_set() else "aborted",
+            )
+
+    def _withdraw(self, task_ids: list[str], reason: str) -> None:
+        """Tell the proxies that nobody waits for these tasks any more (best effort: a
+        proxy that misses it fails the task as before; nothing is lost either way)."""
+        if not task_ids:
+            return
+        msg = TaskWithdrawal(job_id=self.job_id, task_ids=task_ids, reason=reason)
+        counter = metrics.COORD_TASKS_WITHDRAWN
+        try:
+            fut = self.rt.publisher.publish(
+                EXCHANGE_WITHDRAWALS, "", msg, persistent=False, mandatory=False, timeout=5.0
+            )
+        except Exception as exc:
+            counter.labels(reason, "failed").inc(len(task_ids))
+            log.warning("withdrawal_not_sent", tasks=len(task_ids), error=str(exc))
+            return
+        fut.add_done_callback(
+            lambda f: counter.labels(reason, "failed" if f.exception() else "published").inc(
+                len(task_ids)
+            )
+        )
+        log.info("tasks_withdrawn", tasks=len(task_ids), reason=reason)
 
     def _task_done(self, vm: VmInfo, w: _DiskWork, r: TaskResult, nbytes: int) -> None:
         with self._lock:

@@ -13,6 +13,12 @@ class ProxyError(Exception):
         return f"{self.kind}: {self}"
 
 
+class TaskWithdrawnError(ProxyError):
+    """The coordinator withdrew the task while it ran (TaskWithdrawal): stop, drop it."""
+
+    kind = "withdrawn"
+
+
 class ConfigError(ProxyError):
     """The proxy's configuration cannot serve this task (unknown datastore, vCenter, ...)."""
 

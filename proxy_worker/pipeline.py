@@ -27,7 +27,7 @@ from typing import cast
 from common.chunk import chunk_id, compress, is_zero
 from common.sharding import shard_of
 from proxy_worker.budget import MemoryBudget, TaskBudget
-from proxy_worker.errors import ProxyError, TaskError
+from proxy_worker.errors import ProxyError, TaskError, TaskWithdrawnError
 from proxy_worker.transports.base import DiskReader, Extent
 from proxy_worker.writers import PendingBatch, WriterLink
 
@@ -148,6 +148,11 @@ class TaskPipeline:
             raise self._error
         self.stats.seconds = time.monotonic() - t0
         return self.stats
+
+    def cancel(self, reason: str) -> None:
+        """Stop the task from any thread: ``run`` raises TaskWithdrawnError (never returns
+        partial stats as a result)."""
+        self._fail(TaskWithdrawnError(reason))
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:

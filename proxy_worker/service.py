@@ -15,6 +15,7 @@ from typing import Any
 
 from common import metrics
 from common.amqp import (
+    EXCHANGE_WITHDRAWALS,
     BrokerParams,
     Consumer,
     Delivery,
@@ -26,10 +27,10 @@ from common.amqp import (
     task_queue,
 )
 from common.logging import bound, get_logger
-from common.messages import BackupTask, Message, TaskResult
+from common.messages import BackupTask, Message, TaskResult, TaskWithdrawal
 from proxy_worker.budget import MemoryBudget
 from proxy_worker.chunk_stream import WriterStreams
-from proxy_worker.errors import ProxyError, TaskError
+from proxy_worker.errors import ProxyError, TaskError, TaskWithdrawnError
 from proxy_worker.pipeline import PipelineConfig, TaskPipeline, TaskStats
 from proxy_worker.settings import ProxySettings, VCenterDirectory
 from proxy_worker.throttle import Throttle, ThrottledReader
@@ -37,6 +38,7 @@ from proxy_worker.transports.base import DiskSource, Transport
 from proxy_worker.transports.file import FileTransport
 from proxy_worker.transports.http import HttpTransport
 from proxy_worker.transports.nbd import NbdTransport
+from proxy_worker.withdrawals import Withdrawals
 from proxy_worker.writers import WriterLink
 
 log = get_logger(__name__)
@@ -92,6 +94,18 @@ class ProxyService:
             declare=self._declare,
             name=f"proxy-{settings.name}",
         )
+        self.withdrawals = Withdrawals()
+        self.withdrawal_consumer = Consumer(
+            params,
+            [],
+            self.withdrawals.on_message,
+            expect=(TaskWithdrawal,),
+            workers=1,
+            declare=lambda ch: declare_base(ch, params),
+            name=f"proxy-{settings.name}-withdrawals",
+            exclusive_reply_queue=True,
+            exclusive_bindings=[(EXCHANGE_WITHDRAWALS, "")],
+        )
 
     def _declare(self, ch: Any) -> None:
         declare_base(ch, self.params)
@@ -100,6 +114,7 @@ class ProxyService:
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> ProxyService:
+        self.withdrawal_consumer.start()
         self.consumer.start()
         return self
 
@@ -111,6 +126,7 @@ class ProxyService:
 
     def close(self) -> None:
         self.consumer.stop(10)
+        self.withdrawal_consumer.stop(10)
         if self.streams is not None:
             self.streams.close()
         self.replies.close()
@@ -127,8 +143,15 @@ class ProxyService:
             metrics.PROXY_QUEUE_WAIT_SECONDS.observe(max(0.0, time.time() - d.properties.timestamp))
         last_attempt = d.delivery_count + 1 >= self.params.delivery_limit
         with bound(task=task.task_id, job=task.job_id, vm=task.vm_name, disk=task.disk_key):
+            withdrawn = self.withdrawals.reason(task.task_id)
+            if withdrawn is not None:
+                self._withdrawn(withdrawn, started=False)
+                return  # acked: nobody waits for it, its snapshot may be gone
             try:
                 stats = self.run_task(task)
+            except TaskWithdrawnError as exc:
+                self._withdrawn(str(exc), started=True)
+                return
             except TaskError as exc:
                 self._failed(task, exc, "failed")
                 raise PermanentError(exc.reason()) from exc
@@ -149,6 +172,10 @@ class ProxyService:
                 sent=stats.bytes_sent,
                 seconds=round(stats.seconds, 3),
             )
+
+    def _withdrawn(self, reason: str, *, started: bool) -> None:
+        metrics.PROXY_TASKS.labels(outcome="withdrawn").inc()
+        log.info("task_dropped_withdrawn", reason=reason, stopped_while_running=started)
 
     def _failed(self, task: BackupTask, exc: BaseException, outcome: str) -> None:
         kind = exc.kind if isinstance(exc, ProxyError) else type(exc).__name__
@@ -215,7 +242,8 @@ class ProxyService:
                     pipe = TaskPipeline(
                         reader, self.link, self.pool, self.budget, cfg, task.task_id, read_bytes.inc
                     )
-                    stats = pipe.run(list(task.ranges), task.capacity)
+                    with self.withdrawals.running(task.task_id, pipe.cancel):
+                        stats = pipe.run(list(task.ranges), task.capacity)
             finally:
                 metrics.PROXY_STREAMS.labels(host=task.host).dec()
                 metrics.PROXY_MEMORY_BYTES.set(self.budget.used)

@@ -78,6 +78,9 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         seconds=st.floats(min_value=0, max_value=1e6),
         proxy=text,
     ),
+    m.TaskWithdrawal: st.builds(
+        m.TaskWithdrawal, job_id=text, task_ids=st.lists(text, max_size=5), reason=text
+    ),
     m.ChunkBatch: st.builds(
         m.ChunkBatch,
         batch_id=text,

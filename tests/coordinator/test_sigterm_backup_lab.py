@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from common.amqp import EXCHANGE_WITHDRAWALS, declare_base, open_blocking
+from common.messages import TaskWithdrawal, decode
 from lab import Lab, LabSpec
 from tests.coordinator.conftest import MiB, coordinator_only_stack
 
@@ -32,6 +34,13 @@ def test_sigterm_cancels_the_job_and_cleans_up(
     sig: signal.Signals, lab: Lab, make_env: Any, amqp_vhost: str, tmp_path: Path
 ) -> None:
     stack, env = coordinator_only_stack(lab, make_env, amqp_vhost, tmp_path / "stack", "coord-term")
+    # what the proxies would hear: a queue on the withdrawals fanout, as each proxy binds
+    params = env.broker
+    watch = open_blocking(params, "test-withdrawals")
+    wch = watch.channel()
+    declare_base(wch, params)
+    wq = wch.queue_declare("", exclusive=True).method.queue
+    wch.queue_bind(wq, EXCHANGE_WITHDRAWALS)
     before = len(lab.snapshot_events())
     proc, log_path, report_path = stack.backup_popen("nightly")
     try:
@@ -57,3 +66,15 @@ def test_sigterm_cancels_the_job_and_cleans_up(
     rep = json.loads(report_path.read_text())
     assert rep["vms"] and all(v["status"] == "failed" for v in rep["vms"])
     assert all("cancelled" in v["reason"] for v in rep["vms"]), rep["vms"]
+    # the tasks it had published were withdrawn, so proxies drop them instead of failing
+    # them against the removed snapshot and dead-lettering them
+    withdrawn: set[str] = set()
+    while True:
+        m, _p, body = wch.basic_get(wq, auto_ack=True)
+        if m is None:
+            break
+        w = decode(body, TaskWithdrawal)
+        assert w.reason == "cancelled" and w.job_id
+        withdrawn.update(w.task_ids)
+    watch.close()
+    assert {t.task_id for t in env.peer.tasks} <= withdrawn, (env.peer.tasks, withdrawn)

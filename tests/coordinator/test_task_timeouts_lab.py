@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from common.amqp import EXCHANGE_WITHDRAWALS, declare_base, open_blocking
+from common.messages import TaskWithdrawal, decode
 from coordinator import report
 from coordinator.job import Job
 from coordinator.settings import LimitSettings, PolicySettings
@@ -57,6 +59,11 @@ def test_lost_results_fail_the_disk_and_free_the_slots(lab: Lab, make_env: Any) 
     )
     lost = lab.vms()[0]
     env.peer.hold_vm.add(lost["name"])  # taken, never answered: a proxy that died
+    watch = open_blocking(env.broker, "test-withdrawals")
+    wch = watch.channel()
+    declare_base(wch, env.broker)
+    wq = wch.queue_declare("", exclusive=True).method.queue
+    wch.queue_bind(wq, EXCHANGE_WITHDRAWALS)
     before = len(lab.snapshot_events())
     rep = run_bounded(Job(rt, PolicySettings(name="p", names=[lost["name"]])))
     v = vm_report(rep, lost["name"])
@@ -66,6 +73,20 @@ def test_lost_results_fail_the_disk_and_free_the_slots(lab: Lab, make_env: Any) 
     assert rt.tasks_per_host.held(lost["host"]) == 0
     new = lab.snapshot_events()[before:]
     assert new and all(e["removed_at"] for e in new)
+    # every task given up on was withdrawn: a proxy that still holds one drops it
+    withdrawn: dict[str, str] = {}
+    deadline = time.monotonic() + 10
+    published = {t.task_id for t in env.peer.tasks if t.vm_name == lost["name"]}
+    while set(withdrawn) != published and time.monotonic() < deadline:
+        m, _p, body = wch.basic_get(wq, auto_ack=True)
+        if m is None:
+            time.sleep(0.1)
+            continue
+        w = decode(body, TaskWithdrawal)
+        withdrawn.update(dict.fromkeys(w.task_ids, w.reason))
+    watch.close()
+    assert published and set(withdrawn) == published, (published, withdrawn)
+    assert set(withdrawn.values()) == {"timeout"}
 
 
 def test_slow_disk_with_timely_tasks_is_not_timed_out(lab: Lab, make_env: Any) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from common.amqp import (
     EXCHANGE_TASKS,
+    EXCHANGE_WITHDRAWALS,
     QUEUE_DLQ,
     BrokerParams,
     Publisher,
@@ -24,7 +25,7 @@ from common.amqp import (
     open_blocking,
     results_queue,
 )
-from common.messages import BackupTask, TaskResult, decode
+from common.messages import BackupTask, TaskResult, TaskWithdrawal, decode
 from proxy_worker.service import ProxyService
 from proxy_worker.settings import NbdSettings, ProxySettings, ThrottleSettings
 from tests.proxy.proxy_helpers import MiB, SparseDisk, make_sparse_disk
@@ -269,3 +270,93 @@ def test_stream_cap_holds_under_a_task_burst(
     for g in got:
         assert decode(g or b"", TaskResult).ok
     assert max(seen) == 2  # four task workers, never more than two streams on the host
+
+
+def _withdrawn_count() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("vmbackup_proxy_tasks_total", {"outcome": "withdrawn"}) or 0.0
+
+
+def _withdraw(params: BrokerParams, *task_ids: str) -> None:
+    with Publisher(params, name="test-coordinator") as pub:
+        pub.publish_sync(
+            EXCHANGE_WITHDRAWALS,
+            "",
+            TaskWithdrawal("job1", list(task_ids), "cancelled"),
+            persistent=False,
+            mandatory=False,
+        )
+
+
+def _queue_depth(params: BrokerParams, queue: str) -> int:
+    conn = open_blocking(params, "test-depth")
+    try:
+        return conn.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        conn.close()
+
+
+def _wait(cond: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_withdrawn_task_is_dropped_unread(
+    params: BrokerParams, writer: ProbedWriter, tmp_path: Path
+) -> None:
+    """A task of a cancelled job, withdrawn before a proxy took it: acked and dropped, no
+    read, no retry, nothing in the DLQ, no result (nobody waits for one)."""
+    d = make_sparse_disk(tmp_path, capacity=2 * MiB)
+    svc = _service(params, d)
+    try:
+        assert svc.withdrawal_consumer.ready.wait(30)
+        n0 = _withdrawn_count()
+        _withdraw(params, "gone")
+        assert _wait(lambda: svc.withdrawals.reason("gone") == "cancelled", 30)
+        # its snapshot is gone too: without the withdrawal this task would fail and retry
+        _publish(params, _task(d, "gone", disk_file="[ds1] removed/disk.vmdk"))
+        assert _wait(lambda: _withdrawn_count() == n0 + 1, 30)
+        _publish(params, _task(d, "kept"))  # the next task runs as usual
+        res = decode(_get(params, results_queue("c1"), 60) or b"", TaskResult)
+        assert res.task_id == "kept" and res.ok, res.error
+        assert _get(params, QUEUE_DLQ, 2) is None
+        assert _queue_depth(params, "vmbackup.tasks.host.esx-1") == 0
+        assert _get(params, results_queue("c1"), 1) is None  # none for the withdrawn one
+    finally:
+        svc.close()
+
+
+def test_running_task_is_stopped_by_its_withdrawal(
+    params: BrokerParams, writer: ProbedWriter, tmp_path: Path
+) -> None:
+    """A task being read when its job is cancelled stops (the source host's load ends with
+    the job), is not retried and reports nothing."""
+    from prometheus_client import REGISTRY
+
+    d = make_sparse_disk(tmp_path, capacity=24 * MiB, seed=5)
+    d.path.write_bytes(os.urandom(d.source.capacity))  # all data: 24 s at 1 MB/s
+    svc = _service(params, d, throttle=ThrottleSettings(max_mb_per_s_per_host=1.0, burst_mb=1))
+    labels = {"transport": "nbd", "host": "esx-1"}
+
+    def read() -> float:
+        return REGISTRY.get_sample_value("vmbackup_proxy_read_bytes_total", labels) or 0.0
+
+    try:
+        assert svc.withdrawal_consumer.ready.wait(30)
+        n0, r0 = _withdrawn_count(), read()
+        _publish(params, _task(d, "slow"))
+        assert _wait(lambda: read() > r0, 30), "the task never started"
+        _withdraw(params, "slow")
+        assert _wait(lambda: _withdrawn_count() == n0 + 1, 30)
+        assert read() - r0 < d.source.capacity / 2  # stopped, not read to the end
+        assert svc.throttle.host("esx-1").active == 0
+        assert _get(params, QUEUE_DLQ, 2) is None
+        assert _get(params, results_queue("c1"), 1) is None
+        assert _queue_depth(params, "vmbackup.tasks.host.esx-1") == 0  # acked, not requeued
+    finally:
+        svc.close()
