@@ -383,8 +383,11 @@ class Publisher:
                 if not self._pending and not self._unconfirmed:
                     break
             time.sleep(0.01)
-        self._closing = True
-        conn = self._conn
+        # Under the lock: the I/O thread either sees _closing before it opens a connection,
+        # or has stored that connection here, so its loop gets the shutdown.
+        with self._lock:
+            self._closing = True
+            conn = self._conn
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.ioloop.add_callback_threadsafe(self._shutdown)
@@ -415,16 +418,19 @@ class Publisher:
             self._pump_scheduled = False
 
     def _run(self) -> None:
-        while not self._closing:
+        while True:
             self._ready.clear()
             try:
-                self._conn = pika.SelectConnection(
-                    self.params.pika_params(self.name),
-                    on_open_callback=self._on_open,
-                    on_open_error_callback=self._on_open_error,
-                    on_close_callback=self._on_closed,
-                )
-                self._conn.ioloop.start()
+                with self._lock:
+                    if self._closing:
+                        break
+                    self._conn = conn = pika.SelectConnection(
+                        self.params.pika_params(self.name),
+                        on_open_callback=self._on_open,
+                        on_open_error_callback=self._on_open_error,
+                        on_close_callback=self._on_closed,
+                    )
+                conn.ioloop.start()
             except Exception as exc:  # pragma: no cover - defensive: keep the thread alive
                 log.warning("publisher loop error", error=repr(exc))
             self._channel = None
@@ -439,7 +445,8 @@ class Publisher:
         conn.channel(on_open_callback=self._on_channel_open)
 
     def _on_open_error(self, conn: Any, err: BaseException) -> None:
-        log.warning("publisher cannot connect", error=str(err) or repr(err))
+        if not self._closing:  # else close() aborted the attempt
+            log.warning("publisher cannot connect", error=str(err) or repr(err))
         conn.ioloop.stop()
 
     def _on_closed(self, conn: Any, reason: BaseException) -> None:
@@ -565,10 +572,11 @@ class Publisher:
             self._retry_or_fail(out, "connection lost before confirm")
 
     def _shutdown(self) -> None:
-        if self._conn is not None and self._conn.is_open:
-            self._conn.close()
-        else:
-            self._conn.ioloop.stop()
+        conn = self._conn
+        if conn.is_closed:
+            conn.ioloop.stop()
+        elif not conn.is_closing:  # (a closing one stops its loop when closed)
+            conn.close()  # open: a clean close; still opening: pika aborts the attempt
 
     def _fail_all(self, exc: Exception) -> None:
         with self._lock:

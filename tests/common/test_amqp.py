@@ -306,3 +306,14 @@ def test_pumping_a_connection_the_broker_closed_raises_a_connection_error(
     for _ in range(3):
         with pytest.raises(pika.exceptions.AMQPConnectionError):
             amqp.pump(conn, 0.2)
+
+
+def test_close_right_after_start_leaves_no_connection_thread(broker: BrokerParams) -> None:
+    """close() racing the I/O thread's (re)connect: the connection the thread is opening
+    must be shut down too, not left running with its thread."""
+    leaked = 0
+    for _ in range(20):
+        pub = Publisher(broker, name="test-close-race")
+        pub.close(timeout=3)
+        leaked += pub._thread.is_alive()
+    assert leaked == 0
