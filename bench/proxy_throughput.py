@@ -123,8 +123,8 @@ class Placement:
     baselines' reading, hashing and publishing; the proxy child and its nbdkit) runs on the
     first core; the other side (writer, baseline consumer, RabbitMQ, the lab as the
     datastore's server) on the rest, as if they were other machines. Without it nothing
-    is pinned. The shared RabbitMQ node gets all cores back at the end; should the
-    benchmark be killed first: ``taskset -a -p -c 0-$(($(nproc)-1)) $(pgrep -f beam.smp)``."""
+    is pinned. The shared RabbitMQ node gets all cores back at the end, also on SIGTERM or
+    Ctrl-C; after a SIGKILL: ``taskset -a -p -c 0-$(($(nproc)-1)) $(pgrep -f beam.smp)``."""
 
     def __init__(self, split: bool) -> None:
         self.split = split
@@ -420,6 +420,9 @@ def main() -> None:
     rows = []
     broker = broker_pid()
     where = Placement(args.split)
+    # SIGTERM (a CI time-out, `kill`) unwinds like Ctrl-C, through the finally below that
+    # gives the shared broker its cores back and removes the vhost; only SIGKILL cannot.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     where.pin_self()
     where.pin_backend(broker)
     try:

@@ -30,10 +30,16 @@ class MessageError(ValueError):
     """A message could not be encoded or decoded; the text says what was wrong."""
 
 
+Fields = dict[str, Any]
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     KIND: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    # Older versions a reader still takes, each with what turns its fields into this
+    # version's: a rolling upgrade then works in one order (readers first, see HaveReply).
+    UPGRADES: ClassVar[dict[int, typing.Callable[[Fields], Fields]]] = {}
 
 
 # --- block-range tasks -------------------------------------------------------------
@@ -139,6 +145,15 @@ class HaveQuery(Message):
         _check_ids(self.ids, "ids")
 
 
+def _added_fields(fields: Fields, what: str, **added: Any) -> Fields:
+    """An older version's fields plus the ones a later version added (which it must not
+    carry itself: then it is no message of that version)."""
+    extra = [k for k in added if k in fields]
+    if extra:
+        raise MessageError(f"{what}: unexpected field(s) {', '.join(map(repr, extra))}")
+    return {**fields, **added}
+
+
 @dataclass(frozen=True, slots=True)
 class HaveReply(Message):
     """Which of the queried ids the writer holds, and where it takes chunk batches
@@ -147,6 +162,10 @@ class HaveReply(Message):
 
     KIND: ClassVar[str] = "have-reply"
     VERSION: ClassVar[int] = 2
+    # Version 1 (writers before chunk streams) had no stream: a proxy uses the broker.
+    UPGRADES: ClassVar[dict[int, typing.Callable[[Fields], Fields]]] = {
+        1: lambda f: _added_fields(f, "have-reply v1", data_addr="", data_token="")
+    }
     query_id: str
     present: list[bool]
     data_addr: str = ""
@@ -717,7 +736,11 @@ def decode(data: Bytes, expect: type[Message] | None = None) -> Message:
     if expect is not None and cls is not expect:
         raise MessageError(f"expected a {expect.KIND!r} message, got {kind!r}")
     if version != cls.VERSION:
-        raise MessageError(f"{kind}: unsupported version {version!r} (supported: {cls.VERSION})")
+        known = type(version) is int and version in cls.UPGRADES
+        if not known:
+            supported = ", ".join(map(str, [cls.VERSION, *sorted(cls.UPGRADES)]))
+            raise MessageError(f"{kind}: unsupported version {version!r} (supported: {supported})")
+        obj = cls.UPGRADES[version](obj)
     try:
         return _from_fields(cls, obj, kind)
     except RecursionError:

@@ -360,6 +360,20 @@ def test_commit_part_is_checked() -> None:
         m.JobMarker("r", "q", "job", "start")
 
 
+def test_have_reply_of_a_writer_before_chunk_streams_is_understood() -> None:
+    """Rolling upgrade, proxies first: a version 1 have-reply (no stream) still decodes,
+    as a reply without a chunk stream; versions nobody knows are refused by name."""
+    body = {"k": "have-reply", "v": 1, "query_id": "q", "present": [True, False]}
+    got = m.decode(msgpack.packb(body, use_bin_type=True), m.HaveReply)
+    assert got == m.HaveReply("q", [True, False], "", "")
+    for bad in (3, 0, True, "1", [1]):
+        with pytest.raises(m.MessageError, match=r"unsupported version .* \(supported: 2, 1\)"):
+            m.decode(msgpack.packb({**body, "v": bad}, use_bin_type=True))
+    # an old writer's fields only: a v1 body with v2 fields is not a v1 message
+    with pytest.raises(m.MessageError, match="unexpected field"):
+        m.decode(msgpack.packb({**body, "data_addr": "h:1"}, use_bin_type=True))
+
+
 def test_commit_request_version_2_is_required() -> None:
     req = m.CommitRequest("r", "q", "j", "vc", "u", "vm-1", "vm", b"", "complete", 1.0, [], [])
     body = _raw(req)
