@@ -85,7 +85,7 @@ def test_big_frame_survives_partial_sends() -> None:
 
 def test_frame_of_more_buffers_than_one_sendmsg_takes() -> None:
     """1,200 payload parts (64 KiB chunks): sent in several system calls, arrives whole."""
-    chunks = [
+    chunks: list[tuple[bytes, int, bool, bytes | bytearray]] = [
         (bytes([i % 256]) * 32, 65536, False, bytearray([i % 256]) * 65536) for i in range(600)
     ]
     msg = ChunkBatch("b", "t", "", chunks)
@@ -95,8 +95,8 @@ def test_frame_of_more_buffers_than_one_sendmsg_takes() -> None:
         sender.start()
         got = read_message(b, ChunkBatch)
         sender.join()
-        assert got is not None
-        assert [bytes(c[3]) for c in chunks] == [c[3] for c in got.chunks]  # type: ignore[attr-defined]
+        assert isinstance(got, ChunkBatch)
+        assert [bytes(c[3]) for c in chunks] == [c[3] for c in got.chunks]
     finally:
         a.close()
         b.close()

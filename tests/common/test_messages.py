@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import gc
 import weakref
+from typing import Any
 
 import msgpack
 import pytest
@@ -277,7 +278,8 @@ def test_encode_parts_keeps_no_payload_alive() -> None:
 
 
 def test_encode_checks_payload_types() -> None:
-    bad = m.ChunkBatch("b", "t", "r", [(b"\x02" * 32, 1, False, "text")])  # type: ignore[list-item]
+    text: Any = "text"  # the wrong type on purpose: encode must refuse it
+    bad = m.ChunkBatch("b", "t", "r", [(b"\x02" * 32, 1, False, text)])
     for enc in (m.encode, m.encode_parts):
         with pytest.raises(
             m.MessageError, match=r"chunk-batch.chunks\[0\]\[3\]: str is not bytes \| bytearray"

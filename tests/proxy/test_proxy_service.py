@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -297,10 +297,10 @@ def _queue_depth(params: BrokerParams, queue: str) -> int:
         conn.close()
 
 
-def _wait(cond: object, timeout: float) -> bool:
+def _wait(cond: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
+        if cond():
             return True
         time.sleep(0.05)
     return False
