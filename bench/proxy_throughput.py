@@ -20,8 +20,9 @@ run alone, the pipeline shares the cores with the writer (decompress, re-hash, f
 the broker, which is the deployment shape minus the network. RSS is the proxy process's
 peak (VmHWM), next to the peak of its chunk-memory budget. CPU seconds of the template's
 run: the proxy process's own, the writer's and the broker's (these two over the template
-and the clone); disk MB per proxy CPU second is what sizes proxies (Veeam's anchor:
-~100 MB/s per core).
+and the clone), and nbdkit's (the nbd transport's server, a child of the proxy: template
+only); disk MB per proxy CPU second is what sizes proxies (Veeam's anchor: ~100 MB/s per
+core).
 
     .venv/bin/python -m bench.proxy_throughput [--size-mib 4096] [--transports file,nbd,http]
         [--chunk-paths stream,broker,broker-persistent]
@@ -266,10 +267,17 @@ def process_cpu() -> float:
     return t.user + t.system
 
 
+def children_cpu() -> float:
+    """CPU of this process's finished children: the nbd transport's nbdkit."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 def run_pipeline(
     link: WriterLink, transport: Any, src: DiskSource, budget: MemoryBudget, workers: int
-) -> tuple[float, float, TaskStats]:
-    """(seconds, CPU seconds of this process, stats) of one disk through the pipeline."""
+) -> tuple[float, float, float, TaskStats]:
+    """(seconds, CPU seconds of this process, of the disk's server (nbdkit; 0 for the
+    other transports), stats) of one disk through the pipeline."""
     window = ProxySettings().window_bytes(CHUNK)  # as `vmbackup proxy` sizes its stages
     cfg = PipelineConfig(
         chunk_size=CHUNK,
@@ -278,12 +286,14 @@ def run_pipeline(
         window_bytes=window,
         partial_cap=window,
     )
+    k0 = children_cpu()
     with ThreadPoolExecutor(workers) as pool, transport.open(src) as r:
         t0, c0 = time.perf_counter(), process_cpu()
         st = TaskPipeline(r, link, pool, budget, cfg, uuid.uuid4().hex).run(
             [(0, src.capacity)], src.capacity
         )
-        return time.perf_counter() - t0, process_cpu() - c0, st
+        dt, cpu = time.perf_counter() - t0, process_cpu() - c0
+    return dt, cpu, children_cpu() - k0, st  # nbdkit is reaped when the reader closes
 
 
 def child_main(spec_json: str) -> None:
@@ -310,9 +320,9 @@ def child_main(spec_json: str) -> None:
     try:
         for which in ("tpl", "clone"):
             src = DiskSource(**spec[which])
-            dt, cpu, st = run_pipeline(link, transport, src, budget, spec["workers"])
+            dt, cpu, server_cpu, st = run_pipeline(link, transport, src, budget, spec["workers"])
             stats = {k: v for k, v in vars(st).items() if k != "entries"}
-            out[which] = {"seconds": dt, "cpu": cpu, **stats}
+            out[which] = {"seconds": dt, "cpu": cpu, "server_cpu": server_cpu, **stats}
     finally:
         if streams is not None:
             streams.close()
@@ -522,7 +532,7 @@ def print_table(rows: list[Any], size: int, proxy_cores: int) -> None:
         "| transport | chunk path | bare read | bare BLAKE3+zstd | "
         "bare publish+consume | pipeline | pipeline / slowest | pipeline per proxy core | "
         "clone sent / allocated | budget peak MiB | proxy RSS peak MiB | "
-        "CPU s proxy / writer / broker | disk MB per proxy CPU s |"
+        "CPU s proxy / nbdkit / writer / broker | disk MB per proxy CPU s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, path, read_rate, cpu_rate, bt, res, clone_alloc in rows:
@@ -539,7 +549,8 @@ def print_table(rows: list[Any], size: int, proxy_cores: int) -> None:
             f"{pipe_r / 1e6:.0f} | {pipe_r / slowest:.2f} | {pipe_r / 1e6 / proxy_cores:.0f} | "
             f"{clone['bytes_sent'] / clone_alloc:.3f} | "
             f"{res['budget_peak'] / MiB:.0f} | {res['rss_peak'] / MiB:.0f} | "
-            f"{st['cpu']:.1f} / {res['writer_cpu']:.1f} / {res['broker_cpu']:.1f} | "
+            f"{st['cpu']:.1f} / {st['server_cpu']:.1f} / {res['writer_cpu']:.1f} / "
+            f"{res['broker_cpu']:.1f} | "
             f"{size / st['cpu'] / 1e6:.0f} |"
         )
     st = rows[0][5]["tpl"]
