@@ -664,6 +664,7 @@ def encode(msg: Message) -> bytes:
 
 # Byte strings at least this long are not copied into the encoding (see encode_parts).
 INLINE_BELOW = 64 * 1024
+_BIN32 = struct.Struct(">BI")  # msgpack's bin 32 header: 0xc6 and the length
 
 
 def encode_parts(msg: Message) -> list[Bytes]:
@@ -698,9 +699,6 @@ def _pack_parts(packer: msgpack.Packer, parts: list[Bytes], v: Any) -> None:
             _pack_parts(packer, parts, x)
     else:
         packer.pack(v)
-
-
-_BIN32 = struct.Struct(">BI")
 
 
 @typing.overload
