@@ -149,16 +149,16 @@ class ProxyService:
                 return  # acked: nobody waits for it, its snapshot may be gone
             try:
                 stats = self.run_task(task)
-            except TaskWithdrawnError as exc:
-                self._withdrawn(str(exc), started=True)
-                return
-            except TaskError as exc:
-                self._failed(task, exc, "failed")
-                raise PermanentError(exc.reason()) from exc
-            except ProxyError as exc:
-                self._failed(task, exc, "failed" if last_attempt else "retry")
-                raise
             except Exception as exc:
+                # Withdrawn while it ran (stopped), or before it failed (its snapshot removed
+                # while it waited for a stream or opened the disk): nobody waits for it.
+                withdrawn = self.withdrawals.reason(task.task_id)
+                if withdrawn is not None or isinstance(exc, TaskWithdrawnError):
+                    self._withdrawn(withdrawn or str(exc), started=True)
+                    return
+                if isinstance(exc, TaskError):
+                    self._failed(task, exc, "failed")
+                    raise PermanentError(exc.reason()) from exc
                 self._failed(task, exc, "failed" if last_attempt else "retry")
                 raise
             result = self._result(task, stats, ok=True, error="")

@@ -272,10 +272,14 @@ def test_stream_cap_holds_under_a_task_burst(
     assert max(seen) == 2  # four task workers, never more than two streams on the host
 
 
-def _withdrawn_count() -> float:
+def _outcome_count(outcome: str) -> float:
     from prometheus_client import REGISTRY
 
-    return REGISTRY.get_sample_value("vmbackup_proxy_tasks_total", {"outcome": "withdrawn"}) or 0.0
+    return REGISTRY.get_sample_value("vmbackup_proxy_tasks_total", {"outcome": outcome}) or 0.0
+
+
+def _withdrawn_count() -> float:
+    return _outcome_count("withdrawn")
 
 
 def _withdraw(params: BrokerParams, *task_ids: str) -> None:
@@ -358,5 +362,46 @@ def test_running_task_is_stopped_by_its_withdrawal(
         assert _get(params, QUEUE_DLQ, 2) is None
         assert _get(params, results_queue("c1"), 1) is None
         assert _queue_depth(params, "vmbackup.tasks.host.esx-1") == 0  # acked, not requeued
+    finally:
+        svc.close()
+
+
+def test_task_withdrawn_while_waiting_for_a_stream_is_dropped_when_it_fails(
+    params: BrokerParams, writer: ProbedWriter, tmp_path: Path
+) -> None:
+    """Taken before its withdrawal came, then failing against its removed snapshot: the
+    failure of a withdrawn task is no failure (no retry, no DLQ entry)."""
+    from prometheus_client import REGISTRY
+
+    d = make_sparse_disk(tmp_path, capacity=24 * MiB, seed=6)
+    d.path.write_bytes(os.urandom(d.source.capacity))  # 24 s at 1 MB/s
+    svc = _service(
+        params,
+        d,
+        tasks_in_parallel=2,
+        throttle=ThrottleSettings(max_streams_per_host=1, max_mb_per_s_per_host=1.0, burst_mb=1),
+    )
+    labels = {"transport": "nbd", "host": "esx-1"}
+
+    def read() -> float:
+        return REGISTRY.get_sample_value("vmbackup_proxy_read_bytes_total", labels) or 0.0
+
+    try:
+        assert svc.withdrawal_consumer.ready.wait(30)
+        n0, r0 = _withdrawn_count(), read()
+        retries0 = _outcome_count("retry")
+        _publish(params, _task(d, "slow"))
+        assert _wait(lambda: read() > r0, 30), "the first task never started"
+        # the second is taken at once and waits for the host's only stream
+        _publish(params, _task(d, "waiting", disk_file="[ds1] removed/disk.vmdk"))
+        assert _wait(lambda: _queue_depth(params, "vmbackup.tasks.host.esx-1") == 0, 30)
+        _withdraw(params, "waiting")
+        assert _wait(lambda: svc.withdrawals.reason("waiting") is not None, 30)
+        _withdraw(params, "slow")  # frees the stream; "waiting" then fails to open its disk
+        assert _wait(lambda: _withdrawn_count() == n0 + 2, 30)
+        assert _outcome_count("retry") == retries0  # dropped at its failure, not retried
+        assert _get(params, QUEUE_DLQ, 2) is None
+        assert _get(params, results_queue("c1"), 1) is None
+        assert _queue_depth(params, "vmbackup.tasks.host.esx-1") == 0
     finally:
         svc.close()
