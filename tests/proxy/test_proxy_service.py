@@ -282,6 +282,14 @@ def _withdrawn_count() -> float:
     return _outcome_count("withdrawn")
 
 
+def read() -> float:
+    """Bytes the nbd transport read from host esx-1 so far (this process's metric)."""
+    from prometheus_client import REGISTRY
+
+    labels = {"transport": "nbd", "host": "esx-1"}
+    return REGISTRY.get_sample_value("vmbackup_proxy_read_bytes_total", labels) or 0.0
+
+
 def _withdraw(params: BrokerParams, *task_ids: str) -> None:
     with Publisher(params, name="test-coordinator") as pub:
         pub.publish_sync(
@@ -340,15 +348,9 @@ def test_running_task_is_stopped_by_its_withdrawal(
 ) -> None:
     """A task being read when its job is cancelled stops (the source host's load ends with
     the job), is not retried and reports nothing."""
-    from prometheus_client import REGISTRY
-
     d = make_sparse_disk(tmp_path, capacity=24 * MiB, seed=5)
     d.path.write_bytes(os.urandom(d.source.capacity))  # all data: 24 s at 1 MB/s
     svc = _service(params, d, throttle=ThrottleSettings(max_mb_per_s_per_host=1.0, burst_mb=1))
-    labels = {"transport": "nbd", "host": "esx-1"}
-
-    def read() -> float:
-        return REGISTRY.get_sample_value("vmbackup_proxy_read_bytes_total", labels) or 0.0
 
     try:
         assert svc.withdrawal_consumer.ready.wait(30)
@@ -371,8 +373,6 @@ def test_task_withdrawn_while_waiting_for_a_stream_is_dropped_when_it_fails(
 ) -> None:
     """Taken before its withdrawal came, then failing against its removed snapshot: the
     failure of a withdrawn task is no failure (no retry, no DLQ entry)."""
-    from prometheus_client import REGISTRY
-
     d = make_sparse_disk(tmp_path, capacity=24 * MiB, seed=6)
     d.path.write_bytes(os.urandom(d.source.capacity))  # 24 s at 1 MB/s
     svc = _service(
@@ -381,10 +381,6 @@ def test_task_withdrawn_while_waiting_for_a_stream_is_dropped_when_it_fails(
         tasks_in_parallel=2,
         throttle=ThrottleSettings(max_streams_per_host=1, max_mb_per_s_per_host=1.0, burst_mb=1),
     )
-    labels = {"transport": "nbd", "host": "esx-1"}
-
-    def read() -> float:
-        return REGISTRY.get_sample_value("vmbackup_proxy_read_bytes_total", labels) or 0.0
 
     try:
         assert svc.withdrawal_consumer.ready.wait(30)
