@@ -390,6 +390,8 @@ def iter_packed(data: bytes) -> typing.Iterator[tuple[int, int, bytes | None]]:
 
 
 def unpack_entries(data: bytes) -> list[tuple[int, bytes]]:
+    """Every entry as a list (tests, small parts); a zero run expands to one entry per
+    chunk, so readers of untrusted parts iterate :func:`iter_packed` instead."""
     out: list[tuple[int, bytes]] = []
     for start, count, ids in iter_packed(data):
         if ids is None:
