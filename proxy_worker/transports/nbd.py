@@ -29,6 +29,7 @@ from proxy_worker.transports.base import (
     normalize_extents,
 )
 from proxy_worker.transports.file import local_flat_path
+from proxy_worker.transports.read_buffers import ReadBuffers
 from proxy_worker.transports.vddk import vddk_command
 
 _BLOCK_STATUS_MAX = 1 << 30  # servers may refuse >= 4 GiB per request; stay well below
@@ -60,30 +61,6 @@ def _collect(out: list[Extent], metacontext: str, off: int, entries: list[int], 
     return 0
 
 
-class BufferPool:
-    """aio read buffers reused across requests and readers of one transport.
-
-    libnbd 1.14's Python binding (Debian bookworm) never frees an ``nbd.Buffer`` passed to
-    ``aio_pread`` (measured: +256 MiB RSS per 256 MiB read), so buffers are made once and
-    recycled; the pool holds at most what was ever in flight at once.
-    """
-
-    def __init__(self) -> None:
-        self._free: dict[int, list[nbd.Buffer]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> nbd.Buffer:
-        with self._lock:
-            free = self._free.get(size)
-            if free:
-                return free.pop()
-        return nbd.Buffer(size)
-
-    def give(self, buf: nbd.Buffer, size: int) -> None:
-        with self._lock:
-            self._free.setdefault(size, []).append(buf)
-
-
 class NbdReader(DiskReader):
     transport = "nbd"
 
@@ -92,14 +69,15 @@ class NbdReader(DiskReader):
         argv: list[str],
         capacity: int,
         settings: NbdSettings,
-        buffers: BufferPool | None = None,
+        buffers: ReadBuffers | None = None,
     ) -> None:
         super().__init__(capacity)
         self.settings = settings
-        self._buffers = buffers or BufferPool()
+        # on its own: enough for the requests in flight and the chunks being looked at
+        self._buffers = buffers or ReadBuffers(2 * settings.in_flight * (4 << 20))
         self._h = nbd.NBD()
         # libnbd zeroes every read buffer first unless told not to; a failed read's buffer
-        # is never used (read_many raises and drops it), so that memset is pure cost.
+        # is never handed on (read_many raises), so that memset is pure cost.
         self._h.set_pread_initialize(False)
         try:
             self._h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
@@ -123,12 +101,15 @@ class NbdReader(DiskReader):
     def read_many(self, ranges: Iterable[tuple[int, int]]) -> Iterator[tuple[int, bytearray]]:
         """Keep up to ``in_flight`` aio reads queued on the one connection; yield in order.
 
-        Each range lands in a pooled buffer and is copied out into its own bytearray (handed
-        to the caller, so never reused); the buffer goes back to the pool.
+        Each range is read into a buffer from the transport's ReadBuffers and that buffer is
+        what the caller gets: it is reused only once the caller and everyone it handed the
+        chunk to have dropped it. (Buffers are plain bytearrays: libnbd 1.14's Python
+        binding never frees an ``nbd.Buffer`` given to ``aio_pread``, but takes any other
+        buffer object and lets go of it when the command completes.)
         """
         h = self._h
         window = self.settings.in_flight
-        pending: deque[tuple[int, int, nbd.Buffer, int]] = deque()
+        pending: deque[tuple[int, bytearray, int]] = deque()
         it = iter(ranges)
         exhausted = False
         try:
@@ -141,33 +122,24 @@ class NbdReader(DiskReader):
                     off, ln = nxt
                     check_range(off, ln, self.capacity)
                     buf = self._buffers.take(ln)
-                    try:
-                        cookie = h.aio_pread(buf, off)
-                    except BaseException:
-                        self._buffers.give(buf, ln)
-                        raise
-                    pending.append((off, ln, buf, cookie))
+                    pending.append((off, buf, h.aio_pread(buf, off)))
                 if not pending:
                     return
-                off, ln, buf, cookie = pending[0]
+                off, buf, cookie = pending[0]
                 while not h.aio_command_completed(cookie):
                     h.poll(-1)
                 pending.popleft()
-                data = buf.to_bytearray()
-                self._buffers.give(buf, ln)
-                yield off, data
+                yield off, buf
         except nbd.Error as exc:
             raise TransportError(f"nbd aio read: {exc}") from exc
         finally:
-            # A consumer that stops early must not leave buffers the library still writes to.
+            # A consumer that stops early must not leave requests that still write into
+            # buffers the pool would lend again.
             while pending:
-                _, ln, buf, cookie = pending.popleft()
-                try:
+                _, _, cookie = pending.popleft()
+                with contextlib.suppress(nbd.Error):
                     while not h.aio_command_completed(cookie):
                         h.poll(-1)
-                    self._buffers.give(buf, ln)
-                except nbd.Error:
-                    pass  # a failed command's buffer is dropped, not reused
 
     def extents(self, offset: int, length: int) -> list[Extent]:
         check_range(offset, length, self.capacity)
@@ -206,7 +178,7 @@ class NbdTransport:
         self.vcenters = vcenters or VCenterDirectory([])
         self._pwdir: str | None = None
         self._lock = threading.Lock()
-        self.buffers = BufferPool()
+        self.buffers = ReadBuffers(settings.memory_limit_mib << 20)
 
     def _password_file(self, vc: VCenterAccess) -> str:
         """The file nbdkit reads the password from: the config's secret file when there is
