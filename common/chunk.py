@@ -64,16 +64,42 @@ def zstd_decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def compress(data: bytes | bytearray | memoryview, level: int) -> tuple[bytes | bytearray, bool]:
+# The probe: evenly spaced samples of a chunk, each compressed on its own. Only when none of
+# them shrinks is the chunk taken for incompressible (encrypted or already compressed data,
+# media): zstd on such a chunk costs as much as hashing it and saves nothing.
+PROBE_MIN = 64 << 10  # smaller payloads are compressed outright
+PROBE_SAMPLES = 8
+PROBE_SAMPLE = 4 << 10
+PROBE_GAIN = 0.97  # a sample "shrinks" below this fraction of its size
+
+
+def looks_incompressible(data: bytes | bytearray | memoryview, level: int) -> bool:
+    """True when no probe sample of ``data`` compresses (see PROBE_*)."""
+    n = len(data)
+    if n < PROBE_MIN:
+        return False
+    view = memoryview(data)
+    step = n // PROBE_SAMPLES
+    cctx = _compressor(level)
+    for i in range(PROBE_SAMPLES):
+        sample = view[i * step : i * step + PROBE_SAMPLE]
+        if len(cctx.compress(sample)) < len(sample) * PROBE_GAIN:
+            return False
+    return True
+
+
+def compress(
+    data: bytes | bytearray | memoryview, level: int, *, probe: bool = True
+) -> tuple[bytes | bytearray, bool]:
     """zstd-compress ``data``; returns (payload, compressed).
 
-    The raw bytes are returned (compressed=False) when compression does not
-    make the payload smaller, so incompressible data costs no decompression.
-    They are ``data`` itself unless it is a memoryview (which may look into a
-    buffer that gets reused): the caller hands over a bytes or bytearray chunk
-    and must not change it afterwards.
+    The raw bytes are returned (compressed=False) when compression does not make the
+    payload smaller, or, with ``probe``, when no sample of it compresses (then zstd is not
+    run on the whole): incompressible data costs no decompression either. They are ``data``
+    itself unless it is a memoryview (which may look into a buffer that gets reused): the
+    caller hands over a bytes or bytearray chunk and must not change it afterwards.
     """
-    if level > 0:
+    if level > 0 and not (probe and looks_incompressible(data, level)):
         out = _compressor(level).compress(data)
         if len(out) < len(data):
             return out, True
