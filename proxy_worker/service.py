@@ -38,6 +38,7 @@ from proxy_worker.transports.base import DiskSource, Transport
 from proxy_worker.transports.file import FileTransport
 from proxy_worker.transports.http import HttpTransport
 from proxy_worker.transports.nbd import NbdTransport
+from proxy_worker.transports.read_buffers import ReadBuffers
 from proxy_worker.withdrawals import Withdrawals
 from proxy_worker.writers import WriterLink
 
@@ -61,10 +62,13 @@ class ProxyService:
         self.n_shards = n_shards
         self.id_key = settings.chunk_id_key()
         vcenters = vcenters or VCenterDirectory([])
+        # Chunks read over nbd and http land in these and are reused once dropped: one pool,
+        # the size of the memory budget that already bounds chunk bytes in flight.
+        buffers = ReadBuffers(settings.memory_limit_mib * MiB)
         self.transports: dict[str, Transport] = {
             "file": FileTransport(settings),
-            "nbd": NbdTransport(settings, vcenters),
-            "http": HttpTransport(settings.http, vcenters),
+            "nbd": NbdTransport(settings, vcenters, buffers),
+            "http": HttpTransport(settings.http, vcenters, buffers),
         }
         self.throttle = Throttle(settings.throttle)
         self.budget = MemoryBudget(settings.memory_limit_mib * MiB)

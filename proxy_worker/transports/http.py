@@ -26,6 +26,7 @@ from proxy_worker.errors import (
 )
 from proxy_worker.settings import HttpSettings, VCenterAccess, VCenterDirectory
 from proxy_worker.transports.base import DiskReader, DiskSource, check_range
+from proxy_worker.transports.read_buffers import ReadBuffers
 from proxy_worker.transports.tls import check_pin, normalize_thumbprint, ssl_context
 
 log = get_logger(__name__)
@@ -167,10 +168,11 @@ class _Retry(Exception):
 class HttpReader(DiskReader):
     transport = "http"
 
-    def __init__(self, server: Server, source: DiskSource) -> None:
+    def __init__(self, server: Server, source: DiskSource, buffers: ReadBuffers) -> None:
         super().__init__(source.capacity)
         self.server = server
         self.url = folder_url(source)
+        self._buffers = buffers
         self.resumes = 0  # requests made to continue a dropped range (tests, metrics)
 
     def read(self, offset: int, length: int) -> bytearray:
@@ -202,7 +204,7 @@ class HttpReader(DiskReader):
                     break
             for off, ln in run:
                 check_range(off, ln, self.capacity)
-            bufs = [bytearray(ln) for _, ln in run]
+            bufs = [self._buffers.take(ln) for _, ln in run]
             if total:
                 self._fill([memoryview(b) for b in bufs], run[0][0], total)
             yield from zip((off for off, _ in run), bufs, strict=True)
@@ -320,9 +322,16 @@ def _locate(views: list[memoryview], pos: int) -> tuple[int, int]:
 class HttpTransport:
     name = "http"
 
-    def __init__(self, settings: HttpSettings, vcenters: VCenterDirectory) -> None:
+    def __init__(
+        self,
+        settings: HttpSettings,
+        vcenters: VCenterDirectory,
+        buffers: ReadBuffers | None = None,
+    ) -> None:
         self.settings = settings
         self.vcenters = vcenters
+        # without the proxy's pool: enough for one request and the chunks being looked at
+        self.buffers = buffers or ReadBuffers(2 * settings.request_bytes)
         self._servers: dict[str, Server] = {}
         self._lock = threading.Lock()
 
@@ -334,7 +343,7 @@ class HttpTransport:
             return s
 
     def open(self, source: DiskSource) -> HttpReader:
-        return HttpReader(self.server(source.vcenter), source)
+        return HttpReader(self.server(source.vcenter), source, self.buffers)
 
     def close(self) -> None:
         with self._lock:

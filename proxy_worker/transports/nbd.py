@@ -173,12 +173,17 @@ class NbdReader(DiskReader):
 class NbdTransport:
     name = "nbd"
 
-    def __init__(self, settings: ProxySettings, vcenters: VCenterDirectory | None = None) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        vcenters: VCenterDirectory | None = None,
+        buffers: ReadBuffers | None = None,
+    ) -> None:
         self.settings = settings
         self.vcenters = vcenters or VCenterDirectory([])
         self._pwdir: str | None = None
         self._lock = threading.Lock()
-        self.buffers = ReadBuffers(settings.memory_limit_mib << 20)
+        self.buffers = buffers or ReadBuffers(settings.memory_limit_mib << 20)
 
     def _password_file(self, vc: VCenterAccess) -> str:
         """The file nbdkit reads the password from: the config's secret file when there is

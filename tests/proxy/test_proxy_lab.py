@@ -26,6 +26,7 @@ from proxy_worker.transports.base import DiskReader, DiskSource
 from proxy_worker.transports.file import FileTransport
 from proxy_worker.transports.http import HttpReader, HttpTransport
 from proxy_worker.transports.nbd import NbdTransport
+from proxy_worker.transports.read_buffers import ReadBuffers
 from tests.proxy.relay import CuttingRelay
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -133,6 +134,29 @@ def test_http_transport_reads_the_frozen_snapshot(snap: dict[str, Any]) -> None:
         )
         with pytest.raises(DiskNotFoundError), t.open(missing) as r:
             r.read(0, 10)
+    finally:
+        t.close()
+
+
+def test_http_chunks_are_pooled_buffers_never_overwritten_while_held(
+    snap: dict[str, Any],
+) -> None:
+    pool = ReadBuffers(64 * MiB)  # as the proxy's service shares one with nbd
+    t = HttpTransport(HttpSettings(request_bytes=4 * MiB), VCenterDirectory([snap["vc"]]), pool)
+    cap = snap["source"].capacity
+    ranges = [(o, MiB) for o in range(0, cap - MiB, MiB)]
+    try:
+        with t.open(snap["source"]) as r:
+            kept = list(r.read_many(ranges))
+            pooled = t.buffers.kept
+            for _ in range(2):  # later reads take only buffers nobody holds
+                for off, data in r.read_many(ranges):
+                    assert data == snap["frozen"][off : off + MiB]
+                    assert all(data is not k for _, k in kept)
+        for off, data in kept:
+            assert data == snap["frozen"][off : off + MiB]
+        assert pooled == len(ranges) * MiB
+        assert t.buffers.kept <= pooled + 8 * MiB  # one request's buffers more, not 2 passes
     finally:
         t.close()
 
