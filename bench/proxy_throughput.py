@@ -66,6 +66,7 @@ from proxy_worker.transports.base import DiskReader, DiskSource
 from proxy_worker.transports.file import FileTransport
 from proxy_worker.transports.http import HttpTransport
 from proxy_worker.transports.nbd import NbdTransport
+from proxy_worker.transports.read_buffers import ReadBuffers
 from proxy_worker.writers import WriterLink
 
 MiB = 1 << 20
@@ -252,14 +253,16 @@ def consume_main(queue: str, n: int) -> None:
 
 def open_transport(spec: dict[str, Any]) -> Any:
     # nbd as `vmbackup proxy` runs it by default: 4 reads in flight, nbdkit with 4 threads
-    # (this bench used 8 and 8: no faster in the pipeline, see RESULTS.md).
+    # (this bench used 8 and 8: no faster in the pipeline, see RESULTS.md); read buffers
+    # from one pool the size of the memory budget, as the proxy's service makes it.
     settings = ProxySettings(datastore_mounts=spec["mounts"], nbd=NbdSettings(server="file"))
+    buffers = ReadBuffers(settings.memory_limit_mib * MiB)
     if spec["transport"] == "file":
         return FileTransport(settings)
     if spec["transport"] == "nbd":
-        return NbdTransport(settings)
+        return NbdTransport(settings, buffers=buffers)
     vc = VCenterAccess(**spec["vc"])
-    return HttpTransport(HttpSettings(), VCenterDirectory([vc]))
+    return HttpTransport(HttpSettings(), VCenterDirectory([vc]), buffers)
 
 
 def process_cpu() -> float:
