@@ -10,10 +10,10 @@ between frames is a clean end (``None``), in the middle of one a :class:`StreamC
 from __future__ import annotations
 
 import itertools
-import socket
 import struct
 from collections import deque
 from collections.abc import Sequence
+from typing import Protocol
 
 from common.messages import (
     MAX_MESSAGE_BYTES,
@@ -27,11 +27,19 @@ from common.messages import (
 HEADER = struct.Struct(">I")
 
 
+class StreamSocket(Protocol):
+    """What frames need of a connection: a socket, or TLS over one (common/tls_socket.py)."""
+
+    def recv_into(self, buffer: memoryview, /) -> int: ...
+
+    def sendmsg(self, buffers: Sequence[Bytes], /) -> int: ...
+
+
 class StreamClosed(ConnectionError):
     """The peer closed the connection in the middle of a frame."""
 
 
-def send_message(sock: socket.socket, msg: Message) -> None:
+def send_message(sock: StreamSocket, msg: Message) -> None:
     """Encode and send one frame; OSError when the socket fails."""
     send_frame(sock, encode_parts(msg))
 
@@ -40,7 +48,7 @@ def send_message(sock: socket.socket, msg: Message) -> None:
 _MAX_BUFFERS = 512
 
 
-def send_frame(sock: socket.socket, body: Sequence[Bytes]) -> None:
+def send_frame(sock: StreamSocket, body: Sequence[Bytes]) -> None:
     """Header and body (the concatenation of ``body``, see encode_parts) with as few system
     calls as the kernel allows and no copy of the body in user space."""
     size = sum(memoryview(b).nbytes for b in body)
@@ -55,7 +63,7 @@ def send_frame(sock: socket.socket, body: Sequence[Bytes]) -> None:
             parts[0] = parts[0][sent:]
 
 
-def read_message(sock: socket.socket, *kinds: type[Message]) -> Message | None:
+def read_message(sock: StreamSocket, *kinds: type[Message]) -> Message | None:
     """One frame's message, of one of ``kinds``; None when the peer closed the connection
     between frames. A connection that carries many frames reads them with a FrameReader."""
     return FrameReader(sock).read(*kinds)
@@ -65,7 +73,7 @@ class FrameReader:
     """Reads the frames of one socket into one reused buffer: decoding copies every value
     out of it, so a frame needs no fresh (zero-filled, faulted-in) buffer of its own."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: StreamSocket) -> None:
         self.sock = sock
         self._buf = bytearray(HEADER.size)
 

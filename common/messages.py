@@ -158,18 +158,28 @@ def _added_fields(fields: Fields, what: str, **added: Any) -> Fields:
 class HaveReply(Message):
     """Which of the queried ids the writer holds, and where it takes chunk batches
     directly (its chunk stream, see repository_writer/chunk_stream.py): ``data_addr`` is
-    "HOST:PORT" or "" for broker only; ``data_token`` must open every stream to it."""
+    "HOST:PORT" or "" for broker only; ``data_token`` must open every stream to it;
+    ``data_pin`` is the hex SHA-256 of the certificate the stream shows over TLS, or ""
+    for plain TCP (common/tls_socket.py)."""
 
     KIND: ClassVar[str] = "have-reply"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     # Version 1 (writers before chunk streams) had no stream: a proxy uses the broker.
+    # Version 2 (before TLS on the streams) offered plain TCP only.
     UPGRADES: ClassVar[dict[int, typing.Callable[[Fields], Fields]]] = {
-        1: lambda f: _added_fields(f, "have-reply v1", data_addr="", data_token="")
+        1: lambda f: _added_fields(f, "have-reply v1", data_addr="", data_token="", data_pin=""),
+        2: lambda f: _added_fields(f, "have-reply v2", data_pin=""),
     }
     query_id: str
     present: list[bool]
     data_addr: str = ""
     data_token: str = ""
+    data_pin: str = ""
+
+    def __post_init__(self) -> None:
+        pin = self.data_pin
+        if pin and (len(pin) != 64 or pin.strip("0123456789abcdef")):
+            raise MessageError("have-reply: data_pin must be 64 lowercase hex digits or empty")
 
 
 @dataclass(frozen=True, slots=True)

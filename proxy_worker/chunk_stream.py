@@ -12,11 +12,14 @@ address is left alone for ``retry_after`` seconds: those re-sends go through the
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 from common import metrics
 from common.frames import FrameReader, StreamClosed, send_frame, send_message
@@ -32,6 +35,7 @@ from common.messages import (
     StreamHello,
     encode_parts,
 )
+from common.tls_socket import TlsSocket, client_context
 
 log = get_logger(__name__)
 _OnLost = Callable[["_Stream", str], None]
@@ -44,6 +48,20 @@ class StreamLost(TimeoutError):
 def _key(msg: ChunkBatch | ChunkAck | HaveQuery | HaveReply) -> str:
     """The id that pairs a request with its answer."""
     return msg.batch_id if isinstance(msg, ChunkBatch | ChunkAck) else msg.query_id
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A writer's chunk stream as its have-replies describe it."""
+
+    addr: str  # HOST:PORT
+    token: str
+    pin: str = ""  # hex SHA-256 of its TLS certificate; "" = plain TCP
+
+
+@functools.cache
+def _client_context() -> ssl.SSLContext:
+    return client_context()
 
 
 def split_address(addr: str) -> tuple[str, int]:
@@ -63,11 +81,12 @@ class WriterStreams:
         self._lock = threading.Lock()
 
     def send(
-        self, addr: str, token: str, request: ChunkBatch | HaveQuery, reply: Future[Message]
+        self, endpoint: Endpoint, request: ChunkBatch | HaveQuery, reply: Future[Message]
     ) -> bool:
         """Send ``request`` on the writer's stream; ``reply`` gets its answer (or
         StreamLost). False when the stream is unusable: the caller uses the broker."""
-        stream = self._stream(addr, token)
+        addr = endpoint.addr
+        stream = self._stream(endpoint)
         if stream is None:
             return False
         body = encode_parts(request)
@@ -91,24 +110,26 @@ class WriterStreams:
             s.close("proxy closing")
 
     # --- internals -----------------------------------------------------------------------
-    def _stream(self, addr: str, token: str) -> _Stream | None:
+    def _stream(self, endpoint: Endpoint) -> _Stream | None:
+        addr = endpoint.addr
         with self._lock:
             s = self._streams.get(addr)
-            if s is not None and s.alive and s.token == token:
+            if s is not None and s.alive and s.endpoint == endpoint:
                 return s
             if time.monotonic() < self._down_until.get(addr, 0.0):
                 return None
         try:
-            s = _Stream.open(addr, token, self.client, self.connect_timeout, self._on_lost)
-        except (OSError, ValueError) as exc:
-            metrics.PROXY_CHUNK_STREAM_ERRORS.labels(kind="connect").inc()
+            s = _Stream.open(endpoint, self.client, self.connect_timeout, self._on_lost)
+        except (OSError, ValueError) as exc:  # ssl.SSLError and TlsPinError are OSErrors
+            kind = "tls" if isinstance(exc, ssl.SSLError) else "connect"
+            metrics.PROXY_CHUNK_STREAM_ERRORS.labels(kind=kind).inc()
             log.warning("chunk_stream_unavailable", writer=addr, error=str(exc))
             with self._lock:
                 self._down_until[addr] = time.monotonic() + self.retry_after
             return None
         with self._lock:
             old = self._streams.get(addr)
-            if old is not None and old.alive and old.token == token:
+            if old is not None and old.alive and old.endpoint == endpoint:
                 keep: _Stream = old  # another task opened one meanwhile
                 drop: _Stream | None = s
             else:
@@ -131,33 +152,38 @@ class WriterStreams:
 
 
 class _Stream:
-    def __init__(self, sock: socket.socket, addr: str, token: str, on_lost: _OnLost) -> None:
+    def __init__(
+        self, sock: socket.socket | TlsSocket, endpoint: Endpoint, on_lost: _OnLost
+    ) -> None:
         self.sock = sock
-        self.addr = addr
-        self.token = token
+        self.endpoint = endpoint
+        self.addr = endpoint.addr
         self.alive = True
         self._on_lost = on_lost
         self._pending: dict[str, Future[Message]] = {}
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._reader = threading.Thread(
-            target=self._read_loop, name=f"chunk-stream-{addr}", daemon=True
+            target=self._read_loop, name=f"chunk-stream-{endpoint.addr}", daemon=True
         )
 
     @classmethod
-    def open(cls, addr: str, token: str, client: str, timeout: float, on_lost: _OnLost) -> _Stream:
-        sock = socket.create_connection(split_address(addr), timeout=timeout)
+    def open(cls, endpoint: Endpoint, client: str, timeout: float, on_lost: _OnLost) -> _Stream:
+        raw = socket.create_connection(split_address(endpoint.addr), timeout=timeout)
+        sock: socket.socket | TlsSocket = raw
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            send_message(sock, StreamHello(token=token, client=client))
-            sock.settimeout(None)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if endpoint.pin:
+                sock = TlsSocket.client(raw, _client_context(), endpoint.pin, timeout)
+            send_message(sock, StreamHello(token=endpoint.token, client=client))
+            raw.settimeout(None)
         except BaseException:
-            sock.close()
+            raw.close()
             raise
-        s = cls(sock, addr, token, on_lost)
+        s = cls(sock, endpoint, on_lost)
         s._reader.start()
-        log.info("chunk_stream_opened", writer=addr)
+        log.info("chunk_stream_opened", writer=endpoint.addr, tls=bool(endpoint.pin))
         return s
 
     def send(self, key: str, body: list[Bytes], reply: Future[Message]) -> bool:

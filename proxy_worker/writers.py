@@ -16,7 +16,7 @@ from common.amqp import EXCHANGE_SHARDS, Publisher, PublishError, ReplyQueue
 from common.logging import get_logger
 from common.messages import ChunkAck, ChunkBatch, HaveQuery, HaveReply, Message
 from common.sharding import shard_routing_key
-from proxy_worker.chunk_stream import WriterStreams
+from proxy_worker.chunk_stream import Endpoint, WriterStreams
 from proxy_worker.errors import WriterError
 
 log = get_logger(__name__)
@@ -57,11 +57,11 @@ class WriterLink:
         self.timeout = timeout
         self.attempts = attempts
         self.streams = streams
-        # shard -> (address, token) of the chunk stream its writer last offered, and when.
+        # shard -> the chunk stream its writer last offered, and when.
         # Have-queries of a shard go through the broker again after ``stream_refresh``
         # seconds: where several writers consume one shard queue (scaled out), the broker
         # hands each refresh to one of them, so proxies spread over them.
-        self.endpoints: dict[int, tuple[str, str]] = {}
+        self.endpoints: dict[int, Endpoint] = {}
         self._learned: dict[int, float] = {}
         self.stream_refresh = stream_refresh
 
@@ -87,8 +87,9 @@ class WriterLink:
                     raise WriterError(f"shard {shard} answered a have-query with {rep!r:.200}")
                 out[shard] = list(rep.present)
                 if rep.data_addr:
-                    if self.endpoints.get(shard) != (rep.data_addr, rep.data_token):
-                        self.endpoints[shard] = (rep.data_addr, rep.data_token)
+                    offered = Endpoint(rep.data_addr, rep.data_token, rep.data_pin)
+                    if self.endpoints.get(shard) != offered:
+                        self.endpoints[shard] = offered
                         self._learned[shard] = time.monotonic()
                 else:
                     self.endpoints.pop(shard, None)
@@ -107,7 +108,7 @@ class WriterLink:
             endpoint = None
         if self.streams is not None and endpoint is not None:
             fut: Future[Message] = Future()
-            if self.streams.send(*endpoint, HaveQuery(query_id=qid, reply_to="", ids=ids), fut):
+            if self.streams.send(endpoint, HaveQuery(query_id=qid, reply_to="", ids=ids), fut):
                 metrics.PROXY_HAVE_QUERIES.labels(path="direct").inc()
                 return fut
         fut = self.replies.expect(qid)
@@ -171,7 +172,7 @@ class WriterLink:
         msg = ChunkBatch(
             batch_id=batch.batch_id, task_id=batch.task_id, reply_to="", chunks=batch.chunks
         )
-        if not self.streams.send(endpoint[0], endpoint[1], msg, reply):
+        if not self.streams.send(endpoint, msg, reply):
             return False
         batch.reply = reply
         batch.confirm = _SENT

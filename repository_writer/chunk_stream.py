@@ -33,6 +33,8 @@ from common import metrics
 from common.frames import FrameReader, StreamClosed, read_message, send_message
 from common.logging import get_logger
 from common.messages import ChunkBatch, HaveQuery, Message, MessageError, StreamHello
+from common.tls_socket import TlsSocket
+from repository_writer.stream_identity import StreamIdentity
 
 log = get_logger(__name__)
 HELLO_TIMEOUT = 10.0
@@ -68,10 +70,13 @@ class ChunkStreamServer:
         workers: int,
         max_inflight: int,
         name: str,
+        identity: StreamIdentity | None = None,
     ) -> None:
         self.handle = handle
         self.name = name
         self.token = secrets.token_hex(16)
+        self._identity = identity
+        self.pin = identity.fingerprint if identity is not None else ""
         host, port = parse_listen(listen)
         self._listener = socket.create_server(
             (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=64
@@ -90,7 +95,9 @@ class ChunkStreamServer:
 
     def start(self) -> ChunkStreamServer:
         self._acceptor.start()
-        log.info("chunk_stream_listening", writer=self.name, address=self.address)
+        log.info(
+            "chunk_stream_listening", writer=self.name, address=self.address, tls=bool(self.pin)
+        )
         return self
 
     def stop(self) -> None:
@@ -127,10 +134,16 @@ class ChunkStreamServer:
                 target=self._serve, args=(conn, f"{peer[0]}:{peer[1]}"), daemon=True
             ).start()
 
-    def _serve(self, sock: socket.socket, peer: str) -> None:
-        conn = _Conn(sock, peer)
+    def _serve(self, raw: socket.socket, peer: str) -> None:
         metrics.WRITER_STREAMS.inc()
+        sock: socket.socket | TlsSocket = raw
+        conn = _Conn(sock, peer)
         try:
+            if self._identity is not None:
+                tls = self._tls(raw, peer)
+                if tls is None:
+                    return
+                sock = conn.sock = tls
             if not self._hello(sock, peer):
                 return
             frames = FrameReader(sock)
@@ -163,10 +176,19 @@ class ChunkStreamServer:
         finally:
             metrics.WRITER_STREAMS.dec()
             with self._lock:
-                self._conns.discard(sock)
+                self._conns.discard(raw)
             conn.reader_done()  # closes the socket once the last ack is out
 
-    def _hello(self, conn: socket.socket, peer: str) -> bool:
+    def _tls(self, raw: socket.socket, peer: str) -> TlsSocket | None:
+        assert self._identity is not None
+        try:
+            return TlsSocket.server(raw, self._identity.context, HELLO_TIMEOUT)
+        except (OSError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+            log.warning("chunk_stream_refused", writer=self.name, peer=peer, error=f"TLS: {exc}")
+            metrics.WRITER_STREAM_ERRORS.labels(kind="tls").inc()
+            return None
+
+    def _hello(self, conn: socket.socket | TlsSocket, peer: str) -> bool:
         conn.settimeout(HELLO_TIMEOUT)
         try:
             hello = read_message(conn, StreamHello)
@@ -206,7 +228,7 @@ class _Conn:
     """One proxy's connection: acks go out under one lock; the socket is closed when its
     reader has ended and no batch read from it is still being stored."""
 
-    def __init__(self, sock: socket.socket, peer: str) -> None:
+    def __init__(self, sock: socket.socket | TlsSocket, peer: str) -> None:
         self.sock = sock
         self.peer = peer
         self._lock = threading.Lock()

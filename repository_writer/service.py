@@ -48,6 +48,7 @@ from repository_writer import fsutil
 from repository_writer.chunk_stream import ChunkStreamServer, route_address
 from repository_writer.errors import RepositoryError
 from repository_writer.repository import Repository
+from repository_writer.stream_identity import make_identity
 
 log = get_logger("writer")
 DEFAULT_EXCHANGE = ""  # routes by queue name: replies go straight to the asker's queue
@@ -69,6 +70,7 @@ class WriterService:
         name: str = "writer",
         data_listen: str = "",
         data_advertise: str = "",
+        data_tls: bool = False,
     ) -> None:
         self.repo = repo
         self.params = params
@@ -113,6 +115,7 @@ class WriterService:
                 workers=workers,
                 max_inflight=prefetch,
                 name=name,
+                identity=make_identity(name) if data_tls else None,
             )
             if data_listen
             else None
@@ -220,7 +223,8 @@ class WriterService:
         metrics.WRITER_HAVE_IDS.labels(result="absent").inc(len(present) - n)
         if self.chunk_stream is None:
             return HaveReply(msg.query_id, present)
-        return HaveReply(msg.query_id, present, self.chunk_stream.address, self.chunk_stream.token)
+        stream = self.chunk_stream
+        return HaveReply(msg.query_id, present, stream.address, stream.token, stream.pin)
 
     def on_commit(self, msg: CommitRequest) -> CommitReply:
         return commit_queue_reply(self.repo, msg)
@@ -309,6 +313,7 @@ def main(args: argparse.Namespace) -> int:
         name=ws.name,
         data_listen=ws.data_listen,
         data_advertise=ws.data_advertise,
+        data_tls=ws.stream_tls(cfg.broker.url),
     )
     stop_on_signals(service)
     try:

@@ -47,7 +47,18 @@ class WriterSettings:
         " address on its route to the broker, and the bound port)",
         default="",
     )
+    data_tls: str = doc(
+        'TLS on the chunk stream: "on", "off" or "auto" (on when broker.url is amqps://);'
+        " proxies pin the certificate the writer makes at start (docs/operations.md)",
+        default="auto",
+    )
     consume_commits: bool = doc("also consume vmbackup.commits", default=True)
+
+    def stream_tls(self, broker_url: str) -> bool:
+        """Whether the chunk stream speaks TLS, given where the broker is."""
+        if self.data_tls == "auto":
+            return broker_url.startswith("amqps://")
+        return self.data_tls == "on"
 
     def __post_init__(self) -> None:
         if self.shard_queue_type not in ("classic", "quorum"):
@@ -58,5 +69,7 @@ class WriterSettings:
             from repository_writer.chunk_stream import parse_listen
 
             parse_listen(self.data_listen)
+        if self.data_tls not in ("on", "off", "auto"):
+            raise ValueError(f"data_tls {self.data_tls!r}: on, off or auto")
         if not 1 <= self.commit_prefetch <= 16:
             raise ValueError("commit_prefetch must be within 1..16")

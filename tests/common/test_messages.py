@@ -101,6 +101,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         present=st.lists(st.booleans()),
         data_addr=text,
         data_token=text,
+        data_pin=st.one_of(st.just(""), st.binary(min_size=32, max_size=32).map(bytes.hex)),
     ),
     m.StreamHello: st.builds(m.StreamHello, token=text, client=text),
     m.CommitRequest: st.builds(
@@ -372,13 +373,30 @@ def test_have_reply_of_a_writer_before_chunk_streams_is_understood() -> None:
     as a reply without a chunk stream; versions nobody knows are refused by name."""
     body = {"k": "have-reply", "v": 1, "query_id": "q", "present": [True, False]}
     got = m.decode(msgpack.packb(body, use_bin_type=True), m.HaveReply)
-    assert got == m.HaveReply("q", [True, False], "", "")
-    for bad in (3, 0, True, "1", [1]):
-        with pytest.raises(m.MessageError, match=r"unsupported version .* \(supported: 2, 1\)"):
+    assert got == m.HaveReply("q", [True, False], "", "", "")
+    for bad in (4, 0, True, "1", [1]):
+        with pytest.raises(m.MessageError, match=r"unsupported version .* \(supported: 3, 1, 2\)"):
             m.decode(msgpack.packb({**body, "v": bad}, use_bin_type=True))
     # an old writer's fields only: a v1 body with v2 fields is not a v1 message
     with pytest.raises(m.MessageError, match="unexpected field"):
         m.decode(msgpack.packb({**body, "data_addr": "h:1"}, use_bin_type=True))
+
+
+def test_have_reply_of_a_writer_before_stream_tls_offers_plain_tcp() -> None:
+    body = {"k": "have-reply", "v": 2, "query_id": "q", "present": [True]}
+    v2 = {**body, "data_addr": "h:7", "data_token": "t"}
+    got = m.decode(msgpack.packb(v2, use_bin_type=True), m.HaveReply)
+    assert got == m.HaveReply("q", [True], "h:7", "t", "")
+    with pytest.raises(m.MessageError, match="unexpected field"):
+        m.decode(msgpack.packb({**v2, "data_pin": "ab" * 32}, use_bin_type=True))
+
+
+@pytest.mark.parametrize("pin", ["ab", "AB" * 32, "zz" * 32, "ab" * 33])
+def test_have_reply_pin_is_a_sha256_in_hex_or_nothing(pin: str) -> None:
+    with pytest.raises(m.MessageError, match="data_pin"):
+        m.HaveReply("q", [], "h:1", "t", pin)
+    good = m.HaveReply("q", [], "h:1", "t", "ab" * 32)
+    assert m.decode(m.encode(good)) == good
 
 
 def test_commit_request_version_2_is_required() -> None:

@@ -21,7 +21,8 @@ from common.chunk import compress
 from common.frames import read_message, send_frame, send_message
 from common.messages import ChunkAck, ChunkBatch, HaveQuery, HaveReply, Message, StreamHello
 from common.sharding import shard_of
-from proxy_worker.chunk_stream import StreamLost, WriterStreams, split_address
+from common.tls_socket import TlsPinError, TlsSocket, client_context
+from proxy_worker.chunk_stream import Endpoint, StreamLost, WriterStreams, split_address
 from proxy_worker.writers import PendingBatch, WriterLink
 from repository_writer.chunk_stream import parse_listen
 from repository_writer.repository import Repository
@@ -34,11 +35,19 @@ CS = 256 * 1024
 N = 4
 
 
-@pytest.fixture
-def writer(broker: BrokerParams, tmp_path: Path) -> Iterator[tuple[Repository, WriterService]]:
+@pytest.fixture(params=[False, True], ids=["tcp", "tls"])
+def writer(
+    broker: BrokerParams, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Repository, WriterService]]:
+    """A writer with a chunk stream, in plain TCP and in TLS."""
     repo = Repository.init(tmp_path / "repo", chunk_size=CS, compression_level=1)
     service = WriterService(
-        Repository.open(repo.path), broker, n_shards=N, shards="0-1", data_listen="127.0.0.1:0"
+        Repository.open(repo.path),
+        broker,
+        n_shards=N,
+        shards="0-1",
+        data_listen="127.0.0.1:0",
+        data_tls=request.param,
     )
     service.start()
     yield repo, service
@@ -63,26 +72,31 @@ def _entries(repo: Repository, shard: int, n: int) -> list[Entry]:
     return out
 
 
-def _send(streams: WriterStreams, addr: str, token: str, chunks: list[Entry]) -> Future[Message]:
+def _send(streams: WriterStreams, endpoint: Endpoint, chunks: list[Entry]) -> Future[Message]:
     fut: Future[Message] = Future()
-    assert streams.send(addr, token, ChunkBatch(uuid.uuid4().hex, "t", "", chunks), fut)
+    assert streams.send(endpoint, ChunkBatch(uuid.uuid4().hex, "t", "", chunks), fut)
     return fut
 
 
-def _stream_of(service: WriterService) -> tuple[str, str]:
-    """The address and token the writer hands out in its have-replies."""
-    assert service.chunk_stream is not None
-    return service.chunk_stream.address, service.chunk_stream.token
+def _stream_of(service: WriterService) -> Endpoint:
+    """The address, token and pin the writer hands out in its have-replies."""
+    cs = service.chunk_stream
+    assert cs is not None
+    return Endpoint(cs.address, cs.token, cs.pin)
 
 
-def _open(addr: str) -> socket.socket:
-    return socket.create_connection(split_address(addr), timeout=10)
+def _open(endpoint: Endpoint) -> socket.socket | TlsSocket:
+    """A connection to the stream as a proxy makes it, before its hello."""
+    raw = socket.create_connection(split_address(endpoint.addr), timeout=10)
+    if not endpoint.pin:
+        return raw
+    return TlsSocket.client(raw, client_context(), endpoint.pin, 10)
 
 
-def _closed_by_writer(s: socket.socket) -> bool:
+def _closed_by_writer(s: socket.socket | TlsSocket) -> bool:
     """The writer closed without answering (a reset when our bytes were left unread)."""
     try:
-        return s.recv(1) == b""
+        return s.recv_into(bytearray(1)) == 0
     except ConnectionResetError:
         return True
 
@@ -95,22 +109,21 @@ def test_have_reply_offers_the_stream_and_batches_on_it_are_durable(
     rep = client.have(1, [c[0] for c in chunks])
     assert rep.present == [False] * 3
     assert service.chunk_stream is not None
-    assert (rep.data_addr, rep.data_token) == (
-        service.chunk_stream.address,
-        service.chunk_stream.token,
-    )
+    offered = Endpoint(rep.data_addr, rep.data_token, rep.data_pin)
+    assert offered == _stream_of(service)
     assert rep.data_addr.startswith("127.0.0.1:") and len(rep.data_token) == 32
+    assert len(rep.data_pin) == (64 if service.chunk_stream.pin else 0)
     streams = WriterStreams("test", connect_timeout=5)
     try:
-        futs = [_send(streams, rep.data_addr, rep.data_token, [c]) for c in chunks]
+        futs = [_send(streams, offered, [c]) for c in chunks]
         acks = [f.result(timeout=30) for f in futs]  # pipelined on one connection
         assert all(isinstance(a, ChunkAck) and a.ok and a.stored == 1 for a in acks)
         assert acks[0].shard == 1
-        again = _send(streams, rep.data_addr, rep.data_token, chunks).result(timeout=30)
+        again = _send(streams, offered, chunks).result(timeout=30)
         assert isinstance(again, ChunkAck) and (again.stored, again.known) == (0, 3)
         fut: Future[Message] = Future()
         query = HaveQuery("q-1", "", [c[0] for c in chunks] + [os.urandom(32)])
-        assert streams.send(rep.data_addr, rep.data_token, query, fut)
+        assert streams.send(offered, query, fut)
         have = fut.result(timeout=30)
         assert isinstance(have, HaveReply) and have.query_id == "q-1"
         assert have.present == [True, True, True, False]
@@ -127,17 +140,17 @@ def test_refusals_on_the_stream_are_acks_not_crashes(
     writer: tuple[Repository, WriterService],
 ) -> None:
     repo, service = writer
-    addr, token = _stream_of(service)
+    endpoint = _stream_of(service)
     good = _entries(repo, 0, 1)[0]
     forged = (good[0], good[1], good[2], compress(os.urandom(CS), 1)[0])
     stray = _entries(repo, 2, 1)  # shard 2 is not this writer's
     streams = WriterStreams("test", connect_timeout=5)
     try:
-        bad = _send(streams, addr, token, [forged]).result(timeout=30)
+        bad = _send(streams, endpoint, [forged]).result(timeout=30)
         assert isinstance(bad, ChunkAck) and not bad.ok and "hash" in bad.error
-        other = _send(streams, addr, token, stray).result(timeout=30)
+        other = _send(streams, endpoint, stray).result(timeout=30)
         assert isinstance(other, ChunkAck) and not other.ok and "does not own" in other.error
-        ok = _send(streams, addr, token, [good]).result(timeout=30)  # same stream still works
+        ok = _send(streams, endpoint, [good]).result(timeout=30)  # same stream still works
         assert isinstance(ok, ChunkAck) and ok.ok
     finally:
         streams.close()
@@ -152,30 +165,31 @@ def test_wrong_token_and_garbage_are_dropped_and_store_nothing(
     writer: tuple[Repository, WriterService],
 ) -> None:
     repo, service = writer
-    addr, token = _stream_of(service)
+    endpoint = _stream_of(service)
+    token = endpoint.token
     chunk = _entries(repo, 0, 1)[0]
     batch = ChunkBatch("b1", "t", "", [chunk])
 
     before = _errors("token")
-    with _open(addr) as s:
+    with _open(endpoint) as s:
         send_message(s, StreamHello(token="0" * 32, client="intruder"))
         send_message(s, batch)
         assert _closed_by_writer(s)  # without an ack
     assert _errors("token") == before + 1
 
     before = _errors("MessageError")
-    with _open(addr) as s:
+    with _open(endpoint) as s:
         send_message(s, StreamHello(token=token, client="buggy"))
         send_frame(s, [b"\xc1 not msgpack"])
         assert _closed_by_writer(s)
-    with _open(addr) as s:
+    with _open(endpoint) as s:
         send_message(s, StreamHello(token=token, client="huge"))
         s.sendall(struct.pack(">I", 1 << 31))
         assert _closed_by_writer(s)
     assert _errors("MessageError") == before + 2
 
     before = _errors("StreamClosed")
-    with _open(addr) as s:  # killed mid-frame: the half batch is not stored
+    with _open(endpoint) as s:  # killed mid-frame: the half batch is not stored
         send_message(s, StreamHello(token=token, client="killed"))
         body = bytearray(struct.pack(">I", 1 << 20)) + os.urandom(1000)
         s.sendall(body)
@@ -185,7 +199,7 @@ def test_wrong_token_and_garbage_are_dropped_and_store_nothing(
     assert _errors("StreamClosed") == before + 1
     assert not repo.chunks.exists(chunk[0])
 
-    with _open(addr) as s:  # and a well-behaved stream is served as before
+    with _open(endpoint) as s:  # and a well-behaved stream is served as before
         send_message(s, StreamHello(token=token, client="good"))
         send_message(s, batch)
         ack = read_message(s, ChunkAck)
@@ -196,24 +210,24 @@ def test_a_stream_that_breaks_fails_its_batches_as_lost_and_rests(
     writer: tuple[Repository, WriterService],
 ) -> None:
     repo, service = writer
-    addr, token = _stream_of(service)
+    endpoint = _stream_of(service)
     streams = WriterStreams("test", connect_timeout=5, retry_after=30)
     try:
-        assert _send(streams, addr, token, _entries(repo, 0, 1)).result(timeout=30)
+        assert _send(streams, endpoint, _entries(repo, 0, 1)).result(timeout=30)
         service.close()  # the writer goes away: its stream ends
         fut: Future[Message] = Future()
         deadline = time.monotonic() + 10
         sent = True
         while sent and time.monotonic() < deadline:  # until the stream is seen gone
             fut = Future()
-            sent = streams.send(addr, token, ChunkBatch("b", "t", "", []), fut)
+            sent = streams.send(endpoint, ChunkBatch("b", "t", "", []), fut)
             time.sleep(0.05)
         assert not sent  # the caller falls back to the broker
         if fut.done():
             with pytest.raises(StreamLost):
                 fut.result()
         # resting: no new connection attempt within retry_after
-        assert not streams.send(addr, token, ChunkBatch("c", "t", "", []), Future())
+        assert not streams.send(endpoint, ChunkBatch("c", "t", "", []), Future())
     finally:
         streams.close()
 
@@ -223,7 +237,7 @@ def test_unreachable_stream_is_refused_at_once() -> None:
         s.bind(("127.0.0.1", 0))
         addr = f"127.0.0.1:{s.getsockname()[1]}"  # bound, not listening: refused
         streams = WriterStreams("test", connect_timeout=2)
-        assert not streams.send(addr, "t", ChunkBatch("b", "t", "", []), Future())
+        assert not streams.send(Endpoint(addr, "t"), ChunkBatch("b", "t", "", []), Future())
         streams.close()
 
 
@@ -256,7 +270,7 @@ def test_writer_link_uses_the_stream_and_falls_back_to_the_broker(
         first, second, third = (_entries(repo, 0, 1) for _ in range(3))
         asked = _asked("broker"), _asked("direct")
         assert link.have({0: [first[0][0]]}) == {0: [False]}  # learns the stream
-        assert link.endpoints[0][0] == service.chunk_stream.address
+        assert link.endpoints[0] == _stream_of(service)
         assert link.have({0: [first[0][0]]}) == {0: [False]}  # asked on it
         assert (_asked("broker"), _asked("direct")) == (asked[0] + 1, asked[1] + 1)
         direct, via_broker = _sent("direct"), _sent("broker")
@@ -317,7 +331,7 @@ def test_proxies_spread_over_writers_sharing_a_shard(broker: BrokerParams, tmp_p
         seen = set()
         for _ in range(8):
             link.have({0: [os.urandom(32)]})
-            seen.add(link.endpoints[0][0])
+            seen.add(link.endpoints[0].addr)
         assert seen == {s.chunk_stream.address for s in services if s.chunk_stream}
     finally:
         streams.close()
@@ -333,7 +347,7 @@ def test_a_handler_fault_drops_the_stream_so_requests_go_again_at_once(
     """A fault the handler does not turn into a refusal (a bug, an unexpected OSError
     from below) must not leave the proxy waiting writer_timeout for an answer."""
     repo, service = writer
-    addr, token = _stream_of(service)
+    endpoint = _stream_of(service)
 
     def broken(items: object) -> None:
         raise RuntimeError("injected fault")
@@ -342,9 +356,70 @@ def test_a_handler_fault_drops_the_stream_so_requests_go_again_at_once(
     before = _errors("handler")
     streams = WriterStreams("test", connect_timeout=5)
     try:
-        fut = _send(streams, addr, token, _entries(repo, 0, 1))
+        fut = _send(streams, endpoint, _entries(repo, 0, 1))
         with pytest.raises(StreamLost):
             fut.result(timeout=10)
     finally:
         streams.close()
     assert _errors("handler") == before + 1
+
+
+def test_tls_stream_refuses_a_wrong_pin_and_plain_peers(
+    broker: BrokerParams, tmp_path: Path
+) -> None:
+    """A proxy shown another certificate than the pinned one does not send (its batches
+    go through the broker); a writer speaking TLS drops a plain-TCP peer, and the other
+    way round."""
+    repo = Repository.init(tmp_path / "repo", chunk_size=CS, compression_level=1)
+    tls, plain = (
+        WriterService(
+            Repository.open(repo.path),
+            broker,
+            n_shards=N,
+            shards="0-1",
+            name=name,
+            consume_commits=False,
+            data_listen="127.0.0.1:0",
+            data_tls=on,
+        ).start()
+        for name, on in (("w-tls", True), ("w-plain", False))
+    )
+    try:
+        good = _stream_of(tls)
+        assert len(good.pin) == 64 and _stream_of(plain).pin == ""
+        wrong = Endpoint(good.addr, good.token, "0" * 64)
+        with pytest.raises(TlsPinError, match="does not match"):
+            _open(wrong)
+        before = metrics.PROXY_CHUNK_STREAM_ERRORS.labels(kind="tls")._value.get()
+        streams = WriterStreams("test", connect_timeout=5)
+        try:
+            assert not streams.send(wrong, ChunkBatch("b", "t", "", []), Future())
+            after = metrics.PROXY_CHUNK_STREAM_ERRORS.labels(kind="tls")._value.get()
+            assert after == before + 1
+        finally:
+            streams.close()
+
+        refused = _errors("tls")
+        with _open(Endpoint(good.addr, good.token)) as s:  # plain TCP to the TLS stream
+            send_message(s, StreamHello(token=good.token, client="plain"))
+            assert _closed_by_writer(s)
+        deadline = time.monotonic() + 10
+        while _errors("tls") == refused and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _errors("tls") == refused + 1
+
+        p = _stream_of(plain)
+        with pytest.raises((OSError, ConnectionError)):  # TLS to the plain stream
+            _open(Endpoint(p.addr, p.token, good.pin))
+        # both still serve the peers they expect
+        chunk = _entries(repo, 0, 1)
+        streams = WriterStreams("test", connect_timeout=5)
+        try:
+            for e in (good, p):
+                ack = _send(streams, e, chunk).result(timeout=30)
+                assert isinstance(ack, ChunkAck) and ack.ok
+        finally:
+            streams.close()
+    finally:
+        tls.close()
+        plain.close()
