@@ -310,7 +310,11 @@ def child_main(spec_json: str) -> None:
     transport = open_transport(spec)
     pub = Publisher(params, name="bench-proxy")
     replies = ReplyQueue(params, name="bench-proxy-replies")
-    streams = WriterStreams("bench-proxy", connect_timeout=10) if spec["path"] == "stream" else None
+    streams = (
+        WriterStreams("bench-proxy", connect_timeout=10)
+        if spec["path"].startswith("stream")
+        else None
+    )
     link = WriterLink(
         pub,
         replies,
@@ -338,7 +342,7 @@ def child_main(spec_json: str) -> None:
 
 
 def start_writer(
-    root: Path, repo_root: Path, params: BrokerParams, tag: str, *, stream: bool
+    root: Path, repo_root: Path, params: BrokerParams, tag: str, *, stream: bool, tls: bool
 ) -> tuple[subprocess.Popen[bytes], Path]:
     repo = repo_root / f"vmbackup-bench-repo-{tag}-{uuid.uuid4().hex[:6]}"
     subprocess.run(
@@ -363,6 +367,7 @@ def start_writer(
         f'[metrics]\nport = 0\n[repository]\npath = "{repo}"\n'
         f'[writer]\nname = "bench-writer-{tag}"\nconsume_commits = false\n'
         + ('data_listen = "127.0.0.1:0"\n' if stream else "")
+        + f'data_tls = "{"on" if tls else "off"}"\n'
     )
     log = root / f"writer-{tag}.log"
     with open(log, "wb") as fh:
@@ -391,7 +396,7 @@ def main() -> None:
     ap.add_argument(
         "--chunk-paths",
         default="stream,broker",
-        help="how chunk batches reach the writer: stream, broker, broker-persistent",
+        help="how chunk batches reach the writer: stream, stream-tls, broker, broker-persistent",
     )
     ap.add_argument(
         "--repo-dir",
@@ -483,7 +488,12 @@ def main() -> None:
                 t.close()
                 for path in args.chunk_paths.split(","):
                     writer, repo = start_writer(
-                        root, Path(args.repo_dir), params, f"{name}-{path}", stream=path == "stream"
+                        root,
+                        Path(args.repo_dir),
+                        params,
+                        f"{name}-{path}",
+                        stream=path.startswith("stream"),
+                        tls=path == "stream-tls",
                     )
                     where.pin_backend(writer.pid)
                     w_cpu0, b_cpu0 = proc_cpu(writer.pid), proc_cpu(broker) if broker else 0.0
