@@ -117,26 +117,36 @@ class TlsSocket:
 
     # --- reading (one thread) --------------------------------------------------------------
     def recv_into(self, view: memoryview | bytearray) -> int:
-        """Up to len(view) plaintext bytes; 0 when the peer closed the connection."""
-        if not len(view):
+        """Up to len(view) plaintext bytes; 0 when the peer closed the connection. Opens
+        as many buffered records as fit in one go (a record holds at most 16 KiB)."""
+        view = memoryview(view).cast("B")
+        size = len(view)
+        if not size:
             return 0
         while True:
+            got = 0
+            closed = False
             with self._tls_lock:
-                try:
-                    # with a buffer, read() returns the count (typeshed says bytes)
-                    n = cast(int, self._tls.read(len(view), view))
-                except ssl.SSLWantReadError:
-                    n = -1
-                except ssl.SSLZeroReturnError:
-                    return 0  # close_notify: a clean end
+                while got < size:
+                    try:
+                        # with a buffer, read() returns the count (typeshed says bytes)
+                        n = cast(int, self._tls.read(size - got, view[got:]))
+                    except ssl.SSLWantReadError:
+                        break
+                    except ssl.SSLZeroReturnError:
+                        closed = True  # close_notify: a clean end
+                        break
+                    if n <= 0:
+                        break
+                    got += n
                 pending = self._out.pending
             if pending and self._send_lock.acquire(blocking=False):
                 try:  # what reading made (a key update, say) goes out unless a send is on
                     self._flush()  # its way, which takes it along
                 finally:
                     self._send_lock.release()
-            if n >= 0:
-                return n
+            if got or closed:
+                return got
             if not self._feed():
                 return 0
 

@@ -113,6 +113,8 @@ class StackSpec:
     # Writers offer chunk streams (proxies send chunk batches to them directly); False:
     # chunk batches only through the broker.
     chunk_streams: bool = True
+    # Those streams in TLS (writer.data_tls = "on"; "auto" would follow the lab's amqp://).
+    stream_tls: bool = False
 
 
 class Stack:
@@ -210,6 +212,7 @@ path = {toml_str(str(repo or self.repo))}
 [writer]
 prefetch = 4
 {'data_listen = "127.0.0.1:0"' if s.chunk_streams else ""}
+data_tls = {toml_str("on" if s.stream_tls else "off")}
 
 [proxy]
 queues = [{queues}]

@@ -1,9 +1,13 @@
 """An encrypted repository through the whole pipeline: keyed chunk ids at the proxies,
-AES-256-GCM at the writers, full then incremental, restores bit-exact."""
+AES-256-GCM at the writers, chunk streams in TLS (the set-up for a network nobody trusts),
+full then incremental, restores bit-exact."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,11 +20,23 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MiB = 1 << 20
 
 
+def _log_events(logs: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in logs.glob("*.log"):
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    out.append(event)
+    return out
+
+
 def test_encrypted_repository_end_to_end(tmp_path: Path) -> None:
     spec = LabSpec(clusters=1, hosts_per_cluster=1, vms_per_host=2, disk_sizes=[24 * MiB + 777])
     with Lab.start(spec) as lab:
         lab.fill_disks(seed=5, template_vms=1)
-        with Stack(lab, tmp_path, StackSpec(n_shards=4, encrypt=True)) as stack:
+        spec_ = StackSpec(n_shards=4, encrypt=True, stream_tls=True)
+        with Stack(lab, tmp_path, spec_) as stack:
             full_expected = disk_digests(lab)
             full = stack.backup()
             assert full.returncode == 0, full.report
@@ -51,4 +67,9 @@ def test_encrypted_repository_end_to_end(tmp_path: Path) -> None:
             needle = b"\x5a" * 4096
             for f in chunk_files:
                 assert needle not in f.read_bytes()
+            # The chunks went over the writers' streams, in TLS.
+            events = _log_events(stack.logs)
+            opened = [e for e in events if e.get("event") == "chunk_stream_opened"]
+            assert any(e.get("tls") is True for e in opened)  # a proxy's side
+            assert not [e for e in events if e.get("event") == "chunk_stream_unavailable"]
         assert lab_snapshots(lab) == []
