@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 
@@ -102,39 +104,55 @@ def test_a_wrong_pin_is_refused(identity: StreamIdentity) -> None:
         _pair(identity, pin="00" * 32)
 
 
+class _Wire:
+    """A TLS pair through a relay that records (and may alter) what the client sends."""
+
+    def __init__(self, identity: StreamIdentity, flip_at: int = -1) -> None:
+        a, self._b = socket.socketpair()
+        tap, self._b_end = socket.socketpair()
+        self.seen = bytearray()
+        self._flip_at = flip_at
+        server: list[TlsSocket] = []
+        for f in (self._forward, self._back):
+            threading.Thread(target=f, daemon=True).start()
+        t = threading.Thread(
+            target=lambda: server.append(TlsSocket.server(tap, identity.context, 10))
+        )
+        t.start()
+        self.client = TlsSocket.client(a, client_context(), identity.fingerprint, 10)
+        t.join(10)
+        self.server = server[0]
+
+    def _forward(self) -> None:
+        with contextlib.suppress(OSError):
+            while data := self._b.recv(65536):
+                at = self._flip_at - len(self.seen)
+                self.seen.extend(data)
+                if 0 <= at < len(data):
+                    data = bytearray(data)
+                    data[at] ^= 0x01
+                self._b_end.sendall(data)
+            self._b_end.shutdown(socket.SHUT_WR)
+
+    def _back(self) -> None:
+        with contextlib.suppress(OSError):
+            while data := self._b_end.recv(65536):
+                self._b.sendall(data)
+
+    def close(self) -> None:
+        for s in (self.client, self.server, self._b, self._b_end):
+            s.close()
+
+
 def test_the_wire_carries_no_plaintext(identity: StreamIdentity) -> None:
     """What travels is ciphertext: a marker in a frame is not on the socket."""
-    a, b = socket.socketpair()
-    tap, b_end = socket.socketpair()  # relay b -> tap so the test sees the raw bytes
-    seen = bytearray()
-
-    def relay() -> None:
-        while data := b.recv(65536):
-            seen.extend(data)
-            b_end.sendall(data)
-        b_end.shutdown(socket.SHUT_WR)
-
-    def back() -> None:
-        while data := b_end.recv(65536):
-            b.sendall(data)
-
-    server: list[TlsSocket] = []
-    threads = [threading.Thread(target=f) for f in (relay, back)]
-    threads.append(
-        threading.Thread(target=lambda: server.append(TlsSocket.server(tap, identity.context, 10)))
-    )
-    for t in threads:
-        t.start()
-    client = TlsSocket.client(a, client_context(), identity.fingerprint, 10)
-    threads[2].join(10)
+    wire = _Wire(identity)
     marker = b"plaintext-marker-" * 100
-    send_frame(client, [marker])
-    got = FrameReader(server[0])._recv_exact(4 + len(marker), at_boundary=False)
+    send_frame(wire.client, [marker])
+    got = FrameReader(wire.server)._recv_exact(4 + len(marker), at_boundary=False)
     assert got is not None and bytes(got)[4:] == marker
-    assert b"plaintext-marker" not in seen
-    client.close()
-    server[0].close()
-    b.close()
+    assert b"plaintext-marker" not in wire.seen
+    wire.close()
 
 
 def test_a_peer_that_is_not_tls_fails_the_handshake(identity: StreamIdentity) -> None:
@@ -154,3 +172,20 @@ def test_end_of_stream_reads_as_zero(pair: tuple[TlsSocket, TlsSocket]) -> None:
     frames = FrameReader(server)
     assert frames._recv_exact(8, at_boundary=False) is not None
     assert frames.read(ChunkBatch) is None  # the peer closed between frames
+
+
+def test_a_changed_byte_on_the_wire_fails_the_read(identity: StreamIdentity) -> None:
+    """Ciphertext altered in transit (past the handshake) is an error, never data."""
+    wire = _Wire(identity, flip_at=200_000)  # inside the first 1 MiB frame
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            send_message(wire.client, _batch(1, 1 << 20))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    with pytest.raises(ssl.SSLError):
+        FrameReader(wire.server).read(ChunkBatch)
+    wire.close()  # the sender's sendall fails now instead of waiting for a reader
+    sender.join(10)
+    assert not sender.is_alive()
