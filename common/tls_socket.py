@@ -52,8 +52,10 @@ def client_context() -> ssl.SSLContext:
 def server_context(certfile: str, keyfile: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.num_tickets = 0  # no resumption: streams are long-lived, and tickets are records
-    ctx.load_cert_chain(certfile, keyfile)  # the reading thread would have to send
+    # No session tickets: streams are long-lived, and a ticket is a record the server
+    # writes after the handshake, i.e. one more thing the reading side might have to send.
+    ctx.num_tickets = 0
+    ctx.load_cert_chain(certfile, keyfile)
     return ctx
 
 
