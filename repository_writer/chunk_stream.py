@@ -183,7 +183,7 @@ class ChunkStreamServer:
         assert self._identity is not None
         try:
             return TlsSocket.server(raw, self._identity.context, HELLO_TIMEOUT)
-        except (OSError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+        except OSError as exc:  # ssl.SSLError and ConnectionError are OSErrors
             log.warning("chunk_stream_refused", writer=self.name, peer=peer, error=f"TLS: {exc}")
             metrics.WRITER_STREAM_ERRORS.labels(kind="tls").inc()
             return None
