@@ -26,11 +26,30 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 fsync_observer: Callable[[float], None] | None = None
 
 
+# Handing an fsync to a pool thread costs tens of microseconds of CPU (a wake-up and a
+# switch each way); it pays only when fsync waits on a device, where concurrent fsyncs
+# share one journal commit. Storage that answers faster than this (tmpfs, a write cache
+# with power-loss protection) gets its fsyncs in the calling thread, one after another.
+INLINE_FSYNC_S = 0.0002
+_FSYNC_EWMA_WEIGHT = 0.1
+# Recent fsync latency (seconds, moving average over every thread; a lost update under a
+# race only delays the switch). Starts slow: the first batch goes to the pool and measures.
+_fsync_latency = 1.0
+
+
 def _fsync(fd: int) -> None:
+    global _fsync_latency
     t0 = time.perf_counter()
     os.fsync(fd)
+    dt = time.perf_counter() - t0
+    _fsync_latency += (dt - _fsync_latency) * _FSYNC_EWMA_WEIGHT
     if fsync_observer is not None:
-        fsync_observer(time.perf_counter() - t0)
+        fsync_observer(dt)
+
+
+def fsyncs_inline() -> bool:
+    """True when fsync is currently fast enough to run in the caller's thread."""
+    return _fsync_latency < INLINE_FSYNC_S
 
 
 def tmp_path(final: Path) -> Path:
@@ -49,7 +68,7 @@ def fsync_dir(path: Path) -> None:
 def fsync_dirs(paths: Iterable[Path]) -> None:
     """fsync several directories concurrently (see :func:`write_files_durable`)."""
     dirs = list(paths)
-    if len(dirs) <= 1:
+    if len(dirs) <= 1 or fsyncs_inline():
         for d in dirs:
             fsync_dir(d)
         return
@@ -100,8 +119,9 @@ def _pool() -> ThreadPoolExecutor:
 def write_files_durable(items: Sequence[tuple[Path, Iterable[bytes | bytearray], str]]) -> None:
     """:func:`write_file_durable` for several new files: all are written, then fsynced
     together from a few threads (fsync releases the GIL), so the file system can
-    commit them in one journal transaction instead of one per file. When this
-    returns every file is durable; on error none is left behind."""
+    commit them in one journal transaction instead of one per file; in this thread
+    when fsync is fast (:func:`fsyncs_inline`). When this returns every file is
+    durable; on error none is left behind."""
     if len(items) <= 1:
         for path, parts, what in items:
             write_file_durable(path, parts, what)
@@ -122,12 +142,19 @@ def write_files_durable(items: Sequence[tuple[Path, Iterable[bytes | bytearray],
                         view = view[n:]
             except OSError as exc:
                 raise os_error(exc, what) from exc
-        futures = [(what, _pool().submit(_fsync, fd)) for fd, _, what in opened]
-        for what, fut in futures:
-            try:
-                fut.result()
-            except OSError as exc:
-                raise os_error(exc, what) from exc
+        if fsyncs_inline():
+            for fd, _, what in opened:
+                try:
+                    _fsync(fd)
+                except OSError as exc:
+                    raise os_error(exc, what) from exc
+        else:
+            futures = [(what, _pool().submit(_fsync, fd)) for fd, _, what in opened]
+            for what, fut in futures:
+                try:
+                    fut.result()
+                except OSError as exc:
+                    raise os_error(exc, what) from exc
     except BaseException:
         for _, path, _ in opened:
             _unlink_quiet(path)
