@@ -36,6 +36,14 @@ def register_restore_vm(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the new VM when an upload fails (default: destroy it)",
     )
+    p.add_argument(
+        "--upload-attempts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="PUTs per disk when the connection drops or vCenter answers 5xx (default 3);"
+        " each starts the disk again from its first byte",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_restore_vm)
 
@@ -50,6 +58,8 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
         print(f"vmbackup: restore-vm: {msg}", file=sys.stderr)
         return code
 
+    if args.upload_attempts < 1:
+        return fail("--upload-attempts must be at least 1", 2)
     try:
         cfg = load_config(args.config)
     except (ConfigError, ValueError) as exc:
@@ -94,6 +104,7 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
             host=args.host,
             folder=args.folder,
             keep_failed=args.keep_failed,
+            upload_attempts=args.upload_attempts,
             progress=progress,
         )
     except (RestoreVmError, RepositoryError, VCenterError) as exc:

@@ -51,6 +51,7 @@ def restore_vm(
     host: str = "",
     folder: str = "",
     keep_failed: bool = False,
+    upload_attempts: int = 3,
     progress: Callable[[str, int, int], None] = lambda _d, _n, _t: None,
 ) -> RestoreVmResult:
     t0 = time.monotonic()
@@ -87,10 +88,33 @@ def restore_vm(
             def report(n: int, dp: DiskPlan = dp) -> None:
                 progress(f"disk {dp.saved_key}", n, dp.capacity)
 
-            secs = upload_disk(conn, repo, point, dp.saved_key, target, file, report)
+            def retry(attempt: int, why: str, dp: DiskPlan = dp) -> None:
+                log.warning(
+                    "restore_vm_upload_retry", disk=dp.saved_key, attempt=attempt, error=why
+                )
+
+            secs, used = upload_disk(
+                conn,
+                repo,
+                point,
+                dp.saved_key,
+                target,
+                file,
+                report,
+                attempts=upload_attempts,
+                on_retry=retry,
+            )
             result.disks.append(
                 RestoredDisk(
-                    dp.saved_key, key, dp.label, file, dp.capacity, ctrl, dp.unit_number, secs
+                    dp.saved_key,
+                    key,
+                    dp.label,
+                    file,
+                    dp.capacity,
+                    ctrl,
+                    dp.unit_number,
+                    secs,
+                    attempts=used,
                 )
             )
             result.bytes_uploaded += dp.capacity

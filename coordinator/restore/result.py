@@ -16,6 +16,7 @@ class RestoredDisk:
     controller: str
     unit_number: int
     seconds: float
+    attempts: int = 1  # uploads started: more than 1 after a lost connection or a 5xx
 
 
 @dataclass
@@ -47,6 +48,7 @@ class RestoreVmResult:
             lines.append(
                 f"  disk {d.saved_key} -> {d.key} {d.controller}:{d.unit_number} {d.file} "
                 f"{d.capacity} bytes in {d.seconds:.2f} s"
+                + (f" ({d.attempts} attempts)" if d.attempts > 1 else "")
             )
         for n in self.notes:
             lines.append(f"  note: {n}")

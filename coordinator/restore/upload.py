@@ -67,6 +67,10 @@ class _PutBody:
         return None
 
 
+class _TransientUploadError(Exception):
+    """The connection or the server failed mid-upload: the whole PUT can be sent again."""
+
+
 def upload_disk(
     conn: Connection,
     repo: Repository,
@@ -75,10 +79,46 @@ def upload_disk(
     target: Target,
     ds_path: str,
     progress: Callable[[int], None] = lambda _n: None,
-) -> float:
-    """Stream one disk of the point into its flat file; returns seconds taken."""
+    *,
+    attempts: int = 3,
+    backoff_s: float = 2.0,
+    on_retry: Callable[[int, str], None] = lambda _attempt, _why: None,
+) -> tuple[float, int]:
+    """Stream one disk of the point into its flat file; returns (seconds, attempts used).
+
+    /folder takes no ranges, so an upload that loses its connection or gets a 5xx
+    starts again from byte 0 (the flat file is written whole each time), up to
+    ``attempts`` times with a doubling pause; a refusal (4xx) or a damaged chunk in the
+    repository fails at once: sending again would not change the answer.
+    """
+    if attempts < 1:
+        raise ValueError("attempts must be >= 1")
+    t0 = time.monotonic()
+    attempt = 1
+    while True:
+        try:
+            _put_disk(conn, repo, point, disk_key, target, ds_path, progress)
+            return time.monotonic() - t0, attempt
+        except _TransientUploadError as exc:
+            if attempt >= attempts:
+                raise RestoreVmError(f"{exc} (after {attempts} attempts)") from exc.__cause__
+            on_retry(attempt, str(exc))
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+            attempt += 1
+
+
+def _put_disk(
+    conn: Connection,
+    repo: Repository,
+    point: Point,
+    disk_key: int,
+    target: Target,
+    ds_path: str,
+    progress: Callable[[int], None],
+) -> None:
     capacity = point.disk(disk_key).capacity
     path = flat_file(ds_path)
+    where = f"[{target.datastore_name}] {path}"
     query = (
         f"dcPath={quote(target.dc_path, safe='')}&dsName={quote(target.datastore_name, safe='')}"
     )
@@ -86,7 +126,6 @@ def upload_disk(
     cookie = (getattr(conn.stub, "cookie", "") or "").split(";", 1)[0].strip()
     if not cookie:
         raise RestoreVmError(f"vcenter {conn.name}: no session cookie for the upload")
-    t0 = time.monotonic()
     http_conn = _http_connection(conn.settings)
     try:
         # vcsim writes the whole body and takes no ranges: one PUT of the whole disk,
@@ -96,6 +135,7 @@ def upload_disk(
         http_conn.putheader("Content-Type", "application/octet-stream")
         http_conn.putheader("Content-Length", str(capacity))
         http_conn.endheaders()
+        progress(0)
         body = _PutBody(http_conn, capacity, progress)
         restore_disk(repo, point.id, disk_key, body)
         if body.sent != capacity:
@@ -103,17 +143,18 @@ def upload_disk(
         resp = http_conn.getresponse()
         detail = resp.read(2000).decode(errors="replace").strip()
         if resp.status not in (200, 201, 204):
-            raise RestoreVmError(
-                f"upload of disk {disk_key} to [{target.datastore_name}] {path} refused: "
+            refusal = (
+                f"upload of disk {disk_key} to {where} refused: "
                 f"HTTP {resp.status} {resp.reason} {detail[:200]}"
             )
+            if resp.status >= 500:
+                raise _TransientUploadError(refusal)
+            raise RestoreVmError(refusal)
     except RepositoryError as exc:  # a chunk missing or damaged: stop before the end
         raise RestoreVmError(f"disk {disk_key}: {exc}") from exc
     except (OSError, http.client.HTTPException) as exc:
-        raise RestoreVmError(
-            f"upload of disk {disk_key} to [{target.datastore_name}] {path} failed: "
-            f"{type(exc).__name__}: {exc}"
+        raise _TransientUploadError(
+            f"upload of disk {disk_key} to {where} failed: {type(exc).__name__}: {exc}"
         ) from exc
     finally:
         http_conn.close()
-    return time.monotonic() - t0

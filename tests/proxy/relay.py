@@ -9,10 +9,14 @@ import threading
 
 class CuttingRelay:
     """Forwards 127.0.0.1:<port> to ``target``; the first ``cuts`` connections that carry
-    more than ``cut_after`` bytes back to the client are closed at that point."""
+    more than ``cut_after`` bytes back to the client (``upstream``: from the client, an
+    upload) are closed at that point."""
 
-    def __init__(self, target: tuple[str, int], cut_after: int, cuts: int) -> None:
+    def __init__(
+        self, target: tuple[str, int], cut_after: int, cuts: int, *, upstream: bool = False
+    ) -> None:
         self.target = target
+        self.upstream = upstream
         self.cut_after = cut_after
         self.cuts_left = cuts
         self.cuts_done = 0
@@ -42,7 +46,7 @@ class CuttingRelay:
                 data = src.recv(65536)
                 if not data:
                     break
-                if downstream and sent + len(data) > self.cut_after:
+                if downstream != self.upstream and sent + len(data) > self.cut_after:
                     with self._lock:
                         cut = self.cuts_left > 0
                         if cut:

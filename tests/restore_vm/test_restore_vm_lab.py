@@ -12,6 +12,7 @@ from pyVmomi import vim
 
 from coordinator import vm_config
 from repository_writer.restore import restore_disk
+from tests.proxy.relay import CuttingRelay
 from tests.restore_vm.conftest import Env, flat_of, same_bytes, write_config
 from tests.restore_vm.lab_point import sha256_file
 
@@ -212,6 +213,68 @@ def test_corrupt_chunk_fails_and_leaves_no_vm(env: Env, tmp_path: Path) -> None:
     assert "chunk" in r.stderr
     assert not env.vms_named("broken-copy"), "a half-restored VM was left behind"
     assert not (Path(env.lab.datastores[env.shared_ds]) / "broken-copy").exists()
+
+
+def test_a_dropped_upload_starts_the_disk_again_and_lands_exact(env: Env, tmp_path: Path) -> None:
+    """The connection of a disk's PUT is cut mid-body: that disk is sent again from its
+    first byte and the VM's disks end up exact; when every attempt is cut, a clear error
+    and no VM left behind."""
+    target = (env.lab.host, env.lab.port)
+    relay = CuttingRelay(target, cut_after=2**20 + 333, cuts=1, upstream=True)
+    try:
+        url = f"https://127.0.0.1:{relay.port}/sdk"
+        cfg = write_config(env.stack, tmp_path / "relay.toml", env.repo_path, url)
+        r = env.vmbackup(
+            "restore-vm",
+            env.plain.point_id,
+            "--to",
+            "lab",
+            "--datastore",
+            env.shared_ds,
+            "--name",
+            "after-a-cut",
+            "--json",
+            config=cfg,
+        )
+        assert r.returncode == 0, r.stderr
+        assert relay.cuts_done == 1
+    finally:
+        relay.close()
+    res = json.loads(r.stdout)
+    assert [d["attempts"] for d in res["disks"]] == [2, 1]  # the first disk was cut
+    assert "restore_vm_upload_retry" in r.stderr
+    _check_disks(env, env.plain.point_id, res, env.plain.disk_sha256)
+
+    relay = CuttingRelay(target, cut_after=2**20 + 333, cuts=2, upstream=True)
+    try:
+        cfg = write_config(
+            env.stack,
+            tmp_path / "relay2.toml",
+            env.repo_path,
+            f"https://127.0.0.1:{relay.port}/sdk",
+        )
+        r = env.vmbackup(
+            "restore-vm",
+            env.plain.point_id,
+            "--to",
+            "lab",
+            "--datastore",
+            env.shared_ds,
+            "--name",
+            "cut-twice",
+            "--upload-attempts",
+            "2",
+            config=cfg,
+        )
+        assert relay.cuts_done == 2
+    finally:
+        relay.close()
+    assert r.returncode == 1, r.stdout
+    assert "after 2 attempts" in r.stderr and "-flat.vmdk" in r.stderr
+    assert not env.vms_named("cut-twice"), "a half-restored VM was left behind"
+    assert not (Path(env.lab.datastores[env.shared_ds]) / "cut-twice").exists()
+    r = _restore(env, env.plain.point_id, "--datastore", env.shared_ds, "--upload-attempts", "0")
+    assert r.returncode == 2 and "--upload-attempts must be at least 1" in r.stderr
 
 
 def test_repo_list_shows_restore_metadata(env: Env) -> None:
