@@ -92,6 +92,18 @@ def restore_disk(
     return _to_file(repo, dmap, path, workers, sync)
 
 
+def restore_disk_positional(
+    repo: Repository, point_id: str, disk_key: int, put: Put, what: str, *, workers: int = 2
+) -> RestoreStats:
+    """Hand every chunk of the disk to ``put(offset, data or None for zeros, length)`` in
+    disk order, each checked against its id first: for a target written by offset (an NBD
+    export) that skips zero chunks itself. ``data`` may be shorter than ``length`` (the
+    disk grew after that chunk was stored: the rest reads as zeros) or longer (the last
+    chunk of a disk whose size is not a multiple of the chunk size)."""
+    point = repo.get_point(point_id)
+    return _run(repo, repo.load_map(point, disk_key), what, workers, put)
+
+
 def _to_stream(
     repo: Repository, dmap: DiskMap, fh: ByteSink, what: str, workers: int
 ) -> RestoreStats:

@@ -37,6 +37,14 @@ def register_restore_vm(sub: argparse._SubParsersAction) -> None:
         help="keep the new VM when an upload fails (default: destroy it)",
     )
     p.add_argument(
+        "--transport",
+        choices=("http", "nbd"),
+        default="http",
+        help="how disks are written: http = one PUT of each whole flat file on /folder;"
+        " nbd = only the chunks with data, through nbdkit as set in proxy.nbd (vddk, or the"
+        " file plugin with proxy.datastore_mounts): the disks stay thin",
+    )
+    p.add_argument(
         "--upload-attempts",
         type=int,
         default=3,
@@ -85,6 +93,14 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
         cause = exc.__cause__ if isinstance(exc, VCenterError) else exc
         down = isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError)
         return fail(f"vCenter {args.to} {'unreachable' if down else 'refused us'}: {exc}")
+    nbd_target = None
+    if args.transport == "nbd":
+        from coordinator.restore.nbd_write import NbdTarget
+        from proxy_worker.settings import VCenterAccess, VCenterDirectory
+        from proxy_worker.transports.nbd import NbdTransport
+
+        access = VCenterAccess.from_config(vcs[0], cfg.proxy.nbd.vddk_thumbprints.get(args.to, ""))
+        nbd_target = NbdTarget(NbdTransport(cfg.proxy, VCenterDirectory([access])), args.to)
     last = [0.0]
 
     def progress(what: str, done: int, total: int) -> None:
@@ -105,6 +121,7 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
             folder=args.folder,
             keep_failed=args.keep_failed,
             upload_attempts=args.upload_attempts,
+            nbd=nbd_target,
             progress=progress,
         )
     except (RestoreVmError, RepositoryError, VCenterError) as exc:
@@ -113,5 +130,7 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
         return fail(f"vCenter refused: {type(exc).__name__}: {getattr(exc, 'msg', exc)}")
     finally:
         conn.close()
+        if nbd_target is not None:
+            nbd_target.transport.close()  # its private copy of the password, if any
     sys.stdout.write(res.to_json() + "\n" if args.json else res.to_text())
     return 0

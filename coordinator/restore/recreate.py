@@ -11,6 +11,7 @@ from pyVmomi import vim
 from common.logging import get_logger
 from coordinator import vm_config
 from coordinator.restore.errors import RestoreVmError
+from coordinator.restore.nbd_write import NbdTarget, write_disk_nbd
 from coordinator.restore.result import RestoredDisk, RestoreVmResult
 from coordinator.restore.spec import DiskPlan, SpecPlan, build_spec
 from coordinator.restore.target import find_target
@@ -52,8 +53,11 @@ def restore_vm(
     folder: str = "",
     keep_failed: bool = False,
     upload_attempts: int = 3,
+    nbd: NbdTarget | None = None,
     progress: Callable[[str, int, int], None] = lambda _d, _n, _t: None,
 ) -> RestoreVmResult:
+    """Recreate the point's VM on ``conn`` and fill its disks: with /folder uploads, or
+    through NBD when ``nbd`` says how to reach a new disk (``--transport nbd``)."""
     t0 = time.monotonic()
     point, cfg = load_point(repo, point_id)
     name = name or cfg.name or point.vm_name
@@ -93,17 +97,25 @@ def restore_vm(
                     "restore_vm_upload_retry", disk=dp.saved_key, attempt=attempt, error=why
                 )
 
-            secs, used = upload_disk(
-                conn,
-                repo,
-                point,
-                dp.saved_key,
-                target,
-                file,
-                report,
-                attempts=upload_attempts,
-                on_retry=retry,
-            )
+            if nbd is None:
+                secs, used = upload_disk(
+                    conn,
+                    repo,
+                    point,
+                    dp.saved_key,
+                    target,
+                    file,
+                    report,
+                    attempts=upload_attempts,
+                    on_retry=retry,
+                )
+                sent = dp.capacity  # zeros included: /folder takes the whole file
+            else:
+                argv = nbd.command(file, vm._moId, target, dp.capacity)
+                secs, sent = write_disk_nbd(
+                    argv, repo, point, dp.saved_key, in_flight=nbd.in_flight, progress=report
+                )
+                used = 1
             result.disks.append(
                 RestoredDisk(
                     dp.saved_key,
@@ -115,10 +127,13 @@ def restore_vm(
                     dp.unit_number,
                     secs,
                     attempts=used,
+                    bytes_sent=sent,
                 )
             )
-            result.bytes_uploaded += dp.capacity
-            log.info("restore_vm_disk", disk=dp.saved_key, file=file, seconds=round(secs, 3))
+            result.bytes_uploaded += sent
+            log.info(
+                "restore_vm_disk", disk=dp.saved_key, file=file, seconds=round(secs, 3), sent=sent
+            )
         state = conn.get_properties(vm, ["runtime.powerState"]).get("runtime.powerState")
         result.power_state = str(state)
         if state != "poweredOff":

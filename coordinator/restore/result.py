@@ -17,6 +17,7 @@ class RestoredDisk:
     unit_number: int
     seconds: float
     attempts: int = 1  # uploads started: more than 1 after a lost connection or a 5xx
+    bytes_sent: int = 0  # what travelled: the capacity over /folder, data chunks over NBD
 
 
 @dataclass
@@ -53,7 +54,7 @@ class RestoreVmResult:
         for n in self.notes:
             lines.append(f"  note: {n}")
         lines.append(
-            f"{len(self.disks)} disk(s), {self.bytes_uploaded} bytes uploaded in "
+            f"{len(self.disks)} disk(s), {self.bytes_uploaded} bytes sent in "
             f"{self.seconds:.2f} s ({rate:.1f} MiB/s)"
         )
         return "\n".join(lines) + "\n"

@@ -269,19 +269,41 @@ func (l *lab) PutObject(obj mo.Reference) {
 }
 
 // UpdateObject sees property changes; a finished ReconfigVM_Task is when CBT
-// may have been switched or disks added or grown.
+// may have been switched or disks added or grown, a finished CreateVM_Task when
+// a new VM's disks need their flat files (of their capacity, as on a datastore:
+// restore-vm writes into them through NBD).
 func (l *lab) UpdateObject(obj mo.Reference, changes []types.PropertyChange) {
 	t, ok := obj.(*mo.Task)
-	if !ok || t.Info.DescriptionId != "VirtualMachine.reconfigVm" || t.Info.Entity == nil {
+	if !ok || t.Info.Entity == nil {
 		return
 	}
+	success := false
+	var result types.ManagedObjectReference
 	for _, c := range changes {
-		if c.Name == "info.state" && fmt.Sprint(c.Val) == string(types.TaskInfoStateSuccess) {
-			if vm, ok := simulator.Map.Get(*t.Info.Entity).(*simulator.VirtualMachine); ok {
-				if err := l.syncVM(vm); err != nil {
-					fmt.Fprintf(os.Stderr, "vcsim-lab: after reconfigure of %s: %v\n", vm.Name, err)
-				}
+		switch c.Name {
+		case "info.state":
+			success = fmt.Sprint(c.Val) == string(types.TaskInfoStateSuccess)
+		case "info.result":
+			if r, ok := c.Val.(types.ManagedObjectReference); ok {
+				result = r
 			}
+		}
+	}
+	if !success {
+		return
+	}
+	var ref types.ManagedObjectReference
+	switch t.Info.DescriptionId {
+	case "VirtualMachine.reconfigVm":
+		ref = *t.Info.Entity
+	case "Folder.createVm":
+		ref = result
+	default:
+		return
+	}
+	if vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); ok {
+		if err := l.syncVM(vm); err != nil {
+			fmt.Fprintf(os.Stderr, "vcsim-lab: after %s of %s: %v\n", t.Info.DescriptionId, vm.Name, err)
 		}
 	}
 }

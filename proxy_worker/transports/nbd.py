@@ -35,14 +35,15 @@ from proxy_worker.transports.vddk import vddk_command
 _BLOCK_STATUS_MAX = 1 << 30  # servers may refuse >= 4 GiB per request; stay well below
 
 
-def file_command(path: str, settings: NbdSettings) -> list[str]:
+def file_command(path: str, settings: NbdSettings, *, write: bool = False) -> list[str]:
     # One connection never has more than in_flight requests: more server threads only add
     # wake-ups (1 GiB read: nbdkit 0.50 CPU s with its default 16 threads, 0.38 with 2).
     threads = f"--threads={max(2, settings.in_flight)}"
-    return [settings.nbdkit, "-s", "--exit-with-parent", threads, "-r", "file", path]
+    mode = [] if write else ["-r"]
+    return [settings.nbdkit, "-s", "--exit-with-parent", threads, *mode, "file", path]
 
 
-def _close_handle(h: nbd.NBD) -> None:
+def close_nbd_handle(h: nbd.NBD) -> None:
     """Close now, not at garbage collection: the handle owns the nbdkit child process."""
     if hasattr(h, "_o"):
         h.__del__()
@@ -85,10 +86,10 @@ class NbdReader(DiskReader):
             size = self._h.get_size()
             self._meta = bool(self._h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION))
         except nbd.Error as exc:
-            _close_handle(self._h)
+            close_nbd_handle(self._h)
             raise TransportError(f"nbd connect ({shlex.join(argv)[:300]}): {exc}") from exc
         if size < capacity:
-            _close_handle(self._h)
+            close_nbd_handle(self._h)
             raise ShortReadError(f"NBD export holds {size} bytes, less than capacity {capacity}")
 
     def read(self, offset: int, length: int) -> bytes:
@@ -167,7 +168,7 @@ class NbdReader(DiskReader):
         if h is not None:
             with contextlib.suppress(nbd.Error):
                 h.shutdown()
-            _close_handle(h)
+            close_nbd_handle(h)
 
 
 class NbdTransport:
@@ -200,14 +201,16 @@ class NbdTransport:
                     fh.write(vc.password)
         return path
 
-    def command(self, source: DiskSource) -> list[str]:
+    def command(self, source: DiskSource, *, write: bool = False) -> list[str]:
+        """nbdkit's argv for the disk: read-only for backups; ``write`` for restore-vm,
+        which fills the disk of a VM it has just created."""
         if self.settings.nbd.server == "file":
             path = local_flat_path(source, self.settings)
             if not os.path.exists(path):
                 raise DiskNotFoundError(f"disk data {path!r} not found")
-            return file_command(path, self.settings.nbd)
+            return file_command(path, self.settings.nbd, write=write)
         vc = self.vcenters.get(source.vcenter)
-        return vddk_command(source, vc, self.settings.nbd, self._password_file(vc))
+        return vddk_command(source, vc, self.settings.nbd, self._password_file(vc), write=write)
 
     def open(self, source: DiskSource) -> NbdReader:
         return NbdReader(self.command(source), source.capacity, self.settings.nbd, self.buffers)

@@ -15,11 +15,18 @@ from proxy_worker.transports.base import DiskSource, split_disk_file
 
 
 def vddk_command(
-    source: DiskSource, vc: VCenterAccess, nbd: NbdSettings, password_file: str
+    source: DiskSource,
+    vc: VCenterAccess,
+    nbd: NbdSettings,
+    password_file: str,
+    *,
+    write: bool = False,
 ) -> list[str]:
     """argv for ``nbdkit -s`` (libnbd connect_command talks over stdin/stdout).
 
     ``password_file`` holds the password (nbdkit reads it: it never appears in argv/ps).
+    A backup reads a snapshot's disk, read-only; ``write`` (restore-vm) opens the disk of
+    a powered-off VM itself, writable and with no snapshot.
     """
     server = urlsplit(vc.url).hostname
     if not server:
@@ -29,17 +36,16 @@ def vddk_command(
     thumb = nbd.vddk_thumbprints.get(vc.name) or vc.vddk_thumbprint or vc.thumbprint
     if not thumb:
         raise ConfigError(f"vCenter {vc.name!r}: the vddk transport needs a thumbprint")
-    if not source.vm_moref.startswith("vm-") or not source.snapshot_moref:
+    if not source.vm_moref.startswith("vm-") or not (write or source.snapshot_moref):
         raise TaskError(
             f"task has vm_moref={source.vm_moref!r} snapshot_moref={source.snapshot_moref!r}; "
             "the vddk transport needs both"
         )
     split_disk_file(source.disk_file)  # validates the "[ds] path" form
-    argv = [
-        nbd.nbdkit,
-        "-s",
-        "--exit-with-parent",
-        "-r",  # a backup never writes to the snapshot
+    argv = [nbd.nbdkit, "-s", "--exit-with-parent"]
+    if not write:
+        argv.append("-r")  # a backup never writes to the snapshot
+    argv += [
         "vddk",
         f"libdir={nbd.vddk_libdir}",
         f"server={server}",
@@ -47,9 +53,10 @@ def vddk_command(
         f"password=+{os.path.abspath(password_file)}",
         f"thumbprint={thumb}",
         f"vm=moref={source.vm_moref}",
-        f"snapshot={source.snapshot_moref}",
-        f"transports={nbd.vddk_transports}",
     ]
+    if not write:
+        argv.append(f"snapshot={source.snapshot_moref}")
+    argv.append(f"transports={nbd.vddk_transports}")
     port = urlsplit(vc.url).port
     if port and port != 443:
         argv.append(f"port={port}")

@@ -61,6 +61,37 @@ def test_exact_command_line() -> None:
     assert "s3cret" not in " ".join(argv)
 
 
+def test_restore_vm_opens_the_new_disk_writable_and_without_a_snapshot() -> None:
+    """restore-vm --transport nbd: the disk of the VM it just created, no -r, no snapshot=."""
+    nbd = NbdSettings(vddk_libdir="/opt/vddk", vddk_transports="nbdssl")
+    new_disk = DiskSource(**{**SRC.__dict__, "vm_moref": "vm-900", "snapshot_moref": ""})
+    argv = vddk_command(new_disk, _vc(), nbd, "/run/secrets/vc1", write=True)
+    assert argv == [
+        "nbdkit",
+        "-s",
+        "--exit-with-parent",
+        "vddk",
+        "libdir=/opt/vddk",
+        "server=vc1.example.com",
+        "user=backup@vsphere.local",
+        "password=+/run/secrets/vc1",
+        f"thumbprint={SHA256}",
+        "vm=moref=vm-900",
+        "transports=nbdssl",
+        "file=[datastore 1] my vm/my vm_1.vmdk",
+    ]
+    with pytest.raises(TaskError, match="vm_moref"):
+        vddk_command(
+            DiskSource(**{**new_disk.__dict__, "vm_moref": ""}), _vc(), nbd, "/pw", write=True
+        )
+    t = NbdTransport(ProxySettings(nbd=nbd), VCenterDirectory([_vc()]))
+    try:
+        assert "-r" not in t.command(new_disk, write=True)
+        assert "-r" in t.command(SRC)
+    finally:
+        t.close()
+
+
 def test_port_config_and_vddk_thumbprint() -> None:
     nbd = NbdSettings(vddk_config="/etc/vddk.conf", vddk_thumbprints={"vc1": SHA1})
     argv = vddk_command(SRC, _vc(url="https://10.0.0.5:8443"), nbd, "pw")

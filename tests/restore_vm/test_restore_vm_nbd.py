@@ -1,0 +1,93 @@
+"""restore-vm --transport nbd: only the chunks with data travel, into the new VM's disk
+through nbdkit (its file plugin on the lab's datastore, as `proxy.nbd.server = "file"`
+configures), and the restored disks stay thin."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from lab.guest import write_at
+from tests.restore_vm.conftest import CHUNK, Env, flat_of, same_bytes
+from tests.restore_vm.lab_point import back_up, create_simple_vm
+
+MiB = 2**20
+
+
+def _disk_file(env: Env, vm: object) -> str:
+    dev = env.conn.get_properties(vm, ["config.hardware.device"])["config.hardware.device"]
+    return str(next(d.backing.fileName for d in dev if hasattr(d, "capacityInBytes")))
+
+
+def test_nbd_restore_sends_only_data_and_keeps_the_disk_thin(env: Env) -> None:
+    size = 24 * MiB + 512  # ends mid-chunk
+    vm = create_simple_vm(env.conn, "sparse-src", env.shared_ds, size)
+    src = flat_of(env, _disk_file(env, vm))
+    data_at = [0, 5 * MiB + 4096, 17 * MiB, size - 512]  # 4 chunks with data, the rest holes
+    for off in data_at:
+        write_at(src, size, off, os.urandom(min(3000, size - off)))
+    point = back_up(env.conn, env.lab, env.repo, vm)
+
+    r = env.vmbackup(
+        "restore-vm",
+        point.point_id,
+        "--to",
+        "lab",
+        "--datastore",
+        env.shared_ds,
+        "--name",
+        "sparse-nbd",
+        "--transport",
+        "nbd",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    [disk] = res["disks"]
+    # the data chunks, the last one cut at the end of the disk; nothing else travelled
+    assert disk["bytes_sent"] == 3 * CHUNK + (size % CHUNK) == res["bytes_uploaded"]
+    [new] = env.vms_named("sparse-nbd")
+    assert new.runtime.powerState == "poweredOff"
+    restored = flat_of(env, disk["file"])
+    assert same_bytes(restored, src), "the restored disk differs from the backed-up one"
+    assert os.stat(restored).st_blocks * 512 <= 4 * CHUNK + MiB, "the holes were written"
+
+    # the same point over /folder: every byte travels (the reason for the nbd transport)
+    r = env.vmbackup(
+        "restore-vm",
+        point.point_id,
+        "--to",
+        "lab",
+        "--datastore",
+        env.shared_ds,
+        "--name",
+        "sparse-http",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    [disk] = json.loads(r.stdout)["disks"]
+    assert disk["bytes_sent"] == size
+    assert same_bytes(flat_of(env, disk["file"]), src)
+
+
+def test_nbd_restore_fails_cleanly_without_a_datastore_mount(env: Env) -> None:
+    config = env.tmp / "nomount.toml"
+    text = env.config.read_text()
+    start = text.index("datastore_mounts")
+    config.write_text(text[:start] + "datastore_mounts = {}" + text[text.index("\n", start) :])
+    r = env.vmbackup(
+        "restore-vm",
+        env.plain.point_id,
+        "--to",
+        "lab",
+        "--datastore",
+        env.shared_ds,
+        "--name",
+        "nbd-nomount",
+        "--transport",
+        "nbd",
+        config=config,
+    )
+    assert r.returncode == 1, r.stdout
+    assert "over NBD" in r.stderr and "datastore_mounts" in r.stderr
+    assert not env.vms_named("nbd-nomount"), "a half-restored VM was left behind"
