@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("restore and compare, byte for byte:")
                 failures += restore_and_compare(stack, incr, expected_incr, "newest point")
                 failures += restore_and_compare(stack, full, expected_full, "older point")
-                failures += restore_one_vm(stack, lab, incr)
+                for transport in ("http", "nbd"):
+                    failures += restore_one_vm(stack, lab, incr, transport)
                 print("verify:")
                 try:
                     print("  " + stack.verify().strip()[-400:])
@@ -301,15 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def restore_one_vm(stack: Stack, lab: Lab, run: BackupRun) -> list[str]:
-    """Restore the first VM of ``run`` as a new VM and compare its disk files."""
+def restore_one_vm(stack: Stack, lab: Lab, run: BackupRun, transport: str) -> list[str]:
+    """Restore the first VM of ``run`` as a new VM (its disks written over ``transport``:
+    one /folder PUT each, or only the data chunks through nbdkit) and compare its disk
+    files."""
     vms = [vm for vm in run.report.get("vms", []) if vm.get("point_id")]
     if not vms:
         return ["restore-vm: no point to restore"]
     vm = vms[0]
-    new_name = f"{vm['name']}-restored"
+    new_name = f"{vm['name']}-restored-{transport}"
     ds = sorted(lab.datastores)[0]
-    print(f"restore-vm: {vm['name']} -> {new_name} on [{ds}]")
+    print(f"restore-vm --transport {transport}: {vm['name']} -> {new_name} on [{ds}]")
     try:
         out = stack.vmbackup(
             "restore-vm",
@@ -322,9 +325,11 @@ def restore_one_vm(stack: Stack, lab: Lab, run: BackupRun) -> list[str]:
             ds,
             "--name",
             new_name,
+            "--transport",
+            transport,
         )
     except Exception as exc:
-        return [f"restore-vm failed: {exc}"]
+        return [f"restore-vm --transport {transport} failed: {exc}"]
     for line in out.splitlines():
         if not line.startswith("{"):  # the command's own log lines are JSON; show the result
             print(f"  {line}")

@@ -48,7 +48,9 @@ class RestoreVmResult:
         for d in self.disks:
             lines.append(
                 f"  disk {d.saved_key} -> {d.key} {d.controller}:{d.unit_number} {d.file} "
-                f"{d.capacity} bytes in {d.seconds:.2f} s"
+                f"{d.capacity} bytes"
+                + (f" ({d.bytes_sent} with data sent)" if d.bytes_sent != d.capacity else "")
+                + f" in {d.seconds:.2f} s"
                 + (f" ({d.attempts} attempts)" if d.attempts > 1 else "")
             )
         for n in self.notes:
