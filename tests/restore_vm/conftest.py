@@ -50,6 +50,13 @@ class Env:
             args += ("--config", str(config or self.config))
         return self.stack.run(*args, timeout=300)
 
+    def restore_vm(
+        self, point: str, name: str, *extra: str, config: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``vmbackup restore-vm POINT --to lab --datastore <shared> --name NAME EXTRA...``"""
+        args = ("--to", "lab", "--datastore", self.shared_ds, "--name", name, *extra)
+        return self.vmbackup("restore-vm", point, *args, config=config)
+
     def vms_named(self, name: str) -> list[Any]:
         content = self.conn.content
         view = content.viewManager.CreateContainerView(

@@ -198,17 +198,7 @@ def test_corrupt_chunk_fails_and_leaves_no_vm(env: Env, tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
     cfg = write_config(env.stack, tmp_path / "c.toml", copy)
-    r = env.vmbackup(
-        "restore-vm",
-        env.plain.point_id,
-        "--to",
-        "lab",
-        "--datastore",
-        env.shared_ds,
-        "--name",
-        "broken-copy",
-        config=cfg,
-    )
+    r = env.restore_vm(env.plain.point_id, "broken-copy", config=cfg)
     assert r.returncode == 1, r.stdout
     assert "chunk" in r.stderr
     assert not env.vms_named("broken-copy"), "a half-restored VM was left behind"
@@ -224,18 +214,7 @@ def test_a_dropped_upload_starts_the_disk_again_and_lands_exact(env: Env, tmp_pa
     try:
         url = f"https://127.0.0.1:{relay.port}/sdk"
         cfg = write_config(env.stack, tmp_path / "relay.toml", env.repo_path, url)
-        r = env.vmbackup(
-            "restore-vm",
-            env.plain.point_id,
-            "--to",
-            "lab",
-            "--datastore",
-            env.shared_ds,
-            "--name",
-            "after-a-cut",
-            "--json",
-            config=cfg,
-        )
+        r = env.restore_vm(env.plain.point_id, "after-a-cut", "--json", config=cfg)
         assert r.returncode == 0, r.stderr
         assert relay.cuts_done == 1
     finally:
@@ -253,19 +232,7 @@ def test_a_dropped_upload_starts_the_disk_again_and_lands_exact(env: Env, tmp_pa
             env.repo_path,
             f"https://127.0.0.1:{relay.port}/sdk",
         )
-        r = env.vmbackup(
-            "restore-vm",
-            env.plain.point_id,
-            "--to",
-            "lab",
-            "--datastore",
-            env.shared_ds,
-            "--name",
-            "cut-twice",
-            "--upload-attempts",
-            "2",
-            config=cfg,
-        )
+        r = env.restore_vm(env.plain.point_id, "cut-twice", "--upload-attempts", "2", config=cfg)
         assert relay.cuts_done == 2
     finally:
         relay.close()

@@ -28,19 +28,7 @@ def test_nbd_restore_sends_only_data_and_keeps_the_disk_thin(env: Env) -> None:
         write_at(src, size, off, os.urandom(min(3000, size - off)))
     point = back_up(env.conn, env.lab, env.repo, vm)
 
-    r = env.vmbackup(
-        "restore-vm",
-        point.point_id,
-        "--to",
-        "lab",
-        "--datastore",
-        env.shared_ds,
-        "--name",
-        "sparse-nbd",
-        "--transport",
-        "nbd",
-        "--json",
-    )
+    r = env.restore_vm(point.point_id, "sparse-nbd", "--transport", "nbd", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     [disk] = res["disks"]
@@ -53,17 +41,7 @@ def test_nbd_restore_sends_only_data_and_keeps_the_disk_thin(env: Env) -> None:
     assert os.stat(restored).st_blocks * 512 <= 4 * CHUNK + MiB, "the holes were written"
 
     # the same point over /folder: every byte travels (the reason for the nbd transport)
-    r = env.vmbackup(
-        "restore-vm",
-        point.point_id,
-        "--to",
-        "lab",
-        "--datastore",
-        env.shared_ds,
-        "--name",
-        "sparse-http",
-        "--json",
-    )
+    r = env.restore_vm(point.point_id, "sparse-http", "--json")
     assert r.returncode == 0, r.stderr
     [disk] = json.loads(r.stdout)["disks"]
     assert disk["bytes_sent"] == size
@@ -75,19 +53,7 @@ def test_nbd_restore_fails_cleanly_without_a_datastore_mount(env: Env) -> None:
     text = env.config.read_text()
     start = text.index("datastore_mounts")
     config.write_text(text[:start] + "datastore_mounts = {}" + text[text.index("\n", start) :])
-    r = env.vmbackup(
-        "restore-vm",
-        env.plain.point_id,
-        "--to",
-        "lab",
-        "--datastore",
-        env.shared_ds,
-        "--name",
-        "nbd-nomount",
-        "--transport",
-        "nbd",
-        config=config,
-    )
+    r = env.restore_vm(env.plain.point_id, "nbd-nomount", "--transport", "nbd", config=config)
     assert r.returncode == 1, r.stdout
     assert "over NBD" in r.stderr and "datastore_mounts" in r.stderr
     assert not env.vms_named("nbd-nomount"), "a half-restored VM was left behind"
