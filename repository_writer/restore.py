@@ -93,15 +93,24 @@ def restore_disk(
 
 
 def restore_disk_positional(
-    repo: Repository, point_id: str, disk_key: int, put: Put, what: str, *, workers: int = 2
+    repo: Repository,
+    point_id: str,
+    disk_key: int,
+    put: Put,
+    what: str,
+    *,
+    workers: int = 2,
+    start: int = 0,
 ) -> RestoreStats:
-    """Hand every chunk of the disk to ``put(offset, data or None for zeros, length)`` in
-    disk order, each checked against its id first: for a target written by offset (an NBD
-    export) that skips zero chunks itself. ``data`` may be shorter than ``length`` (the
-    disk grew after that chunk was stored: the rest reads as zeros) or longer (the last
-    chunk of a disk whose size is not a multiple of the chunk size)."""
+    """Hand every chunk of the disk from byte ``start`` on (rounded down to its chunk) to
+    ``put(offset, data or None for zeros, length)`` in disk order, each checked against
+    its id first: for a target written by offset (an NBD export) that skips zero chunks
+    itself and can resume. ``data`` may be shorter than ``length`` (the disk grew after
+    that chunk was stored: the rest reads as zeros) or longer (the last chunk of a disk
+    whose size is not a multiple of the chunk size)."""
     point = repo.get_point(point_id)
-    return _run(repo, repo.load_map(point, disk_key), what, workers, put)
+    dmap = repo.load_map(point, disk_key)
+    return _run(repo, dmap, what, workers, put, start // dmap.chunk_size)
 
 
 def _to_stream(
@@ -192,11 +201,13 @@ def _to_device(
     return stats
 
 
-def _run(repo: Repository, dmap: DiskMap, what: str, workers: int, put: Put) -> RestoreStats:
+def _run(
+    repo: Repository, dmap: DiskMap, what: str, workers: int, put: Put, first: int = 0
+) -> RestoreStats:
     t0 = time.perf_counter()
     cs, capacity = dmap.chunk_size, dmap.capacity
     chunks = zeros = 0
-    for i, data in _decoded(repo, dmap, what, workers):
+    for i, data in _decoded(repo, dmap, what, workers, first):
         if data is None:
             zeros += 1
         else:
@@ -216,16 +227,17 @@ def _read(repo: Repository, cid: bytes, index: int, cs: int, what: str) -> Buf:
 
 
 def _decoded(
-    repo: Repository, dmap: DiskMap, what: str, workers: int
+    repo: Repository, dmap: DiskMap, what: str, workers: int, first: int = 0
 ) -> Iterator[tuple[int, Buf | None]]:
-    """(index, plaintext or None for zero), in order, decoded up to READ_AHEAD ahead."""
+    """(index, plaintext or None for zero), in order from chunk ``first``, decoded up to
+    READ_AHEAD ahead."""
     cs = dmap.chunk_size
     entries = memoryview(dmap.entries)
-    ids = (bytes(entries[i * ID_LEN : (i + 1) * ID_LEN]) for i in range(len(dmap)))
+    ids = (bytes(entries[i * ID_LEN : (i + 1) * ID_LEN]) for i in range(first, len(dmap)))
     if workers <= 0:
         last_id: bytes = b""
         last: Buf = b""
-        for i, cid in enumerate(ids):
+        for i, cid in enumerate(ids, first):
             if cid == ZERO_ID:
                 yield i, None
                 continue
@@ -236,7 +248,7 @@ def _decoded(
     pending: deque[tuple[int, Future[Buf] | None]] = deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="restore") as ex:
         try:
-            for i, cid in enumerate(ids):
+            for i, cid in enumerate(ids, first):
                 fut = None if cid == ZERO_ID else ex.submit(_read, repo, cid, i, cs, what)
                 pending.append((i, fut))
                 if len(pending) >= READ_AHEAD:

@@ -49,8 +49,9 @@ def register_restore_vm(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=3,
         metavar="N",
-        help="PUTs per disk when the connection drops or vCenter answers 5xx (default 3);"
-        " each starts the disk again from its first byte",
+        help="tries per disk when the connection drops, vCenter answers 5xx or an NBD"
+        " write fails (default 3): http starts the disk again from its first byte, nbd"
+        " resumes at the first write not confirmed",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_restore_vm)

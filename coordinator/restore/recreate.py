@@ -112,10 +112,16 @@ def restore_vm(
                 sent = dp.capacity  # zeros included: /folder takes the whole file
             else:
                 argv = nbd.command(file, vm._moId, target, dp.capacity)
-                secs, sent = write_disk_nbd(
-                    argv, repo, point, dp.saved_key, in_flight=nbd.in_flight, progress=report
+                secs, sent, used = write_disk_nbd(
+                    argv,
+                    repo,
+                    point,
+                    dp.saved_key,
+                    in_flight=nbd.in_flight,
+                    attempts=upload_attempts,
+                    on_retry=retry,
+                    progress=report,
                 )
-                used = 1
             result.disks.append(
                 RestoredDisk(
                     dp.saved_key,

@@ -16,7 +16,7 @@ class RestoredDisk:
     controller: str
     unit_number: int
     seconds: float
-    attempts: int = 1  # uploads started: more than 1 after a lost connection or a 5xx
+    attempts: int = 1  # uploads or NBD connections: more than 1 after a failure
     bytes_sent: int = 0  # what travelled: the capacity over /folder, data chunks over NBD
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from lab.guest import write_at
 from tests.restore_vm.conftest import CHUNK, Env, flat_of, same_bytes
@@ -57,3 +58,60 @@ def test_nbd_restore_fails_cleanly_without_a_datastore_mount(env: Env) -> None:
     assert r.returncode == 1, r.stdout
     assert "over NBD" in r.stderr and "datastore_mounts" in r.stderr
     assert not env.vms_named("nbd-nomount"), "a half-restored VM was left behind"
+
+
+def _failing_nbdkit(env: Env, tmp: Path, *, recovers: bool) -> Path:
+    """A config whose nbdkit runs nbdkit's error filter: a quarter of the writes fail with
+    EIO on the first connection and none from the second one on (``recovers``), or every
+    write fails on every connection."""
+    tmp.mkdir(exist_ok=True)
+    trigger, started = tmp / "writes-fail", tmp / "started"
+    trigger.touch()
+    script = tmp / "nbdkit-failing"
+    heal = f'[ -e "{started}" ] && rm -f "{trigger}"\n' if recovers else ""
+    rate = "25%" if recovers else "100%"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"{heal}"
+        f'touch "{started}"\n'
+        f'exec nbdkit --filter=error "$@" error-pwrite=EIO error-pwrite-rate={rate} '
+        f'error-pwrite-file="{trigger}"\n'
+    )
+    script.chmod(0o755)
+    config = tmp / "failing-nbd.toml"
+    text = env.config.read_text()
+    assert '[proxy.nbd]\nserver = "file"' in text
+    config.write_text(
+        text.replace(
+            '[proxy.nbd]\nserver = "file"', f'[proxy.nbd]\nserver = "file"\nnbdkit = "{script}"'
+        )
+    )
+    return config
+
+
+def test_failed_nbd_writes_resume_on_a_new_connection(env: Env, tmp_path: Path) -> None:
+    size = 16 * MiB
+    vm = create_simple_vm(env.conn, "resume-src", env.shared_ds, size)
+    src = flat_of(env, _disk_file(env, vm))
+    for off in range(0, size, 2 * CHUNK):  # 32 chunks with data, 32 holes
+        write_at(src, size, off, os.urandom(CHUNK))
+    point = back_up(env.conn, env.lab, env.repo, vm)
+
+    config = _failing_nbdkit(env, tmp_path, recovers=True)
+    r = env.restore_vm(point.point_id, "resumed", "--transport", "nbd", "--json", config=config)
+    assert r.returncode == 0, r.stderr
+    [disk] = json.loads(r.stdout)["disks"]
+    assert disk["attempts"] == 2
+    assert "restore_vm_upload_retry" in r.stderr and "NBD write failed at byte" in r.stderr
+    data = 32 * CHUNK
+    # resumed at the first write not confirmed: at most the writes in flight go twice
+    assert data <= disk["bytes_sent"] <= data + 4 * CHUNK
+    assert same_bytes(flat_of(env, disk["file"]), src)
+
+    config = _failing_nbdkit(env, tmp_path / "never", recovers=False)
+    r = env.restore_vm(
+        point.point_id, "never-ok", "--transport", "nbd", "--upload-attempts", "2", config=config
+    )
+    assert r.returncode == 1, r.stdout
+    assert "NBD write failed at byte" in r.stderr and "after 2 attempts" in r.stderr
+    assert not env.vms_named("never-ok"), "a half-restored VM was left behind"
