@@ -100,7 +100,7 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
         from proxy_worker.settings import VCenterAccess, VCenterDirectory
         from proxy_worker.transports.nbd import NbdTransport
 
-        access = VCenterAccess.from_config(vcs[0], cfg.proxy.nbd.vddk_thumbprints.get(args.to, ""))
+        access = VCenterAccess.from_config(vcs[0])  # vddk_command applies nbd.vddk_thumbprints
         nbd_target = NbdTarget(NbdTransport(cfg.proxy, VCenterDirectory([access])), args.to)
     last = [0.0]
 
