@@ -61,8 +61,9 @@ class _NbdFailed(Exception):
 
 
 class _NbdPass:
-    """One connection's writes, and where a failure leaves the disk: every byte before
-    the oldest write not yet confirmed is on the datastore (writes are confirmed in order)."""
+    """One connection's writes, and where a failure leaves the disk: the server has
+    taken every byte before the oldest write not yet confirmed (writes are confirmed in
+    order), so a new connection resumes there; after a failed flush, from byte 0."""
 
     def __init__(self, argv: list[str], disk_key: int, in_flight: int) -> None:
         self.argv, self.disk_key, self.in_flight = argv, disk_key, in_flight
@@ -70,6 +71,7 @@ class _NbdPass:
         self.pending: deque[tuple[int, int, Buf]] = deque()  # (cookie, offset, buffer)
         self.handed = 0  # end of the last chunk given to put
         self.written = 0
+        self.flushing = False
 
     def run(
         self,
@@ -110,6 +112,7 @@ class _NbdPass:
             )
             while self.pending:
                 self._complete_oldest()
+            self.flushing = True
             if self.h.can_flush():
                 self.h.flush()
             self.h.shutdown()
@@ -123,6 +126,10 @@ class _NbdPass:
         self.pending.popleft()
 
     def resume_at(self) -> int:
+        if self.flushing:
+            # A failed flush may have dropped any write not flushed yet, of this
+            # connection or an earlier one (nothing is flushed before the end): all again.
+            return 0
         return self.pending[0][1] if self.pending else self.handed
 
     def close(self) -> None:
