@@ -15,13 +15,11 @@ All temp data is removed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from bench.e2e_backup import sha256_file
 from common.logging import setup_logging
@@ -31,27 +29,6 @@ from lab.stack import Stack, StackSpec
 
 GiB = 1 << 30
 MiB = 1 << 20
-
-
-def restore(stack: Stack, point: str, ds: str, name: str, transport: str) -> tuple[float, Any]:
-    t0 = time.monotonic()
-    out = stack.vmbackup(
-        "restore-vm",
-        point,
-        "--config",
-        str(stack.config_path),
-        "--to",
-        "lab",
-        "--datastore",
-        ds,
-        "--name",
-        name,
-        "--transport",
-        transport,
-        "--json",
-    )
-    seconds = time.monotonic() - t0
-    return seconds, json.loads(out[out.index("{\n") :])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(args.repeat):
                     for transport in ("http", "nbd"):
                         name = f"restored-{transport}-{i}"
-                        seconds, res = restore(st, point, ds, name, transport)
+                        t0 = time.monotonic()
+                        res = st.restore_vm(point, ds, name, transport)
+                        seconds = time.monotonic() - t0
                         [disk] = res["disks"]
                         flat = lab.local_path(disk["file"])
                         allocated = os.stat(flat).st_blocks * 512

@@ -314,25 +314,15 @@ def restore_one_vm(stack: Stack, lab: Lab, run: BackupRun, transport: str) -> li
     ds = sorted(lab.datastores)[0]
     print(f"restore-vm --transport {transport}: {vm['name']} -> {new_name} on [{ds}]")
     try:
-        out = stack.vmbackup(
-            "restore-vm",
-            vm["point_id"],
-            "--config",
-            str(stack.config_path),
-            "--to",
-            "lab",
-            "--datastore",
-            ds,
-            "--name",
-            new_name,
-            "--transport",
-            transport,
-        )
+        res = stack.restore_vm(vm["point_id"], ds, new_name, transport)
     except Exception as exc:
         return [f"restore-vm --transport {transport} failed: {exc}"]
-    for line in out.splitlines():
-        if not line.startswith("{"):  # the command's own log lines are JSON; show the result
-            print(f"  {line}")
+    print(f"  {new_name} ({res['vm_moref']}) on host {res['host']}, {res['power_state']}")
+    for d in res["disks"]:
+        print(
+            f"    disk {d['saved_key']} -> {d['file']}: {d['capacity']} bytes, "
+            f"{d['bytes_sent']} sent in {d['seconds']:.2f} s"
+        )
     bad = []
     new_disks = vm_disk_files(lab, new_name)
     if len(new_disks) != len(vm["disks"]):

@@ -435,6 +435,26 @@ name = "all"
         """Run any ``vmbackup`` operation against this stack's repository/config."""
         return self._vmbackup(*args, timeout=timeout)
 
+    def restore_vm(self, point_id: str, datastore: str, name: str, transport: str) -> Any:
+        """`vmbackup restore-vm` of a point to a new VM on the lab: its JSON result."""
+        out = self._vmbackup(
+            "restore-vm",
+            point_id,
+            "--config",
+            str(self.config_path),
+            "--to",
+            "lab",
+            "--datastore",
+            datastore,
+            "--name",
+            name,
+            "--transport",
+            transport,
+            "--json",
+            timeout=600,
+        )
+        return json.loads(out[out.index("{\n") :])  # log lines before it are one-line JSON
+
     def restore_digest(self, point_id: str, disk_key: int) -> str:
         """SHA-256 of a disk restored from the repository through `vmbackup restore` (streamed)."""
         import hashlib
