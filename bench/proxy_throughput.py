@@ -68,6 +68,7 @@ from proxy_worker.transports.http import HttpTransport
 from proxy_worker.transports.nbd import NbdTransport
 from proxy_worker.transports.read_buffers import ReadBuffers
 from proxy_worker.writers import WriterLink
+from repository_writer.repository import Repository
 
 MiB = 1 << 20
 CHUNK = 1 * MiB
@@ -190,6 +191,53 @@ def bare_cpu(r: DiskReader, workers: int) -> tuple[float, int]:
             spent += time.perf_counter() - t0
             n += sum(len(d) for d in data)
     return spent, n
+
+
+def bare_chunks_and_store(
+    path: Path, ranges: list[tuple[int, int]], repo_dir: Path
+) -> tuple[float, float]:
+    """CPU seconds of the work no pipeline can skip, for the data a transport reads from
+    ``path``: the proxy's chunk work as the pipeline does it (zero check, BLAKE3, the
+    compression probe and zstd of the chunks it sends) and the writer's store of what is
+    sent (``Repository.store_chunks``: decompress, re-hash, durable write into a fresh
+    repository in ``repo_dir``). Reading is not timed. Socket copies and framing are left
+    out, so the floor this gives is, if anything, too low."""
+    repo = Repository.init(
+        repo_dir / f"vmbackup-bench-floor-{uuid.uuid4().hex[:6]}",
+        chunk_size=CHUNK,
+        compression_level=LEVEL,
+    )
+    chunk_cpu = store_cpu = 0.0
+    seen: set[bytes] = set()
+    batch: list[tuple[bytes, int, bool, bytes | bytearray]] = []
+    batch_bytes = 0
+
+    def store() -> float:
+        t0 = time.process_time()  # fsyncs may run on the store's own threads
+        repo.store_chunks(batch)
+        return time.process_time() - t0
+
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            for off, n in ranges:
+                data = os.pread(fh.fileno(), n, off)
+                t0 = time.thread_time()
+                if not is_zero(data):
+                    cid = chunk_id(data)
+                    if cid not in seen:  # what the have-query leaves to send
+                        seen.add(cid)
+                        payload, compressed = compress(data, LEVEL)
+                        batch.append((cid, n, compressed, payload))
+                        batch_bytes += len(payload)
+                chunk_cpu += time.thread_time() - t0
+                if batch_bytes >= BATCH:
+                    store_cpu += store()
+                    batch, batch_bytes = [], 0
+            if batch:
+                store_cpu += store()
+    finally:
+        shutil.rmtree(repo.path, ignore_errors=True)
+    return chunk_cpu, store_cpu
 
 
 def bare_publish_consume(params: BrokerParams, nbytes: int, where: Placement) -> float:
@@ -496,11 +544,22 @@ def main() -> None:
             for name in args.transports.split(","):
                 cspec = {"transport": name, "mounts": lab.datastores, "vc": vc}
                 t = open_transport(cspec)
+                # the read's CPU: this process, and the disk's server (nbdkit, a child
+                # reaped when the reader closes; the lab for http)
+                c0, k0, s0 = time.process_time(), children_cpu(), proc_cpu(lab.pid)
                 with t.open(srcs[0]) as r:
                     rt, rn = bare_read(r)
+                    ranges = allocated_chunks(r)
+                floor = {
+                    "read_client": time.process_time() - c0,
+                    "read_server": children_cpu() - k0 + proc_cpu(lab.pid) - s0,
+                }
                 with t.open(srcs[0]) as r:
                     ct, cn = bare_cpu(r, args.workers)
                 t.close()
+                floor["chunks"], floor["store"] = bare_chunks_and_store(
+                    lab.local_path(srcs[0].disk_file), ranges, Path(args.repo_dir)
+                )
                 for path in args.chunk_paths.split(","):
                     writer, repo = start_writer(
                         root,
@@ -545,27 +604,46 @@ def main() -> None:
                         shutil.rmtree(repo, ignore_errors=True)
                     res = {**json.loads(child.stdout.strip().splitlines()[-1]), **res_cpu}
                     bt = bare_publish_consume(params, res["tpl"]["bytes_sent"], where)
-                    rows.append((name, path, rn / rt, cn / ct, bt, res, clone_alloc))
-                    print(f"# {name} {path}: {res}", file=sys.stderr)
+                    rows.append((name, path, rn / rt, cn / ct, bt, res, clone_alloc, floor))
+                    print(f"# {name} {path}: {res} floor {floor}", file=sys.stderr)
     finally:
         where.release()
         shutil.rmtree(root, ignore_errors=True)
         rabbitmqctl("delete_vhost", vhost)
     if args.split:
         print(f"split: proxy side on cores {sorted(where.proxy)}, rest on {sorted(where.backend)}")
-    print_table(rows, size, where.proxy_cores)
+    print_table(rows, size, where)
 
 
-def print_table(rows: list[Any], size: int, proxy_cores: int) -> None:
+def floor_seconds(name: str, floor: dict[str, float], where: Placement) -> float:
+    """The least time the pipeline can take on these cores: the CPU of the work it cannot
+    skip (``floor``) spread perfectly over the cores each side may use. Shared, everything
+    shares every core; ``--split``, the proxy side (reading, nbdkit, chunk work) has its
+    core(s), the writer's store and the lab's http server the others."""
+    if not where.split:
+        return sum(floor.values()) / len(where.all)
+    server_on_proxy_side = name == "nbd"  # nbdkit runs beside the proxy, the lab does not
+    proxy = floor["read_client"] + floor["chunks"]
+    backend = floor["store"]
+    if server_on_proxy_side:
+        proxy += floor["read_server"]
+    else:
+        backend += floor["read_server"]
+    return max(proxy / len(where.proxy), backend / len(where.backend))
+
+
+def print_table(rows: list[Any], size: int, where: Placement) -> None:
     print(
         "| transport | chunk path | bare read | bare BLAKE3+zstd | "
-        "bare publish+consume | pipeline | pipeline / slowest | pipeline per proxy core | "
+        "bare publish+consume | pipeline | pipeline / slowest | best these cores allow | "
+        "pipeline per proxy core | "
         "clone sent / allocated | budget peak MiB | proxy RSS peak MiB | "
         "template CPU s proxy / nbdkit / writer, broker (both runs) | "
+        "floor CPU s read (client + server) / chunks / store | "
         "disk MB per proxy CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, path, read_rate, cpu_rate, bt, res, clone_alloc in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, path, read_rate, cpu_rate, bt, res, clone_alloc, floor in rows:
         st = res["tpl"]
         # every rate in disk MB/s: each stage only sees its share of the disk
         read_r = read_rate * size / st["bytes_read"]
@@ -573,14 +651,19 @@ def print_table(rows: list[Any], size: int, proxy_cores: int) -> None:
         pub_r = size / bt
         pipe_r = size / st["seconds"]
         slowest = min(read_r, cpu_r, pub_r)
+        # the ratio the pipeline would reach if it took no more than its floor
+        best = size / floor_seconds(name, floor, where) / slowest
         clone = res["clone"]
         print(
             f"| {name} | {path} | {read_r / 1e6:.0f} | {cpu_r / 1e6:.0f} | {pub_r / 1e6:.0f} | "
-            f"{pipe_r / 1e6:.0f} | {pipe_r / slowest:.2f} | {pipe_r / 1e6 / proxy_cores:.0f} | "
+            f"{pipe_r / 1e6:.0f} | {pipe_r / slowest:.2f} | {best:.2f} | "
+            f"{pipe_r / 1e6 / where.proxy_cores:.0f} | "
             f"{clone['bytes_sent'] / clone_alloc:.3f} | "
             f"{res['budget_peak'] / MiB:.0f} | {res['rss_peak'] / MiB:.0f} | "
             f"{st['cpu']:.1f} / {st['server_cpu']:.1f} / {st['writer_cpu']:.1f}, "
             f"{res['broker_cpu']:.1f} | "
+            f"{floor['read_client']:.1f} + {floor['read_server']:.1f} / {floor['chunks']:.1f} / "
+            f"{floor['store']:.1f} | "
             f"{size / st['cpu'] / 1e6:.0f} |"
         )
     st = rows[0][5]["tpl"]
