@@ -19,10 +19,16 @@ proxy, the writer, RabbitMQ and the lab (http only) are separate processes. The 
 run alone, the pipeline shares the cores with the writer (decompress, re-hash, fsync) and
 the broker, which is the deployment shape minus the network. RSS is the proxy process's
 peak (VmHWM), next to the peak of its chunk-memory budget. CPU seconds of the template's
-run: the proxy process's own, the writer's and the broker's (these two over the template
-and the clone), and nbdkit's (the nbd transport's server, a child of the proxy: template
-only); disk MB per proxy CPU second is what sizes proxies (Veeam's anchor: ~100 MB/s per
-core).
+run: the proxy process's own, the disk's server's (nbdkit, a child of the proxy, or the lab
+serving http), the writer's, and the broker's (over the template and the clone); disk MB
+per proxy CPU second is what sizes proxies (Veeam's anchor: ~100 MB/s per core).
+
+The floor: what the pipeline cannot skip, measured alone per transport: the bare read's
+CPU (this process and the disk's server), the pipeline's own chunk work (zero check,
+BLAKE3, probe + zstd) and the writer's store of the sent chunks into a fresh repository.
+Spread perfectly over the cores (each side's own with ``--split``) it gives the least
+time the pipeline can take here, and so the best ratio these cores allow: a ratio below
+0.7 is the code's when that bound is well above it, the machine's when it is not.
 
     .venv/bin/python -m bench.proxy_throughput [--size-mib 4096] [--transports file,nbd,http]
         [--chunk-paths stream,broker,broker-persistent]
@@ -331,9 +337,11 @@ def run_pipeline(
     budget: MemoryBudget,
     workers: int,
     writer_pid: int,
+    server_pid: int | None,
 ) -> tuple[float, float, float, float, TaskStats]:
-    """(seconds, CPU seconds of this process, of the disk's server (nbdkit; 0 for the
-    other transports), stats) of one disk through the pipeline."""
+    """(seconds, CPU seconds of this process, of the disk's server (nbdkit, or the lab
+    serving http at ``server_pid``; 0 for file), of the writer, stats) of one disk through
+    the pipeline."""
     window = ProxySettings().window_bytes(CHUNK)  # as `vmbackup proxy` sizes its stages
     cfg = PipelineConfig(
         chunk_size=CHUNK,
@@ -345,13 +353,16 @@ def run_pipeline(
     k0 = children_cpu()
     with ThreadPoolExecutor(workers) as pool, transport.open(src) as r:
         t0, c0, w0 = time.perf_counter(), process_cpu(), proc_cpu(writer_pid)
+        s0 = proc_cpu(server_pid) if server_pid else 0.0
         st = TaskPipeline(r, link, pool, budget, cfg, uuid.uuid4().hex).run(
             [(0, src.capacity)], src.capacity
         )
         dt, cpu = time.perf_counter() - t0, process_cpu() - c0
         # the task is acked by then: every chunk it sent is durable at the writer
         w_cpu = proc_cpu(writer_pid) - w0
-    return dt, cpu, children_cpu() - k0, w_cpu, st  # nbdkit is reaped when the reader closes
+        s_cpu = proc_cpu(server_pid) - s0 if server_pid else 0.0
+    # nbdkit is reaped when the reader closes
+    return dt, cpu, children_cpu() - k0 + s_cpu, w_cpu, st
 
 
 def child_main(spec_json: str) -> None:
@@ -383,7 +394,13 @@ def child_main(spec_json: str) -> None:
         for which in ("tpl", "clone"):
             src = DiskSource(**spec[which])
             dt, cpu, server_cpu, w_cpu, st = run_pipeline(
-                link, transport, src, budget, spec["workers"], spec["writer_pid"]
+                link,
+                transport,
+                src,
+                budget,
+                spec["workers"],
+                spec["writer_pid"],
+                spec["server_pid"],
             )
             stats = {k: v for k, v in vars(st).items() if k != "entries"}
             out[which] = {
@@ -585,6 +602,7 @@ def main() -> None:
                                         "path": path,
                                         "workers": args.workers,
                                         "writer_pid": writer.pid,
+                                        "server_pid": lab.pid if name == "http" else None,
                                         "tpl": vars(srcs[0]),
                                         "clone": vars(srcs[1]),
                                     }
@@ -638,7 +656,7 @@ def print_table(rows: list[Any], size: int, where: Placement) -> None:
         "bare publish+consume | pipeline | pipeline / slowest | best these cores allow | "
         "pipeline per proxy core | "
         "clone sent / allocated | budget peak MiB | proxy RSS peak MiB | "
-        "template CPU s proxy / nbdkit / writer, broker (both runs) | "
+        "template CPU s proxy / server / writer, broker (both runs) | "
         "floor CPU s read (client + server) / chunks / store | "
         "disk MB per proxy CPU s |"
     )
