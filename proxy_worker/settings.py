@@ -120,12 +120,21 @@ class HttpSettings:
         default=8 * MiB,
         metadata=_doc("adjacent chunks read with one GET, up to this many bytes (>= 1 chunk)"),
     )
+    requests_in_flight: int = field(
+        default=2,
+        metadata=_doc(
+            "ranged GETs of one disk at once, each on its own connection (<= pool_size); "
+            "a host sees up to throttle.max_streams_per_host x this many"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.pool_size < 1 or self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
             raise ValueError("proxy.http: pool_size >= 1, timeout > 0, retries >= 0, backoff >= 0")
         if not 0 < self.request_bytes <= 64 * MiB:
             raise ValueError("proxy.http.request_bytes must be within 1..64 MiB")
+        if not 1 <= self.requests_in_flight <= self.pool_size:
+            raise ValueError("proxy.http.requests_in_flight must be within 1..pool_size")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ import re
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from http.cookies import SimpleCookie
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -174,6 +176,7 @@ class HttpReader(DiskReader):
         self.url = folder_url(source)
         self._buffers = buffers
         self.resumes = 0  # requests made to continue a dropped range (tests, metrics)
+        self._resumes_lock = threading.Lock()
 
     def read(self, offset: int, length: int) -> bytearray:
         check_range(offset, length, self.capacity)
@@ -185,9 +188,37 @@ class HttpReader(DiskReader):
     def read_many(self, ranges: Iterable[tuple[int, int]]) -> Iterator[tuple[int, bytearray]]:
         """Adjacent ranges are read with one GET of up to ``request_bytes`` (each range into
         its own buffer): a /folder request costs the server (hostd on ESXi) far more than
-        its bytes, and the client a round trip and a response to parse. The ranges of one
-        request are taken from ``ranges`` before it is sent, i.e. charged to the proxy's
-        memory budget a request ahead, as the nbd transport's requests in flight are."""
+        its bytes, and the client a round trip and a response to parse. Up to
+        ``requests_in_flight`` GETs run at once, each on its own pooled connection and
+        thread, so that decrypting one response overlaps the server sending the next;
+        chunks are yielded in order. The ranges of a request are taken from ``ranges``
+        before it is sent, i.e. charged to the proxy's memory budget while it is in
+        flight, as the nbd transport's requests are."""
+        requests = self._requests(ranges)
+        in_flight = self.server.settings.requests_in_flight
+        if in_flight == 1:
+            for request in requests:
+                self._fill_request(*request)
+                yield from _chunks_of(*request)
+                del request  # the buffers are the caller's now: reusable once it drops them
+            return
+        pending: deque[tuple[int, list[bytearray], Future[None]]] = deque()
+        pool = ThreadPoolExecutor(in_flight, thread_name_prefix="http-read")
+        try:
+            for request in requests:
+                pending.append((*request, pool.submit(self._fill_request, *request)))
+                del request
+                if len(pending) == in_flight:
+                    yield from _chunks_when_read(pending.popleft())
+            while pending:
+                yield from _chunks_when_read(pending.popleft())
+        finally:
+            # on an error or an early close no request keeps writing into buffers that were
+            # given back: the queued ones never start, the running ones are waited for
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _requests(self, ranges: Iterable[tuple[int, int]]) -> Iterator[tuple[int, list[bytearray]]]:
+        """(offset, a buffer per range) of each GET: adjacent ranges up to request_bytes."""
         limit = self.server.settings.request_bytes
         it = iter(ranges)
         nxt = next(it, None)
@@ -204,10 +235,12 @@ class HttpReader(DiskReader):
                     break
             for off, ln in run:
                 check_range(off, ln, self.capacity)
-            bufs = [self._buffers.take(ln) for _, ln in run]
-            if total:
-                self._fill([memoryview(b) for b in bufs], run[0][0], total)
-            yield from zip((off for off, _ in run), bufs, strict=True)
+            yield run[0][0], [self._buffers.take(ln) for _, ln in run]
+
+    def _fill_request(self, offset: int, bufs: list[bytearray]) -> None:
+        total = sum(len(b) for b in bufs)
+        if total:
+            self._fill([memoryview(b) for b in bufs], offset, total)
 
     def _fill(self, views: list[memoryview], offset: int, length: int) -> None:
         """Read ``length`` bytes at ``offset`` into ``views`` (consecutive), resuming after
@@ -235,7 +268,8 @@ class HttpReader(DiskReader):
                         f"GET {self.url} at {offset + got}: {exc} "
                         f"({failures} attempts without progress)"
                     ) from exc
-                self.resumes += 1
+                with self._resumes_lock:  # requests in flight resume on their own threads
+                    self.resumes += 1
                 log.info("http_resume", url=self.url, at=offset + got, error=str(exc))
                 if failures:
                     time.sleep(self.server.settings.backoff * 2 ** (failures - 1))
@@ -308,6 +342,23 @@ class HttpReader(DiskReader):
             resp.close()
             raise _Retry(f"connection dropped after {got} of {length} bytes")
         return got, not resp.will_close and resp.isclosed()
+
+
+def _chunks_of(offset: int, bufs: list[bytearray]) -> Iterator[tuple[int, bytearray]]:
+    for buf in bufs:
+        yield offset, buf
+        offset += len(buf)
+
+
+def _chunks_when_read(
+    request: tuple[int, list[bytearray], Future[None]],
+) -> Iterator[tuple[int, bytearray]]:
+    """The chunks of a request in flight once it is read (its error if it failed); holds
+    no reference to them once they are all handed on."""
+    offset, bufs, done = request
+    del request
+    done.result()
+    yield from _chunks_of(offset, bufs)
 
 
 def _locate(views: list[memoryview], pos: int) -> tuple[int, int]:
