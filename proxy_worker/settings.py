@@ -124,7 +124,8 @@ class HttpSettings:
         default=2,
         metadata=_doc(
             "ranged GETs of one disk at once, each on its own connection (<= pool_size); "
-            "a host sees up to throttle.max_streams_per_host x this many"
+            "a host sees up to throttle.max_streams_per_host x this many; tasks_in_parallel "
+            "x this x request_bytes <= memory_limit_mib / 2"
         ),
     )
 
@@ -237,6 +238,15 @@ class ProxySettings:
             raise ValueError("proxy.tasks_in_parallel and proxy.pipeline_workers must be >= 1")
         if self.memory_limit_mib < 16:
             raise ValueError("proxy.memory_limit_mib must be >= 16")
+        # http requests being read hold their chunks' budget before the reader can hand any
+        # on; with the windows being filled (half the budget) they must never hold the rest
+        held = self.tasks_in_parallel * self.http.requests_in_flight * self.http.request_bytes
+        if held > self.memory_limit_mib * MiB // 2:
+            raise ValueError(
+                f"proxy.tasks_in_parallel x proxy.http.requests_in_flight x "
+                f"proxy.http.request_bytes ({held // MiB} MiB) must be at most half of "
+                f"proxy.memory_limit_mib ({self.memory_limit_mib} MiB)"
+            )
         if not MiB // 4 <= self.batch_bytes <= 32 * MiB:
             raise ValueError("proxy.batch_bytes must be within 256 KiB..32 MiB")
         if not 1 <= self.have_batch <= 10000:
