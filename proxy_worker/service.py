@@ -68,7 +68,7 @@ class ProxyService:
         self.transports: dict[str, Transport] = {
             "file": FileTransport(settings),
             "nbd": NbdTransport(settings, vcenters, buffers),
-            "http": HttpTransport(settings.http, vcenters, buffers),
+            "http": HttpTransport(settings.http_settings(), vcenters, buffers),
         }
         self.throttle = Throttle(settings.throttle)
         self.budget = MemoryBudget(settings.memory_limit_mib * MiB)

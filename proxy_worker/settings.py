@@ -7,7 +7,7 @@ Validation raises ValueError naming the key; common.config turns it into a Confi
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.config import Secret
@@ -124,8 +124,8 @@ class HttpSettings:
         default=2,
         metadata=_doc(
             "ranged GETs of one disk at once, each on its own connection (<= pool_size); "
-            "a host sees up to throttle.max_streams_per_host x this many; tasks_in_parallel "
-            "x this x request_bytes <= memory_limit_mib / 2"
+            "a host sees up to throttle.max_streams_per_host x this many; fewer where "
+            "tasks_in_parallel x this x request_bytes would exceed memory_limit_mib / 2"
         ),
     )
 
@@ -238,14 +238,14 @@ class ProxySettings:
             raise ValueError("proxy.tasks_in_parallel and proxy.pipeline_workers must be >= 1")
         if self.memory_limit_mib < 16:
             raise ValueError("proxy.memory_limit_mib must be >= 16")
-        # http requests being read hold their chunks' budget before the reader can hand any
-        # on; with the windows being filled (half the budget) they must never hold the rest
-        held = self.tasks_in_parallel * self.http.requests_in_flight * self.http.request_bytes
+        # an http request being read holds its chunks' budget before the reader can hand
+        # any on; with the windows being filled (half the budget) one request per task must
+        # leave the rest free (more in flight are allowed only as far as they fit, below)
+        held = self.tasks_in_parallel * self.http.request_bytes
         if held > self.memory_limit_mib * MiB // 2:
             raise ValueError(
-                f"proxy.tasks_in_parallel x proxy.http.requests_in_flight x "
-                f"proxy.http.request_bytes ({held // MiB} MiB) must be at most half of "
-                f"proxy.memory_limit_mib ({self.memory_limit_mib} MiB)"
+                f"proxy.tasks_in_parallel x proxy.http.request_bytes ({held // MiB} MiB) must "
+                f"be at most half of proxy.memory_limit_mib ({self.memory_limit_mib} MiB)"
             )
         if not MiB // 4 <= self.batch_bytes <= 32 * MiB:
             raise ValueError("proxy.batch_bytes must be within 256 KiB..32 MiB")
@@ -263,6 +263,13 @@ class ProxySettings:
         then never hold the whole budget, so what is downstream can always drain."""
         share = self.memory_limit_mib * MiB // (2 * self.tasks_in_parallel)
         return max(chunk_size, share)
+
+    def http_settings(self) -> HttpSettings:
+        """``http`` with requests_in_flight lowered to what the memory budget holds: the
+        requests of all tasks together at most half of it (see __post_init__)."""
+        per_request = self.tasks_in_parallel * self.http.request_bytes
+        fits = self.memory_limit_mib * MiB // 2 // per_request
+        return replace(self.http, requests_in_flight=min(self.http.requests_in_flight, fits))
 
     def chunk_id_key(self) -> bytes | None:
         v = self.id_key.value.strip()
