@@ -4,7 +4,8 @@ A lab (vcsim) with two VMs whose disks hold the same mixed data, the second a cl
 first (template) with 2 % of its blocks rewritten. Per transport (file, nbd via nbdkit's file
 plugin, http through the lab's /folder URL):
 
-- bare read: the transport reading the disk's allocated data (what the pipeline reads);
+- bare read: the transport reading the chunks of the full backup's task, i.e. the areas CBT
+  reports allocated (what the pipeline is given; see ``full_backup_ranges``);
 - bare BLAKE3 + zstd: ``--workers`` threads hashing and compressing a sample of that data;
 - bare publish+consume: windowed publish (confirms) of the payload the pipeline actually
   sent, in batch-sized messages, consumed by another process;
@@ -58,6 +59,8 @@ from common.amqp import BrokerParams, Publisher, open_blocking
 from common.chunk import chunk_id, compress, is_zero
 from common.heap import limit_heap_retention
 from common.messages import ChunkBatch
+from coordinator.planner import align
+from lab.guest import data_extents
 from proxy_worker.budget import MemoryBudget
 from proxy_worker.chunk_stream import WriterStreams
 from proxy_worker.pipeline import PipelineConfig, TaskPipeline, TaskStats
@@ -114,14 +117,23 @@ def fill_disks(tpl: Path, clone: Path, size: int, seed: int = 1) -> None:
                 fc.write(rnd.randbytes(CHUNK))
 
 
-def allocated_chunks(r: DiskReader) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for e in r.extents(0, r.capacity):
-        if e.data:
-            for o in range(e.offset - e.offset % CHUNK, e.end, CHUNK):
-                if not out or out[-1][0] != o:
-                    out.append((o, min(CHUNK, r.capacity - o)))
-    return out
+def full_backup_ranges(path: Path, capacity: int) -> list[tuple[int, int]]:
+    """A full backup's task ranges as the coordinator plans them: the areas the lab's
+    QueryChangedDiskAreas(changeId="*") reports as allocated (the flat file's SEEK_DATA
+    extents, as lab/vcsim/sparse.go walks them), grown to whole chunks. So no transport
+    reads the disk's holes, as in production, where CBT is the only way http has to skip
+    them (nbd's block status and the file transport's SEEK_DATA then find none left)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        extents = data_extents(fd, capacity)
+    finally:
+        os.close(fd)
+    return align([(start, end - start) for start, end in extents], CHUNK, capacity)
+
+
+def chunks_of(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(offset, length) of every chunk of aligned ``ranges``, in disk order."""
+    return [(o, min(CHUNK, off + n - o)) for off, n in ranges for o in range(off, off + n, CHUNK)]
 
 
 # --- where processes run (--split) ---------------------------------------------------------
@@ -170,14 +182,13 @@ class Placement:
         os.sched_setaffinity(0, self.all)
 
 
-def bare_read(r: DiskReader) -> tuple[float, int]:
-    ranges = allocated_chunks(r)
+def bare_read(r: DiskReader, ranges: list[tuple[int, int]]) -> tuple[float, int]:
     t0 = time.perf_counter()
     n = sum(len(b) for _, b in r.read_many(ranges))
     return time.perf_counter() - t0, n
 
 
-def bare_cpu(r: DiskReader, workers: int) -> tuple[float, int]:
+def bare_cpu(r: DiskReader, ranges: list[tuple[int, int]], workers: int) -> tuple[float, int]:
     """Hash + compress (zero chunks only checked) of a sample of the allocated data;
     only the CPU stage is timed, in batches so the sample never sits in memory at once."""
 
@@ -187,7 +198,7 @@ def bare_cpu(r: DiskReader, workers: int) -> tuple[float, int]:
         chunk_id(d)
         return len(compress(d, LEVEL, probe=False)[0])  # the issue's baseline: zstd on all
 
-    ranges = allocated_chunks(r)[: CPU_SAMPLE // CHUNK]
+    ranges = ranges[: CPU_SAMPLE // CHUNK]
     spent, n = 0.0, 0
     with ThreadPoolExecutor(workers) as pool:
         for i in range(0, len(ranges), 64):
@@ -338,6 +349,7 @@ def run_pipeline(
     workers: int,
     writer_pid: int,
     server_pid: int | None,
+    ranges: list[tuple[int, int]],
 ) -> tuple[float, float, float, float, TaskStats]:
     """(seconds, CPU seconds of this process, of the disk's server (nbdkit, or the lab
     serving http at ``server_pid``; 0 for file), of the writer, stats) of one disk through
@@ -354,9 +366,7 @@ def run_pipeline(
     with ThreadPoolExecutor(workers) as pool, transport.open(src) as r:
         t0, c0, w0 = time.perf_counter(), process_cpu(), proc_cpu(writer_pid)
         s0 = proc_cpu(server_pid) if server_pid else 0.0
-        st = TaskPipeline(r, link, pool, budget, cfg, uuid.uuid4().hex).run(
-            [(0, src.capacity)], src.capacity
-        )
+        st = TaskPipeline(r, link, pool, budget, cfg, uuid.uuid4().hex).run(ranges, src.capacity)
         dt, cpu = time.perf_counter() - t0, process_cpu() - c0
         # the task is acked by then: every chunk it sent is durable at the writer
         w_cpu = proc_cpu(writer_pid) - w0
@@ -401,6 +411,7 @@ def child_main(spec_json: str) -> None:
                 spec["workers"],
                 spec["writer_pid"],
                 spec["server_pid"],
+                [(off, n) for off, n in spec["tasks"][which]],
             )
             stats = {k: v for k, v in vars(st).items() if k != "entries"}
             out[which] = {
@@ -547,6 +558,11 @@ def main() -> None:
             clone_path = lab.local_path(srcs[1].disk_file)
             fill_disks(lab.local_path(srcs[0].disk_file), clone_path, size)
             clone_alloc = os.stat(clone_path).st_blocks * 512
+            tasks = {
+                which: full_backup_ranges(lab.local_path(src.disk_file), src.capacity)
+                for which, src in (("tpl", srcs[0]), ("clone", srcs[1]))
+            }
+            ranges = chunks_of(tasks["tpl"])
             # Write the disks back now: otherwise the kernel's flusher does it during the
             # first transport's runs, on the same cores (that transport measured ~30 % slower).
             os.sync()
@@ -565,14 +581,13 @@ def main() -> None:
                 # reaped when the reader closes; the lab for http)
                 c0, k0, s0 = time.process_time(), children_cpu(), proc_cpu(lab.pid)
                 with t.open(srcs[0]) as r:
-                    rt, rn = bare_read(r)
-                    ranges = allocated_chunks(r)
+                    rt, rn = bare_read(r, ranges)
                 floor = {
                     "read_client": time.process_time() - c0,
                     "read_server": children_cpu() - k0 + proc_cpu(lab.pid) - s0,
                 }
                 with t.open(srcs[0]) as r:
-                    ct, cn = bare_cpu(r, args.workers)
+                    ct, cn = bare_cpu(r, ranges, args.workers)
                 t.close()
                 floor["chunks"], floor["store"] = bare_chunks_and_store(
                     lab.local_path(srcs[0].disk_file), ranges, Path(args.repo_dir)
@@ -605,6 +620,7 @@ def main() -> None:
                                         "server_pid": lab.pid if name == "http" else None,
                                         "tpl": vars(srcs[0]),
                                         "clone": vars(srcs[1]),
+                                        "tasks": tasks,
                                     }
                                 ),
                             ],
