@@ -242,7 +242,7 @@ class ProxySettings:
         # any on; with the windows being filled (half the budget) one request per task must
         # leave the rest free (more in flight are allowed only as far as they fit, below)
         held = self.tasks_in_parallel * self.http.request_bytes
-        if held > self.memory_limit_mib * MiB // 2:
+        if held > self.readers_share():
             raise ValueError(
                 f"proxy.tasks_in_parallel x proxy.http.request_bytes ({held // MiB} MiB) must "
                 f"be at most half of proxy.memory_limit_mib ({self.memory_limit_mib} MiB)"
@@ -257,18 +257,22 @@ class ProxySettings:
         if self.writer_timeout <= 0:
             raise ValueError("proxy.writer_timeout must be > 0")
 
+    def readers_share(self) -> int:
+        """Bytes of the memory budget the readers of all tasks may hold at once: half of it,
+        so that what is downstream of them (hashing, queries, sends) can always drain."""
+        return self.memory_limit_mib * MiB // 2
+
     def window_bytes(self, chunk_size: int) -> int:
         """Chunk bytes a task hands from one pipeline stage to the next at once: half of its
         share of the memory budget. The windows being filled by the readers of all tasks
         then never hold the whole budget, so what is downstream can always drain."""
-        share = self.memory_limit_mib * MiB // (2 * self.tasks_in_parallel)
-        return max(chunk_size, share)
+        return max(chunk_size, self.readers_share() // self.tasks_in_parallel)
 
     def http_settings(self) -> HttpSettings:
         """``http`` with requests_in_flight lowered to what the memory budget holds: the
         requests of all tasks together at most half of it (see __post_init__)."""
         per_request = self.tasks_in_parallel * self.http.request_bytes
-        fits = self.memory_limit_mib * MiB // 2 // per_request
+        fits = self.readers_share() // per_request
         return replace(self.http, requests_in_flight=min(self.http.requests_in_flight, fits))
 
     def chunk_id_key(self) -> bytes | None:
