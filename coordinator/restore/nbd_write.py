@@ -169,7 +169,11 @@ def write_disk_nbd(
         except _NbdFailed as exc:
             written += one.written  # what travelled, the part sent again included
             start = one.resume_at()
-            why = f"NBD write failed at byte {start}: {exc}"
+            why = (
+                f"NBD flush failed, so the disk is written again from byte 0: {exc}"
+                if one.flushing
+                else f"NBD write failed at byte {start}: {exc}"
+            )
             if attempt >= attempts:
                 raise RestoreVmError(
                     f"disk {disk_key}: {why} (after {attempts} attempts)"

@@ -115,3 +115,69 @@ def test_failed_nbd_writes_resume_on_a_new_connection(env: Env, tmp_path: Path) 
     assert r.returncode == 1, r.stdout
     assert "NBD write failed at byte" in r.stderr and "after 2 attempts" in r.stderr
     assert not env.vms_named("never-ok"), "a half-restored VM was left behind"
+
+
+def _nbdkit_failing_flush(tmp: Path, env: Env, *, recovers: bool) -> Path:
+    """A config whose nbdkit serves the flat file through nbdkit's eval plugin (the file
+    plugin's reads and writes, done by dd) with a flush that fails with EIO: on the first
+    connection only (``recovers``) or on every one. nbdkit 1.32's error filter cannot fail
+    a flush; the eval plugin can."""
+    tmp.mkdir(exist_ok=True)
+    trigger, started = tmp / "flush-fails", tmp / "started"
+    trigger.touch()
+    heal = f'[ -e "{started}" ] && rm -f "{trigger}"\n' if recovers else ""
+    script = tmp / "nbdkit-flush-fails"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"{heal}"
+        f'touch "{started}"\n'
+        "for flat; do :; done  # the file plugin's last argument: the flat file\n"
+        "exec nbdkit -s --exit-with-parent eval \\\n"
+        "  get_size=\"stat -Lc %s '$flat'\" \\\n"
+        "  pread=\"dd if='$flat' skip=\\$4 count=\\$3 iflag=count_bytes,skip_bytes\" \\\n"
+        "  pwrite=\"dd of='$flat' bs=64K seek=\\$4 conv=notrunc oflag=seek_bytes status=none\" \\\n"
+        f"  flush=\"if [ -e '{trigger}' ]; then echo 'EIO flush refused by the test' >&2; "
+        "exit 1; fi; sync '$flat'\"\n"
+    )
+    script.chmod(0o755)
+    config = tmp / "flush-fails.toml"
+    text = env.config.read_text()
+    config.write_text(
+        text.replace(
+            '[proxy.nbd]\nserver = "file"', f'[proxy.nbd]\nserver = "file"\nnbdkit = "{script}"'
+        )
+    )
+    return config
+
+
+def test_a_failed_flush_writes_the_disk_again_from_its_first_byte(env: Env, tmp_path: Path) -> None:
+    size = 4 * MiB
+    vm = create_simple_vm(env.conn, "flush-src", env.shared_ds, size)
+    src = flat_of(env, _disk_file(env, vm))
+    for off in range(0, size, 4 * CHUNK):  # 4 chunks with data
+        write_at(src, size, off, os.urandom(CHUNK))
+    point = back_up(env.conn, env.lab, env.repo, vm)
+
+    config = _nbdkit_failing_flush(tmp_path / "once", env, recovers=True)
+    r = env.restore_vm(point.point_id, "flushed", "--transport", "nbd", "--json", config=config)
+    assert r.returncode == 0, r.stderr
+    [disk] = json.loads(r.stdout)["disks"]
+    assert disk["attempts"] == 2
+    assert "NBD flush failed" in r.stderr and "from byte 0" in r.stderr
+    # a write taken but not flushed may be lost: every data chunk went again
+    assert disk["bytes_sent"] == 2 * 4 * CHUNK
+    assert same_bytes(flat_of(env, disk["file"]), src)
+
+    config = _nbdkit_failing_flush(tmp_path / "never", env, recovers=False)
+    r = env.restore_vm(
+        point.point_id,
+        "never-flushed",
+        "--transport",
+        "nbd",
+        "--upload-attempts",
+        "2",
+        config=config,
+    )
+    assert r.returncode == 1, r.stdout
+    assert "NBD flush failed" in r.stderr and "after 2 attempts" in r.stderr
+    assert not env.vms_named("never-flushed"), "a half-restored VM was left behind"
