@@ -74,13 +74,20 @@ def config_stack(lab: Any, workdir: Path) -> Stack:
 
 
 def write_config(
-    stack: Stack, path: Path, repo: Path, url: str | None = None, password: str | None = None
+    stack: Stack,
+    path: Path,
+    repo: Path,
+    url: str | None = None,
+    password: str | None = None,
+    thumbprint: str | None = None,
 ) -> Path:
-    """A config for restore-vm: ``repo``, and the lab's vCenter (or ``url``/``password``)
-    with a short timeout and no retries so that the error tests fail fast."""
+    """A config for restore-vm: ``repo``, and the lab's vCenter (or ``url``/``password``/
+    ``thumbprint``) with a short timeout and no retries so that the error tests fail fast."""
     vcenter: dict[str, str | float | int] = {"timeout_s": 20.0, "retries": 0}
     if url is not None:
         vcenter["url"] = url
+    if thumbprint is not None:
+        vcenter["thumbprint"] = thumbprint
     return stack.write_config(path, repo=repo, password=password, **vcenter)
 
 

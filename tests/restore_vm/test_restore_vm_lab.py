@@ -13,6 +13,7 @@ from pyVmomi import vim
 from coordinator import vm_config
 from repository_writer.restore import restore_disk
 from tests.proxy.relay import CuttingRelay
+from tests.restore_vm.answering_relay import AnsweringRelay
 from tests.restore_vm.conftest import Env, flat_of, same_bytes, write_config
 from tests.restore_vm.lab_point import sha256_file
 
@@ -242,6 +243,46 @@ def test_a_dropped_upload_starts_the_disk_again_and_lands_exact(env: Env, tmp_pa
     assert not (Path(env.lab.datastores[env.shared_ds]) / "cut-twice").exists()
     r = _restore(env, env.plain.point_id, "--datastore", env.shared_ds, "--upload-attempts", "0")
     assert r.returncode == 2 and "--upload-attempts must be at least 1" in r.stderr
+
+
+def test_an_upload_answered_5xx_is_sent_again_and_a_4xx_is_not(env: Env, tmp_path: Path) -> None:
+    """A server that answers a disk's PUT with 503 (busy) gets that disk again from its
+    first byte and the disks end up exact; one answering every attempt with 503 leaves a
+    clear error and no VM; a 403 is final at once (sending again would not change it)."""
+    target = (env.lab.host, env.lab.port)
+
+    def restore_through(relay: AnsweringRelay, name: str, *args: str) -> Any:
+        cfg = write_config(
+            env.stack, tmp_path / f"{name}.toml", env.repo_path, relay.url, None, relay.fingerprint
+        )
+        try:
+            return env.restore_vm(env.plain.point_id, name, *args, config=cfg)
+        finally:
+            relay.close()
+
+    relay = AnsweringRelay(target, status=503, answers=1)
+    r = restore_through(relay, "after-a-503", "--json")
+    assert r.returncode == 0, r.stderr
+    assert relay.answered == 1
+    res = json.loads(r.stdout)
+    assert [d["attempts"] for d in res["disks"]] == [2, 1]
+    assert "restore_vm_upload_retry" in r.stderr and "HTTP 503" in r.stderr
+    _check_disks(env, env.plain.point_id, res, env.plain.disk_sha256)
+
+    relay = AnsweringRelay(target, status=503, answers=2)
+    r = restore_through(relay, "busy-twice", "--upload-attempts", "2")
+    assert r.returncode == 1, r.stdout
+    assert relay.answered == 2
+    assert "HTTP 503" in r.stderr and "after 2 attempts" in r.stderr
+    assert not env.vms_named("busy-twice"), "a half-restored VM was left behind"
+
+    relay = AnsweringRelay(target, status=403, answers=3)
+    r = restore_through(relay, "forbidden", "--upload-attempts", "3")
+    assert r.returncode == 1, r.stdout
+    assert relay.answered == 1, "a 4xx was sent again"
+    assert "HTTP 403" in r.stderr and "restore_vm_upload_retry" not in r.stderr
+    assert not env.vms_named("forbidden"), "a half-restored VM was left behind"
+    assert not (Path(env.lab.datastores[env.shared_ds]) / "forbidden").exists()
 
 
 def test_repo_list_shows_restore_metadata(env: Env) -> None:
