@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lab.guest import write_at
 from tests.restore_vm.conftest import CHUNK, Env, flat_of, same_bytes
-from tests.restore_vm.lab_point import back_up, create_simple_vm
+from tests.restore_vm.lab_point import LabPoint, back_up, create_simple_vm
 
 MiB = 2**20
 
@@ -20,14 +20,22 @@ def _disk_file(env: Env, vm: object) -> str:
     return str(next(d.backing.fileName for d in dev if hasattr(d, "capacityInBytes")))
 
 
+def _backed_up(
+    env: Env, name: str, size: int, writes: list[tuple[int, int]]
+) -> tuple[Path, LabPoint]:
+    """A new VM with one disk of ``size`` holding random bytes at (offset, length) of
+    ``writes`` and holes elsewhere, backed up: (its flat file, the point)."""
+    vm = create_simple_vm(env.conn, name, env.shared_ds, size)
+    src = flat_of(env, _disk_file(env, vm))
+    for off, n in writes:
+        write_at(src, size, off, os.urandom(n))
+    return src, back_up(env.conn, env.lab, env.repo, vm)
+
+
 def test_nbd_restore_sends_only_data_and_keeps_the_disk_thin(env: Env) -> None:
     size = 24 * MiB + 512  # ends mid-chunk
-    vm = create_simple_vm(env.conn, "sparse-src", env.shared_ds, size)
-    src = flat_of(env, _disk_file(env, vm))
     data_at = [0, 5 * MiB + 4096, 17 * MiB, size - 512]  # 4 chunks with data, the rest holes
-    for off in data_at:
-        write_at(src, size, off, os.urandom(min(3000, size - off)))
-    point = back_up(env.conn, env.lab, env.repo, vm)
+    src, point = _backed_up(env, "sparse-src", size, [(o, min(3000, size - o)) for o in data_at])
 
     r = env.restore_vm(point.point_id, "sparse-nbd", "--transport", "nbd", "--json")
     assert r.returncode == 0, r.stderr
@@ -60,23 +68,16 @@ def test_nbd_restore_fails_cleanly_without_a_datastore_mount(env: Env) -> None:
     assert not env.vms_named("nbd-nomount"), "a half-restored VM was left behind"
 
 
-def _failing_nbdkit(env: Env, tmp: Path, *, recovers: bool) -> Path:
-    """A config whose nbdkit runs nbdkit's error filter: a quarter of the writes fail with
-    EIO on the first connection and none from the second one on (``recovers``), or every
-    write fails on every connection. (Debian's nbdkit 1.32 cannot fail a flush.)"""
+def _nbdkit_that_fails(env: Env, tmp: Path, command: str, *, recovers: bool) -> Path:
+    """A config whose nbdkit is a script running ``command``, whose nbdkit fails while the
+    file ``{trigger}`` exists: on the first connection only (``recovers``: the second
+    connection's start removes it) or on every one."""
     tmp.mkdir(exist_ok=True)
-    trigger, started = tmp / "writes-fail", tmp / "started"
+    trigger, started = tmp / "fail", tmp / "started"
     trigger.touch()
-    script = tmp / "nbdkit-failing"
     heal = f'[ -e "{started}" ] && rm -f "{trigger}"\n' if recovers else ""
-    rate = "25%" if recovers else "100%"
-    script.write_text(
-        "#!/bin/sh\n"
-        f"{heal}"
-        f'touch "{started}"\n'
-        f'exec nbdkit --filter=error "$@" error-pwrite=EIO error-pwrite-rate={rate} '
-        f'error-pwrite-file="{trigger}"\n'
-    )
+    script = tmp / "nbdkit-failing"
+    script.write_text(f'#!/bin/sh\n{heal}touch "{started}"\n{command.format(trigger=trigger)}\n')
     script.chmod(0o755)
     config = tmp / "failing-nbd.toml"
     text = env.config.read_text()
@@ -89,15 +90,27 @@ def _failing_nbdkit(env: Env, tmp: Path, *, recovers: bool) -> Path:
     return config
 
 
+def _failing_writes(env: Env, tmp: Path, *, recovers: bool) -> Path:
+    """nbdkit's error filter: a quarter of the writes fail with EIO (every write when it
+    never ``recovers``)."""
+    rate = "25%" if recovers else "100%"
+    return _nbdkit_that_fails(
+        env,
+        tmp,
+        f'exec nbdkit --filter=error "$@" error-pwrite=EIO error-pwrite-rate={rate} '
+        'error-pwrite-file="{trigger}"',
+        recovers=recovers,
+    )
+
+
 def test_failed_nbd_writes_resume_on_a_new_connection(env: Env, tmp_path: Path) -> None:
     size = 16 * MiB
-    vm = create_simple_vm(env.conn, "resume-src", env.shared_ds, size)
-    src = flat_of(env, _disk_file(env, vm))
-    for off in range(0, size, 2 * CHUNK):  # 32 chunks with data, 32 holes
-        write_at(src, size, off, os.urandom(CHUNK))
-    point = back_up(env.conn, env.lab, env.repo, vm)
+    # 32 chunks with data, 32 holes
+    src, point = _backed_up(
+        env, "resume-src", size, [(o, CHUNK) for o in range(0, size, 2 * CHUNK)]
+    )
 
-    config = _failing_nbdkit(env, tmp_path, recovers=True)
+    config = _failing_writes(env, tmp_path / "once", recovers=True)
     r = env.restore_vm(point.point_id, "resumed", "--transport", "nbd", "--json", config=config)
     assert r.returncode == 0, r.stderr
     [disk] = json.loads(r.stdout)["disks"]
@@ -108,7 +121,7 @@ def test_failed_nbd_writes_resume_on_a_new_connection(env: Env, tmp_path: Path) 
     assert data <= disk["bytes_sent"] <= data + 4 * CHUNK
     assert same_bytes(flat_of(env, disk["file"]), src)
 
-    config = _failing_nbdkit(env, tmp_path / "never", recovers=False)
+    config = _failing_writes(env, tmp_path / "never", recovers=False)
     r = env.restore_vm(
         point.point_id, "never-ok", "--transport", "nbd", "--upload-attempts", "2", config=config
     )
@@ -117,48 +130,30 @@ def test_failed_nbd_writes_resume_on_a_new_connection(env: Env, tmp_path: Path) 
     assert not env.vms_named("never-ok"), "a half-restored VM was left behind"
 
 
-def _nbdkit_failing_flush(tmp: Path, env: Env, *, recovers: bool) -> Path:
-    """A config whose nbdkit serves the flat file through nbdkit's eval plugin (the file
-    plugin's reads and writes, done by dd) with a flush that fails with EIO: on the first
-    connection only (``recovers``) or on every one. nbdkit 1.32's error filter cannot fail
-    a flush; the eval plugin can."""
-    tmp.mkdir(exist_ok=True)
-    trigger, started = tmp / "flush-fails", tmp / "started"
-    trigger.touch()
-    heal = f'[ -e "{started}" ] && rm -f "{trigger}"\n' if recovers else ""
-    script = tmp / "nbdkit-flush-fails"
-    script.write_text(
-        "#!/bin/sh\n"
-        f"{heal}"
-        f'touch "{started}"\n'
+def _failing_flush(env: Env, tmp: Path, *, recovers: bool) -> Path:
+    """The flat file through nbdkit's eval plugin (the file plugin's reads and writes, done
+    by dd) with a flush that fails with EIO. nbdkit 1.32's error filter cannot fail a
+    flush; the eval plugin can."""
+    return _nbdkit_that_fails(
+        env,
+        tmp,
         "for flat; do :; done  # the file plugin's last argument: the flat file\n"
         "exec nbdkit -s --exit-with-parent eval \\\n"
         "  get_size=\"stat -Lc %s '$flat'\" \\\n"
         "  pread=\"dd if='$flat' skip=\\$4 count=\\$3 iflag=count_bytes,skip_bytes\" \\\n"
         "  pwrite=\"dd of='$flat' bs=64K seek=\\$4 conv=notrunc oflag=seek_bytes status=none\" \\\n"
-        f"  flush=\"if [ -e '{trigger}' ]; then echo 'EIO flush refused by the test' >&2; "
-        "exit 1; fi; sync '$flat'\"\n"
+        "  flush=\"if [ -e '{trigger}' ]; then echo 'EIO flush refused by the test' >&2; "
+        "exit 1; fi; sync '$flat'\"",
+        recovers=recovers,
     )
-    script.chmod(0o755)
-    config = tmp / "flush-fails.toml"
-    text = env.config.read_text()
-    config.write_text(
-        text.replace(
-            '[proxy.nbd]\nserver = "file"', f'[proxy.nbd]\nserver = "file"\nnbdkit = "{script}"'
-        )
-    )
-    return config
 
 
 def test_a_failed_flush_writes_the_disk_again_from_its_first_byte(env: Env, tmp_path: Path) -> None:
     size = 4 * MiB
-    vm = create_simple_vm(env.conn, "flush-src", env.shared_ds, size)
-    src = flat_of(env, _disk_file(env, vm))
-    for off in range(0, size, 4 * CHUNK):  # 4 chunks with data
-        write_at(src, size, off, os.urandom(CHUNK))
-    point = back_up(env.conn, env.lab, env.repo, vm)
+    # 4 chunks with data
+    src, point = _backed_up(env, "flush-src", size, [(o, CHUNK) for o in range(0, size, 4 * CHUNK)])
 
-    config = _nbdkit_failing_flush(tmp_path / "once", env, recovers=True)
+    config = _failing_flush(env, tmp_path / "flush-once", recovers=True)
     r = env.restore_vm(point.point_id, "flushed", "--transport", "nbd", "--json", config=config)
     assert r.returncode == 0, r.stderr
     [disk] = json.loads(r.stdout)["disks"]
@@ -168,7 +163,7 @@ def test_a_failed_flush_writes_the_disk_again_from_its_first_byte(env: Env, tmp_
     assert disk["bytes_sent"] == 2 * 4 * CHUNK
     assert same_bytes(flat_of(env, disk["file"]), src)
 
-    config = _nbdkit_failing_flush(tmp_path / "never", env, recovers=False)
+    config = _failing_flush(env, tmp_path / "flush-never", recovers=False)
     r = env.restore_vm(
         point.point_id,
         "never-flushed",
