@@ -75,6 +75,11 @@ class TaskResult(Message):
     """Outcome of one task; entries name every chunk of the task's ranges."""
 
     KIND: ClassVar[str] = "task-result"
+    # Version 2: ``cause`` of a failure (common/causes.py), from whoever saw it.
+    VERSION: ClassVar[int] = 2
+    UPGRADES: ClassVar[dict[int, typing.Callable[[Fields], Fields]]] = {
+        1: lambda f: _added_fields(f, "task-result v1", cause=""),
+    }
     task_id: str
     job_id: str
     vm_uuid: str
@@ -88,6 +93,7 @@ class TaskResult(Message):
     bytes_sent: int
     seconds: float
     proxy: str
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,12 +132,18 @@ class ChunkAck(Message):
     """Sent by a writer once every chunk of a batch is durable (or already known)."""
 
     KIND: ClassVar[str] = "chunk-ack"
+    # Version 2: ``cause`` (common/causes.py), e.g. "repository_full" when refused.
+    VERSION: ClassVar[int] = 2
+    UPGRADES: ClassVar[dict[int, typing.Callable[[Fields], Fields]]] = {
+        1: lambda f: _added_fields(f, "chunk-ack v1", cause=""),
+    }
     batch_id: str
     shard: int
     ok: bool
     error: str
     stored: int
     known: int
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,15 @@ declared here, never ad hoc in a role. Names: ``vmbackup_`` prefix, base units,
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import socketserver
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+
+from common import health
 
 # Buckets for latencies from sub-millisecond fsyncs to multi-minute tasks.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -55,10 +63,38 @@ AMQP_CONFIRM_WAIT_SECONDS = Histogram(
 )
 
 
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass  # scrapes every 15 s are no log lines
+
+
+def _app(
+    metrics_app: Callable[..., Iterable[bytes]],
+) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/ready":  # common/health.py
+            failing = health.not_ready()
+            start_response(
+                "503 Service Unavailable" if failing else "200 OK",
+                [("Content-Type", "text/plain; charset=utf-8")],
+            )
+            return [("\n".join(failing) or "ready").encode() + b"\n"]
+        return metrics_app(environ, start_response)
+
+    return app
+
+
 def serve_metrics(port: int, address: str = "0.0.0.0") -> int:
-    """Serve /metrics on ``port`` (0 = do not serve); returns the port."""
+    """Serve /metrics and /ready on ``port`` (0 = do not serve); returns the port."""
     if port:
-        start_http_server(port, addr=address)
+        httpd = make_server(
+            address, port, _app(make_wsgi_app()), _ThreadingServer, handler_class=_QuietHandler
+        )
+        threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
     return port
 
 
@@ -78,6 +114,17 @@ COORD_JOB_SECONDS = Histogram(
     "Duration of one backup job (policy run)",
     ["policy"],
     buckets=(1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 28800),
+)
+COORD_VM_FAILURES = Counter(
+    "vmbackup_coordinator_vm_failures_total",
+    "VMs that failed or were partial, by the cause the component that saw it named"
+    " (common/causes.py: repository_full, disk_read, task_timeout, vcenter, ...)",
+    ["policy", "cause"],
+)
+COORD_TASK_FAILURES = Counter(
+    "vmbackup_coordinator_task_failures_total",
+    "Tasks a proxy reported failed, by cause (common/causes.py)",
+    ["cause"],
 )
 COORD_JOBS = Counter(
     "vmbackup_coordinator_jobs_total", "Jobs finished, by result", ["policy", "result"]
@@ -257,6 +304,15 @@ WRITER_QUEUE_LAG_SECONDS = Histogram(
     "Publish-to-handling delay of writer messages (1 s resolution)",
     ["kind"],
     buckets=TASK_BUCKETS,
+)
+WRITER_FREE_BYTES = Gauge(
+    "vmbackup_writer_repository_free_bytes",
+    "Bytes free on the file system of the writer's repository (as of its last check)",
+)
+WRITER_ACCEPTING = Gauge(
+    "vmbackup_writer_accepting_chunks",
+    "1 while the writer takes chunk batches, 0 while it refuses them (below"
+    " writer.min_free_mib free)",
 )
 WRITER_STREAMS = Gauge(
     "vmbackup_writer_chunk_streams", "Proxies' chunk streams open to this writer"

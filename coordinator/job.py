@@ -21,10 +21,10 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 from pyVmomi.VmomiJSONEncoder import VmomiJSONEncoder
 
-from common import metrics
+from common import causes, metrics
 from common.amqp import (
     EXCHANGE_WITHDRAWALS,
     QUEUE_COMMITS,
@@ -259,7 +259,12 @@ class WriterRequestFailed(Exception):
 
 
 class DiskFailed(Exception):
-    """This disk cannot be part of the point; the text is the reason."""
+    """This disk cannot be part of the point; the text is the reason, ``cause`` its word
+    from common/causes.py."""
+
+    def __init__(self, reason: str, cause: str = causes.INTERNAL) -> None:
+        super().__init__(reason)
+        self.cause = cause
 
 
 @dataclass
@@ -271,6 +276,7 @@ class _DiskWork:
     results: list[TaskResult] = field(default_factory=list)
     entries: list[tuple[int, bytes]] = field(default_factory=list)  # checked, for the commit
     error: str = ""
+    cause: str = ""
 
 
 class _Slot:
@@ -322,6 +328,9 @@ class Job:
         self.inventories: list[Inventory] = []
         self._lock = threading.Lock()
         self._vm_bytes: dict[str, tuple[int, int]] = {}  # VM moref -> bytes read, sent
+        # (cause, reason) once the job must start nothing more: every later task and VM
+        # would meet the same wall (a writer's repository is full)
+        self._halt: tuple[str, str] | None = None
 
     # --- the job ----------------------------------------------------------------------
 
@@ -476,18 +485,25 @@ class Job:
             try:
                 self._vm(vm, vr)
             except snapshots.SnapshotError as exc:
-                vr.status, vr.reason = report.FAILED, str(exc)
+                vr.status, vr.reason, vr.cause = report.FAILED, str(exc), causes.VCENTER
             except Cancelled as exc:
                 vr.status, vr.reason = report.FAILED, f"cancelled: {exc}"
+                vr.cause = causes.CANCELLED
+            except vmodl.MethodFault as exc:
+                log.exception("vm_failed")
+                vr.status, vr.reason = report.FAILED, f"{type(exc).__name__}: {exc}"
+                vr.cause = causes.VCENTER
             except Exception as exc:
                 log.exception("vm_failed")
                 vr.status, vr.reason = report.FAILED, f"{type(exc).__name__}: {exc}"
+                vr.cause = causes.INTERNAL
             vr.seconds = round(time.monotonic() - t0, 3)
             pol = self.policy.name
             if vr.status == report.OK:
                 metrics.COORD_VMS.labels(pol, "protected").inc()
             elif vr.status in (report.FAILED, report.PARTIAL):
                 metrics.COORD_VMS.labels(pol, "failed").inc()
+                metrics.COORD_VM_FAILURES.labels(pol, vr.cause or causes.INTERNAL).inc()
             for d in vr.disks:
                 metrics.COORD_DISKS.labels(pol, "discovered").inc()
                 metrics.COORD_DISKS.labels(
@@ -508,7 +524,17 @@ class Job:
             )
             return vr
 
+    def _halt_job(self, cause: str, reason: str) -> None:
+        with self._lock:
+            if self._halt is not None:
+                return
+            self._halt = (cause, reason)
+            self.report.stopped, self.report.cause = reason, cause
+        log.error("job_stopping", cause=cause, reason=reason)
+
     def _may_start(self) -> str:
+        if self._halt is not None:
+            return self._halt[1]
         if self.cancel.is_set():
             return "job cancelled"
         if self.deadline is not None and self.clock() >= self.deadline:
@@ -518,7 +544,7 @@ class Job:
     def _vm(self, vm: VmInfo, vr: report.VmReport) -> None:
         why = self._may_start()
         if why:
-            vr.status, vr.reason = report.FAILED, f"not started: {why}"
+            vr.status, vr.reason, vr.cause = report.FAILED, f"not started: {why}", self._why_cause()
             return
         conn = self.rt.connections[vm.vcenter]
         vm_mo = conn.moref("VirtualMachine", vm.moref)
@@ -526,6 +552,7 @@ class Job:
             why = self._may_start()  # waiting for a slot can take long
             if why:
                 vr.status, vr.reason = report.FAILED, f"not started: {why}"
+                vr.cause = self._why_cause()
                 return
             just_enabled, note = self._ensure_cbt(conn, vm, vm_mo)
             with snapshots.held(
@@ -542,8 +569,12 @@ class Job:
                 vr.consistency = "quiesced" if snap.quiesced else "crash-consistent"
                 notes = [n for n in (note, snap.note) if n]
                 self._backup_snapshot(conn, vm, vm_mo, snap, vr, just_enabled)
-                if notes:
-                    vr.reason = "; ".join([*notes, vr.reason] if vr.reason else notes)
+                if notes:  # after the failure's reason, which is what an operator needs first
+                    vr.reason = "; ".join([vr.reason, *notes] if vr.reason else notes)
+
+    def _why_cause(self) -> str:
+        """The cause of what _may_start said."""
+        return self._halt[0] if self._halt is not None else causes.CANCELLED
 
     def _ensure_cbt(self, conn: Connection, vm: VmInfo, vm_mo: Any) -> tuple[bool, str]:
         if vm.cbt_enabled:
@@ -582,7 +613,7 @@ class Job:
             try:
                 plan = self._plan_disk(vm_mo, snap, uuid, d, cbt_just_enabled)
             except DiskFailed as exc:
-                dr.status, dr.error = report.FAILED, str(exc)
+                dr.status, dr.error, dr.cause = report.FAILED, str(exc), exc.cause
                 failed.append((d.key, str(exc)))
                 continue
             dr.mode, dr.reason = plan.decision.mode, plan.reason
@@ -611,19 +642,24 @@ class Job:
                 self._check_results(w)
                 ok.append(w)
             except DiskFailed as exc:
-                w.rep.status, w.rep.error = report.FAILED, str(exc)
+                w.rep.status, w.rep.error, w.rep.cause = report.FAILED, str(exc), exc.cause
                 failed.append((w.info.key, str(exc)))
         if not ok:
             vr.status = report.FAILED
-            vr.reason = "no disk could be backed up" if failed else "no disk to back up"
+            first = next((dr for dr in vr.disks if dr.status == report.FAILED), None)
+            if first is None:
+                vr.reason = "no disk to back up"
+            else:
+                vr.reason = f"no disk could be backed up: disk {first.key}: {first.error}"
+                vr.cause = first.cause
             return
         status = "complete" if not failed else "partial"
         try:
             vr.point_id = self._commit(vm, uuid, snap, vm_config, ok, failed, status)
         except DiskFailed as exc:
             for w in ok:
-                w.rep.status, w.rep.error = report.FAILED, str(exc)
-            vr.status, vr.reason = report.FAILED, str(exc)
+                w.rep.status, w.rep.error, w.rep.cause = report.FAILED, str(exc), exc.cause
+            vr.status, vr.reason, vr.cause = report.FAILED, str(exc), exc.cause
             return
         for w in ok:
             w.rep.status = report.OK
@@ -662,7 +698,7 @@ class Job:
                     cbt.vm_query(vm_mo, snap.mo, d.key, decision.base_change_id), d.capacity
                 )
             except cbt.CbtInconsistent as exc:
-                raise DiskFailed(f"CBT replies inconsistent: {exc.reason}") from exc
+                raise DiskFailed(f"CBT replies inconsistent: {exc.reason}", causes.VCENTER) from exc
             except cbt.CbtError as exc:
                 metrics.COORD_CBT_FALLBACKS.labels("query_failed").inc()
                 plan.decision = planner.Decision(
@@ -678,7 +714,7 @@ class Job:
                 )
                 plan.notes.append("allocated areas")
             except cbt.CbtInconsistent as exc:
-                raise DiskFailed(f"CBT replies inconsistent: {exc.reason}") from exc
+                raise DiskFailed(f"CBT replies inconsistent: {exc.reason}", causes.VCENTER) from exc
             except cbt.CbtError as exc:
                 metrics.COORD_CBT_FALLBACKS.labels("whole_disk").inc()
                 plan.notes.append(f"whole disk: {exc.reason}")
@@ -724,11 +760,15 @@ class Job:
                 r = fut.result()
                 w.results.append(r)
                 self._task_done(vm, w, r, nbytes)
+                if not r.ok and causes.checked(r.cause) == causes.REPOSITORY_FULL:
+                    self._halt_job(causes.REPOSITORY_FULL, r.error)
             now = time.monotonic()
             late: list[str] = []
             for fut, (w, tid, slot, _n, due) in list(pending.items()):
                 if due <= now:
-                    w.error = w.error or f"no result within {timeout_s:.0f}s for some tasks"
+                    if not w.error:
+                        w.error = f"no result within {timeout_s:.0f}s for some tasks"
+                        w.cause = causes.TASK_TIMEOUT
                     del pending[fut]
                     rt.results.forget(tid)
                     fut.cancel()
@@ -740,6 +780,9 @@ class Job:
             for w in works:
                 for t in w.plan.tasks:
                     if w.error:
+                        break
+                    if self._halt is not None:  # the rest would meet the same wall
+                        w.cause, w.error = self._halt
                         break
                     # a lost result holds its slot until its deadline: wait for a slot
                     # while still collecting, or the job waits on itself forever
@@ -785,8 +828,10 @@ class Job:
                             f"no proxy takes tasks for {self._route(vm, w.info)}"
                             " (no queue bound to that routing key)"
                         )
+                        w.cause = causes.BROKER
                     except Exception as exc:
                         w.error = f"publishing task failed: {type(exc).__name__}: {exc}"
+                        w.cause = causes.BROKER
                     if w.error:
                         rt.results.forget(t.task_id)
                         slot.release()
@@ -850,11 +895,17 @@ class Job:
         )
 
     def _check_results(self, w: _DiskWork) -> None:
+        # a task's own failure first: it names the cause a time-out of its siblings hides
+        failures = [r for r in w.results if not r.ok]
+        if failures:
+            cause = causes.checked(failures[0].cause) or causes.INTERNAL
+            for r in failures:
+                metrics.COORD_TASK_FAILURES.labels(causes.checked(r.cause) or causes.INTERNAL).inc()
+            raise DiskFailed(
+                f"{len(failures)} task(s) failed: {failures[0].error or 'failed'}", cause
+            )
         if w.error:
-            raise DiskFailed(w.error)
-        errors = [r.error or "failed" for r in w.results if not r.ok]
-        if errors:
-            raise DiskFailed(f"{len(errors)} task(s) failed: {errors[0]}")
+            raise DiskFailed(w.error, w.cause or causes.INTERNAL)
         cs = self.rt.history.chunk_size
         expected = planner.chunk_indexes(w.plan.ranges, cs)
         entries: dict[int, bytes] = {}
@@ -936,9 +987,9 @@ class Job:
         try:
             reply = rt.writer_request(request_id, build, self.s.commit_timeout_s, "commit")
         except WriterRequestFailed as exc:
-            raise DiskFailed(f"commit failed: {exc}") from None
+            raise DiskFailed(f"commit failed: {exc}", causes.WRITER_UNREACHABLE) from None
         if not reply.ok:
-            raise DiskFailed(f"commit refused by the writer: {reply.error}")
+            raise DiskFailed(f"commit refused by the writer: {reply.error}", causes.COMMIT_REFUSED)
         log.info("point_committed", point=reply.point_id, status=status, disks=len(disks))
         return reply.point_id
 
@@ -959,7 +1010,9 @@ class Job:
                 f"commit part {n} of disk {key}",
             )
             if not reply.ok:
-                raise DiskFailed(f"commit part {n} of disk {key} refused: {reply.error}")
+                raise DiskFailed(
+                    f"commit part {n} of disk {key} refused: {reply.error}", causes.COMMIT_REFUSED
+                )
 
         # a few parts in flight: writers stage them in parallel, memory stays bounded
         with ThreadPoolExecutor(4, thread_name_prefix="commit-part") as ex:
@@ -967,7 +1020,7 @@ class Job:
                 try:
                     fut.result()
                 except WriterRequestFailed as exc:
-                    raise DiskFailed(f"commit failed: {exc}") from None
+                    raise DiskFailed(f"commit failed: {exc}", causes.WRITER_UNREACHABLE) from None
         log.info("commit_parts_staged", disk=key, parts=len(slices), entries=len(w.entries))
         return len(slices)
 

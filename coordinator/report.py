@@ -37,6 +37,7 @@ class DiskReport:
     change_id: str = ""
     status: str = ""
     error: str = ""
+    cause: str = ""  # common/causes.py, when failed
 
 
 @dataclass
@@ -53,6 +54,7 @@ class VmReport:
     point_id: str = ""
     seconds: float = 0.0
     disks: list[DiskReport] = field(default_factory=list)
+    cause: str = ""  # common/causes.py, when failed
 
     @property
     def bytes_planned(self) -> int:
@@ -75,6 +77,10 @@ class JobReport:
     vms: list[VmReport] = field(default_factory=list)
     orphans_removed: int = 0
     vcenter_round_trips: int = 0
+    # Why the job started no more VMs before the end (a full repository, say) and its
+    # cause; the VMs it did not start say "not started: <stopped>".
+    stopped: str = ""
+    cause: str = ""
 
     def counts(self) -> dict[str, int]:
         out = {OK: 0, PARTIAL: 0, FAILED: 0, SKIPPED: 0}
@@ -114,6 +120,8 @@ class JobReport:
         ]
         if self.error:
             lines.append(f"  error: {self.error}")
+        if self.stopped:
+            lines.append(f"  stopped [{self.cause}]: {self.stopped}")
         if self.orphans_removed:
             lines.append(f"  orphan snapshots removed: {self.orphans_removed}")
         for v in self.vms:
@@ -126,7 +134,7 @@ class JobReport:
                 head += f"  point {v.point_id}"
             lines.append(head)
             if v.reason:
-                lines.append(f"           {v.reason}")
+                lines.append(f"           {f'[{v.cause}] ' if v.cause else ''}{v.reason}")
             for dk in v.disks:
                 row = f"           disk {dk.key} {dk.label}: {dk.status or '-'}"
                 if dk.mode:
@@ -137,7 +145,7 @@ class JobReport:
                 if dk.reason:
                     row += f" ({dk.reason})"
                 if dk.error:
-                    row += f" error: {dk.error}"
+                    row += f" error [{dk.cause or 'internal'}]: {dk.error}"
                 lines.append(row)
         return "\n".join(lines) + "\n"
 

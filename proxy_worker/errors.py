@@ -3,11 +3,15 @@ task's failure reason, so an operator sees at once what went wrong without readi
 
 from __future__ import annotations
 
+from common import causes
+
 
 class ProxyError(Exception):
     """Base of every error that fails a task cleanly (the task is rejected with the reason)."""
 
     kind = "proxy"
+    cause = causes.INTERNAL  # common/causes.py: travels in the task's result
+    permanent = False  # True: the task fails at once, a retry would meet the same wall
 
     def reason(self) -> str:
         return f"{self.kind}: {self}"
@@ -17,24 +21,29 @@ class TaskWithdrawnError(ProxyError):
     """The coordinator withdrew the task while it ran (TaskWithdrawal): stop, drop it."""
 
     kind = "withdrawn"
+    cause = causes.CANCELLED
 
 
 class ConfigError(ProxyError):
     """The proxy's configuration cannot serve this task (unknown datastore, vCenter, ...)."""
 
     kind = "config"
+    cause = causes.PROXY_CONFIG
 
 
 class TaskError(ProxyError):
     """The task itself is malformed (ranges not aligned, beyond capacity, ...)."""
 
     kind = "bad_task"
+    cause = causes.BAD_TASK
+    permanent = True
 
 
 class TransportError(ProxyError):
     """Reading the disk failed (I/O error, connection lost for good, server error)."""
 
     kind = "transport"
+    cause = causes.DISK_READ
 
 
 class DiskNotFoundError(TransportError):
@@ -67,3 +76,14 @@ class WriterError(ProxyError):
     """A writer refused a chunk batch or a have-query, or did not answer in time."""
 
     kind = "writer"
+    cause = causes.WRITER_UNREACHABLE
+
+
+class WriterRefusedError(WriterError):
+    """A writer answered a chunk batch with a refusal; ``cause`` is the writer's. A full
+    repository fails the task for good: sent again, it would be refused again."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = causes.checked(cause) or causes.REPOSITORY_ERROR
+        self.permanent = self.cause == causes.REPOSITORY_FULL

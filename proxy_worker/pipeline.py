@@ -123,6 +123,7 @@ class TaskPipeline:
         self._answered: queue.Queue[object] = queue.Queue(maxsize=1)  # query -> sender
         self._error: BaseException | None = None
         self._lock = threading.Lock()
+        self._ended: set[queue.Queue[object]] = set()  # inboxes whose end was taken
 
     # --- entry point -----------------------------------------------------------------
     def run(self, ranges: list[tuple[int, int]], capacity: int) -> TaskStats:
@@ -244,22 +245,32 @@ class TaskPipeline:
 
     # --- stage 2: have-query, compress (query thread) -----------------------------------
     def _stage(self, loop: Callable[[], None]) -> None:
+        inbox = self._windows if loop == self._query_loop else self._answered
         try:
             loop()
         except BaseException as exc:
             self._fail(exc)
-            # keep draining so the stage before never blocks on a full queue
-            inbox = self._windows if loop == self._query_loop else self._answered
-            while inbox.get() is not _END:
-                pass
+            # Keep draining so the stage before never blocks on a full queue, unless the
+            # loop had its end already: the sender fails after it (the last acks), and
+            # waiting for a second end would hang the task, and the proxy, for good.
+            if inbox not in self._ended:
+                while inbox.get() is not _END:
+                    pass
             if loop == self._query_loop:
                 self._put(self._answered, _END)
+
+    def _take(self, inbox: queue.Queue[object], timeout: float | None = None) -> object:
+        """The next item of a stage's inbox; notes when it was the end."""
+        item = inbox.get(timeout=timeout)
+        if item is _END:
+            self._ended.add(inbox)
+        return item
 
     def _query_loop(self) -> None:
         cfg, st = self.cfg, self.stats
         seen: set[bytes] = set()  # ids of this task already queried
         while True:
-            item = self._windows.get()
+            item = self._take(self._windows)
             if item is _END:
                 break
             if self.abort.is_set():
@@ -334,7 +345,7 @@ class TaskPipeline:
 
         while True:
             try:
-                item = self._answered.get(timeout=0.05)
+                item = self._take(self._answered, timeout=0.05)
             except queue.Empty:
                 # The reader is slow or waits for memory: what this task holds in partial
                 # batches and unacked sends is what may free it, so push it out now.

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from common import metrics
+from common import causes, metrics
 from common.amqp import (
     EXCHANGE_WITHDRAWALS,
     BrokerParams,
@@ -160,7 +160,7 @@ class ProxyService:
                 if withdrawn is not None or isinstance(exc, TaskWithdrawnError):
                     self._withdrawn(withdrawn or str(exc), started=True)
                     return
-                if isinstance(exc, TaskError):
+                if isinstance(exc, ProxyError) and exc.permanent:
                     self._failed(task, exc, "failed")
                     raise PermanentError(exc.reason()) from exc
                 self._failed(task, exc, "failed" if last_attempt else "retry")
@@ -184,19 +184,21 @@ class ProxyService:
     def _failed(self, task: BackupTask, exc: BaseException, outcome: str) -> None:
         kind = exc.kind if isinstance(exc, ProxyError) else type(exc).__name__
         reason = exc.reason() if isinstance(exc, ProxyError) else f"{kind}: {exc}"
+        cause = exc.cause if isinstance(exc, ProxyError) else causes.INTERNAL
         metrics.PROXY_ERRORS.labels(kind=kind).inc()
         metrics.PROXY_TASKS.labels(outcome=outcome).inc()
-        log.warning("task_failed", outcome=outcome, error=reason)
+        log.warning("task_failed", outcome=outcome, cause=cause, error=reason)
         if outcome != "failed":
             return
+        failure = self._result(task, TaskStats(), ok=False, error=reason, cause=cause)
         try:
-            self.publisher.publish_sync(
-                "", task.results_to, self._result(task, TaskStats(), ok=False, error=reason)
-            )
+            self.publisher.publish_sync("", task.results_to, failure)
         except Exception as pub_exc:  # the DLQ still holds the task with its reason
             log.error("failure_result_not_published", error=repr(pub_exc))
 
-    def _result(self, task: BackupTask, st: TaskStats, *, ok: bool, error: str) -> TaskResult:
+    def _result(
+        self, task: BackupTask, st: TaskStats, *, ok: bool, error: str, cause: str = ""
+    ) -> TaskResult:
         return TaskResult(
             task_id=task.task_id,
             job_id=task.job_id,
@@ -211,6 +213,7 @@ class ProxyService:
             bytes_sent=st.bytes_sent,
             seconds=st.seconds,
             proxy=self.settings.name,
+            cause=cause,
         )
 
     def pipeline_config(self, task: BackupTask) -> PipelineConfig:

@@ -17,7 +17,7 @@ from common.logging import get_logger
 from common.messages import ChunkAck, ChunkBatch, HaveQuery, HaveReply, Message
 from common.sharding import shard_routing_key
 from proxy_worker.chunk_stream import Endpoint, WriterStreams
-from proxy_worker.errors import WriterError
+from proxy_worker.errors import WriterError, WriterRefusedError
 
 log = get_logger(__name__)
 
@@ -202,7 +202,7 @@ class WriterLink:
         if not isinstance(rep, ChunkAck):
             raise WriterError(f"shard {batch.shard} answered a chunk batch with {rep!r:.200}")
         if not rep.ok:
-            raise WriterError(f"shard {batch.shard} refused a chunk batch: {rep.error}")
+            raise WriterRefusedError(rep.error or f"shard {batch.shard} refused a batch", rep.cause)
         return rep
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from common import metrics
+from common import causes, health, metrics
 from common.amqp import (
     QUEUE_COMMITS,
     BrokerParams,
@@ -46,7 +46,8 @@ from common.messages import (
 from common.sharding import parse_shard_set, shard_of, shard_queue
 from repository_writer import fsutil
 from repository_writer.chunk_stream import ChunkStreamServer, route_address
-from repository_writer.errors import RepositoryError
+from repository_writer.errors import RepositoryError, RepositoryFullError
+from repository_writer.free_space import FreeSpaceGuard, MiB
 from repository_writer.repository import Repository
 from repository_writer.stream_identity import make_identity
 
@@ -71,6 +72,7 @@ class WriterService:
         data_listen: str = "",
         data_advertise: str = "",
         data_tls: bool = False,
+        min_free_bytes: int = 0,
     ) -> None:
         self.repo = repo
         self.params = params
@@ -121,6 +123,7 @@ class WriterService:
             else None
         )
         fsutil.fsync_observer = metrics.WRITER_FSYNC_SECONDS.observe
+        self.free_space = FreeSpaceGuard(repo.path, min_free_bytes)
 
     def _declare(self, ch: Any) -> None:
         declare_base(ch, self.params)
@@ -138,6 +141,7 @@ class WriterService:
         for c in self._consumers():
             if not c.ready.wait(timeout):
                 raise RepositoryError(f"writer {self.name}: broker not reachable")
+        health.add_check(f"writer {self.name}", self.free_space.readiness)
         log.info("writer_started", name=self.name, shards=self.shards, repo=str(self.repo.path))
         return self
 
@@ -151,6 +155,7 @@ class WriterService:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Finish in-flight messages, return the rest to the broker."""
+        health.remove_check(f"writer {self.name}")
         threads = [threading.Thread(target=c.stop, args=(timeout,)) for c in self._consumers()]
         if self.chunk_stream is not None:
             threads.append(threading.Thread(target=self.chunk_stream.stop))
@@ -190,23 +195,22 @@ class WriterService:
     def on_batch(self, msg: ChunkBatch, shard: int) -> ChunkAck:
         stray = [c[0].hex() for c in msg.chunks if shard_of(c[0], self.n_shards) not in self._own]
         if stray:
-            metrics.WRITER_BATCHES.labels(result="error").inc()
-            return ChunkAck(
-                msg.batch_id,
-                shard,
-                False,
-                f"chunks of shards this writer does not own: {stray[:3]}",
-                0,
-                0,
-            )
+            why = f"chunks of shards this writer does not own: {stray[:3]}"
+            return self._refused(msg, shard, causes.REPOSITORY_ERROR, why)
+        size = sum(len(c[3]) for c in msg.chunks)
+        why = self.free_space.admit(size)
+        if why:
+            return self._refused(msg, shard, causes.REPOSITORY_FULL, why)
         t0 = time.perf_counter()
         try:
             res = self.repo.store_chunks(msg.chunks)
+        except RepositoryFullError as exc:
+            return self._refused(msg, shard, causes.REPOSITORY_FULL, str(exc))
         except RepositoryError as exc:
-            # bad data or a full disk: tell the proxy (its task fails cleanly), keep going
-            log.error("chunk_batch_refused", batch=msg.batch_id, task=msg.task_id, error=str(exc))
-            metrics.WRITER_BATCHES.labels(result="error").inc()
-            return ChunkAck(msg.batch_id, shard, False, str(exc), 0, 0)
+            # bad data: tell the proxy (its task fails cleanly), keep going
+            return self._refused(msg, shard, causes.REPOSITORY_ERROR, str(exc))
+        finally:
+            self.free_space.done(size)
         metrics.WRITER_WRITE_SECONDS.observe(time.perf_counter() - t0)
         metrics.WRITER_BATCHES.labels(result="ok").inc()
         metrics.WRITER_CHUNKS.labels(result="new").inc(res.stored)
@@ -215,6 +219,18 @@ class WriterService:
         metrics.WRITER_NEW_RAW_BYTES.inc(res.raw_stored)
         metrics.WRITER_STORED_BYTES.inc(res.bytes_stored)
         return ChunkAck(msg.batch_id, shard, True, "", res.stored, res.known)
+
+    def _refused(self, msg: ChunkBatch, shard: int, cause: str, why: str) -> ChunkAck:
+        if cause == causes.REPOSITORY_FULL:
+            error = f"repository full on writer {self.name} (shard {shard}): {why}"
+            metrics.WRITER_BATCHES.labels(result="full").inc()
+        else:
+            error = f"writer {self.name} (shard {shard}) refused the batch: {why}"
+            metrics.WRITER_BATCHES.labels(result="error").inc()
+        log.error(
+            "chunk_batch_refused", batch=msg.batch_id, task=msg.task_id, cause=cause, error=error
+        )
+        return ChunkAck(msg.batch_id, shard, False, error, 0, 0, cause)
 
     def on_have(self, msg: HaveQuery) -> HaveReply:
         present = self.repo.has_chunks(msg.ids)
@@ -314,6 +330,7 @@ def main(args: argparse.Namespace) -> int:
         data_listen=ws.data_listen,
         data_advertise=ws.data_advertise,
         data_tls=ws.stream_tls(cfg.broker.url),
+        min_free_bytes=ws.min_free_mib * MiB,
     )
     stop_on_signals(service)
     try:

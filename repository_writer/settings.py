@@ -53,6 +53,12 @@ class WriterSettings:
         default="auto",
     )
     consume_commits: bool = doc("also consume vmbackup.commits", default=True)
+    min_free_mib: int = doc(
+        "free space (MiB) the repository's file system must keep: below it the writer"
+        " refuses chunk batches at once (the job fails fast with 'repository full') and"
+        " /ready answers 503, before a write fails halfway; 0 = only a full disk refuses",
+        default=256,
+    )
 
     def stream_tls(self, broker_url: str) -> bool:
         """Whether the chunk stream speaks TLS, given where the broker is."""
@@ -71,5 +77,7 @@ class WriterSettings:
             parse_listen(self.data_listen)
         if self.data_tls not in ("on", "off", "auto"):
             raise ValueError(f"data_tls {self.data_tls!r}: on, off or auto")
+        if self.min_free_mib < 0:
+            raise ValueError("min_free_mib must not be negative")
         if not 1 <= self.commit_prefetch <= 16:
             raise ValueError("commit_prefetch must be within 1..16")

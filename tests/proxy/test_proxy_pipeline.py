@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,12 +12,13 @@ import pytest
 
 from common.amqp import BrokerParams, Publisher, ReplyQueue
 from proxy_worker.budget import MemoryBudget
-from proxy_worker.errors import TaskError, WriterError
+from proxy_worker.errors import TaskError, WriterError, WriterRefusedError
 from proxy_worker.pipeline import PipelineConfig, TaskPipeline, plan_chunks
 from proxy_worker.transports.file import FileTransport
 from proxy_worker.writers import WriterLink
 from tests.proxy.proxy_helpers import MiB, SparseDisk, make_sparse_disk
 from tests.proxy.writer_probe import ProbedWriter
+from tests.small_fs import small_filesystem
 
 pytestmark = pytest.mark.integration
 CHUNK = 256 * 1024
@@ -127,6 +129,52 @@ def test_writer_gone_fails_the_task(broker: BrokerParams, tmp_path: Path) -> Non
         replies.close()
         pub.close()
     assert budget.used == 0  # a failed task gives its memory back
+
+
+def test_full_repository_fails_the_task_and_frees_its_memory(
+    broker: BrokerParams, tmp_path: Path
+) -> None:
+    """The writer refuses the last batches (its disk is full) after the reader is done:
+    the task fails with the writer's cause, it does not wait for an end that never comes
+    (which hung the proxy for good)."""
+    d = make_sparse_disk(tmp_path, capacity=12 * MiB)
+    with open(d.path, "r+b") as fh:
+        fh.write(random.Random(8).randbytes(12 * MiB))  # incompressible: 12 MiB to store
+    with small_filesystem(tmp_path / "repo", 4 * MiB):
+        writer = ProbedWriter(broker, tmp_path / "repo", SHARDS, chunk_size=CHUNK)
+        pub = Publisher(broker, name="proxy-test")
+        replies = ReplyQueue(broker, name="proxy-test-replies")
+        link = WriterLink(pub, replies, persistent_chunks=False, timeout=5.0)
+        budget = MemoryBudget(64 * MiB)
+        outcome: list[BaseException | None] = []
+        env: dict[str, object] = {"link": link}
+
+        def run() -> None:
+            try:
+                # one window and no batch sent before the reader is done: every refusal
+                # comes after the sender took the end of its inbox
+                big = 64 * MiB
+                _run(env, d, budget, batch_bytes=big, window_bytes=big, partial_cap=big)
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                env["pool"] = pool
+                t = threading.Thread(target=run, daemon=True)
+                t.start()
+                t.join(120)  # a hang is the defect; 120 s is far beyond any run here
+                assert not t.is_alive(), "the task hung after the writer refused its batches"
+        finally:
+            replies.close()
+            pub.close()
+            writer.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], WriterRefusedError), outcome
+    err = outcome[0]
+    assert err.cause == "repository_full" and err.permanent
+    assert "repository full on writer test-writer (shard " in str(err)
+    assert budget.used == 0
 
 
 def test_plan_rejects_bad_ranges() -> None:
