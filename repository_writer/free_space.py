@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 from common import metrics
@@ -22,35 +21,45 @@ MiB = 1 << 20
 
 
 class FreeSpaceGuard:
-    def __init__(self, path: Path, floor_bytes: int, *, recheck_s: float = 1.0) -> None:
+    def __init__(self, path: Path, floor_bytes: int) -> None:
         self.path = path
-        self.floor_bytes = floor_bytes
-        self.recheck_s = recheck_s
+        self.floor_bytes = floor_bytes  # 0: no floor, only ENOSPC refuses
         self._lock = threading.Lock()
-        self._free = -1
-        self._checked = 0.0
         self._reserved = 0  # bytes of batches accepted and not yet written
+        self._largest = 0  # the largest batch seen: what readiness asks room for
 
     def free_bytes(self) -> int:
-        """Bytes available to this process on the repository's file system (statvfs at
-        most every ``recheck_s`` seconds: a batch costs more than one stat, not less)."""
-        now = time.monotonic()
-        with self._lock:
-            if now - self._checked >= self.recheck_s or self._free < 0:
-                st = os.statvfs(self.path)
-                self._free = st.f_bavail * st.f_frsize
-                self._checked = now
-                metrics.WRITER_FREE_BYTES.set(self._free)
-            return self._free
+        """Bytes available to this process on the repository's file system (one statvfs:
+        a few microseconds, against milliseconds to store a batch)."""
+        st = os.statvfs(self.path)
+        free = st.f_bavail * st.f_frsize
+        metrics.WRITER_FREE_BYTES.set(free)
+        return free
 
     def admit(self, incoming: int) -> str:
         """Take a batch of ``incoming`` bytes (reserved until ``done``) or say why not;
         "" = taken. Batches being written count against the floor: the free space a stat
         saw a moment ago is theirs too."""
+        return self._check(incoming, reserve=True)
+
+    def done(self, incoming: int) -> None:
+        """A batch admitted with ``admit`` is written (or failed)."""
+        with self._lock:
+            self._reserved -= incoming
+
+    def readiness(self) -> str:
+        """"" while a batch as large as the largest seen would be taken, else why not
+        (the writer's /ready): a writer that refuses every batch is not ready."""
+        return self._check(self._largest, reserve=False)
+
+    def _check(self, incoming: int, *, reserve: bool) -> str:
+        if not self.floor_bytes:
+            return ""
         free = self.free_bytes()
         with self._lock:
+            self._largest = max(self._largest, incoming)
             left = free - self._reserved - incoming
-            if left >= self.floor_bytes:
+            if left >= self.floor_bytes and reserve:
                 self._reserved += incoming
         if left >= self.floor_bytes:
             metrics.WRITER_ACCEPTING.set(1)
@@ -63,14 +72,3 @@ class FreeSpaceGuard:
             f"{free / MiB:.1f} MiB free on {self.path}: a batch of {incoming / MiB:.1f} MiB"
             f" would leave less than {floor}"
         )
-
-    def done(self, incoming: int) -> None:
-        """A batch admitted with ``admit`` is written (or failed)."""
-        with self._lock:
-            self._reserved -= incoming
-            self._checked = 0.0  # what was written shows in the next statvfs
-
-    def readiness(self) -> str:
-        """ "" when a batch would be taken now, else why not (the writer's /ready)."""
-        why = self.admit(0)
-        return why

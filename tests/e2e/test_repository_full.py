@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -106,43 +105,46 @@ def _backed_up_exactly(stack: Stack, lab: Lab, run: BackupRun) -> None:
 
 
 def test_full_disk_fails_fast_and_the_next_backup_succeeds(lab: Lab, tmp_path: Path) -> None:
-    with small_filesystem(tmp_path / "repo", 40 * MiB) as repo_fs:
-        with _stack(lab, tmp_path, floor_mib=0) as stack:  # no floor: the disk itself fills
-            run = stack.backup(timeout=TASK_TIMEOUT_S)
-            _assert_failed_fast_naming_the_writer(run)
-            assert free_bytes(repo_fs) < 2 * MiB  # it really was full
-            logs = "".join(p.log_path.read_text() for p in stack.procs.values())
-            assert "no space left on device" in logs
-            assert (
-                sum(
-                    _metric(stack, f"writer-{i}", 'vmbackup_writer_batches_total{result="full"}')
-                    for i in (1, 2)
-                )
-                > 0
+    with (
+        small_filesystem(tmp_path / "repo", 40 * MiB) as repo_fs,
+        _stack(lab, tmp_path, floor_mib=0) as stack,  # no floor: the disk itself fills
+    ):
+        run = stack.backup(timeout=TASK_TIMEOUT_S)
+        _assert_failed_fast_naming_the_writer(run)
+        assert free_bytes(repo_fs) < 2 * MiB  # it really was full
+        logs = "".join(p.log_path.read_text() for p in stack.procs.values())
+        assert "no space left on device" in logs
+        assert (
+            sum(
+                _metric(stack, f"writer-{i}", 'vmbackup_writer_batches_total{result="full"}')
+                for i in (1, 2)
             )
-            assert all(p.alive for p in stack.procs.values())
-            grow(repo_fs, 512 * MiB)  # room again: the same processes, no restart
-            _backed_up_exactly(stack, lab, stack.backup(timeout=TASK_TIMEOUT_S))
-            _proxies_stop_on_sigterm(stack)
+            > 0
+        )
+        assert all(p.alive for p in stack.procs.values())
+        grow(repo_fs, 512 * MiB)  # room again: the same processes, no restart
+        _backed_up_exactly(stack, lab, stack.backup(timeout=TASK_TIMEOUT_S))
+        _proxies_stop_on_sigterm(stack)
 
 
 def test_free_space_floor_refuses_before_the_disk_fills(lab: Lab, tmp_path: Path) -> None:
     floor = 24
-    with small_filesystem(tmp_path / "repo", 64 * MiB) as repo_fs:
-        with _stack(lab, tmp_path, floor_mib=floor) as stack:
-            assert _ready(stack, "writer-1")[0] == 200
-            run = stack.backup(timeout=TASK_TIMEOUT_S)
-            _assert_failed_fast_naming_the_writer(run)
-            assert "below the floor of 24 MiB" in run.report["stopped"]
-            # refused early: the file system never filled, no write failed halfway
-            assert free_bytes(repo_fs) > (floor - 8) * MiB
-            logs = "".join(p.log_path.read_text() for p in stack.procs.values())
-            assert "no space left on device" not in logs
-            status, text = _ready(stack, "writer-1")
-            assert status == 503 and "below the floor" in text, text
-            assert _metric(stack, "writer-1", "vmbackup_writer_accepting_chunks") == 0
-            grow(repo_fs, 512 * MiB)
-            time.sleep(1.5)  # the writer's free-space check runs at most once a second
-            assert _ready(stack, "writer-1")[0] == 200
-            _backed_up_exactly(stack, lab, stack.backup(timeout=TASK_TIMEOUT_S))
-            _proxies_stop_on_sigterm(stack)
+    with (
+        small_filesystem(tmp_path / "repo", 64 * MiB) as repo_fs,
+        _stack(lab, tmp_path, floor_mib=floor) as stack,
+    ):
+        assert _ready(stack, "writer-1")[0] == 200
+        run = stack.backup(timeout=TASK_TIMEOUT_S)
+        _assert_failed_fast_naming_the_writer(run)
+        assert "the floor of 24 MiB (writer.min_free_mib)" in run.report["stopped"]
+        # refused early: the file system never filled, no write failed halfway
+        assert free_bytes(repo_fs) > (floor - 8) * MiB
+        logs = "".join(p.log_path.read_text() for p in stack.procs.values())
+        assert "no space left on device" not in logs
+        status, text = _ready(stack, "writer-1")
+        assert status == 503 and "the floor of 24 MiB" in text, text
+        assert _metric(stack, "writer-1", "vmbackup_writer_accepting_chunks") == 0
+        grow(repo_fs, 512 * MiB)
+        assert _ready(stack, "writer-1")[0] == 200
+        _backed_up_exactly(stack, lab, stack.backup(timeout=TASK_TIMEOUT_S))
+        _proxies_stop_on_sigterm(stack)
