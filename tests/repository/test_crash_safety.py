@@ -2,7 +2,9 @@
 
 The child imports images (new and deduplicated chunks, incremental points), prunes
 and runs gc in a loop. After every kill, verify must find every committed point
-complete and every chunk intact, and the repository must keep working.
+complete and every chunk intact, and the repository must keep working. The second test
+does the same on a small real file system that keeps filling up (ENOSPC mid-write), with
+the child pruning to make room each time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from repository_writer.import_disk import import_disk
 from repository_writer.repository import Repository
 from repository_writer.restore import restore_disk
 from repository_writer.verify import verify
+from tests.small_fs import MiB, small_filesystem
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 25
@@ -28,9 +31,29 @@ KILLS = 25
 @pytest.mark.slow
 def test_sigkill_never_corrupts(tmp_path: Path) -> None:
     repo = Repository.init(tmp_path / "repo", chunk_size=256 * 1024, compression_level=1)
-    rnd = random.Random(1234)
+    _kill_at_random(repo, tmp_path, KILLS, rnd=random.Random(1234))
+
+
+@pytest.mark.slow
+def test_sigkill_on_a_filling_disk_never_corrupts(tmp_path: Path) -> None:
+    full_log = tmp_path / "full.log"
+    with small_filesystem(tmp_path / "repo", 8 * MiB):
+        repo = Repository.init(tmp_path / "repo", chunk_size=256 * 1024, compression_level=1)
+        _kill_at_random(repo, tmp_path, 15, rnd=random.Random(99), full_log=full_log)
+        # the disk did fill, again and again, while the kills landed
+        assert full_log.exists() and len(full_log.read_text().splitlines()) >= 3
+
+
+def _kill_at_random(
+    repo: Repository,
+    tmp_path: Path,
+    kills: int,
+    *,
+    rnd: random.Random,
+    full_log: Path | None = None,
+) -> None:
     points_seen = 0
-    for n in range(KILLS):
+    for n in range(kills):
         child = subprocess.Popen(
             [
                 sys.executable,
@@ -39,6 +62,7 @@ def test_sigkill_never_corrupts(tmp_path: Path) -> None:
                 str(repo.path),
                 str(tmp_path / f"img{n}"),
                 str(n),
+                *([str(full_log)] if full_log else []),
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -47,7 +71,7 @@ def test_sigkill_never_corrupts(tmp_path: Path) -> None:
         assert child.stdout is not None
         line = child.stdout.readline()
         assert line == b"ready\n", child.stderr.read() if child.stderr else b""
-        time.sleep(rnd.uniform(0.0, 0.6))
+        time.sleep(rnd.uniform(0.0, 0.6 if full_log is None else 1.5))
         child.send_signal(signal.SIGKILL)
         child.wait()
         assert child.returncode == -signal.SIGKILL, child.stderr.read() if child.stderr else b""
