@@ -55,7 +55,7 @@ AMQP_CONFIRM_WAIT_SECONDS = Histogram(
 )
 
 
-def serve_metrics(port: int, address: str = "0.0.0.0") -> int:
+def serve_metrics(port: int, address: str = "127.0.0.1") -> int:
     """Serve /metrics on ``port`` (0 = do not serve); returns the port."""
     if port:
         start_http_server(port, addr=address)
