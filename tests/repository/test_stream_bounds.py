@@ -297,3 +297,45 @@ def test_an_idle_stream_is_closed_and_the_proxy_reopens_it(
             assert isinstance(fut.result(timeout=30), ChunkAck)
     finally:
         proxy.close()
+
+
+def test_a_dribbled_tls_handshake_is_ended_by_the_hello_deadline(
+    broker: BrokerParams, tmp_path: Path
+) -> None:
+    """Over TLS the one deadline covers the handshake too: clients that announce a 16 KiB
+    handshake record and send it a byte every half second (each read well within its
+    time-out) are closed by it, while a proxy's batches go over TLS as usual."""
+    proxy = Proxy(broker)
+    try:
+        with _writer(broker, tmp_path, data_tls="on") as w:
+            assert len(w.endpoint.pin) == 64
+            proxy.store(w)
+            slow = [_connect(w) for _ in range(4)]
+            for s in slow:
+                s.sendall(b"\x16\x03\x01\x40\x00")  # TLS handshake record of 16384 bytes
+            t0 = time.monotonic()
+            closed_at: dict[int, float] = {}
+            direct = _sent("direct")
+            while time.monotonic() - t0 < 20 and len(closed_at) < 4:
+                for i, s in enumerate(slow):
+                    if i not in closed_at and _closed(s):
+                        closed_at[i] = time.monotonic() - t0
+                    elif i not in closed_at:
+                        with contextlib.suppress(OSError):
+                            s.sendall(b"\x01")
+                if _sent("direct") < direct + 2:
+                    proxy.store(w)
+                time.sleep(0.5)
+            for s in slow:
+                s.close()
+            assert sorted(closed_at) == [0, 1, 2, 3], "handshakes left open"
+            assert all(8 < t < 15 for t in closed_at.values()), closed_at
+            assert (
+                w.metric(
+                    'vmbackup_writer_stream_connections_refused_total{reason="hello_deadline"}'
+                )
+                == 4
+            )
+            assert _sent("direct") >= direct + 2
+    finally:
+        proxy.close()
