@@ -198,7 +198,7 @@ def test_slow_clients_neither_grow_the_writer_nor_hold_it(
             closed_at: dict[int, float] = {}
             direct = _sent("direct")
             stored = 0
-            while time.monotonic() - t0 < 20 and len(closed_at) < 16:
+            while time.monotonic() - t0 < 40 and len(closed_at) < 16:
                 for i, s in enumerate(huge + dribblers):
                     if i in closed_at:
                         continue
@@ -218,9 +218,11 @@ def test_slow_clients_neither_grow_the_writer_nor_hold_it(
             # well under one 64 MiB frame per client (the old writer grew by 8 x 64 MiB)
             assert peak - base < 48 * MiB, f"writer RSS grew by {(peak - base) / MiB:.0f} MiB"
             assert sorted(closed_at) == list(range(16)), "connections left open"
-            assert all(closed_at[i] < 5 for i in range(8)), closed_at  # at once
+            assert all(closed_at[i] < 8 for i in range(8)), (
+                closed_at
+            )  # at once, not by the deadline
             # the dribblers by the hello deadline: one for the whole hello, not per read
-            assert all(8 < closed_at[i] < 15 for i in range(8, 16)), closed_at
+            assert all(8 < closed_at[i] < 30 for i in range(8, 16)), closed_at
             assert (
                 w.metric(
                     'vmbackup_writer_stream_connections_refused_total{reason="hello_deadline"}'
@@ -246,12 +248,15 @@ def test_hundreds_of_idle_connections_are_capped_and_counted(
             proxy.store(w)
             threads_before = w.threads()
             idle = [_connect(w) for _ in range(300)]
-            time.sleep(1.0)
-            threads = w.threads()
-            closed = sum(_closed(s) for s in idle)
-            refused = w.metric(
+            refused_metric = (
                 'vmbackup_writer_stream_connections_refused_total{reason="max_connections"}'
             )
+            t0 = time.monotonic()  # until the acceptor has seen all 300 (before the deadline)
+            while w.metric(refused_metric) < 300 - 64 and time.monotonic() - t0 < 8:
+                time.sleep(0.2)
+            threads = w.threads()
+            closed = sum(_closed(s) for s in idle)
+            refused = w.metric(refused_metric)
             assert threads <= threads_before + 64 + 4, f"{threads} threads"
             assert closed >= 300 - 64 and refused == closed, (closed, refused)
             assert w.metric("vmbackup_writer_chunk_streams") <= 64
@@ -316,7 +321,7 @@ def test_a_dribbled_tls_handshake_is_ended_by_the_hello_deadline(
             t0 = time.monotonic()
             closed_at: dict[int, float] = {}
             direct = _sent("direct")
-            while time.monotonic() - t0 < 20 and len(closed_at) < 4:
+            while time.monotonic() - t0 < 40 and len(closed_at) < 4:
                 for i, s in enumerate(slow):
                     if i not in closed_at and _closed(s):
                         closed_at[i] = time.monotonic() - t0
@@ -329,7 +334,7 @@ def test_a_dribbled_tls_handshake_is_ended_by_the_hello_deadline(
             for s in slow:
                 s.close()
             assert sorted(closed_at) == [0, 1, 2, 3], "handshakes left open"
-            assert all(8 < t < 15 for t in closed_at.values()), closed_at
+            assert all(8 < t < 30 for t in closed_at.values()), closed_at
             assert (
                 w.metric(
                     'vmbackup_writer_stream_connections_refused_total{reason="hello_deadline"}'
