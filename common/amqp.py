@@ -39,6 +39,7 @@ from pika.spec import Basic, BasicProperties
 from common import amqp_wire, metrics
 from common.logging import get_logger
 from common.messages import Message, MessageError, decode, encode
+from common.redact import redact_url
 
 log = get_logger(__name__)
 
@@ -107,6 +108,12 @@ class BrokerParams:
             publish_retries=s.publish_retries,
         )
 
+    def __repr__(self) -> str:
+        # Never the password, neither the field nor one inside the URL.
+        return f"BrokerParams(url={redact_url(self.url)!r}, password=<hidden>)"
+
+    __str__ = __repr__
+
     @property
     def vhost(self) -> str:
         path = urlsplit(self.url).path
@@ -126,7 +133,9 @@ class BrokerParams:
     def pika_params(self, name: str) -> pika.ConnectionParameters:
         parts = urlsplit(self.url)
         if parts.scheme not in ("amqp", "amqps"):
-            raise ValueError(f"broker.url must start with amqp:// or amqps://, got {self.url!r}")
+            raise ValueError(
+                f"broker.url must start with amqp:// or amqps://, got {redact_url(self.url)!r}"
+            )
         user = unquote(parts.username or "guest")
         password = unquote(parts.password) if parts.password else self.password
         host, port = self.host_port()

@@ -39,6 +39,11 @@ class StreamClosed(ConnectionError):
     """The peer closed the connection in the middle of a frame."""
 
 
+class StreamIdle(TimeoutError):
+    """No frame began within the socket's timeout; nothing was half read, so reading may
+    go on (a time-out in the middle of a frame is a plain TimeoutError)."""
+
+
 def send_message(sock: StreamSocket, msg: Message) -> None:
     """Encode and send one frame; OSError when the socket fails."""
     send_frame(sock, encode_parts(msg))
@@ -63,18 +68,23 @@ def send_frame(sock: StreamSocket, body: Sequence[Bytes]) -> None:
             parts[0] = parts[0][sent:]
 
 
-def read_message(sock: StreamSocket, *kinds: type[Message]) -> Message | None:
+def read_message(
+    sock: StreamSocket, *kinds: type[Message], max_bytes: int = MAX_MESSAGE_BYTES
+) -> Message | None:
     """One frame's message, of one of ``kinds``; None when the peer closed the connection
     between frames. A connection that carries many frames reads them with a FrameReader."""
-    return FrameReader(sock).read(*kinds)
+    return FrameReader(sock, max_bytes).read(*kinds)
 
 
 class FrameReader:
     """Reads the frames of one socket into one reused buffer: decoding copies every value
     out of it, so a frame needs no fresh (zero-filled, faulted-in) buffer of its own."""
 
-    def __init__(self, sock: StreamSocket) -> None:
+    def __init__(self, sock: StreamSocket, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.sock = sock
+        # What a peer not yet authenticated may declare is kept small: the buffer for a
+        # frame is allocated before its body arrives (docs/security.md).
+        self.max_bytes = max_bytes
         self._buf = bytearray(HEADER.size)
 
     def read(self, *kinds: type[Message]) -> Message | None:
@@ -84,8 +94,8 @@ class FrameReader:
         if header is None:
             return None
         (size,) = HEADER.unpack(header)
-        if size > MAX_MESSAGE_BYTES:
-            raise MessageError(f"frame of {size} bytes exceeds limit {MAX_MESSAGE_BYTES}")
+        if size > self.max_bytes:
+            raise MessageError(f"frame of {size} bytes exceeds limit {self.max_bytes}")
         body = self._recv_exact(size, at_boundary=False)
         assert body is not None
         msg = decode(body)
@@ -100,7 +110,12 @@ class FrameReader:
         view = memoryview(self._buf)[:size]
         got = 0
         while got < size:
-            n = self.sock.recv_into(view[got:])
+            try:
+                n = self.sock.recv_into(view[got:])
+            except TimeoutError:
+                if got == 0 and at_boundary:
+                    raise StreamIdle("no frame began within the time-out") from None
+                raise
             if n == 0:
                 if got == 0 and at_boundary:
                     return None

@@ -88,7 +88,7 @@ def _app(
     return app
 
 
-def serve_metrics(port: int, address: str = "0.0.0.0") -> int:
+def serve_metrics(port: int, address: str = "127.0.0.1") -> int:
     """Serve /metrics and /ready on ``port`` (0 = do not serve); returns the port."""
     if port:
         httpd = make_server(
@@ -315,7 +315,18 @@ WRITER_ACCEPTING = Gauge(
     " writer.min_free_mib free)",
 )
 WRITER_STREAMS = Gauge(
-    "vmbackup_writer_chunk_streams", "Proxies' chunk streams open to this writer"
+    "vmbackup_writer_chunk_streams",
+    "Connections open to this writer's chunk stream (authenticated or still in their hello)",
+)
+WRITER_STREAM_REFUSED = Counter(
+    "vmbackup_writer_stream_connections_refused_total",
+    "Chunk stream connections closed unserved: max_connections (writer.stream_max_connections"
+    " open) or hello_deadline (no hello within writer.stream_hello_timeout)",
+    ["reason"],
+)
+WRITER_STREAM_IDLE_CLOSED = Counter(
+    "vmbackup_writer_chunk_streams_idle_closed_total",
+    "Authenticated chunk streams closed after writer.stream_idle_timeout without a frame",
 )
 WRITER_STREAM_ERRORS = Counter(
     "vmbackup_writer_chunk_stream_errors_total",

@@ -70,7 +70,11 @@ class LogSettings:
 @dataclass(frozen=True)
 class MetricsSettings:
     port: int = doc("port of the /metrics endpoint (0 = none)", default=9400)
-    address: str = doc("address the /metrics endpoint binds to", default="0.0.0.0")
+    address: str = doc(
+        "address the /metrics endpoint binds to: loopback unless set (the Kubernetes"
+        ' manifests set "0.0.0.0" for Prometheus)',
+        default="127.0.0.1",
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from common.config import Secret
+from common.redact import redact_url
 
 MiB = 1024 * 1024
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -46,7 +47,7 @@ class VCenterSettings:
         if not _NAME.match(self.name):
             raise ValueError(f"vcenters.name {self.name!r}: letters, digits, '.', '_', '-'")
         if not self.url.startswith(("https://", "http://")):
-            raise ValueError(f"vcenters.url {self.url!r}: must start with https://")
+            raise ValueError(f"vcenters.url {redact_url(self.url)!r}: must start with https://")
         if self.thumbprint:
             hexpart = self.thumbprint.replace(":", "").lower()
             if not re.fullmatch(r"[0-9a-f]{64}", hexpart):

@@ -7,6 +7,8 @@ keyed by batch or query id; it resolves the same future the broker path would. W
 stream cannot be opened or breaks, every request waiting on it gets :class:`StreamLost` (a
 TimeoutError, so WriterLink re-sends it at once, as after a lost reply) and the writer's
 address is left alone for ``retry_after`` seconds: those re-sends go through the broker.
+A stream the writer closes while nothing waits on it (idle) is simply opened again by
+the next send.
 """
 
 from __future__ import annotations
@@ -140,6 +142,14 @@ class WriterStreams:
         return keep
 
     def _on_lost(self, stream: _Stream, why: str) -> None:
+        if why == "idle":
+            # The writer closed a stream nothing waited on (writer.stream_idle_timeout):
+            # not a fault, the next send opens a new stream at once.
+            with self._lock:
+                if self._streams.get(stream.addr) is stream:
+                    del self._streams[stream.addr]
+            stream.close(why)
+            return
         self._mark_down(stream.addr, stream, why)
 
     def _mark_down(self, addr: str, stream: _Stream, kind: str) -> None:
@@ -236,5 +246,10 @@ class _Stream:
         except OSError as exc:
             why = str(exc)
         if self.alive:
-            log.warning("chunk_stream_lost", writer=self.addr, error=why)
-            self._on_lost(self, "lost")
+            with self._lock:
+                idle = why == "closed by writer" and not self._pending
+            if idle:
+                log.info("chunk_stream_closed_idle", writer=self.addr)
+            else:
+                log.warning("chunk_stream_lost", writer=self.addr, error=why)
+            self._on_lost(self, "idle" if idle else "lost")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.config import Secret
+from common.redact import redact_url
 from proxy_worker.errors import ConfigError
 
 TRANSPORTS = ("nbd", "http", "file")
@@ -36,9 +37,20 @@ class VCenterAccess:
     insecure: bool = False
     vddk_thumbprint: str = ""  # what VDDK expects (SHA-1 on older releases); default thumbprint
 
+    def __repr__(self) -> str:
+        # Never the password, neither the field nor one inside the URL.
+        return (
+            f"VCenterAccess(name={self.name!r}, url={redact_url(self.url)!r},"
+            f" user={self.user!r}, password=<hidden>, insecure={self.insecure})"
+        )
+
+    __str__ = __repr__
+
     def __post_init__(self) -> None:
         if not self.url.startswith(("https://", "http://")):
-            raise ValueError(f"vCenter {self.name!r}: url {self.url!r} must start with https://")
+            raise ValueError(
+                f"vCenter {self.name!r}: url {redact_url(self.url)!r} must start with https://"
+            )
         for key in ("thumbprint", "vddk_thumbprint"):
             v = getattr(self, key)
             if v and not _THUMB.match(v):

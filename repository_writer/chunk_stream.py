@@ -16,6 +16,13 @@ results and commits always go through the broker.
 
 Memory: at most ``max_inflight`` batches are read and not yet acknowledged, over all
 connections (a connection stops reading while none is free: TCP pushes back).
+
+Bounds (docs/security.md, "Bounded endpoints"): at most ``max_connections`` connections
+(one thread each) at once, those beyond are closed at once and counted; before its hello
+is checked a peer may declare at most HELLO_MAX_BYTES and has ONE deadline for the TCP
+connection, the TLS handshake and the hello together (:class:`HelloDeadlines`); an
+authenticated stream that sends no frame for ``idle_timeout`` while nothing of it is in
+flight is closed (the proxy opens a new one when it next sends).
 """
 
 from __future__ import annotations
@@ -30,14 +37,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from common import metrics
-from common.frames import FrameReader, StreamClosed, read_message, send_message
+from common.frames import FrameReader, StreamClosed, StreamIdle, read_message, send_message
 from common.logging import get_logger
 from common.messages import ChunkBatch, HaveQuery, Message, MessageError, StreamHello
 from common.tls_socket import TlsSocket
+from repository_writer.stream_deadlines import HelloDeadlines
 from repository_writer.stream_identity import StreamIdentity
 
 log = get_logger(__name__)
 HELLO_TIMEOUT = 10.0
+# A StreamHello is a token and a client name: a few hundred bytes. Nothing larger is
+# allocated for a peer that has not shown the token.
+HELLO_MAX_BYTES = 4096
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -71,8 +82,14 @@ class ChunkStreamServer:
         max_inflight: int,
         name: str,
         identity: StreamIdentity | None = None,
+        max_connections: int = 64,
+        idle_timeout: float = 300.0,
+        hello_timeout: float = HELLO_TIMEOUT,
     ) -> None:
         self.handle = handle
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.hello_timeout = hello_timeout
         self.name = name
         self.token = secrets.token_hex(16)
         self._identity = identity
@@ -91,9 +108,12 @@ class ChunkStreamServer:
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._refused = 0
+        self._deadlines = HelloDeadlines(hello_timeout, name)
         self._acceptor = threading.Thread(target=self._accept_loop, name=f"{name}-accept")
 
     def start(self) -> ChunkStreamServer:
+        self._deadlines.start()
         self._acceptor.start()
         log.info(
             "chunk_stream_listening", writer=self.name, address=self.address, tls=bool(self.pin)
@@ -112,6 +132,7 @@ class ChunkStreamServer:
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RD)  # readers end; in-flight acks still go out
         self._acceptor.join(timeout=10)
+        self._deadlines.stop()
         self._pool.shutdown(wait=True)
 
     # --- connections -------------------------------------------------------------------
@@ -126,13 +147,34 @@ class ChunkStreamServer:
                 log.warning("chunk_stream_accept_failed", writer=self.name, error=str(exc))
                 time.sleep(0.5)
                 continue
+            with self._lock:
+                full = len(self._conns) >= self.max_connections
+                if not full:
+                    self._conns.add(conn)
+            if full:
+                self._refuse(conn, peer)
+                continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            with self._lock:
-                self._conns.add(conn)
+            self._deadlines.add(conn)
             threading.Thread(
                 target=self._serve, args=(conn, f"{peer[0]}:{peer[1]}"), daemon=True
             ).start()
+
+    def _refuse(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        """Beyond max_connections: closed before anything is read (one thread per
+        connection, so this bounds the threads too). The proxy falls back to the broker."""
+        conn.close()
+        metrics.WRITER_STREAM_REFUSED.labels(reason="max_connections").inc()
+        self._refused += 1
+        if self._refused % 100 == 1:  # a flood logs a line per 100, not one per connection
+            log.warning(
+                "chunk_stream_refused",
+                writer=self.name,
+                peer=f"{peer[0]}:{peer[1]}",
+                error=f"{self.max_connections} connections open (writer.stream_max_connections)",
+                refused=self._refused,
+            )
 
     def _serve(self, raw: socket.socket, peer: str) -> None:
         metrics.WRITER_STREAMS.inc()
@@ -144,13 +186,24 @@ class ChunkStreamServer:
                 if tls is None:
                     return
                 sock = conn.sock = tls
-            if not self._hello(sock, peer):
+            if not self._hello(sock, raw, peer):
                 return
+            if not self._deadlines.done(raw):  # passed just as the hello came
+                self._refused_late(peer)
+                return
+            sock.settimeout(self.idle_timeout)
             frames = FrameReader(sock)
             while not self._closed.is_set():
                 self._slots.acquire()
                 try:
                     msg = frames.read(ChunkBatch, HaveQuery)
+                except StreamIdle:
+                    self._slots.release()
+                    if conn.busy():
+                        continue  # the proxy waits for our acks: not idle
+                    metrics.WRITER_STREAM_IDLE_CLOSED.inc()
+                    log.info("chunk_stream_idle_closed", writer=self.name, peer=peer)
+                    return
                 except BaseException:
                     self._slots.release()
                     raise
@@ -174,27 +227,44 @@ class ChunkStreamServer:
                 metrics.WRITER_STREAM_ERRORS.labels(kind="OSError").inc()
                 log.warning("chunk_stream_dropped", writer=self.name, peer=peer, error=str(exc))
         finally:
+            self._deadlines.done(raw)
             metrics.WRITER_STREAMS.dec()
             with self._lock:
                 self._conns.discard(raw)
             conn.reader_done()  # closes the socket once the last ack is out
 
+    def _refused_late(self, peer: str) -> None:
+        metrics.WRITER_STREAM_REFUSED.labels(reason="hello_deadline").inc()
+        log.warning(
+            "chunk_stream_refused",
+            writer=self.name,
+            peer=peer,
+            error=f"no hello within {self.hello_timeout:g} s (TCP, TLS and hello together)",
+        )
+
     def _tls(self, raw: socket.socket, peer: str) -> TlsSocket | None:
         assert self._identity is not None
         try:
-            return TlsSocket.server(raw, self._identity.context, HELLO_TIMEOUT)
+            return TlsSocket.server(raw, self._identity.context, self.hello_timeout)
         except OSError as exc:  # ssl.SSLError and ConnectionError are OSErrors
+            if self._deadlines.expired(raw):
+                self._refused_late(peer)
+                return None
             log.warning("chunk_stream_refused", writer=self.name, peer=peer, error=f"TLS: {exc}")
             metrics.WRITER_STREAM_ERRORS.labels(kind="tls").inc()
             return None
 
-    def _hello(self, conn: socket.socket | TlsSocket, peer: str) -> bool:
-        conn.settimeout(HELLO_TIMEOUT)
+    def _hello(self, conn: socket.socket | TlsSocket, raw: socket.socket, peer: str) -> bool:
+        # The per-read time-out is a backstop: HelloDeadlines ends the whole hello.
+        conn.settimeout(self.hello_timeout)
         try:
-            hello = read_message(conn, StreamHello)
+            hello = read_message(conn, StreamHello, max_bytes=HELLO_MAX_BYTES)
         except (MessageError, OSError) as exc:
-            log.warning("chunk_stream_refused", writer=self.name, peer=peer, error=str(exc))
-            metrics.WRITER_STREAM_ERRORS.labels(kind="hello").inc()
+            if self._deadlines.expired(raw):
+                self._refused_late(peer)
+            else:
+                log.warning("chunk_stream_refused", writer=self.name, peer=peer, error=str(exc))
+                metrics.WRITER_STREAM_ERRORS.labels(kind="hello").inc()
             return False
         conn.settimeout(None)
         if not isinstance(hello, StreamHello) or not hmac.compare_digest(
@@ -239,6 +309,11 @@ class _Conn:
     def begin(self) -> None:
         with self._lock:
             self._inflight += 1
+
+    def busy(self) -> bool:
+        """Whether a batch read from this connection is still being stored."""
+        with self._lock:
+            return self._inflight > 0
 
     def send(self, msg: Message) -> None:
         with self._send_lock:

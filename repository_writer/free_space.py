@@ -48,7 +48,7 @@ class FreeSpaceGuard:
             self._reserved -= incoming
 
     def readiness(self) -> str:
-        """"" while a batch as large as the largest seen would be taken, else why not
+        """ "" while a batch as large as the largest seen would be taken, else why not
         (the writer's /ready): a writer that refuses every batch is not ready."""
         return self._check(self._largest, reserve=False)
 

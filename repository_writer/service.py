@@ -45,7 +45,8 @@ from common.messages import (
 )
 from common.sharding import parse_shard_set, shard_of, shard_queue
 from repository_writer import fsutil
-from repository_writer.chunk_stream import ChunkStreamServer, route_address
+from repository_writer.chunk_stream import HELLO_TIMEOUT, ChunkStreamServer, route_address
+from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY, CommitLimits
 from repository_writer.errors import RepositoryError, RepositoryFullError
 from repository_writer.free_space import FreeSpaceGuard, MiB
 from repository_writer.repository import Repository
@@ -73,8 +74,13 @@ class WriterService:
         data_advertise: str = "",
         data_tls: bool = False,
         min_free_bytes: int = 0,
+        stream_max_connections: int = 64,
+        stream_hello_timeout: float = HELLO_TIMEOUT,
+        stream_idle_timeout: float = 300.0,
+        max_disk_capacity: int = DEFAULT_MAX_DISK_CAPACITY,
     ) -> None:
         self.repo = repo
+        self.limits = CommitLimits(repo.chunk_size, max_disk_capacity)
         self.params = params
         self.n_shards = n_shards
         self.shards = parse_shard_set(shards, n_shards)
@@ -118,6 +124,9 @@ class WriterService:
                 max_inflight=prefetch,
                 name=name,
                 identity=make_identity(name) if data_tls else None,
+                max_connections=stream_max_connections,
+                idle_timeout=stream_idle_timeout,
+                hello_timeout=stream_hello_timeout,
             )
             if data_listen
             else None
@@ -181,7 +190,7 @@ class WriterService:
         elif isinstance(msg, HaveQuery):
             self._reply(msg.reply_to, msg.query_id, self.on_have(msg))
         elif isinstance(msg, CommitRequest | CommitPart | JobMarker):
-            reply = commit_queue_reply(self.repo, msg)
+            reply = commit_queue_reply(self.repo, msg, self.limits)
             self._reply(msg.reply_to, reply.request_id, reply)
 
     def on_stream_message(self, msg: ChunkBatch | HaveQuery) -> ChunkAck | HaveReply:
@@ -243,7 +252,7 @@ class WriterService:
         return HaveReply(msg.query_id, present, stream.address, stream.token, stream.pin)
 
     def on_commit(self, msg: CommitRequest) -> CommitReply:
-        return commit_queue_reply(self.repo, msg)
+        return commit_queue_reply(self.repo, msg, self.limits)
 
     def _reply(self, reply_to: str, key: str, reply: Message) -> None:
         try:
@@ -256,11 +265,17 @@ class WriterService:
 
 
 def commit_queue_reply(
-    repo: Repository, msg: CommitRequest | CommitPart | JobMarker
+    repo: Repository,
+    msg: CommitRequest | CommitPart | JobMarker,
+    limits: CommitLimits | None = None,
 ) -> CommitReply:
-    """Handle one message of the commits queue; the reply says ok or why not."""
+    """Handle one message of the commits queue; the reply says ok or why not. A request
+    beyond ``limits`` is refused before anything is allocated for it (and acked: a
+    redelivery would be refused the same way)."""
+    limits = limits or CommitLimits(repo.chunk_size)
     if isinstance(msg, CommitPart):
         try:
+            limits.check_part(msg)
             repo.stage_commit_part(msg.request_id, msg.disk_key, msg.part, msg.entries)
         except RepositoryError as exc:
             log.error("commit_part_refused", part=msg.part_id, error=str(exc))
@@ -280,6 +295,7 @@ def commit_queue_reply(
         log.info("job_marker", job=msg.job_id, op=msg.op)
         return CommitReply(msg.request_id, True, "", "")
     try:
+        limits.check_request(msg)
         point_id = repo.commit_point(msg)
     except RepositoryError as exc:
         log.error("commit_refused", job=msg.job_id, vm=msg.vm_name, error=str(exc))
@@ -331,6 +347,10 @@ def main(args: argparse.Namespace) -> int:
         data_advertise=ws.data_advertise,
         data_tls=ws.stream_tls(cfg.broker.url),
         min_free_bytes=ws.min_free_mib * MiB,
+        stream_max_connections=ws.stream_max_connections,
+        stream_hello_timeout=ws.stream_hello_timeout,
+        stream_idle_timeout=ws.stream_idle_timeout,
+        max_disk_capacity=ws.max_disk_capacity,
     )
     stop_on_signals(service)
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from common.config import Secret
 from common.settings import doc
+from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,25 @@ class WriterSettings:
         " proxies pin the certificate the writer makes at start (docs/operations.md)",
         default="auto",
     )
+    stream_max_connections: int = doc(
+        "chunk stream connections open at once (one thread each); those beyond are closed"
+        " at once and counted, their proxies use the broker",
+        default=64,
+    )
+    stream_hello_timeout: float = doc(
+        "seconds a new chunk stream connection has for TCP, TLS and its hello together",
+        default=10.0,
+    )
+    stream_idle_timeout: float = doc(
+        "seconds an authenticated chunk stream may send no frame (with nothing of it in"
+        " flight) before it is closed; the proxy opens a new one when it next sends",
+        default=300.0,
+    )
+    max_disk_capacity: int = doc(
+        "largest disk capacity (bytes) a commit may declare; larger is refused before"
+        " any map is allocated (64 TiB; vSphere's largest virtual disk is 62 TB)",
+        default=DEFAULT_MAX_DISK_CAPACITY,
+    )
     consume_commits: bool = doc("also consume vmbackup.commits", default=True)
     min_free_mib: int = doc(
         "free space (MiB) the repository's file system must keep: below it the writer"
@@ -81,3 +101,10 @@ class WriterSettings:
             raise ValueError("min_free_mib must not be negative")
         if not 1 <= self.commit_prefetch <= 16:
             raise ValueError("commit_prefetch must be within 1..16")
+        if not 1 <= self.stream_max_connections <= 4096:
+            raise ValueError("stream_max_connections must be within 1..4096")
+        for key in ("stream_hello_timeout", "stream_idle_timeout"):
+            if not 0 < getattr(self, key) <= 86400:
+                raise ValueError(f"{key} must be above 0 and at most 86400 seconds")
+        if not 1 << 20 <= self.max_disk_capacity <= 1 << 50:
+            raise ValueError("max_disk_capacity must be within 1 MiB..1 PiB")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
+from common.redact import redact_url
 from proxy_worker.errors import ConfigError, TaskError
 from proxy_worker.settings import NbdSettings, VCenterAccess
 from proxy_worker.transports.base import DiskSource, split_disk_file
@@ -30,7 +31,7 @@ def vddk_command(
     """
     server = urlsplit(vc.url).hostname
     if not server:
-        raise ConfigError(f"vCenter url {vc.url!r} has no host name")
+        raise ConfigError(f"vCenter url {redact_url(vc.url)!r} has no host name")
     if not vc.user or not password_file:
         raise ConfigError(f"vCenter {vc.name!r}: the vddk transport needs a user and a password")
     thumb = nbd.vddk_thumbprints.get(vc.name) or vc.vddk_thumbprint or vc.thumbprint

@@ -101,6 +101,7 @@ def test_role_config_loads(build: Build, component: str, tmp_path: Path) -> None
         env = pod_env(build, obj, tpl, raw["broker"]["n_shards"])
         cfg = load_config_env(path, env)
         assert cfg.metrics.port == 9400
+        assert cfg.metrics.address == "0.0.0.0"  # scraped on the pod IP (default: loopback)
         assert cfg.broker.password.value.startswith("sample-")
         if component == "coordinator":
             assert cfg.vcenters and cfg.policies and cfg.repository.path
