@@ -163,3 +163,18 @@ def test_the_proxy_refuses_plain_http_unless_insecure(lab: Lab) -> None:
         wire.close()
     _assert_nothing_received(wire, lab)
     assert wire.connections == 0
+
+
+def test_a_pin_that_is_not_sha256_is_refused_by_name(lab: Lab) -> None:
+    """A SHA-1 thumbprint (what old VDDK releases want) is no pin for TLS: the proxy says so
+    instead of comparing it."""
+    sha1 = ":".join(["ab"] * 20)
+    vc = VCenterAccess(
+        name="lab", url=lab.url, user=lab.user, password=lab.password, thumbprint=sha1
+    )
+    t = HttpTransport(HttpSettings(retries=0), VCenterDirectory([vc]))
+    try:
+        with pytest.raises(ConfigError, match=r"thumbprint .* is not a SHA-256"):
+            t.open(_source(lab))
+    finally:
+        t.close()
