@@ -72,11 +72,22 @@ class _PinnedSocket(ssl.SSLSocket):
             raise
 
 
+class _PinnedObject(ssl.SSLObject):
+    """The same for TLS over memory BIOs (``wrap_bio``: asyncio, common/tls_socket.py)."""
+
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        ctx = self.context
+        assert isinstance(ctx, PinnedContext)
+        check_pin(self.getpeercert(binary_form=True), ctx.pin, "the server")
+
+
 class PinnedContext(ssl.SSLContext):
     """A client context that trusts exactly one certificate, by its SHA-256 thumbprint;
     CA chain and host name are not checked (the pin replaces them)."""
 
     sslsocket_class = _PinnedSocket
+    sslobject_class = _PinnedObject
     pin: str
 
 
