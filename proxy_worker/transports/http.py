@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 from common.logging import get_logger
@@ -34,6 +35,7 @@ log = get_logger(__name__)
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _READ_PIECE = 1 << 20  # bytes per readinto: small enough to keep progress on a drop
+_T = TypeVar("_T")
 
 
 class Server:
@@ -91,7 +93,7 @@ class Server:
         with self._login_lock:
             if not self.session.connected:
                 self._session_call(self.session.connect)
-            return self.session.cookie(), self.session.generation
+            return self._session_call(self.session.cookie), self.session.generation
 
     def login(self, stale_gen: int) -> tuple[str, int]:
         """Log in again unless another thread already replaced the stale cookie."""
@@ -100,14 +102,14 @@ class Server:
                 self._session_call(self.session.connect)
             else:
                 self._session_call(lambda: self.session.renew(stale_gen))
-            return self.session.cookie(), self.session.generation
+            return self._session_call(self.session.cookie), self.session.generation
 
-    def _session_call(self, call: Callable[[], object]) -> None:
+    def _session_call(self, call: Callable[[], _T]) -> _T:
         """``call`` with the session's errors as the proxy's (a task fails cleanly)."""
         from common.vcenter_session import VCenterError, VCenterLoginError, VCenterTlsError
 
         try:
-            call()
+            return call()
         except VCenterLoginError as exc:
             raise AuthError(f"login to {self.vc.name} as {self.vc.user!r} refused: {exc}") from exc
         except VCenterTlsError as exc:
