@@ -17,8 +17,6 @@ accepts the stream only when the certificate it is shown has that fingerprint.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import socket
 import ssl
 import threading
@@ -26,18 +24,10 @@ from collections.abc import Sequence
 from typing import cast
 
 from common.messages import Bytes
+from common.tls_pin import check_pin, peer_name
 
 _RECV_BYTES = 256 << 10
 _SEAL_BYTES = 256 << 10  # plaintext sealed per lock hold: bounds the ciphertext buffered
-
-
-class TlsPinError(ssl.SSLError):
-    """The peer's certificate is not the one its fingerprint was pinned to."""
-
-
-def fingerprint(der: bytes) -> str:
-    """Hex SHA-256 of a DER certificate: the pin a writer advertises."""
-    return hashlib.sha256(der).hexdigest()
 
 
 def client_context() -> ssl.SSLContext:
@@ -81,12 +71,10 @@ class TlsSocket:
     def client(
         cls, sock: socket.socket, ctx: ssl.SSLContext, pin: str, timeout: float
     ) -> TlsSocket:
-        """TLS over a connected socket; TlsPinError unless the writer's certificate has
-        the fingerprint ``pin``."""
+        """TLS over a connected socket; common.tls_pin.PinMismatchError unless the writer's
+        certificate has the SHA-256 fingerprint ``pin`` (checked before a byte is sent)."""
         s = cls._wrap(sock, ctx, server_side=False, timeout=timeout)
-        der = s._tls.getpeercert(binary_form=True)
-        if der is None or not hmac.compare_digest(fingerprint(der), pin.lower()):
-            raise TlsPinError(f"certificate of {_peer(sock)} does not match its pinned fingerprint")
+        check_pin(s._tls.getpeercert(binary_form=True), pin, f"chunk stream to {peer_name(sock)}")
         return s
 
     @classmethod
@@ -202,11 +190,3 @@ class TlsSocket:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _peer(sock: socket.socket) -> str:
-    try:
-        name = sock.getpeername()
-    except OSError:
-        return "the peer"
-    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "the peer"

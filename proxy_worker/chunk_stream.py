@@ -122,7 +122,7 @@ class WriterStreams:
                 return None
         try:
             s = _Stream.open(endpoint, self.client, self.connect_timeout, self._on_lost)
-        except (OSError, ValueError) as exc:  # ssl.SSLError and TlsPinError are OSErrors
+        except (OSError, ValueError) as exc:  # ssl.SSLError and PinMismatchError are OSErrors
             kind = "tls" if isinstance(exc, ssl.SSLError) else "connect"
             metrics.PROXY_CHUNK_STREAM_ERRORS.labels(kind=kind).inc()
             log.warning("chunk_stream_unavailable", writer=addr, error=str(exc))

@@ -4,19 +4,14 @@ HTTP PUT on /folder."""
 from __future__ import annotations
 
 import http.client
+import ssl
 import time
 from collections.abc import Callable
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
 from coordinator.restore.errors import RestoreVmError
 from coordinator.restore.target import Target
-from coordinator.settings import VCenterSettings
-from coordinator.vcenter import (
-    Connection,
-    build_ssl_context,
-    normalize_thumbprint,
-    pinned_connection_class,
-)
+from coordinator.vcenter import Connection, VCenterError
 from repository_writer.errors import RepositoryError
 from repository_writer.points import Point
 from repository_writer.repository import Repository
@@ -29,18 +24,6 @@ def flat_file(ds_path: str) -> str:
         raise RestoreVmError(f"unexpected disk file name {ds_path!r}")
     rel = ds_path.split("]", 1)[1].strip()
     return rel if rel.endswith("-flat.vmdk") else rel[: -len(".vmdk")] + "-flat.vmdk"
-
-
-def _http_connection(s: VCenterSettings) -> http.client.HTTPConnection:
-    u = urlparse(s.url)
-    host = u.hostname or ""
-    if u.scheme != "https":
-        return http.client.HTTPConnection(host, u.port or 80, timeout=s.timeout_s)
-    ctx = build_ssl_context(s)
-    if s.thumbprint:
-        cls = pinned_connection_class(normalize_thumbprint(s.thumbprint))
-        return cls(host, u.port or 443, context=ctx, timeout=s.timeout_s)
-    return http.client.HTTPSConnection(host, u.port or 443, context=ctx, timeout=s.timeout_s)
 
 
 class _PutBody:
@@ -123,10 +106,11 @@ def _put_disk(
         f"dcPath={quote(target.dc_path, safe='')}&dsName={quote(target.datastore_name, safe='')}"
     )
     url = f"/folder/{quote(path)}?{query}"
-    cookie = (getattr(conn.stub, "cookie", "") or "").split(";", 1)[0].strip()
-    if not cookie:
-        raise RestoreVmError(f"vcenter {conn.name}: no session cookie for the upload")
-    http_conn = _http_connection(conn.settings)
+    try:
+        cookie = conn.cookie()
+    except VCenterError as exc:
+        raise RestoreVmError(f"{exc}: no session cookie for the upload") from exc
+    http_conn = conn.http_connection()  # verified as the session's own connections are
     try:
         # vcsim writes the whole body and takes no ranges: one PUT of the whole disk,
         # streamed chunk by chunk (never the whole disk in memory)
@@ -152,6 +136,10 @@ def _put_disk(
             raise RestoreVmError(refusal)
     except RepositoryError as exc:  # a chunk missing or damaged: stop before the end
         raise RestoreVmError(f"disk {disk_key}: {exc}") from exc
+    except ssl.SSLCertVerificationError as exc:  # another certificate: sending again won't help
+        raise RestoreVmError(
+            f"upload of disk {disk_key} to {where}: TLS check failed: {exc}"
+        ) from exc
     except (OSError, http.client.HTTPException) as exc:
         raise _TransientUploadError(
             f"upload of disk {disk_key} to {where} failed: {type(exc).__name__}: {exc}"

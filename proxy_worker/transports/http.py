@@ -13,14 +13,15 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from http.cookies import SimpleCookie
-from urllib.parse import quote, urlencode, urlsplit
+from typing import TypeVar
+from urllib.parse import quote, urlencode
 
 from common.logging import get_logger
 from proxy_worker.errors import (
     AuthError,
+    ConfigError,
     DiskNotFoundError,
     ShortReadError,
     TlsError,
@@ -29,49 +30,45 @@ from proxy_worker.errors import (
 from proxy_worker.settings import HttpSettings, VCenterAccess, VCenterDirectory
 from proxy_worker.transports.base import DiskReader, DiskSource, check_range
 from proxy_worker.transports.read_buffers import ReadBuffers
-from proxy_worker.transports.tls import check_pin, normalize_thumbprint, ssl_context
 
 log = get_logger(__name__)
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _READ_PIECE = 1 << 20  # bytes per readinto: small enough to keep progress on a drop
-COOKIE_NAME = "vmware_soap_session"
-
-
-class _PinnedConnection(http.client.HTTPSConnection):
-    """HTTPS connection that checks the certificate pin right after the handshake."""
-
-    def __init__(self, host: str, port: int, ctx: ssl.SSLContext, pin: str, timeout: float):
-        super().__init__(host, port, context=ctx, timeout=timeout)
-        self._pin = pin
-
-    def connect(self) -> None:
-        super().connect()
-        try:
-            check_pin(self.sock.getpeercert(binary_form=True), self._pin, f"{self.host}")
-        except TlsError:
-            self.close()
-            raise
+_T = TypeVar("_T")
 
 
 class Server:
-    """One vCenter/ESXi: TLS settings, a keep-alive pool and the session cookie."""
+    """One vCenter/ESXi: its session (common/vcenter_session.py: TLS checked in every
+    handshake, login, cookie) and a keep-alive pool of /folder connections."""
 
     def __init__(self, vc: VCenterAccess, settings: HttpSettings) -> None:
+        # heavy import (pyVmomi), only once a task reads over http
+        from common.vcenter_session import Endpoint, Session, VCenterError
+
         self.vc = vc
         self.settings = settings
-        u = urlsplit(vc.url)
-        if not u.hostname:
-            raise TransportError(f"vCenter url {vc.url!r} has no host")
-        self.host = u.hostname
-        self.https = u.scheme == "https"
-        self.port = u.port or (443 if self.https else 80)
-        self._ctx = ssl_context(vc) if self.https else None
+        endpoint = Endpoint(
+            name=vc.name,
+            url=vc.url,
+            user=vc.user,
+            password=vc.password,
+            ca_bundle=vc.ca_bundle,
+            thumbprint=vc.thumbprint,
+            insecure=vc.insecure,
+            timeout_s=settings.timeout,
+            keepalive_s=0,  # no thread per vCenter: a refused cookie renews the session
+            retries=settings.retries,
+            backoff_s=settings.backoff,
+            pool_size=1,  # the session's own SOAP calls: login, logout
+        )
+        try:
+            self.session = Session(endpoint)
+        except VCenterError as exc:  # plain http without insecure, a bad pin or CA bundle
+            raise ConfigError(str(exc)) from exc
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
-        self._cookie = ""
-        self._cookie_gen = 0
-        self._stub: object | None = None
+        self._login_lock = threading.Lock()
         self.opened = 0  # connections made (tests check reuse)
 
     # --- connection pool -----------------------------------------------------------
@@ -80,11 +77,7 @@ class Server:
             if self._idle:
                 return self._idle.pop()
             self.opened += 1
-        if self._ctx is not None:
-            return _PinnedConnection(
-                self.host, self.port, self._ctx, self.vc.thumbprint, self.settings.timeout
-            )
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.settings.timeout)
+        return self.session.http_connection(self.settings.timeout)
 
     def release(self, conn: http.client.HTTPConnection, reusable: bool) -> None:
         if reusable:
@@ -96,64 +89,44 @@ class Server:
 
     # --- session ---------------------------------------------------------------------
     def cookie(self) -> tuple[str, int]:
-        with self._lock:
-            if self._cookie:
-                return self._cookie, self._cookie_gen
-        return self.login(0)
+        """The session cookie and its generation; logs in on first use."""
+        with self._login_lock:
+            if not self.session.connected:
+                self._session_call(self.session.connect)
+            return self._session_call(self.session.cookie), self.session.generation
 
     def login(self, stale_gen: int) -> tuple[str, int]:
-        """Log in (again) unless another thread already replaced the stale cookie."""
-        with self._lock:
-            if self._cookie and self._cookie_gen != stale_gen:
-                return self._cookie, self._cookie_gen
-            from pyVmomi import SoapStubAdapter, vim  # heavy import, only when needed
+        """Log in again unless another thread already replaced the stale cookie."""
+        with self._login_lock:
+            if not self.session.connected:
+                self._session_call(self.session.connect)
+            else:
+                self._session_call(lambda: self.session.renew(stale_gen))
+            return self._session_call(self.session.cookie), self.session.generation
 
-            try:
-                stub = SoapStubAdapter(
-                    host=self.host,
-                    port=self.port if self.https else -self.port,  # pyVmomi: <0 means http
-                    path="/sdk",
-                    sslContext=self._ctx,
-                    thumbprint=normalize_thumbprint(self.vc.thumbprint) or None,
-                    httpConnectionTimeout=self.settings.timeout,
-                )
-                content = vim.ServiceInstance("ServiceInstance", stub).RetrieveContent()
-                sessions = content.sessionManager
-                if sessions is None:
-                    raise TransportError(f"{self.vc.url} has no session manager")
-                sessions.Login(self.vc.user, self.vc.password, None)
-            except vim.fault.InvalidLogin as exc:
-                raise AuthError(f"login to {self.vc.name} as {self.vc.user!r} refused") from exc
-            except ssl.SSLError as exc:
-                raise TlsError(f"TLS to {self.vc.url}: {exc}") from exc
-            except Exception as exc:  # pyVmomi raises many kinds; all fail the task cleanly
-                if "thumbprint" in str(exc).lower():
-                    raise TlsError(f"TLS to {self.vc.url}: {exc}") from exc
-                raise TransportError(f"login to {self.vc.url}: {exc}") from exc
-            morsel = SimpleCookie(stub.cookie).get(COOKIE_NAME)
-            if morsel is None:
-                raise AuthError(f"login to {self.vc.url} returned no {COOKIE_NAME} cookie")
-            self._stub = stub
-            self._cookie = f'{COOKIE_NAME}="{morsel.value}"'
-            self._cookie_gen += 1
-            return self._cookie, self._cookie_gen
+    def _session_call(self, call: Callable[[], _T]) -> _T:
+        """``call`` with the session's errors as the proxy's (a task fails cleanly)."""
+        from common.vcenter_session import VCenterError, VCenterLoginError, VCenterTlsError
+
+        try:
+            return call()
+        except VCenterLoginError as exc:
+            raise AuthError(f"login to {self.vc.name} as {self.vc.user!r} refused: {exc}") from exc
+        except VCenterTlsError as exc:
+            raise TlsError(str(exc)) from exc
+        except ssl.SSLError as exc:  # on a re-login
+            raise TlsError(f"TLS to {self.vc.url}: {exc}") from exc
+        except VCenterError as exc:
+            raise TransportError(str(exc)) from exc
+        except Exception as exc:  # pyVmomi raises many kinds; all fail the task cleanly
+            raise TransportError(f"login to {self.vc.url}: {exc!r}") from exc
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-            stub, self._stub = self._stub, None
-            self._cookie = ""
         for c in idle:
             c.close()
-        if stub is not None:
-            try:
-                from pyVmomi import vim
-
-                sessions = vim.ServiceInstance("ServiceInstance", stub).RetrieveContent()
-                if sessions.sessionManager is not None:
-                    sessions.sessionManager.Logout()
-            except Exception as exc:  # logout is best effort; the session expires anyway
-                log.debug("logout_failed", url=self.vc.url, error=str(exc))
+        self.session.close()  # logs out; best effort, the session expires anyway
 
 
 def folder_url(source: DiskSource) -> str:

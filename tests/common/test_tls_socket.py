@@ -14,7 +14,8 @@ import pytest
 
 from common.frames import FrameReader, send_frame, send_message
 from common.messages import ChunkAck, ChunkBatch, StreamHello
-from common.tls_socket import TlsPinError, TlsSocket, client_context
+from common.tls_pin import PinMismatchError
+from common.tls_socket import TlsSocket, client_context
 from repository_writer.stream_identity import StreamIdentity, make_identity
 
 
@@ -100,7 +101,7 @@ def test_frames_flow_both_ways_at_once_and_arrive_exact(
 
 
 def test_a_wrong_pin_is_refused(identity: StreamIdentity) -> None:
-    with pytest.raises(TlsPinError, match="does not match"):
+    with pytest.raises(PinMismatchError, match="does not match"):
         _pair(identity, pin="00" * 32)
 
 

@@ -1,10 +1,13 @@
-"""A TCP relay for tests that cuts connections mid-stream (a dropped HTTP connection)."""
+"""A TCP relay for tests that cuts connections mid-stream (a dropped HTTP connection) and
+records what clients sent (``received``, the first MiB: what crossed the wire in clear)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+
+_RECORDED = 1 << 20
 
 
 class CuttingRelay:
@@ -21,6 +24,7 @@ class CuttingRelay:
         self.cuts_left = cuts
         self.cuts_done = 0
         self.connections = 0
+        self.received = bytearray()
         self._lock = threading.Lock()
         self._srv = socket.create_server(("127.0.0.1", 0))
         self.port = self._srv.getsockname()[1]
@@ -46,6 +50,9 @@ class CuttingRelay:
                 data = src.recv(65536)
                 if not data:
                     break
+                if not downstream:
+                    with self._lock:
+                        self.received += data[: max(0, _RECORDED - len(self.received))]
                 if downstream != self.upstream and sent + len(data) > self.cut_after:
                     with self._lock:
                         cut = self.cuts_left > 0

@@ -21,7 +21,8 @@ from common.chunk import compress
 from common.frames import read_message, send_frame, send_message
 from common.messages import ChunkAck, ChunkBatch, HaveQuery, HaveReply, Message, StreamHello
 from common.sharding import shard_of
-from common.tls_socket import TlsPinError, TlsSocket, client_context
+from common.tls_pin import PinMismatchError
+from common.tls_socket import TlsSocket, client_context
 from proxy_worker.chunk_stream import Endpoint, StreamLost, WriterStreams, split_address
 from proxy_worker.writers import PendingBatch, WriterLink
 from repository_writer.chunk_stream import parse_listen
@@ -388,7 +389,7 @@ def test_tls_stream_refuses_a_wrong_pin_and_plain_peers(
         good = _stream_of(tls)
         assert len(good.pin) == 64 and _stream_of(plain).pin == ""
         wrong = Endpoint(good.addr, good.token, "0" * 64)
-        with pytest.raises(TlsPinError, match="does not match"):
+        with pytest.raises(PinMismatchError, match="does not match"):
             _open(wrong)
         before = metrics.PROXY_CHUNK_STREAM_ERRORS.labels(kind="tls")._value.get()
         streams = WriterStreams("test", connect_timeout=5)
