@@ -32,6 +32,7 @@ from pyVmomi import SoapStubAdapter, vim, vmodl
 
 from common import tls_pin
 from common.logging import get_logger
+from common.redact import redact_url
 
 log = get_logger(__name__)
 
@@ -144,11 +145,11 @@ class Session:
         self.name = ep.name
         u = urlparse(ep.url)
         if not u.hostname:
-            raise VCenterError(f"vcenter {ep.name}: no host in url {ep.url!r}")
+            raise VCenterError(f"vcenter {ep.name}: no host in url {redact_url(ep.url)!r}")
         self.https = u.scheme == "https"
         if not self.https and not ep.insecure:
             raise VCenterError(
-                f"vcenter {ep.name}: plain http needs insecure = true (url {ep.url}):"
+                f"vcenter {ep.name}: plain http needs insecure = true (url {redact_url(ep.url)}):"
                 " the password would cross the network in clear"
             )
         self.host = u.hostname
@@ -193,7 +194,8 @@ class Session:
             raise VCenterTlsError(f"vcenter {ep.name}: TLS check failed: {exc}") from exc
         except OSError as exc:
             self._content = None
-            raise VCenterError(f"vcenter {ep.name}: cannot connect to {ep.url}: {exc}") from exc
+            where = redact_url(ep.url)
+            raise VCenterError(f"vcenter {ep.name}: cannot connect to {where}: {exc}") from exc
         except BaseException:
             self._content = None  # not connected: close() must not log out
             raise

@@ -53,6 +53,7 @@ from common.messages import (
     pack_entries,
     part_key,
 )
+from common.redact import redact_url
 from coordinator import cbt, planner, report, snapshots
 from coordinator import vm_config as vm_config_mod
 from coordinator.discovery import DiskInfo, Inventory, VmInfo, _disk_info, discover
@@ -164,7 +165,7 @@ class Runtime:
             results.close()
             publisher.close()
             replies.close()
-            raise ConnectionError(f"broker {broker.url} not reachable")
+            raise ConnectionError(f"broker {redact_url(broker.url)} not reachable")
         lim = settings.limits
         return cls(
             settings=settings,

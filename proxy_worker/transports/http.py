@@ -19,6 +19,7 @@ from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 from common.logging import get_logger
+from common.redact import redact_url
 from proxy_worker.errors import (
     AuthError,
     ConfigError,
@@ -115,11 +116,11 @@ class Server:
         except VCenterTlsError as exc:
             raise TlsError(str(exc)) from exc
         except ssl.SSLError as exc:  # on a re-login
-            raise TlsError(f"TLS to {self.vc.url}: {exc}") from exc
+            raise TlsError(f"TLS to {redact_url(self.vc.url)}: {exc}") from exc
         except VCenterError as exc:
             raise TransportError(str(exc)) from exc
         except Exception as exc:  # pyVmomi raises many kinds; all fail the task cleanly
-            raise TransportError(f"login to {self.vc.url}: {exc!r}") from exc
+            raise TransportError(f"login to {redact_url(self.vc.url)}: {exc!r}") from exc
 
     def close(self) -> None:
         with self._lock:
@@ -270,7 +271,7 @@ class HttpReader(DiskReader):
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             if isinstance(exc, ssl.SSLCertVerificationError):
-                raise TlsError(f"TLS to {self.server.vc.url}: {exc}") from exc
+                raise TlsError(f"TLS to {redact_url(self.server.vc.url)}: {exc}") from exc
             raise _Retry(f"request failed: {exc!r}") from exc
         status = resp.status
         if status != 206:

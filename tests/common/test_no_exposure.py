@@ -68,3 +68,18 @@ def test_vcenter_access_never_shows_the_password() -> None:
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_a_vcenter_url_with_a_password_is_never_printed() -> None:
+    """A refused vCenter (nothing listens there) names the URL without its password."""
+    from common.vcenter_session import Endpoint, Session, VCenterError
+
+    url = "https://admin:s3cret-pw@127.0.0.1:9/sdk"
+    ep = Endpoint("vc", url, "admin", "x", insecure=True, timeout_s=5.0, retries=0)
+    with pytest.raises(VCenterError) as err:
+        Session(ep).connect()
+    assert "s3cret-pw" not in str(err.value) and "admin:***@127.0.0.1:9" in str(err.value)
+    plain = Endpoint("vc", "http://admin:s3cret-pw@127.0.0.1:9/sdk", "admin", "x")
+    with pytest.raises(VCenterError) as err:
+        Session(plain)
+    assert "s3cret-pw" not in str(err.value)
