@@ -15,6 +15,8 @@ import pytest
 
 from common.amqp import BrokerParams
 from common.messages import DiskCommit
+from coordinator.history import History
+from coordinator.planner import FULL, decide
 from repository_writer.gc import gc
 from repository_writer.import_disk import import_disk
 from repository_writer.repair import repair
@@ -181,3 +183,28 @@ def test_store_replaces_an_empty_or_header_only_chunk_file(
     assert (res.stored, res.known) == (1, 0)
     assert _restored(repo, point, tmp_path / "o.img") == data
     assert verify(repo).ok
+
+
+def test_the_planner_takes_a_full_when_the_previous_point_names_a_quarantined_chunk(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """An incremental would carry the damaged id over from its base (and its commit would
+    fail on the missing chunk): the next backup of that disk is a full, which heals."""
+    img = tmp_path / "d.img"
+    data = make_image(img, "rrr")
+    point = repo.get_point(import_disk(repo, "vm", DISK, img).point_id)
+    change = "52 aa/1"
+    first = History(repo).previous(point.vm_uuid, DISK)
+    assert first is not None and first.damaged_chunks == 0
+    flip_bit(repo.chunks.path_of(repo.chunk_id(data[CS : 2 * CS])), 64)
+    assert verify(repo).quarantined
+    prev = History(repo).previous(point.vm_uuid, DISK)
+    assert prev is not None and prev.damaged_chunks == 1
+    d = decide(prev, change, len(data))
+    assert d.mode == FULL and d.code == "base_damaged" and point.id in d.reason
+    import_disk(repo, "vm", DISK, img)  # the full re-supplies the data
+    assert repair(repo).ok
+    prev = History(repo).previous(point.vm_uuid, DISK)
+    assert prev is not None and prev.damaged_chunks == 0
+    # the usual rules again (import-disk records no changeId, hence that reason)
+    assert decide(prev, change, len(data)).code == "no_change_id"
