@@ -337,3 +337,7 @@ REPO_GC_BYTES_FREED = Counter("vmbackup_repo_gc_freed_bytes_total", "Bytes freed
 REPO_GC_CHUNKS_REMOVED = Counter("vmbackup_repo_gc_removed_chunks_total", "Chunks removed by gc")
 REPO_VERIFY_PROBLEMS = Gauge("vmbackup_repo_verify_problems", "Problems found by the last verify")
 REPO_VERIFY_CHUNKS = Counter("vmbackup_repo_verify_chunks_total", "Chunks re-hashed by verify")
+REPO_VERIFY_QUARANTINED = Counter(
+    "vmbackup_repo_verify_quarantined_chunks_total",
+    "Damaged chunks verify moved to the repository's quarantine",
+)

@@ -51,8 +51,23 @@ class History:
         for p in self._points(vm_uuid):
             for d in p.disks:
                 if d.key == disk_key:
-                    return PreviousDisk(point_id=p.id, change_id=d.change_id, capacity=d.capacity)
+                    return PreviousDisk(
+                        point_id=p.id,
+                        change_id=d.change_id,
+                        capacity=d.capacity,
+                        damaged_chunks=self._damaged_chunks(p, disk_key),
+                    )
         return None
+
+    def _damaged_chunks(self, point: Any, disk_key: int) -> int:
+        """How many entries of the point's map name a quarantined chunk. The map is read
+        only when something is quarantined (listing an absent directory otherwise)."""
+        quarantined = {q.id for q in self.repo.quarantine}
+        if not quarantined:
+            return 0
+        return sum(
+            1 for _, cid in self.repo.load_map(point, disk_key).iter_ids() if cid in quarantined
+        )
 
     def last_full_time(self, vm_uuid: str, disk_key: int) -> float | None:
         """Snapshot time of the newest point where this disk was a full (no base)."""

@@ -27,6 +27,9 @@ class PreviousDisk:
     point_id: str
     change_id: str
     capacity: int
+    # chunks of its map that verify quarantined: an incremental would carry them over
+    # (and its commit fail); a full re-reads the data and so heals the repository
+    damaged_chunks: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,13 @@ def decide(
         return Decision(FULL, "CBT was just enabled on this VM", code="cbt_enabled")
     if prev is None:
         return Decision(FULL, "no previous restore point of this disk", code="no_previous_point")
+    if prev.damaged_chunks:
+        return Decision(
+            FULL,
+            f"previous point {prev.point_id} names {prev.damaged_chunks} damaged "
+            "(quarantined) chunk(s): a full stores them again",
+            code="base_damaged",
+        )
     if not prev.change_id:
         return Decision(FULL, "previous point has no changeId", code="no_change_id")
     if not snapshot_change_id:

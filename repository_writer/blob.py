@@ -88,6 +88,13 @@ def encode(
     return header, body
 
 
+def chunk_file_sizes(chunk_size: int) -> tuple[int, int]:
+    """Sizes a chunk blob can have: a header and at least one payload byte; at most the
+    chunk stored raw or zstd's worst case (a little over the raw size), plus the tag."""
+    worst = chunk_size + chunk_size // 128 + 1024
+    return HEADER_LEN + 1, HEADER_LEN + worst + TAG_LEN
+
+
 def parse_header(data: bytes | memoryview, name: str) -> BlobHeader:
     if len(data) < HEADER_LEN:
         raise CorruptObjectError(name, f"truncated: {len(data)} bytes, header needs {HEADER_LEN}")

@@ -82,8 +82,14 @@ class ChunkFile:
 
 
 class ChunkStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, size_range: tuple[int, int] | None = None) -> None:
         self.root = root
+        # (smallest, largest) size of a well-formed chunk file: one outside it (empty,
+        # cut short by a crash of a file system without ordered data, a header only)
+        # counts as absent, so the next store replaces it. Only the size is checked,
+        # from the stat touch makes anyway: reading every existing chunk back on a
+        # dedup hit would cost a read per known chunk of every backup.
+        self.size_range = size_range
         # Ids renamed into place whose directory entry is not yet fsynced (see touch).
         self._undurable: set[bytes] = set()
         self._undurable_lock = threading.Lock()
@@ -108,6 +114,7 @@ class ChunkStore:
     def touch(self, chunk_id: bytes, *, settle: bool = True) -> bool:
         """Refresh the chunk's mtime (protects it from a concurrent gc); False if absent.
 
+        A file whose size no chunk can have counts as absent (see ``size_range``).
         A chunk another thread has renamed into place but whose directory is not fsynced
         yet counts as absent: answering "have it" then could let a point name a chunk
         that a power loss takes back. The caller stores it again (same bytes, atomic
@@ -121,6 +128,8 @@ class ChunkStore:
         path = self.path_of(chunk_id)
         try:
             st = os.stat(path)
+            if self.size_range and not self.size_range[0] <= st.st_size <= self.size_range[1]:
+                return False  # clearly not a chunk: "absent", a store writes over it
             if _maybe_unsettled(st):
                 if not settle:
                     return True  # renamed moments ago (a fresh mtime); keep the mark

@@ -1,4 +1,4 @@
-"""CLI of the repository: `vmbackup repo init|import-disk|list`, `restore`, `verify`,
+"""CLI of the repository: `vmbackup repo init|import-disk|list|repair`, `restore`, `verify`,
 `prune`, `gc` and the `writer` service. Exit status 0 only on success."""
 
 from __future__ import annotations
@@ -218,11 +218,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify(repo, sample=args.sample)
     for p in report.problems:
         print(p)
+    for h in report.quarantined:
+        print(f"quarantined: chunk {h}")
     what = "sampled" if args.sample is not None else "checked"
     print(
         f"{report.points} points, {report.maps} maps, {report.references} references; "
         f"{report.chunks_checked} of {report.chunks_total} chunks {what}: "
-        f"{'OK' if report.ok else f'{len(report.problems)} problem(s)'}"
+        f"{'OK' if report.ok else f'{len(report.problems)} problem(s)'}; "
+        f"{len(report.quarantined)} chunk(s) quarantined"
     )
     return 0 if report.ok else 1
 
@@ -344,6 +347,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vm-uuid", default=None, help="only this VM's points")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_guard(cmd_list))
+
+    from repository_writer import repair_cli  # imports this module: registered late
+
+    repair_cli.register(rsub)
 
     p = sub.add_parser("restore", help="restore one disk of a point to a file, device or stdout")
     _repo_arg(p)

@@ -4,7 +4,8 @@ Marking sets each referenced chunk's mtime to now, so the mark set lives in the
 file system, not in RAM. The sweep removes chunks whose mtime is older than the
 cutoff = min(gc start - grace, start of the oldest backup still running). Writers
 touch chunks they dedup against (have-queries, duplicate stores, commits), so a
-running backup never loses a chunk it relies on.
+running backup never loses a chunk it relies on. The quarantine (damaged chunks verify
+moved aside) is never swept: it is evidence until ``repo repair`` finds its chunks healed.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def _mark(repo: Repository, report: GcReport) -> None:
                 prev = cid
                 report.referenced += 1
                 if not repo.chunks.touch(cid):
-                    report.missing.append(f"{point.id} disk {disk.key} #{index} {cid.hex()}")
+                    q = " (quarantined)" if repo.quarantine.get(cid) else ""
+                    report.missing.append(f"{point.id} disk {disk.key} #{index} {cid.hex()}{q}")
 
 
 def _sweep(repo: Repository, report: GcReport, cutoff: float, start: float, dry_run: bool) -> None:

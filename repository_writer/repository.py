@@ -3,7 +3,7 @@
 Layout under the repository directory (see docs/repository-format.md):
 ``config`` (JSON), ``keys/repokey`` (encrypted repositories), ``chunks/`` (chunk
 blobs), ``points/`` (restore points), ``running/`` (markers of backups in
-progress, which gc honours), ``locks/``.
+progress, which gc honours), ``locks/``, ``quarantine/`` (damaged chunks).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from repository_writer.points import (
     check_vm_uuid,
     make_point_id,
 )
+from repository_writer.quarantine import Quarantine
 from repository_writer.staging import CommitStaging
 
 REPO_FORMAT = "vmbackup-repository"
@@ -86,7 +87,8 @@ class Repository:
         self.encrypted = keys is not None
         self.id_key: bytes | None = keys.id_key if keys else None
         self._cipher = AESGCM(keys.enc_key) if keys else None
-        self.chunks = ChunkStore(path / "chunks")
+        self.chunks = ChunkStore(path / "chunks", blob.chunk_file_sizes(self.chunk_size))
+        self.quarantine = Quarantine(path / "quarantine")  # damaged chunks (verify)
         self.point_store = PointStore(path / "points", self._seal_meta, self._unseal_meta)
         self.staging = CommitStaging(path / "staging")  # created on first use
 
@@ -242,7 +244,17 @@ class Repository:
 
     def read_chunk_view(self, chunk_id: bytes, *, check_crc: bool = True) -> bytes | memoryview:
         """:meth:`read_chunk` without copying a stored-raw payload (restore path)."""
-        data = self.chunks.read(chunk_id)
+        try:
+            data = self.chunks.read(chunk_id)
+        except MissingChunkError:
+            self.quarantine.raise_if_quarantined(chunk_id)
+            raise
+        return self.decode_chunk(chunk_id, data, check_crc=check_crc)
+
+    def decode_chunk(
+        self, chunk_id: bytes, data: bytes, *, check_crc: bool = True
+    ) -> bytes | memoryview:
+        """The plaintext of a chunk blob read from anywhere, checked against its id."""
         name = f"chunk {chunk_id.hex()}"
         plain = blob.decode_view(data, blob.MAGIC_CHUNK, self._cipher, name, check_crc=check_crc)
         if self.chunk_id(plain) != chunk_id:

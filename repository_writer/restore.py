@@ -70,10 +70,11 @@ def restore_disk(
     thread (zstd and BLAKE3 release the GIL); 0 does everything in the caller."""
     point = repo.get_point(point_id)
     dmap = repo.load_map(point, disk_key)
+    src = f"point {point.id} disk {disk_key}"  # named by every error about a chunk
     if not isinstance(out, str | Path):
-        return _to_stream(repo, dmap, out, "stream", workers)
+        return _to_stream(repo, dmap, out, f"{src} to a stream", workers)
     if str(out) == "-":
-        stats = _to_stream(repo, dmap, sys.stdout.buffer, "stdout", workers)
+        stats = _to_stream(repo, dmap, sys.stdout.buffer, f"{src} to stdout", workers)
         sys.stdout.buffer.flush()
         return stats
     path = Path(out)
@@ -82,14 +83,14 @@ def restore_disk(
     except FileNotFoundError:
         st = None
     if st is not None and stat.S_ISBLK(st.st_mode):
-        return _to_device(repo, dmap, path, workers, sync)
+        return _to_device(repo, dmap, path, workers, sync, src)
     if st is not None and not stat.S_ISREG(st.st_mode):  # fifo, tty, /dev/null: a stream
         try:
             with open(path, "wb") as fh:
-                return _to_stream(repo, dmap, fh, str(path), workers)
+                return _to_stream(repo, dmap, fh, f"{src} to {path}", workers)
         except OSError as exc:
             raise os_error(exc, f"restore target {path}") from exc
-    return _to_file(repo, dmap, path, workers, sync)
+    return _to_file(repo, dmap, path, workers, sync, src)
 
 
 def restore_disk_positional(
@@ -110,7 +111,8 @@ def restore_disk_positional(
     whose size is not a multiple of the chunk size)."""
     point = repo.get_point(point_id)
     dmap = repo.load_map(point, disk_key)
-    return _run(repo, dmap, what, workers, put, start // dmap.chunk_size)
+    src = f"point {point.id} disk {disk_key} to {what}"
+    return _run(repo, dmap, src, workers, put, start // dmap.chunk_size)
 
 
 def _to_stream(
@@ -158,7 +160,9 @@ def _file_put(fd: int, *, zeros: bool, sync: bool) -> Put:
     return put
 
 
-def _to_file(repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bool) -> RestoreStats:
+def _to_file(
+    repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bool, src: str
+) -> RestoreStats:
     tmp = tmp_path(path.absolute())
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -166,7 +170,8 @@ def _to_file(repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bo
         raise os_error(exc, f"restore target {path}") from exc
     try:
         try:
-            stats = _run(repo, dmap, str(path), workers, _file_put(fd, zeros=False, sync=sync))
+            put = _file_put(fd, zeros=False, sync=sync)
+            stats = _run(repo, dmap, f"{src} to {path}", workers, put)
             os.ftruncate(fd, dmap.capacity)  # trailing zero chunks become a hole
             if sync:
                 os.fsync(fd)
@@ -185,13 +190,14 @@ def _to_file(repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bo
 
 
 def _to_device(
-    repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bool
+    repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bool, src: str
 ) -> RestoreStats:
     """A block device holds old data: overwrite every byte, zeros included."""
     try:
         fd = os.open(path, os.O_WRONLY)
         try:
-            stats = _run(repo, dmap, str(path), workers, _file_put(fd, zeros=True, sync=sync))
+            put = _file_put(fd, zeros=True, sync=sync)
+            stats = _run(repo, dmap, f"{src} to {path}", workers, put)
             if sync:
                 os.fsync(fd)
         finally:
@@ -222,7 +228,7 @@ def _read(repo: Repository, cid: bytes, index: int, cs: int, what: str) -> Buf:
         return repo.read_chunk_view(cid, check_crc=False)
     except RepositoryError as exc:
         raise RepositoryError(
-            f"restore to {what} failed at chunk #{index} (offset {index * cs}): {exc}"
+            f"restore of {what} failed at chunk #{index} (offset {index * cs}): {exc}"
         ) from None
 
 

@@ -1,18 +1,23 @@
 """verify: every map names only existing chunks; every (or a sample of) chunk re-hashed.
 
 Never raises on damaged data: each problem becomes a line of the report naming
-the object. Chunks found bad are traced back to the points that use them.
+the object. Chunks found bad are moved to the quarantine (so no backup dedups against
+them again, and the next one that meets their data stores a good copy) and traced back
+to the points that use them.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from common import metrics
 from repository_writer.chunk_store import ChunkFile
 from repository_writer.errors import RepositoryError
 from repository_writer.fixed_index import ZERO_ID
+from repository_writer.references import uses
 from repository_writer.repository import Repository
 
 
@@ -35,6 +40,7 @@ class VerifyReport:
     chunks_total: int = 0
     bytes_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)  # hex ids moved aside by this run
 
     @property
     def ok(self) -> bool:
@@ -53,6 +59,9 @@ def verify(
     bad = _check_chunks(repo, report, sample, rng or random.Random())
     if bad:
         _trace_users(repo, bad, report)
+    metrics.REPO_VERIFY_QUARANTINED.inc(len(report.quarantined))
+    metrics.REPO_VERIFY_PROBLEMS.set(len(report.problems))
+    metrics.REPO_VERIFY_CHUNKS.inc(report.chunks_checked)
     if progress:
         progress(f"verified {report.points} points, {report.chunks_checked} chunks")
     return report
@@ -82,11 +91,14 @@ def _check_points(repo: Repository, report: VerifyReport) -> None:
                     continue
                 prev = cid
                 if not repo.chunks.exists(cid):
+                    q = repo.quarantine.get(cid)
+                    why = f"quarantined as damaged ({q.reason})" if q else "not in the repository"
                     report.problems.append(
                         Problem(
                             "missing-chunk",
-                            f"{name} disk {disk.key} chunk #{index}",
-                            f"names chunk {cid.hex()}, which is not in the repository",
+                            f"{point.vm_uuid}/{point.id} disk {disk.key} chunk #{index} "
+                            f"(offset {index * dmap.chunk_size})",
+                            f"names chunk {cid.hex()}, which is {why}",
                         )
                     )
 
@@ -114,35 +126,37 @@ def _check_chunks(
             report.chunks_total += 1
         report.chunks_checked += 1
         try:
+            ino: int | None = os.stat(cf.path).st_ino  # the file read is the one moved
+        except OSError:
+            ino = None
+        try:
             data = repo.read_chunk(cf.id)
             report.bytes_checked += len(data)
+            continue
         except (RepositoryError, OSError) as exc:
-            bad.add(cf.id)
-            report.problems.append(Problem("bad-chunk", str(cf.path), str(exc)))
+            why = str(exc)
         except Exception as exc:  # never crash on corrupt data
-            bad.add(cf.id)
-            report.problems.append(Problem("bad-chunk", str(cf.path), f"unexpected: {exc!r}"))
+            why = f"unexpected: {exc!r}"
+        bad.add(cf.id)
+        report.problems.append(Problem("bad-chunk", str(cf.path), why))
+        _quarantine(repo, report, cf, why, ino)
     return bad
 
 
+def _quarantine(
+    repo: Repository, report: VerifyReport, cf: ChunkFile, why: str, ino: int | None
+) -> None:
+    try:
+        moved = repo.quarantine.put(repo.chunks, cf.id, why, ino=ino)
+    except (RepositoryError, OSError) as exc:
+        report.problems.append(Problem("quarantine", cf.id.hex(), f"cannot move aside: {exc}"))
+        return
+    if moved:
+        report.quarantined.append(cf.id.hex())
+
+
 def _trace_users(repo: Repository, bad: set[bytes], report: VerifyReport) -> None:
-    ps = repo.point_store
-    for pdir in ps.point_dirs():
-        try:
-            point = ps.load(pdir)
-        except (RepositoryError, OSError):
-            continue
-        for disk in point.disks:
-            try:
-                dmap = ps.load_map(pdir, disk)
-            except (RepositoryError, OSError):
-                continue
-            for index, cid in dmap.iter_ids():
-                if cid in bad:
-                    report.problems.append(
-                        Problem(
-                            "damaged-point",
-                            f"{point.vm_uuid}/{point.id} disk {disk.key} chunk #{index}",
-                            f"uses damaged chunk {cid.hex()}",
-                        )
-                    )
+    for use in uses(repo, bad.__contains__):
+        report.problems.append(
+            Problem("damaged-point", str(use), f"uses damaged chunk {use.chunk_id.hex()}")
+        )

@@ -31,6 +31,9 @@ def test_full_reasons() -> None:
         "just enabled": decide(prev, U + "9", 100, cbt_just_enabled=True),
         "periodic": decide(prev, U + "9", 100, force_full_reason="periodic full (7 days)"),
         "unusable changeId": decide(PreviousDisk("p", "junk", 100), U + "1", 100),
+        "names 2 damaged (quarantined) chunk(s)": decide(
+            PreviousDisk("p1", U + "4", 100, damaged_chunks=2), U + "9", 100
+        ),
     }
     for text, d in cases.items():
         assert d.mode == FULL, text

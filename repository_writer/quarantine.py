@@ -1,0 +1,159 @@
+"""The quarantine area: chunk files verify found damaged, moved aside with a record.
+
+``quarantine/<first 3 hex digits>/<64 hex digits>`` is the damaged blob exactly as it
+was found, ``<64 hex digits>.json`` beside it says why and when (see
+docs/repository-format.md). A quarantined chunk is absent from ``chunks/``, so every
+have-query, duplicate store and commit treats it as missing: the next backup that meets
+the same data stores a good copy at the normal place, and every older point that names
+the id (content-addressed) restores again. gc never looks in here; ``repo repair``
+drops a copy once its chunk is healed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from repository_writer.chunk_store import FANOUT, ChunkStore, check_id
+from repository_writer.errors import MissingChunkError
+from repository_writer.fsutil import (
+    _unlink_quiet,
+    fsync_dir,
+    fsync_dirs,
+    makedirs_durable,
+    write_atomic,
+)
+
+RECORD_SUFFIX = ".json"
+_NAME = re.compile(r"([0-9a-f]{64})(\.json)?")
+_HEX_DIR = re.compile(r"[0-9a-f]{3}")
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedChunk:
+    id: bytes
+    path: Path  # the damaged copy (may be gone if only the record is left)
+    reason: str
+    quarantined: float  # when (0.0 when the record is unreadable or missing)
+
+
+class Quarantine:
+    def __init__(self, root: Path) -> None:
+        self.root = root  # created on first use: older repositories have none
+
+    def path_of(self, chunk_id: bytes) -> Path:
+        h = check_id(chunk_id).hex()
+        return self.root / h[:FANOUT] / h
+
+    def _record_path(self, chunk_id: bytes) -> Path:
+        p = self.path_of(chunk_id)
+        return p.with_name(p.name + RECORD_SUFFIX)
+
+    def put(self, store: ChunkStore, chunk_id: bytes, reason: str, *, ino: int | None) -> bool:
+        """Move the chunk file at its normal place here (rename, both directories fsynced)
+        and write its record; False if it was gone or not the file that was checked.
+
+        ``ino`` is the inode that was read and found bad: a writer that replaced the file
+        since (a store replaces an empty or truncated file) made a copy nobody checked, and
+        it goes back. A copy quarantined earlier under the same id is replaced by this one.
+        """
+        src, dst = store.path_of(chunk_id), self.path_of(chunk_id)
+        makedirs_durable(dst.parent)
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            return False
+        if ino is not None and os.stat(dst).st_ino != ino:
+            with contextlib.suppress(FileExistsError):
+                os.link(dst, src)  # never over a copy stored meanwhile
+            os.unlink(dst)
+            fsync_dirs({src.parent, dst.parent})
+            return False
+        fsync_dirs({src.parent, dst.parent})
+        doc = {
+            "id": chunk_id.hex(),
+            "reason": reason,
+            "quarantined": time.time(),
+            "size": os.stat(dst).st_size,
+        }
+        write_atomic(
+            self._record_path(chunk_id),
+            [json.dumps(doc, indent=2).encode() + b"\n"],
+            f"quarantine record of chunk {chunk_id.hex()}",
+        )
+        return True
+
+    def get(self, chunk_id: bytes) -> QuarantinedChunk | None:
+        path = self.path_of(chunk_id)
+        rec = self._read_record(chunk_id)
+        if rec is None and not path.exists():
+            return None
+        return _entry(chunk_id, path, rec or {})
+
+    def __iter__(self) -> Iterator[QuarantinedChunk]:
+        """Every quarantined id (a blob, a record or both), one directory at a time."""
+        try:
+            dirs = sorted(d for d in os.listdir(self.root) if _HEX_DIR.fullmatch(d))
+        except FileNotFoundError:
+            return
+        for d in dirs:
+            try:
+                names = sorted(os.listdir(self.root / d))
+            except FileNotFoundError:
+                continue
+            ids = {m.group(1) for m in map(_NAME.fullmatch, names) if m}
+            for h in sorted(ids):
+                cid = bytes.fromhex(h)
+                yield _entry(cid, self.path_of(cid), self._read_record(cid) or {})
+
+    def raise_if_quarantined(self, chunk_id: bytes) -> None:
+        """For a chunk found missing: say so precisely when it is quarantined."""
+        q = self.get(chunk_id)
+        if q is not None:
+            raise MissingChunkError(
+                f"chunk {chunk_id.hex()} is quarantined as damaged ({q.reason}); a backup "
+                "of the same data heals it, `vmbackup repo repair` lists what still needs it"
+            )
+
+    def drop(self, chunk_id: bytes) -> None:
+        """Forget a quarantined copy (its chunk is healed): blob, then record."""
+        path = self.path_of(chunk_id)
+        _unlink_quiet(path)
+        _unlink_quiet(self._record_path(chunk_id))
+        with contextlib.suppress(FileNotFoundError):
+            fsync_dir(path.parent)
+
+    def put_back(self, store: ChunkStore, chunk_id: bytes) -> None:
+        """The quarantined copy checked good again (a passing read error): link it to its
+        normal place unless a copy is already there, then drop it from here."""
+        src, dst = self.path_of(chunk_id), store.path_of(chunk_id)
+        with contextlib.suppress(FileExistsError):
+            os.link(src, dst)
+        fsync_dir(dst.parent)
+        self.drop(chunk_id)
+
+    def _read_record(self, chunk_id: bytes) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(self._record_path(chunk_id).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"reason": "unreadable quarantine record"}
+        return doc if isinstance(doc, dict) else {"reason": "unreadable quarantine record"}
+
+
+def _entry(chunk_id: bytes, path: Path, rec: dict[str, Any]) -> QuarantinedChunk:
+    when = rec.get("quarantined")
+    return QuarantinedChunk(
+        chunk_id,
+        path,
+        str(rec.get("reason", "no record (quarantined by a process that stopped)")),
+        float(when) if isinstance(when, int | float) else 0.0,
+    )
