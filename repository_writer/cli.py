@@ -1,4 +1,4 @@
-"""CLI of the repository: `vmbackup repo init|import-disk|list`, `restore`, `verify`,
+"""CLI of the repository: `vmbackup repo init|import-disk|list|upgrade`, `restore`, `verify`,
 `prune`, `gc` and the `writer` service. Exit status 0 only on success."""
 
 from __future__ import annotations
@@ -44,15 +44,21 @@ def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str | Non
     return None
 
 
+def _repo_passphrase(args: argparse.Namespace) -> str | None:
+    """The passphrase when the config says the repository is encrypted (else no prompt)."""
+    try:
+        encrypted = (
+            json.loads((Path(args.repo) / "config").read_bytes()).get("encryption") != "none"
+        )
+    except (OSError, ValueError, AttributeError):
+        encrypted = False  # opening gives the precise error
+    return _passphrase(args) if encrypted else None
+
+
 def open_repo(args: argparse.Namespace) -> Any:
     from repository_writer.repository import Repository
 
-    path = Path(args.repo)
-    try:
-        encrypted = json.loads((path / "config").read_bytes()).get("encryption") != "none"
-    except (OSError, ValueError, AttributeError):
-        encrypted = False  # Repository.open gives the precise error
-    return Repository.open(path, _passphrase(args) if encrypted else None)
+    return Repository.open(Path(args.repo), _repo_passphrase(args))
 
 
 def _human(n: float) -> str:
@@ -104,6 +110,17 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"point {r.point_id} ({kind}): {_human(r.capacity)} in {r.chunks} chunks, "
         f"{r.zero_chunks} zero, {r.changed_chunks} changed, {r.new_chunks} new, "
         f"{r.known_chunks} already stored, {_human(r.bytes_stored)} written in {r.seconds:.2f} s"
+    )
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from repository_writer.upgrade import upgrade
+
+    r = upgrade(args.repo, _repo_passphrase(args), progress=lambda line: print(line, flush=True))
+    print(
+        f"repository {args.repo} is version 2 (was {r.from_version}): {r.points} points, "
+        f"{r.maps_upgraded} maps upgraded now, {r.maps_already} by an earlier run"
     )
     return 0
 
@@ -329,6 +346,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--disk", required=True, type=int, metavar="KEY", help="disk key, e.g. 2000")
     p.add_argument("file", metavar="FILE", help="raw image file or block device")
     p.set_defaults(func=_guard(cmd_import))
+
+    p = rsub.add_parser("upgrade", help="upgrade a version-1 repository to version 2, in place")
+    _repo_arg(p)
+    p.set_defaults(func=_guard(cmd_upgrade))
 
     p = rsub.add_parser(
         "id-key",

@@ -92,17 +92,12 @@ class DiskMap:
         view = memoryview(self.entries)
         return sum(1 for i in range(len(self)) if view[i * ID_LEN : (i + 1) * ID_LEN] == ZERO_ID)
 
-    def _header(self, version: int = VERSION) -> bytes:
-        return HEADER.pack(MAGIC, version, bytes(3), self.chunk_size, 0, self.capacity, len(self))
+    def _header(self) -> bytes:
+        return HEADER.pack(MAGIC, VERSION, bytes(3), self.chunk_size, 0, self.capacity, len(self))
 
     def encode(self, tag: Tagger) -> tuple[bytes, bytes]:
         head = self._header()
         return head + tag(head, self.entries), bytes(self.entries)
-
-    def encode_v1(self) -> bytes:
-        """The version-1 bytes (tests build old repositories with it)."""
-        head = self._header(V1)
-        return head + _v1_checksum(head, self.entries) + bytes(self.entries)
 
     @classmethod
     def decode(cls, data: bytes, name: str, tag: Tagger, *, keyed: bool) -> DiskMap:

@@ -51,7 +51,7 @@ def check_fields(doc: dict[str, Any], version: int = REPO_VERSION, *, sealed: bo
     want = set(_FIELDS)
     if version >= 2 and sealed:
         want.add("checksum")
-        if doc.get("encryption") != "none":
+        if doc.get("encryption") == "aes-256-gcm":
             want.add("mac")
     for key in sorted(set(doc) - want):
         raise ConfigFieldError(key, "unknown key")
