@@ -8,17 +8,13 @@ progress, which gc honours), ``locks/``.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import blake3
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from common.chunk import chunk_id as _chunk_id
@@ -45,6 +41,7 @@ from repository_writer.points import (
     check_vm_uuid,
     make_point_id,
 )
+from repository_writer.running import RunningMarkers
 from repository_writer.staging import CommitStaging
 
 DEFAULT_CHUNK = repo_config.MiB
@@ -87,6 +84,7 @@ class Repository:
             path / "points", self._seal_meta, self._unseal_meta, self.auth
         )
         self.staging = CommitStaging(path / "staging")  # created on first use
+        self.markers = RunningMarkers(path / "running")
 
     def __repr__(self) -> str:  # never key material
         return f"Repository({str(self.path)!r}, encrypted={self.encrypted})"
@@ -375,51 +373,16 @@ class Repository:
                 f"{what}: {count} named chunk(s) are not in the repository: {', '.join(missing)}"
             )
 
-    # --- running-backup markers (gc protection) -------------------------------------
-
-    def _marker(self, job_id: str) -> Path:
-        return self.path / "running" / blake3.blake3(job_id.encode()).hexdigest()[:32]
+    # --- running-backup markers (gc protection, see running.py) ----------------------
 
     def begin_job(self, job_id: str) -> None:
-        """Declare a backup in progress: gc keeps every chunk newer than its start."""
-        path = self._marker(job_id)
-        if path.exists():
-            return
-        doc = {
-            "job_id": job_id,
-            "started": time.time(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-        write_atomic(path, [json.dumps(doc).encode()], f"running-backup marker of {job_id}")
+        self.markers.begin(job_id)
 
     def end_job(self, job_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._marker(job_id))
+        self.markers.end(job_id)
 
     def running_jobs(self) -> list[dict[str, Any]]:
-        out = []
-        for p in sorted((self.path / "running").glob("[0-9a-f]*")):
-            try:
-                doc = json.loads(p.read_bytes())
-                out.append(
-                    {
-                        "job_id": str(doc["job_id"]),
-                        # the file's mtime is in the clock domain of chunk mtimes
-                        "started": min(float(doc["started"]), p.stat().st_mtime),
-                        "host": doc.get("host", ""),
-                        "marker": str(p),
-                    }
-                )
-            except (OSError, ValueError, KeyError, TypeError):
-                # unreadable marker: treat as started at its mtime (conservative for gc)
-                try:
-                    out.append(
-                        {"job_id": "?", "started": p.stat().st_mtime, "host": "", "marker": str(p)}
-                    )
-                except FileNotFoundError:
-                    continue
-        return out
+        return self.markers.list()
 
 
 def _has(obj: Any, name: str) -> bool:
