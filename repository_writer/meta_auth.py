@@ -1,4 +1,4 @@
-"""Authentication of repository metadata (the config and the disk maps).
+"""Authentication of repository metadata (the config, disk maps, staged commit parts).
 
 In an encrypted repository every map and the config carry a keyed BLAKE3 tag under
 the *metadata key*, derived from the repository's data key and id key with BLAKE3's
@@ -19,6 +19,7 @@ from repository_writer.keyfile import RepoKeys
 
 META_KEY_CONTEXT = "vmbackup 2026-12 repository metadata authentication key v2"
 MAP_CONTEXT = b"vmbackup-map-v2\0"
+PART_CONTEXT = b"vmbackup-commit-part-v2\0"
 CONFIG_CONTEXT = b"vmbackup-config-v2\0"
 TAG_LEN = 32
 
@@ -62,6 +63,14 @@ class MetaAuth:
         h.update(f"{self.repo_id}\0{vm_uuid}\0{point_id}\0{disk_key}\0".encode())
         h.update(header)
         h.update(entries)
+        return h.digest()
+
+    def part_tag(self, request_dir: str, disk_key: int, part: int, packed: bytes) -> bytes:
+        """Tag of a staged commit part: its request, disk, number and packed entries."""
+        h = self._hasher()
+        h.update(PART_CONTEXT)
+        h.update(f"{self.repo_id}\0{request_dir}\0{disk_key}\0{part}\0".encode())
+        h.update(packed)
         return h.digest()
 
     def config_tag(self, canonical: bytes) -> bytes:

@@ -83,7 +83,7 @@ class Repository:
         self.point_store = PointStore(
             path / "points", self._seal_meta, self._unseal_meta, self.auth
         )
-        self.staging = CommitStaging(path / "staging")  # created on first use
+        self.staging = CommitStaging(path / "staging", self.auth)  # created on first use
         self.markers = RunningMarkers(path / "running")
 
     def __repr__(self) -> str:  # never key material

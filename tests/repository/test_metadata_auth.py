@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import stat
 from pathlib import Path
 
 import blake3
 import pytest
 
+from common.messages import pack_entries
 from repository_writer import keyfile
 from repository_writer.errors import CorruptObjectError, RepositoryError
 from repository_writer.import_disk import import_disk
 from repository_writer.repository import Repository
 from repository_writer.restore import restore_disk
+from repository_writer.staging import request_dir_name
 from repository_writer.verify import verify
 from tests.repository.conftest import CS, make_image
 
@@ -216,3 +219,45 @@ def test_key_file_and_directories_are_private_and_reprs_hold_no_keys(tmp_path: P
         for s in secrets:
             assert s.hex() not in text and repr(s) not in text, text
     assert "encrypted=True" in repr(r)
+
+
+def test_staged_commit_entries_changed_on_disk_are_refused(enc_repo: Repository) -> None:
+    """Staged parts become an authenticated map at commit: swapping entries in a part
+    file (recomputing its unkeyed checksum, as the format 1 layout documents) must not
+    make a point that restores other bytes."""
+    rnd = random.Random(3)
+    ids = []
+    for _ in range(3):
+        data = rnd.randbytes(CS)
+        ids.append(enc_repo.chunk_id(data))
+        enc_repo.store_chunk(ids[-1], CS, False, data)
+    enc_repo.stage_commit_part("req-1", 1, 0, pack_entries(list(enumerate(ids))))
+    part = enc_repo.path / "staging" / request_dir_name("req-1") / "disk-1.part-0"
+    forged = pack_entries([(0, ids[1]), (1, ids[0]), (2, ids[2])])
+    part.write_bytes(part.read_bytes()[:8] + forged + blake3.blake3(forged).digest())
+    req = {
+        "request_id": "req-1",
+        "job_id": "j",
+        "vcenter": "vc",
+        "vm_uuid": "vm-1",
+        "vm_moref": "vm-1",
+        "vm_name": "vm",
+        "vm_config": b"",
+        "status": "complete",
+        "snapshot_time": 1000.0,
+        "failed_disks": [],
+        "disks": [
+            {
+                "key": 1,
+                "capacity": 3 * CS,
+                "change_id": "",
+                "base_point_id": "",
+                "entries": [],
+                "parts": 1,
+            }
+        ],
+    }
+    with pytest.raises(CorruptObjectError, match="fails its authentication") as exc:
+        enc_repo.commit_point(req)
+    assert str(part) in str(exc.value)
+    assert enc_repo.points() == []  # no point made from the forged entries
