@@ -25,6 +25,7 @@ from repository_writer.restore import restore_disk
 from repository_writer.staging import request_dir_name
 from repository_writer.verify import verify
 from tests.repository.conftest import CS, make_image
+from tests.repository.test_cli import vmb
 
 PW = "correct horse"
 
@@ -51,25 +52,43 @@ def test_swapped_map_entries_are_refused_by_restore_and_reported_by_verify(
 ) -> None:
     img = tmp_path / "d.img"
     data = make_image(img, "rrrr", seed=7)
-    r = import_disk(enc_repo, "vm", 1, img)
-    mapfile = _map_file(enc_repo, r.point_id, 1)
+    r_id = import_disk(enc_repo, "vm", 1, img).point_id
+    mapfile = _map_file(enc_repo, r_id, 1)
     original = mapfile.read_bytes()
     _swap_and_rechecksum(mapfile, 0, 2)
     repo = Repository.open(enc_repo.path, PW)
     out = tmp_path / "out.img"
     with pytest.raises(CorruptObjectError, match="fails its authentication") as exc:
-        restore_disk(repo, r.point_id, 1, out)
+        restore_disk(repo, r_id, 1, out)
     assert str(mapfile) in str(exc.value)
     assert not out.exists()  # no wrong bytes written
     rep = verify(repo)
     assert [p.kind for p in rep.problems] == ["map"]
     assert str(mapfile) in rep.problems[0].detail
+    # the commands an operator runs: non-zero exit, the map named
+    env = {"VMBACKUP_PASSPHRASE": PW}
+    r = vmb("verify", "--repo", str(repo.path), env=env)
+    assert r.returncode == 1 and str(mapfile).encode() in r.stdout, r.stdout
+    r = vmb(
+        "restore",
+        "--repo",
+        str(repo.path),
+        "--point",
+        r_id,
+        "--disk",
+        "1",
+        "--out",
+        str(out),
+        env=env,
+    )
+    assert r.returncode == 1 and b"fails its authentication" in r.stderr, r.stderr
+    assert not out.exists()
     # entries swapped back but the checksum still the attacker's: refused
     _swap_and_rechecksum(mapfile, 0, 2)
     with pytest.raises(CorruptObjectError, match="fails its authentication"):
-        restore_disk(repo, r.point_id, 1, out)
+        restore_disk(repo, r_id, 1, out)
     mapfile.write_bytes(original)  # the map as the writer made it restores the image
-    restore_disk(repo, r.point_id, 1, out)
+    restore_disk(repo, r_id, 1, out)
     assert out.read_bytes() == data
 
 
