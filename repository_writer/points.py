@@ -131,7 +131,8 @@ class Point:
 
 class PointStore:
     """Point directories; meta blobs are (de)serialised by the callables given, maps
-    are tagged by ``auth`` (bound to their VM, point and disk)."""
+    are tagged by ``auth`` (bound to their VM, point and disk) and must have the
+    repository's ``chunk_size``."""
 
     def __init__(
         self,
@@ -139,11 +140,13 @@ class PointStore:
         seal: Callable[[bytes], tuple[bytes, bytes | bytearray]],
         unseal: Callable[[bytes, str], bytes],
         auth: MetaAuth,
+        chunk_size: int,
     ) -> None:
         self.root = root
         self._seal = seal
         self._unseal = unseal
         self.auth = auth
+        self.chunk_size = chunk_size
 
     def map_tagger(self, vm_uuid: str, point_id: str, disk_key: int) -> Tagger:
         def tag(header: bytes, entries: bytes | bytearray | memoryview) -> bytes:
@@ -199,6 +202,10 @@ class PointStore:
         m = DiskMap.decode(data, name, tag, keyed=self.auth.keyed)
         if m.capacity != disk.capacity:
             raise CorruptObjectError(name, f"capacity {m.capacity}, metadata says {disk.capacity}")
+        if m.chunk_size != self.chunk_size:  # fixed for the repository's life
+            raise CorruptObjectError(
+                name, f"chunk size {m.chunk_size}, the repository's is {self.chunk_size}"
+            )
         return m
 
     def commit(self, point: Point, maps: Mapping[int, DiskMap]) -> tuple[str, bool]:

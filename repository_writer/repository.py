@@ -81,7 +81,7 @@ class Repository:
         self.auth = MetaAuth(config["id"], derive_meta_key(keys) if keys else None)
         self.chunks = ChunkStore(path / "chunks")
         self.point_store = PointStore(
-            path / "points", self._seal_meta, self._unseal_meta, self.auth
+            path / "points", self._seal_meta, self._unseal_meta, self.auth, self.chunk_size
         )
         self.staging = CommitStaging(path / "staging", self.auth)  # created on first use
         self.markers = RunningMarkers(path / "running")

@@ -23,6 +23,7 @@ from repository_writer import keyfile, repo_config
 from repository_writer.errors import CorruptObjectError, RepositoryError
 from repository_writer.fixed_index import V1, VERSION, DiskMap
 from repository_writer.fsutil import TMP_PREFIX, write_atomic
+from repository_writer.gc import gc_lock
 from repository_writer.meta_auth import MetaAuth, derive_meta_key
 from repository_writer.repository import PRIVATE_DIR, Repository
 
@@ -59,6 +60,24 @@ def upgrade(
             repo_config.check_mac(config, auth, cfg_path)
         return report  # done before (the config is written last)
     repo = Repository(path, config, keys)  # v1 fields are v2's; only maps and seals differ
+    with gc_lock(repo):  # no gc marks or sweeps meanwhile (nor a second upgrade)
+        _upgrade_maps(repo, report, progress)
+        # the key file and directories get the modes a version-2 init gives them
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path / "keys" / "repokey", keyfile.KEY_MODE)
+        for d in (path, *(path / s for s in ("chunks", "points", "running", "locks", "keys"))):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(d, PRIVATE_DIR)
+        cfg = repo_config.encode(config, auth)
+        write_atomic(cfg_path, [cfg], f"repository config {cfg_path}")
+    if progress:
+        progress(f"upgraded repository config {cfg_path}: version {repo_config.REPO_VERSION}")
+    return report
+
+
+def _upgrade_maps(
+    repo: Repository, report: UpgradeReport, progress: Callable[[str], None] | None
+) -> None:
     ps = repo.point_store
     for pdir in ps.point_dirs():
         _remove_temps(pdir)  # of a run killed mid-write: never renamed, so never read
@@ -78,25 +97,17 @@ def upgrade(
             if DiskMap.version_of(data) != V1:
                 raise CorruptObjectError(name, "not a version-1 or version-2 map")
             dmap = DiskMap.decode_v1(data, name)
-            if dmap.capacity != disk.capacity:
+            if dmap.capacity != disk.capacity or dmap.chunk_size != repo.chunk_size:
                 raise CorruptObjectError(
-                    name, f"capacity {dmap.capacity}, metadata says {disk.capacity}"
+                    name,
+                    f"capacity {dmap.capacity}, chunk size {dmap.chunk_size}; metadata and "
+                    f"config say {disk.capacity}, {repo.chunk_size}",
                 )
             tag = ps.map_tagger(point.vm_uuid, point.id, disk.key)
             write_atomic(mpath, dmap.encode(tag), name)
             report.maps_upgraded += 1
             if progress:
                 progress(f"upgraded {name}")
-    # the key file and directories get the modes a version-2 init gives them
-    with contextlib.suppress(FileNotFoundError):
-        os.chmod(path / "keys" / "repokey", keyfile.KEY_MODE)
-    for d in (path, *(path / s for s in ("chunks", "points", "running", "locks", "keys"))):
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(d, PRIVATE_DIR)
-    write_atomic(cfg_path, [repo_config.encode(config, auth)], f"repository config {cfg_path}")
-    if progress:
-        progress(f"upgraded repository config {cfg_path}: version {repo_config.REPO_VERSION}")
-    return report
 
 
 def _remove_temps(pdir: Path) -> None:

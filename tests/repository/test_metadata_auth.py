@@ -19,6 +19,7 @@ import pytest
 from common.messages import pack_entries
 from repository_writer import keyfile
 from repository_writer.errors import CorruptObjectError, RepositoryError
+from repository_writer.fixed_index import DiskMap
 from repository_writer.import_disk import import_disk
 from repository_writer.repository import Repository
 from repository_writer.restore import restore_disk
@@ -280,3 +281,21 @@ def test_staged_commit_entries_changed_on_disk_are_refused(enc_repo: Repository)
         enc_repo.commit_point(req)
     assert str(part) in str(exc.value)
     assert enc_repo.points() == []  # no point made from the forged entries
+
+
+def test_a_map_of_another_chunk_size_is_refused(repo: Repository, tmp_path: Path) -> None:
+    """The chunk size is fixed for the repository's life: a map that says otherwise
+    (here with a correct unkeyed tag, as anyone can make in an unencrypted
+    repository) would restore every chunk at the wrong offset."""
+    img = tmp_path / "d.img"
+    make_image(img, "rrrr", seed=4)
+    pid = import_disk(repo, "vm", 1, img).point_id
+    pdir = repo.point_store.find(pid)
+    good = repo.load_map(pid, 1)
+    other = DiskMap(2 * CS, good.capacity)
+    for i in range(len(other)):
+        other.set(i, good.get(2 * i))
+    tag = repo.point_store.map_tagger(pdir.parent.name, pid, 1)
+    (pdir / "disk-1.map").write_bytes(b"".join(other.encode(tag)))
+    with pytest.raises(CorruptObjectError, match=f"chunk size {2 * CS}, the repository's is {CS}"):
+        repo.load_map(pid, 1)
