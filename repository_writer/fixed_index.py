@@ -138,9 +138,8 @@ class DiskMap:
         magic, version, reserved, chunk_size, reserved2, capacity, count = HEADER.unpack_from(data)
         if magic != MAGIC:
             raise CorruptObjectError(name, f"bad magic {magic!r}")
-        if version != want:
-            hint = " (run `vmbackup repo upgrade`?)" if version == V1 else ""
-            raise CorruptObjectError(name, f"map version {version}, expected {want}{hint}")
+        if version != want:  # never a fallback: that would let an unkeyed v1 map in
+            raise CorruptObjectError(name, f"map version {version}, expected {want}")
         if reserved != bytes(3) or reserved2 or chunk_size <= 0:
             raise CorruptObjectError(name, "bad header fields")
         if count != chunk_count(capacity, chunk_size):

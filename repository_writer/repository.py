@@ -47,6 +47,7 @@ from repository_writer.staging import CommitStaging
 DEFAULT_CHUNK = repo_config.MiB
 DEFAULT_LEVEL = 3
 PRIVATE_DIR = 0o700
+TOP_DIRS = ("chunks", "points", "running", "locks", "keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,7 @@ class Repository:
             raise RepositoryError(f"{path} exists and is not empty; not creating a repository")
         makedirs_durable(path)
         os.chmod(path, PRIVATE_DIR)  # chunks, maps and key file are for the backup roles only
-        for sub in ("chunks", "points", "running", "locks", "keys"):
+        for sub in TOP_DIRS:
             makedirs_durable(path / sub)
             os.chmod(path / sub, PRIVATE_DIR)
         ChunkStore(path / "chunks").create_dirs()

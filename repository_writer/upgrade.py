@@ -25,7 +25,7 @@ from repository_writer.fixed_index import V1, VERSION, DiskMap
 from repository_writer.fsutil import TMP_PREFIX, write_atomic
 from repository_writer.gc import gc_lock
 from repository_writer.meta_auth import MetaAuth, derive_meta_key
-from repository_writer.repository import PRIVATE_DIR, Repository
+from repository_writer.repository import PRIVATE_DIR, TOP_DIRS, Repository
 
 
 @dataclass
@@ -65,7 +65,7 @@ def upgrade(
         # the key file and directories get the modes a version-2 init gives them
         with contextlib.suppress(FileNotFoundError):
             os.chmod(path / "keys" / "repokey", keyfile.KEY_MODE)
-        for d in (path, *(path / s for s in ("chunks", "points", "running", "locks", "keys"))):
+        for d in (path, *(path / s for s in TOP_DIRS)):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(d, PRIVATE_DIR)
         cfg = repo_config.encode(config, auth)
