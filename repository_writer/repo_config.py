@@ -148,11 +148,16 @@ def read(path: Path) -> dict[str, Any]:
         raise CorruptObjectError(name, f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise CorruptObjectError(name, "not a JSON object")
-    if doc.get("format") != REPO_FORMAT:
+    for key in sorted(set(doc) - set(_FIELDS + _SEALS)):  # a misspelt key: say which
+        raise CorruptObjectError(name, f"key {key!r}: unknown key")
+    for key in ("format", "version"):
+        if key not in doc:
+            raise CorruptObjectError(name, f"key {key!r}: is missing")
+    if doc["format"] != REPO_FORMAT:
         raise RepositoryFormatError(
-            f"{name}: key 'format' is {doc.get('format')!r:.40}: not a vmbackup repository config"
+            f"{name}: key 'format' is {doc['format']!r:.40}: not a vmbackup repository config"
         )
-    version = doc.get("version")
+    version = doc["version"]
     if version not in (V1, REPO_VERSION) or not _int(version):
         raise RepositoryFormatError(
             f"{name}: key 'version': repository format version {version!r:.40} is not supported"
