@@ -141,55 +141,13 @@ def cmd_id_key(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from coordinator.vm_config import describe_point_config
-    from repository_writer.stats import point_data_bytes, repo_stats
+    from repository_writer.stats import list_document, point_data_bytes, repo_stats
 
     repo = open_repo(args)
     points = repo.points(args.vm_uuid)
     st = repo_stats(repo, points)
     if args.json:
-        doc = {
-            "points": [
-                {
-                    "id": p.id,
-                    "vm_uuid": p.vm_uuid,
-                    "vm_name": p.vm_name,
-                    "vm_moref": p.vm_moref,
-                    "vcenter": p.vcenter,
-                    "job_id": p.job_id,
-                    "status": p.status,
-                    "snapshot_time": p.snapshot_time,
-                    "logical_bytes": p.logical_bytes,
-                    "data_bytes": point_data_bytes(p),
-                    "disks": [
-                        {
-                            "key": d.key,
-                            "capacity": d.capacity,
-                            "change_id": d.change_id,
-                            "base_point_id": d.base_point_id,
-                            "chunks": d.chunks,
-                            "zero_chunks": d.zero_chunks,
-                            "changed_chunks": d.changed_chunks,
-                            "info": d.info,
-                        }
-                        for d in p.disks
-                    ],
-                    "failed_disks": p.failed_disks,
-                    **describe_point_config(p.vm_config),
-                }
-                for p in points
-            ],
-            "totals": {
-                "points": st.points,
-                "logical_bytes": st.logical_bytes,
-                "data_bytes": st.data_bytes,
-                "chunks": st.chunks,
-                "raw_bytes": st.raw_bytes,
-                "stored_bytes": st.stored_bytes,
-                "dedup_ratio": round(st.dedup_ratio, 4),
-                "compression_ratio": round(st.compression_ratio, 4),
-            },
-        }
-        json.dump(doc, sys.stdout, indent=2)
+        json.dump(list_document(points, st), sys.stdout, indent=2)
         print()
         return 0
     print(
