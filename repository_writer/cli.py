@@ -1,5 +1,5 @@
-"""CLI of the repository: `vmbackup repo init|import-disk|list|repair`, `restore`, `verify`,
-`prune`, `gc` and the `writer` service. Exit status 0 only on success."""
+"""CLI of the repository: `vmbackup repo init|import-disk|list|repair|upgrade`, `restore`,
+`verify`, `prune`, `gc` and the `writer` service. Exit status 0 only on success."""
 
 from __future__ import annotations
 
@@ -44,15 +44,21 @@ def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str | Non
     return None
 
 
+def _repo_passphrase(args: argparse.Namespace) -> str | None:
+    """The passphrase when the config says the repository is encrypted (else no prompt)."""
+    try:
+        encrypted = (
+            json.loads((Path(args.repo) / "config").read_bytes()).get("encryption") != "none"
+        )
+    except (OSError, ValueError, AttributeError):
+        encrypted = False  # opening gives the precise error
+    return _passphrase(args) if encrypted else None
+
+
 def open_repo(args: argparse.Namespace) -> Any:
     from repository_writer.repository import Repository
 
-    path = Path(args.repo)
-    try:
-        encrypted = json.loads((path / "config").read_bytes()).get("encryption") != "none"
-    except (OSError, ValueError, AttributeError):
-        encrypted = False  # Repository.open gives the precise error
-    return Repository.open(path, _passphrase(args) if encrypted else None)
+    return Repository.open(Path(args.repo), _repo_passphrase(args))
 
 
 def _human(n: float) -> str:
@@ -108,6 +114,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from repository_writer.upgrade import upgrade
+
+    r = upgrade(args.repo, _repo_passphrase(args), progress=lambda line: print(line, flush=True))
+    print(
+        f"repository {args.repo} is version 2 (was {r.from_version}): {r.points} points, "
+        f"{r.maps_upgraded} maps upgraded now, {r.maps_already} by an earlier run"
+    )
+    return 0
+
+
 def cmd_id_key(args: argparse.Namespace) -> int:
     """Print the chunk-id key of an encrypted repository (what proxies need as proxy.id_key)."""
     repo = open_repo(args)
@@ -124,55 +141,13 @@ def cmd_id_key(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from coordinator.vm_config import describe_point_config
-    from repository_writer.stats import point_data_bytes, repo_stats
+    from repository_writer.stats import list_document, point_data_bytes, repo_stats
 
     repo = open_repo(args)
     points = repo.points(args.vm_uuid)
     st = repo_stats(repo, points)
     if args.json:
-        doc = {
-            "points": [
-                {
-                    "id": p.id,
-                    "vm_uuid": p.vm_uuid,
-                    "vm_name": p.vm_name,
-                    "vm_moref": p.vm_moref,
-                    "vcenter": p.vcenter,
-                    "job_id": p.job_id,
-                    "status": p.status,
-                    "snapshot_time": p.snapshot_time,
-                    "logical_bytes": p.logical_bytes,
-                    "data_bytes": point_data_bytes(p),
-                    "disks": [
-                        {
-                            "key": d.key,
-                            "capacity": d.capacity,
-                            "change_id": d.change_id,
-                            "base_point_id": d.base_point_id,
-                            "chunks": d.chunks,
-                            "zero_chunks": d.zero_chunks,
-                            "changed_chunks": d.changed_chunks,
-                            "info": d.info,
-                        }
-                        for d in p.disks
-                    ],
-                    "failed_disks": p.failed_disks,
-                    **describe_point_config(p.vm_config),
-                }
-                for p in points
-            ],
-            "totals": {
-                "points": st.points,
-                "logical_bytes": st.logical_bytes,
-                "data_bytes": st.data_bytes,
-                "chunks": st.chunks,
-                "raw_bytes": st.raw_bytes,
-                "stored_bytes": st.stored_bytes,
-                "dedup_ratio": round(st.dedup_ratio, 4),
-                "compression_ratio": round(st.compression_ratio, 4),
-            },
-        }
-        json.dump(doc, sys.stdout, indent=2)
+        json.dump(list_document(points, st), sys.stdout, indent=2)
         print()
         return 0
     print(
@@ -332,6 +307,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--disk", required=True, type=int, metavar="KEY", help="disk key, e.g. 2000")
     p.add_argument("file", metavar="FILE", help="raw image file or block device")
     p.set_defaults(func=_guard(cmd_import))
+
+    p = rsub.add_parser("upgrade", help="upgrade a version-1 repository to version 2, in place")
+    _repo_arg(p)
+    p.set_defaults(func=_guard(cmd_upgrade))
 
     p = rsub.add_parser(
         "id-key",

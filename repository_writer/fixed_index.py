@@ -1,31 +1,37 @@
 """Disk maps: one 32-byte chunk id (or the all-zero marker) per chunk of a disk.
 
  0  4  magic b"VMBI"
- 4  1  format version (1)
+ 4  1  format version (2; 1 is read only by `repo upgrade`)
  5  3  reserved, 0
  8  4  chunk size (bytes)
 12  4  reserved, 0
 16  8  capacity (bytes)
 24  8  chunk count = ceil(capacity / chunk size)
-32 32  BLAKE3-256 of bytes 0..31 and of all entries
+32 32  version 2: the map's tag (meta_auth.MetaAuth.map_tag: keyed BLAKE3 in an
+       encrypted repository, bound to repository, VM, point and disk);
+       version 1: BLAKE3-256 of bytes 0..31 and of all entries
 64  .. entries, 32 bytes each; 32 zero bytes = an all-zero chunk (never stored)
 """
 
 from __future__ import annotations
 
+import hmac
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import blake3
 
 from repository_writer.errors import CorruptObjectError, InvalidRequestError
 
 MAGIC = b"VMBI"
-VERSION = 1
+VERSION = 2
+V1 = 1  # before tags: an unkeyed checksum; read only to upgrade it
 ID_LEN = 32
 ZERO_ID = bytes(ID_LEN)
 HEADER = struct.Struct("<4sB3sIIQQ")  # 32 bytes, then the checksum
 HEADER_LEN = HEADER.size + 32
+# (header bytes 0..31, entries) -> 32-byte tag; the caller binds it to the map's place
+Tagger = Callable[[bytes, bytes | bytearray | memoryview], bytes]
 
 
 def chunk_count(capacity: int, chunk_size: int) -> int:
@@ -89,21 +95,51 @@ class DiskMap:
     def _header(self) -> bytes:
         return HEADER.pack(MAGIC, VERSION, bytes(3), self.chunk_size, 0, self.capacity, len(self))
 
-    def encode(self) -> tuple[bytes, bytes]:
+    def encode(self, tag: Tagger) -> tuple[bytes, bytes]:
         head = self._header()
-        h = blake3.blake3(head, max_threads=1)
-        h.update(self.entries)
-        return head + h.digest(), bytes(self.entries)
+        return head + tag(head, self.entries), bytes(self.entries)
 
     @classmethod
-    def decode(cls, data: bytes, name: str) -> DiskMap:
+    def decode(cls, data: bytes, name: str, tag: Tagger, *, keyed: bool) -> DiskMap:
+        """Check a version-2 map against its tag; a version-1 map is refused (a v2
+        repository holds only v2 maps, so an old unkeyed map cannot be slipped in)."""
+        m = cls._parse(data, name, VERSION)
+        if not hmac.compare_digest(
+            tag(data[: HEADER.size], memoryview(data)[HEADER_LEN:]),
+            data[HEADER.size : HEADER_LEN],
+        ):
+            raise CorruptObjectError(
+                name,
+                "fails its authentication: tampered, moved from another point or disk, "
+                "or written with another key"
+                if keyed
+                else "checksum mismatch: damaged, or moved from another point or disk",
+            )
+        return m
+
+    @classmethod
+    def decode_v1(cls, data: bytes, name: str) -> DiskMap:
+        m = cls._parse(data, name, V1)
+        if _v1_checksum(data[: HEADER.size], memoryview(data)[HEADER_LEN:]) != bytes(
+            data[HEADER.size : HEADER_LEN]
+        ):
+            raise CorruptObjectError(name, "checksum mismatch (version-1 map)")
+        return m
+
+    @staticmethod
+    def version_of(data: bytes) -> int | None:
+        """The version byte of something that starts like a map, else None."""
+        return data[4] if len(data) >= HEADER_LEN and data[:4] == MAGIC else None
+
+    @classmethod
+    def _parse(cls, data: bytes, name: str, want: int) -> DiskMap:
         if len(data) < HEADER_LEN:
             raise CorruptObjectError(name, f"truncated map: {len(data)} bytes")
         magic, version, reserved, chunk_size, reserved2, capacity, count = HEADER.unpack_from(data)
         if magic != MAGIC:
             raise CorruptObjectError(name, f"bad magic {magic!r}")
-        if version != VERSION:
-            raise CorruptObjectError(name, f"unsupported map version {version}")
+        if version != want:  # never a fallback: that would let an unkeyed v1 map in
+            raise CorruptObjectError(name, f"map version {version}, expected {want}")
         if reserved != bytes(3) or reserved2 or chunk_size <= 0:
             raise CorruptObjectError(name, "bad header fields")
         if count != chunk_count(capacity, chunk_size):
@@ -112,8 +148,10 @@ class DiskMap:
             raise CorruptObjectError(
                 name, f"{len(data)} bytes, expected {HEADER_LEN + count * ID_LEN} (truncated?)"
             )
-        h = blake3.blake3(data[: HEADER.size], max_threads=1)
-        h.update(memoryview(data)[HEADER_LEN:])
-        if h.digest() != data[HEADER.size : HEADER_LEN]:
-            raise CorruptObjectError(name, "checksum mismatch")
         return cls(chunk_size, capacity, bytearray(memoryview(data)[HEADER_LEN:]))
+
+
+def _v1_checksum(head: bytes, entries: bytes | bytearray | memoryview) -> bytes:
+    h = blake3.blake3(head, max_threads=1)
+    h.update(entries)
+    return h.digest()

@@ -83,10 +83,12 @@ def os_error(exc: OSError, what: str) -> RepositoryError:
     return RepositoryError(f"cannot write {what}: {exc.strerror or exc}")
 
 
-def write_file_durable(path: Path, parts: Iterable[bytes | bytearray], what: str) -> None:
+def write_file_durable(
+    path: Path, parts: Iterable[bytes | bytearray], what: str, *, mode: int = 0o644
+) -> None:
     """Write ``parts`` to ``path`` (must not be visible yet to readers) and fsync it."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except OSError as exc:
         raise os_error(exc, what) from exc
     try:
@@ -165,11 +167,17 @@ def write_files_durable(items: Sequence[tuple[Path, Iterable[bytes | bytearray],
 
 
 def write_atomic(
-    path: Path, parts: Iterable[bytes | bytearray], what: str, *, sync_dir: bool = True
+    path: Path,
+    parts: Iterable[bytes | bytearray],
+    what: str,
+    *,
+    sync_dir: bool = True,
+    mode: int = 0o644,
 ) -> None:
-    """Replace ``path`` atomically and durably with the concatenation of ``parts``."""
+    """Replace ``path`` atomically and durably with the concatenation of ``parts``
+    (created with ``mode``, less the umask)."""
     tmp = tmp_path(path)
-    write_file_durable(tmp, parts, what)
+    write_file_durable(tmp, parts, what, mode=mode)
     try:
         os.replace(tmp, path)
         if sync_dir:

@@ -10,7 +10,7 @@ import base64
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -25,12 +25,14 @@ _AAD = b"vmbackup-key-v1"
 SCRYPT_N = 1 << 15
 SCRYPT_R = 8
 SCRYPT_P = 1
+KEY_MODE = 0o600  # the wrapped keys are only as strong as the passphrase: keep them private
 
 
 @dataclass(frozen=True)
 class RepoKeys:
-    enc_key: bytes  # AES-256-GCM key for blobs
-    id_key: bytes  # keyed-BLAKE3 key for chunk ids
+    # repr=False: a logged or printed RepoKeys shows no key material
+    enc_key: bytes = field(repr=False)  # AES-256-GCM key for blobs
+    id_key: bytes = field(repr=False)  # keyed-BLAKE3 key for chunk ids
 
 
 def _kdf(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -60,7 +62,9 @@ def create(path: Path, passphrase: bytes, *, n: int = SCRYPT_N) -> RepoKeys:
         "nonce": base64.b64encode(nonce).decode(),
         "data": base64.b64encode(wrapped).decode(),
     }
-    write_atomic(path, [json.dumps(doc, indent=2).encode() + b"\n"], f"key file {path}")
+    write_atomic(
+        path, [json.dumps(doc, indent=2).encode() + b"\n"], f"key file {path}", mode=KEY_MODE
+    )
     return keys
 
 

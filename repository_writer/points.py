@@ -29,7 +29,7 @@ from repository_writer.errors import (
     PointNotFoundError,
     RepositoryError,
 )
-from repository_writer.fixed_index import DiskMap
+from repository_writer.fixed_index import DiskMap, Tagger
 from repository_writer.fsutil import (
     TMP_PREFIX,
     fsync_dir,
@@ -37,6 +37,7 @@ from repository_writer.fsutil import (
     os_error,
     write_file_durable,
 )
+from repository_writer.meta_auth import MetaAuth
 
 META_VERSION = 1
 DELETED_PREFIX = ".deleted-"
@@ -129,17 +130,29 @@ class Point:
 
 
 class PointStore:
-    """Point directories; meta blobs are (de)serialised by the callables given."""
+    """Point directories; meta blobs are (de)serialised by the callables given, maps
+    are tagged by ``auth`` (bound to their VM, point and disk) and must have the
+    repository's ``chunk_size``."""
 
     def __init__(
         self,
         root: Path,
         seal: Callable[[bytes], tuple[bytes, bytes | bytearray]],
         unseal: Callable[[bytes, str], bytes],
+        auth: MetaAuth,
+        chunk_size: int,
     ) -> None:
         self.root = root
         self._seal = seal
         self._unseal = unseal
+        self.auth = auth
+        self.chunk_size = chunk_size
+
+    def map_tagger(self, vm_uuid: str, point_id: str, disk_key: int) -> Tagger:
+        def tag(header: bytes, entries: bytes | bytearray | memoryview) -> bytes:
+            return self.auth.map_tag(vm_uuid, point_id, disk_key, header, entries)
+
+        return tag
 
     def vm_dirs(self) -> Iterator[Path]:
         try:
@@ -169,7 +182,7 @@ class PointStore:
         raise PointNotFoundError(f"no restore point {point_id}")
 
     def load(self, pdir: Path) -> Point:
-        name = f"point {pdir.name} metadata"
+        name = f"point metadata {pdir / 'meta'}"
         try:
             data = (pdir / "meta").read_bytes()
         except FileNotFoundError:
@@ -180,14 +193,19 @@ class PointStore:
         return point
 
     def load_map(self, pdir: Path, disk: PointDisk) -> DiskMap:
-        name = f"point {pdir.name} disk {disk.key} map"
+        name = f"map of disk {disk.key} {pdir / disk.map_name}"
         try:
             data = (pdir / disk.map_name).read_bytes()
         except FileNotFoundError:
             raise CorruptObjectError(name, "map file is missing") from None
-        m = DiskMap.decode(data, name)
+        tag = self.map_tagger(pdir.parent.name, pdir.name, disk.key)
+        m = DiskMap.decode(data, name, tag, keyed=self.auth.keyed)
         if m.capacity != disk.capacity:
             raise CorruptObjectError(name, f"capacity {m.capacity}, metadata says {disk.capacity}")
+        if m.chunk_size != self.chunk_size:  # fixed for the repository's life
+            raise CorruptObjectError(
+                name, f"chunk size {m.chunk_size}, the repository's is {self.chunk_size}"
+            )
         return m
 
     def commit(self, point: Point, maps: Mapping[int, DiskMap]) -> tuple[str, bool]:
@@ -201,7 +219,10 @@ class PointStore:
         try:
             os.mkdir(tmp)
             for d in point.disks:
-                write_file_durable(tmp / d.map_name, maps[d.key].encode(), f"map of disk {d.key}")
+                tag = self.map_tagger(point.vm_uuid, point.id, d.key)
+                write_file_durable(
+                    tmp / d.map_name, maps[d.key].encode(tag), f"map of disk {d.key}"
+                )
             write_file_durable(tmp / "meta", self._seal(point.to_json()), f"point {point.id}")
             fsync_dir(tmp)
             try:

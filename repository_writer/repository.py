@@ -8,23 +8,18 @@ progress, which gc honours), ``locks/``, ``quarantine/`` (damaged chunks).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import socket
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import blake3
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from common.chunk import chunk_id as _chunk_id
 from common.chunk import compress
-from repository_writer import blob, keyfile
+from repository_writer import blob, keyfile, repo_config
 from repository_writer.chunk_store import ChunkStore, check_id
 from repository_writer.errors import (
     ChunkIdMismatchError,
@@ -36,6 +31,7 @@ from repository_writer.errors import (
 )
 from repository_writer.fixed_index import ZERO_ID, DiskMap
 from repository_writer.fsutil import makedirs_durable, write_atomic
+from repository_writer.meta_auth import MetaAuth, derive_meta_key
 from repository_writer.points import (
     STATUSES,
     Point,
@@ -46,16 +42,13 @@ from repository_writer.points import (
     make_point_id,
 )
 from repository_writer.quarantine import Quarantine
+from repository_writer.running import RunningMarkers
 from repository_writer.staging import CommitStaging
 
-REPO_FORMAT = "vmbackup-repository"
-REPO_VERSION = 1
-KiB = 1024
-MiB = 1024 * KiB
-MIN_CHUNK = 256 * KiB
-MAX_CHUNK = 8 * MiB
-DEFAULT_CHUNK = MiB
+DEFAULT_CHUNK = repo_config.MiB
 DEFAULT_LEVEL = 3
+PRIVATE_DIR = 0o700
+TOP_DIRS = ("chunks", "points", "running", "locks", "keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +80,17 @@ class Repository:
         self.encrypted = keys is not None
         self.id_key: bytes | None = keys.id_key if keys else None
         self._cipher = AESGCM(keys.enc_key) if keys else None
+        self.auth = MetaAuth(config["id"], derive_meta_key(keys) if keys else None)
         self.chunks = ChunkStore(path / "chunks", blob.chunk_file_sizes(self.chunk_size))
         self.quarantine = Quarantine(path / "quarantine")  # damaged chunks (verify)
-        self.point_store = PointStore(path / "points", self._seal_meta, self._unseal_meta)
-        self.staging = CommitStaging(path / "staging")  # created on first use
+        self.point_store = PointStore(
+            path / "points", self._seal_meta, self._unseal_meta, self.auth, self.chunk_size
+        )
+        self.staging = CommitStaging(path / "staging", self.auth)  # created on first use
+        self.markers = RunningMarkers(path / "running")
+
+    def __repr__(self) -> str:  # never key material
+        return f"Repository({str(self.path)!r}, encrypted={self.encrypted})"
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -101,68 +101,48 @@ class Repository:
         chunk_size: int = DEFAULT_CHUNK,
         compression_level: int = DEFAULT_LEVEL,
         passphrase: str | bytes | None = None,
+        *,
+        kdf_n: int = keyfile.SCRYPT_N,
     ) -> Repository:
+        """``kdf_n`` is the scrypt cost of the key file (lower only where opening
+        quickly matters more than resisting a guessed passphrase: tests)."""
         path = Path(path)
-        if not MIN_CHUNK <= chunk_size <= MAX_CHUNK or chunk_size & (chunk_size - 1):
-            raise InvalidRequestError(
-                f"chunk size {chunk_size} must be a power of two from 256 KiB to 8 MiB"
-            )
-        if not 0 <= compression_level <= 22:
-            raise InvalidRequestError(f"compression level {compression_level} outside 0..22")
+        try:
+            config = repo_config.new(chunk_size, compression_level, passphrase is not None)
+        except repo_config.ConfigFieldError as exc:
+            raise InvalidRequestError(str(exc)) from None
         if path.exists() and any(path.iterdir()):
             raise RepositoryError(f"{path} exists and is not empty; not creating a repository")
         makedirs_durable(path)
-        for sub in ("chunks", "points", "running", "locks", "keys"):
+        os.chmod(path, PRIVATE_DIR)  # chunks, maps and key file are for the backup roles only
+        for sub in TOP_DIRS:
             makedirs_durable(path / sub)
+            os.chmod(path / sub, PRIVATE_DIR)
         ChunkStore(path / "chunks").create_dirs()
         keys = None
         if passphrase is not None:
-            keys = keyfile.create(path / "keys" / "repokey", _pass_bytes(passphrase))
-        config = {
-            "format": REPO_FORMAT,
-            "version": REPO_VERSION,
-            "id": str(uuid.uuid4()),
-            "chunk_size": chunk_size,
-            "compression_level": compression_level,
-            "encryption": "aes-256-gcm" if keys else "none",
-            "created": time.time(),
-        }
+            keys = keyfile.create(path / "keys" / "repokey", _pass_bytes(passphrase), n=kdf_n)
+        auth = MetaAuth(config["id"], derive_meta_key(keys) if keys else None)
         # config last: a crash during init leaves a directory that does not open as a repo
-        write_atomic(path / "config", [json.dumps(config, indent=2).encode() + b"\n"], "config")
-        return cls(path, config, keys)
+        write_atomic(path / "config", [repo_config.encode(config, auth)], "config")
+        return cls(path, repo_config.read(path / "config"), keys)
 
     @classmethod
     def open(cls, path: str | Path, passphrase: str | bytes | None = None) -> Repository:
         path = Path(path)
         cfg_path = path / "config"
-        try:
-            config = json.loads(cfg_path.read_bytes())
-        except FileNotFoundError:
+        config = repo_config.read(cfg_path)
+        if config["version"] != repo_config.REPO_VERSION:
             raise RepositoryFormatError(
-                f"{path} is not a vmbackup repository (no config)"
-            ) from None
-        except (OSError, ValueError) as exc:
-            raise RepositoryFormatError(f"{cfg_path}: unreadable config: {exc}") from None
-        if not isinstance(config, dict) or config.get("format") != REPO_FORMAT:
-            raise RepositoryFormatError(f"{cfg_path}: not a vmbackup repository config")
-        if config.get("version") != REPO_VERSION:
-            raise RepositoryFormatError(
-                f"{cfg_path}: repository format version {config.get('version')} is not supported"
+                f"repository config {cfg_path}: format version {config['version']}: "
+                f"run `vmbackup repo upgrade --repo {path}` first (docs/repository-format.md)"
             )
-        cs, lvl, enc = (
-            config.get("chunk_size"),
-            config.get("compression_level"),
-            config.get("encryption"),
-        )
-        if not isinstance(cs, int) or not MIN_CHUNK <= cs <= MAX_CHUNK or not isinstance(lvl, int):
-            raise RepositoryFormatError(f"{cfg_path}: bad chunk_size or compression_level")
         keys = None
-        if enc == "aes-256-gcm":
+        if config["encryption"] == "aes-256-gcm":
             if passphrase is None:
                 raise RepositoryError(f"{path} is encrypted: a passphrase is needed")
             keys = keyfile.load(path / "keys" / "repokey", _pass_bytes(passphrase))
-        elif enc != "none":
-            raise RepositoryFormatError(f"{cfg_path}: unknown encryption {enc!r}")
+            repo_config.check_mac(config, MetaAuth(config["id"], derive_meta_key(keys)), cfg_path)
         return cls(path, config, keys)
 
     # --- chunks ----------------------------------------------------------------------
@@ -406,51 +386,16 @@ class Repository:
                 f"{what}: {count} named chunk(s) are not in the repository: {', '.join(missing)}"
             )
 
-    # --- running-backup markers (gc protection) -------------------------------------
-
-    def _marker(self, job_id: str) -> Path:
-        return self.path / "running" / blake3.blake3(job_id.encode()).hexdigest()[:32]
+    # --- running-backup markers (gc protection, see running.py) ----------------------
 
     def begin_job(self, job_id: str) -> None:
-        """Declare a backup in progress: gc keeps every chunk newer than its start."""
-        path = self._marker(job_id)
-        if path.exists():
-            return
-        doc = {
-            "job_id": job_id,
-            "started": time.time(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-        write_atomic(path, [json.dumps(doc).encode()], f"running-backup marker of {job_id}")
+        self.markers.begin(job_id)
 
     def end_job(self, job_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._marker(job_id))
+        self.markers.end(job_id)
 
     def running_jobs(self) -> list[dict[str, Any]]:
-        out = []
-        for p in sorted((self.path / "running").glob("[0-9a-f]*")):
-            try:
-                doc = json.loads(p.read_bytes())
-                out.append(
-                    {
-                        "job_id": str(doc["job_id"]),
-                        # the file's mtime is in the clock domain of chunk mtimes
-                        "started": min(float(doc["started"]), p.stat().st_mtime),
-                        "host": doc.get("host", ""),
-                        "marker": str(p),
-                    }
-                )
-            except (OSError, ValueError, KeyError, TypeError):
-                # unreadable marker: treat as started at its mtime (conservative for gc)
-                try:
-                    out.append(
-                        {"job_id": "?", "started": p.stat().st_mtime, "host": "", "marker": str(p)}
-                    )
-                except FileNotFoundError:
-                    continue
-        return out
+        return self.markers.list()
 
 
 def _has(obj: Any, name: str) -> bool:

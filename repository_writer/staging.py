@@ -2,10 +2,12 @@
 
 ``staging/<request>/disk-<key>.part-<n>`` where ``<request>`` is the first 32 hex
 digits of BLAKE3(request id) (request ids never become paths). A part file is
-``b"VBPART01"``, the packed entries (common.messages.pack_entries), BLAKE3 of them
-(32 bytes); written atomically and durably. The commit that names the parts reads
-them, then removes the request's directory; gc removes directories of abandoned
-requests once they are older than its cutoff (see gc.py).
+``b"VBPART02"``, the packed entries (common.messages.pack_entries), their tag (32
+bytes: meta_auth.MetaAuth.part_tag, keyed in an encrypted repository and bound to the
+request, disk and part number, so the entries cannot be changed on disk before the
+commit turns them into an authenticated map); written atomically and durably. The
+commit that names the parts reads them, then removes the request's directory; gc
+removes directories of abandoned requests once they are older than its cutoff (gc.py).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import blake3
 from common.messages import MessageError, iter_packed
 from repository_writer.errors import CorruptObjectError, InvalidRequestError
 from repository_writer.fsutil import fsync_dir, makedirs_durable, write_atomic
+from repository_writer.meta_auth import MetaAuth
 
-MAGIC = b"VBPART01"
+MAGIC = b"VBPART02"
+OLD_MAGIC = b"VBPART01"  # format 1: an unkeyed checksum, refused
 _DIR = re.compile(r"[0-9a-f]{32}")
 
 
@@ -31,8 +35,9 @@ def request_dir_name(request_id: str) -> str:
 
 
 class CommitStaging:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, auth: MetaAuth) -> None:
         self.root = root
+        self.auth = auth
 
     def _dir(self, request_id: str) -> Path:
         return self.root / request_dir_name(request_id)
@@ -52,7 +57,7 @@ class CommitStaging:
             raise InvalidRequestError(f"commit part {part} of disk {disk_key}: {exc}") from None
         d = self._dir(request_id)
         makedirs_durable(d)
-        digest = blake3.blake3(packed).digest()
+        digest = self.auth.part_tag(d.name, disk_key, part, packed)
         write_atomic(
             d / self._name(disk_key, part),
             [MAGIC, packed, digest],
@@ -71,11 +76,21 @@ class CommitStaging:
                 raise InvalidRequestError(
                     f"{what} is not staged (request {request_id!r:.80})"
                 ) from None
+            what = f"{what} {path}"
+            if data.startswith(OLD_MAGIC):
+                raise CorruptObjectError(
+                    what, "staged before the repository upgrade: the commit must be sent again"
+                )
             if len(data) < len(MAGIC) + 32 or not data.startswith(MAGIC):
                 raise CorruptObjectError(what, "not a commit part file")
             packed, digest = data[len(MAGIC) : -32], data[-32:]
-            if blake3.blake3(packed).digest() != digest:
-                raise CorruptObjectError(what, "checksum mismatch")
+            if not MetaAuth.same(self.auth.part_tag(d.name, disk_key, n, packed), digest):
+                raise CorruptObjectError(
+                    what,
+                    "fails its authentication: tampered or written with another key"
+                    if self.auth.keyed
+                    else "checksum mismatch",
+                )
             try:
                 for start, count, ids in iter_packed(packed):
                     if ids is None:

@@ -19,6 +19,7 @@ from repository_writer.errors import (
     WrongPassphraseError,
 )
 from repository_writer.fixed_index import ZERO_ID, DiskMap
+from repository_writer.meta_auth import MetaAuth
 
 
 @given(data=st.binary(max_size=4096), level=st.integers(0, 5), enc=st.booleans())
@@ -63,6 +64,12 @@ def test_blob_encrypted_vs_plain_mismatch() -> None:
         blob.decode(raw, blob.MAGIC_CHUNK, AESGCM(bytes([1] * 32)), "c")
 
 
+def _TAG(head: bytes, entries: bytes | bytearray | memoryview) -> bytes:
+    return MetaAuth("00000000-0000-4000-8000-000000000000", None).map_tag(
+        "vm", "20260101T000000Z-00000000", 1, head, entries
+    )
+
+
 @given(
     cap=st.integers(1, 40 * 1024),
     sets=st.lists(st.tuples(st.integers(0, 200), st.binary(min_size=32, max_size=32))),
@@ -73,8 +80,9 @@ def test_map_round_trip_and_resize(cap: int, sets: list[tuple[int, bytes]]) -> N
     for i, cid in sets:
         if i < len(m):
             m.set(i, cid)
-    head, body = m.encode()
-    m2 = DiskMap.decode(head + body, "map")
+    tag = _TAG
+    head, body = m.encode(tag)
+    m2 = DiskMap.decode(head + body, "map", tag, keyed=False)
     assert m2.entries == m.entries and m2.capacity == cap
     grown = m.resized(cap * 2)
     assert grown.entries[: len(m.entries)] == m.entries
@@ -84,14 +92,14 @@ def test_map_round_trip_and_resize(cap: int, sets: list[tuple[int, bytes]]) -> N
 def test_map_corruption_detected() -> None:
     m = DiskMap(1024, 10 * 1024)
     m.set(3, os.urandom(32))
-    data = bytearray(b"".join(m.encode()))
+    data = bytearray(b"".join(m.encode(_TAG)))
     for pos in (0, 9, 20, 40, 64 + 3 * 32 + 5):
         bad = bytearray(data)
         bad[pos] ^= 4
         with pytest.raises(CorruptObjectError):
-            DiskMap.decode(bytes(bad), "map m")
+            DiskMap.decode(bytes(bad), "map m", _TAG, keyed=False)
     with pytest.raises(CorruptObjectError, match="truncated"):
-        DiskMap.decode(bytes(data[:-7]), "map m")
+        DiskMap.decode(bytes(data[:-7]), "map m", _TAG, keyed=False)
 
 
 def test_key_file(tmp_path: Path) -> None:
