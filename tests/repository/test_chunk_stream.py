@@ -4,6 +4,7 @@ acked exactly as through the broker, and bad peers are refused without harm."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -174,7 +175,9 @@ def test_wrong_token_and_garbage_are_dropped_and_store_nothing(
     before = _errors("token")
     with _open(endpoint) as s:
         send_message(s, StreamHello(token="0" * 32, client="intruder"))
-        send_message(s, batch)
+        # the writer may have closed already after the bad hello: then this send fails
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            send_message(s, batch)
         assert _closed_by_writer(s)  # without an ack
     assert _errors("token") == before + 1
 
