@@ -13,7 +13,7 @@ Writing: pika slices each body frame out of the message (a copy), joins it (a co
 prepends the frame header by concatenation (a copy). Here each body frame is made with
 one copy, from a view of the message.
 
-:func:`install` applies both to every pika connection; common.amqp calls it on import.
+:func:`install` applies both to every pika connection; common.amqp.params calls it on import.
 """
 
 from __future__ import annotations
