@@ -14,6 +14,7 @@ Everything public is re-exported here: callers import from ``common.amqp``.
 """
 
 from common.amqp.consumer import Consumer, Delivery, Handler, PermanentError, stop_on_signals
+from common.amqp.errors import PublishError, UnpublishableError, UnroutableError
 from common.amqp.params import (
     RECV_BYTES,
     BrokerParams,
@@ -21,8 +22,8 @@ from common.amqp.params import (
     open_blocking,
     pump,
 )
-from common.amqp.publisher import Publisher, PublishError, UnroutableError
-from common.amqp.replies import ReplyLost, ReplyQueue
+from common.amqp.publisher import Publisher
+from common.amqp.replies import ReplyLost, ReplyQueue, check_reply_to
 from common.amqp.topology import (
     EXCHANGE_DLX,
     EXCHANGE_EVENTS,
@@ -64,8 +65,10 @@ __all__ = [
     "Publisher",
     "ReplyLost",
     "ReplyQueue",
+    "UnpublishableError",
     "UnroutableError",
     "backoff_delay",
+    "check_reply_to",
     "declare_base",
     "declare_results_queue",
     "declare_shard_queue",

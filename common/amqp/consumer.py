@@ -21,6 +21,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import BasicProperties
 
 from common import metrics
+from common.amqp.errors import UnpublishableError
 from common.amqp.params import BrokerParams, backoff_delay, open_blocking, pump
 from common.amqp.publisher import Publisher
 from common.amqp.topology import EXCHANGE_DLX, HEADER_ERROR, HEADER_SOURCE_QUEUE
@@ -341,6 +342,11 @@ class Consumer:
         except PermanentError as exc:
             self._dead_letter(d, f"{msg.KIND}: {exc}", "permanent")
             return
+        except UnpublishableError as exc:
+            # Its reply or result can never be sent (e.g. an over-long reply_to): the same
+            # every time, so it goes to the DLQ at once instead of being retried.
+            self._dead_letter(d, f"{msg.KIND}: its answer cannot be published: {exc}", "permanent")
+            return
         except Exception as exc:
             reason = f"{msg.KIND}: {type(exc).__name__}: {exc}"
             # x-delivery-count counts earlier deliveries; this one makes one more.
@@ -368,11 +374,32 @@ class Consumer:
         with self._dlq_lock:
             if self._dlq_publisher is None:
                 self._dlq_publisher = Publisher(self.params, name=f"{self.name}-dlq", window=8)
-        headers = {**d.headers, HEADER_ERROR: reason[:1000], HEADER_SOURCE_QUEUE: d.queue}
+        ours = {HEADER_ERROR: reason[:1000], HEADER_SOURCE_QUEUE: d.queue}
         try:
-            self._dlq_publisher.publish_sync(EXCHANGE_DLX, d.queue, d.body, headers=headers)
+            try:
+                self._dlq_publisher.publish_sync(
+                    EXCHANGE_DLX, d.queue, d.body, headers={**d.headers, **ours}
+                )
+            except UnpublishableError as exc:
+                # Its own headers cannot go out again (pika decodes values it cannot
+                # encode, or they leave no room for ours): park it with ours only.
+                log.warning("dead-lettering without the message's headers", error=str(exc))
+                self._dlq_publisher.publish_sync(EXCHANGE_DLX, d.queue, d.body, headers=ours)
+        except UnpublishableError as exc:
+            # Not even that (a body over broker.max_message_bytes): requeueing would hand
+            # it back for ever, blocking the queue; it is dropped, loudly.
+            log.error(
+                "cannot dead-letter, message dropped",
+                queue=d.queue,
+                bytes=len(d.body),
+                reason=reason,
+                error=str(exc),
+            )
+            metrics.AMQP_REJECTED.labels(queue=d.queue, reason="dropped").inc()
+            self._settle(d, ack=True)
+            return
         except Exception as exc:
-            # Could not park it: give it back so it is not lost.
+            # Could not park it (the broker is away): give it back so it is not lost.
             log.error("cannot dead-letter, requeueing", queue=d.queue, error=repr(exc))
             self._settle(d, ack=False)
             return

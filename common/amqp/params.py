@@ -30,6 +30,8 @@ class BrokerParams:
     reconnect_max: float = 30.0
     confirm_window: int = 64
     publish_retries: int = 5
+    # RabbitMQ's own default max_message_size: a bigger body is refused before sending.
+    max_message_bytes: int = 128 * 1024 * 1024
 
     @classmethod
     def from_settings(cls, s: Any) -> BrokerParams:
@@ -42,6 +44,7 @@ class BrokerParams:
             reconnect_max=s.reconnect_max_seconds,
             confirm_window=s.confirm_window,
             publish_retries=s.publish_retries,
+            max_message_bytes=s.max_message_bytes,
         )
 
     @property

@@ -21,6 +21,8 @@ import pika.exceptions
 from pika.spec import Basic, BasicProperties
 
 from common import metrics
+from common.amqp import preflight
+from common.amqp.errors import PublishError, UnpublishableError, UnroutableError
 from common.amqp.params import BrokerParams, backoff_delay
 from common.logging import get_logger
 from common.messages import Message, encode
@@ -28,12 +30,15 @@ from common.messages import Message, encode
 log = get_logger(__name__)
 
 
-class PublishError(RuntimeError):
-    """A message could not be confirmed by the broker."""
+# Raised by basic_publish when the channel or connection is down: the message is fine,
+# it goes again after the reconnect. Anything else it raises is the message's fault.
+_CONNECTION_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.AMQPChannelError,
+    OSError,
+)
 
-
-class UnroutableError(PublishError):
-    """The broker returned a mandatory message: no queue is bound for its routing key."""
+__all__ = ["PublishError", "Publisher", "UnpublishableError", "UnroutableError"]
 
 
 @dataclass
@@ -56,6 +61,8 @@ class Publisher:
     (or fails with :class:`PublishError`); it blocks only while the window is full.
     Messages in flight when the connection drops are re-sent after reconnecting, up
     to ``publish_retries`` times: consumers must be idempotent (they are, by design).
+    A message that can never be published (see common/amqp/preflight.py) fails at once
+    with :class:`UnpublishableError`, counted and logged, and blocks nothing behind it.
     """
 
     def __init__(
@@ -106,9 +113,6 @@ class Publisher:
             raise PublishError("publisher is closed")
         body = encode(msg) if isinstance(msg, Message) else bytes(msg)
         kind = msg.KIND if isinstance(msg, Message) else "raw"
-        acquired = self._slots.acquire(blocking=timeout != 0, timeout=timeout or None)
-        if not acquired:
-            raise PublishError(f"publish window full (waited {timeout or 0}s)")
         props = BasicProperties(
             delivery_mode=2 if persistent else 1,
             content_type="application/msgpack",
@@ -120,6 +124,15 @@ class Publisher:
             timestamp=int(time.time()),
         )
         fut: Future[None] = Future()
+        try:
+            preflight.check(exchange, routing_key, len(body), props, self.params.max_message_bytes)
+        except UnpublishableError as exc:
+            self._dropped(exchange, routing_key, kind, exc)
+            fut.set_exception(exc)
+            return fut
+        acquired = self._slots.acquire(blocking=timeout != 0, timeout=timeout or None)
+        if not acquired:
+            raise PublishError(f"publish window full (waited {timeout or 0}s)")
         fut.add_done_callback(lambda _f: self._slots.release())
         out = _Outgoing(exchange, routing_key, body, props, kind, fut, mandatory)
         with self._lock:
@@ -280,12 +293,34 @@ class Publisher:
                     out.exchange, out.routing_key, out.body, out.properties, mandatory=out.mandatory
                 )
             except Exception as exc:
+                # Nothing went out (frames are all encoded before any is written): the
+                # broker did not count this delivery tag.
                 self._unconfirmed.pop(self._next_tag, None)
                 self._by_message_id.pop(out.properties.message_id, None)
+                self._next_tag -= 1
+                if not isinstance(exc, _CONNECTION_ERRORS):
+                    # Not the connection: sending it again would fail the same way and hold
+                    # up every message behind it.
+                    err = UnpublishableError("send_failed", f"{type(exc).__name__}: {exc}")
+                    self._dropped(out.exchange, out.routing_key, out.kind, err)
+                    self._set_exception(out, err)
+                    continue
                 with self._lock:
                     self._pending.appendleft(out)
                 log.warning("publish failed, will retry", error=repr(exc))
                 return
+
+    def _dropped(self, exchange: str, routing_key: str, kind: str, exc: UnpublishableError) -> None:
+        metrics.AMQP_PUBLISH_DROPPED.labels(reason=exc.reason).inc()
+        log.error(
+            "message can never be published, dropped",
+            publisher=self.name,
+            kind=kind,
+            exchange=str(exchange)[:80],
+            routing_key=str(routing_key)[:80],
+            reason=exc.reason,
+            error=str(exc),
+        )
 
     def _on_return(self, _ch: Any, _method: Any, props: BasicProperties, _body: bytes) -> None:
         out = self._by_message_id.get(props.message_id)

@@ -6,10 +6,20 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 
-from common.amqp.consumer import Consumer, Delivery
+from common.amqp.consumer import Consumer, Delivery, PermanentError
+from common.amqp.errors import PublishError
 from common.amqp.params import BrokerParams
-from common.amqp.publisher import PublishError
+from common.amqp.preflight import name_problem
 from common.messages import Message
+
+
+def check_reply_to(reply_to: str, correlation_id: str = "", what: str = "reply_to") -> None:
+    """Refuse a request whose answer could never be sent (a queue name or correlation id
+    over AMQP's 255 bytes), before any work is done for it: the consumer dead-letters it
+    at once with the reason."""
+    problem = name_problem(reply_to, what) or name_problem(correlation_id, "correlation id")
+    if problem is not None:
+        raise PermanentError(problem)
 
 
 def _reply_key(msg: Message) -> str | None:
