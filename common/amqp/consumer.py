@@ -22,6 +22,7 @@ from pika.spec import BasicProperties
 
 from common import metrics
 from common.amqp.errors import UnpublishableError
+from common.amqp.outage import Outage
 from common.amqp.params import BrokerParams, backoff_delay, open_blocking, pump
 from common.amqp.publisher import Publisher
 from common.amqp.topology import EXCHANGE_DLX, HEADER_ERROR, HEADER_SOURCE_QUEUE
@@ -113,6 +114,9 @@ class Consumer:
         self._settle_scheduled = False
         self._thread: threading.Thread | None = None
         self._workers: list[threading.Thread] = []
+        self._outage = Outage("consumer", name)
+        self._attempt = 0
+        self._started = False
 
     # -- lifecycle --
     def start(self) -> Consumer:
@@ -135,26 +139,18 @@ class Consumer:
         ]
         for w in self._workers:
             w.start()
-        attempt = 0
         try:
             while not self._stop.is_set():
                 try:
                     self._connect_and_consume()
-                    attempt = 0
                 except (pika.exceptions.AMQPError, OSError) as exc:
                     self.ready.clear()
                     self._drop_connection()
                     if self._stop.is_set():
                         break
-                    metrics.AMQP_RECONNECTS.labels(role=self.name).inc()
-                    delay = backoff_delay(attempt, self.params.reconnect_max)
-                    attempt += 1
-                    log.warning(
-                        "consumer lost broker, reconnecting",
-                        consumer=self.name,
-                        error=str(exc) or type(exc).__name__,
-                        retry_in=round(delay, 2),
-                    )
+                    delay = backoff_delay(self._attempt, self.params.reconnect_max)
+                    self._attempt += 1
+                    self._outage.failed(str(exc) or repr(exc), retry_in=delay)
                     self._stop.wait(delay)
         finally:
             for _ in self._workers:
@@ -192,7 +188,11 @@ class Consumer:
         if self.on_connected is not None:
             self.on_connected(gen)
         self.ready.set()
-        log.info("consumer started", consumer=self.name, queues=queues, prefetch=self.prefetch)
+        self._attempt = 0
+        back = self._outage.connected()  # after an outage: that one line is the news
+        if not back or not self._started:
+            self._started = True  # (lab/stack.py waits for this line)
+            log.info("consumer started", consumer=self.name, queues=queues, prefetch=self.prefetch)
         while not self._stop.is_set():
             pump(conn, 0.2)
         # Graceful stop: no new deliveries, finish what runs, give back the rest.

@@ -23,6 +23,7 @@ from pika.spec import Basic, BasicProperties
 from common import metrics
 from common.amqp import preflight
 from common.amqp.errors import PublishError, UnpublishableError, UnroutableError
+from common.amqp.outage import Outage
 from common.amqp.params import BrokerParams, backoff_delay
 from common.logging import get_logger
 from common.messages import Message, encode
@@ -81,6 +82,7 @@ class Publisher:
         self._ready = threading.Event()
         self._closing = False
         self._connect_attempt = 0
+        self._outage = Outage("publisher", name)
         self._lock = threading.Lock()
         self._pump_scheduled = False
         # Unique per message (returns are matched by it); cheaper than a uuid each.
@@ -228,13 +230,12 @@ class Publisher:
 
     def _on_open_error(self, conn: Any, err: BaseException) -> None:
         if not self._closing:  # else close() aborted the attempt
-            log.warning("publisher cannot connect", error=str(err) or repr(err))
+            self._outage.failed(str(err) or repr(err))
         conn.ioloop.stop()
 
     def _on_closed(self, conn: Any, reason: BaseException) -> None:
         if not self._closing:
-            log.warning("publisher connection closed", reason=str(reason))
-            metrics.AMQP_RECONNECTS.labels(role=self.name).inc()
+            self._outage.failed(str(reason) or repr(reason))
         conn.ioloop.stop()
 
     def _on_channel_open(self, ch: Any) -> None:
@@ -246,6 +247,7 @@ class Publisher:
 
     def _on_confirm_mode(self, _frame: Any) -> None:
         self._connect_attempt = 0
+        self._outage.connected()
         self._ready.set()
         self._pump()
 
