@@ -26,6 +26,7 @@ from common.amqp.outage import Outage
 from common.amqp.params import BrokerParams, backoff_delay, open_blocking, pump
 from common.amqp.publisher import Publisher
 from common.amqp.topology import EXCHANGE_DLX, HEADER_ERROR, HEADER_SOURCE_QUEUE
+from common.amqp_wire import BAD_PROPERTIES_HEADER
 from common.logging import get_logger
 from common.messages import Message, MessageError, decode
 
@@ -329,6 +330,10 @@ class Consumer:
 
     def _handle(self, d: Delivery) -> None:
         t0 = time.monotonic()
+        bad = d.headers.get(BAD_PROPERTIES_HEADER)
+        if bad is not None:  # see common/amqp_wire.py
+            self._dead_letter(d, f"undecodable properties: {bad}", "undecodable")
+            return
         try:
             msg = decode(d.body)
             if self.expect is not None and not isinstance(msg, self.expect):

@@ -3,6 +3,7 @@ the consumer parks what it cannot answer in the DLQ. Real RabbitMQ, own vhost pe
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import Any
 
@@ -161,5 +162,51 @@ def test_dead_letter_keeps_a_message_whose_headers_cannot_go_out_again(
         assert body == b"\xc1garbage"
         assert "undecodable" in props.headers[HEADER_ERROR] and "pad" not in props.headers
         assert _count(broker, QUEUE) == 0
+    finally:
+        consumer.stop(10)
+
+
+class _OutOfRangeTimestamp(BasicProperties):
+    """Properties whose one header is a timestamp ('T') pika cannot turn into a datetime:
+    the broker accepts it, pika's decoder raises OverflowError."""
+
+    def encode(self) -> list[bytes]:
+        table = b"\x01tT" + struct.pack(">Q", 2**63 + 5)
+        return [struct.pack(">H", 0x2000), struct.pack(">I", len(table)), table]  # headers only
+
+
+def test_delivery_with_undecodable_properties_is_dead_lettered(broker: BrokerParams) -> None:
+    """Before, pika's decoder error dropped the consumer's connection on every delivery of
+    it: redelivered for ever, and nothing behind it was consumed."""
+    _declare(broker)
+    seen: list[str] = []
+    conn = amqp.open_blocking(broker, "test-raw")
+    try:
+        ch = conn.channel()
+        ch.basic_publish(
+            "", QUEUE, encode(JobEvent("j", "e", "bad", 0, 1.0)), _OutOfRangeTimestamp()
+        )
+        ch.basic_publish("", QUEUE, encode(JobEvent("j", "e", "good", 0, 1.0)))
+    finally:
+        conn.close()
+
+    def handler(msg: Message, _d: Delivery) -> None:
+        assert isinstance(msg, JobEvent)
+        seen.append(msg.vm)
+
+    consumer = Consumer(broker, [QUEUE], handler, name="test-bad-props").start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not seen or _count(broker, QUEUE_DLQ) < 1):
+            time.sleep(0.1)
+        assert seen == ["good"]
+        conn = amqp.open_blocking(broker, "test-dlq")
+        try:
+            _m, props, body = conn.channel().basic_get(QUEUE_DLQ, auto_ack=True)
+        finally:
+            conn.close()
+        assert body == encode(JobEvent("j", "e", "bad", 0, 1.0))
+        why = props.headers[HEADER_ERROR]
+        assert why.startswith("undecodable properties: OverflowError"), why
     finally:
         consumer.stop(10)
