@@ -13,7 +13,8 @@
 Everything public is re-exported here: callers import from ``common.amqp``.
 """
 
-from common.amqp.consumer import Consumer, Delivery, Handler, PermanentError, stop_on_signals
+from common.amqp.consumer import Consumer, Handler, stop_on_signals
+from common.amqp.delivery import Delivery, PermanentError
 from common.amqp.errors import PublishError, UnpublishableError, UnroutableError
 from common.amqp.params import (
     RECV_BYTES,

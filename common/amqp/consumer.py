@@ -21,35 +21,16 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import BasicProperties
 
 from common import metrics
+from common.amqp.dead_letter import DeadLetters
+from common.amqp.delivery import Delivery, FailureCounts, PermanentError
 from common.amqp.errors import UnpublishableError
 from common.amqp.outage import Outage
 from common.amqp.params import BrokerParams, backoff_delay, open_blocking, pump
-from common.amqp.publisher import Publisher
-from common.amqp.topology import EXCHANGE_DLX, HEADER_ERROR, HEADER_SOURCE_QUEUE
 from common.amqp_wire import BAD_PROPERTIES_HEADER
 from common.logging import get_logger
 from common.messages import Message, MessageError, decode
 
 log = get_logger(__name__)
-
-
-class PermanentError(Exception):
-    """The message can never be handled: dead-letter it at once with this reason."""
-
-
-@dataclass
-class Delivery:
-    """A message as delivered, for handlers that need more than the decoded body."""
-
-    queue: str
-    routing_key: str
-    redelivered: bool
-    delivery_count: int
-    headers: dict[str, Any]
-    properties: BasicProperties
-    body: bytes
-    tag: int = 0
-    generation: int = 0
 
 
 Handler = Callable[[Message, Delivery], None]
@@ -108,14 +89,14 @@ class Consumer:
         self._channel: BlockingChannel | None = None
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
-        self._dlq_publisher: Publisher | None = None
-        self._dlq_lock = threading.Lock()
+        self._dlq = DeadLetters(params, name)
         self._settle_queue: collections.deque[tuple[Delivery, bool]] = collections.deque()
         self._settle_lock = threading.Lock()
         self._settle_scheduled = False
         self._thread: threading.Thread | None = None
         self._workers: list[threading.Thread] = []
         self._outage = Outage("consumer", name)
+        self._failures = FailureCounts()
         self._attempt = 0
         self._started = False
 
@@ -158,8 +139,7 @@ class Consumer:
                 self._work.put(None)
             for w in self._workers:
                 w.join(timeout=60)
-            if self._dlq_publisher is not None:
-                self._dlq_publisher.close()
+            self._dlq.close()
 
     # -- I/O thread --
     def _connect_and_consume(self) -> None:
@@ -354,16 +334,16 @@ class Consumer:
             return
         except Exception as exc:
             reason = f"{msg.KIND}: {type(exc).__name__}: {exc}"
-            # x-delivery-count counts earlier deliveries; this one makes one more.
-            if d.delivery_count + 1 >= self.params.delivery_limit:
-                why = f"failed {d.delivery_count + 1} times; last: {reason}"
+            attempt = self._failures.failed(d)
+            if attempt >= self.params.delivery_limit:
+                why = f"failed {attempt} times; last: {reason}"
                 self._dead_letter(d, why, "limit")
                 return
             log.warning(
                 "handler failed, message will be retried",
                 queue=d.queue,
                 kind=msg.KIND,
-                attempt=d.delivery_count + 1,
+                attempt=attempt,
                 error=reason,
             )
             metrics.AMQP_REJECTED.labels(queue=d.queue, reason="retry").inc()
@@ -375,41 +355,7 @@ class Consumer:
         self._settle(d, ack=True)
 
     def _dead_letter(self, d: Delivery, reason: str, label: str) -> None:
-        log.error("dead-lettering message", queue=d.queue, reason=reason)
-        with self._dlq_lock:
-            if self._dlq_publisher is None:
-                self._dlq_publisher = Publisher(self.params, name=f"{self.name}-dlq", window=8)
-        ours = {HEADER_ERROR: reason[:1000], HEADER_SOURCE_QUEUE: d.queue}
-        try:
-            try:
-                self._dlq_publisher.publish_sync(
-                    EXCHANGE_DLX, d.queue, d.body, headers={**d.headers, **ours}
-                )
-            except UnpublishableError as exc:
-                # Its own headers cannot go out again (pika decodes values it cannot
-                # encode, or they leave no room for ours): park it with ours only.
-                log.warning("dead-lettering without the message's headers", error=str(exc))
-                self._dlq_publisher.publish_sync(EXCHANGE_DLX, d.queue, d.body, headers=ours)
-        except UnpublishableError as exc:
-            # Not even that (a body over broker.max_message_bytes): requeueing would hand
-            # it back for ever, blocking the queue; it is dropped, loudly.
-            log.error(
-                "cannot dead-letter, message dropped",
-                queue=d.queue,
-                bytes=len(d.body),
-                reason=reason,
-                error=str(exc),
-            )
-            metrics.AMQP_REJECTED.labels(queue=d.queue, reason="dropped").inc()
-            self._settle(d, ack=True)
-            return
-        except Exception as exc:
-            # Could not park it (the broker is away): give it back so it is not lost.
-            log.error("cannot dead-letter, requeueing", queue=d.queue, error=repr(exc))
-            self._settle(d, ack=False)
-            return
-        metrics.AMQP_DEAD_LETTERED.labels(queue=d.queue, reason=label).inc()
-        self._settle(d, ack=True)
+        self._settle(d, ack=self._dlq.park(d, reason, label))
 
 
 def stop_on_signals(*stoppables: Any) -> None:

@@ -12,7 +12,11 @@ import pika.exceptions
 from pika import spec
 from pika.spec import BasicProperties
 
+from common import metrics
 from common.amqp.errors import UnpublishableError
+from common.logging import get_logger
+
+log = get_logger(__name__)
 
 SHORT_STR_MAX = 255  # AMQP short strings (names, routing keys): 255 bytes of UTF-8
 # pika's frame_max, which the broker may only lower: a content header must fit in one frame.
@@ -29,6 +33,15 @@ ENCODING_ERRORS = (
     TypeError,
     ValueError,  # UnicodeEncodeError, OverflowError's kin
     OverflowError,
+)
+
+
+# What basic_publish raises when the channel or connection is down: the message is fine,
+# it goes again after the reconnect. Anything else it raises is the message's fault.
+CONNECTION_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.AMQPChannelError,
+    OSError,
 )
 
 
@@ -67,3 +80,19 @@ def check(
         raise UnpublishableError(
             "bad_properties", f"properties of {size} bytes do not fit a {FRAME_MAX}-byte frame"
         )
+
+
+def dropped(
+    publisher: str, exchange: str, routing_key: str, kind: str, exc: UnpublishableError
+) -> None:
+    """Count and log (once) a message that is failed at once, never sent."""
+    metrics.AMQP_PUBLISH_DROPPED.labels(reason=exc.reason).inc()
+    log.error(
+        "message can never be published, dropped",
+        publisher=publisher,
+        kind=kind,
+        exchange=str(exchange)[:80],
+        routing_key=str(routing_key)[:80],
+        reason=exc.reason,
+        error=str(exc),
+    )

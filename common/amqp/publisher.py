@@ -31,14 +31,6 @@ from common.messages import Message, encode
 log = get_logger(__name__)
 
 
-# Raised by basic_publish when the channel or connection is down: the message is fine,
-# it goes again after the reconnect. Anything else it raises is the message's fault.
-_CONNECTION_ERRORS = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.AMQPChannelError,
-    OSError,
-)
-
 __all__ = ["PublishError", "Publisher", "UnpublishableError", "UnroutableError"]
 
 
@@ -129,7 +121,7 @@ class Publisher:
         try:
             preflight.check(exchange, routing_key, len(body), props, self.params.max_message_bytes)
         except UnpublishableError as exc:
-            self._dropped(exchange, routing_key, kind, exc)
+            preflight.dropped(self.name, exchange, routing_key, kind, exc)
             fut.set_exception(exc)
             return fut
         acquired = self._slots.acquire(blocking=timeout != 0, timeout=timeout or None)
@@ -300,29 +292,17 @@ class Publisher:
                 self._unconfirmed.pop(self._next_tag, None)
                 self._by_message_id.pop(out.properties.message_id, None)
                 self._next_tag -= 1
-                if not isinstance(exc, _CONNECTION_ERRORS):
+                if not isinstance(exc, preflight.CONNECTION_ERRORS):
                     # Not the connection: sending it again would fail the same way and hold
                     # up every message behind it.
                     err = UnpublishableError("send_failed", f"{type(exc).__name__}: {exc}")
-                    self._dropped(out.exchange, out.routing_key, out.kind, err)
+                    preflight.dropped(self.name, out.exchange, out.routing_key, out.kind, err)
                     self._set_exception(out, err)
                     continue
                 with self._lock:
                     self._pending.appendleft(out)
                 log.warning("publish failed, will retry", error=repr(exc))
                 return
-
-    def _dropped(self, exchange: str, routing_key: str, kind: str, exc: UnpublishableError) -> None:
-        metrics.AMQP_PUBLISH_DROPPED.labels(reason=exc.reason).inc()
-        log.error(
-            "message can never be published, dropped",
-            publisher=self.name,
-            kind=kind,
-            exchange=str(exchange)[:80],
-            routing_key=str(routing_key)[:80],
-            reason=exc.reason,
-            error=str(exc),
-        )
 
     def _on_return(self, _ch: Any, _method: Any, props: BasicProperties, _body: bytes) -> None:
         out = self._by_message_id.get(props.message_id)

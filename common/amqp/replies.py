@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 
-from common.amqp.consumer import Consumer, Delivery, PermanentError
+from common.amqp.consumer import Consumer
+from common.amqp.delivery import Delivery, PermanentError
 from common.amqp.errors import PublishError
 from common.amqp.params import BrokerParams
 from common.amqp.preflight import name_problem

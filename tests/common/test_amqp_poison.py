@@ -210,3 +210,34 @@ def test_delivery_with_undecodable_properties_is_dead_lettered(broker: BrokerPar
         assert why.startswith("undecodable properties: OverflowError"), why
     finally:
         consumer.stop(10)
+
+
+def test_always_failing_message_on_a_classic_queue_is_dead_lettered(broker: BrokerParams) -> None:
+    """A classic queue (the shard queues, by default) keeps no x-delivery-count, and a
+    sender may put any value there (here -1000): the consumer counts failures itself, so a
+    message whose handler always fails goes to the DLQ after the delivery limit (before:
+    round and round for ever)."""
+    params = BrokerParams(**{**broker.__dict__, "delivery_limit": 3})
+    _declare(params)
+    tries: list[str] = []
+
+    def handler(msg: Message, _d: Delivery) -> None:
+        assert isinstance(msg, JobEvent)
+        tries.append(msg.vm)
+        if msg.vm == "bad":
+            raise RuntimeError("this one always fails")
+
+    with Publisher(params, name="test-client") as client:
+        for vm in ("bad", "good"):
+            headers = {"x-delivery-count": -1000}
+            client.publish_sync("", QUEUE, JobEvent("j", "e", vm, 0, 1.0), headers=headers)
+    consumer = Consumer(params, [QUEUE], handler, name="test-classic").start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _count(params, QUEUE_DLQ) < 1:
+            time.sleep(0.1)
+        assert _count(params, QUEUE_DLQ) == 1
+        time.sleep(1)  # no further attempt after it was parked
+        assert tries.count("bad") == 3 and tries.count("good") == 1, tries
+    finally:
+        consumer.stop(10)
