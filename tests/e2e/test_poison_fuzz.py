@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pika.spec import BasicProperties
 
+from common import metrics
 from common.amqp import (
     EXCHANGE_SHARDS,
     EXCHANGE_TASKS,
@@ -278,6 +279,16 @@ def _wait_drained(params: BrokerParams, queues: list[str], timeout: float) -> No
     raise AssertionError(f"queues still hold messages after {timeout}s: {depths}")
 
 
+def _retries() -> float:
+    """Handler failures so far that were given back to their queue for a retry."""
+    return sum(
+        sample.value
+        for family in metrics.AMQP_REJECTED.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels.get("reason") == "retry"
+    )
+
+
 def _backup_and_restore(s: Services, tmp_path: Path) -> None:
     d = s.disk
     src = d.source
@@ -378,6 +389,10 @@ def test_fuzzed_consumers_keep_serving_and_a_backup_restores_bit_exact(
     assert sent[0] > 50  # most examples reached the broker
     durable = [shard_queue(0), shard_queue(1), QUEUE_COMMITS, task_queue(HOST_KEY), s.results.queue]
     _wait_drained(s.params, durable, timeout=180)
+    # and nothing goes round and round unacked (a retried message is not "ready" long)
+    retries = _retries()
+    time.sleep(2)
+    assert _retries() == retries
     # hostile messages were parked, with their reasons
     assert _depths(s.params, [QUEUE_DLQ])[QUEUE_DLQ] > 0
     # the same running services: a normal backup and restore, bit-exact
