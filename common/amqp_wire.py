@@ -13,7 +13,7 @@ Writing: pika slices each body frame out of the message (a copy), joins it (a co
 prepends the frame header by concatenation (a copy). Here each body frame is made with
 one copy, from a view of the message.
 
-:func:`install` applies both to every pika connection; common.amqp calls it on import.
+:func:`install` applies both to every pika connection; common.amqp.params calls it on import.
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ _END_LEN = spec.FRAME_END_SIZE  # 1
 _PROTOCOL_HEADER = b"AMQP"  # a server that rejects our version answers with its own
 
 _FRAME_END = bytes([spec.FRAME_END])
+_CONTENT_HEADER = struct.Struct(">HHQ")  # class id, weight, body size
+
+# Put in place of the properties of a delivery whose content header pika cannot decode
+# (a header value out of range, an unknown field type): the message arrives with only this
+# header, naming the error, and the consumer dead-letters it. Before, the decoder's error
+# dropped the connection, and the broker redelivered the message to it for ever.
+BAD_PROPERTIES_HEADER = "x-vmbackup-bad-properties"
 
 # pika's own reader and writer, before install() replaces them (tests compare)
 PIKA_ON_DATA_AVAILABLE = connection.Connection._on_data_available
@@ -86,10 +93,27 @@ def _next_frame(buf: bytearray, offset: int) -> tuple[Any, int]:
 
 
 def _pika_decode(buf: bytearray, offset: int, length: int) -> tuple[Any, int]:
-    consumed, value = frame.decode_frame(bytes(buf[offset : offset + length]))
+    data = bytes(buf[offset : offset + length])
+    try:
+        consumed, value = frame.decode_frame(data)
+    except Exception as exc:  # deliberately broad: anything the property decoder raises
+        if data[0] != spec.FRAME_HEADER or length < _HEADER_LEN + _CONTENT_HEADER.size:
+            raise
+        return _unreadable_header(data, exc), length
     if value is None:
         return None, 0
     return value, consumed
+
+
+def _unreadable_header(data: bytes, exc: Exception) -> frame.Header:
+    """A complete content header frame whose properties cannot be decoded: the same body
+    size (its body frames follow), properties that say what was wrong."""
+    _frame_type, channel, _size = _HEADER.unpack_from(data)
+    _class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(data, _HEADER_LEN)
+    why = f"{type(exc).__name__}: {exc}"[:500]
+    return frame.Header(
+        channel, body_size, spec.BasicProperties(headers={BAD_PROPERTIES_HEADER: why})
+    )
 
 
 def send_message(conn: Any, channel_number: int, method: Any, content: tuple[Any, Any]) -> None:

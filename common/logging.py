@@ -57,8 +57,13 @@ def setup_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pika logs every reconnect attempt at INFO with tracebacks: keep it to warnings.
-    logging.getLogger("pika").setLevel(max(logging.WARNING, root.level))
+    # pika logs every failed connection attempt at ERROR, several lines and a traceback
+    # each: during an outage that was ~20 tracebacks per process. common.amqp logs each
+    # outage itself (one warning with the reason, one line when it is back) and every
+    # channel or connection close it sees, so pika speaks only at debug level.
+    logging.getLogger("pika").setLevel(
+        logging.WARNING if root.level <= logging.DEBUG else logging.CRITICAL
+    )
     if role:
         structlog.contextvars.bind_contextvars(role=role)
     _configured = True

@@ -34,6 +34,12 @@ AMQP_PUBLISH_FAILURES = Counter(
     "Publishes nacked, returned as unroutable or lost with the connection",
     ["reason"],
 )
+AMQP_PUBLISH_DROPPED = Counter(
+    "vmbackup_amqp_publish_dropped_total",
+    "Messages that can never be published (bad name or properties, too large): failed at"
+    " once, never retried",
+    ["reason"],
+)
 AMQP_CONSUMED = Counter(
     "vmbackup_amqp_consumed_total", "Messages handled and acked", ["queue", "kind"]
 )

@@ -42,6 +42,11 @@ class BrokerSettings:
     reconnect_max_seconds: float = doc("cap of the reconnect backoff", default=30.0)
     confirm_window: int = doc("publisher: unconfirmed messages in flight at most", default=64)
     publish_retries: int = doc("publisher: attempts for one message before failing", default=5)
+    max_message_bytes: int = doc(
+        "publisher: a bigger message body is dropped with a clear error, never sent; set it"
+        " to the broker's max_message_size (RabbitMQ's default: 128 MiB; 16 MiB from 4.0)",
+        default=128 * 1024 * 1024,
+    )
     n_shards: int = doc("writer hash shards (chunk id prefix -> shard -> queue)", default=16)
 
     def __post_init__(self) -> None:
@@ -51,6 +56,8 @@ class BrokerSettings:
             raise ValueError("delivery_limit must be >= 1")
         if self.confirm_window < 1:
             raise ValueError("confirm_window must be >= 1")
+        if self.max_message_bytes < 1:
+            raise ValueError("max_message_bytes must be >= 1")
         if not 1 <= self.n_shards <= 4096:
             raise ValueError("n_shards must be within 1..4096")
 

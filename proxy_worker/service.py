@@ -22,6 +22,7 @@ from common.amqp import (
     PermanentError,
     Publisher,
     ReplyQueue,
+    check_reply_to,
     declare_base,
     declare_task_queue,
     task_queue,
@@ -145,6 +146,8 @@ class ProxyService:
         task = msg
         if d.properties.timestamp:
             metrics.PROXY_QUEUE_WAIT_SECONDS.observe(max(0.0, time.time() - d.properties.timestamp))
+        # No result could ever reach an over-long results_to: dead-lettered, nothing read.
+        check_reply_to(task.results_to, what="results_to")
         last_attempt = d.delivery_count + 1 >= self.params.delivery_limit
         with bound(task=task.task_id, job=task.job_id, vm=task.vm_name, disk=task.disk_key):
             withdrawn = self.withdrawals.reason(task.task_id)

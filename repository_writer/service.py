@@ -28,6 +28,7 @@ from common.amqp import (
     Delivery,
     Publisher,
     UnroutableError,
+    check_reply_to,
     declare_base,
     declare_shard_queue,
 )
@@ -185,11 +186,18 @@ class WriterService:
             metrics.WRITER_QUEUE_LAG_SECONDS.labels(kind=msg.KIND).observe(
                 max(0.0, time.time() - ts)
             )
+        # An answer that could never be sent (over-long reply_to or id): dead-lettered
+        # before any work is done for it.
         if isinstance(msg, ChunkBatch):
+            check_reply_to(msg.reply_to, msg.batch_id)
             self._reply(msg.reply_to, msg.batch_id, self.on_batch(msg, _queue_shard(d.queue)))
         elif isinstance(msg, HaveQuery):
+            check_reply_to(msg.reply_to, msg.query_id)
             self._reply(msg.reply_to, msg.query_id, self.on_have(msg))
         elif isinstance(msg, CommitRequest | CommitPart | JobMarker):
+            check_reply_to(
+                msg.reply_to, msg.part_id if isinstance(msg, CommitPart) else msg.request_id
+            )
             reply = commit_queue_reply(self.repo, msg, self.limits)
             self._reply(msg.reply_to, reply.request_id, reply)
 

@@ -1,0 +1,124 @@
+"""Connection parameters, reconnect backoff and the blocking-connection helpers."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import pika
+import pika.exceptions
+
+from common import amqp_wire
+from common.redact import redact_url
+
+# Every pika connection of this process reads 256 KiB at a time and cuts frames without
+# re-copying its input (common/amqp_wire.py).
+amqp_wire.install()
+RECV_BYTES = amqp_wire.RECV_BYTES
+
+
+@dataclass(frozen=True)
+class BrokerParams:
+    """Everything needed to open a connection (built from ``BrokerSettings``)."""
+
+    url: str = "amqp://guest@127.0.0.1:5672/%2F"
+    password: str = "guest"
+    heartbeat: int = 30
+    connect_timeout: float = 10.0
+    delivery_limit: int = 5
+    reconnect_max: float = 30.0
+    confirm_window: int = 64
+    publish_retries: int = 5
+    # RabbitMQ's own default max_message_size: a bigger body is refused before sending.
+    max_message_bytes: int = 128 * 1024 * 1024
+
+    @classmethod
+    def from_settings(cls, s: Any) -> BrokerParams:
+        return cls(
+            url=s.url,
+            password=s.password.value,
+            heartbeat=s.heartbeat_seconds,
+            connect_timeout=s.connect_timeout_seconds,
+            delivery_limit=s.delivery_limit,
+            reconnect_max=s.reconnect_max_seconds,
+            confirm_window=s.confirm_window,
+            publish_retries=s.publish_retries,
+            max_message_bytes=s.max_message_bytes,
+        )
+
+    def __repr__(self) -> str:
+        # Never the password, neither the field nor one inside the URL.
+        return f"BrokerParams(url={redact_url(self.url)!r}, password=<hidden>)"
+
+    __str__ = __repr__
+
+    @property
+    def vhost(self) -> str:
+        path = urlsplit(self.url).path
+        return unquote(path[1:]) if len(path) > 1 else "/"
+
+    def host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.url)
+        return parts.hostname or "127.0.0.1", parts.port or (
+            5671 if parts.scheme == "amqps" else 5672
+        )
+
+    def with_vhost(self, vhost: str) -> BrokerParams:
+        parts = urlsplit(self.url)
+        url = parts._replace(path="/" + quote(vhost, safe="")).geturl()
+        return BrokerParams(**{**self.__dict__, "url": url})
+
+    def pika_params(self, name: str) -> pika.ConnectionParameters:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ValueError(
+                f"broker.url must start with amqp:// or amqps://, got {redact_url(self.url)!r}"
+            )
+        user = unquote(parts.username or "guest")
+        password = unquote(parts.password) if parts.password else self.password
+        host, port = self.host_port()
+        params = pika.ConnectionParameters(
+            host=host,
+            port=port,
+            virtual_host=self.vhost,
+            credentials=pika.PlainCredentials(user, password),
+        )
+        if parts.scheme == "amqps":
+            import ssl
+
+            params.ssl_options = pika.SSLOptions(ssl.create_default_context(), parts.hostname)
+        params.heartbeat = self.heartbeat
+        params.blocked_connection_timeout = max(60.0, 4.0 * self.heartbeat)
+        params.socket_timeout = self.connect_timeout
+        params.stack_timeout = self.connect_timeout * 2
+        params.connection_attempts = 1
+        params.client_properties = {"connection_name": name, "product": "vmbackup"}
+        return params
+
+
+def backoff_delay(attempt: int, cap: float, base: float = 0.25) -> float:
+    """Exponential backoff with full jitter around the exponential step."""
+    step = min(cap, base * (2 ** min(attempt, 16)))
+    return step * random.uniform(0.5, 1.0)
+
+
+def open_blocking(params: BrokerParams, name: str) -> pika.BlockingConnection:
+    return pika.BlockingConnection(params.pika_params(name))
+
+
+def pump(conn: pika.BlockingConnection, time_limit: float) -> None:
+    """Run the connection's I/O for up to ``time_limit`` seconds.
+
+    When the broker closes the connection while a callback scheduled from another thread
+    (an ack) runs, pika 1.x may raise ``ValueError("Timeout closed before call")`` from
+    its closed ioloop instead of a connection error: report it as the connection loss it
+    is, so the caller reconnects instead of its thread dying.
+    """
+    try:
+        conn.process_data_events(time_limit=time_limit)
+    except ValueError as exc:
+        if conn.is_open:
+            raise
+        raise pika.exceptions.AMQPConnectionError(f"connection closed: {exc}") from exc
