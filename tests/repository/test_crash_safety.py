@@ -18,13 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from repository_writer.gc import gc
 from repository_writer.import_disk import import_disk
-from repository_writer.prune import KeepPolicy, prune
 from repository_writer.repository import Repository
 from repository_writer.restore import restore_disk
 from repository_writer.verify import verify
-from tests.small_fs import MiB, small_filesystem
+from tests.small_fs import MiB, grow, small_filesystem
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 25
@@ -82,8 +80,7 @@ def _kill_at_random(
         points_seen = max(points_seen, report.points)
     assert points_seen > 0  # the kills did land after real work
     if full_log is not None:  # make room, as an operator of a full repository would
-        prune(repo, KeepPolicy(last=1))
-        gc(repo, grace=0)
+        grow(repo.path, 64 * MiB)
     # the repository still works: import and restore after all those crashes
     img = tmp_path / "final.img"
     data = random.Random(5).randbytes(3 * 256 * 1024 + 17)
