@@ -14,7 +14,12 @@ from tests.k8s.conftest import Build
 MiB = 1 << 20
 # Secrets the base references but does not define (the site provides them: ExternalSecret,
 # sealed secrets, kubectl create secret); the example site must define each one.
-SITE_SECRETS = {"vmbackup-broker", "vmbackup-repository", "vmbackup-vcenter"}
+SITE_SECRETS = {
+    "vmbackup-broker",
+    "vmbackup-repository",
+    "vmbackup-vcenter",
+    "vmbackup-vcenter-proxy",
+}
 
 
 def containers(tpl: dict[str, Any]) -> list[dict[str, Any]]:
@@ -327,3 +332,25 @@ def test_missing_tool_fails_clearly(tool_missing: str) -> None:
 
     with pytest.raises(pytest.fail.Exception, match=r"is not installed.*make setup"):
         require_tool(tool_missing, "some-package")
+
+
+def test_production_least_privilege(builds: dict[str, Build]) -> None:
+    """Production: images by digest (a tag can move), the proxies with their own vCenter
+    account (never the coordinator's Secret), and the broker's egress bounded to named
+    peers on every rule (no rule open to any address)."""
+    prod = builds["production"]
+    for obj, tpl in prod.workloads():
+        for c in containers(tpl):
+            assert "@sha256:" in c["image"], f"{obj['metadata']['name']}: {c['image']} by tag"
+    proxies = prod.role("proxy")
+    assert proxies
+    for obj, tpl in proxies:
+        secrets = {v["secret"]["secretName"] for v in tpl["spec"]["volumes"] if "secret" in v}
+        assert "vmbackup-vcenter-proxy" in secrets and "vmbackup-vcenter" not in secrets, obj
+    for _obj, tpl in prod.role("coordinator"):
+        secrets = {v["secret"]["secretName"] for v in tpl["spec"]["volumes"] if "secret" in v}
+        assert "vmbackup-vcenter-proxy" not in secrets
+    broker = prod.get("NetworkPolicy", "vmbackup-rabbitmq")
+    for rule in broker["spec"]["egress"]:
+        assert rule.get("to"), f"broker egress rule open to any address: {rule}"
+        assert rule.get("ports"), f"broker egress rule on any port: {rule}"
