@@ -36,7 +36,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from common import amqp_wire, metrics
+from common import amqp_wire, broker_tls, metrics
 from common.logging import get_logger
 from common.messages import Message, MessageError, decode, encode
 from common.redact import redact_url
@@ -94,6 +94,8 @@ class BrokerParams:
     reconnect_max: float = 30.0
     confirm_window: int = 64
     publish_retries: int = 5
+    ca_file: str | None = None  # PEM bundle for amqps:// (None: the system store)
+    require_tls: bool = False
 
     @classmethod
     def from_settings(cls, s: Any) -> BrokerParams:
@@ -106,6 +108,8 @@ class BrokerParams:
             reconnect_max=s.reconnect_max_seconds,
             confirm_window=s.confirm_window,
             publish_retries=s.publish_retries,
+            ca_file=s.ca_file,
+            require_tls=s.require_tls,
         )
 
     def __repr__(self) -> str:
@@ -136,6 +140,7 @@ class BrokerParams:
             raise ValueError(
                 f"broker.url must start with amqp:// or amqps://, got {redact_url(self.url)!r}"
             )
+        broker_tls.check_url(self.url, self.require_tls)
         user = unquote(parts.username or "guest")
         password = unquote(parts.password) if parts.password else self.password
         host, port = self.host_port()
@@ -146,9 +151,7 @@ class BrokerParams:
             credentials=pika.PlainCredentials(user, password),
         )
         if parts.scheme == "amqps":
-            import ssl
-
-            params.ssl_options = pika.SSLOptions(ssl.create_default_context(), parts.hostname)
+            params.ssl_options = pika.SSLOptions(broker_tls.client_context(self.ca_file), host)
         params.heartbeat = self.heartbeat
         params.blocked_connection_timeout = max(60.0, 4.0 * self.heartbeat)
         params.socket_timeout = self.connect_timeout
@@ -156,6 +159,10 @@ class BrokerParams:
         params.connection_attempts = 1
         params.client_properties = {"connection_name": name, "product": "vmbackup"}
         return params
+
+    def certificate_error(self, exc: BaseException) -> broker_tls.BrokerCertificateError | None:
+        """``exc`` as a clear error naming this broker, if it is a certificate failure."""
+        return broker_tls.certificate_error(exc, *self.host_port(), self.ca_file)
 
 
 def backoff_delay(attempt: int, cap: float, base: float = 0.25) -> float:
@@ -165,7 +172,14 @@ def backoff_delay(attempt: int, cap: float, base: float = 0.25) -> float:
 
 
 def open_blocking(params: BrokerParams, name: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(params.pika_params(name))
+    try:
+        return pika.BlockingConnection(params.pika_params(name))
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        # A certificate that does not verify will not verify on a retry either.
+        cert = params.certificate_error(exc)
+        if cert is not None:
+            raise cert from exc
+        raise
 
 
 def pump(conn: pika.BlockingConnection, time_limit: float) -> None:
@@ -313,6 +327,8 @@ class Publisher:
         self._channel: Any = None
         self._ready = threading.Event()
         self._closing = False
+        # Set when the broker's certificate failed verification: fatal, no more retries.
+        self.error: Exception | None = None
         self._connect_attempt = 0
         self._lock = threading.Lock()
         self._pump_scheduled = False
@@ -343,7 +359,7 @@ class Publisher:
         ``timeout=0`` never blocks: a full window raises :class:`PublishError`.
         """
         if self._closing:
-            raise PublishError("publisher is closed")
+            raise self.error or PublishError("publisher is closed")
         body = encode(msg) if isinstance(msg, Message) else bytes(msg)
         kind = msg.KIND if isinstance(msg, Message) else "raw"
         acquired = self._slots.acquire(blocking=timeout != 0, timeout=timeout or None)
@@ -364,6 +380,8 @@ class Publisher:
         out = _Outgoing(exchange, routing_key, body, props, kind, fut, mandatory)
         with self._lock:
             self._pending.append(out)
+        if self.error is not None:  # failed while this one was being queued
+            self._fail_all(self.error)
         self._wake()
         return fut
 
@@ -454,7 +472,14 @@ class Publisher:
         conn.channel(on_open_callback=self._on_channel_open)
 
     def _on_open_error(self, conn: Any, err: BaseException) -> None:
-        if not self._closing:  # else close() aborted the attempt
+        cert = self.params.certificate_error(err)
+        if cert is not None:
+            log.error("publisher refuses the broker", error=str(cert))
+            with self._lock:
+                self.error = cert
+                self._closing = True
+            self._fail_all(cert)
+        elif not self._closing:  # else close() aborted the attempt
             log.warning("publisher cannot connect", error=str(err) or repr(err))
         conn.ioloop.stop()
 
@@ -678,6 +703,7 @@ class Consumer:
         # Called on the I/O thread after each (re)connect, with the connection number.
         self.on_connected = on_connected
         self.reply_queue_name: str | None = None
+        self.error: Exception | None = None  # the fatal error that ended run(), if any
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._work: queue.Queue[_Work | None] = queue.Queue()
@@ -696,10 +722,24 @@ class Consumer:
 
     # -- lifecycle --
     def start(self) -> Consumer:
-        """Run in a background thread; returns self."""
-        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        """Run in a background thread; returns self. A fatal error ends up in ``error``."""
+        self._thread = threading.Thread(target=self._run_caught, name=self.name, daemon=True)
         self._thread.start()
         return self
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until consuming; raises the fatal error at once if ``run`` ended with one."""
+        deadline = time.monotonic() + timeout
+        while not self.ready.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if self.error is not None:
+                raise self.error
+            if time.monotonic() >= deadline:
+                return False
+        return True
+
+    def _run_caught(self) -> None:
+        with contextlib.suppress(broker_tls.BrokerCertificateError):  # kept in self.error
+            self.run()
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop taking messages, finish in-flight work, return the rest. Any thread."""
@@ -721,6 +761,11 @@ class Consumer:
                 try:
                     self._connect_and_consume()
                     attempt = 0
+                except broker_tls.BrokerCertificateError as exc:
+                    # Will not verify on a retry either: surface it instead of looping.
+                    log.error("consumer refuses the broker", consumer=self.name, error=str(exc))
+                    self.error = exc
+                    raise
                 except (pika.exceptions.AMQPError, OSError) as exc:
                     self.ready.clear()
                     self._drop_connection()
