@@ -182,6 +182,19 @@ def open_blocking(params: BrokerParams, name: str) -> pika.BlockingConnection:
         raise
 
 
+def _wait_ready(
+    ready: threading.Event, timeout: float, error: Callable[[], Exception | None]
+) -> bool:
+    """``ready.wait(timeout)`` that raises ``error()`` as soon as there is one."""
+    deadline = time.monotonic() + timeout
+    while not ready.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+        if (exc := error()) is not None:
+            raise exc
+        if time.monotonic() >= deadline:
+            return False
+    return True
+
+
 def pump(conn: pika.BlockingConnection, time_limit: float) -> None:
     """Run the connection's I/O for up to ``time_limit`` seconds.
 
@@ -400,7 +413,8 @@ class Publisher:
         metrics.AMQP_CONFIRM_WAIT_SECONDS.observe(time.monotonic() - t0)
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
-        return self._ready.wait(timeout)
+        """Wait until connected; raises the fatal error (bad certificate) at once."""
+        return _wait_ready(self._ready, timeout, lambda: self.error)
 
     def close(self, timeout: float = 10.0) -> None:
         """Wait up to ``timeout`` for outstanding confirms, then close."""
@@ -729,13 +743,7 @@ class Consumer:
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until consuming; raises the fatal error at once if ``run`` ended with one."""
-        deadline = time.monotonic() + timeout
-        while not self.ready.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
-            if self.error is not None:
-                raise self.error
-            if time.monotonic() >= deadline:
-                return False
-        return True
+        return _wait_ready(self.ready, timeout, lambda: self.error)
 
     def _run_caught(self) -> None:
         with contextlib.suppress(broker_tls.BrokerCertificateError):  # kept in self.error
@@ -1061,7 +1069,7 @@ class ReplyQueue:
 
     @property
     def name(self) -> str:
-        if not self._consumer.ready.wait(60):
+        if not self._consumer.wait_ready(60):
             raise PublishError("reply queue not ready: broker unreachable")
         assert self._consumer.reply_queue_name is not None
         return self._consumer.reply_queue_name

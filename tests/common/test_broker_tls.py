@@ -130,6 +130,16 @@ def test_a_broker_certificate_that_does_not_verify_is_refused(lab: Lab, case: st
     pub.close()
     assert lab.depth(Q) == before
 
+    # Waiting for a connection gives the error too, not a time-out.
+    waiting = Publisher(params)
+    with pytest.raises(BrokerCertificateError):
+        waiting.wait_ready(60)
+    waiting.close()
+    replies = ReplyQueue(params)
+    with pytest.raises(BrokerCertificateError):
+        _ = replies.name
+    replies.close()
+
     # The consumer ends with the error instead of reconnecting forever.
     c = Consumer(params, [Q], lambda _msg, _d: None, workers=1).start()
     assert c._thread is not None
