@@ -221,6 +221,66 @@ def test_writer_role_serves_over_amqps_and_refuses_another_ca(lab: Lab) -> None:
     assert proc.returncode == 0, out.decode()[-2000:]
 
 
+def coordinator_config(lab: Lab, repo: Path, ca_file: Path) -> Path:
+    path = lab.directory / f"coordinator-{ca_file.stem}.toml"
+    # No vCenter answers (port 9): the coordinator logs that and still starts its daemon.
+    path.write_text(
+        f"""[broker]
+url = "{lab.broker.url(USER, VHOST)}"
+password = "{PASSWORD}"
+ca_file = "{ca_file}"
+require_tls = true
+[metrics]
+port = 0
+[log]
+format = "json"
+[repository]
+path = "{repo}"
+[[vcenters]]
+name = "vc1"
+url = "https://127.0.0.1:9/sdk"
+user = "backup"
+password = "unused"
+"""
+    )
+    return path
+
+
+def test_coordinator_role_over_amqps_and_refuses_another_ca(lab: Lab) -> None:
+    repo = Repository.init(lab.directory / f"repo-{uuid.uuid4().hex[:6]}", chunk_size=256 * 1024)
+    cmd = [sys.executable, "-m", "common.cli", "coordinator", "--config"]
+    bad = subprocess.run(
+        [*cmd, str(coordinator_config(lab, repo.path, lab.other_ca.cert_path))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "cannot start: BrokerCertificateError" in bad.stderr
+    assert f"localhost:{lab.broker.port}: certificate verify failed" in bad.stderr
+
+    proc = subprocess.Popen(
+        [*cmd, str(coordinator_config(lab, repo.path, lab.ca.cert_path))],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # ends if the process exits
+            seen.append(line)
+            if "coordinator_started" in line:
+                break
+    finally:
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=60)
+    assert any("coordinator_started" in line for line in seen), "".join(seen)[-2000:] + rest
+    assert proc.returncode == 0, rest[-2000:]
+
+
 def test_require_tls_refuses_plain_amqp_to_a_remote_broker(tmp_path: Path) -> None:
     cfg = tmp_path / "vmbackup.toml"
     cfg.write_text(
