@@ -5,6 +5,7 @@ from another CA or for another host name, with a clear error and nothing sent.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,7 @@ def lab() -> Iterator[Lab]:
         yield Lab(broker, ca, other, d)
     finally:
         broker.stop()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def event(i: int) -> m.JobEvent:
