@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from common.broker_tls import BrokerCertificateError
+
 ROLE_CLI_MODULES = (
     "coordinator.cli",
     "proxy_worker.cli",
@@ -85,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokerCertificateError as exc:  # a config error: say it, no traceback
+        print(f"vmbackup {args.command}: {exc}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

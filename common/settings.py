@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from common import config
+from common import broker_tls, config
 from common.config import Secret
 
 
@@ -34,6 +34,15 @@ class BrokerSettings:
         'broker password: inline, {file = "PATH"} or {env = "NAME"}',
         default=Secret("guest", "default"),
     )
+    ca_file: str | None = doc(
+        "PEM CA bundle that amqps:// verifies the broker's certificate against (its chain"
+        " and host name); unset = the system CA store",
+        default=None,
+    )
+    require_tls: bool = doc(
+        "refuse a plain amqp:// url to a non-loopback host (the production manifests set it)",
+        default=False,
+    )
     heartbeat_seconds: int = doc("AMQP heartbeat interval", default=30)
     connect_timeout_seconds: float = doc("TCP connect / handshake timeout", default=10.0)
     delivery_limit: int = doc(
@@ -50,6 +59,7 @@ class BrokerSettings:
     n_shards: int = doc("writer hash shards (chunk id prefix -> shard -> queue)", default=16)
 
     def __post_init__(self) -> None:
+        broker_tls.check_url(self.url, self.require_tls)
         if self.heartbeat_seconds < 0:
             raise ValueError("heartbeat_seconds must be >= 0")
         if self.delivery_limit < 1:

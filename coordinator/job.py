@@ -104,7 +104,7 @@ class ResultRouter:
         ).start()
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
-        return self.consumer.ready.wait(timeout)
+        return self.consumer.wait_ready(timeout)
 
     def expect(self, task_id: str) -> Future[TaskResult]:
         fut: Future[TaskResult] = Future()

@@ -149,7 +149,7 @@ class WriterService:
         if self.commit_consumer is not None:
             self.commit_consumer.start()
         for c in self._consumers():
-            if not c.ready.wait(timeout):
+            if not c.wait_ready(timeout):
                 raise RepositoryError(f"writer {self.name}: broker not reachable")
         health.add_check(f"writer {self.name}", self.free_space.readiness)
         log.info("writer_started", name=self.name, shards=self.shards, repo=str(self.repo.path))
@@ -162,6 +162,9 @@ class WriterService:
         self.start()
         while any(c._thread is not None and c._thread.is_alive() for c in self._consumers()):
             time.sleep(0.5)
+        for c in self._consumers():  # a consumer that gave up (bad broker certificate)
+            if c.error is not None:
+                raise c.error
 
     def stop(self, timeout: float = 60.0) -> None:
         """Finish in-flight messages, return the rest to the broker."""

@@ -20,12 +20,12 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import BasicProperties
 
-from common import metrics
+from common import broker_tls, metrics
 from common.amqp.dead_letter import DeadLetters
 from common.amqp.delivery import Delivery, FailureCounts, PermanentError
 from common.amqp.errors import UnpublishableError
 from common.amqp.outage import Outage
-from common.amqp.params import BrokerParams, backoff_delay, open_blocking, pump
+from common.amqp.params import BrokerParams, backoff_delay, open_blocking, pump, wait_ready
 from common.amqp_wire import BAD_PROPERTIES_HEADER
 from common.logging import get_logger
 from common.messages import Message, MessageError, decode
@@ -81,6 +81,7 @@ class Consumer:
         # Called on the I/O thread after each (re)connect, with the connection number.
         self.on_connected = on_connected
         self.reply_queue_name: str | None = None
+        self.error: Exception | None = None  # the fatal error that ended run(), if any
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._work: queue.Queue[_Work | None] = queue.Queue()
@@ -102,10 +103,18 @@ class Consumer:
 
     # -- lifecycle --
     def start(self) -> Consumer:
-        """Run in a background thread; returns self."""
-        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        """Run in a background thread; returns self. A fatal error ends up in ``error``."""
+        self._thread = threading.Thread(target=self._run_caught, name=self.name, daemon=True)
         self._thread.start()
         return self
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until consuming; raises the fatal error at once if ``run`` ended with one."""
+        return wait_ready(self.ready, timeout, lambda: self.error)
+
+    def _run_caught(self) -> None:
+        with contextlib.suppress(broker_tls.BrokerCertificateError):  # kept in self.error
+            self.run()
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop taking messages, finish in-flight work, return the rest. Any thread."""
@@ -125,6 +134,11 @@ class Consumer:
             while not self._stop.is_set():
                 try:
                     self._connect_and_consume()
+                except broker_tls.BrokerCertificateError as exc:
+                    # Will not verify on a retry either: surface it instead of looping.
+                    log.error("consumer refuses the broker", consumer=self.name, error=str(exc))
+                    self.error = exc
+                    raise
                 except (pika.exceptions.AMQPError, OSError) as exc:
                     self.ready.clear()
                     self._drop_connection()

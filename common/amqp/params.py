@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -10,7 +13,7 @@ from urllib.parse import quote, unquote, urlsplit
 import pika
 import pika.exceptions
 
-from common import amqp_wire
+from common import amqp_wire, broker_tls
 from common.redact import redact_url
 
 # Every pika connection of this process reads 256 KiB at a time and cuts frames without
@@ -31,6 +34,8 @@ class BrokerParams:
     reconnect_max: float = 30.0
     confirm_window: int = 64
     publish_retries: int = 5
+    ca_file: str | None = None  # PEM bundle for amqps:// (None: the system store)
+    require_tls: bool = False
     # RabbitMQ's own default max_message_size: a bigger body is refused before sending.
     max_message_bytes: int = 128 * 1024 * 1024
 
@@ -45,6 +50,8 @@ class BrokerParams:
             reconnect_max=s.reconnect_max_seconds,
             confirm_window=s.confirm_window,
             publish_retries=s.publish_retries,
+            ca_file=s.ca_file,
+            require_tls=s.require_tls,
             max_message_bytes=s.max_message_bytes,
         )
 
@@ -76,6 +83,7 @@ class BrokerParams:
             raise ValueError(
                 f"broker.url must start with amqp:// or amqps://, got {redact_url(self.url)!r}"
             )
+        broker_tls.check_url(self.url, self.require_tls)
         user = unquote(parts.username or "guest")
         password = unquote(parts.password) if parts.password else self.password
         host, port = self.host_port()
@@ -86,9 +94,7 @@ class BrokerParams:
             credentials=pika.PlainCredentials(user, password),
         )
         if parts.scheme == "amqps":
-            import ssl
-
-            params.ssl_options = pika.SSLOptions(ssl.create_default_context(), parts.hostname)
+            params.ssl_options = pika.SSLOptions(broker_tls.client_context(self.ca_file), host)
         params.heartbeat = self.heartbeat
         params.blocked_connection_timeout = max(60.0, 4.0 * self.heartbeat)
         params.socket_timeout = self.connect_timeout
@@ -96,6 +102,10 @@ class BrokerParams:
         params.connection_attempts = 1
         params.client_properties = {"connection_name": name, "product": "vmbackup"}
         return params
+
+    def certificate_error(self, exc: BaseException) -> broker_tls.BrokerCertificateError | None:
+        """``exc`` as a clear error naming this broker, if it is a certificate failure."""
+        return broker_tls.certificate_error(exc, *self.host_port(), self.ca_file)
 
 
 def backoff_delay(attempt: int, cap: float, base: float = 0.25) -> float:
@@ -105,7 +115,27 @@ def backoff_delay(attempt: int, cap: float, base: float = 0.25) -> float:
 
 
 def open_blocking(params: BrokerParams, name: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(params.pika_params(name))
+    try:
+        return pika.BlockingConnection(params.pika_params(name))
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        # A certificate that does not verify will not verify on a retry either.
+        cert = params.certificate_error(exc)
+        if cert is not None:
+            raise cert from exc
+        raise
+
+
+def wait_ready(
+    ready: threading.Event, timeout: float, error: Callable[[], Exception | None]
+) -> bool:
+    """``ready.wait(timeout)`` that raises ``error()`` as soon as there is one."""
+    deadline = time.monotonic() + timeout
+    while not ready.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+        if (exc := error()) is not None:
+            raise exc
+        if time.monotonic() >= deadline:
+            return False
+    return True
 
 
 def pump(conn: pika.BlockingConnection, time_limit: float) -> None:

@@ -24,7 +24,7 @@ from common import metrics
 from common.amqp import preflight
 from common.amqp.errors import PublishError, UnpublishableError, UnroutableError
 from common.amqp.outage import Outage
-from common.amqp.params import BrokerParams, backoff_delay
+from common.amqp.params import BrokerParams, backoff_delay, wait_ready
 from common.logging import get_logger
 from common.messages import Message, encode
 
@@ -72,6 +72,8 @@ class Publisher:
         self._conn: Any = None
         self._channel: Any = None
         self._ready = threading.Event()
+        # Set when the broker's certificate failed verification: fatal, no more retries.
+        self.error: Exception | None = None
         self._closing = False
         self._connect_attempt = 0
         self._outage = Outage("publisher", name)
@@ -104,7 +106,7 @@ class Publisher:
         ``timeout=0`` never blocks: a full window raises :class:`PublishError`.
         """
         if self._closing:
-            raise PublishError("publisher is closed")
+            raise self.error or PublishError("publisher is closed")
         body = encode(msg) if isinstance(msg, Message) else bytes(msg)
         kind = msg.KIND if isinstance(msg, Message) else "raw"
         props = BasicProperties(
@@ -131,6 +133,8 @@ class Publisher:
         out = _Outgoing(exchange, routing_key, body, props, kind, fut, mandatory)
         with self._lock:
             self._pending.append(out)
+        if self.error is not None:  # failed while this one was being queued
+            self._fail_all(self.error)
         self._wake()
         return fut
 
@@ -149,7 +153,7 @@ class Publisher:
         metrics.AMQP_CONFIRM_WAIT_SECONDS.observe(time.monotonic() - t0)
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
-        return self._ready.wait(timeout)
+        return wait_ready(self._ready, timeout, lambda: self.error)
 
     def close(self, timeout: float = 10.0) -> None:
         """Wait up to ``timeout`` for outstanding confirms, then close."""
@@ -221,7 +225,14 @@ class Publisher:
         conn.channel(on_open_callback=self._on_channel_open)
 
     def _on_open_error(self, conn: Any, err: BaseException) -> None:
-        if not self._closing:  # else close() aborted the attempt
+        cert = self.params.certificate_error(err)
+        if cert is not None:
+            log.error("publisher refuses the broker", error=str(cert))
+            with self._lock:
+                self.error = cert
+                self._closing = True
+            self._fail_all(cert)
+        elif not self._closing:  # else close() aborted the attempt
             self._outage.failed(str(err) or repr(err))
         conn.ioloop.stop()
 

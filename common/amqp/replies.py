@@ -62,7 +62,7 @@ class ReplyQueue:
 
     @property
     def name(self) -> str:
-        if not self._consumer.ready.wait(60):
+        if not self._consumer.wait_ready(60):
             raise PublishError("reply queue not ready: broker unreachable")
         assert self._consumer.reply_queue_name is not None
         return self._consumer.reply_queue_name

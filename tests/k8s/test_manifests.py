@@ -57,13 +57,15 @@ def role_toml(build: Build, tpl: dict[str, Any]) -> dict[str, Any]:
 
 
 def site_secret_keys(build: Build) -> dict[str, set[str]]:
-    """Secret name -> keys, from Secrets and ExternalSecrets in the build."""
+    """Secret name -> keys, from Secrets, ExternalSecrets and Certificates in the build."""
     out: dict[str, set[str]] = {}
     for s in build.all("Secret"):
         out[s["metadata"]["name"]] = set(s.get("data", {})) | set(s.get("stringData", {}))
     for es in build.all("ExternalSecret"):
         name = es["spec"].get("target", {}).get("name", es["metadata"]["name"])
         out[name] = {d["secretKey"] for d in es["spec"]["data"]}
+    for cert in build.all("Certificate"):  # cert-manager writes these keys
+        out[cert["spec"]["secretName"]] = {"tls.crt", "tls.key", "ca.crt"}
     return out
 
 

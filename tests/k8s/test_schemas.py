@@ -251,6 +251,8 @@ MISSPELT_CRD_FIELDS = [
     ("ServiceMonitor", ("spec", "endpoints", 0), "interval", "intervall"),
     ("PodMonitor", ("spec", "selector"), "matchLabels", "matchLabel"),
     ("RabbitmqCluster", ("spec", "rabbitmq"), "additionalPlugins", "additionalPlugin"),
+    ("Certificate", ("spec",), "dnsNames", "dnsName"),
+    ("Certificate", ("spec", "issuerRef"), "name", "nmae"),
     ("Vhost", ("metadata",), "name", "nmae"),
 ]
 
@@ -270,6 +272,14 @@ def test_misspelt_crd_field_fails(kind: str, path: tuple[Any, ...], old: str, ne
     rename_key(node, old, new)
     errors = crd_errors(obj, version)
     assert any(f"'{new}' was unexpected" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_certificate_without_secret_name_fails(version: str) -> None:
+    cert = first("Certificate")
+    assert crd_errors(cert, version) == []
+    del cert["spec"]["secretName"]
+    assert crd_errors(cert, version) == ["spec: 'secretName' is a required property"]
 
 
 def test_wrong_type_in_crd_fails() -> None:
