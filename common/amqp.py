@@ -88,6 +88,9 @@ class BrokerParams:
 
     url: str = "amqp://guest@127.0.0.1:5672/%2F"
     password: str = "guest"
+    # The account; "" = the user named in ``url`` (else guest). One account per role
+    # (docs/security.md "Broker accounts").
+    user: str = ""
     heartbeat: int = 30
     connect_timeout: float = 10.0
     delivery_limit: int = 5
@@ -100,6 +103,7 @@ class BrokerParams:
         return cls(
             url=s.url,
             password=s.password.value,
+            user=s.user.value,
             heartbeat=s.heartbeat_seconds,
             connect_timeout=s.connect_timeout_seconds,
             delivery_limit=s.delivery_limit,
@@ -113,6 +117,11 @@ class BrokerParams:
         return f"BrokerParams(url={redact_url(self.url)!r}, password=<hidden>)"
 
     __str__ = __repr__
+
+    @property
+    def account(self) -> str:
+        """The broker user this process connects as (and stamps as ``user_id``)."""
+        return self.user or unquote(urlsplit(self.url).username or "guest")
 
     @property
     def vhost(self) -> str:
@@ -136,14 +145,13 @@ class BrokerParams:
             raise ValueError(
                 f"broker.url must start with amqp:// or amqps://, got {redact_url(self.url)!r}"
             )
-        user = unquote(parts.username or "guest")
         password = unquote(parts.password) if parts.password else self.password
         host, port = self.host_port()
         params = pika.ConnectionParameters(
             host=host,
             port=port,
             virtual_host=self.vhost,
-            credentials=pika.PlainCredentials(user, password),
+            credentials=pika.PlainCredentials(self.account, password),
         )
         if parts.scheme == "amqps":
             import ssl
@@ -358,6 +366,10 @@ class Publisher:
             correlation_id=correlation_id,
             reply_to=reply_to,
             timestamp=int(time.time()),
+            # The broker refuses a user_id that is not the connection's user, so receivers
+            # can trust it to name the sender (writers accept commits only from the
+            # coordinator's account).
+            user_id=self.params.account,
         )
         fut: Future[None] = Future()
         fut.add_done_callback(lambda _f: self._slots.release())
@@ -628,6 +640,12 @@ class Delivery:
     body: bytes
     tag: int = 0
     generation: int = 0
+
+    @property
+    def sender(self) -> str:
+        """The account that published it: its ``user_id``, which the broker checked
+        against the publisher's connection, or "none" when the publisher set none."""
+        return str(self.properties.user_id or "none")
 
 
 Handler = Callable[[Message, Delivery], None]
