@@ -20,14 +20,16 @@ import pika.exceptions
 import pytest
 
 from common.amqp import (
+    EXCHANGE_SHARDS,
     HEADER_ERROR,
     QUEUE_COMMITS,
     QUEUE_DLQ,
     BrokerParams,
     Publisher,
+    ReplyQueue,
 )
-from common.messages import CommitRequest, DiskCommit, JobMarker, encode
-from common.sharding import shard_queue
+from common.messages import CommitRequest, DiskCommit, HaveQuery, HaveReply, JobMarker, encode
+from common.sharding import shard_queue, shard_routing_key
 from lab import Lab, LabSpec
 from lab.stack import Stack, StackSpec
 from repository_writer.repository import Repository
@@ -166,6 +168,31 @@ def test_proxy_account_cannot_claim_the_coordinator_name(stack: Stack) -> None:
         assert "user_id" in err.value.reply_text
     finally:
         conn.close()
+
+
+def have_reply(params: BrokerParams, name: str) -> HaveReply:
+    replies = ReplyQueue(params, name=f"{name}-replies")
+    pub = Publisher(params, name=name)
+    try:
+        fut = replies.expect(name)
+        query = HaveQuery(query_id=name, reply_to=replies.name, ids=[bytes(32)])
+        pub.publish_sync(EXCHANGE_SHARDS, shard_routing_key(0), query, persistent=False)
+        reply = fut.result(timeout=60)
+    finally:
+        pub.close()
+        replies.close()
+    assert isinstance(reply, HaveReply)
+    return reply
+
+
+def test_stream_token_only_reaches_the_proxy_account(stack: Stack) -> None:
+    to_proxy = have_reply(as_role(stack, "proxy"), "test-have-proxy")
+    assert to_proxy.data_token and to_proxy.data_addr
+    # Any other account that can reach a shard queue (here the broker's admin) learns
+    # which chunks exist, not how to write them.
+    to_other = have_reply(as_admin(stack), "test-have-admin")
+    assert to_other.present == to_proxy.present
+    assert not to_other.data_token and not to_other.data_addr
 
 
 def test_forged_commit_and_marker_refused_while_a_backup_runs(stack: Stack, lab: Lab) -> None:
