@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from common import metrics
 from common.amqp import Delivery, PermanentError
 from common.logging import get_logger
 from common.messages import Message
@@ -45,6 +46,7 @@ class Senders:
         coordinator account."""
         if d.sender in self.coordinators:
             return
+        metrics.WRITER_COMMITS.labels(result="sender_refused").inc()
         log.error(
             "commit_sender_refused",
             kind=msg.KIND,

@@ -11,6 +11,7 @@ cannot consume a shard queue or the commits queue, nor claim the coordinator's n
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,9 @@ def test_forged_commit_and_marker_refused_while_a_backup_runs(stack: Stack, lab:
     log = writer_log(stack)
     assert log.count('"commit_sender_refused"') == 3, log[-3000:]
     assert f'"sender": "{proxy_user}"' in log
+    (writer,) = [p for p in stack.procs.values() if p.role == "writer"]
+    scrape = urllib.request.urlopen(f"http://127.0.0.1:{writer.metrics_port}/metrics").read()
+    assert b'vmbackup_writer_commits_total{result="sender_refused"} 3.0' in scrape
 
     # The job is still protected while it runs, and then ends its marker itself.
     assert popen.poll() is None, "the job ended before its marker could be checked"
