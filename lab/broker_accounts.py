@@ -31,7 +31,8 @@ def create_accounts(ctl: Ctl, vhost: str, workdir: Path) -> dict[str, Account]:
     out: dict[str, Account] = {}
     for role in ROLES:
         user = account_name(vhost, role)
-        password = secrets.token_urlsafe(24)
+        # Hex: rabbitmqctl would take a password that starts with "-" for an option.
+        password = secrets.token_hex(24)
         try:
             ctl("add_user", user, password)
         except RuntimeError as exc:

@@ -44,7 +44,7 @@ class Senders:
     def check_commit(self, msg: Message, d: Delivery) -> None:
         """Refuse (to the dead-letter queue) a commits-queue message not sent by a
         coordinator account."""
-        if d.sender in self.coordinators:
+        if d.properties.user_id in self.coordinators:  # (not d.sender: "none" is no user)
             return
         metrics.WRITER_COMMITS.labels(result="sender_refused").inc()
         log.error(
@@ -60,4 +60,4 @@ class Senders:
 
     def is_proxy(self, d: Delivery) -> bool:
         """Whether the stream token may go to the sender of this have-query."""
-        return d.sender in self.proxies
+        return d.properties.user_id in self.proxies
