@@ -28,6 +28,14 @@ class Account:
 def create_accounts(ctl: Ctl, vhost: str, workdir: Path) -> dict[str, Account]:
     """One account per role on ``vhost``; an existing user of that name gets a new
     password (a stack restarted in the same place)."""
+    try:
+        return _create(ctl, vhost, workdir)
+    except Exception:
+        delete_accounts(ctl, vhost)  # none left behind by a stack that did not start
+        raise
+
+
+def _create(ctl: Ctl, vhost: str, workdir: Path) -> dict[str, Account]:
     out: dict[str, Account] = {}
     for role in ROLES:
         user = account_name(vhost, role)
