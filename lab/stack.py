@@ -10,6 +10,7 @@ port through ``VMBACKUP_`` environment overrides of the one shared config.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -148,6 +149,8 @@ class Stack:
             rabbitmqctl("add_vhost", self.vhost)
             rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
         self.accounts = create_accounts(rabbitmqctl, self.vhost, self.workdir)
+        # Users outlive their vhost: gone at exit even when nobody calls stop().
+        atexit.register(self._drop_accounts)
         init = ["repo", "init", str(self.repo), "--chunk-size", str(self.spec.chunk_size)]
         init += ["--compression-level", str(self.spec.compression_level)]
         if self.spec.encrypt:
@@ -392,7 +395,12 @@ name = "all"
         if self.spec.vhost is None:
             with contextlib.suppress(Exception):
                 rabbitmqctl("delete_vhost", self.vhost)
+        self._drop_accounts()
+
+    def _drop_accounts(self) -> None:
+        atexit.unregister(self._drop_accounts)
         if self.accounts:
+            self.accounts = {}
             delete_accounts(rabbitmqctl, self.vhost)
 
     def __enter__(self) -> Stack:
