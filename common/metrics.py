@@ -293,7 +293,10 @@ WRITER_HAVE_IDS = Counter(
     "vmbackup_writer_have_ids_total", "Ids asked in have-queries: present or absent", ["result"]
 )
 WRITER_COMMITS = Counter(
-    "vmbackup_writer_commits_total", "Commit requests: ok or error", ["result"]
+    "vmbackup_writer_commits_total",
+    "Commits-queue messages by result: ok, error, part_ok, part_error; sender_refused ="
+    " not from a coordinator account (dead-lettered)",
+    ["result"],
 )
 WRITER_WRITE_SECONDS = Histogram(
     "vmbackup_writer_write_seconds",

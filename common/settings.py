@@ -30,6 +30,11 @@ class BrokerSettings:
         "AMQP URL of RabbitMQ, without the password (amqp://USER@HOST:PORT/VHOST)",
         default="amqp://guest@127.0.0.1:5672/%2F",
     )
+    user: Secret = doc(
+        'broker account: inline, {file = "PATH"} or {env = "NAME"}; "" = the user in url'
+        " (one account per role: docs/security.md)",
+        default=Secret("", "default"),
+    )
     password: Secret = doc(
         'broker password: inline, {file = "PATH"} or {env = "NAME"}',
         default=Secret("guest", "default"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from common import causes, health, metrics
@@ -51,6 +52,7 @@ from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY, CommitLim
 from repository_writer.errors import RepositoryError, RepositoryFullError
 from repository_writer.free_space import FreeSpaceGuard, MiB
 from repository_writer.repository import Repository
+from repository_writer.senders import Senders
 from repository_writer.stream_identity import make_identity
 
 log = get_logger("writer")
@@ -79,8 +81,11 @@ class WriterService:
         stream_hello_timeout: float = HELLO_TIMEOUT,
         stream_idle_timeout: float = 300.0,
         max_disk_capacity: int = DEFAULT_MAX_DISK_CAPACITY,
+        coordinator_users: Sequence[str] = (),
+        proxy_users: Sequence[str] = (),
     ) -> None:
         self.repo = repo
+        self.senders = Senders.for_account(params.account, coordinator_users, proxy_users)
         self.limits = CommitLimits(repo.chunk_size, max_disk_capacity)
         self.params = params
         self.n_shards = n_shards
@@ -196,11 +201,13 @@ class WriterService:
             self._reply(msg.reply_to, msg.batch_id, self.on_batch(msg, _queue_shard(d.queue)))
         elif isinstance(msg, HaveQuery):
             check_reply_to(msg.reply_to, msg.query_id)
-            self._reply(msg.reply_to, msg.query_id, self.on_have(msg))
+            reply_have = self.on_have(msg, with_stream=self.senders.is_proxy(d))
+            self._reply(msg.reply_to, msg.query_id, reply_have)
         elif isinstance(msg, CommitRequest | CommitPart | JobMarker):
             check_reply_to(
                 msg.reply_to, msg.part_id if isinstance(msg, CommitPart) else msg.request_id
             )
+            self.senders.check_commit(msg, d)
             reply = commit_queue_reply(self.repo, msg, self.limits)
             self._reply(msg.reply_to, reply.request_id, reply)
 
@@ -252,12 +259,14 @@ class WriterService:
         )
         return ChunkAck(msg.batch_id, shard, False, error, 0, 0, cause)
 
-    def on_have(self, msg: HaveQuery) -> HaveReply:
+    def on_have(self, msg: HaveQuery, *, with_stream: bool = True) -> HaveReply:
+        """The answer; ``with_stream`` adds the chunk stream's address and token (only
+        for proxy accounts: the token lets its holder write chunks)."""
         present = self.repo.has_chunks(msg.ids)
         n = sum(present)
         metrics.WRITER_HAVE_IDS.labels(result="present").inc(n)
         metrics.WRITER_HAVE_IDS.labels(result="absent").inc(len(present) - n)
-        if self.chunk_stream is None:
+        if self.chunk_stream is None or not with_stream:
             return HaveReply(msg.query_id, present)
         stream = self.chunk_stream
         return HaveReply(msg.query_id, present, stream.address, stream.token, stream.pin)
@@ -362,6 +371,8 @@ def main(args: argparse.Namespace) -> int:
         stream_hello_timeout=ws.stream_hello_timeout,
         stream_idle_timeout=ws.stream_idle_timeout,
         max_disk_capacity=ws.max_disk_capacity,
+        coordinator_users=ws.coordinator_users,
+        proxy_users=ws.proxy_users,
     )
     stop_on_signals(service)
     try:

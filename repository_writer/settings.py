@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import Secret
@@ -73,6 +73,21 @@ class WriterSettings:
         default=DEFAULT_MAX_DISK_CAPACITY,
     )
     consume_commits: bool = doc("also consume vmbackup.commits", default=True)
+    coordinator_users: list[str] = field(
+        default_factory=list,
+        metadata={
+            "doc": "broker accounts whose commits, commit parts and job markers this writer"
+            " accepts (others go to vmbackup.dlq); [] = by name: X-coordinator when this"
+            " writer's account is X-writer, else the writer's own account"
+        },
+    )
+    proxy_users: list[str] = field(
+        default_factory=list,
+        metadata={
+            "doc": "broker accounts whose have-replies carry the chunk stream's token;"
+            " [] = by name: X-proxy when this writer's account is X-writer, else its own"
+        },
+    )
     min_free_mib: int = doc(
         "free space (MiB) the repository's file system must keep: below it the writer"
         " refuses chunk batches at once (the job fails fast with 'repository full') and"

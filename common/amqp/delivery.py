@@ -53,3 +53,9 @@ class Delivery:
     body: bytes
     tag: int = 0
     generation: int = 0
+
+    @property
+    def sender(self) -> str:
+        """The account that published it: its ``user_id``, which the broker checked
+        against the publisher's connection, or "none" when the publisher set none."""
+        return str(self.properties.user_id or "none")

@@ -28,6 +28,9 @@ class BrokerParams:
 
     url: str = "amqp://guest@127.0.0.1:5672/%2F"
     password: str = "guest"
+    # The account; "" = the user named in ``url`` (else guest). One account per role
+    # (docs/security.md "Broker accounts").
+    user: str = ""
     heartbeat: int = 30
     connect_timeout: float = 10.0
     delivery_limit: int = 5
@@ -44,6 +47,7 @@ class BrokerParams:
         return cls(
             url=s.url,
             password=s.password.value,
+            user=s.user.value,
             heartbeat=s.heartbeat_seconds,
             connect_timeout=s.connect_timeout_seconds,
             delivery_limit=s.delivery_limit,
@@ -60,6 +64,11 @@ class BrokerParams:
         return f"BrokerParams(url={redact_url(self.url)!r}, password=<hidden>)"
 
     __str__ = __repr__
+
+    @property
+    def account(self) -> str:
+        """The broker user this process connects as (and stamps as ``user_id``)."""
+        return self.user or unquote(urlsplit(self.url).username or "guest")
 
     @property
     def vhost(self) -> str:
@@ -84,14 +93,13 @@ class BrokerParams:
                 f"broker.url must start with amqp:// or amqps://, got {redact_url(self.url)!r}"
             )
         broker_tls.check_url(self.url, self.require_tls)
-        user = unquote(parts.username or "guest")
         password = unquote(parts.password) if parts.password else self.password
         host, port = self.host_port()
         params = pika.ConnectionParameters(
             host=host,
             port=port,
             virtual_host=self.vhost,
-            credentials=pika.PlainCredentials(user, password),
+            credentials=pika.PlainCredentials(self.account, password),
         )
         if parts.scheme == "amqps":
             params.ssl_options = pika.SSLOptions(broker_tls.client_context(self.ca_file), host)

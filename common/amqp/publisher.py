@@ -118,6 +118,10 @@ class Publisher:
             correlation_id=correlation_id,
             reply_to=reply_to,
             timestamp=int(time.time()),
+            # The broker refuses a user_id that is not the connection's user, so receivers
+            # can trust it to name the sender (writers accept commits only from the
+            # coordinator's account).
+            user_id=self.params.account,
         )
         fut: Future[None] = Future()
         try:

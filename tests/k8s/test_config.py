@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from common.amqp import BrokerParams
 from common.config import ConfigError
 from tests.k8s.conftest import K8S, Build
 from tests.k8s.test_manifests import main_container, role_toml, site_secret_keys
@@ -103,6 +104,8 @@ def test_role_config_loads(build: Build, component: str, tmp_path: Path) -> None
         assert cfg.metrics.port == 9400
         assert cfg.metrics.address == "0.0.0.0"  # scraped on the pod IP (default: loopback)
         assert cfg.broker.password.value.startswith("sample-")
+        # The role's own account, from its own Secret (not the user in broker.url).
+        assert BrokerParams.from_settings(cfg.broker).account == "sample-username"
         if component == "coordinator":
             assert cfg.vcenters and cfg.policies and cfg.repository.path
             check_references(list(cfg.vcenters), list(cfg.policies))

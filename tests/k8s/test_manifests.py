@@ -15,7 +15,9 @@ MiB = 1 << 20
 # Secrets the base references but does not define (the site provides them: ExternalSecret,
 # sealed secrets, kubectl create secret); the example site must define each one.
 SITE_SECRETS = {
-    "vmbackup-broker",
+    "vmbackup-broker-coordinator",
+    "vmbackup-broker-proxy",
+    "vmbackup-broker-writer",
     "vmbackup-repository",
     "vmbackup-vcenter",
     "vmbackup-vcenter-proxy",
@@ -124,6 +126,38 @@ def test_pods_are_restricted_and_bounded(build: Build) -> None:
             assert "memory" in res["limits"], f"{where} {c['name']}"
             image = c["image"]
             assert re.search(r"/[^/]+:[\w.-]+$", image) and not image.endswith(":latest"), image
+
+
+def test_one_broker_account_per_role(build: Build) -> None:
+    """Each role's pods mount only their own broker Secret, imported by that role's User,
+    whose Permission holds exactly the patterns of common/broker_accounts.py."""
+    from common.broker_accounts import PERMISSIONS, ROLES
+
+    users = {u["metadata"]["name"]: u for u in build.all("User")}
+    perms = {p["spec"]["userReference"]["name"]: p for p in build.all("Permission")}
+    assert len(users) == len(perms) == len(ROLES), (sorted(users), sorted(perms))
+    secret_to_user = {
+        u["spec"]["importCredentialsSecret"]["name"]: name for name, u in users.items()
+    }
+    for role in ROLES:
+        secret = f"vmbackup-broker-{role}"
+        user = secret_to_user[secret]
+        want = PERMISSIONS[role]
+        got = perms[user]["spec"]["permissions"]
+        assert got == {"configure": want.configure, "write": want.write, "read": want.read}
+        assert perms[user]["spec"]["vhost"] == "vmbackup"
+        for obj, tpl in build.role(role):
+            mounted = {
+                v["secret"]["secretName"]
+                for v in tpl["spec"]["volumes"]
+                if "secret" in v and v["secret"]["secretName"].startswith("vmbackup-broker")
+            }
+            assert mounted == {secret}, f"{obj['metadata']['name']} mounts {mounted}"
+            broker = role_toml(build, tpl)["broker"]
+            assert broker["user"] == {"file": "/run/secrets/vmbackup/broker/username"}
+    writer_cfg = role_toml(build, build.role("writer")[0][1])["writer"]
+    assert writer_cfg["coordinator_users"] == ["vmbackup-coordinator"]
+    assert writer_cfg["proxy_users"] == ["vmbackup-proxy"]
 
 
 def test_references_resolve(build: Build) -> None:

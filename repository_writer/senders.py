@@ -1,0 +1,63 @@
+"""Which broker accounts a writer takes commits from and gives stream tokens to.
+
+Any broker client can publish to vmbackup.commits (it is routed through the default
+exchange, which every role must write to for its replies), so permissions alone cannot
+keep a proxy from sending a CommitRequest or a JobMarker. The guard is the message's
+``user_id``: RabbitMQ refuses a publish whose user_id is not the connection's user, so
+it names the real sender, and the writer accepts commits, parts and markers only from
+the coordinator's account(s) (docs/security.md "Broker accounts").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from common import metrics
+from common.amqp import Delivery, PermanentError
+from common.logging import get_logger
+from common.messages import Message
+
+log = get_logger("writer")
+ROLE_SUFFIX = "-writer"
+
+
+@dataclass(frozen=True)
+class Senders:
+    coordinators: frozenset[str]
+    proxies: frozenset[str]
+
+    @classmethod
+    def for_account(
+        cls, own: str, coordinators: Sequence[str] = (), proxies: Sequence[str] = ()
+    ) -> Senders:
+        """Empty lists follow the naming rule: a writer on ``X-writer`` trusts
+        ``X-coordinator`` and ``X-proxy``; a writer on any other account (one account
+        shared by every role) trusts only that account."""
+        if own.endswith(ROLE_SUFFIX):
+            prefix = own[: -len(ROLE_SUFFIX)]
+            default_coord, default_proxy = [f"{prefix}-coordinator"], [f"{prefix}-proxy"]
+        else:
+            default_coord = default_proxy = [own]
+        return cls(frozenset(coordinators or default_coord), frozenset(proxies or default_proxy))
+
+    def check_commit(self, msg: Message, d: Delivery) -> None:
+        """Refuse (to the dead-letter queue) a commits-queue message not sent by a
+        coordinator account."""
+        if d.properties.user_id in self.coordinators:  # (not d.sender: "none" is no user)
+            return
+        metrics.WRITER_COMMITS.labels(result="sender_refused").inc()
+        log.error(
+            "commit_sender_refused",
+            kind=msg.KIND,
+            sender=d.sender,
+            allowed=sorted(self.coordinators),
+        )
+        raise PermanentError(
+            f"sent by broker user {d.sender!r}, not a coordinator account"
+            f" (writer.coordinator_users: {', '.join(sorted(self.coordinators))})"
+        )
+
+    def is_proxy(self, d: Delivery) -> bool:
+        """Whether the stream token may go to the sender of this have-query."""
+        return d.properties.user_id in self.proxies
