@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pika
@@ -51,7 +52,7 @@ def drain_dlq(params: BrokerParams) -> list[tuple[dict, bytes]]:
         conn.close()
 
 
-def wait_until(cond, timeout: float = 60.0, what: str = "condition") -> None:
+def wait_until(cond: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

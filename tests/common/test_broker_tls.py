@@ -25,6 +25,7 @@ from common.config import ConfigError
 from common.settings import load_config
 from common.sharding import shard_of, shard_routing_key
 from repository_writer.repository import Repository
+from tests.common.test_amqp import wait_until
 from tests.tls_broker import TestCA, TlsBroker, issue_server_cert, make_ca, start_tls_broker
 
 pytestmark = pytest.mark.integration
@@ -75,15 +76,6 @@ def lab() -> Iterator[Lab]:
 
 def event(i: int) -> m.JobEvent:
     return m.JobEvent(job_id="job", event="e", vm="vm", disk_key=i, ts=1.0)
-
-
-def wait_until(cond, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_publisher_and_consumer_exchange_messages_over_amqps(lab: Lab) -> None:
