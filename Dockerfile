@@ -36,6 +36,7 @@ COPY pyproject.toml README.md ./
 COPY common/ common/
 COPY coordinator/ coordinator/
 COPY proxy_worker/ proxy_worker/
+COPY repository/ repository/
 COPY repository_writer/ repository_writer/
 COPY lab/ lab/
 # Non-editable install; then no pip/setuptools in the image, and every module compiled

@@ -22,7 +22,7 @@ from bench.procmem import proc_memory
 from common.config import Secret
 from coordinator import planner
 from coordinator.discovery import VM_PROPERTIES, discover
-from coordinator.history import History
+from coordinator.previous_points import History
 from coordinator.settings import VCenterSettings
 from coordinator.vcenter import Connection
 from lab import Lab, LabSpec
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             base_rt = (conn.round_trips - rt0) / len(sample) * n
 
         # --- planning against a real repository with one previous point per VM ---
-        from repository_writer.repository import Repository
+        from repository.repository import Repository
 
         with tempfile.TemporaryDirectory(prefix="coord-bench-") as tmp:
             repo = Repository.init(Path(tmp) / "repo", chunk_size=4 * MiB)

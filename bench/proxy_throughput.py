@@ -57,12 +57,12 @@ from bench.e2e_tools import broker_pid, proc_cpu
 from bench.procmem import proc_memory
 from common.amqp import BrokerParams, Publisher, open_blocking
 from common.chunk import chunk_id, compress, is_zero
-from common.heap import limit_heap_retention
+from common.malloc_tuning import limit_heap_retention
 from common.messages import ChunkBatch
 from coordinator.planner import align
 from lab.guest import data_extents
 from proxy_worker.budget import MemoryBudget
-from proxy_worker.chunk_stream import WriterStreams
+from proxy_worker.chunk_stream_client import WriterStreams
 from proxy_worker.pipeline import PipelineConfig, TaskPipeline, TaskStats
 from proxy_worker.settings import (
     HttpSettings,
@@ -76,8 +76,8 @@ from proxy_worker.transports.file import FileTransport
 from proxy_worker.transports.http import HttpTransport
 from proxy_worker.transports.nbd import NbdTransport
 from proxy_worker.transports.read_buffers import ReadBuffers
-from proxy_worker.writers import WriterLink
-from repository_writer.repository import Repository
+from proxy_worker.writer_client import WriterLink
+from repository.repository import Repository
 
 MiB = 1 << 20
 CHUNK = 1 * MiB

@@ -28,8 +28,8 @@ import zstandard
 
 from bench.repo_data import MiB, write_image
 from common.chunk import compress, is_zero
-from repository_writer.import_disk import import_disk
-from repository_writer.repository import Repository
+from repository.import_disk import import_disk
+from repository.repository import Repository
 
 
 def baseline(image: Path, out: Path) -> float:

@@ -30,10 +30,10 @@ import blake3
 import zstandard
 
 from bench.repo_data import MiB, write_image
-from repository_writer import blob
-from repository_writer.import_disk import import_disk
-from repository_writer.repository import Repository
-from repository_writer.restore import restore_disk
+from repository import blob
+from repository.import_disk import import_disk
+from repository.repository import Repository
+from repository.restore import restore_disk
 
 MODES = {
     "1core": (0, True, True),

@@ -1,4 +1,5 @@
-"""Chunk stream frames through TLS (common/tls_socket.py) against plain TCP, in one run.
+"""Chunk stream frames through TLS (common/chunk_stream/tls_socket.py) against plain TCP,
+in one run.
 
     .venv/bin/python -m bench.stream_tls [--frames 256] [--frame-mib 4]
 
@@ -15,9 +16,9 @@ import socket
 import threading
 import time
 
-from common.frames import FrameReader, StreamSocket, send_frame
+from common.chunk_stream.frames import FrameReader, StreamSocket, send_frame
+from common.chunk_stream.tls_socket import TlsSocket, client_context
 from common.messages import ChunkBatch, encode_parts
-from common.tls_socket import TlsSocket, client_context
 from repository_writer.stream_identity import make_identity
 
 

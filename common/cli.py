@@ -64,7 +64,7 @@ def _register_config_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from common.runtime import load_or_exit
+    from common.role_startup import load_or_exit
 
     load_or_exit(args.config)
     print(f"{args.config}: ok")

@@ -172,10 +172,10 @@ def _added_fields(fields: Fields, what: str, **added: Any) -> Fields:
 @dataclass(frozen=True, slots=True)
 class HaveReply(Message):
     """Which of the queried ids the writer holds, and where it takes chunk batches
-    directly (its chunk stream, see repository_writer/chunk_stream.py): ``data_addr`` is
+    directly (its chunk stream, see repository_writer/chunk_stream_server.py): ``data_addr`` is
     "HOST:PORT" or "" for broker only; ``data_token`` must open every stream to it;
     ``data_pin`` is the hex SHA-256 of the certificate the stream shows over TLS, or ""
-    for plain TCP (common/tls_socket.py)."""
+    for plain TCP (common/chunk_stream/tls_socket.py)."""
 
     KIND: ClassVar[str] = "have-reply"
     VERSION: ClassVar[int] = 3

@@ -73,7 +73,7 @@ class _PinnedSocket(ssl.SSLSocket):
 
 
 class _PinnedObject(ssl.SSLObject):
-    """The same for TLS over memory BIOs (``wrap_bio``: asyncio, common/tls_socket.py)."""
+    """The same for TLS over memory BIOs (``wrap_bio``: asyncio, chunk_stream/tls_socket.py)."""
 
     def do_handshake(self) -> None:
         super().do_handshake()

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(path: str, one_shot: bool = False) -> Any:
-    from common.runtime import start_role
+    from common.role_startup import start_role
     from coordinator.settings import check_references
 
     cfg = start_role("coordinator", path, one_shot=one_shot)
@@ -61,8 +61,8 @@ def _load(path: str, one_shot: bool = False) -> Any:
 def open_runtime(cfg: Any) -> Any:
     """Connect to every vCenter (those that fail are logged), the repository, the broker."""
     from common.amqp import BrokerParams
-    from coordinator.history import History
     from coordinator.job import Runtime
+    from coordinator.previous_points import History
     from coordinator.vcenter import Connection
 
     history = History.open(

@@ -18,8 +18,8 @@ from croniter import croniter
 from common.logging import get_logger
 from coordinator.job import Job, Runtime, policy_of_job
 from coordinator.report import JobReport
+from coordinator.restored_metrics import restore_metrics
 from coordinator.settings import PolicySettings
-from coordinator.startup import restore_metrics
 
 log = get_logger(__name__)
 
@@ -64,7 +64,7 @@ class Daemon:
 
     def end_stale_markers(self) -> None:
         """End the running-backup markers of unfinished jobs of an earlier run: left
-        alone they would hold back gc for days (repository_writer/gc.py)."""
+        alone they would hold back gc for days (repository/gc.py)."""
         for job_id in sorted(self.unfinished_jobs - self.rt.running_jobs()):
             try:
                 self.rt.job_marker(job_id, "end")

@@ -61,9 +61,9 @@ from coordinator import cbt, planner, report, snapshots
 from coordinator import vm_config as vm_config_mod
 from coordinator.discovery import DiskInfo, Inventory, VmInfo, _disk_info, discover
 from coordinator.events import EventPublisher
-from coordinator.history import History
 from coordinator.limits import BackupWindow, Cancelled, KeyedLimiter, SnapshotSlots
 from coordinator.policy import select
+from coordinator.previous_points import History
 from coordinator.settings import CoordinatorSettings, PolicySettings, vcenters_for
 from coordinator.vcenter import Connection
 
@@ -380,7 +380,7 @@ class Job:
                 self._emit("job-planned", vms=len(sel.selected))
                 if sel.selected:
                     # before the first task: from now on gc keeps every chunk this job
-                    # may deduplicate against (repository_writer/gc.py)
+                    # may deduplicate against (repository/gc.py)
                     try:
                         rt.job_marker(self.job_id, "begin")
                     except WriterRequestFailed as exc:

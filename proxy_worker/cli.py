@@ -24,15 +24,15 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from common.amqp import BrokerParams, stop_on_signals
-    from common.heap import limit_heap_retention
     from common.logging import get_logger
-    from common.runtime import start_role
+    from common.malloc_tuning import limit_heap_retention
+    from common.role_startup import start_role
     from proxy_worker.service import ProxyService
     from proxy_worker.settings import VCenterAccess, VCenterDirectory
 
     cfg = start_role("proxy", args.config)
     settings = cfg.proxy
-    # Before the first chunk buffer (common/heap.py); a batch message is packed into
+    # Before the first chunk buffer (common/malloc_tuning.py); a batch message is packed into
     # a buffer up to twice its size.
     limit_heap_retention(mmap_threshold=4 * settings.batch_bytes)
     if args.name:

@@ -29,7 +29,7 @@ from common.sharding import shard_of
 from proxy_worker.budget import MemoryBudget, TaskBudget
 from proxy_worker.errors import ProxyError, TaskError, TaskWithdrawnError
 from proxy_worker.transports.base import DiskReader, Extent
-from proxy_worker.writers import PendingBatch, WriterLink
+from proxy_worker.writer_client import PendingBatch, WriterLink
 
 
 @dataclass(frozen=True)

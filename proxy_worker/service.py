@@ -30,7 +30,7 @@ from common.amqp import (
 from common.logging import bound, get_logger
 from common.messages import BackupTask, Message, TaskResult, TaskWithdrawal
 from proxy_worker.budget import MemoryBudget
-from proxy_worker.chunk_stream import WriterStreams
+from proxy_worker.chunk_stream_client import WriterStreams
 from proxy_worker.errors import ProxyError, TaskError, TaskWithdrawnError
 from proxy_worker.pipeline import PipelineConfig, TaskPipeline, TaskStats
 from proxy_worker.settings import ProxySettings, VCenterDirectory
@@ -41,7 +41,7 @@ from proxy_worker.transports.http import HttpTransport
 from proxy_worker.transports.nbd import NbdTransport
 from proxy_worker.transports.read_buffers import ReadBuffers
 from proxy_worker.withdrawals import Withdrawals
-from proxy_worker.writers import WriterLink
+from proxy_worker.writer_client import WriterLink
 
 log = get_logger(__name__)
 MiB = 1 << 20

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from repository_writer.errors import RepositoryError
+from repository.errors import RepositoryError
 
 PASSPHRASE_ENV = "VMBACKUP_PASSPHRASE"
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(i?b)?", re.IGNORECASE)
@@ -56,7 +56,7 @@ def _repo_passphrase(args: argparse.Namespace) -> str | None:
 
 
 def open_repo(args: argparse.Namespace) -> Any:
-    from repository_writer.repository import Repository
+    from repository.repository import Repository
 
     return Repository.open(Path(args.repo), _repo_passphrase(args))
 
@@ -77,7 +77,7 @@ def _ts(t: float) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from repository_writer.repository import Repository
+    from repository.repository import Repository
 
     passphrase = None
     if args.encrypt:
@@ -101,7 +101,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from repository_writer.import_disk import import_disk
+    from repository.import_disk import import_disk
 
     repo = open_repo(args)
     r = import_disk(repo, args.vm, args.disk, args.file)
@@ -115,7 +115,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    from repository_writer.upgrade import upgrade
+    from repository.upgrade import upgrade
 
     r = upgrade(args.repo, _repo_passphrase(args), progress=lambda line: print(line, flush=True))
     print(
@@ -141,7 +141,7 @@ def cmd_id_key(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from coordinator.vm_config import describe_point_config
-    from repository_writer.stats import list_document, point_data_bytes, repo_stats
+    from repository.stats import list_document, point_data_bytes, repo_stats
 
     repo = open_repo(args)
     points = repo.points(args.vm_uuid)
@@ -173,7 +173,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from repository_writer.restore import restore_disk
+    from repository.restore import restore_disk
 
     repo = open_repo(args)
     st = restore_disk(repo, args.point, args.disk, args.out, sync=not args.no_fsync)
@@ -187,7 +187,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from repository_writer.verify import verify
+    from repository.verify import verify
 
     repo = open_repo(args)
     report = verify(repo, sample=args.sample)
@@ -206,7 +206,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from repository_writer.prune import KeepPolicy, prune
+    from repository.prune import KeepPolicy, prune
 
     policy = KeepPolicy(
         last=args.keep_last,
@@ -231,7 +231,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from repository_writer.gc import gc
+    from repository.gc import gc
 
     repo = open_repo(args)
     r = gc(repo, grace=args.grace, dry_run=args.dry_run)

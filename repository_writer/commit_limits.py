@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.messages import CommitPart, CommitRequest, MessageError, iter_packed
-from repository_writer.errors import InvalidRequestError
-from repository_writer.fixed_index import chunk_count
+from repository.errors import InvalidRequestError
+from repository.fixed_index import chunk_count
 
 DEFAULT_MAX_DISK_CAPACITY = 64 << 40  # vSphere's largest virtual disk is 62 TB
 # vSphere gives a VM at most 4 x 15 SCSI, 4 x 15 NVMe, 4 x 30 SATA and 4 IDE disks.

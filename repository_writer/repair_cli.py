@@ -14,7 +14,7 @@ from repository_writer.cli import _guard, _repo_arg, open_repo
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from repository_writer.repair import repair
+    from repository.repair import repair
 
     r = repair(open_repo(args))
     if args.json:

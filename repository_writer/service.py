@@ -46,12 +46,12 @@ from common.messages import (
     Message,
 )
 from common.sharding import parse_shard_set, shard_of, shard_queue
-from repository_writer import fsutil
-from repository_writer.chunk_stream import HELLO_TIMEOUT, ChunkStreamServer, route_address
+from repository import fsutil
+from repository.errors import RepositoryError, RepositoryFullError
+from repository.repository import Repository
+from repository_writer.chunk_stream_server import HELLO_TIMEOUT, ChunkStreamServer, route_address
 from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY, CommitLimits
-from repository_writer.errors import RepositoryError, RepositoryFullError
 from repository_writer.free_space import FreeSpaceGuard, MiB
-from repository_writer.repository import Repository
 from repository_writer.senders import Senders
 from repository_writer.stream_identity import make_identity
 
@@ -341,12 +341,12 @@ def main(args: argparse.Namespace) -> int:
     import sys
 
     from common.amqp import stop_on_signals
-    from common.heap import limit_heap_retention
-    from common.runtime import start_role
+    from common.malloc_tuning import limit_heap_retention
+    from common.role_startup import start_role
 
     cfg = start_role("writer", args.config)
     # Before the first frame is received: received batches and their chunks reuse the heap
-    # instead of faulting in fresh pages (common/heap.py).
+    # instead of faulting in fresh pages (common/malloc_tuning.py).
     limit_heap_retention()
     rs, ws = cfg.repository, cfg.writer
     if not rs.path:

@@ -107,7 +107,7 @@ class WriterSettings:
         if not 1 <= self.prefetch <= 256:
             raise ValueError("prefetch must be within 1..256")
         if self.data_listen:
-            from repository_writer.chunk_stream import parse_listen
+            from repository_writer.chunk_stream_server import parse_listen
 
             parse_listen(self.data_listen)
         if self.data_tls not in ("on", "off", "auto"):

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from common.chunk_stream.tls_socket import server_context
 from common.tls_pin import fingerprint
-from common.tls_socket import server_context
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from coordinator.restore.recreate import load_point, restore_vm
 from coordinator.vcenter import (
     Connection,
 )
-from repository_writer.errors import RepositoryError
-from repository_writer.repository import Repository
+from repository.errors import RepositoryError
+from repository.repository import Repository
 
 
 def register_restore_vm(sub: argparse._SubParsersAction) -> None:

@@ -20,10 +20,10 @@ from coordinator.restore.target import Target
 from proxy_worker.errors import ProxyError
 from proxy_worker.transports.base import DiskSource
 from proxy_worker.transports.nbd import NbdTransport, close_nbd_handle
-from repository_writer.errors import RepositoryError
-from repository_writer.points import Point
-from repository_writer.repository import Repository
-from repository_writer.restore import Buf, restore_disk_positional
+from repository.errors import RepositoryError
+from repository.points import Point
+from repository.repository import Repository
+from repository.restore import Buf, restore_disk_positional
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from coordinator.vcenter import (
     Connection,
 )
 from coordinator.vm_config import VmConfig
-from repository_writer.points import Point
-from repository_writer.repository import Repository
+from repository.points import Point
+from repository.repository import Repository
 
 log = get_logger(__name__)
 

@@ -11,7 +11,7 @@ from coordinator import vm_config
 from coordinator.restore.errors import RestoreVmError
 from coordinator.restore.target import Target
 from coordinator.vm_config import VmConfig
-from repository_writer.points import Point
+from repository.points import Point
 
 D = vim.vm.device
 

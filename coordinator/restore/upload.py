@@ -12,10 +12,10 @@ from urllib.parse import quote
 from coordinator.restore.errors import RestoreVmError
 from coordinator.restore.target import Target
 from coordinator.vcenter import Connection, VCenterError
-from repository_writer.errors import RepositoryError
-from repository_writer.points import Point
-from repository_writer.repository import Repository
-from repository_writer.restore import restore_disk
+from repository.errors import RepositoryError
+from repository.points import Point
+from repository.repository import Repository
+from repository.restore import restore_disk
 
 
 def flat_file(ds_path: str) -> str:

@@ -24,7 +24,7 @@ from common.broker_tls import BrokerCertificateError
 from common.config import ConfigError
 from common.settings import load_config
 from common.sharding import shard_of, shard_routing_key
-from repository_writer.repository import Repository
+from repository.repository import Repository
 from tests.common.test_amqp import wait_until
 from tests.tls_broker import TestCA, TlsBroker, issue_server_cert, make_ca, start_tls_broker
 

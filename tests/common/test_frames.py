@@ -1,4 +1,4 @@
-"""Frames of common/frames.py over real socket pairs: any message sequence round-trips
+"""Frames of common/chunk_stream/frames.py over real socket pairs: any message sequence round-trips
 whatever the kernel's cuts; truncation, oversize and garbage are named errors."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.frames import (
+from common.chunk_stream.frames import (
     HEADER,
     FrameReader,
     StreamClosed,

@@ -12,7 +12,7 @@ import textwrap
 PROBE = textwrap.dedent(
     """
     import json, resource, sys
-    from common.heap import limit_heap_retention
+    from common.malloc_tuning import limit_heap_retention
     from bench.procmem import proc_memory
 
     MiB = 1 << 20

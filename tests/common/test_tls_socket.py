@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from common.frames import FrameReader, send_frame, send_message
+from common.chunk_stream.frames import FrameReader, send_frame, send_message
+from common.chunk_stream.tls_socket import TlsSocket, client_context
 from common.messages import ChunkAck, ChunkBatch, StreamHello
 from common.tls_pin import PinMismatchError
-from common.tls_socket import TlsSocket, client_context
 from repository_writer.stream_identity import StreamIdentity, make_identity
 
 

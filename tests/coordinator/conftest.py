@@ -11,8 +11,8 @@ import pytest
 
 from common.amqp import BrokerParams
 from common.config import Secret
-from coordinator.history import History
 from coordinator.job import Job, Runtime
+from coordinator.previous_points import History
 from coordinator.report import JobReport
 from coordinator.settings import CoordinatorSettings, LimitSettings, PolicySettings, VCenterSettings
 from coordinator.vcenter import Connection
@@ -82,7 +82,7 @@ class Env:
 
 @pytest.fixture
 def make_env(tmp_path: Path, broker: BrokerParams) -> Iterator[Callable[..., Env]]:
-    from repository_writer.repository import Repository
+    from repository.repository import Repository
     from tests.coordinator.harness import ProtocolPeer
 
     envs: list[Env] = []

@@ -15,9 +15,9 @@ from common.messages import CommitPart, CommitRequest, JobMarker, Message, unpac
 from coordinator import report
 from coordinator.settings import PolicySettings
 from lab import Lab, LabSpec
-from repository_writer.gc import gc
-from repository_writer.restore import restore_disk
-from repository_writer.staging import request_dir_name
+from repository.gc import gc
+from repository.restore import restore_disk
+from repository.staging import request_dir_name
 from tests.coordinator.conftest import MiB
 
 pytestmark = pytest.mark.integration

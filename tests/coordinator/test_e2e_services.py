@@ -17,8 +17,8 @@ import pytest
 
 from lab import Lab, LabSpec
 from lab.stack import Stack, StackSpec
-from repository_writer.repository import Repository
-from repository_writer.restore import restore_disk
+from repository.repository import Repository
+from repository.restore import restore_disk
 from tests.coordinator.conftest import MiB
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

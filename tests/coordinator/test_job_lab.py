@@ -16,7 +16,7 @@ import pytest
 from coordinator import report
 from coordinator.settings import LimitSettings, PolicySettings
 from lab import Lab, LabSpec
-from repository_writer.restore import restore_disk
+from repository.restore import restore_disk
 from tests.coordinator.conftest import MiB, vm_report
 
 pytestmark = pytest.mark.integration

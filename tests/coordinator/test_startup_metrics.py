@@ -8,8 +8,8 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from coordinator import startup
-from repository_writer.repository import Repository
+from coordinator import restored_metrics as startup
+from repository.repository import Repository
 
 
 def sample(name: str, **labels: str) -> float | None:

@@ -63,10 +63,10 @@ from common.sharding import shard_queue, shard_routing_key
 from coordinator.job import ResultRouter
 from proxy_worker.service import ProxyService
 from proxy_worker.settings import ProxySettings
-from repository_writer.repository import Repository
-from repository_writer.restore import restore_disk
+from repository.repository import Repository
+from repository.restore import restore_disk
+from repository.verify import verify
 from repository_writer.service import WriterService
-from repository_writer.verify import verify
 from tests.proxy.proxy_helpers import MiB, SparseDisk, make_sparse_disk
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

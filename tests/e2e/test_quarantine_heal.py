@@ -12,8 +12,8 @@ import pytest
 from lab import Lab, LabSpec
 from lab.checks import disk_digests
 from lab.stack import Stack, StackSpec
-from repository_writer.repository import Repository
-from repository_writer.verify import verify
+from repository.repository import Repository
+from repository.verify import verify
 from tests.repository.conftest import flip_bit
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -23,8 +23,8 @@ from tests.k8s.conftest import ROOT
 # The build context of the Dockerfile's venv stage (tests/k8s/test_image.py checks the
 # COPY lines against .dockerignore; this list is what they copy).
 COPIED = ["pyproject.toml", "README.md", "common", "coordinator", "proxy_worker",
-          "repository_writer", "lab"]  # fmt: skip
-PACKAGES = ["common", "coordinator", "proxy_worker", "repository_writer", "lab"]
+          "repository", "repository_writer", "lab"]  # fmt: skip
+PACKAGES = ["common", "coordinator", "proxy_worker", "repository", "repository_writer", "lab"]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from proxy_worker.budget import MemoryBudget
 from proxy_worker.errors import TaskError, WriterError, WriterRefusedError
 from proxy_worker.pipeline import PipelineConfig, TaskPipeline, plan_chunks
 from proxy_worker.transports.file import FileTransport
-from proxy_worker.writers import WriterLink
+from proxy_worker.writer_client import WriterLink
 from tests.proxy.proxy_helpers import MiB, SparseDisk, make_sparse_disk
 from tests.proxy.writer_probe import ProbedWriter
 from tests.small_fs import small_filesystem

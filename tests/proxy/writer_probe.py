@@ -15,7 +15,7 @@ from typing import Any
 
 from common.amqp import BrokerParams, Delivery
 from common.messages import ChunkBatch, HaveQuery, Message
-from repository_writer.repository import Repository
+from repository.repository import Repository
 from repository_writer.service import WriterService
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from repository_writer.repository import Repository
+from repository.repository import Repository
 
 CS = 256 * 1024  # smallest chunk size: keeps tests fast
 

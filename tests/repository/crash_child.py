@@ -11,11 +11,11 @@ import random
 import sys
 from pathlib import Path
 
-from repository_writer.errors import RepositoryFullError
-from repository_writer.gc import gc
-from repository_writer.import_disk import import_disk
-from repository_writer.prune import KeepPolicy, prune
-from repository_writer.repository import Repository
+from repository.errors import RepositoryFullError
+from repository.gc import gc
+from repository.import_disk import import_disk
+from repository.prune import KeepPolicy, prune
+from repository.repository import Repository
 
 
 def main() -> None:

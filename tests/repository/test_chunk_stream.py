@@ -19,17 +19,17 @@ import pytest
 from common import metrics
 from common.amqp import BrokerParams, Publisher, ReplyQueue
 from common.chunk import compress
-from common.frames import read_message, send_frame, send_message
+from common.chunk_stream.frames import read_message, send_frame, send_message
+from common.chunk_stream.tls_socket import TlsSocket, client_context
 from common.messages import ChunkAck, ChunkBatch, HaveQuery, HaveReply, Message, StreamHello
 from common.sharding import shard_of
 from common.tls_pin import PinMismatchError
-from common.tls_socket import TlsSocket, client_context
-from proxy_worker.chunk_stream import Endpoint, StreamLost, WriterStreams, split_address
-from proxy_worker.writers import PendingBatch, WriterLink
-from repository_writer.chunk_stream import parse_listen
-from repository_writer.repository import Repository
+from proxy_worker.chunk_stream_client import Endpoint, StreamLost, WriterStreams, split_address
+from proxy_worker.writer_client import PendingBatch, WriterLink
+from repository.repository import Repository
+from repository.verify import verify
+from repository_writer.chunk_stream_server import parse_listen
 from repository_writer.service import WriterService
-from repository_writer.verify import verify
 from tests.repository.test_writer_service import Client, Entry
 
 pytestmark = pytest.mark.integration

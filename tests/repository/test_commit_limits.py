@@ -15,7 +15,7 @@ import pytest
 from common import amqp
 from common.amqp import QUEUE_COMMITS, BrokerParams
 from common.messages import CommitPart, CommitReply, DiskCommit, pack_entries, part_key
-from repository_writer.repository import Repository
+from repository.repository import Repository
 from repository_writer.service import WriterService
 from tests.repository.test_writer_service import Client, _request
 

@@ -21,12 +21,12 @@ from common.messages import (
     pack_entries,
     part_key,
 )
-from repository_writer.errors import CorruptObjectError, InvalidRequestError
-from repository_writer.gc import gc
-from repository_writer.repository import Repository
+from repository.errors import CorruptObjectError, InvalidRequestError
+from repository.gc import gc
+from repository.repository import Repository
+from repository.staging import request_dir_name
+from repository.verify import verify
 from repository_writer.service import WriterService
-from repository_writer.staging import request_dir_name
-from repository_writer.verify import verify
 
 CS = 256 * 1024
 N_CHUNKS = 3000  # a disk of many chunks

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from repository_writer.import_disk import import_disk
-from repository_writer.repository import Repository
-from repository_writer.restore import restore_disk
-from repository_writer.verify import verify
+from repository.import_disk import import_disk
+from repository.repository import Repository
+from repository.restore import restore_disk
+from repository.verify import verify
 from tests.small_fs import MiB, grow, small_filesystem
 
 ROOT = Path(__file__).resolve().parents[2]

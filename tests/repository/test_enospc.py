@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from repository_writer.errors import RepositoryFullError
-from repository_writer.import_disk import import_disk
-from repository_writer.repository import Repository
-from repository_writer.restore import restore_disk
-from repository_writer.verify import verify
+from repository.errors import RepositoryFullError
+from repository.import_disk import import_disk
+from repository.repository import Repository
+from repository.restore import restore_disk
+from repository.verify import verify
 
 CS = 256 * 1024
 

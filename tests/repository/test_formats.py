@@ -11,15 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.chunk import compress
-from repository_writer import blob, keyfile
-from repository_writer.chunk_store import ChunkStore, parse_hex_id
-from repository_writer.errors import (
+from repository import blob, keyfile
+from repository.chunk_store import ChunkStore, parse_hex_id
+from repository.errors import (
     CorruptObjectError,
     InvalidChunkIdError,
     WrongPassphraseError,
 )
-from repository_writer.fixed_index import ZERO_ID, DiskMap
-from repository_writer.meta_auth import MetaAuth
+from repository.fixed_index import ZERO_ID, DiskMap
+from repository.meta_auth import MetaAuth
 
 
 @given(data=st.binary(max_size=4096), level=st.integers(0, 5), enc=st.booleans())

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from repository_writer import fsutil
-from repository_writer.errors import RepositoryError, RepositoryFullError
+from repository import fsutil
+from repository.errors import RepositoryError, RepositoryFullError
 
 
 @pytest.fixture

@@ -17,14 +17,14 @@ import blake3
 import pytest
 
 from common.messages import pack_entries
-from repository_writer import keyfile
-from repository_writer.errors import CorruptObjectError, RepositoryError
-from repository_writer.fixed_index import DiskMap
-from repository_writer.import_disk import import_disk
-from repository_writer.repository import Repository
-from repository_writer.restore import restore_disk
-from repository_writer.staging import request_dir_name
-from repository_writer.verify import verify
+from repository import keyfile
+from repository.errors import CorruptObjectError, RepositoryError
+from repository.fixed_index import DiskMap
+from repository.import_disk import import_disk
+from repository.repository import Repository
+from repository.restore import restore_disk
+from repository.staging import request_dir_name
+from repository.verify import verify
 from tests.repository.conftest import CS, make_image
 from tests.repository.test_cli import vmb
 

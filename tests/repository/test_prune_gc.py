@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from repository_writer.errors import InvalidRequestError, LockedError
-from repository_writer.gc import gc, gc_lock
-from repository_writer.import_disk import import_disk
-from repository_writer.points import Point
-from repository_writer.prune import KeepPolicy, plan, prune
-from repository_writer.repository import Repository
-from repository_writer.verify import verify
+from repository.errors import InvalidRequestError, LockedError
+from repository.gc import gc, gc_lock
+from repository.import_disk import import_disk
+from repository.points import Point
+from repository.prune import KeepPolicy, plan, prune
+from repository.repository import Repository
+from repository.verify import verify
 from tests.repository.conftest import CS, make_image
 
 

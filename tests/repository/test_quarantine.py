@@ -15,15 +15,15 @@ import pytest
 
 from common.amqp import BrokerParams
 from common.messages import DiskCommit
-from coordinator.history import History
 from coordinator.planner import FULL, decide
-from repository_writer.gc import gc
-from repository_writer.import_disk import import_disk
-from repository_writer.repair import repair
-from repository_writer.repository import Repository
-from repository_writer.restore import restore_disk
+from coordinator.previous_points import History
+from repository.gc import gc
+from repository.import_disk import import_disk
+from repository.repair import repair
+from repository.repository import Repository
+from repository.restore import restore_disk
+from repository.verify import verify
 from repository_writer.service import WriterService
-from repository_writer.verify import verify
 from tests.repository.conftest import CS, flip_bit, make_image
 from tests.repository.test_cli import vmb
 from tests.repository.test_writer_service import Client, N, _chunks, _request

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from common.chunk import compress
-from repository_writer.errors import (
+from repository.errors import (
     ChunkIdMismatchError,
     CorruptObjectError,
     InvalidRequestError,
@@ -18,10 +18,10 @@ from repository_writer.errors import (
     RepositoryFormatError,
     WrongPassphraseError,
 )
-from repository_writer.import_disk import import_disk
-from repository_writer.repository import Repository
-from repository_writer.restore import restore_disk
-from repository_writer.verify import verify
+from repository.import_disk import import_disk
+from repository.repository import Repository
+from repository.restore import restore_disk
+from repository.verify import verify
 from tests.repository.conftest import CS, flip_bit, make_image
 
 
@@ -239,7 +239,7 @@ def test_a_chunk_is_not_present_until_its_rename_is_durable(
     to a power cut); storing it again meanwhile makes it durable before the ack."""
     import threading
 
-    from repository_writer import chunk_store
+    from repository import chunk_store
 
     data = os.urandom(CS)
     payload, compressed = compress(data, 3)
@@ -285,7 +285,7 @@ def test_a_chunk_renamed_by_another_writer_is_made_durable_before_it_counts_as_p
     leave mtime == ctime, do not fsync again."""
     import threading
 
-    from repository_writer import chunk_store
+    from repository import chunk_store
 
     other = Repository.open(repo.path)  # its own ChunkStore: another process's view
     data = os.urandom(CS)
@@ -337,7 +337,7 @@ def test_commit_check_does_not_settle_acknowledged_chunks(
     """A commit names only chunks a writer acknowledged as durable: checking them costs a
     stat and a utime each, no directory fsync (one journal commit each on ext4), and a
     chunk's "not settled yet" mark stays for the next have-query to honour."""
-    from repository_writer import chunk_store
+    from repository import chunk_store
 
     other = Repository.open(repo.path)  # another writer stored them
     datas = [os.urandom(CS) for _ in range(3)]

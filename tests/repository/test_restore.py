@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from repository_writer.import_disk import import_disk
-from repository_writer.repository import Repository
-from repository_writer.restore import restore_disk
+from repository.import_disk import import_disk
+from repository.repository import Repository
+from repository.restore import restore_disk
 from tests.repository.conftest import CS, make_image
 
 

@@ -26,9 +26,9 @@ from common.amqp import BrokerParams, Publisher, ReplyQueue
 from common.chunk import compress
 from common.messages import ChunkAck, ChunkBatch, Message
 from common.sharding import shard_of
-from proxy_worker.chunk_stream import Endpoint, WriterStreams, split_address
-from proxy_worker.writers import PendingBatch, WriterLink
-from repository_writer.repository import Repository
+from proxy_worker.chunk_stream_client import Endpoint, WriterStreams, split_address
+from proxy_worker.writer_client import PendingBatch, WriterLink
+from repository.repository import Repository
 from tests.repository.test_writer_service import Client, Entry
 
 pytestmark = pytest.mark.integration

@@ -15,11 +15,11 @@ from pathlib import Path
 import blake3
 import pytest
 
-from repository_writer.errors import CorruptObjectError, RepositoryFormatError
-from repository_writer.repository import Repository
-from repository_writer.restore import restore_disk
-from repository_writer.upgrade import upgrade
-from repository_writer.verify import verify
+from repository.errors import CorruptObjectError, RepositoryFormatError
+from repository.repository import Repository
+from repository.restore import restore_disk
+from repository.upgrade import upgrade
+from repository.verify import verify
 from tests.repository.conftest import CS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,7 +23,7 @@ from common.messages import (
     decode,
 )
 from common.sharding import shard_routing_key
-from repository_writer.repository import Repository
+from repository.repository import Repository
 from repository_writer.service import WriterService
 from tests.repository.test_writer_service import CS, Client, N, _chunks, _request
 

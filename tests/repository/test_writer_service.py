@@ -28,10 +28,10 @@ from common.messages import (
     Message,
 )
 from common.sharding import shard_of, shard_routing_key
-from repository_writer.repository import Repository
-from repository_writer.restore import restore_disk
+from repository.repository import Repository
+from repository.restore import restore_disk
+from repository.verify import verify
 from repository_writer.service import WriterService
-from repository_writer.verify import verify
 
 pytestmark = pytest.mark.integration
 CS = 256 * 1024

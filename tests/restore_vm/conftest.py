@@ -16,7 +16,7 @@ from pyVmomi import vim
 
 from coordinator.vcenter import Connection
 from lab.stack import Stack, StackSpec
-from repository_writer.repository import Repository
+from repository.repository import Repository
 from tests.coordinator.conftest import vcenter_settings
 from tests.restore_vm.lab_point import (
     LabPoint,

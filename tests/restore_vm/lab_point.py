@@ -22,8 +22,8 @@ from pyVmomi import vim
 from coordinator import snapshots, vm_config
 from coordinator.job import snapshot_disks
 from coordinator.vcenter import Connection
-from repository_writer.import_disk import import_disk
-from repository_writer.repository import Repository
+from repository.import_disk import import_disk
+from repository.repository import Repository
 
 D = vim.vm.device
 EXTRA_NET = "Backup Only Net"  # exists when the VM is backed up, removed before restore

@@ -11,7 +11,7 @@ from typing import Any
 from pyVmomi import vim
 
 from coordinator import vm_config
-from repository_writer.restore import restore_disk
+from repository.restore import restore_disk
 from tests.proxy.relay import CuttingRelay
 from tests.restore_vm.answering_relay import AnsweringRelay
 from tests.restore_vm.conftest import Env, flat_of, same_bytes, write_config

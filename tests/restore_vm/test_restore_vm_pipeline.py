@@ -12,8 +12,8 @@ from pyVmomi import vim
 
 from coordinator.vcenter import Connection
 from lab.stack import Stack, StackSpec
-from repository_writer.repository import Repository
-from repository_writer.restore import restore_disk
+from repository.repository import Repository
+from repository.restore import restore_disk
 from tests.coordinator.conftest import vcenter_settings
 from tests.restore_vm.conftest import same_bytes
 from tests.restore_vm.lab_point import (

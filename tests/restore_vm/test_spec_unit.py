@@ -16,7 +16,7 @@ from coordinator.restore.errors import RestoreVmError
 from coordinator.restore.spec import IDE_KEYS, build_spec
 from coordinator.restore.target import Target
 from coordinator.restore.upload import flat_file
-from repository_writer.points import Point, PointDisk
+from repository.points import Point, PointDisk
 
 D = vim.vm.device
 

@@ -33,7 +33,7 @@ from common.messages import CommitRequest, DiskCommit, HaveQuery, HaveReply, Job
 from common.sharding import shard_queue, shard_routing_key
 from lab import Lab, LabSpec
 from lab.stack import Stack, StackSpec
-from repository_writer.repository import Repository
+from repository.repository import Repository
 from tests.conftest import BROKER_URL
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -1,5 +1,5 @@
 """The proxy's chunk streams: chunk batches and have-queries straight to the writers that
-offer a stream (repository_writer/chunk_stream.py), one TCP connection per writer, shared
+offer a stream (repository_writer/chunk_stream_server.py), one TCP connection per writer, shared
 by the tasks.
 
 A request is sent on the stream and its answer (ChunkAck, HaveReply) comes back on it,
@@ -24,7 +24,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from common import metrics
-from common.frames import FrameReader, StreamClosed, send_frame, send_message
+from common.chunk_stream.frames import FrameReader, StreamClosed, send_frame, send_message
+from common.chunk_stream.tls_socket import TlsSocket, client_context
 from common.logging import get_logger
 from common.messages import (
     Bytes,
@@ -37,7 +38,6 @@ from common.messages import (
     StreamHello,
     encode_parts,
 )
-from common.tls_socket import TlsSocket, client_context
 
 log = get_logger(__name__)
 _OnLost = Callable[["_Stream", str], None]

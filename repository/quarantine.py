@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repository_writer.chunk_store import FANOUT, ChunkStore, check_id
-from repository_writer.errors import MissingChunkError
-from repository_writer.fsutil import (
+from repository.chunk_store import FANOUT, ChunkStore, check_id
+from repository.errors import MissingChunkError
+from repository.fsutil import (
     _unlink_quiet,
     fsync_dir,
     fsync_dirs,

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from repository_writer.errors import InvalidRequestError
-from repository_writer.points import Point
-from repository_writer.repository import Repository
+from repository.errors import InvalidRequestError
+from repository.points import Point
+from repository.repository import Repository
 
 _BUCKETS: dict[str, Callable[[datetime], str]] = {
     "hourly": lambda t: t.strftime("%Y-%m-%d %H"),

@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from repository_writer.errors import CorruptObjectError, RepositoryFormatError
-from repository_writer.meta_auth import MetaAuth
+from repository.errors import CorruptObjectError, RepositoryFormatError
+from repository.meta_auth import MetaAuth
 
 REPO_FORMAT = "vmbackup-repository"
 REPO_VERSION = 2

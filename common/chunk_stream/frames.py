@@ -28,7 +28,7 @@ HEADER = struct.Struct(">I")
 
 
 class StreamSocket(Protocol):
-    """What frames need of a connection: a socket, or TLS over one (common/tls_socket.py)."""
+    """What frames need of a connection: a socket, or TLS over one (tls_socket.py)."""
 
     def recv_into(self, buffer: memoryview, /) -> int: ...
 

@@ -5,7 +5,7 @@ framed by the proxy's AMQP client, routed by the broker and framed again to the 
 on the development box the broker alone cost 1.7 CPU s per GB and AMQP framing a large
 part of both ends. So a writer may also listen on a TCP port: a proxy opens one stream
 per writer, sends ``StreamHello`` with the writer's token and then ``ChunkBatch`` frames
-(common/frames.py), and gets one ``ChunkAck`` per batch on the same connection, sent
+(common/chunk_stream/frames.py), and gets one ``ChunkAck`` per batch on the same connection, sent
 only once the batch is durable, exactly as on the broker path (same handler, same
 checks). Have-queries go the same way once a proxy knows the stream (``HaveQuery`` ->
 ``HaveReply``): small messages that cost the broker and both AMQP clients more per byte
@@ -37,10 +37,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from common import metrics
-from common.frames import FrameReader, StreamClosed, StreamIdle, read_message, send_message
+from common.chunk_stream.frames import (
+    FrameReader,
+    StreamClosed,
+    StreamIdle,
+    read_message,
+    send_message,
+)
+from common.chunk_stream.tls_socket import TlsSocket
 from common.logging import get_logger
 from common.messages import ChunkBatch, HaveQuery, Message, MessageError, StreamHello
-from common.tls_socket import TlsSocket
 from repository_writer.stream_deadlines import HelloDeadlines
 from repository_writer.stream_identity import StreamIdentity
 

@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from repository_writer import keyfile, repo_config
-from repository_writer.errors import CorruptObjectError, RepositoryError
-from repository_writer.fixed_index import V1, VERSION, DiskMap
-from repository_writer.fsutil import TMP_PREFIX, write_atomic
-from repository_writer.gc import gc_lock
-from repository_writer.meta_auth import MetaAuth, derive_meta_key
-from repository_writer.repository import PRIVATE_DIR, TOP_DIRS, Repository
+from repository import keyfile, repo_config
+from repository.errors import CorruptObjectError, RepositoryError
+from repository.fixed_index import V1, VERSION, DiskMap
+from repository.fsutil import TMP_PREFIX, write_atomic
+from repository.gc import gc_lock
+from repository.meta_auth import MetaAuth, derive_meta_key
+from repository.repository import PRIVATE_DIR, TOP_DIRS, Repository
 
 
 @dataclass

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from common.chunk import zero_bytes
-from repository_writer.errors import RepositoryError
-from repository_writer.fixed_index import ID_LEN, ZERO_ID, DiskMap
-from repository_writer.fsutil import _unlink_quiet, fsync_dir, os_error, tmp_path
-from repository_writer.repository import Repository
+from repository.errors import RepositoryError
+from repository.fixed_index import ID_LEN, ZERO_ID, DiskMap
+from repository.fsutil import _unlink_quiet, fsync_dir, os_error, tmp_path
+from repository.repository import Repository
 
 READ_AHEAD = 8  # chunks decoded ahead of the writer: bounds memory to 8 x chunk size
 WRITEBACK_BYTES = 8 << 20  # start writeback of each 8 MiB written (regular files)

@@ -15,7 +15,7 @@ import hmac
 
 import blake3
 
-from repository_writer.keyfile import RepoKeys
+from repository.keyfile import RepoKeys
 
 META_KEY_CONTEXT = "vmbackup 2026-12 repository metadata authentication key v2"
 MAP_CONTEXT = b"vmbackup-map-v2\0"

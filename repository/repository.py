@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from common.chunk import chunk_id as _chunk_id
 from common.chunk import compress
-from repository_writer import blob, keyfile, repo_config
-from repository_writer.chunk_store import ChunkStore, check_id
-from repository_writer.errors import (
+from repository import blob, keyfile, repo_config
+from repository.chunk_store import ChunkStore, check_id
+from repository.errors import (
     ChunkIdMismatchError,
     CorruptObjectError,
     InvalidRequestError,
@@ -29,10 +29,10 @@ from repository_writer.errors import (
     RepositoryError,
     RepositoryFormatError,
 )
-from repository_writer.fixed_index import ZERO_ID, DiskMap
-from repository_writer.fsutil import makedirs_durable, write_atomic
-from repository_writer.meta_auth import MetaAuth, derive_meta_key
-from repository_writer.points import (
+from repository.fixed_index import ZERO_ID, DiskMap
+from repository.fsutil import makedirs_durable, write_atomic
+from repository.meta_auth import MetaAuth, derive_meta_key
+from repository.points import (
     STATUSES,
     Point,
     PointDisk,
@@ -41,9 +41,9 @@ from repository_writer.points import (
     check_vm_uuid,
     make_point_id,
 )
-from repository_writer.quarantine import Quarantine
-from repository_writer.running import RunningMarkers
-from repository_writer.staging import CommitStaging
+from repository.quarantine import Quarantine
+from repository.running import RunningMarkers
+from repository.staging import CommitStaging
 
 DEFAULT_CHUNK = repo_config.MiB
 DEFAULT_LEVEL = 3

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from repository_writer.errors import RepositoryError
-from repository_writer.repository import Repository
+from repository.errors import RepositoryError
+from repository.repository import Repository
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from repository_writer.errors import RepositoryError
-from repository_writer.references import ChunkUse, uses
-from repository_writer.repository import Repository
+from repository.errors import RepositoryError
+from repository.references import ChunkUse, uses
+from repository.repository import Repository
 
 
 @dataclass

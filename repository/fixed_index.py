@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 import blake3
 
-from repository_writer.errors import CorruptObjectError, InvalidRequestError
+from repository.errors import CorruptObjectError, InvalidRequestError
 
 MAGIC = b"VMBI"
 VERSION = 2

@@ -16,7 +16,7 @@ from common.amqp import EXCHANGE_SHARDS, Publisher, PublishError, ReplyQueue
 from common.logging import get_logger
 from common.messages import ChunkAck, ChunkBatch, HaveQuery, HaveReply, Message
 from common.sharding import shard_routing_key
-from proxy_worker.chunk_stream import Endpoint, WriterStreams
+from proxy_worker.chunk_stream_client import Endpoint, WriterStreams
 from proxy_worker.errors import WriterError, WriterRefusedError
 
 log = get_logger(__name__)

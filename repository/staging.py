@@ -21,9 +21,9 @@ from pathlib import Path
 import blake3
 
 from common.messages import MessageError, iter_packed
-from repository_writer.errors import CorruptObjectError, InvalidRequestError
-from repository_writer.fsutil import fsync_dir, makedirs_durable, write_atomic
-from repository_writer.meta_auth import MetaAuth
+from repository.errors import CorruptObjectError, InvalidRequestError
+from repository.fsutil import fsync_dir, makedirs_durable, write_atomic
+from repository.meta_auth import MetaAuth
 
 MAGIC = b"VBPART02"
 OLD_MAGIC = b"VBPART01"  # format 1: an unkeyed checksum, refused

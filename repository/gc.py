@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from repository_writer.errors import LockedError, RepositoryError
-from repository_writer.repository import Repository
+from repository.errors import LockedError, RepositoryError
+from repository.repository import Repository
 
 DEFAULT_GRACE = 300.0  # clock skew between writer hosts + timestamp granularity
 STALE_MARKER = 3 * 86400.0  # a "running" marker older than this is a crashed job

@@ -13,7 +13,7 @@ from typing import Any
 
 import blake3
 
-from repository_writer.fsutil import write_atomic
+from repository.fsutil import write_atomic
 
 
 class RunningMarkers:

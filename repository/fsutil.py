@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from repository_writer.errors import RepositoryError, RepositoryFullError
+from repository.errors import RepositoryError, RepositoryFullError
 
 TMP_PREFIX = ".tmp-"
 _FULL = (errno.ENOSPC, errno.EDQUOT)

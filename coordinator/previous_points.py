@@ -21,7 +21,7 @@ class History:
 
     @classmethod
     def open(cls, path: str | Path, passphrase: str | None = None) -> History:
-        from repository_writer.repository import Repository
+        from repository.repository import Repository
 
         return cls(Repository.open(path, passphrase))
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from isal.isal_zlib import crc32  # zlib's CRC-32, ~13x faster (ISA-L): it was 10 % of a writer
 
 from common.chunk import zstd_decompressor
-from repository_writer.errors import CorruptObjectError
+from repository.errors import CorruptObjectError
 
 MAGIC_CHUNK = b"VMBC"
 MAGIC_META = b"VMBM"

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from repository_writer.errors import InvalidChunkIdError, MissingChunkError, RepositoryError
-from repository_writer.fsutil import (
+from repository.errors import InvalidChunkIdError, MissingChunkError, RepositoryError
+from repository.fsutil import (
     TMP_PREFIX,
     _unlink_quiet,
     fsync_dir,

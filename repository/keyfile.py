@@ -16,8 +16,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from repository_writer.errors import CorruptObjectError, WrongPassphraseError
-from repository_writer.fsutil import write_atomic
+from repository.errors import CorruptObjectError, WrongPassphraseError
+from repository.fsutil import write_atomic
 
 KEY_FORMAT = "vmbackup-key"
 KEY_VERSION = 1

@@ -23,21 +23,21 @@ from typing import Any
 
 import blake3
 
-from repository_writer.errors import (
+from repository.errors import (
     CorruptObjectError,
     InvalidRequestError,
     PointNotFoundError,
     RepositoryError,
 )
-from repository_writer.fixed_index import DiskMap, Tagger
-from repository_writer.fsutil import (
+from repository.fixed_index import DiskMap, Tagger
+from repository.fsutil import (
     TMP_PREFIX,
     fsync_dir,
     makedirs_durable,
     os_error,
     write_file_durable,
 )
-from repository_writer.meta_auth import MetaAuth
+from repository.meta_auth import MetaAuth
 
 META_VERSION = 1
 DELETED_PREFIX = ".deleted-"

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from common.chunk import is_zero
-from repository_writer.errors import InvalidRequestError, RepositoryError
-from repository_writer.fixed_index import ZERO_ID, DiskMap, chunk_count
-from repository_writer.repository import Repository
+from repository.errors import InvalidRequestError, RepositoryError
+from repository.fixed_index import ZERO_ID, DiskMap, chunk_count
+from repository.repository import Repository
 
 BATCH = 8  # chunks per durable write batch; memory: (2 x BATCH + 2 x workers) x chunk size
 _VM_NS = uuid.UUID("0f6c5f36-6f0e-4c59-9a53-3f3b8d5cb1a1")

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common import metrics
-from repository_writer.chunk_store import ChunkFile
-from repository_writer.errors import RepositoryError
-from repository_writer.fixed_index import ZERO_ID
-from repository_writer.references import uses
-from repository_writer.repository import Repository
+from repository.chunk_store import ChunkFile
+from repository.errors import RepositoryError
+from repository.fixed_index import ZERO_ID
+from repository.references import uses
+from repository.repository import Repository
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from repository_writer import blob
-from repository_writer.points import Point
-from repository_writer.repository import Repository
+from repository import blob
+from repository.points import Point
+from repository.repository import Repository
 
 
 @dataclass(frozen=True, slots=True)
