@@ -38,7 +38,7 @@ COPY coordinator/ coordinator/
 COPY proxy_worker/ proxy_worker/
 COPY repository/ repository/
 COPY repository_writer/ repository_writer/
-COPY lab/ lab/
+COPY vmbackup/ vmbackup/
 # Non-editable install; then no pip/setuptools in the image, and every module compiled
 # (checked-hash: valid whatever the files' times) since nothing may write .pyc at run time.
 RUN /opt/vmbackup/bin/python -m pip install --no-cache-dir --no-compile --prefer-binary . \

@@ -183,12 +183,33 @@ def main() -> int:
         help="socket read size of every pika connection here, bare ones included (default:"
         " common.amqp.RECV_BYTES; 4096 is pika's own)",
     )
+    ap.add_argument(
+        "--pika-wire",
+        choices=("ours", "pika"),
+        default="ours",
+        help="frame reader/writer of every connection here: common/amqp_wire.py's (ours, what"
+        " the roles run) or pika's own (the patch left out, for the comparison)",
+    )
     args = ap.parse_args()
+    if args.pika_wire == "pika":
+        from common import amqp_wire
+
+        amqp_wire.install = lambda: None  # type: ignore[assignment]  # leave pika's own
     if args.recv_bytes is not None:
         io_services_utils._AsyncTransportBase._MAX_RECV_BYTES = args.recv_bytes
         io_services_utils._AsyncTransportBase._MAX_CONSUME_BYTES = max(102400, 4 * args.recv_bytes)
     print(f"pika socket reads of {io_services_utils._AsyncTransportBase._MAX_RECV_BYTES} bytes")
+    import resource
+
+    load0 = os.getloadavg()[0]
     rows = run(args.small, args.large, args.window, args.prefetch, args.repeat)
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = ru.ru_utime + ru.ru_stime
+    load1 = os.getloadavg()[0]
+    print(
+        f"frame reader/writer: {args.pika_wire}; this process's CPU {cpu:.1f} s"
+        f" (user {ru.ru_utime:.1f}, sys {ru.ru_stime:.1f}); load {load0:.2f}->{load1:.2f}"
+    )
     print(
         "| size | operation | messages | bare pika msg/s | vmbackup msg/s | bare MiB/s "
         "| vmbackup MiB/s | vmbackup / bare |"

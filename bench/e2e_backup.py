@@ -265,7 +265,7 @@ class Ours:
             v["point_id"] for v in self.last_report["vms"] if v["moref"] == vm or v["name"] == vm
         )
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        cmd = [sys.executable, "-m", "common.cli", "restore", "--repo", str(self.stack.repo)]
+        cmd = [sys.executable, "-m", "vmbackup", "restore", "--repo", str(self.stack.repo)]
         m = run([*cmd, "--point", point, "--disk", str(key), "--out", str(out)], env)
         return restore_result("vmbackup", m, capacity, "fsync included")
 

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     cap = int(args.gib * GiB) // 512 * 512
     work = Path(tempfile.mkdtemp(prefix="e2e-restore-", dir=args.dir))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    vmb = [sys.executable, "-m", "common.cli"]
+    vmb = [sys.executable, "-m", "vmbackup"]
     rows: list[tuple[str, Measured, bool]] = []
     try:
         spec = LabSpec(clusters=1, hosts_per_cluster=1, vms_per_host=1, disk_sizes=[cap])

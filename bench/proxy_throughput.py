@@ -440,7 +440,7 @@ def start_writer(
         [
             sys.executable,
             "-m",
-            "common.cli",
+            "vmbackup",
             "repo",
             "init",
             str(repo),
@@ -463,7 +463,7 @@ def start_writer(
     log = root / f"writer-{tag}.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "common.cli", "writer", "--config", str(cfg)],
+            [sys.executable, "-m", "vmbackup", "writer", "--config", str(cfg)],
             stdout=fh,
             stderr=subprocess.STDOUT,
         )

@@ -43,7 +43,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="repo-rss-", dir=args.dir))
     try:
         write_image(work / "img", args.gib * 1024)
-        vmb = [sys.executable, "-m", "common.cli"]
+        vmb = [sys.executable, "-m", "vmbackup"]
         subprocess.run([*vmb, "repo", "init", str(work / "repo")], check=True)
         cmd = [*vmb, "repo", "import-disk", "--repo", str(work / "repo")]
         cmd += ["--vm", "big", "--disk", "2000", str(work / "img")]

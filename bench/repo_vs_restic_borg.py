@@ -117,7 +117,7 @@ def _dir_size(path: Path) -> tuple[int, int]:
 def vmbackup(encrypt: bool) -> Callable[..., tuple[list[list[str]], dict[str, str]]]:
     def make(work: Path, images: list[tuple[str, Path]]) -> tuple[list[list[str]], dict[str, str]]:
         repo = work / "repo"
-        vmb = [sys.executable, "-m", "common.cli", "repo"]
+        vmb = [sys.executable, "-m", "vmbackup", "repo"]
         cmds = [[*vmb, "init", str(repo), *(["--encrypt"] if encrypt else [])]]
         for name, path in images:
             imp = [*vmb, "import-disk", "--repo", str(repo), "--vm", name, "--disk", "2000"]

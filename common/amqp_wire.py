@@ -13,7 +13,11 @@ Writing: pika slices each body frame out of the message (a copy), joins it (a co
 prepends the frame header by concatenation (a copy). Here each body frame is made with
 one copy, from a view of the message.
 
-:func:`install` applies both to every pika connection; common.amqp.params calls it on import.
+:func:`install` applies both to every pika connection of the process; it is idempotent,
+and ``BrokerParams.pika_params`` (which every connection of ours is opened from) calls it.
+The replaced pika internals are private: pyproject pins pika to the versions this was
+tested with, and tests/common/test_amqp_wire.py fails when their source changes
+(:data:`TESTED_PIKA_SOURCES`).
 """
 
 from __future__ import annotations
@@ -133,6 +137,35 @@ def send_message(conn: Any, channel_number: int, method: Any, content: tuple[Any
             out.append(b"".join((head, piece, _FRAME_END)))
             piece.release()
     conn._output_marshaled_frames(out)
+
+
+# pika internals this module replaces or calls, and the SHA-256 (first 16 hex digits) of
+# their source in the pika releases it was tested with (1.4.0 and 1.4.4 are identical;
+# 1.3.2 differs). tests/common/test_amqp_wire.py fails when the installed pika's differ:
+# then re-read them, re-run the wire tests and the benchmark, and add the new digests.
+TESTED_PIKA_SOURCES: dict[str, set[str]] = {
+    "Connection._on_data_available": {"4745dcc9c29e66ea"},
+    "Connection._send_message": {"306f311f51ed4e53"},
+    "Connection._process_frame": {"eabaea15bfa60b8a"},
+    "frame.decode_frame": {"fa2babce68b266a0"},
+}
+
+
+def pika_source_digests() -> dict[str, str]:
+    """The digests of :data:`TESTED_PIKA_SOURCES`' functions in the pika installed."""
+    import hashlib
+    import inspect
+
+    funcs = {
+        "Connection._on_data_available": PIKA_ON_DATA_AVAILABLE,
+        "Connection._send_message": PIKA_SEND_MESSAGE,
+        "Connection._process_frame": connection.Connection._process_frame,
+        "frame.decode_frame": frame.decode_frame,
+    }
+    return {
+        name: hashlib.sha256(inspect.getsource(f).encode()).hexdigest()[:16]
+        for name, f in funcs.items()
+    }
 
 
 def install() -> None:

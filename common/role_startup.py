@@ -1,20 +1,28 @@
-"""Start-up shared by every long-running role: config, logging, metrics endpoint."""
+"""Start-up shared by every long-running role: config, logging, metrics endpoint.
+
+The config schema is the application's (vmbackup/config_schema.py: it knows every role,
+common knows none), so the loader comes in as an argument: the `vmbackup` parser puts it
+on every command's arguments as ``args.load_config``.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError
 from common.logging import get_logger, setup_logging
 from common.metrics import BUILD_INFO, serve_metrics
-from common.settings import load_config
 
 VERSION = "0.1.0"
 
+# Loads and validates the whole config file (raises common.config.ConfigError).
+ConfigLoader = Callable[[str | Path | None], Any]
 
-def load_or_exit(path: str | Path | None) -> Any:
+
+def load_or_exit(load_config: ConfigLoader, path: str | Path | None) -> Any:
     """Load the config; on any problem print one line naming key and file, exit 2."""
     try:
         return load_config(path)
@@ -25,6 +33,7 @@ def load_or_exit(path: str | Path | None) -> Any:
 
 def start_role(
     role: str,
+    load_config: ConfigLoader,
     config_path: str | Path | None,
     metrics_port: int | None = None,
     *,
@@ -36,7 +45,7 @@ def start_role(
     port in use is printed so that an operator (or the demo) can find it. A
     ``one_shot`` command logs to stderr: its stdout is its result.
     """
-    cfg = load_or_exit(config_path)
+    cfg = load_or_exit(load_config, config_path)
     setup_logging(cfg.log.level, cfg.log.format, role=role, stream=sys.stderr if one_shot else None)
     port = cfg.metrics.port if metrics_port is None else metrics_port
     if port:

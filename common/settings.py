@@ -1,21 +1,16 @@
-"""The top-level config schema: shared sections here, role sections from each role.
+"""The config sections every role shares ([broker], [log], [metrics]) and ``doc``.
 
-Roles declare their sections in ``<package>/settings.py``; :data:`ROLE_SECTIONS` says
-which class provides which top-level key. One file configures every role, so the
-schema is the union of all sections and an unknown key anywhere is an error.
+Roles declare their own sections in ``<package>/settings.py``; the whole schema (one file
+configures every role, so an unknown key anywhere is an error) is their union, made by
+the application package (vmbackup/config_schema.py), which knows every role.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import types
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 from typing import Any
 
-from common import broker_tls, config
+from common import broker_tls
 from common.config import Secret
 
 
@@ -101,48 +96,3 @@ class MetricsSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} out of range")
-
-
-SHARED_SECTIONS: dict[str, type] = {
-    "broker": BrokerSettings,
-    "log": LogSettings,
-    "metrics": MetricsSettings,
-}
-
-# top-level key -> (module, class); a list-of-tables section is marked with list=True.
-ROLE_SECTIONS: dict[str, tuple[str, str, bool]] = {
-    "repository": ("repository_writer.settings", "RepositorySettings", False),
-    "writer": ("repository_writer.settings", "WriterSettings", False),
-    "proxy": ("proxy_worker.settings", "ProxySettings", False),
-    "coordinator": ("coordinator.settings", "CoordinatorSettings", False),
-    "vcenters": ("coordinator.settings", "VCenterSettings", True),
-    "policies": ("coordinator.settings", "PolicySettings", True),
-}
-
-
-@cache
-def config_class() -> Any:
-    """Build the top-level Config dataclass from the shared and the role sections."""
-    fields: list[tuple[str, Any, Any]] = [
-        (name, cls, field(default_factory=cls)) for name, cls in SHARED_SECTIONS.items()
-    ]
-    for name, (module_name, class_name, is_list) in ROLE_SECTIONS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        cls: Any = getattr(module, class_name, None)
-        if cls is None:
-            continue
-        if is_list:
-            fields.append((name, types.GenericAlias(list, (cls,)), field(default_factory=list)))
-        else:
-            fields.append((name, cls, field(default_factory=cls)))
-    return dataclasses.make_dataclass("Config", fields, frozen=True)
-
-
-def load_config(path: str | Path | None) -> Any:
-    """Load and validate the whole config (raises common.config.ConfigError)."""
-    return config.load(config_class(), path)

@@ -39,11 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_restore_vm(sub)
 
 
-def _load(path: str, one_shot: bool = False) -> Any:
+def _load(args: argparse.Namespace, one_shot: bool = False) -> Any:
     from common.role_startup import start_role
     from coordinator.settings import check_references
 
-    cfg = start_role("coordinator", path, one_shot=one_shot)
+    path = args.config
+    cfg = start_role("coordinator", args.load_config, path, one_shot=one_shot)
     try:
         check_references(list(cfg.vcenters), list(cfg.policies))
     except ValueError as exc:
@@ -61,7 +62,7 @@ def _load(path: str, one_shot: bool = False) -> Any:
 def open_runtime(cfg: Any) -> Any:
     """Connect to every vCenter (those that fail are logged), the repository, the broker."""
     from common.amqp import BrokerParams
-    from coordinator.job import Runtime
+    from coordinator.job_runtime import Runtime
     from coordinator.previous_points import History
     from coordinator.vcenter import Connection
 
@@ -99,7 +100,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from coordinator.job import Job
     from coordinator.settings import find_policy
 
-    cfg = _load(args.config, one_shot=True)
+    cfg = _load(args, one_shot=True)
     if cfg is None:
         return report.EXIT_ERROR
     try:
@@ -140,7 +141,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from coordinator.daemon import Daemon
 
-    cfg = _load(args.config)
+    cfg = _load(args)
     if cfg is None:
         return report.EXIT_ERROR
     rt = _start(cfg)

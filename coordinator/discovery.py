@@ -138,7 +138,7 @@ def retrieve_paged(
         log.debug("inventory_pages", vcenter=conn.name, pages=pages)
 
 
-def _disk_info(dev: Any, ds_names: dict[str, str]) -> DiskInfo:
+def disk_info(dev: Any, ds_names: dict[str, str]) -> DiskInfo:
     b = dev.backing
     capacity = int(dev.capacityInBytes or 0) or int(dev.capacityInKB or 0) * 1024
     ds_moref = b.datastore._moId if getattr(b, "datastore", None) is not None else ""
@@ -276,7 +276,7 @@ def discover(conn: Connection, page_size: int | None = None) -> Inventory:
             cbt_enabled=bool(p.get("config.changeTrackingEnabled", False)),
             consolidation_needed=bool(p.get("runtime.consolidationNeeded", False)),
             disks=[
-                _disk_info(d, ds_names) for d in devices if isinstance(d, vim.vm.device.VirtualDisk)
+                disk_info(d, ds_names) for d in devices if isinstance(d, vim.vm.device.VirtualDisk)
             ],
         )
         vm.skip_reason = vm_skip_reason(vm, has_config)

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 from coordinator.planner import PreviousDisk
+from repository.interfaces import Catalog
+from repository.points import Point
 
 
 class History:
-    def __init__(self, repo: Any) -> None:
-        self.repo = repo
+    """The coordinator's lookups over the repository's read-only :class:`Catalog`."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.repo = catalog
         self._lock = threading.Lock()
-        self._cache: dict[str, list[Any]] = {}
+        self._cache: dict[str, list[Point]] = {}
 
     @classmethod
     def open(cls, path: str | Path, passphrase: str | None = None) -> History:
@@ -27,13 +30,13 @@ class History:
 
     @property
     def chunk_size(self) -> int:
-        return int(self.repo.chunk_size)
+        return self.repo.chunk_size
 
     @property
     def compression_level(self) -> int:
-        return int(getattr(self.repo, "compression_level", 1))
+        return self.repo.compression_level
 
-    def _points(self, vm_uuid: str) -> list[Any]:
+    def _points(self, vm_uuid: str) -> list[Point]:
         """Points of one VM, newest first (read once per job and VM)."""
         with self._lock:
             pts = self._cache.get(vm_uuid)
@@ -59,10 +62,10 @@ class History:
                     )
         return None
 
-    def _damaged_chunks(self, point: Any, disk_key: int) -> int:
+    def _damaged_chunks(self, point: Point, disk_key: int) -> int:
         """How many entries of the point's map name a quarantined chunk. The map is read
         only when something is quarantined (listing an absent directory otherwise)."""
-        quarantined = {q.id for q in self.repo.quarantine}
+        quarantined = self.repo.quarantined_ids()
         if not quarantined:
             return 0
         return sum(

@@ -9,6 +9,7 @@ private database) can tell whose it is and whether its job is still running.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import threading
 import time
@@ -18,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyVmomi import vim, vmodl
+from pyVmomi.VmomiJSONEncoder import VmomiJSONEncoder
 
 from common import metrics
 from common.logging import get_logger
-from coordinator.discovery import SWEEP_PROPERTIES, retrieve_paged
+from coordinator.discovery import SWEEP_PROPERTIES, DiskInfo, disk_info, retrieve_paged
 from coordinator.vcenter import Connection, TaskFailed, VCenterError
 
 log = get_logger(__name__)
@@ -295,3 +297,15 @@ def sweep(
         consolidated=len(res.consolidated),
     )
     return res
+
+
+def snapshot_disks(conn: Connection, snap: Snapshot) -> tuple[list[DiskInfo], bytes]:
+    """The snapshot's disks as frozen (their backing files) and the VM config it holds."""
+    props = conn.get_properties(snap.mo, ["config"])
+    config = props.get("config")
+    if config is None:
+        raise SnapshotError(f"snapshot {snap.moref} has no configuration")
+    devices = config.hardware.device if config.hardware else []
+    disks = [disk_info(d, {}) for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
+    vm_config = json.dumps(config, cls=VmomiJSONEncoder, sort_keys=True).encode()
+    return disks, vm_config

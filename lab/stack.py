@@ -283,7 +283,7 @@ name = "all"
         """Run one ``vmbackup`` command as this stack runs them (``env``: extra variables);
         the caller judges the result."""
         return subprocess.run(
-            [sys.executable, "-m", "common.cli", *args],
+            [sys.executable, "-m", "vmbackup", *args],
             cwd=ROOT,
             env=self._env(env or {}),
             capture_output=True,
@@ -321,7 +321,7 @@ name = "all"
             env["VMBACKUP_BROKER__PASSWORD"] = f"{{ file = {toml_str(str(acc.password_file))} }}"
         proc.log_file = open(proc.log_path, "ab")  # noqa: SIM115 - closed in stop_proc
         proc.popen = subprocess.Popen(
-            [sys.executable, "-m", "common.cli", role, "--config", str(self.config_path)],
+            [sys.executable, "-m", "vmbackup", role, "--config", str(self.config_path)],
             cwd=ROOT,
             env=self._env(env),
             stdout=proc.log_file,
@@ -425,7 +425,7 @@ name = "all"
                 [
                     sys.executable,
                     "-m",
-                    "common.cli",
+                    "vmbackup",
                     "backup",
                     "--config",
                     str(self.config_path),
@@ -494,7 +494,7 @@ name = "all"
             [
                 sys.executable,
                 "-m",
-                "common.cli",
+                "vmbackup",
                 "restore",
                 "--repo",
                 str(self.repo),

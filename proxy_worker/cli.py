@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from proxy_worker.service import ProxyService
     from proxy_worker.settings import VCenterAccess, VCenterDirectory
 
-    cfg = start_role("proxy", args.config)
+    cfg = start_role("proxy", args.load_config, args.config)
     settings = cfg.proxy
     # Before the first chunk buffer (common/malloc_tuning.py); a batch message is packed into
     # a buffer up to twice its size.

@@ -21,12 +21,12 @@ from pathlib import Path
 from repository.errors import InvalidChunkIdError, MissingChunkError, RepositoryError
 from repository.fsutil import (
     TMP_PREFIX,
-    _unlink_quiet,
     fsync_dir,
     fsync_dirs,
     makedirs_durable,
     os_error,
     tmp_path,
+    unlink_quiet,
     write_files_durable,
 )
 
@@ -191,12 +191,12 @@ class ChunkStore:
                 self._undurable.difference_update(items[i][0] for i, _, _ in pending)
         except BaseException:
             for _, tmp, _ in pending:
-                _unlink_quiet(tmp)
+                unlink_quiet(tmp)
             raise
         return written
 
     def remove(self, chunk_id: bytes) -> None:
-        _unlink_quiet(self.path_of(chunk_id))
+        unlink_quiet(self.path_of(chunk_id))
 
     def iter_dirs(self) -> Iterator[Path]:
         try:

@@ -100,7 +100,7 @@ def write_file_durable(
         _fsync(fd)
     except OSError as exc:
         os.close(fd)
-        _unlink_quiet(path)
+        unlink_quiet(path)
         raise os_error(exc, what) from exc
     os.close(fd)
 
@@ -159,7 +159,7 @@ def write_files_durable(items: Sequence[tuple[Path, Iterable[bytes | bytearray],
                     raise os_error(exc, what) from exc
     except BaseException:
         for _, path, _ in opened:
-            _unlink_quiet(path)
+            unlink_quiet(path)
         raise
     finally:
         for fd, _, _ in opened:
@@ -183,7 +183,7 @@ def write_atomic(
         if sync_dir:
             fsync_dir(path.parent)
     except OSError as exc:
-        _unlink_quiet(tmp)
+        unlink_quiet(tmp)
         raise os_error(exc, what) from exc
 
 
@@ -202,6 +202,6 @@ def makedirs_durable(path: Path) -> None:
         fsync_dir(d.parent)
 
 
-def _unlink_quiet(path: Path) -> None:
+def unlink_quiet(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)

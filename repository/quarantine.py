@@ -24,10 +24,10 @@ from typing import Any
 from repository.chunk_store import FANOUT, ChunkStore, check_id
 from repository.errors import MissingChunkError
 from repository.fsutil import (
-    _unlink_quiet,
     fsync_dir,
     fsync_dirs,
     makedirs_durable,
+    unlink_quiet,
     write_atomic,
 )
 
@@ -125,8 +125,8 @@ class Quarantine:
     def drop(self, chunk_id: bytes) -> None:
         """Forget a quarantined copy (its chunk is healed): blob, then record."""
         path = self.path_of(chunk_id)
-        _unlink_quiet(path)
-        _unlink_quiet(self._record_path(chunk_id))
+        unlink_quiet(path)
+        unlink_quiet(self._record_path(chunk_id))
         with contextlib.suppress(FileNotFoundError):
             fsync_dir(path.parent)
 

@@ -269,6 +269,9 @@ class Repository:
         pdir = self.point_store.root / point.vm_uuid / point.id
         return self.point_store.load_map(pdir, point.disk(disk_key))
 
+    def quarantined_ids(self) -> set[bytes]:
+        return {q.id for q in self.quarantine}
+
     def delete_point(self, point_id: str) -> None:
         self.point_store.delete(self.point_store.find(point_id))
 

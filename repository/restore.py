@@ -32,8 +32,8 @@ from typing import Any, Protocol
 from common.chunk import zero_bytes
 from repository.errors import RepositoryError
 from repository.fixed_index import ID_LEN, ZERO_ID, DiskMap
-from repository.fsutil import _unlink_quiet, fsync_dir, os_error, tmp_path
-from repository.repository import Repository
+from repository.fsutil import fsync_dir, os_error, tmp_path, unlink_quiet
+from repository.interfaces import PointSource
 
 READ_AHEAD = 8  # chunks decoded ahead of the writer: bounds memory to 8 x chunk size
 WRITEBACK_BYTES = 8 << 20  # start writeback of each 8 MiB written (regular files)
@@ -58,7 +58,7 @@ class ByteSink(Protocol):
 
 
 def restore_disk(
-    repo: Repository,
+    repo: PointSource,
     point_id: str,
     disk_key: int,
     out: str | Path | ByteSink,
@@ -94,7 +94,7 @@ def restore_disk(
 
 
 def restore_disk_positional(
-    repo: Repository,
+    repo: PointSource,
     point_id: str,
     disk_key: int,
     put: Put,
@@ -116,7 +116,7 @@ def restore_disk_positional(
 
 
 def _to_stream(
-    repo: Repository, dmap: DiskMap, fh: ByteSink, what: str, workers: int
+    repo: PointSource, dmap: DiskMap, fh: ByteSink, what: str, workers: int
 ) -> RestoreStats:
     def put(_off: int, data: Buf | None, n: int) -> None:
         if data is None:
@@ -161,7 +161,7 @@ def _file_put(fd: int, *, zeros: bool, sync: bool) -> Put:
 
 
 def _to_file(
-    repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bool, src: str
+    repo: PointSource, dmap: DiskMap, path: Path, workers: int, sync: bool, src: str
 ) -> RestoreStats:
     tmp = tmp_path(path.absolute())
     try:
@@ -181,16 +181,16 @@ def _to_file(
         if sync:
             fsync_dir(path.absolute().parent)
     except OSError as exc:
-        _unlink_quiet(tmp)
+        unlink_quiet(tmp)
         raise os_error(exc, f"restore target {path}") from exc
     except BaseException:
-        _unlink_quiet(tmp)
+        unlink_quiet(tmp)
         raise
     return stats
 
 
 def _to_device(
-    repo: Repository, dmap: DiskMap, path: Path, workers: int, sync: bool, src: str
+    repo: PointSource, dmap: DiskMap, path: Path, workers: int, sync: bool, src: str
 ) -> RestoreStats:
     """A block device holds old data: overwrite every byte, zeros included."""
     try:
@@ -208,7 +208,7 @@ def _to_device(
 
 
 def _run(
-    repo: Repository, dmap: DiskMap, what: str, workers: int, put: Put, first: int = 0
+    repo: PointSource, dmap: DiskMap, what: str, workers: int, put: Put, first: int = 0
 ) -> RestoreStats:
     t0 = time.perf_counter()
     cs, capacity = dmap.chunk_size, dmap.capacity
@@ -222,7 +222,7 @@ def _run(
     return RestoreStats(capacity, chunks, zeros, time.perf_counter() - t0)
 
 
-def _read(repo: Repository, cid: bytes, index: int, cs: int, what: str) -> Buf:
+def _read(repo: PointSource, cid: bytes, index: int, cs: int, what: str) -> Buf:
     try:
         # no copy of raw payloads; the id check covers what the CRC would
         return repo.read_chunk_view(cid, check_crc=False)
@@ -233,7 +233,7 @@ def _read(repo: Repository, cid: bytes, index: int, cs: int, what: str) -> Buf:
 
 
 def _decoded(
-    repo: Repository, dmap: DiskMap, what: str, workers: int, first: int = 0
+    repo: PointSource, dmap: DiskMap, what: str, workers: int, first: int = 0
 ) -> Iterator[tuple[int, Buf | None]]:
     """(index, plaintext or None for zero), in order from chunk ``first``, decoded up to
     READ_AHEAD ahead."""

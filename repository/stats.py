@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from repository import blob
 from repository.points import Point
@@ -50,51 +49,3 @@ def repo_stats(repo: Repository, points: list[Point]) -> RepoStats:
         raw_bytes=raw,
         stored_bytes=stored,
     )
-
-
-def list_document(points: list[Point], st: RepoStats) -> dict[str, Any]:
-    """The JSON of `repo list --json`: every point with its disks, then the totals."""
-    from coordinator.vm_config import describe_point_config
-
-    return {
-        "points": [
-            {
-                "id": p.id,
-                "vm_uuid": p.vm_uuid,
-                "vm_name": p.vm_name,
-                "vm_moref": p.vm_moref,
-                "vcenter": p.vcenter,
-                "job_id": p.job_id,
-                "status": p.status,
-                "snapshot_time": p.snapshot_time,
-                "logical_bytes": p.logical_bytes,
-                "data_bytes": point_data_bytes(p),
-                "disks": [
-                    {
-                        "key": d.key,
-                        "capacity": d.capacity,
-                        "change_id": d.change_id,
-                        "base_point_id": d.base_point_id,
-                        "chunks": d.chunks,
-                        "zero_chunks": d.zero_chunks,
-                        "changed_chunks": d.changed_chunks,
-                        "info": d.info,
-                    }
-                    for d in p.disks
-                ],
-                "failed_disks": p.failed_disks,
-                **describe_point_config(p.vm_config),
-            }
-            for p in points
-        ],
-        "totals": {
-            "points": st.points,
-            "logical_bytes": st.logical_bytes,
-            "data_bytes": st.data_bytes,
-            "chunks": st.chunks,
-            "raw_bytes": st.raw_bytes,
-            "stored_bytes": st.stored_bytes,
-            "dedup_ratio": round(st.dedup_ratio, 4),
-            "compression_ratio": round(st.compression_ratio, 4),
-        },
-    }

@@ -344,7 +344,7 @@ def main(args: argparse.Namespace) -> int:
     from common.malloc_tuning import limit_heap_retention
     from common.role_startup import start_role
 
-    cfg = start_role("writer", args.config)
+    cfg = start_role("writer", args.load_config, args.config)
     # Before the first frame is received: received batches and their chunks reuse the heap
     # instead of faulting in fresh pages (common/malloc_tuning.py).
     limit_heap_retention()

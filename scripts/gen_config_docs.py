@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from common.config import describe
-from common.settings import config_class
+from vmbackup.config_schema import Config
 
 HEADER = """\
 # Configuration
@@ -37,7 +37,7 @@ when it is out of date.
 def render() -> str:
     rows = [
         f"| `{key}` | {tp} | `{default}` | {doc.replace('|', '/')} |"
-        for key, tp, default, doc in describe(config_class())
+        for key, tp, default, doc in describe(Config)
     ]
     return HEADER + "\n".join(rows) + "\n"
 

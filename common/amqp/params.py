@@ -16,9 +16,6 @@ import pika.exceptions
 from common import amqp_wire, broker_tls
 from common.redact import redact_url
 
-# Every pika connection of this process reads 256 KiB at a time and cuts frames without
-# re-copying its input (common/amqp_wire.py).
-amqp_wire.install()
 RECV_BYTES = amqp_wire.RECV_BYTES
 
 
@@ -87,6 +84,11 @@ class BrokerParams:
         return BrokerParams(**{**self.__dict__, "url": url})
 
     def pika_params(self, name: str) -> pika.ConnectionParameters:
+        # Every connection of ours is opened from these parameters: before the first one,
+        # pika's frame reader and writer are replaced by ours (common/amqp_wire.py: fewer
+        # copies, and undecodable content headers dead-lettered instead of dropping the
+        # connection). Not on import: a process that imports this opens nothing unasked.
+        amqp_wire.install()
         parts = urlsplit(self.url)
         if parts.scheme not in ("amqp", "amqps"):
             raise ValueError(

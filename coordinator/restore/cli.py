@@ -60,7 +60,6 @@ def register_restore_vm(sub: argparse._SubParsersAction) -> None:
 def cmd_restore_vm(args: argparse.Namespace) -> int:
     from common.config import ConfigError
     from common.logging import setup_logging
-    from common.settings import load_config
     from coordinator.vcenter import VCenterError
 
     def fail(msg: str, code: int = 1) -> int:
@@ -70,7 +69,7 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
     if args.upload_attempts < 1:
         return fail("--upload-attempts must be at least 1", 2)
     try:
-        cfg = load_config(args.config)
+        cfg = args.load_config(args.config)
     except (ConfigError, ValueError) as exc:
         return fail(f"config error: {exc}", 2)
     # The result (text or --json) is stdout; logs go to stderr.

@@ -21,8 +21,8 @@ from proxy_worker.errors import ProxyError
 from proxy_worker.transports.base import DiskSource
 from proxy_worker.transports.nbd import NbdTransport, close_nbd_handle
 from repository.errors import RepositoryError
+from repository.interfaces import PointSource
 from repository.points import Point
-from repository.repository import Repository
 from repository.restore import Buf, restore_disk_positional
 
 
@@ -75,7 +75,7 @@ class _NbdPass:
 
     def run(
         self,
-        repo: Repository,
+        repo: PointSource,
         point: Point,
         start: int,
         capacity: int,
@@ -139,7 +139,7 @@ class _NbdPass:
 
 def write_disk_nbd(
     argv: list[str],
-    repo: Repository,
+    repo: PointSource,
     point: Point,
     disk_key: int,
     *,

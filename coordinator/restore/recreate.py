@@ -20,15 +20,15 @@ from coordinator.vcenter import (
     Connection,
 )
 from coordinator.vm_config import VmConfig
+from repository.interfaces import PointSource
 from repository.points import Point
-from repository.repository import Repository
 
 log = get_logger(__name__)
 
 TASK_TIMEOUT_S = 600.0  # create and destroy of the VM
 
 
-def load_point(repo: Repository, point_id: str) -> tuple[Point, VmConfig]:
+def load_point(repo: PointSource, point_id: str) -> tuple[Point, VmConfig]:
     point = repo.get_point(point_id)  # PointNotFoundError names an unknown point
     if not point.vm_config:
         raise RestoreVmError(
@@ -44,7 +44,7 @@ def load_point(repo: Repository, point_id: str) -> tuple[Point, VmConfig]:
 
 def restore_vm(
     conn: Connection,
-    repo: Repository,
+    repo: PointSource,
     point_id: str,
     *,
     datastore: str,

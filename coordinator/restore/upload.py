@@ -13,8 +13,8 @@ from coordinator.restore.errors import RestoreVmError
 from coordinator.restore.target import Target
 from coordinator.vcenter import Connection, VCenterError
 from repository.errors import RepositoryError
+from repository.interfaces import PointSource
 from repository.points import Point
-from repository.repository import Repository
 from repository.restore import restore_disk
 
 
@@ -56,7 +56,7 @@ class _TransientUploadError(Exception):
 
 def upload_disk(
     conn: Connection,
-    repo: Repository,
+    repo: PointSource,
     point: Point,
     disk_key: int,
     target: Target,
@@ -92,7 +92,7 @@ def upload_disk(
 
 def _put_disk(
     conn: Connection,
-    repo: Repository,
+    repo: PointSource,
     point: Point,
     disk_key: int,
     target: Target,

@@ -81,7 +81,7 @@ def main(argv: Sequence[str]) -> int:
         print("usage: writer_start.py -- vmbackup writer --config FILE", file=sys.stderr)
         return 2
     from common.config import ConfigError
-    from common.settings import load_config
+    from vmbackup.config_schema import load_config
 
     try:
         n_shards = load_config(_config_path(command)).broker.n_shards

@@ -118,8 +118,9 @@ def test_a_reset_in_a_callback_drops_the_old_buffer() -> None:
 
 
 def test_installed_on_every_pika_connection() -> None:
-    import common.amqp  # installs on import
+    import common.amqp
 
+    common.amqp.BrokerParams().pika_params("probe")  # what every connection is opened from
     assert common.amqp.RECV_BYTES == amqp_wire.RECV_BYTES
     assert connection.Connection._on_data_available is amqp_wire.on_data_available
 
@@ -159,7 +160,32 @@ def test_messages_are_written_as_the_same_frames_as_pika_writes(
 
 
 def test_installed_writer() -> None:
-    import common.amqp  # installs on import
+    import common.amqp
 
+    common.amqp.BrokerParams().pika_params("probe")
     assert common.amqp.RECV_BYTES == amqp_wire.RECV_BYTES
     assert connection.Connection._send_message is amqp_wire.send_message
+
+
+def test_pika_internals_are_the_ones_amqp_wire_was_tested_with() -> None:
+    # amqp_wire replaces private pika methods: a pika whose internals changed must fail
+    # here, not corrupt frames in production.
+    got = amqp_wire.pika_source_digests()
+    changed = {k: v for k, v in got.items() if v not in amqp_wire.TESTED_PIKA_SOURCES[k]}
+    assert not changed, f"pika internals changed since amqp_wire was tested: {changed}"
+
+
+def test_install_happens_at_the_first_connection_not_on_import() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import pika.connection as c\n"
+        "import common.amqp\n"
+        "from common import amqp_wire\n"
+        "assert c.Connection._on_data_available is amqp_wire.PIKA_ON_DATA_AVAILABLE\n"
+        "common.amqp.BrokerParams().pika_params('probe')\n"
+        "assert c.Connection._on_data_available is amqp_wire.on_data_available\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr

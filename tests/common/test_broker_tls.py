@@ -22,11 +22,11 @@ from common import messages as m
 from common.amqp import EXCHANGE_SHARDS, BrokerParams, Consumer, Publisher, ReplyQueue
 from common.broker_tls import BrokerCertificateError
 from common.config import ConfigError
-from common.settings import load_config
 from common.sharding import shard_of, shard_routing_key
 from repository.repository import Repository
 from tests.common.test_amqp import wait_until
 from tests.tls_broker import TestCA, TlsBroker, issue_server_cert, make_ca, start_tls_broker
+from vmbackup.config_schema import load_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,7 +160,7 @@ def writer_env(lab: Lab, repo: Path, ca_file: Path) -> dict[str, str]:
 
 def test_writer_role_serves_over_amqps_and_refuses_another_ca(lab: Lab) -> None:
     repo = Repository.init(lab.directory / f"repo-{uuid.uuid4().hex[:6]}", chunk_size=256 * 1024)
-    cmd = [sys.executable, "-m", "common.cli", "writer"]
+    cmd = [sys.executable, "-m", "vmbackup", "writer"]
 
     # Another CA: the writer exits at once with the reason, instead of retrying forever.
     bad = subprocess.run(
@@ -242,7 +242,7 @@ password = "unused"
 
 def test_coordinator_role_over_amqps_and_refuses_another_ca(lab: Lab) -> None:
     repo = Repository.init(lab.directory / f"repo-{uuid.uuid4().hex[:6]}", chunk_size=256 * 1024)
-    cmd = [sys.executable, "-m", "common.cli", "coordinator", "--config"]
+    cmd = [sys.executable, "-m", "vmbackup", "coordinator", "--config"]
     bad = subprocess.run(
         [*cmd, str(coordinator_config(lab, repo.path, lab.other_ca.cert_path))],
         cwd=ROOT,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.config import ConfigError, Secret, apply_env_overrides, load
-from common.settings import load_config
+from vmbackup.config_schema import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,7 +105,7 @@ def test_whole_config_validates_sections(tmp_path: Path) -> None:
 def test_cli_config_check_exits_2_with_one_line(tmp_path: Path) -> None:
     bad = write(tmp_path, "[metrics]\nport = 'x'\n")
     res = subprocess.run(
-        [sys.executable, "-m", "common.cli", "config", "check", "--config", str(bad)],
+        [sys.executable, "-m", "vmbackup", "config", "check", "--config", str(bad)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -137,7 +137,7 @@ def test_example_config_is_valid_and_shows_every_key(tmp_path: Path) -> None:
     import tomllib
 
     from common.config import describe
-    from common.settings import config_class
+    from vmbackup.config_schema import Config
 
     for name in ("rabbitmq-password", "vc1-password"):
         (tmp_path / name).write_text("x\n")
@@ -147,11 +147,11 @@ def test_example_config_is_valid_and_shows_every_key(tmp_path: Path) -> None:
         .replace("/run/secrets/vmbackup", str(tmp_path))
     )
     env = {"VC1_USER": "backup@vsphere.local"}
-    load(config_class(), write(tmp_path, text), env=env)  # as shipped
+    load(Config, write(tmp_path, text), env=env)  # as shipped
 
     full = tomllib.loads(_uncommented_example())  # with every optional key shown
     missing = []
-    for key, *_ in describe(config_class()):
+    for key, *_ in describe(Config):
         node = full
         for part in key.split("."):
             if part.endswith("[]"):

@@ -11,7 +11,8 @@ import pytest
 
 from common.amqp import BrokerParams
 from common.config import Secret
-from coordinator.job import Job, Runtime
+from coordinator.job import Job
+from coordinator.job_runtime import Runtime
 from coordinator.previous_points import History
 from coordinator.report import JobReport
 from coordinator.settings import CoordinatorSettings, LimitSettings, PolicySettings, VCenterSettings

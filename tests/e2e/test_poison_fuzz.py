@@ -3,7 +3,7 @@ services: no message may block a queue or a publisher.
 
 In one process, on the real RabbitMQ (own vhost): a real writer (shard queues and the
 commits queue), a real proxy (task queue, its reply queue, its withdrawals queue), the
-coordinator's real result consumer (coordinator.job.ResultRouter) and a reply queue like
+coordinator's real result consumer (coordinator.task_results.ResultRouter) and a reply queue like
 the coordinator's. Hypothesis publishes random properties (headers, reply_to,
 correlation_id, expiration, user_id...) with random bodies (bytes, msgpack of any shape,
 maps of every message kind with random or hostile fields) to each of them; then every queue
@@ -60,7 +60,7 @@ from common.messages import (
     TaskWithdrawal,
 )
 from common.sharding import shard_queue, shard_routing_key
-from coordinator.job import ResultRouter
+from coordinator.task_results import ResultRouter
 from proxy_worker.service import ProxyService
 from proxy_worker.settings import ProxySettings
 from repository.repository import Repository

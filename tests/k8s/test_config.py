@@ -131,9 +131,9 @@ def test_bad_override_is_rejected(builds: dict[str, Build], tmp_path: Path) -> N
 
 def load_config_env(path: Path, env: dict[str, str]) -> Any:
     import common.config
-    from common.settings import config_class
+    from vmbackup.config_schema import Config
 
-    return common.config.load(config_class(), path, env=env)
+    return common.config.load(Config, path, env=env)
 
 
 def test_example_site_config_files_are_toml() -> None:

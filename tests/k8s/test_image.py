@@ -4,7 +4,7 @@ Nothing here builds the image. hadolint lints the Dockerfile; the Dockerfile is 
 checked against the repository (what it copies), Debian 12 (what it installs, via
 apt-cache), the rendered manifests (user, VDDK mount) and the project's settings (VDDK
 libdir); and every command the manifests run in the image goes through the real
-`vmbackup` argument parser (common.cli.build_parser), sh scripts included.
+`vmbackup` argument parser (vmbackup.cli.build_parser), sh scripts included.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any
 
 import pytest
 
-from common.cli import build_parser
 from proxy_worker.settings import NbdSettings
 from tests.k8s.conftest import K8S, ROOT, Build, kustomize, require_tool
 from tests.k8s.test_manifests import containers, role_toml
+from vmbackup.cli import build_parser
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -369,7 +369,7 @@ def test_entrypoint_runs_vmbackup_under_tini(final: Stage) -> None:
     assert Path(argv[0]).name == "tini" and argv[1] == "--", "tini forwards SIGTERM as PID 1"
     assert argv[2:] == ["vmbackup"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["vmbackup"] == "common.cli:main"
+    assert scripts["vmbackup"] == "vmbackup.cli:main"
 
 
 def test_default_command_runs(final: Stage) -> None:

@@ -23,8 +23,10 @@ from tests.k8s.conftest import ROOT
 # The build context of the Dockerfile's venv stage (tests/k8s/test_image.py checks the
 # COPY lines against .dockerignore; this list is what they copy).
 COPIED = ["pyproject.toml", "README.md", "common", "coordinator", "proxy_worker",
-          "repository", "repository_writer", "lab"]  # fmt: skip
-PACKAGES = ["common", "coordinator", "proxy_worker", "repository", "repository_writer", "lab"]
+          "repository", "repository_writer", "vmbackup"]  # fmt: skip
+PACKAGES = ["common", "coordinator", "proxy_worker", "repository", "repository_writer", "vmbackup"]
+# In the source tree for the demo, tests and benchmarks; never in the production wheel.
+DEV_ONLY = ["lab", "tests", "bench", "scripts", "k8s"]
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +59,10 @@ def test_wheel_holds_every_module_and_data_file(wheel: Path) -> None:
             if "__pycache__" in f.parts or f.is_dir() or f.suffix == ".pyc":
                 continue
             rel = f.relative_to(ROOT).as_posix()
-            if rel.startswith("lab/vcsim/bin/"):
-                continue  # built on the machine (make lab), not shipped
-            if f.suffix in (".py", ".go"):
+            if f.suffix == ".py":
                 assert rel in names, f"{rel} is not in the wheel: the image would lack it"
+    shipped = {n.split("/", 1)[0] for n in names}
+    assert not shipped & set(DEV_ONLY), f"dev-only packages in the wheel: {shipped & set(DEV_ONLY)}"
 
 
 def test_wheel_entry_point_runs_every_role_command(wheel: Path, tmp_path: Path) -> None:
@@ -90,3 +92,18 @@ def test_wheel_entry_point_runs_every_role_command(wheel: Path, tmp_path: Path) 
         )
         assert res.returncode == 0, f"vmbackup {' '.join(args)}: {res.stderr[-2000:]}"
         assert "usage: vmbackup" in res.stdout
+
+
+def test_dev_only_packages_stay_out_of_the_wheel() -> None:
+    # The image builds from COPIED only; this keeps a checkout's `pip install .` (the whole
+    # tree in the context) from shipping the lab, the tests or the benchmarks either.
+    import fnmatch
+    import tomllib
+
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    include = found["packages"]["find"]["include"]
+    for name in DEV_ONLY:
+        hits = [pat for pat in include if fnmatch.fnmatch(name, pat)]
+        assert not hits, f"pyproject's packages include {name}/ through {hits}"
+    for name in PACKAGES:
+        assert any(fnmatch.fnmatch(name, pat) for pat in include), f"{name}/ not packaged"

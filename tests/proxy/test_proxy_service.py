@@ -200,7 +200,7 @@ burst_mb = 0.5
     )
     log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "proxy", "--config", str(cfg)],
+        [sys.executable, "-m", "vmbackup", "proxy", "--config", str(cfg)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -13,7 +13,7 @@ from tests.repository.conftest import CS, flip_bit, make_image
 
 def vmb(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "common.cli", *args],
+        [sys.executable, "-m", "vmbackup", *args],
         capture_output=True,
         env={**os.environ, **(env or {})},
         check=False,

@@ -89,7 +89,7 @@ def _writer(broker: BrokerParams, tmp_path: Path, **writer_env: str) -> Iterator
         **{f"VMBACKUP_WRITER__{k.upper()}": v for k, v in writer_env.items()},
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "writer"],
+        [sys.executable, "-m", "vmbackup", "writer"],
         env=env,
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.DEVNULL,

@@ -99,7 +99,7 @@ def _make_points(repo: Repository) -> dict[tuple[str, int], bytes]:
 
 
 def _upgrade_cmd(repo: Path, pwfile: Path) -> list[str]:
-    cli = [sys.executable, "-m", "common.cli", "repo", "upgrade"]
+    cli = [sys.executable, "-m", "vmbackup", "repo", "upgrade"]
     return [*cli, "--repo", str(repo), "--passphrase-file", str(pwfile)]
 
 

@@ -226,7 +226,7 @@ def test_writer_cli_runs_and_stops_on_sigterm(broker: BrokerParams, tmp_path: Pa
         "VMBACKUP_LOG__FORMAT": "json",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "writer"],
+        [sys.executable, "-m", "vmbackup", "writer"],
         env=env,
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.PIPE,

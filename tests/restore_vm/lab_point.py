@@ -1,7 +1,7 @@
 """Builds a restore point of a lab VM the way the coordinator would, without the broker.
 
 The VM's snapshot is taken with the coordinator's own snapshot code, its config is
-read and serialized by the coordinator's own job.snapshot_disks (so the saved
+read and serialized by the coordinator's own snapshots.snapshot_disks (so the saved
 document is exactly what a backup saves), each frozen disk file is imported with
 ``repo import-disk``'s code, and one point combining those disks and the config is
 committed with the repository's ``commit_point``: what the writer does on a
@@ -20,7 +20,7 @@ from typing import Any
 from pyVmomi import vim
 
 from coordinator import snapshots, vm_config
-from coordinator.job import snapshot_disks
+from coordinator.snapshots import snapshot_disks
 from coordinator.vcenter import Connection
 from repository.import_disk import import_disk
 from repository.repository import Repository

@@ -15,7 +15,7 @@ MiB = 2**20
 # runs the CLI in-process and reports this process's peak RSS (KiB) on the last line
 _PEAK = (
     "import resource, sys\n"
-    "from common.cli import main\n"
+    "from vmbackup.cli import main\n"
     "rc = main(sys.argv[1:])\n"
     "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     "sys.exit(rc)\n"

@@ -1,23 +1,22 @@
 """The ``vmbackup`` console script: one subcommand per role and operation.
 
-Each role package contributes its subcommands through ``<package>.cli.register``
-so that this module stays a thin composition root.
+The composition root: each role package contributes its subcommands through
+``<package>.cli.register``, imported here by name in the import graph (no registry), and
+every command gets the config loader as ``args.load_config`` (common knows no role).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+import coordinator.cli
+import proxy_worker.cli
+import repository_writer.cli
 from common.broker_tls import BrokerCertificateError
-
-ROLE_CLI_MODULES = (
-    "coordinator.cli",
-    "proxy_worker.cli",
-    "repository_writer.cli",
-)
+from vmbackup import repo_commands
+from vmbackup.config_schema import Config, load_config
 
 DESCRIPTION = """\
 vmbackup: agentless, image-level backup for VMware vSphere.
@@ -38,17 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.set_defaults(load_config=load_config)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _register_config_commands(sub)
-    for name in ROLE_CLI_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real import error inside the module
-                raise
-            continue
-        module.register(sub)
+    coordinator.cli.register(sub)
+    proxy_worker.cli.register(sub)
+    repository_writer.cli.register(sub)
+    repo_commands.register(sub)
     return parser
 
 
@@ -66,16 +62,15 @@ def _register_config_commands(sub: argparse._SubParsersAction) -> None:
 def _config_check(args: argparse.Namespace) -> int:
     from common.role_startup import load_or_exit
 
-    load_or_exit(args.config)
+    load_or_exit(load_config, args.config)
     print(f"{args.config}: ok")
     return 0
 
 
 def _config_keys(_args: argparse.Namespace) -> int:
     from common.config import describe
-    from common.settings import config_class
 
-    for key, tp, default, doc in describe(config_class()):
+    for key, tp, default, doc in describe(Config):
         print(f"{key}\t{tp}\t{default}\t{doc}")
     return 0
 

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from repository_writer.cli import _guard, _repo_arg, open_repo
+from vmbackup.repo_commands import _guard, _repo_arg, open_repo
 
 
 def cmd_repair(args: argparse.Namespace) -> int:

@@ -1,0 +1,148 @@
+"""A VM's restore point: its disks' results checked against their plans, then one
+CommitRequest to the writers (with CommitParts for disks of many entries)."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+from common import causes, metrics
+from common.logging import get_logger
+from common.messages import CommitPart, CommitRequest, DiskCommit, pack_entries, part_key
+from coordinator import planner, snapshots
+from coordinator import vm_config as vm_config_mod
+from coordinator.discovery import VmInfo
+from coordinator.disk_work import DiskFailed, DiskWork
+from coordinator.job_runtime import Runtime, WriterRequestFailed
+
+log = get_logger(__name__)
+
+
+def check_results(w: DiskWork, chunk_size: int) -> None:
+    """Every task ok and every chunk of the plan named once; the entries sorted in w."""
+    # a task's own failure first: it names the cause a time-out of its siblings hides
+    failures = [r for r in w.results if not r.ok]
+    if failures:
+        cause = causes.checked(failures[0].cause) or causes.INTERNAL
+        for r in failures:
+            metrics.COORD_TASK_FAILURES.labels(causes.checked(r.cause) or causes.INTERNAL).inc()
+        raise DiskFailed(f"{len(failures)} task(s) failed: {failures[0].error or 'failed'}", cause)
+    if w.error:
+        raise DiskFailed(w.error, w.cause or causes.INTERNAL)
+    cs = chunk_size
+    expected = planner.chunk_indexes(w.plan.ranges, cs)
+    entries: dict[int, bytes] = {}
+    for r in w.results:
+        w.rep.bytes_read += r.bytes_read
+        w.rep.bytes_sent += r.bytes_sent
+        for idx, cid in r.entries:
+            entries[int(idx)] = bytes(cid)
+    if sorted(entries) != expected:
+        missing = len(set(expected) - set(entries))
+        extra = len(set(entries) - set(expected))
+        raise DiskFailed(f"task results do not match the plan ({missing} missing, {extra} extra)")
+    for idx, cid in entries.items():
+        if cid and len(cid) != 32:
+            raise DiskFailed(f"chunk {idx}: id of {len(cid)} bytes")
+    w.entries = sorted(entries.items())
+
+
+def commit_point(
+    rt: Runtime,
+    job_id: str,
+    vm: VmInfo,
+    uuid: str,
+    snap: snapshots.Snapshot,
+    vm_config: bytes,
+    ok: list[DiskWork],
+    failed: list[tuple[int, str]],
+    status: str,
+) -> str:
+    """Commit one VM's point on the writers (the request id is the job's and VM's: a
+    retried commit is the same commit); return its id."""
+    request_id = "c-" + hashlib.sha256(f"{job_id}\0{uuid}".encode()).hexdigest()[:32]
+    # controller type and bus per disk, for restore-vm and `repo list` (additive)
+    ctrl = vm_config_mod.disk_controllers(vm_config)
+    per_part = rt.settings.commit_part_entries
+    parts = {w.info.key: stage_parts(rt, request_id, w, per_part) for w in ok}
+    disks = [
+        DiskCommit(
+            key=w.info.key,
+            capacity=w.info.capacity,
+            change_id=w.plan.change_id,
+            base_point_id=w.plan.decision.base_point_id
+            if w.plan.decision.mode == planner.INCREMENTAL
+            else "",
+            entries=[] if parts[w.info.key] else w.entries,
+            info={
+                "label": w.info.label,
+                "file": w.info.file,
+                "datastore": w.info.datastore,
+                "controller_key": w.info.controller_key,
+                "unit_number": w.info.unit_number,
+                "disk_mode": w.info.disk_mode,
+                **ctrl.get(w.info.key, {}),
+                "mode": w.plan.decision.mode,
+                "reason": w.plan.reason,
+            },
+            parts=parts[w.info.key],
+        )
+        for w in ok
+    ]
+
+    def build(reply_to: str) -> CommitRequest:
+        return CommitRequest(
+            request_id=request_id,
+            reply_to=reply_to,
+            job_id=job_id,
+            vcenter=vm.vcenter,
+            vm_uuid=uuid,
+            vm_moref=vm.moref,
+            vm_name=vm.name,
+            vm_config=vm_config,
+            status=status,
+            snapshot_time=snap.created,
+            disks=disks,
+            failed_disks=failed,
+        )
+
+    try:
+        reply = rt.writer_request(request_id, build, rt.settings.commit_timeout_s, "commit")
+    except WriterRequestFailed as exc:
+        raise DiskFailed(f"commit failed: {exc}", causes.WRITER_UNREACHABLE) from None
+    if not reply.ok:
+        raise DiskFailed(f"commit refused by the writer: {reply.error}", causes.COMMIT_REFUSED)
+    log.info("point_committed", point=reply.point_id, status=status, disks=len(disks))
+    return reply.point_id
+
+
+def stage_parts(rt: Runtime, request_id: str, w: DiskWork, per_part: int) -> int:
+    """Send a large disk's entries as staged CommitParts; return how many (0 = inline)."""
+    if len(w.entries) <= per_part:
+        return 0
+    key = w.info.key
+    slices = [w.entries[i : i + per_part] for i in range(0, len(w.entries), per_part)]
+
+    def send(n: int) -> None:
+        pid = part_key(request_id, key, n)
+        packed = pack_entries(slices[n])
+        reply = rt.writer_request(
+            pid,
+            lambda reply_to: CommitPart(request_id, pid, reply_to, key, n, packed),
+            rt.settings.commit_timeout_s,
+            f"commit part {n} of disk {key}",
+        )
+        if not reply.ok:
+            raise DiskFailed(
+                f"commit part {n} of disk {key} refused: {reply.error}", causes.COMMIT_REFUSED
+            )
+
+    # a few parts in flight: writers stage them in parallel, memory stays bounded
+    with ThreadPoolExecutor(4, thread_name_prefix="commit-part") as ex:
+        for fut in [ex.submit(send, n) for n in range(len(slices))]:
+            try:
+                fut.result()
+            except WriterRequestFailed as exc:
+                raise DiskFailed(f"commit failed: {exc}", causes.WRITER_UNREACHABLE) from None
+    log.info("commit_parts_staged", disk=key, parts=len(slices), entries=len(w.entries))
+    return len(slices)

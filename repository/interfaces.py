@@ -1,0 +1,73 @@
+"""The narrow views of a repository, one per use (in the manner of restic's ``Loader``
+and ``BlobSaver``): a caller names the one it needs, and the type checker holds it to it.
+
+:class:`repository.repository.Repository` (a local directory today) provides them all;
+another storage only has to provide the views its users need.
+
+- :class:`Catalog`: read-only, what the coordinator plans with (earlier points, their
+  maps, the chunking every task must use, chunks verify has quarantined).
+- :class:`PointSource`: what a restore reads (a point, its maps and chunks by id).
+- :class:`ChunkSink`: what the writer stores chunks through (have-queries and prepared
+  blobs, never a point).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from repository.fixed_index import DiskMap
+from repository.points import Point
+from repository.repository import StoreResult
+
+
+class Catalog(Protocol):
+    """Points, maps and chunking of a repository, read only."""
+
+    @property
+    def chunk_size(self) -> int: ...
+
+    @property
+    def compression_level(self) -> int: ...
+
+    def points(self, vm_uuid: str | None = None) -> list[Point]:
+        """Points (of one VM), oldest first."""
+        ...
+
+    def latest_point(self, vm_uuid: str, status: str | None = "complete") -> Point | None: ...
+
+    def get_point(self, point_id: str) -> Point: ...
+
+    def load_map(self, point: Point | str, disk_key: int) -> DiskMap: ...
+
+    def quarantined_ids(self) -> set[bytes]:
+        """Ids of the chunks verify found damaged (no point can be based on them)."""
+        ...
+
+
+class PointSource(Protocol):
+    """What a restore reads: a point, a disk's map, and each chunk's plaintext."""
+
+    @property
+    def chunk_size(self) -> int: ...
+
+    def get_point(self, point_id: str) -> Point: ...
+
+    def load_map(self, point: Point | str, disk_key: int) -> DiskMap: ...
+
+    def read_chunk_view(self, chunk_id: bytes, *, check_crc: bool = True) -> bytes | memoryview:
+        """A chunk's plaintext, checked against its id (raises CorruptObjectError)."""
+        ...
+
+
+class ChunkSink(Protocol):
+    """Where the writer stores chunks: which ids are present, and new chunks."""
+
+    @property
+    def chunk_size(self) -> int: ...
+
+    def has_chunks(self, ids: Iterable[bytes]) -> list[bool]: ...
+
+    def store_chunks(
+        self, chunks: Sequence[tuple[bytes, int, bool, bytes | bytearray]]
+    ) -> StoreResult: ...

@@ -1,0 +1,7 @@
+"""`python -m vmbackup` runs the `vmbackup` command."""
+
+import sys
+
+from vmbackup.cli import main
+
+sys.exit(main())
