@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             base_rt = (conn.round_trips - rt0) / len(sample) * n
 
         # --- planning against a real repository with one previous point per VM ---
+        from repository.point_commit import DiskChanges, PointCommit
         from repository.repository import Repository
 
         with tempfile.TemporaryDirectory(prefix="coord-bench-") as tmp:
@@ -86,27 +87,17 @@ def main(argv: list[str] | None = None) -> int:
             for v in inv.vms:
                 d = v.disks[0]
                 repo.commit_point(
-                    {
-                        "job_id": "seed",
-                        "vcenter": "lab",
-                        "vm_uuid": v.instance_uuid,
-                        "vm_moref": v.moref,
-                        "vm_name": v.name,
-                        "vm_config": b"{}",
-                        "status": "complete",
-                        "snapshot_time": 1.0,
-                        "failed_disks": [],
-                        "disks": [
-                            {
-                                "key": d.key,
-                                "capacity": d.capacity,
-                                "change_id": "52 aa/1",
-                                "base_point_id": "",
-                                "entries": [],
-                                "info": {},
-                            }
-                        ],
-                    }
+                    PointCommit(
+                        job_id="seed",
+                        vcenter="lab",
+                        vm_uuid=v.instance_uuid,
+                        vm_moref=v.moref,
+                        vm_name=v.name,
+                        vm_config=b"{}",
+                        status="complete",
+                        snapshot_time=1.0,
+                        disks=[DiskChanges(key=d.key, capacity=d.capacity, change_id="52 aa/1")],
+                    )
                 )
             seed_s = time.monotonic() - t0
             rng = random.Random(1)

@@ -21,6 +21,8 @@ from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin
 
 import msgpack
 
+from common.packed_entries import PackedEntriesError, check_packed
+
 # RabbitMQ's default max message size is 128 MiB; stay well below it.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 ID_LEN = 32
@@ -75,13 +77,19 @@ class BackupTask(Message):
 
 @dataclass(frozen=True, slots=True)
 class TaskResult(Message):
-    """Outcome of one task; entries name every chunk of the task's ranges."""
+    """Outcome of one task. Its map entries were staged at the writers (TaskEntries):
+    ``entries_digest`` and ``entries_count`` say which, and the commit names them; a
+    proxy that does not stage sends them inline in ``entries`` (digest b"")."""
 
     KIND: ClassVar[str] = "task-result"
     # Version 2: ``cause`` of a failure (common/causes.py), from whoever saw it.
-    VERSION: ClassVar[int] = 2
+    # Version 3: entries staged at the writers (``entries_digest``, ``entries_count``).
+    VERSION: ClassVar[int] = 3
     UPGRADES: ClassVar[dict[int, typing.Callable[[Fields], Fields]]] = {
-        1: lambda f: _added_fields(f, "task-result v1", cause=""),
+        1: lambda f: _added_fields(
+            f, "task-result v1", cause="", entries_digest=b"", entries_count=0
+        ),
+        2: lambda f: _added_fields(f, "task-result v2", entries_digest=b"", entries_count=0),
     }
     task_id: str
     job_id: str
@@ -89,7 +97,7 @@ class TaskResult(Message):
     disk_key: int
     ok: bool
     error: str
-    entries: list[tuple[int, bytes]]  # (chunk index, id); b"" marks an all-zero chunk
+    entries: list[tuple[int, bytes]]  # inline (index, id); b"" marks an all-zero chunk
     bytes_read: int
     bytes_zero: int
     bytes_known: int
@@ -97,6 +105,41 @@ class TaskResult(Message):
     seconds: float
     proxy: str
     cause: str = ""
+    entries_digest: bytes = b""  # packed_entries.entries_digest of the staged entries
+    entries_count: int = 0
+
+    def __post_init__(self) -> None:
+        if self.entries_digest and len(self.entries_digest) != ID_LEN:
+            raise MessageError(f"entries_digest of {len(self.entries_digest)} bytes, not 32")
+        if self.entries_digest and self.entries:
+            raise MessageError("entries both staged (entries_digest) and inline")
+        if self.entries_count < 0:
+            raise MessageError(f"entries_count {self.entries_count} is negative")
+
+    @property
+    def staged(self) -> bool:
+        return bool(self.entries_digest)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEntries(Message):
+    """A task's map entries, sent by its proxy to the writers, which stage them durably
+    under (job, VM, disk, task) before the proxy reports the task done; the commit names
+    them (DiskCommit.tasks), so a disk's map crosses the network once."""
+
+    KIND: ClassVar[str] = "task-entries"
+    request_id: str  # the CommitReply's request_id
+    reply_to: str
+    job_id: str
+    vm_uuid: str
+    disk_key: int
+    task_id: str
+    entries: bytes  # common/packed_entries.py format
+
+    def __post_init__(self) -> None:
+        if not self.task_id or not self.job_id:
+            raise MessageError("task-entries: job_id and task_id must not be empty")
+        _check_packed(self.entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +253,21 @@ class StreamHello(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class StagedTask:
+    """A task whose entries its proxy staged, as its TaskResult described them."""
+
+    task_id: str
+    digest: bytes
+    count: int
+
+    def __post_init__(self) -> None:
+        if len(self.digest) != ID_LEN:
+            raise MessageError(f"task {self.task_id!r:.80}: digest of {len(self.digest)} bytes")
+        if self.count < 0:
+            raise MessageError(f"task {self.task_id!r:.80}: count {self.count} is negative")
+
+
+@dataclass(frozen=True, slots=True)
 class DiskCommit:
     """One disk of a restore point: the changed chunks on top of a base point's map."""
 
@@ -222,18 +280,37 @@ class DiskCommit:
     # CommitParts staged for this disk under the request's id (numbered 0..parts-1);
     # their entries apply before ``entries``. 0 = everything is inline.
     parts: int = 0
+    # Tasks whose entries their proxies staged (TaskEntries); they apply first.
+    tasks: list[StagedTask] = field(default_factory=list)
+    # The byte ranges read (chunk aligned): the entries from the tasks, the parts and
+    # inline must name each of their chunks once. None: not checked (version 2).
+    planned: list[tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         if self.parts < 0:
             raise MessageError(f"disk {self.key}: parts {self.parts} must not be negative")
 
 
+def _disks_v2(fields: Fields) -> Fields:
+    disks = fields.get("disks")
+    if not isinstance(disks, list):
+        return fields  # the schema check names what is wrong
+    out = []
+    for d in disks:
+        if isinstance(d, dict):
+            d = _added_fields(d, "commit v2 disk", tasks=[], planned=None)
+        out.append(d)
+    return {**fields, "disks": out}
+
+
 @dataclass(frozen=True, slots=True)
 class CommitRequest(Message):
-    """Commit one VM's point. Version 2: DiskCommit.parts (staged CommitParts)."""
+    """Commit one VM's point. Version 2: DiskCommit.parts (staged CommitParts).
+    Version 3: DiskCommit.tasks (entries staged by proxies) and .planned."""
 
     KIND: ClassVar[str] = "commit"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
+    UPGRADES: ClassVar[dict[int, typing.Callable[[Fields], Fields]]] = {2: _disks_v2}
     request_id: str
     reply_to: str
     job_id: str
@@ -251,7 +328,7 @@ class CommitRequest(Message):
 @dataclass(frozen=True, slots=True)
 class CommitReply(Message):
     """A writer's answer on the commits queue: to a CommitRequest (point_id set), a
-    CommitPart (request_id = its part_id) or a JobMarker (point_id "")."""
+    CommitPart (request_id = its part_id), TaskEntries or a JobMarker (point_id "")."""
 
     KIND: ClassVar[str] = "commit-reply"
     request_id: str
@@ -279,8 +356,7 @@ class CommitPart(Message):
             raise MessageError(f"part {self.part} must not be negative")
         if self.part_id != part_key(self.request_id, self.disk_key, self.part):
             raise MessageError(f"part_id {self.part_id!r:.80} does not match the part")
-        for _ in iter_packed(self.entries):
-            pass  # validates the structure
+        _check_packed(self.entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +398,7 @@ KINDS: dict[str, type[Message]] = {
         BackupTask,
         TaskResult,
         TaskWithdrawal,
+        TaskEntries,
         ChunkBatch,
         ChunkAck,
         HaveQuery,
@@ -337,93 +414,16 @@ KINDS: dict[str, type[Message]] = {
 
 M = TypeVar("M", bound=Message)
 
-# --- packed commit entries ----------------------------------------------------------
-#
-# A sequence of runs of consecutive chunk indexes, ascending and not overlapping:
-#   start u64 BE, count u32 BE (>= 1), kind u8 (0 = all-zero chunks, 1 = ids),
-#   then for kind 1 ``count`` ids of 32 bytes.
-# A zero run costs 13 bytes whatever its length; an id costs 32 bytes (msgpack
-# pairs cost about 40).
-
-_RUN = struct.Struct(">QIB")
-RUN_ZERO = 0
-RUN_IDS = 1
-
 
 def part_key(request_id: str, disk_key: int, part: int) -> str:
     return f"{request_id}/{disk_key}/{part}"
 
 
-def pack_entries(entries: list[tuple[int, bytes]]) -> bytes:
-    """Pack (index, id) pairs sorted by index (b"" = zero chunk) into runs."""
-    out = bytearray()
-    i = 0
-    n = len(entries)
-    prev_end = -1
-    while i < n:
-        start, cid = entries[i]
-        if start < 0 or start <= prev_end - 1 or start > 2**64 - 1:
-            raise MessageError(f"entries: index {start} out of order or out of range")
-        kind = RUN_ZERO if cid == b"" else RUN_IDS
-        j = i + 1
-        while (
-            j < n
-            and j - i < 0xFFFFFFFF
-            and entries[j][0] == start + (j - i)
-            and (entries[j][1] == b"") == (kind == RUN_ZERO)
-        ):
-            j += 1
-        out += _RUN.pack(start, j - i, kind)
-        if kind == RUN_IDS:
-            for _idx, c in entries[i:j]:
-                if len(c) != ID_LEN:
-                    raise MessageError(f"entries: chunk id of {len(c)} bytes, expected {ID_LEN}")
-                out += c
-        prev_end = start + (j - i)
-        i = j
-    return bytes(out)
-
-
-def iter_packed(data: bytes) -> typing.Iterator[tuple[int, int, bytes | None]]:
-    """Runs (start, count, ids or None for zeros) of packed entries, checked strictly."""
-    view = memoryview(data)
-    pos = 0
-    prev_end = 0
-    first = True
-    while pos < len(view):
-        if len(view) - pos < _RUN.size:
-            raise MessageError(f"packed entries: truncated run header at byte {pos}")
-        start, count, kind = _RUN.unpack_from(view, pos)
-        pos += _RUN.size
-        if count == 0:
-            raise MessageError(f"packed entries: empty run at index {start}")
-        if not first and start < prev_end:
-            raise MessageError(f"packed entries: run at index {start} overlaps or is unsorted")
-        if kind == RUN_ZERO:
-            ids = None
-        elif kind == RUN_IDS:
-            size = count * ID_LEN
-            if len(view) - pos < size:
-                raise MessageError(f"packed entries: run at index {start} is truncated")
-            ids = bytes(view[pos : pos + size])
-            pos += size
-        else:
-            raise MessageError(f"packed entries: unknown run kind {kind} at index {start}")
-        first = False
-        prev_end = start + count
-        yield start, count, ids
-
-
-def unpack_entries(data: bytes) -> list[tuple[int, bytes]]:
-    """Every entry as a list (tests, small parts); a zero run expands to one entry per
-    chunk, so readers of untrusted parts iterate :func:`iter_packed` instead."""
-    out: list[tuple[int, bytes]] = []
-    for start, count, ids in iter_packed(data):
-        if ids is None:
-            out.extend((start + k, b"") for k in range(count))
-        else:
-            out.extend((start + k, ids[k * ID_LEN : (k + 1) * ID_LEN]) for k in range(count))
-    return out
+def _check_packed(data: bytes) -> None:
+    try:
+        check_packed(data)
+    except PackedEntriesError as exc:
+        raise MessageError(str(exc)) from None
 
 
 # --- strict validation --------------------------------------------------------------

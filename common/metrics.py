@@ -29,6 +29,11 @@ BUILD_INFO = Gauge("vmbackup_build_info", "Version of the running vmbackup", ["v
 AMQP_PUBLISHED = Counter(
     "vmbackup_amqp_published_total", "Messages confirmed by the broker", ["kind"]
 )
+AMQP_PUBLISHED_BYTES = Counter(
+    "vmbackup_amqp_published_bytes_total",
+    "Body bytes of the messages confirmed by the broker",
+    ["kind"],
+)
 AMQP_PUBLISH_FAILURES = Counter(
     "vmbackup_amqp_publish_failures_total",
     "Publishes nacked, returned as unroutable or lost with the connection",
@@ -42,6 +47,11 @@ AMQP_PUBLISH_DROPPED = Counter(
 )
 AMQP_CONSUMED = Counter(
     "vmbackup_amqp_consumed_total", "Messages handled and acked", ["queue", "kind"]
+)
+AMQP_CONSUMED_BYTES = Counter(
+    "vmbackup_amqp_consumed_bytes_total",
+    "Body bytes of the messages handled and acked",
+    ["queue", "kind"],
 )
 AMQP_REJECTED = Counter(
     "vmbackup_amqp_rejected_total",
@@ -257,6 +267,10 @@ PROXY_BATCHES_SENT = Counter(
     "vmbackup_proxy_batches_sent_total",
     "Chunk batches sent to writers: over a writer's chunk stream (direct) or the broker",
     ["path"],
+)
+PROXY_ENTRIES_STAGED = Counter(
+    "vmbackup_proxy_entries_staged_total",
+    "Map entries of finished tasks staged at the writers (TaskEntries)",
 )
 PROXY_HAVE_QUERIES = Counter(
     "vmbackup_proxy_have_queries_total",

@@ -1,5 +1,6 @@
 """A VM's restore point: its disks' results checked against their plans, then one
-CommitRequest to the writers (with CommitParts for disks of many entries)."""
+CommitRequest to the writers naming the map entries the proxies staged there (and with
+CommitParts for the inline entries of proxies that do not stage, when they are many)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from common import causes, metrics
 from common.logging import get_logger
-from common.messages import CommitPart, CommitRequest, DiskCommit, pack_entries, part_key
+from common.messages import CommitPart, CommitRequest, DiskCommit, StagedTask, part_key
+from common.packed_entries import pack_entries
 from coordinator import planner, snapshots
 from coordinator import vm_config as vm_config_mod
 from coordinator.discovery import VmInfo
@@ -19,7 +21,10 @@ log = get_logger(__name__)
 
 
 def check_results(w: DiskWork, chunk_size: int) -> None:
-    """Every task ok and every chunk of the plan named once; the entries sorted in w."""
+    """Every task ok and its result matching its plan: staged entries as many as the
+    task's chunks (the writer checks which at the commit, against the planned ranges),
+    inline entries (proxies that do not stage) naming exactly the task's chunks. The
+    staged tasks and the sorted inline entries are left in ``w`` for the commit."""
     # a task's own failure first: it names the cause a time-out of its siblings hides
     failures = [r for r in w.results if not r.ok]
     if failures:
@@ -29,22 +34,39 @@ def check_results(w: DiskWork, chunk_size: int) -> None:
         raise DiskFailed(f"{len(failures)} task(s) failed: {failures[0].error or 'failed'}", cause)
     if w.error:
         raise DiskFailed(w.error, w.cause or causes.INTERNAL)
-    cs = chunk_size
-    expected = planner.chunk_indexes(w.plan.ranges, cs)
-    entries: dict[int, bytes] = {}
-    for r in w.results:
+    by_task = {r.task_id: r for r in w.results}
+    planned = {t.task_id: t for t in w.plan.tasks}
+    if by_task.keys() != planned.keys():
+        missing = len(planned.keys() - by_task.keys())
+        extra = len(by_task.keys() - planned.keys())
+        raise DiskFailed(f"task results do not match the plan ({missing} missing, {extra} extra)")
+    inline: dict[int, bytes] = {}
+    staged: list[StagedTask] = []
+    for tid, t in planned.items():
+        r = by_task[tid]
         w.rep.bytes_read += r.bytes_read
         w.rep.bytes_sent += r.bytes_sent
-        for idx, cid in r.entries:
-            entries[int(idx)] = bytes(cid)
-    if sorted(entries) != expected:
-        missing = len(set(expected) - set(entries))
-        extra = len(set(entries) - set(expected))
-        raise DiskFailed(f"task results do not match the plan ({missing} missing, {extra} extra)")
-    for idx, cid in entries.items():
-        if cid and len(cid) != 32:
-            raise DiskFailed(f"chunk {idx}: id of {len(cid)} bytes")
-    w.entries = sorted(entries.items())
+        expected = planner.chunk_indexes(t.ranges, chunk_size)
+        if r.staged:
+            if r.entries_count != len(expected):
+                raise DiskFailed(
+                    f"task {tid}: {r.entries_count} entries staged for its {len(expected)} chunks"
+                )
+            staged.append(StagedTask(tid, r.entries_digest, r.entries_count))
+            continue
+        got = {int(idx): bytes(cid) for idx, cid in r.entries}
+        if sorted(got) != expected:
+            missing = len(set(expected) - set(got))
+            extra = len(set(got) - set(expected))
+            raise DiskFailed(
+                f"task {tid}: entries do not match its plan ({missing} missing, {extra} extra)"
+            )
+        for idx, cid in got.items():
+            if cid and len(cid) != 32:
+                raise DiskFailed(f"chunk {idx}: id of {len(cid)} bytes")
+        inline.update(got)
+    w.entries = sorted(inline.items())
+    w.staged = staged
 
 
 def commit_point(
@@ -74,6 +96,8 @@ def commit_point(
             if w.plan.decision.mode == planner.INCREMENTAL
             else "",
             entries=[] if parts[w.info.key] else w.entries,
+            tasks=w.staged,
+            planned=[(o, n) for o, n in w.plan.ranges],
             info={
                 "label": w.info.label,
                 "file": w.info.file,

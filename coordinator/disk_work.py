@@ -7,7 +7,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from common import causes
-from common.messages import TaskResult
+from common.messages import StagedTask, TaskResult
 from coordinator import planner, report
 from coordinator.discovery import DiskInfo
 
@@ -22,24 +22,15 @@ class DiskFailed(Exception):
 
 
 @dataclass
-class _DiskWork:
-    info: DiskInfo
-    plan: planner.DiskPlan
-    rep: report.DiskReport
-    futures: dict[str, Future[TaskResult]] = field(default_factory=dict)
-    results: list[TaskResult] = field(default_factory=list)
-    entries: list[tuple[int, bytes]] = field(default_factory=list)  # checked, for the commit
-    error: str = ""
-    cause: str = ""
-
-
-@dataclass
 class DiskWork:
     info: DiskInfo
     plan: planner.DiskPlan
     rep: report.DiskReport
     futures: dict[str, Future[TaskResult]] = field(default_factory=dict)
     results: list[TaskResult] = field(default_factory=list)
-    entries: list[tuple[int, bytes]] = field(default_factory=list)  # checked, for the commit
+    # checked, for the commit: the tasks whose entries the proxies staged, and the entries
+    # of proxies that sent them inline
+    staged: list[StagedTask] = field(default_factory=list)
+    entries: list[tuple[int, bytes]] = field(default_factory=list)
     error: str = ""
     cause: str = ""

@@ -1,7 +1,8 @@
 """``vmbackup proxy``: consume block-range tasks, run them through the pipeline, report.
 
 A task is acked only after every one of its chunks is durable at a writer (ChunkAck) or
-known to one (HaveReply); then its TaskResult is published. A failing task is returned to
+known to one (HaveReply) and its map entries are staged at the writers (TaskEntries,
+unless ``stage_entries`` is off); then its TaskResult is published. A failing task is returned to
 its queue with the reason (the Consumer retries it, and dead-letters it after the delivery
 limit); on its last attempt, or when the task itself is malformed, a failed TaskResult tells
 the coordinator at once instead of letting it wait for a timeout.
@@ -156,6 +157,7 @@ class ProxyService:
                 return  # acked: nobody waits for it, its snapshot may be gone
             try:
                 stats = self.run_task(task)
+                staged = self._stage_entries(task, stats)
             except Exception as exc:
                 # Withdrawn while it ran (stopped), or before it failed (its snapshot removed
                 # while it waited for a stream or opened the disk): nobody waits for it.
@@ -168,7 +170,7 @@ class ProxyService:
                     raise PermanentError(exc.reason()) from exc
                 self._failed(task, exc, "failed" if last_attempt else "retry")
                 raise
-            result = self._result(task, stats, ok=True, error="")
+            result = self._result(task, stats, ok=True, error="", staged=staged)
             self.publisher.publish_sync("", task.results_to, result, persistent=True)
             metrics.PROXY_TASKS.labels(outcome="ok").inc()
             log.info(
@@ -199,9 +201,26 @@ class ProxyService:
         except Exception as pub_exc:  # the DLQ still holds the task with its reason
             log.error("failure_result_not_published", error=repr(pub_exc))
 
+    def _stage_entries(self, task: BackupTask, st: TaskStats) -> tuple[bytes, int] | None:
+        """(digest, count) of the entries staged at the writers; None: they go inline."""
+        if not self.settings.stage_entries:
+            return None
+        entries = st.sorted_entries()
+        return self.link.stage_entries(
+            task.task_id, task.job_id, task.vm_uuid, task.disk_key, entries
+        )
+
     def _result(
-        self, task: BackupTask, st: TaskStats, *, ok: bool, error: str, cause: str = ""
+        self,
+        task: BackupTask,
+        st: TaskStats,
+        *,
+        ok: bool,
+        error: str,
+        cause: str = "",
+        staged: tuple[bytes, int] | None = None,
     ) -> TaskResult:
+        digest, count = staged or (b"", 0)
         return TaskResult(
             task_id=task.task_id,
             job_id=task.job_id,
@@ -209,7 +228,7 @@ class ProxyService:
             disk_key=task.disk_key,
             ok=ok,
             error=error[:2000],
-            entries=st.sorted_entries(),
+            entries=[] if staged else st.sorted_entries(),
             bytes_read=st.bytes_read,
             bytes_zero=st.bytes_zero,
             bytes_known=st.bytes_known,
@@ -217,6 +236,8 @@ class ProxyService:
             seconds=st.seconds,
             proxy=self.settings.name,
             cause=cause,
+            entries_digest=digest,
+            entries_count=count,
         )
 
     def pipeline_config(self, task: BackupTask) -> PipelineConfig:

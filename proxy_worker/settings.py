@@ -229,6 +229,14 @@ class ProxySettings:
     writer_timeout: float = field(
         default=120.0, metadata=_doc("seconds to wait for a chunk ack or have-reply")
     )
+    stage_entries: bool = field(
+        default=True,
+        metadata=_doc(
+            "stage each task's map entries at the writers (TaskEntries) and report only their"
+            " digest, so a disk's map crosses the network once; false: send them inline in"
+            " the task result (for writers older than the coordinator's commit version 3)"
+        ),
+    )
     chunk_streams: bool = field(
         default=True,
         metadata=_doc(

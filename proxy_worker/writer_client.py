@@ -1,7 +1,8 @@
 """The proxy's side of the writer protocol: have-queries and chunk batches on the writer's
 chunk stream where its have-replies offer one, through the shard queues otherwise (and for
 a shard's first query and its periodic refresh); answers on the stream or the proxy's
-exclusive reply queue; re-sent when an answer does not come."""
+exclusive reply queue; re-sent when an answer does not come. And, once a task's chunks
+are durable, its map entries staged at the writers through the commits queue."""
 
 from __future__ import annotations
 
@@ -11,10 +12,19 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from common import metrics
-from common.amqp import EXCHANGE_SHARDS, Publisher, PublishError, ReplyQueue
+from common import causes, metrics
+from common.amqp import EXCHANGE_SHARDS, QUEUE_COMMITS, Publisher, PublishError, ReplyQueue
 from common.logging import get_logger
-from common.messages import ChunkAck, ChunkBatch, HaveQuery, HaveReply, Message
+from common.messages import (
+    ChunkAck,
+    ChunkBatch,
+    CommitReply,
+    HaveQuery,
+    HaveReply,
+    Message,
+    TaskEntries,
+)
+from common.packed_entries import entries_digest, pack_entries
 from common.sharding import shard_routing_key
 from proxy_worker.chunk_stream_client import Endpoint, WriterStreams
 from proxy_worker.errors import WriterError, WriterRefusedError
@@ -127,6 +137,43 @@ class WriterLink:
         self.replies.forget(key)
         if self.streams is not None:
             self.streams.forget(key)
+
+    # --- a task's map entries ----------------------------------------------------------
+    def stage_entries(
+        self,
+        task_id: str,
+        job_id: str,
+        vm_uuid: str,
+        disk_key: int,
+        entries: list[tuple[int, bytes]],
+    ) -> tuple[bytes, int]:
+        """Have a writer stage the task's entries durably; return (digest, count) for the
+        task's result. Re-sent when no answer comes (staging is idempotent)."""
+        packed = pack_entries(entries)
+        last = "no reply"
+        for attempt in range(1, self.attempts + 1):
+            key = uuid.uuid4().hex
+            fut = self.replies.expect(key)
+            msg = TaskEntries(key, self.replies.name, job_id, vm_uuid, disk_key, task_id, packed)
+            try:
+                self.publisher.publish_sync(
+                    "", QUEUE_COMMITS, msg, correlation_id=key, timeout=self.timeout
+                )
+                rep = fut.result(timeout=self.timeout)
+            except (PublishError, FutureTimeout) as exc:
+                self.replies.forget(key)
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                log.warning("task_entries_no_reply", attempt=attempt, error=last)
+                continue
+            if not isinstance(rep, CommitReply):
+                raise WriterError(f"task entries answered with {rep!r:.200}")
+            if not rep.ok:
+                raise WriterRefusedError(
+                    f"writer refused the task's entries: {rep.error}", causes.REPOSITORY_ERROR
+                )
+            metrics.PROXY_ENTRIES_STAGED.inc(len(entries))
+            return entries_digest(packed), len(entries)
+        raise WriterError(f"task entries not staged after {self.attempts} tries: {last}")
 
     # --- chunk batches -----------------------------------------------------------------
     def send(self, batch: PendingBatch) -> PendingBatch:

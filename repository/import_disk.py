@@ -20,6 +20,7 @@ from typing import BinaryIO
 from common.chunk import is_zero
 from repository.errors import InvalidRequestError, RepositoryError
 from repository.fixed_index import ZERO_ID, DiskMap, chunk_count
+from repository.point_commit import DiskChanges, PointCommit
 from repository.repository import Repository
 
 BATCH = 8  # chunks per durable write batch; memory: (2 x BATCH + 2 x workers) x chunk size
@@ -131,27 +132,22 @@ def import_disk(
             _store(repo, batch, totals)
         snap = time.time() if snapshot_time is None else snapshot_time
         point_id = repo.commit_point(
-            {
-                "job_id": job_id,
-                "vcenter": "",
-                "vm_uuid": vm_uuid,
-                "vm_moref": "",
-                "vm_name": vm_name,
-                "vm_config": b"",
-                "status": "complete",
-                "snapshot_time": snap,
-                "failed_disks": [],
-                "disks": [
-                    {
-                        "key": disk_key,
-                        "capacity": capacity,
-                        "change_id": "",
-                        "base_point_id": base.id if base else "",
-                        "entries": entries,
-                        "info": {"source": str(image)},
-                    }
+            PointCommit(
+                job_id=job_id,
+                vm_uuid=vm_uuid,
+                vm_name=vm_name,
+                status="complete",
+                snapshot_time=snap,
+                disks=[
+                    DiskChanges(
+                        key=disk_key,
+                        capacity=capacity,
+                        base_point_id=base.id if base else "",
+                        entries=entries,
+                        info={"source": str(image)},
+                    )
                 ],
-            }
+            )
         )
     finally:
         fh.close()

@@ -1,4 +1,4 @@
-"""Authentication of repository metadata (the config, disk maps, staged commit parts).
+"""Authentication of repository metadata (the config, disk maps, staged map entries).
 
 In an encrypted repository every map and the config carry a keyed BLAKE3 tag under
 the *metadata key*, derived from the repository's data key and id key with BLAKE3's
@@ -20,6 +20,7 @@ from repository.keyfile import RepoKeys
 META_KEY_CONTEXT = "vmbackup 2026-12 repository metadata authentication key v2"
 MAP_CONTEXT = b"vmbackup-map-v2\0"
 PART_CONTEXT = b"vmbackup-commit-part-v2\0"
+TASK_CONTEXT = b"vmbackup-task-entries-v1\0"
 CONFIG_CONTEXT = b"vmbackup-config-v2\0"
 TAG_LEN = 32
 
@@ -70,6 +71,15 @@ class MetaAuth:
         h = self._hasher()
         h.update(PART_CONTEXT)
         h.update(f"{self.repo_id}\0{request_dir}\0{disk_key}\0{part}\0".encode())
+        h.update(packed)
+        return h.digest()
+
+    def task_tag(self, job_dir: str, disk_key: int, task_id: str, packed: bytes) -> bytes:
+        """Tag of a task's staged map entries: its job and VM (``job_dir``), disk, task
+        and packed entries."""
+        h = self._hasher()
+        h.update(TASK_CONTEXT)
+        h.update(f"{self.repo_id}\0{job_dir}\0{disk_key}\0{task_id}\0".encode())
         h.update(packed)
         return h.digest()
 

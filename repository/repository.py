@@ -9,8 +9,7 @@ progress, which gc honours), ``locks/``, ``quarantine/`` (damaged chunks).
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,17 +28,15 @@ from repository.errors import (
     RepositoryError,
     RepositoryFormatError,
 )
-from repository.fixed_index import ZERO_ID, DiskMap
+from repository.fixed_index import DiskMap
 from repository.fsutil import makedirs_durable, write_atomic
 from repository.meta_auth import MetaAuth, derive_meta_key
+from repository.point_commit import PointCommit
+from repository.point_committer import PointCommitter
 from repository.points import (
-    STATUSES,
     Point,
-    PointDisk,
     PointStore,
-    check_point_id,
     check_vm_uuid,
-    make_point_id,
 )
 from repository.quarantine import Quarantine
 from repository.running import RunningMarkers
@@ -59,18 +56,6 @@ class StoreResult:
     raw_stored: int = 0  # plaintext bytes of the chunks written
 
 
-def _get(obj: Any, name: str) -> Any:
-    """Field of a message dataclass or of a plain mapping (CLI, tests, other roles)."""
-    if isinstance(obj, Mapping):
-        if name not in obj:
-            raise InvalidRequestError(f"commit request has no field {name!r}")
-        return obj[name]
-    try:
-        return getattr(obj, name)
-    except AttributeError:
-        raise InvalidRequestError(f"commit request has no field {name!r}") from None
-
-
 class Repository:
     def __init__(self, path: Path, config: dict[str, Any], keys: keyfile.RepoKeys | None) -> None:
         self.path = path
@@ -88,6 +73,14 @@ class Repository:
         )
         self.staging = CommitStaging(path / "staging", self.auth)  # created on first use
         self.markers = RunningMarkers(path / "running")
+        self.committer = PointCommitter(
+            self.chunk_size,
+            self.point_store,
+            self.staging,
+            self.chunks,
+            self.get_point,
+            self.load_map,
+        )
 
     def __repr__(self) -> str:  # never key material
         return f"Repository({str(self.path)!r}, encrypted={self.encrypted})"
@@ -275,119 +268,25 @@ class Repository:
     def delete_point(self, point_id: str) -> None:
         self.point_store.delete(self.point_store.find(point_id))
 
-    def commit_point(self, request: Any) -> str:
-        """Commit a restore point from a CommitRequest (or a mapping with its fields).
+    def commit_point(self, commit: PointCommit) -> str:
+        """Commit a restore point (point_committer.py): each disk's map is its base
+        point's map (resized to the new capacity) with the new entries applied, a
+        synthetic full; every chunk the maps name must exist (checked, and touched against
+        gc) before the point becomes visible, atomically. A repeated commit (a
+        redelivery) returns the point it already made; staged entries it named are
+        removed once it is committed."""
+        return self.committer.commit(commit)
 
-        Each disk's map is its base point's map (resized to the new capacity) with the
-        named entries replaced: a synthetic full. Every chunk the maps name must exist
-        (checked, and touched against gc) before the point becomes visible, atomically.
-        A repeated request (redelivery) returns the point it already made.
-
-        A disk with ``parts`` > 0 takes its entries first from the CommitParts staged
-        under the request's id (:meth:`stage_commit_part`), then from ``entries``; the
-        staged parts are removed once the point is committed.
-        """
-        request_id = str(_get(request, "request_id")) if _has(request, "request_id") else ""
-        vm_uuid = check_vm_uuid(_get(request, "vm_uuid"))
-        job_id = str(_get(request, "job_id"))
-        status = _get(request, "status")
-        if status not in STATUSES:
-            raise InvalidRequestError(f"status {status!r} is not one of {STATUSES}")
-        snapshot_time = float(_get(request, "snapshot_time"))
-        point_id = make_point_id(job_id, vm_uuid, snapshot_time)
-        if (self.point_store.root / vm_uuid / point_id).is_dir():
-            if request_id:
-                self.staging.remove(request_id)
-            return point_id
-        maps: dict[int, DiskMap] = {}
-        disks: list[PointDisk] = []
-        for d in _get(request, "disks"):
-            key = int(_get(d, "key"))
-            if key in maps:
-                raise InvalidRequestError(f"disk {key} appears twice in the commit request")
-            capacity = int(_get(d, "capacity"))
-            if capacity <= 0:
-                raise InvalidRequestError(f"disk {key}: capacity {capacity} must be positive")
-            base_id = str(_get(d, "base_point_id"))
-            if base_id:
-                check_point_id(base_id)
-                base = self.get_point(base_id)
-                if base.vm_uuid != vm_uuid:
-                    raise InvalidRequestError(f"disk {key}: base point {base_id} is of another VM")
-                dmap = self.load_map(base, key).resized(capacity)
-            else:
-                dmap = DiskMap(self.chunk_size, capacity)
-            entries = _get(d, "entries")
-            parts = int(_get(d, "parts")) if _has(d, "parts") else 0
-            changed = len(entries)
-            if parts:
-                if not request_id:
-                    raise InvalidRequestError(f"disk {key}: staged parts need a request_id")
-                for index, cid in self.staging.load(request_id, key, parts):
-                    _set_entry(dmap, index, cid, key)
-                    changed += 1
-            for index, cid in entries:
-                _set_entry(dmap, int(index), bytes(cid), key)
-            self._check_referenced(dmap, f"disk {key}")
-            maps[key] = dmap
-            info = _get(d, "info") if not isinstance(d, Mapping) or "info" in d else {}
-            disks.append(
-                PointDisk(
-                    key=key,
-                    capacity=capacity,
-                    change_id=str(_get(d, "change_id")),
-                    base_point_id=base_id,
-                    info=dict(info),
-                    chunks=len(dmap),
-                    zero_chunks=dmap.zero_count(),
-                    changed_chunks=changed,
-                )
-            )
-        failed = [(int(k), str(r)) for k, r in _get(request, "failed_disks")]
-        point = Point(
-            id=point_id,
-            job_id=job_id,
-            vcenter=str(_get(request, "vcenter")),
-            vm_uuid=vm_uuid,
-            vm_moref=str(_get(request, "vm_moref")),
-            vm_name=str(_get(request, "vm_name")),
-            vm_config=bytes(_get(request, "vm_config")),
-            status=status,
-            snapshot_time=snapshot_time,
-            created=time.time(),
-            chunk_size=self.chunk_size,
-            disks=disks,
-            failed_disks=failed,
-        )
-        self.point_store.commit(point, maps)
-        if request_id:
-            self.staging.remove(request_id)
-        return point_id
+    def stage_task_entries(
+        self, job_id: str, vm_uuid: str, disk_key: int, task_id: str, packed: bytes
+    ) -> int:
+        """Durably stage a task's packed map entries for a later commit; return how many."""
+        check_vm_uuid(vm_uuid)
+        return self.staging.stage_task(job_id, vm_uuid, disk_key, task_id, packed)
 
     def stage_commit_part(self, request_id: str, disk_key: int, part: int, packed: bytes) -> None:
         """Durably stage one CommitPart (packed entries) for a later commit_point."""
         self.staging.stage(request_id, disk_key, part, packed)
-
-    def _check_referenced(self, dmap: DiskMap, what: str) -> None:
-        """Every chunk the map names exists (and is kept from gc by a fresh mtime). A
-        commit only names chunks a writer acknowledged as durable (a chunk ack follows the
-        fsyncs, a "present" answer follows touch's), so nothing needs settling here: on
-        ext4 each directory fsync is a journal commit, one per chunk of the disk."""
-        missing: list[str] = []
-        count = 0
-        prev = ZERO_ID
-        for index, cid in dmap.iter_ids():
-            if cid == prev:
-                continue  # runs of one chunk (e.g. a repeated pattern) need one check
-            prev = cid
-            if not self.chunks.touch(cid, settle=False):
-                count += 1
-                if len(missing) < 5:
-                    missing.append(f"#{index} {cid.hex()}")
-        if count:
-            raise MissingChunkError(
-                f"{what}: {count} named chunk(s) are not in the repository: {', '.join(missing)}"
-            )
 
     # --- running-backup markers (gc protection, see running.py) ----------------------
 
@@ -399,18 +298,6 @@ class Repository:
 
     def running_jobs(self) -> list[dict[str, Any]]:
         return self.markers.list()
-
-
-def _has(obj: Any, name: str) -> bool:
-    return name in obj if isinstance(obj, Mapping) else hasattr(obj, name)
-
-
-def _set_entry(dmap: DiskMap, index: int, cid: bytes, key: int) -> None:
-    if not 0 <= index < len(dmap):
-        raise InvalidRequestError(
-            f"disk {key}: chunk index {index} outside the disk (0..{len(dmap) - 1})"
-        )
-    dmap.set(index, cid)
 
 
 def _pass_bytes(passphrase: str | bytes) -> bytes:

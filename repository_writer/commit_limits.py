@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.messages import CommitPart, CommitRequest, MessageError, iter_packed
+from common.messages import CommitPart, CommitRequest
+from common.packed_entries import PackedEntriesError, iter_packed
 from repository.errors import InvalidRequestError
 from repository.fixed_index import chunk_count
 
@@ -48,18 +49,30 @@ class CommitLimits:
                 raise InvalidRequestError(
                     f"disk {d.key}: parts {d.parts}, more than its {n} chunks"
                 )
+            if len(d.tasks) > n:
+                raise InvalidRequestError(
+                    f"disk {d.key}: {len(d.tasks)} staged tasks, more than its {n} chunks"
+                )
+            if d.planned is not None and len(d.planned) > n:
+                raise InvalidRequestError(
+                    f"disk {d.key}: {len(d.planned)} planned ranges, more than its {n} chunks"
+                )
 
     def check_part(self, part: CommitPart) -> None:
         what = f"commit part {part.part} of disk {part.disk_key}"
         if part.part >= self.max_chunks:
             raise InvalidRequestError(f"{what}: part number beyond {self.max_chunks - 1}")
+        self.check_packed(part.entries, what)
+
+    def check_packed(self, packed: bytes, what: str) -> None:
+        """Packed entries whose indexes all fit the largest disk a commit may name."""
         try:
-            for start, count, _ids in iter_packed(part.entries):
+            for start, count, _ids in iter_packed(packed):
                 if start + count > self.max_chunks:
                     raise InvalidRequestError(
                         f"{what}: chunk index {start + count - 1} beyond the largest disk"
                         f" ({self.max_chunks} chunks: writer.max_disk_capacity"
                         f" {self.max_disk_capacity} / chunk size {self.chunk_size})"
                     )
-        except MessageError as exc:
+        except PackedEntriesError as exc:
             raise InvalidRequestError(f"{what}: {exc}") from None

@@ -5,7 +5,8 @@ exchange, which every role must write to for its replies), so permissions alone 
 keep a proxy from sending a CommitRequest or a JobMarker. The guard is the message's
 ``user_id``: RabbitMQ refuses a publish whose user_id is not the connection's user, so
 it names the real sender, and the writer accepts commits, parts and markers only from
-the coordinator's account(s) (docs/security.md "Broker accounts").
+the coordinator's account(s), and a task's staged map entries only from a proxy's
+(docs/security.md "Broker accounts").
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from common import metrics
 from common.amqp import Delivery, PermanentError
 from common.logging import get_logger
-from common.messages import Message
+from common.messages import Message, TaskEntries
 
 log = get_logger("writer")
 ROLE_SUFFIX = "-writer"
@@ -41,21 +42,22 @@ class Senders:
             default_coord = default_proxy = [own]
         return cls(frozenset(coordinators or default_coord), frozenset(proxies or default_proxy))
 
-    def check_commit(self, msg: Message, d: Delivery) -> None:
-        """Refuse (to the dead-letter queue) a commits-queue message not sent by a
-        coordinator account."""
-        if d.properties.user_id in self.coordinators:  # (not d.sender: "none" is no user)
+    def check_commits_queue(self, msg: Message, d: Delivery) -> None:
+        """Refuse (to the dead-letter queue) a commits-queue message from an account not
+        allowed to send it: task entries come from proxies, everything else (commits,
+        parts, job markers) from coordinators."""
+        proxy_kind = isinstance(msg, TaskEntries)
+        allowed, what = (
+            (self.proxies, "proxy") if proxy_kind else (self.coordinators, "coordinator")
+        )
+        if d.properties.user_id in allowed:  # (not d.sender: "none" is no user)
             return
         metrics.WRITER_COMMITS.labels(result="sender_refused").inc()
-        log.error(
-            "commit_sender_refused",
-            kind=msg.KIND,
-            sender=d.sender,
-            allowed=sorted(self.coordinators),
-        )
+        log.error("commit_sender_refused", kind=msg.KIND, sender=d.sender, allowed=sorted(allowed))
+        setting = "writer.proxy_users" if proxy_kind else "writer.coordinator_users"
         raise PermanentError(
-            f"sent by broker user {d.sender!r}, not a coordinator account"
-            f" (writer.coordinator_users: {', '.join(sorted(self.coordinators))})"
+            f"{msg.KIND} sent by broker user {d.sender!r}, not a {what} account"
+            f" ({setting}: {', '.join(sorted(allowed))})"
         )
 
     def is_proxy(self, d: Delivery) -> bool:

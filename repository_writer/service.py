@@ -2,8 +2,9 @@
 
 Consumes its shard queues (ChunkBatch -> verify, store, fsync -> ChunkAck to the
 sender's reply queue; HaveQuery -> HaveReply) and, optionally, the shared commits
-queue (CommitRequest -> commit_point -> CommitReply; CommitPart -> staged durably ->
-CommitReply; JobMarker -> running-backup marker begun or ended -> CommitReply).
+queue (TaskEntries from a proxy -> staged durably -> CommitReply; CommitRequest ->
+commit_point -> CommitReply; CommitPart -> staged durably -> CommitReply; JobMarker ->
+running-backup marker begun or ended -> CommitReply).
 Handlers run on worker threads of common.amqp.Consumer; a message is acked only after its reply was
 published, so a crash at any point means a redelivery, and every handler is
 idempotent (chunks are content-addressed, point ids are derived from the request).
@@ -44,6 +45,7 @@ from common.messages import (
     HaveReply,
     JobMarker,
     Message,
+    TaskEntries,
 )
 from common.sharding import parse_shard_set, shard_of, shard_queue
 from repository import fsutil
@@ -51,6 +53,7 @@ from repository.errors import RepositoryError, RepositoryFullError
 from repository.repository import Repository
 from repository_writer.chunk_stream_server import HELLO_TIMEOUT, ChunkStreamServer, route_address
 from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY, CommitLimits
+from repository_writer.commit_translation import point_commit
 from repository_writer.free_space import FreeSpaceGuard, MiB
 from repository_writer.senders import Senders
 from repository_writer.stream_identity import make_identity
@@ -111,7 +114,7 @@ class WriterService:
                 params,
                 [QUEUE_COMMITS],
                 self.handle,
-                expect=(CommitRequest, CommitPart, JobMarker),
+                expect=(CommitRequest, CommitPart, JobMarker, TaskEntries),
                 prefetch=commit_prefetch,
                 workers=commit_prefetch,
                 declare=lambda ch: declare_base(ch, self.params),
@@ -203,11 +206,11 @@ class WriterService:
             check_reply_to(msg.reply_to, msg.query_id)
             reply_have = self.on_have(msg, with_stream=self.senders.is_proxy(d))
             self._reply(msg.reply_to, msg.query_id, reply_have)
-        elif isinstance(msg, CommitRequest | CommitPart | JobMarker):
+        elif isinstance(msg, CommitRequest | CommitPart | JobMarker | TaskEntries):
             check_reply_to(
                 msg.reply_to, msg.part_id if isinstance(msg, CommitPart) else msg.request_id
             )
-            self.senders.check_commit(msg, d)
+            self.senders.check_commits_queue(msg, d)
             reply = commit_queue_reply(self.repo, msg, self.limits)
             self._reply(msg.reply_to, reply.request_id, reply)
 
@@ -286,13 +289,15 @@ class WriterService:
 
 def commit_queue_reply(
     repo: Repository,
-    msg: CommitRequest | CommitPart | JobMarker,
+    msg: CommitRequest | CommitPart | JobMarker | TaskEntries,
     limits: CommitLimits | None = None,
 ) -> CommitReply:
     """Handle one message of the commits queue; the reply says ok or why not. A request
     beyond ``limits`` is refused before anything is allocated for it (and acked: a
     redelivery would be refused the same way)."""
     limits = limits or CommitLimits(repo.chunk_size)
+    if isinstance(msg, TaskEntries):
+        return _stage_task_entries(repo, msg, limits)
     if isinstance(msg, CommitPart):
         try:
             limits.check_part(msg)
@@ -316,7 +321,7 @@ def commit_queue_reply(
         return CommitReply(msg.request_id, True, "", "")
     try:
         limits.check_request(msg)
-        point_id = repo.commit_point(msg)
+        point_id = repo.commit_point(point_commit(msg))
     except RepositoryError as exc:
         log.error("commit_refused", job=msg.job_id, vm=msg.vm_name, error=str(exc))
         metrics.WRITER_COMMITS.labels(result="error").inc()
@@ -331,6 +336,19 @@ def commit_queue_reply(
     )
     metrics.WRITER_COMMITS.labels(result="ok").inc()
     return CommitReply(msg.request_id, True, "", point_id)
+
+
+def _stage_task_entries(repo: Repository, msg: TaskEntries, limits: CommitLimits) -> CommitReply:
+    try:
+        limits.check_packed(msg.entries, f"entries of task {msg.task_id!r:.80}")
+        n = repo.stage_task_entries(msg.job_id, msg.vm_uuid, msg.disk_key, msg.task_id, msg.entries)
+    except RepositoryError as exc:
+        log.error("task_entries_refused", job=msg.job_id, task=msg.task_id, error=str(exc))
+        metrics.WRITER_COMMITS.labels(result="entries_error").inc()
+        return CommitReply(msg.request_id, False, str(exc), "")
+    log.debug("task_entries_staged", job=msg.job_id, task=msg.task_id, entries=n)
+    metrics.WRITER_COMMITS.labels(result="entries_ok").inc()
+    return CommitReply(msg.request_id, True, "", "")
 
 
 def _queue_shard(queue: str) -> int:

@@ -366,6 +366,7 @@ class Consumer:
             return
         metrics.AMQP_HANDLER_SECONDS.labels(queue=d.queue).observe(time.monotonic() - t0)
         metrics.AMQP_CONSUMED.labels(queue=d.queue, kind=msg.KIND).inc()
+        metrics.AMQP_CONSUMED_BYTES.labels(queue=d.queue, kind=msg.KIND).inc(len(d.body))
         self._settle(d, ack=True)
 
     def _dead_letter(self, d: Delivery, reason: str, label: str) -> None:

@@ -348,6 +348,7 @@ class Publisher:
                 )
             elif ack:
                 metrics.AMQP_PUBLISHED.labels(kind=out.kind).inc()
+                metrics.AMQP_PUBLISHED_BYTES.labels(kind=out.kind).inc(len(out.body))
                 self._set_result(out)
             else:
                 metrics.AMQP_PUBLISH_FAILURES.labels(reason="nack").inc()

@@ -10,10 +10,11 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common import messages as m
+from common.packed_entries import pack_entries
 
 ids = st.binary(min_size=32, max_size=32)
 text = st.text(max_size=40)
@@ -37,7 +38,7 @@ def commit_parts(draw: st.DrawFn) -> m.CommitPart:
         reply_to=draw(text),
         disk_key=disk_key,
         part=part,
-        entries=m.pack_entries(draw(sorted_pairs)),
+        entries=pack_entries(draw(sorted_pairs)),
     )
 
 
@@ -71,6 +72,25 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         disk_key=i64,
         ok=st.booleans(),
         error=text,
+        entries=st.just([]),
+        bytes_read=i64,
+        bytes_zero=i64,
+        bytes_known=i64,
+        bytes_sent=i64,
+        seconds=st.floats(min_value=0, max_value=1e6),
+        proxy=text,
+        cause=text,
+        entries_digest=ids,
+        entries_count=i64,
+    )
+    | st.builds(
+        m.TaskResult,
+        task_id=text,
+        job_id=text,
+        vm_uuid=text,
+        disk_key=i64,
+        ok=st.booleans(),
+        error=text,
         entries=pairs,
         bytes_read=i64,
         bytes_zero=i64,
@@ -78,6 +98,16 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         bytes_sent=i64,
         seconds=st.floats(min_value=0, max_value=1e6),
         proxy=text,
+    ),
+    m.TaskEntries: st.builds(
+        m.TaskEntries,
+        request_id=text,
+        reply_to=text,
+        job_id=text.filter(bool),
+        vm_uuid=text,
+        disk_key=i64,
+        task_id=text.filter(bool),
+        entries=sorted_pairs.map(pack_entries),
     ),
     m.TaskWithdrawal: st.builds(
         m.TaskWithdrawal, job_id=text, task_ids=st.lists(text, max_size=5), reason=text
@@ -126,6 +156,8 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
                 entries=pairs,
                 info=st.dictionaries(text, scalar, max_size=4),
                 parts=st.integers(0, 10**6),
+                tasks=st.lists(st.builds(m.StagedTask, text, ids, i64), max_size=3),
+                planned=st.none() | st.lists(st.tuples(i64, i64), max_size=4),
             ),
             max_size=3,
         ),
@@ -305,56 +337,8 @@ def test_bool_is_not_an_int() -> None:
         m.decode(msgpack.packb(body))
 
 
-# --- packed commit entries ------------------------------------------------------------
-
-
-@given(sorted_pairs)
-@settings(max_examples=300)
-def test_packed_entries_round_trip(entries: list[tuple[int, bytes]]) -> None:
-    packed = m.pack_entries(entries)
-    assert m.unpack_entries(packed) == entries
-    # runs: a long zero run costs one header
-    assert len(packed) <= 13 * len(entries) + 32 * sum(1 for _i, c in entries if c)
-
-
-def test_packed_entries_are_compact() -> None:
-    n = 100_000
-    # a disk's layout: allocated stretches (ids) between unallocated ones (zeros)
-    entries = [(i, (i % 7 + 1).to_bytes(1, "big") * 32 if i % 70 < 50 else b"") for i in range(n)]
-    packed = m.pack_entries(entries)
-    loose = len(m.encode(m.TaskResult("t", "j", "u", 1, True, "", entries, 0, 0, 0, 0, 0.0, "p")))
-    assert len(packed) < 0.9 * loose
-    zeros = m.pack_entries([(i, b"") for i in range(n)])
-    assert len(zeros) == 13
-
-
-@given(st.binary(max_size=200))
-@example(bytes(8) + b"\xff\xff\xff\xff" + b"\x00")  # a zero run of 2**32 - 1 entries
-@settings(max_examples=500)
-def test_packed_entries_garbage_raises_only_message_error(data: bytes) -> None:
-    # The parser, lazily, as the writer reads staged parts: garbage may well hold a "valid"
-    # zero run of 4 billion entries, which unpack_entries would build as a list (this test
-    # once ran the suite out of memory that way).
-    with contextlib.suppress(m.MessageError):
-        for _start, _count, _ids in m.iter_packed(data):
-            pass
-
-
-@pytest.mark.parametrize(
-    ("entries", "needle"),
-    [
-        ([(5, b""), (4, b"")], "out of order"),
-        ([(1, b"x")], "chunk id of 1 bytes"),
-        ([(-1, b"")], "out of order or out of range"),
-    ],
-)
-def test_pack_refuses_bad_entries(entries: list[tuple[int, bytes]], needle: str) -> None:
-    with pytest.raises(m.MessageError, match=needle):
-        m.pack_entries(entries)
-
-
 def test_commit_part_is_checked() -> None:
-    good = m.pack_entries([(0, b"\x01" * 32), (1, b"")])
+    good = pack_entries([(0, b"\x01" * 32), (1, b"")])
     m.CommitPart("r", m.part_key("r", 2000, 0), "q", 2000, 0, good)
     with pytest.raises(m.MessageError, match="truncated"):
         m.CommitPart("r", m.part_key("r", 2000, 0), "q", 2000, 0, good[:-1])
@@ -399,10 +383,55 @@ def test_have_reply_pin_is_a_sha256_in_hex_or_nothing(pin: str) -> None:
     assert m.decode(m.encode(good)) == good
 
 
-def test_commit_request_version_2_is_required() -> None:
+def test_commit_request_version_2_or_later_is_required() -> None:
     req = m.CommitRequest("r", "q", "j", "vc", "u", "vm-1", "vm", b"", "complete", 1.0, [], [])
     body = _raw(req)
-    assert body["v"] == 2
+    assert body["v"] == 3
     body["v"] = 1
     with pytest.raises(m.MessageError, match="unsupported version 1"):
         m.decode(msgpack.packb(body, use_bin_type=True))
+
+
+def test_commit_request_of_a_coordinator_before_staged_entries_is_understood() -> None:
+    """Rolling upgrade, writers first: a version 2 commit (entries inline or in parts,
+    no staged tasks, no planned ranges) decodes as one whose coverage is not checked."""
+    disk = m.DiskCommit(7, 4096, "c", "", [(0, b"")], {"label": "d"}, 2)
+    req = m.CommitRequest("r", "q", "j", "vc", "u", "vm-1", "vm", b"", "complete", 1.0, [disk], [])
+    body = _raw(req)
+    body["v"] = 2
+    for d in body["disks"]:
+        del d["tasks"], d["planned"]
+    got = m.decode(msgpack.packb(body, use_bin_type=True), m.CommitRequest)
+    assert got == req
+    assert got.disks[0].tasks == [] and got.disks[0].planned is None
+    body["disks"][0]["tasks"] = []  # a v2 body with a v3 field is not a v2 message
+    with pytest.raises(m.MessageError, match="unexpected field"):
+        m.decode(msgpack.packb(body, use_bin_type=True))
+
+
+def test_task_result_of_a_proxy_that_sends_entries_inline_is_understood() -> None:
+    """Rolling upgrade, coordinator first: a version 2 result carries its entries inline."""
+    r = m.TaskResult("t", "j", "u", 1, True, "", [(0, b"\x01" * 32)], 1, 0, 0, 1, 0.1, "p")
+    body = _raw(r)
+    body["v"] = 2
+    del body["entries_digest"], body["entries_count"]
+    got = m.decode(msgpack.packb(body, use_bin_type=True), m.TaskResult)
+    assert got == r and not got.staged
+
+
+def test_task_result_entries_are_staged_or_inline_never_both() -> None:
+    with pytest.raises(m.MessageError, match="both staged"):
+        m.TaskResult(
+            "t", "j", "u", 1, True, "", [(0, b"")], 1, 0, 0, 1, 0.1, "p", "", b"\x02" * 32, 1
+        )
+    with pytest.raises(m.MessageError, match="entries_digest of 3 bytes"):
+        m.TaskResult("t", "j", "u", 1, True, "", [], 1, 0, 0, 1, 0.1, "p", "", b"abc", 1)
+
+
+def test_task_entries_are_checked() -> None:
+    good = pack_entries([(0, b"\x01" * 32)])
+    m.TaskEntries("r", "q", "j", "u", 1, "t", good)
+    with pytest.raises(m.MessageError, match="truncated"):
+        m.TaskEntries("r", "q", "j", "u", 1, "t", good[:-1])
+    with pytest.raises(m.MessageError, match="task_id must not be empty"):
+        m.TaskEntries("r", "q", "j", "u", 1, "", good)

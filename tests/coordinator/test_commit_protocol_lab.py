@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from common.messages import CommitPart, CommitRequest, JobMarker, Message, unpack_entries
+from common.messages import CommitPart, CommitRequest, JobMarker, Message
+from common.packed_entries import unpack_entries
 from coordinator import report
 from coordinator.settings import PolicySettings
 from lab import Lab, LabSpec

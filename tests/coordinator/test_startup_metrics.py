@@ -9,6 +9,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 
 from coordinator import restored_metrics as startup
+from repository.point_commit import DiskChanges, PointCommit
 from repository.repository import Repository
 
 
@@ -18,28 +19,23 @@ def sample(name: str, **labels: str) -> float | None:
 
 def commit(repo: Repository, vm: str, uuid: str, t: float, status: str = "complete") -> None:
     repo.commit_point(
-        {
-            "request_id": f"r-{uuid}-{t}",
-            "vm_uuid": uuid,
-            "job_id": f"job-{t}",
-            "status": status,
-            "snapshot_time": t,
-            "vcenter": "vc-start",
-            "vm_moref": "vm-1",
-            "vm_name": vm,
-            "vm_config": b"{}",
-            "disks": [
-                {
-                    "key": 2000,
-                    "capacity": 1 << 20,
-                    "change_id": "",
-                    "base_point_id": "",
-                    "entries": [],
-                    "info": {},
-                }
+        PointCommit(
+            request_id=f"r-{uuid}-{t}",
+            vm_uuid=uuid,
+            job_id=f"job-{t}",
+            status=status,
+            snapshot_time=t,
+            vcenter="vc-start",
+            vm_moref="vm-1",
+            vm_name=vm,
+            vm_config=b"{}",
+            disks=[
+                DiskChanges(
+                    key=2000, capacity=1 << 20, change_id="", base_point_id="", entries=[], info={}
+                )
             ],
-            "failed_disks": [] if status == "complete" else [(2001, "read failed")],
-        }
+            failed_disks=[] if status == "complete" else [(2001, "read failed")],
+        )
     )
 
 

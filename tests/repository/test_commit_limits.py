@@ -14,7 +14,8 @@ import pytest
 
 from common import amqp
 from common.amqp import QUEUE_COMMITS, BrokerParams
-from common.messages import CommitPart, CommitReply, DiskCommit, pack_entries, part_key
+from common.messages import CommitPart, CommitReply, DiskCommit, part_key
+from common.packed_entries import pack_entries
 from repository.repository import Repository
 from repository_writer.service import WriterService
 from tests.repository.test_writer_service import Client, _request

@@ -18,14 +18,15 @@ from common.messages import (
     DiskCommit,
     JobMarker,
     Message,
-    pack_entries,
     part_key,
 )
+from common.packed_entries import pack_entries
 from repository.errors import CorruptObjectError, InvalidRequestError
 from repository.gc import gc
 from repository.repository import Repository
 from repository.staging import request_dir_name
 from repository.verify import verify
+from repository_writer.commit_translation import point_commit
 from repository_writer.service import WriterService
 
 CS = 256 * 1024
@@ -95,7 +96,7 @@ def test_parts_assemble_into_one_map(repo: Repository) -> None:
     entries = make_chunks(repo, N_CHUNKS)
     parts = stage(repo, "r1", entries, 256)
     assert parts == 12
-    pid = repo.commit_point(request("r1", [disk(parts)]))
+    pid = repo.commit_point(point_commit(request("r1", [disk(parts)])))
     dmap = repo.load_map(pid, 2000)
     assert [dmap.get(i) for i in range(5)] == [e[1] for e in entries[:5]]
     assert dmap.zero_count() == N_CHUNKS // 10
@@ -103,13 +104,13 @@ def test_parts_assemble_into_one_map(repo: Repository) -> None:
     assert list(repo.staging.leftovers()) == []
     assert verify(repo).ok
     # a redelivered final request finds its point (the parts are gone by then)
-    assert repo.commit_point(request("r1", [disk(parts)])) == pid
+    assert repo.commit_point(point_commit(request("r1", [disk(parts)]))) == pid
 
     # an incremental: parts and inline entries on top of a base map
     new = make_chunks(repo, 20, tag="v2 ")
     p2 = stage(repo, "r2", new[:15], 4)
     pid2 = repo.commit_point(
-        request("r2", [disk(p2, entries=new[15:], base=pid)], job="job-2"),
+        point_commit(request("r2", [disk(p2, entries=new[15:], base=pid)], job="job-2")),
     )
     m2 = repo.load_map(pid2, 2000)
     assert m2.get(3) == new[3][1] and m2.get(17) == new[17][1]
@@ -120,7 +121,7 @@ def test_missing_or_damaged_part_commits_nothing(repo: Repository) -> None:
     entries = make_chunks(repo, 100)
     stage(repo, "r1", entries[:50], 50)  # part 1 never arrives
     with pytest.raises(InvalidRequestError, match="commit part 1 of 2 of disk 2000 is not staged"):
-        repo.commit_point(request("r1", [disk(2)]))
+        repo.commit_point(point_commit(request("r1", [disk(2)])))
     assert repo.points() == []
     part0 = repo.staging.root / request_dir_name("r1") / "disk-2000.part-0"
     data = bytearray(part0.read_bytes())
@@ -128,18 +129,18 @@ def test_missing_or_damaged_part_commits_nothing(repo: Repository) -> None:
     part0.write_bytes(bytes(data))
     repo.stage_commit_part("r1", 2000, 1, pack_entries(entries[50:]))
     with pytest.raises(CorruptObjectError, match=r"commit part 0 of 2 of disk 2000.*checksum"):
-        repo.commit_point(request("r1", [disk(2)]))
+        repo.commit_point(point_commit(request("r1", [disk(2)])))
     assert repo.points() == []
     # a part naming a chunk that is not stored: the usual missing-chunk refusal
     repo.stage_commit_part("r1", 2000, 0, pack_entries([(0, b"\x07" * 32)]))
     with pytest.raises(Exception, match="not in the repository"):
-        repo.commit_point(request("r1", [disk(2)]))
+        repo.commit_point(point_commit(request("r1", [disk(2)])))
     assert repo.points() == []
     with pytest.raises(InvalidRequestError, match="packed entries: truncated"):
         repo.stage_commit_part("r1", 2000, 0, b"\x00" * 5)
     with pytest.raises(InvalidRequestError, match="outside the disk"):
         repo.stage_commit_part("r3", 2000, 0, pack_entries([(N_CHUNKS, b"")]))
-        repo.commit_point(request("r3", [disk(1)]))
+        repo.commit_point(point_commit(request("r3", [disk(1)])))
 
 
 def test_gc_sweeps_abandoned_parts_after_the_grace(repo: Repository) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from repository.errors import RepositoryFullError
 from repository.import_disk import import_disk
+from repository.point_commit import DiskChanges, PointCommit
 from repository.repository import Repository
 from repository.restore import restore_disk
 from repository.verify import verify
@@ -71,27 +72,27 @@ def test_enospc_on_commit(small_fs: Path, tmp_path: Path) -> None:
         while True:
             fh.write(b"\xff" * 65536)
             fh.flush()
-    req = {
-        "job_id": "j",
-        "vcenter": "",
-        "vm_uuid": "vm",
-        "vm_moref": "",
-        "vm_name": "vm",
-        "vm_config": os.urandom(64 * 1024),
-        "status": "complete",
-        "snapshot_time": 5.0,
-        "failed_disks": [],
-        "disks": [
-            {
-                "key": 1,
-                "capacity": 4096 * CS,
-                "change_id": "",
-                "base_point_id": "",
-                "entries": [[0, cid]],
-                "info": {},
-            }
+    req = PointCommit(
+        job_id="j",
+        vcenter="",
+        vm_uuid="vm",
+        vm_moref="",
+        vm_name="vm",
+        vm_config=os.urandom(64 * 1024),
+        status="complete",
+        snapshot_time=5.0,
+        failed_disks=[],
+        disks=[
+            DiskChanges(
+                key=1,
+                capacity=4096 * CS,
+                change_id="",
+                base_point_id="",
+                entries=[[0, cid]],
+                info={},
+            )
         ],
-    }
+    )
     with pytest.raises(RepositoryFullError, match="no space left"):
         repo.commit_point(req)
     assert repo.points() == [] and not list(repo.point_store.leftovers())

@@ -16,11 +16,12 @@ from pathlib import Path
 import blake3
 import pytest
 
-from common.messages import pack_entries
+from common.packed_entries import pack_entries
 from repository import keyfile
 from repository.errors import CorruptObjectError, RepositoryError
 from repository.fixed_index import DiskMap
 from repository.import_disk import import_disk
+from repository.point_commit import DiskChanges, PointCommit
 from repository.repository import Repository
 from repository.restore import restore_disk
 from repository.staging import request_dir_name
@@ -255,28 +256,21 @@ def test_staged_commit_entries_changed_on_disk_are_refused(enc_repo: Repository)
     part = enc_repo.path / "staging" / request_dir_name("req-1") / "disk-1.part-0"
     forged = pack_entries([(0, ids[1]), (1, ids[0]), (2, ids[2])])
     part.write_bytes(part.read_bytes()[:8] + forged + blake3.blake3(forged).digest())
-    req = {
-        "request_id": "req-1",
-        "job_id": "j",
-        "vcenter": "vc",
-        "vm_uuid": "vm-1",
-        "vm_moref": "vm-1",
-        "vm_name": "vm",
-        "vm_config": b"",
-        "status": "complete",
-        "snapshot_time": 1000.0,
-        "failed_disks": [],
-        "disks": [
-            {
-                "key": 1,
-                "capacity": 3 * CS,
-                "change_id": "",
-                "base_point_id": "",
-                "entries": [],
-                "parts": 1,
-            }
+    req = PointCommit(
+        request_id="req-1",
+        job_id="j",
+        vcenter="vc",
+        vm_uuid="vm-1",
+        vm_moref="vm-1",
+        vm_name="vm",
+        vm_config=b"",
+        status="complete",
+        snapshot_time=1000.0,
+        failed_disks=[],
+        disks=[
+            DiskChanges(key=1, capacity=3 * CS, change_id="", base_point_id="", entries=[], parts=1)
         ],
-    }
+    )
     with pytest.raises(CorruptObjectError, match="fails its authentication") as exc:
         enc_repo.commit_point(req)
     assert str(part) in str(exc.value)

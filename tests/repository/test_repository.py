@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,26 +20,29 @@ from repository.errors import (
     WrongPassphraseError,
 )
 from repository.import_disk import import_disk
+from repository.point_commit import DiskChanges, PointCommit
 from repository.repository import Repository
 from repository.restore import restore_disk
 from repository.verify import verify
 from tests.repository.conftest import CS, flip_bit, make_image
 
 
-def _commit(repo: Repository, disks: list[dict], *, t: float = 1000.0, job: str = "j1") -> str:
+def _commit(
+    repo: Repository, disks: list[DiskChanges], *, t: float = 1000.0, job: str = "j1"
+) -> str:
     return repo.commit_point(
-        {
-            "job_id": job,
-            "vcenter": "vc",
-            "vm_uuid": "vm-1",
-            "vm_moref": "vm-42",
-            "vm_name": "web",
-            "vm_config": b"<cfg/>",
-            "status": "complete",
-            "snapshot_time": t,
-            "failed_disks": [],
-            "disks": disks,
-        }
+        PointCommit(
+            job_id=job,
+            vcenter="vc",
+            vm_uuid="vm-1",
+            vm_moref="vm-42",
+            vm_name="web",
+            vm_config=b"<cfg/>",
+            status="complete",
+            snapshot_time=t,
+            failed_disks=[],
+            disks=disks,
+        )
     )
 
 
@@ -85,28 +89,28 @@ def test_synthetic_full_and_growth(repo: Repository, tmp_path: Path) -> None:
     p1 = _commit(
         repo,
         [
-            {
-                "key": 2000,
-                "capacity": 4 * CS,
-                "change_id": "c1",
-                "base_point_id": "",
-                "entries": [[0, a], [2, b]],
-                "info": {},
-            }
+            DiskChanges(
+                key=2000,
+                capacity=4 * CS,
+                change_id="c1",
+                base_point_id="",
+                entries=[[0, a], [2, b]],
+                info={},
+            )
         ],
     )
     # incremental: chunk 2 changes, disk grows by 2 chunks, chunk 5 written
     p2 = _commit(
         repo,
         [
-            {
-                "key": 2000,
-                "capacity": 6 * CS,
-                "change_id": "c2",
-                "base_point_id": p1,
-                "entries": [[2, c], [5, a]],
-                "info": {},
-            }
+            DiskChanges(
+                key=2000,
+                capacity=6 * CS,
+                change_id="c2",
+                base_point_id=p1,
+                entries=[[2, c], [5, a]],
+                info={},
+            )
         ],
         t=2000.0,
     )
@@ -130,27 +134,20 @@ def test_synthetic_full_and_growth(repo: Repository, tmp_path: Path) -> None:
 def test_commit_is_idempotent_and_checks_chunks(repo: Repository) -> None:
     a = _store(repo, os.urandom(CS))
     disks = [
-        {
-            "key": 1,
-            "capacity": CS,
-            "change_id": "",
-            "base_point_id": "",
-            "entries": [[0, a]],
-            "info": {},
-        }
+        DiskChanges(key=1, capacity=CS, change_id="", base_point_id="", entries=[[0, a]], info={})
     ]
     p = _commit(repo, disks)
     assert _commit(repo, disks) == p  # redelivered request: same point, no second one
     assert len(repo.points()) == 1
     missing = os.urandom(32)
     with pytest.raises(MissingChunkError, match=missing.hex()):
-        _commit(repo, [{**disks[0], "entries": [[0, missing]]}], job="j2")
+        _commit(repo, [replace(disks[0], entries=[(0, missing)])], job="j2")
     with pytest.raises(InvalidRequestError, match="index 7"):
-        _commit(repo, [{**disks[0], "entries": [[7, a]]}], job="j3")
+        _commit(repo, [replace(disks[0], entries=[(7, a)])], job="j3")
     with pytest.raises(PointNotFoundError):
-        _commit(repo, [{**disks[0], "base_point_id": "20200101T000000Z-00000000"}], job="j4")
+        _commit(repo, [replace(disks[0], base_point_id="20200101T000000Z-00000000")], job="j4")
     with pytest.raises(InvalidRequestError, match="vm_uuid"):
-        repo.commit_point({"vm_uuid": "../etc"})
+        repo.commit_point(PointCommit("j5", "../etc", "complete", 1.0, []))
     assert len(repo.points()) == 1
 
 
@@ -346,14 +343,14 @@ def test_commit_check_does_not_settle_acknowledged_chunks(
     synced: list[Path] = []
     real_fsync_dir = chunk_store.fsync_dir
     monkeypatch.setattr(chunk_store, "fsync_dir", lambda d: (synced.append(d), real_fsync_dir(d)))
-    disk = {
-        "key": 1,
-        "capacity": 3 * CS,
-        "change_id": "",
-        "base_point_id": "",
-        "entries": [list(e) for e in enumerate(ids)],
-        "info": {},
-    }
+    disk = DiskChanges(
+        key=1,
+        capacity=3 * CS,
+        change_id="",
+        base_point_id="",
+        entries=[list(e) for e in enumerate(ids)],
+        info={},
+    )
     point = _commit(repo, [disk])
     assert repo.get_point(point).disks[0].key == 1
     assert synced == []

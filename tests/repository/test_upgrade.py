@@ -16,6 +16,7 @@ import blake3
 import pytest
 
 from repository.errors import CorruptObjectError, RepositoryFormatError
+from repository.point_commit import DiskChanges, PointCommit
 from repository.repository import Repository
 from repository.restore import restore_disk
 from repository.upgrade import upgrade
@@ -66,27 +67,27 @@ def _make_points(repo: Repository) -> dict[tuple[str, int], bytes]:
             layout = [rnd.randrange(-1, len(pool)) for _ in range(3)]  # -1: zero chunk
             layouts[key] = layout
             disks.append(
-                {
-                    "key": key,
-                    "capacity": 3 * CS,
-                    "change_id": "*",
-                    "base_point_id": "",
-                    "entries": [(i, ids[j] if j >= 0 else b"") for i, j in enumerate(layout)],
-                }
+                DiskChanges(
+                    key=key,
+                    capacity=3 * CS,
+                    change_id="*",
+                    base_point_id="",
+                    entries=[(i, ids[j] if j >= 0 else b"") for i, j in enumerate(layout)],
+                )
             )
         pid = repo.commit_point(
-            {
-                "job_id": f"j{t}",
-                "vcenter": "vc",
-                "vm_uuid": vm,
-                "vm_moref": "vm-1",
-                "vm_name": vm,
-                "vm_config": b"<cfg/>",
-                "status": "complete",
-                "snapshot_time": t,
-                "failed_disks": [],
-                "disks": disks,
-            }
+            PointCommit(
+                job_id=f"j{t}",
+                vcenter="vc",
+                vm_uuid=vm,
+                vm_moref="vm-1",
+                vm_name=vm,
+                vm_config=b"<cfg/>",
+                status="complete",
+                snapshot_time=t,
+                failed_disks=[],
+                disks=disks,
+            )
         )
         for key, layout in layouts.items():
             images[(pid, key)] = b"".join(pool[j] if j >= 0 else bytes(CS) for j in layout)

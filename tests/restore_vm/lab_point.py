@@ -23,6 +23,7 @@ from coordinator import snapshots, vm_config
 from coordinator.snapshots import snapshot_disks
 from coordinator.vcenter import Connection
 from repository.import_disk import import_disk
+from repository.point_commit import DiskChanges, PointCommit
 from repository.repository import Repository
 
 D = vim.vm.device
@@ -75,13 +76,13 @@ def back_up(conn: Connection, lab: Any, repo: Repository, vm_mo: Any) -> LabPoin
             caps[d.key] = d.capacity
             assert r.capacity == d.capacity, (r.capacity, d.capacity)
             commit_disks.append(
-                {
-                    "key": d.key,
-                    "capacity": d.capacity,
-                    "change_id": d.change_id,
-                    "base_point_id": r.point_id,
-                    "entries": [],
-                    "info": {
+                DiskChanges(
+                    key=d.key,
+                    capacity=d.capacity,
+                    change_id=d.change_id,
+                    base_point_id=r.point_id,
+                    entries=[],
+                    info={
                         "label": d.label,
                         "file": d.file,
                         "datastore": d.datastore,
@@ -92,21 +93,21 @@ def back_up(conn: Connection, lab: Any, repo: Repository, vm_mo: Any) -> LabPoin
                         "mode": "full",
                         "reason": "test import",
                     },
-                }
+                )
             )
         point_id = repo.commit_point(
-            {
-                "job_id": job_id,
-                "vcenter": conn.name,
-                "vm_uuid": vm_uuid,
-                "vm_moref": vm_mo._moId,
-                "vm_name": vm_name,
-                "vm_config": saved,
-                "status": "complete",
-                "snapshot_time": time.time(),
-                "failed_disks": [],
-                "disks": commit_disks,
-            }
+            PointCommit(
+                job_id=job_id,
+                vcenter=conn.name,
+                vm_uuid=vm_uuid,
+                vm_moref=vm_mo._moId,
+                vm_name=vm_name,
+                vm_config=saved,
+                status="complete",
+                snapshot_time=time.time(),
+                failed_disks=[],
+                disks=commit_disks,
+            )
         )
     return LabPoint(point_id, vm_name, config, sums, caps)
 
