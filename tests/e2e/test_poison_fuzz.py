@@ -56,6 +56,8 @@ from common.messages import (
     HaveQuery,
     HaveReply,
     JobMarker,
+    StagedTask,
+    TaskEntries,
     TaskResult,
     TaskWithdrawal,
 )
@@ -315,7 +317,7 @@ def _backup_and_restore(s: Services, tmp_path: Path) -> None:
     )
     s.publisher.publish_sync(EXCHANGE_TASKS, HOST_KEY, task)
     res = result.result(timeout=120)
-    assert res.ok, res.error
+    assert res.ok and res.staged, res.error
     request_id = uuid.uuid4().hex
     reply = s.replies.expect(request_id)
     commit = CommitRequest(
@@ -329,7 +331,18 @@ def _backup_and_restore(s: Services, tmp_path: Path) -> None:
         vm_config=b"cfg",
         status="complete",
         snapshot_time=time.time(),
-        disks=[DiskCommit(2000, src.capacity, "", "", res.entries, {})],
+        disks=[
+            DiskCommit(
+                2000,
+                src.capacity,
+                "",
+                "",
+                [],
+                {},
+                tasks=[StagedTask(task.task_id, res.entries_digest, res.entries_count)],
+                planned=[(0, src.capacity)],
+            )
+        ],
         failed_disks=[],
     )
     s.publisher.publish_sync("", QUEUE_COMMITS, commit, correlation_id=request_id)
@@ -349,7 +362,7 @@ def test_fuzzed_consumers_keep_serving_and_a_backup_restores_bit_exact(
     targets: list[tuple[str, str, tuple[type, ...]]] = [
         (EXCHANGE_SHARDS, shard_routing_key(0), (ChunkBatch, HaveQuery)),
         (EXCHANGE_SHARDS, shard_routing_key(1), (ChunkBatch, HaveQuery)),
-        ("", QUEUE_COMMITS, (CommitRequest, CommitPart, JobMarker)),
+        ("", QUEUE_COMMITS, (CommitRequest, CommitPart, JobMarker, TaskEntries)),
         (EXCHANGE_TASKS, HOST_KEY, (BackupTask,)),
         ("", results_queue(COORDINATOR), (TaskResult,)),
         ("", s.replies.name, answers),

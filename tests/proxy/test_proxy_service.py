@@ -94,9 +94,12 @@ def _get(params: BrokerParams, queue: str, timeout: float) -> bytes | None:
 
 def _check_result(res: TaskResult, d: SparseDisk, writer: ProbedWriter) -> None:
     assert res.ok, res.error
+    assert res.staged and res.entries == []  # the map stays at the writer
     cap = d.source.capacity
-    assert [i for i, _ in res.entries] == list(range(-(-cap // CHUNK)))
-    for idx, cid in res.entries:
+    entries = writer.staged_entries(res)
+    assert res.entries_count == len(entries)
+    assert [i for i, _ in entries] == list(range(-(-cap // CHUNK)))
+    for idx, cid in entries:
         want = d.data[idx * CHUNK : min(cap, (idx + 1) * CHUNK)]
         if cid == b"":
             assert want == bytes(len(want))

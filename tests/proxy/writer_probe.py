@@ -2,9 +2,11 @@
 tests, with counters of what reached it.
 
 Everything the proxy talks to is the real service: HaveQuery -> HaveReply, ChunkBatch ->
-verify, store, fsync -> ChunkAck. The one fault hook, ``drop_batches``, swallows the first
-N chunk batches without an ack: a writer that took a batch and died before answering, which
-the real service never does on its own, yet the proxy must survive by re-sending.
+verify, store, fsync -> ChunkAck, TaskEntries -> staged -> CommitReply (the proxy's
+tests run without a coordinator: the probe's own broker account is both). The one fault
+hook, ``drop_batches``, swallows the first N chunk batches without an ack: a writer that
+took a batch and died before answering, which the real service never does on its own, yet
+the proxy must survive by re-sending.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common.amqp import BrokerParams, Delivery
-from common.messages import ChunkBatch, HaveQuery, Message
+from common.messages import ChunkBatch, HaveQuery, Message, TaskResult
 from repository.repository import Repository
 from repository_writer.service import WriterService
 
@@ -26,13 +28,26 @@ class ProbedWriter(WriterService):
             if (repo_path / "config").exists()
             else Repository.init(repo_path, **init)
         )
-        super().__init__(repo, params, n_shards=n_shards, consume_commits=False, name="test-writer")
+        super().__init__(repo, params, n_shards=n_shards, name="test-writer")
         self.drop_batches = 0
         self.batches = 0
         self.queries = 0
         self.payload_bytes = 0  # payload bytes of the batches that were handled
         self._probe_lock = threading.Lock()
         self.start()
+
+    def staged_entries(self, res: TaskResult) -> list[tuple[int, bytes]]:
+        """The entries the task's proxy staged here, checked against its result."""
+        return list(
+            self.repo.staging.load_task(
+                res.job_id,
+                res.vm_uuid,
+                res.disk_key,
+                res.task_id,
+                res.entries_digest,
+                res.entries_count,
+            )
+        )
 
     def handle(self, msg: Message, d: Delivery) -> None:
         with self._probe_lock:
