@@ -75,12 +75,7 @@ def commit_point(
             else "",
             entries=[] if parts[w.info.key] else w.entries,
             info={
-                "label": w.info.label,
-                "file": w.info.file,
-                "datastore": w.info.datastore,
-                "controller_key": w.info.controller_key,
-                "unit_number": w.info.unit_number,
-                "disk_mode": w.info.disk_mode,
+                **w.info.point_info(),
                 **ctrl.get(w.info.key, {}),
                 "mode": w.plan.decision.mode,
                 "reason": w.plan.reason,
