@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -59,6 +60,7 @@ from common.amqp import BrokerParams, Publisher, open_blocking
 from common.chunk import chunk_id, compress, is_zero
 from common.malloc_tuning import limit_heap_retention
 from common.messages import ChunkBatch
+from common.snapshot_disk import SnapshotDisk
 from coordinator.planner import align
 from lab.guest import data_extents
 from proxy_worker.budget import MemoryBudget
@@ -71,7 +73,7 @@ from proxy_worker.settings import (
     VCenterAccess,
     VCenterDirectory,
 )
-from proxy_worker.transports.base import DiskReader, DiskSource
+from proxy_worker.transports.base import DiskReader
 from proxy_worker.transports.file import FileTransport
 from proxy_worker.transports.http import HttpTransport
 from proxy_worker.transports.nbd import NbdTransport
@@ -344,7 +346,7 @@ def children_cpu() -> float:
 def run_pipeline(
     link: WriterLink,
     transport: Any,
-    src: DiskSource,
+    src: SnapshotDisk,
     budget: MemoryBudget,
     workers: int,
     writer_pid: int,
@@ -402,7 +404,7 @@ def child_main(spec_json: str) -> None:
     out: dict[str, Any] = {"rss_before": proc_memory()["VmRSS"]}  # interpreter + libraries
     try:
         for which in ("tpl", "clone"):
-            src = DiskSource(**spec[which])
+            src = SnapshotDisk(**spec[which])
             dt, cpu, server_cpu, w_cpu, st = run_pipeline(
                 link,
                 transport,
@@ -543,7 +545,7 @@ def main() -> None:
                 d = vm["disks"][0]
                 ds = d["file"][1:].split("]", 1)[0]
                 srcs.append(
-                    DiskSource(
+                    SnapshotDisk(
                         "lab",
                         vm["datacenter"],
                         vm["host"],
@@ -618,8 +620,8 @@ def main() -> None:
                                         "workers": args.workers,
                                         "writer_pid": writer.pid,
                                         "server_pid": lab.pid if name == "http" else None,
-                                        "tpl": vars(srcs[0]),
-                                        "clone": vars(srcs[1]),
+                                        "tpl": dataclasses.asdict(srcs[0]),
+                                        "clone": dataclasses.asdict(srcs[1]),
                                         "tasks": tasks,
                                     }
                                 ),

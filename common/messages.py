@@ -22,6 +22,7 @@ from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin
 import msgpack
 
 from common.packed_entries import PackedEntriesError, check_packed
+from common.snapshot_disk import SnapshotDisk
 
 # RabbitMQ's default max message size is 128 MiB; stay well below it.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -50,24 +51,46 @@ class Message:
 # --- block-range tasks -------------------------------------------------------------
 
 
+# The disk fields of a version 1 task, frozen: what old coordinators send, whatever
+# SnapshotDisk becomes.
+_V1_DISK_FIELDS = (
+    "vcenter",
+    "datacenter",
+    "host",
+    "datastore",
+    "vm_moref",
+    "snapshot_moref",
+    "disk_file",
+    "capacity",
+)
+
+
+def _nested_disk(fields: Fields) -> Fields:
+    """A v1 task's flat disk fields as v2's nested ``disk``, so a proxy upgraded first
+    still takes the tasks of an old coordinator."""
+    if "disk" in fields:
+        raise MessageError("task v1: unexpected field(s) 'disk'")
+    missing = [k for k in _V1_DISK_FIELDS if k not in fields]
+    if missing:
+        raise MessageError(f"task v1: missing field {missing[0]!r}")
+    rest = {k: v for k, v in fields.items() if k not in _V1_DISK_FIELDS}
+    return {**rest, "disk": {k: fields[k] for k in _V1_DISK_FIELDS}}
+
+
 @dataclass(frozen=True, slots=True)
 class BackupTask(Message):
     """Read these ranges of one snapshot disk and hand its chunks to the writers."""
 
     KIND: ClassVar[str] = "task"
+    # Version 2: the disk to read is one nested SnapshotDisk; v1 spelled it out flat.
+    VERSION: ClassVar[int] = 2
+    UPGRADES: ClassVar[dict[int, typing.Callable[[Fields], Fields]]] = {1: _nested_disk}
     task_id: str
     job_id: str
-    vcenter: str
-    datacenter: str
-    host: str
-    datastore: str
     vm_uuid: str
-    vm_moref: str
     vm_name: str
     disk_key: int
-    snapshot_moref: str
-    disk_file: str  # "[ds] dir/name.vmdk" of the snapshot's frozen disk
-    capacity: int
+    disk: SnapshotDisk
     chunk_size: int
     compression_level: int
     ranges: list[tuple[int, int]]  # (offset, length), chunk aligned; last may end at capacity

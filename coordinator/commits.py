@@ -99,12 +99,7 @@ def commit_point(
             tasks=w.staged,
             planned=[(o, n) for o, n in w.plan.ranges],
             info={
-                "label": w.info.label,
-                "file": w.info.file,
-                "datastore": w.info.datastore,
-                "controller_key": w.info.controller_key,
-                "unit_number": w.info.unit_number,
-                "disk_mode": w.info.disk_mode,
+                **w.info.point_info(),
                 **ctrl.get(w.info.key, {}),
                 "mode": w.plan.decision.mode,
                 "reason": w.plan.reason,

@@ -16,6 +16,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from common.logging import get_logger
+from common.messages import Scalar
 from coordinator.vcenter import Connection
 
 log = get_logger(__name__)
@@ -64,6 +65,18 @@ class DiskInfo:
     controller_key: int
     unit_number: int
     skip_reason: str = ""
+
+    def point_info(self) -> dict[str, Scalar]:
+        """What a restore point keeps of this disk (DiskCommit.info), for restore-vm and
+        `repo list`; the commit adds the controller's type and the plan's mode to it."""
+        return {
+            "label": self.label,
+            "file": self.file,
+            "datastore": self.datastore,
+            "controller_key": self.controller_key,
+            "unit_number": self.unit_number,
+            "disk_mode": self.disk_mode,
+        }
 
 
 @dataclass

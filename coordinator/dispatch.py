@@ -111,6 +111,7 @@ class TaskDispatcher:
 
         try:
             for w in works:
+                disk = snapshots.disk_to_read(vm, w.info, snap)
                 for t in w.plan.tasks:
                     if w.error:
                         break
@@ -137,17 +138,10 @@ class TaskDispatcher:
                     task = BackupTask(
                         task_id=t.task_id,
                         job_id=self.job_id,
-                        vcenter=vm.vcenter,
-                        datacenter=vm.datacenter,
-                        host=vm.host,
-                        datastore=w.info.datastore,
                         vm_uuid=uuid,
-                        vm_moref=vm.moref,
                         vm_name=vm.name,
                         disk_key=w.info.key,
-                        snapshot_moref=snap.moref,
-                        disk_file=w.info.file,
-                        capacity=w.info.capacity,
+                        disk=disk,
                         chunk_size=hist.chunk_size,
                         compression_level=hist.compression_level,
                         ranges=[(o, n) for o, n in t.ranges],

@@ -23,7 +23,14 @@ from pyVmomi.VmomiJSONEncoder import VmomiJSONEncoder
 
 from common import metrics
 from common.logging import get_logger
-from coordinator.discovery import SWEEP_PROPERTIES, DiskInfo, disk_info, retrieve_paged
+from common.snapshot_disk import SnapshotDisk
+from coordinator.discovery import (
+    SWEEP_PROPERTIES,
+    DiskInfo,
+    VmInfo,
+    disk_info,
+    retrieve_paged,
+)
 from coordinator.vcenter import Connection, TaskFailed, VCenterError
 
 log = get_logger(__name__)
@@ -309,3 +316,18 @@ def snapshot_disks(conn: Connection, snap: Snapshot) -> tuple[list[DiskInfo], by
     disks = [disk_info(d, {}) for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
     vm_config = json.dumps(config, cls=VmomiJSONEncoder, sort_keys=True).encode()
     return disks, vm_config
+
+
+def disk_to_read(vm: VmInfo, d: DiskInfo, snap: Snapshot) -> SnapshotDisk:
+    """What a proxy opens to read disk ``d`` (one of :func:`snapshot_disks`) of ``vm``
+    as ``snap`` froze it: the one place the coordinator's models become the wire's."""
+    return SnapshotDisk(
+        vcenter=vm.vcenter,
+        datacenter=vm.datacenter,
+        host=vm.host,
+        datastore=d.datastore,
+        vm_moref=vm.moref,
+        snapshot_moref=snap.moref,
+        disk_file=d.file,
+        capacity=d.capacity,
+    )

@@ -36,7 +36,7 @@ from proxy_worker.errors import ProxyError, TaskError, TaskWithdrawnError
 from proxy_worker.pipeline import PipelineConfig, TaskPipeline, TaskStats
 from proxy_worker.settings import ProxySettings, VCenterDirectory
 from proxy_worker.throttle import Throttle, ThrottledReader
-from proxy_worker.transports.base import DiskSource, Transport
+from proxy_worker.transports.base import Transport
 from proxy_worker.transports.file import FileTransport
 from proxy_worker.transports.http import HttpTransport
 from proxy_worker.transports.nbd import NbdTransport
@@ -259,24 +259,24 @@ class ProxyService:
         if transport is None:
             raise TaskError(f"unknown transport {name!r}; known: {sorted(self.transports)}")
         cfg = self.pipeline_config(task)
-        source = DiskSource.from_task(task)
-        lim = self.throttle.host(task.host)
-        read_bytes = metrics.PROXY_READ_BYTES.labels(transport=name, host=task.host)
-        bw_wait = metrics.PROXY_THROTTLE_SECONDS.labels(host=task.host, cap="bandwidth")
+        disk = task.disk
+        lim = self.throttle.host(disk.host)
+        read_bytes = metrics.PROXY_READ_BYTES.labels(transport=name, host=disk.host)
+        bw_wait = metrics.PROXY_THROTTLE_SECONDS.labels(host=disk.host, cap="bandwidth")
         t0 = time.monotonic()
         with lim.stream() as waited:
-            metrics.PROXY_THROTTLE_SECONDS.labels(host=task.host, cap="streams").inc(waited)
-            metrics.PROXY_STREAMS.labels(host=task.host).inc()
+            metrics.PROXY_THROTTLE_SECONDS.labels(host=disk.host, cap="streams").inc(waited)
+            metrics.PROXY_STREAMS.labels(host=disk.host).inc()
             try:
-                reader = ThrottledReader(transport.open(source), lim, bw_wait.inc)
+                reader = ThrottledReader(transport.open(disk), lim, bw_wait.inc)
                 with reader:
                     pipe = TaskPipeline(
                         reader, self.link, self.pool, self.budget, cfg, task.task_id, read_bytes.inc
                     )
                     with self.withdrawals.running(task.task_id, pipe.cancel):
-                        stats = pipe.run(list(task.ranges), task.capacity)
+                        stats = pipe.run(list(task.ranges), disk.capacity)
             finally:
-                metrics.PROXY_STREAMS.labels(host=task.host).dec()
+                metrics.PROXY_STREAMS.labels(host=disk.host).dec()
                 metrics.PROXY_MEMORY_BYTES.set(self.budget.used)
         metrics.PROXY_TASK_SECONDS.labels(transport=name).observe(time.monotonic() - t0)
         for result, n in (

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import nbd
 
+from common.snapshot_disk import SnapshotDisk
 from coordinator.restore.errors import RestoreVmError
 from coordinator.restore.target import Target
 from proxy_worker.errors import ProxyError
-from proxy_worker.transports.base import DiskSource
 from proxy_worker.transports.nbd import NbdTransport, close_nbd_handle
 from repository.errors import RepositoryError
 from repository.interfaces import PointSource
@@ -40,7 +40,7 @@ class NbdTarget:
         return self.transport.settings.nbd.in_flight
 
     def command(self, disk_file: str, vm_moref: str, target: Target, capacity: int) -> list[str]:
-        source = DiskSource(
+        source = SnapshotDisk(
             vcenter=self.vcenter,
             datacenter=target.dc_path,
             host=target.host_name,

@@ -1,7 +1,8 @@
 """The interface every transport implements, and the disk naming rule they share.
 
-A transport opens one disk of a task as a :class:`DiskReader`: ``read`` exact byte ranges,
-``extents`` to learn which ranges hold data (where the transport knows), ``close``.
+A transport opens the disk of a task (its :class:`SnapshotDisk`, as the task carries it)
+as a :class:`DiskReader`: ``read`` exact byte ranges, ``extents`` to learn which ranges
+hold data (where the transport knows), ``close``.
 """
 
 from __future__ import annotations
@@ -11,42 +12,12 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Protocol
 
+from common.snapshot_disk import SnapshotDisk
 from proxy_worker.errors import OutOfRangeError, TaskError
 
 _DISK_FILE = re.compile(r"^\[(?P<ds>[^\]]+)\] ?(?P<path>.+)$")
-
-
-@dataclass(frozen=True)
-class DiskSource:
-    """What a transport needs to find one snapshot disk (a subset of a BackupTask)."""
-
-    vcenter: str
-    datacenter: str
-    host: str
-    datastore: str
-    vm_moref: str
-    snapshot_moref: str
-    disk_file: str  # "[ds] dir/name.vmdk" of the snapshot's frozen disk
-    capacity: int
-
-    @classmethod
-    def from_task(cls, task: Any) -> DiskSource:
-        return cls(
-            vcenter=task.vcenter,
-            datacenter=task.datacenter,
-            host=task.host,
-            datastore=task.datastore,
-            vm_moref=task.vm_moref,
-            snapshot_moref=task.snapshot_moref,
-            disk_file=task.disk_file,
-            capacity=task.capacity,
-        )
-
-    def flat_path(self) -> tuple[str, str]:
-        """(datastore name, path of the raw data inside it) for the disk file."""
-        return flat_file(self.disk_file)
 
 
 def split_disk_file(disk_file: str) -> tuple[str, str]:
@@ -161,6 +132,6 @@ class Transport(Protocol):
 
     name: str
 
-    def open(self, source: DiskSource) -> DiskReader: ...
+    def open(self, source: SnapshotDisk) -> DiskReader: ...
 
     def close(self) -> None: ...

@@ -6,14 +6,15 @@ import errno
 import os
 import stat
 
+from common.snapshot_disk import SnapshotDisk
 from proxy_worker.errors import DiskNotFoundError, ShortReadError, TransportError
 from proxy_worker.settings import ProxySettings
-from proxy_worker.transports.base import DiskReader, DiskSource, Extent, check_range
+from proxy_worker.transports.base import DiskReader, Extent, check_range, flat_file
 
 
-def local_flat_path(source: DiskSource, settings: ProxySettings) -> str:
+def local_flat_path(source: SnapshotDisk, settings: ProxySettings) -> str:
     """Local path of the disk's raw data through the datastore -> mount mapping."""
-    ds, rel = source.flat_path()
+    ds, rel = flat_file(source.disk_file)
     mount = settings.mount_of(ds)
     path = os.path.join(mount, rel)
     # The mapping is the trust boundary: the path must stay inside the mount.
@@ -98,7 +99,7 @@ class FileTransport:
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
 
-    def open(self, source: DiskSource) -> FileReader:
+    def open(self, source: SnapshotDisk) -> FileReader:
         return FileReader(local_flat_path(source, self.settings), source.capacity)
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode
 
 from common.logging import get_logger
 from common.redact import redact_url
+from common.snapshot_disk import SnapshotDisk
 from proxy_worker.errors import (
     AuthError,
     ConfigError,
@@ -29,7 +30,7 @@ from proxy_worker.errors import (
     TransportError,
 )
 from proxy_worker.settings import HttpSettings, VCenterAccess, VCenterDirectory
-from proxy_worker.transports.base import DiskReader, DiskSource, check_range
+from proxy_worker.transports.base import DiskReader, check_range, flat_file
 from proxy_worker.transports.read_buffers import ReadBuffers
 
 log = get_logger(__name__)
@@ -130,9 +131,9 @@ class Server:
         self.session.close()  # logs out; best effort, the session expires anyway
 
 
-def folder_url(source: DiskSource) -> str:
+def folder_url(source: SnapshotDisk) -> str:
     """The /folder URL of the disk's flat data file (path-quoted, query-encoded)."""
-    ds, rel = source.flat_path()
+    ds, rel = flat_file(source.disk_file)
     query = urlencode({"dcPath": source.datacenter, "dsName": ds}, quote_via=quote)
     return f"/folder/{quote(rel)}?{query}"
 
@@ -144,7 +145,7 @@ class _Retry(Exception):
 class HttpReader(DiskReader):
     transport = "http"
 
-    def __init__(self, server: Server, source: DiskSource, buffers: ReadBuffers) -> None:
+    def __init__(self, server: Server, source: SnapshotDisk, buffers: ReadBuffers) -> None:
         super().__init__(source.capacity)
         self.server = server
         self.url = folder_url(source)
@@ -367,7 +368,7 @@ class HttpTransport:
                 s = self._servers[vcenter] = Server(self.vcenters.get(vcenter), self.settings)
             return s
 
-    def open(self, source: DiskSource) -> HttpReader:
+    def open(self, source: SnapshotDisk) -> HttpReader:
         return HttpReader(self.server(source.vcenter), source, self.buffers)
 
     def close(self) -> None:

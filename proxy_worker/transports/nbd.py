@@ -19,11 +19,11 @@ from collections.abc import Iterable, Iterator
 
 import nbd
 
+from common.snapshot_disk import SnapshotDisk
 from proxy_worker.errors import DiskNotFoundError, ShortReadError, TransportError
 from proxy_worker.settings import NbdSettings, ProxySettings, VCenterAccess, VCenterDirectory
 from proxy_worker.transports.base import (
     DiskReader,
-    DiskSource,
     Extent,
     check_range,
     normalize_extents,
@@ -201,7 +201,7 @@ class NbdTransport:
                     fh.write(vc.password)
         return path
 
-    def command(self, source: DiskSource, *, write: bool = False) -> list[str]:
+    def command(self, source: SnapshotDisk, *, write: bool = False) -> list[str]:
         """nbdkit's argv for the disk: read-only for backups; ``write`` for restore-vm,
         which fills the disk of a VM it has just created."""
         if self.settings.nbd.server == "file":
@@ -212,7 +212,7 @@ class NbdTransport:
         vc = self.vcenters.get(source.vcenter)
         return vddk_command(source, vc, self.settings.nbd, self._password_file(vc), write=write)
 
-    def open(self, source: DiskSource) -> NbdReader:
+    def open(self, source: SnapshotDisk) -> NbdReader:
         return NbdReader(self.command(source), source.capacity, self.settings.nbd, self.buffers)
 
     def close(self) -> None:

@@ -10,13 +10,14 @@ import os
 from urllib.parse import urlsplit
 
 from common.redact import redact_url
+from common.snapshot_disk import SnapshotDisk
 from proxy_worker.errors import ConfigError, TaskError
 from proxy_worker.settings import NbdSettings, VCenterAccess
-from proxy_worker.transports.base import DiskSource, split_disk_file
+from proxy_worker.transports.base import split_disk_file
 
 
 def vddk_command(
-    source: DiskSource,
+    source: SnapshotDisk,
     vc: VCenterAccess,
     nbd: NbdSettings,
     password_file: str,

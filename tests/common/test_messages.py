@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from common import messages as m
 from common.packed_entries import pack_entries
+from common.snapshot_disk import SnapshotDisk
 
 ids = st.binary(min_size=32, max_size=32)
 text = st.text(max_size=40)
@@ -47,17 +48,20 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         m.BackupTask,
         task_id=text,
         job_id=text,
-        vcenter=text,
-        datacenter=text,
-        host=text,
-        datastore=text,
         vm_uuid=text,
-        vm_moref=text,
         vm_name=text,
         disk_key=i64,
-        snapshot_moref=text,
-        disk_file=text,
-        capacity=i64,
+        disk=st.builds(
+            SnapshotDisk,
+            vcenter=text,
+            datacenter=text,
+            host=text,
+            datastore=text,
+            vm_moref=text,
+            snapshot_moref=text,
+            disk_file=text,
+            capacity=i64,
+        ),
         chunk_size=i64,
         compression_level=st.integers(0, 22),
         ranges=st.lists(st.tuples(i64, i64), max_size=10),
@@ -435,3 +439,39 @@ def test_task_entries_are_checked() -> None:
         m.TaskEntries("r", "q", "j", "u", 1, "t", good[:-1])
     with pytest.raises(m.MessageError, match="task_id must not be empty"):
         m.TaskEntries("r", "q", "j", "u", 1, "", good)
+
+
+def _v1_task(task: m.BackupTask) -> dict[str, Any]:
+    """The body an old coordinator sends for ``task``: version 1, the disk spelled out flat."""
+    body = _raw(task)
+    return {**{k: v for k, v in body.items() if k != "disk"}, "v": 1, **body["disk"]}
+
+
+@given(STRATEGIES[m.BackupTask])
+@settings(max_examples=200)
+def test_task_of_a_coordinator_before_the_nested_disk_is_understood(task: m.BackupTask) -> None:
+    """Rolling upgrade, proxies first: a version 1 task (flat disk fields) decodes as the
+    version 2 task an upgraded coordinator would send."""
+    assert _raw(task)["v"] == 2
+    v1 = _v1_task(task)
+    assert "disk" not in v1 and v1["disk_file"] == task.disk.disk_file
+    assert m.decode(msgpack.packb(v1, use_bin_type=True), m.BackupTask) == task
+
+
+def test_task_v1_is_checked_as_strictly_as_v2() -> None:
+    disk = SnapshotDisk("vc", "dc", "esx", "ds", "vm-1", "snapshot-1", "[ds] a/a.vmdk", 4096)
+    v1 = _v1_task(m.BackupTask("t", "j", "u", "vm", 2000, disk, 1024, 1, [(0, 4096)], "r"))
+    for mutate, needle in [
+        (lambda b: b.pop("capacity"), "task v1: missing field 'capacity'"),
+        (lambda b: b.update(disk={}), "task v1: unexpected field(s) 'disk'"),
+        (lambda b: b.update(capacity="big"), "task.disk.capacity: expected int, got str"),
+        (lambda b: b.update(extra=1), "task: unexpected field(s) 'extra'"),
+        (lambda b: b.pop("ranges"), "task: missing field 'ranges'"),
+    ]:
+        body = dict(v1)
+        mutate(body)
+        with pytest.raises(m.MessageError) as exc:
+            m.decode(msgpack.packb(body, use_bin_type=True))
+        assert needle in str(exc.value)
+    with pytest.raises(m.MessageError, match=r"unsupported version 3 \(supported: 2, 1\)"):
+        m.decode(msgpack.packb({**v1, "v": 3}, use_bin_type=True))

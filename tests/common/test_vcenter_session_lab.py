@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from common.snapshot_disk import SnapshotDisk
 from coordinator.vcenter import Connection, VCenterError
 from lab import Lab, LabSpec
 from proxy_worker.errors import ConfigError, TlsError
 from proxy_worker.settings import HttpSettings, VCenterAccess, VCenterDirectory
-from proxy_worker.transports.base import DiskSource
 from proxy_worker.transports.http import HttpTransport
 from tests.coordinator.conftest import vcenter_settings
 from tests.proxy.relay import CuttingRelay
@@ -54,10 +54,10 @@ def relay(lab: Lab) -> Iterator[AnsweringRelay]:
     r.close()
 
 
-def _source(lab: Lab) -> DiskSource:
+def _source(lab: Lab) -> SnapshotDisk:
     vm = lab.vms()[0]
     disk = vm["disks"][0]
-    return DiskSource(
+    return SnapshotDisk(
         vcenter="lab",
         datacenter=vm["datacenter"],
         host=vm["host"],

@@ -93,7 +93,7 @@ class ProtocolPeer:
         cs = msg.chunk_size
         entries: list[tuple[int, bytes]] = []
         read = 0
-        with open(self.local_path(msg.disk_file), "rb") as fh:
+        with open(self.local_path(msg.disk.disk_file), "rb") as fh:
             for off, length in msg.ranges:
                 pos = off
                 while pos < off + length:

@@ -7,15 +7,15 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.snapshot_disk import SnapshotDisk
 from proxy_worker.settings import ProxySettings
-from proxy_worker.transports.base import DiskSource
 
 MiB = 1 << 20
 
 
 @dataclass
 class SparseDisk:
-    source: DiskSource
+    source: SnapshotDisk
     path: Path
     data: bytes  # the full expected content (holes as zeros)
     data_ranges: list[tuple[int, int]]  # allocated (written) ranges
@@ -42,7 +42,7 @@ def make_sparse_disk(
         # allocated but all zero (a guest that zeroed blocks): must read as zeros, not a hole
         fh.seek(16 * MiB)
         fh.write(bytes(MiB))
-    source = DiskSource(
+    source = SnapshotDisk(
         vcenter="vc1",
         datacenter="DC0",
         host="esx-1",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,6 @@ from proxy_worker.errors import (
     ShortReadError,
     TaskError,
 )
-from proxy_worker.transports.base import DiskSource
 from proxy_worker.transports.file import FileTransport
 from tests.proxy.proxy_helpers import MiB, SparseDisk, fs_supports_holes
 
@@ -48,7 +48,7 @@ def test_read_past_capacity(sparse_disk: SparseDisk) -> None:
 
 
 def test_file_shorter_than_capacity(sparse_disk: SparseDisk) -> None:
-    src = DiskSource(**{**sparse_disk.source.__dict__, "capacity": sparse_disk.source.capacity + 1})
+    src = replace(sparse_disk.source, capacity=sparse_disk.source.capacity + 1)
     with pytest.raises(ShortReadError, match="less than capacity"):
         FileTransport(sparse_disk.settings).open(src)
 
@@ -64,11 +64,11 @@ def test_file_shrinking_under_the_reader_is_a_short_read(sparse_disk: SparseDisk
 def test_missing_disk_and_unknown_datastore(sparse_disk: SparseDisk) -> None:
     t = FileTransport(sparse_disk.settings)
     with pytest.raises(DiskNotFoundError, match="not found"):
-        t.open(DiskSource(**{**sparse_disk.source.__dict__, "disk_file": "[ds1] nope/x.vmdk"}))
+        t.open(replace(sparse_disk.source, disk_file="[ds1] nope/x.vmdk"))
     with pytest.raises(ConfigError, match="'other'"):
-        t.open(DiskSource(**{**sparse_disk.source.__dict__, "disk_file": "[other] x/x.vmdk"}))
+        t.open(replace(sparse_disk.source, disk_file="[other] x/x.vmdk"))
     with pytest.raises(TaskError):
-        t.open(DiskSource(**{**sparse_disk.source.__dict__, "disk_file": "[ds1] ../x/x.vmdk"}))
+        t.open(replace(sparse_disk.source, disk_file="[ds1] ../x/x.vmdk"))
 
 
 def test_symlink_escaping_the_mount_is_refused(sparse_disk: SparseDisk, tmp_path: Path) -> None:
@@ -76,8 +76,6 @@ def test_symlink_escaping_the_mount_is_refused(sparse_disk: SparseDisk, tmp_path
     outside.write_bytes(b"x" * 100)
     link = Path(sparse_disk.settings.datastore_mounts["ds1"]) / "evil-flat.vmdk"
     link.symlink_to(outside)
-    src = DiskSource(
-        **{**sparse_disk.source.__dict__, "disk_file": "[ds1] evil.vmdk", "capacity": 100}
-    )
+    src = replace(sparse_disk.source, disk_file="[ds1] evil.vmdk", capacity=100)
     with pytest.raises(DiskNotFoundError, match="outside"):
         FileTransport(sparse_disk.settings).open(src)

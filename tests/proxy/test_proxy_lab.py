@@ -15,6 +15,7 @@ import pytest
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 
+from common.snapshot_disk import SnapshotDisk
 from lab import Lab, LabSpec
 from proxy_worker.errors import DiskNotFoundError, OutOfRangeError, TlsError
 from proxy_worker.settings import (
@@ -24,7 +25,7 @@ from proxy_worker.settings import (
     VCenterAccess,
     VCenterDirectory,
 )
-from proxy_worker.transports.base import DiskReader, DiskSource
+from proxy_worker.transports.base import DiskReader
 from proxy_worker.transports.file import FileTransport
 from proxy_worker.transports.http import HttpReader, HttpTransport
 from proxy_worker.transports.nbd import NbdTransport
@@ -65,7 +66,7 @@ def snap() -> Iterator[dict[str, Any]]:
         for off in (0, 5 * MiB, disk["capacity"] - len(after)):
             lab.write_guest_data(vm["moref"], disk["key"], off, after)
         ds = sdisk.backing.fileName[1:].split("]", 1)[0]
-        source = DiskSource(
+        source = SnapshotDisk(
             vcenter="lab",
             datacenter=vm["datacenter"],
             host=vm["host"],

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 
 from proxy_worker.errors import DiskNotFoundError, OutOfRangeError, ShortReadError, TransportError
 from proxy_worker.settings import NbdSettings, ProxySettings
-from proxy_worker.transports.base import DiskSource
 from proxy_worker.transports.nbd import NbdReader, NbdTransport, file_command
 from tests.proxy.proxy_helpers import MiB, SparseDisk, fs_supports_holes
 
@@ -105,9 +105,7 @@ def test_read_past_capacity(sparse_disk: SparseDisk) -> None:
 
 
 def test_export_smaller_than_capacity(sparse_disk: SparseDisk) -> None:
-    src = DiskSource(
-        **{**sparse_disk.source.__dict__, "capacity": sparse_disk.source.capacity + 512}
-    )
+    src = replace(sparse_disk.source, capacity=sparse_disk.source.capacity + 512)
     with pytest.raises(ShortReadError, match="less than capacity"):
         NbdTransport(_nbd_settings(sparse_disk)).open(src)
 
@@ -115,7 +113,7 @@ def test_export_smaller_than_capacity(sparse_disk: SparseDisk) -> None:
 def test_missing_file_and_failing_server(sparse_disk: SparseDisk) -> None:
     t = NbdTransport(_nbd_settings(sparse_disk))
     with pytest.raises(DiskNotFoundError):
-        t.open(DiskSource(**{**sparse_disk.source.__dict__, "disk_file": "[ds1] no/x.vmdk"}))
+        t.open(replace(sparse_disk.source, disk_file="[ds1] no/x.vmdk"))
     # nbdkit itself failing to serve (bad plugin argument) is a transport error
     with pytest.raises(TransportError, match="nbd connect"):
         NbdReader(

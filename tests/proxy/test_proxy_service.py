@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -37,24 +38,16 @@ SHARDS = 2
 
 
 def _task(d: SparseDisk, task_id: str = "t1", **kw: object) -> BackupTask:
-    s = d.source
     base: dict[str, object] = dict(
         task_id=task_id,
         job_id="job1",
-        vcenter=s.vcenter,
-        datacenter=s.datacenter,
-        host=s.host,
-        datastore=s.datastore,
         vm_uuid="uuid-1",
-        vm_moref=s.vm_moref,
         vm_name="vm 1",
         disk_key=2000,
-        snapshot_moref=s.snapshot_moref,
-        disk_file=s.disk_file,
-        capacity=s.capacity,
+        disk=d.source,
         chunk_size=CHUNK,
         compression_level=1,
-        ranges=[(0, s.capacity)],
+        ranges=[(0, d.source.capacity)],
         results_to=results_queue("c1"),
         transport="",
     )
@@ -159,7 +152,7 @@ def test_failing_task_is_retried_then_dead_lettered(
     svc = _service(params, d)
     try:
         # the disk's data is missing: every attempt fails, the last one reports it
-        _publish(params, _task(d, "bad", disk_file="[ds1] gone/disk.vmdk"))
+        _publish(params, _task(d, "bad", disk=replace(d.source, disk_file="[ds1] gone/disk.vmdk")))
         body = _get(params, results_queue("c1"), 60)
         assert body is not None
         res = decode(body, TaskResult)
@@ -262,7 +255,7 @@ def test_stream_cap_holds_under_a_task_burst(
             dst = Path(mounts["ds1"]) / f"{name}-flat.vmdk"
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(d.path, dst)
-            tasks.append(_task(d, f"t{i}", disk_file=f"[ds1] {name}.vmdk"))
+            tasks.append(_task(d, f"t{i}", disk=replace(d.source, disk_file=f"[ds1] {name}.vmdk")))
         _publish(params, *tasks)
         got = [_get(params, results_queue("c1"), 60) for _ in tasks]
     finally:
@@ -334,7 +327,9 @@ def test_withdrawn_task_is_dropped_unread(
         _withdraw(params, "gone")
         assert _wait(lambda: svc.withdrawals.reason("gone") == "cancelled", 30)
         # its snapshot is gone too: without the withdrawal this task would fail and retry
-        _publish(params, _task(d, "gone", disk_file="[ds1] removed/disk.vmdk"))
+        _publish(
+            params, _task(d, "gone", disk=replace(d.source, disk_file="[ds1] removed/disk.vmdk"))
+        )
         assert _wait(lambda: _withdrawn_count() == n0 + 1, 30)
         _publish(params, _task(d, "kept"))  # the next task runs as usual
         res = decode(_get(params, results_queue("c1"), 60) or b"", TaskResult)
@@ -392,7 +387,9 @@ def test_task_withdrawn_while_waiting_for_a_stream_is_dropped_when_it_fails(
         _publish(params, _task(d, "slow"))
         assert _wait(lambda: read() > r0, 30), "the first task never started"
         # the second is taken at once and waits for the host's only stream
-        _publish(params, _task(d, "waiting", disk_file="[ds1] removed/disk.vmdk"))
+        _publish(
+            params, _task(d, "waiting", disk=replace(d.source, disk_file="[ds1] removed/disk.vmdk"))
+        )
         assert _wait(lambda: _queue_depth(params, "vmbackup.tasks.host.esx-1") == 0, 30)
         _withdraw(params, "waiting")
         assert _wait(lambda: svc.withdrawals.reason("waiting") is not None, 30)

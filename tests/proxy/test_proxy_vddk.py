@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from common.snapshot_disk import SnapshotDisk
 from proxy_worker.errors import ConfigError, TaskError
 from proxy_worker.settings import NbdSettings, ProxySettings, VCenterAccess, VCenterDirectory
-from proxy_worker.transports.base import DiskSource
 from proxy_worker.transports.nbd import NbdTransport
 from proxy_worker.transports.vddk import vddk_command
 
 SHA256 = ":".join(["ab"] * 32)
 SHA1 = ":".join(["0f"] * 20)
-SRC = DiskSource(
+SRC = SnapshotDisk(
     vcenter="vc1",
     datacenter="DC 1",
     host="esx-1",
@@ -64,7 +65,7 @@ def test_exact_command_line() -> None:
 def test_restore_vm_opens_the_new_disk_writable_and_without_a_snapshot() -> None:
     """restore-vm --transport nbd: the disk of the VM it just created, no -r, no snapshot=."""
     nbd = NbdSettings(vddk_libdir="/opt/vddk", vddk_transports="nbdssl")
-    new_disk = DiskSource(**{**SRC.__dict__, "vm_moref": "vm-900", "snapshot_moref": ""})
+    new_disk = replace(SRC, vm_moref="vm-900", snapshot_moref="")
     argv = vddk_command(new_disk, _vc(), nbd, "/run/secrets/vc1", write=True)
     assert argv == [
         "nbdkit",
@@ -81,9 +82,7 @@ def test_restore_vm_opens_the_new_disk_writable_and_without_a_snapshot() -> None
         "file=[datastore 1] my vm/my vm_1.vmdk",
     ]
     with pytest.raises(TaskError, match="vm_moref"):
-        vddk_command(
-            DiskSource(**{**new_disk.__dict__, "vm_moref": ""}), _vc(), nbd, "/pw", write=True
-        )
+        vddk_command(replace(new_disk, vm_moref=""), _vc(), nbd, "/pw", write=True)
     t = NbdTransport(ProxySettings(nbd=nbd), VCenterDirectory([_vc()]))
     try:
         assert "-r" not in t.command(new_disk, write=True)
@@ -108,13 +107,9 @@ def test_missing_pieces_are_named() -> None:
     with pytest.raises(ConfigError, match="user and a password"):
         vddk_command(SRC, _vc(user=""), NbdSettings(), "/pw")
     with pytest.raises(TaskError, match="snapshot_moref"):
-        vddk_command(
-            DiskSource(**{**SRC.__dict__, "snapshot_moref": ""}), _vc(), NbdSettings(), "/pw"
-        )
+        vddk_command(replace(SRC, snapshot_moref=""), _vc(), NbdSettings(), "/pw")
     with pytest.raises(TaskError, match="disk file"):
-        vddk_command(
-            DiskSource(**{**SRC.__dict__, "disk_file": "x.vmdk"}), _vc(), NbdSettings(), "/p"
-        )
+        vddk_command(replace(SRC, disk_file="x.vmdk"), _vc(), NbdSettings(), "/p")
 
 
 def test_transport_builds_vddk_command_with_private_password_file() -> None:
@@ -134,7 +129,7 @@ def test_transport_builds_vddk_command_with_private_password_file() -> None:
 def test_unknown_vcenter() -> None:
     with pytest.raises(ConfigError, match="'vc9'"):
         NbdTransport(ProxySettings(), VCenterDirectory([_vc()])).command(
-            DiskSource(**{**SRC.__dict__, "vcenter": "vc9"})
+            replace(SRC, vcenter="vc9")
         )
     # a task naming the vCenter by host name finds it too
     d = VCenterDirectory([_vc()])
