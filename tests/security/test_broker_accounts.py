@@ -5,7 +5,8 @@ of an all-zero point dated 30 days ahead and a JobMarker "end" for the job that 
 running: the writer dead-letters both, naming the sender; no point appears and the
 job's running marker (gc protection) stays until the job ends it. The proxy's account
 cannot consume a shard queue or the commits queue, nor claim the coordinator's name in
-``user_id``; the backup itself goes through on the per-role accounts.
+``user_id``; the coordinator's account cannot stage a task's map entries (only proxies
+read disks); the backup itself goes through on the per-role accounts.
 """
 
 from __future__ import annotations
@@ -29,11 +30,22 @@ from common.amqp import (
     Publisher,
     ReplyQueue,
 )
-from common.messages import CommitRequest, DiskCommit, HaveQuery, HaveReply, JobMarker, encode
+from common.messages import (
+    CommitReply,
+    CommitRequest,
+    DiskCommit,
+    HaveQuery,
+    HaveReply,
+    JobMarker,
+    TaskEntries,
+    encode,
+)
+from common.packed_entries import entries_digest, pack_entries
 from common.sharding import shard_queue, shard_routing_key
 from lab import Lab, LabSpec
 from lab.stack import Stack, StackSpec
 from repository.repository import Repository
+from repository.staging import job_dir_name
 from tests.conftest import BROKER_URL
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -243,3 +255,45 @@ def test_forged_commit_and_marker_refused_while_a_backup_runs(stack: Stack, lab:
     assert all(p.snapshot_time < time.time() + DAY for p in points)
     assert all(2999 not in [d.key for d in p.disks] for p in points)
     stack.verify()
+
+
+# Last: its refusal would count in the forged-commit test's totals.
+def stage_as(params: BrokerParams, name: str, msg_for: Any) -> CommitReply | None:
+    """Send TaskEntries built for our reply queue; the writer's reply, or None when none
+    came (refused to the dead-letter queue)."""
+    replies = ReplyQueue(params, name=f"{name}-replies")
+    pub = Publisher(params, name=name)
+    try:
+        fut = replies.expect(name)
+        pub.publish_sync("", QUEUE_COMMITS, msg_for(replies.name), correlation_id=name)
+        try:
+            reply = fut.result(timeout=15)
+        except TimeoutError:
+            return None
+    finally:
+        pub.close()
+        replies.close()
+    assert isinstance(reply, CommitReply)
+    return reply
+
+
+def test_only_proxy_accounts_stage_task_entries(stack: Stack) -> None:
+    packed = pack_entries([(i, b"") for i in range(8)])  # a forged all-zero slice of a disk
+
+    def entries(request_id: str, job: str) -> Any:
+        return lambda reply_to: TaskEntries(
+            request_id, reply_to, job, "vm-uuid-x", 2000, "task-1", packed
+        )
+
+    assert stage_as(as_role(stack, "coordinator"), "te-coord", entries("te-coord", "job-c")) is None
+    (refused,) = dead_letters(stack, 1)
+    reason = str(refused[0].headers[HEADER_ERROR])
+    assert "task-entries sent by broker user" in reason and "not a proxy account" in reason
+    assert not (stack.repo / "staging" / job_dir_name("job-c", "vm-uuid-x")).exists()
+
+    ok = stage_as(as_role(stack, "proxy"), "te-proxy", entries("te-proxy", "job-p"))
+    assert ok is not None and ok.ok, ok
+    staged = Repository.open(stack.repo).staging.load_task(
+        "job-p", "vm-uuid-x", 2000, "task-1", entries_digest(packed), 8
+    )
+    assert list(staged) == [(i, b"") for i in range(8)]
