@@ -145,6 +145,23 @@ def test_task_result_after_chunks_are_durable(
         svc.close()
 
 
+def test_proxy_that_does_not_stage_sends_its_entries_inline(
+    params: BrokerParams, writer: ProbedWriter, tmp_path: Path
+) -> None:
+    """stage_entries = false (writers older than the coordinator): the result carries the
+    entries, and nothing is staged at the writer."""
+    d = make_sparse_disk(tmp_path, capacity=3 * MiB)
+    svc = _service(params, d, stage_entries=False)
+    try:
+        _publish(params, _task(d))
+        res = decode(_get(params, results_queue("c1"), 60) or b"", TaskResult)
+        assert res.ok and not res.staged and res.entries_count == 0
+        assert [i for i, _ in res.entries] == list(range(-(-d.source.capacity // CHUNK)))
+        assert list(writer.repo.staging.leftovers()) == []
+    finally:
+        svc.close()
+
+
 def test_failing_task_is_retried_then_dead_lettered(
     params: BrokerParams, writer: ProbedWriter, tmp_path: Path
 ) -> None:
