@@ -9,6 +9,8 @@ another storage only has to provide the views its users need.
 - :class:`PointSource`: what a restore reads (a point, its maps and chunks by id).
 - :class:`ChunkSink`: what the writer stores chunks through (have-queries and prepared
   blobs, never a point).
+- :class:`Committer`: what the writer's commits queue turns into restore points (staged
+  entries, typed point commits, running-job markers), never a chunk.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from repository.fixed_index import DiskMap
+from repository.point_commit import PointCommit
 from repository.points import Point
 from repository.repository import StoreResult
 
@@ -71,3 +74,24 @@ class ChunkSink(Protocol):
     def store_chunks(
         self, chunks: Sequence[tuple[bytes, int, bool, bytes | bytearray]]
     ) -> StoreResult: ...
+
+
+class Committer(Protocol):
+    """Where the writer commits points from: staged entries, then the point."""
+
+    @property
+    def chunk_size(self) -> int: ...
+
+    def stage_task_entries(
+        self, job_id: str, vm_uuid: str, disk_key: int, task_id: str, packed: bytes
+    ) -> int: ...
+
+    def stage_commit_part(
+        self, request_id: str, disk_key: int, part: int, packed: bytes
+    ) -> None: ...
+
+    def commit_point(self, commit: PointCommit) -> str: ...
+
+    def begin_job(self, job_id: str) -> None: ...
+
+    def end_job(self, job_id: str) -> None: ...

@@ -50,6 +50,7 @@ from common.messages import (
 from common.sharding import parse_shard_set, shard_of, shard_queue
 from repository import fsutil
 from repository.errors import RepositoryError, RepositoryFullError
+from repository.interfaces import ChunkSink, Committer
 from repository.repository import Repository
 from repository_writer.chunk_stream_server import HELLO_TIMEOUT, ChunkStreamServer, route_address
 from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY, CommitLimits
@@ -88,6 +89,9 @@ class WriterService:
         proxy_users: Sequence[str] = (),
     ) -> None:
         self.repo = repo
+        # what the handlers may do with it: store chunks, or commit (repository/interfaces.py)
+        self.chunks: ChunkSink = repo
+        self.committer: Committer = repo
         self.senders = Senders.for_account(params.account, coordinator_users, proxy_users)
         self.limits = CommitLimits(repo.chunk_size, max_disk_capacity)
         self.params = params
@@ -211,7 +215,7 @@ class WriterService:
                 msg.reply_to, msg.part_id if isinstance(msg, CommitPart) else msg.request_id
             )
             self.senders.check_commits_queue(msg, d)
-            reply = commit_queue_reply(self.repo, msg, self.limits)
+            reply = commit_queue_reply(self.committer, msg, self.limits)
             self._reply(msg.reply_to, reply.request_id, reply)
 
     def on_stream_message(self, msg: ChunkBatch | HaveQuery) -> ChunkAck | HaveReply:
@@ -233,7 +237,7 @@ class WriterService:
             return self._refused(msg, shard, causes.REPOSITORY_FULL, why)
         t0 = time.perf_counter()
         try:
-            res = self.repo.store_chunks(msg.chunks)
+            res = self.chunks.store_chunks(msg.chunks)
         except RepositoryFullError as exc:
             return self._refused(msg, shard, causes.REPOSITORY_FULL, str(exc))
         except RepositoryError as exc:
@@ -265,7 +269,7 @@ class WriterService:
     def on_have(self, msg: HaveQuery, *, with_stream: bool = True) -> HaveReply:
         """The answer; ``with_stream`` adds the chunk stream's address and token (only
         for proxy accounts: the token lets its holder write chunks)."""
-        present = self.repo.has_chunks(msg.ids)
+        present = self.chunks.has_chunks(msg.ids)
         n = sum(present)
         metrics.WRITER_HAVE_IDS.labels(result="present").inc(n)
         metrics.WRITER_HAVE_IDS.labels(result="absent").inc(len(present) - n)
@@ -275,7 +279,7 @@ class WriterService:
         return HaveReply(msg.query_id, present, stream.address, stream.token, stream.pin)
 
     def on_commit(self, msg: CommitRequest) -> CommitReply:
-        return commit_queue_reply(self.repo, msg, self.limits)
+        return commit_queue_reply(self.committer, msg, self.limits)
 
     def _reply(self, reply_to: str, key: str, reply: Message) -> None:
         try:
@@ -288,7 +292,7 @@ class WriterService:
 
 
 def commit_queue_reply(
-    repo: Repository,
+    repo: Committer,
     msg: CommitRequest | CommitPart | JobMarker | TaskEntries,
     limits: CommitLimits | None = None,
 ) -> CommitReply:
@@ -338,7 +342,7 @@ def commit_queue_reply(
     return CommitReply(msg.request_id, True, "", point_id)
 
 
-def _stage_task_entries(repo: Repository, msg: TaskEntries, limits: CommitLimits) -> CommitReply:
+def _stage_task_entries(repo: Committer, msg: TaskEntries, limits: CommitLimits) -> CommitReply:
     try:
         limits.check_packed(msg.entries, f"entries of task {msg.task_id!r:.80}")
         n = repo.stage_task_entries(msg.job_id, msg.vm_uuid, msg.disk_key, msg.task_id, msg.entries)
