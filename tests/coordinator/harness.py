@@ -33,7 +33,7 @@ from common.messages import (
     Message,
     TaskResult,
 )
-from repository_writer.service import commit_queue_reply
+from repository_writer.commit_queue import commit_queue_reply
 
 
 class ProtocolPeer:
