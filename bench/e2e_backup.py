@@ -21,6 +21,10 @@ bytes:
 
 The change sets are reverted after each tool, so every tool starts from the same images.
 All temp data (lab datastores, repositories, restores) is removed at the end.
+
+Size: past 400 lines: one script runs every tool's full, both incrementals and the
+restore in the same run (what makes the ratios comparable); the tools' command lines
+live in bench/e2e_tools.py.
 """
 
 from __future__ import annotations

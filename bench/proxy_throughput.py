@@ -33,6 +33,9 @@ time the pipeline can take here, and so the best ratio these cores allow: a rati
 
     .venv/bin/python -m bench.proxy_throughput [--size-mib 4096] [--transports file,nbd,http]
         [--chunk-paths stream,broker,broker-persistent]
+
+Size: past 400 lines: the floor, the baselines and the pipeline per transport and chunk
+path run in one process so that every ratio has its baseline from the same run.
 """
 
 from __future__ import annotations

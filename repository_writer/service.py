@@ -4,7 +4,7 @@ Consumes its shard queues (ChunkBatch -> verify, store, fsync -> ChunkAck to the
 sender's reply queue; HaveQuery -> HaveReply) and, optionally, the shared commits
 queue (TaskEntries from a proxy -> staged durably -> CommitReply; CommitRequest ->
 commit_point -> CommitReply; CommitPart -> staged durably -> CommitReply; JobMarker ->
-running-backup marker begun or ended -> CommitReply).
+running-backup marker begun or ended -> CommitReply: repository_writer/commit_queue.py).
 Handlers run on worker threads of common.amqp.Consumer; a message is acked only after its reply was
 published, so a crash at any point means a redelivery, and every handler is
 idempotent (chunks are content-addressed, point ids are derived from the request).
