@@ -59,32 +59,33 @@ def _load(args: argparse.Namespace, one_shot: bool = False) -> Any:
     return cfg
 
 
-def open_runtime(cfg: Any) -> Any:
-    """Connect to every vCenter (those that fail are logged), the repository, the broker."""
+def open_runtime(cfg: Any, *, connect: bool = True) -> Any:
+    """The repository, the broker and the vCenters: each one is logged in to now when
+    ``connect`` (the daemon: its first sweep needs them; those that fail are tried again
+    by the jobs), else by the first job that needs it (one job: one try, not two)."""
     from common.amqp import BrokerParams
-    from coordinator.job_runtime import Runtime
+    from coordinator.job_runtime import Runtime, connect_vcenters
     from coordinator.previous_points import History
-    from coordinator.vcenter import Connection
 
     history = History.open(
         cfg.repository.path,
         cfg.repository.passphrase.value if cfg.repository.passphrase else None,
     )
-    connections = {}
-    for vc in cfg.vcenters:
-        try:
-            connections[vc.name] = Connection(vc).connect()
-        except Exception as exc:
-            log.error("vcenter_unreachable", vcenter=vc.name, error=str(exc))
+    connections, offline = connect_vcenters(cfg.vcenters) if connect else ({}, {})
     return Runtime.start(
-        cfg.coordinator, connections, history, BrokerParams.from_settings(cfg.broker)
+        cfg.coordinator,
+        connections,
+        history,
+        BrokerParams.from_settings(cfg.broker),
+        vcenters=cfg.vcenters,
+        offline=offline,
     )
 
 
-def _start(cfg: Any) -> Any:
+def _start(cfg: Any, *, connect: bool = True) -> Any:
     """open_runtime, or None after saying on stderr why the coordinator cannot start."""
     try:
-        return open_runtime(cfg)
+        return open_runtime(cfg, connect=connect)
     except Exception as exc:
         print(f"vmbackup: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
@@ -92,7 +93,7 @@ def _start(cfg: Any) -> Any:
 
 def _close(rt: Any) -> None:
     rt.close()
-    for c in rt.connections.values():
+    for c in list(rt.connections.values()):
         c.close()
 
 
@@ -108,7 +109,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     except KeyError as exc:
         print(f"vmbackup: {exc.args[0]}", file=sys.stderr)
         return report.EXIT_ERROR
-    rt = _start(cfg)
+    rt = _start(cfg, connect=False)
     if rt is None:
         return report.EXIT_ERROR
     try:
@@ -129,13 +130,25 @@ def cmd_backup(args: argparse.Namespace) -> int:
     finally:
         _close(rt)
     sys.stdout.write(rep.to_text())
+    code = report.exit_status(rep)
     if args.report:
         if args.report == "-":
             sys.stdout.write(rep.to_json() + "\n")
         else:
-            with open(args.report, "w", encoding="utf-8") as fh:
-                fh.write(rep.to_json())
-    return report.exit_status(rep)
+            try:
+                with open(args.report, "w", encoding="utf-8") as fh:
+                    fh.write(rep.to_json())
+            except OSError as exc:  # whoever reads it would find nothing, or an old one
+                print(
+                    f"vmbackup backup: cannot write the report {args.report}: {exc.strerror}",
+                    file=sys.stderr,
+                )
+                code = report.EXIT_ERROR
+    # The reason goes to stderr as well: a scheduler's mail or a Job's log shows stderr
+    # first, and stdout may be a report nobody reads.
+    for line in report.failure_lines(rep):
+        print(f"vmbackup backup: {line}", file=sys.stderr)
+    return code
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from coordinator.discovery import VmInfo
+from coordinator.previous_points import LastJob
 from coordinator.settings import PolicySettings
+
+SHOWN_NAMES = 5  # VM names a message lists before "and N more"
 
 
 @dataclass
@@ -62,3 +65,20 @@ def select(vms: list[VmInfo], p: PolicySettings) -> Selection:
         (skipped if vm.skip_reason else selected).append(vm)
     selected.sort(key=lambda v: (v.vcenter, v.name, v.moref))
     return Selection(selected=selected, skipped=skipped, out_of_scope=out)
+
+
+def lost_selection(policy: str, selected: int, last: LastJob | None) -> str:
+    """Why a run must fail although nothing in it failed: it selected no VM, yet the
+    policy's last job backed some up (VMs renamed or moved, a pattern edited, the wrong
+    vCenter): "" when the run selected VMs or the policy never had any."""
+    if selected or last is None or not last.vm_names:
+        return ""
+    names = ", ".join(last.vm_names[:SHOWN_NAMES])
+    more = len(last.vm_names) - SHOWN_NAMES
+    if more > 0:
+        names += f" and {more} more"
+    return (
+        f"policy {policy} selected no VM, but its last job {last.job_id} backed up"
+        f" {len(last.vm_names)} VM(s): {names}; check the policy's names, folders and"
+        " vCenters against the inventory"
+    )
