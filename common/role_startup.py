@@ -15,8 +15,7 @@ from typing import Any
 from common.config import ConfigError
 from common.logging import get_logger, setup_logging
 from common.metrics import BUILD_INFO, serve_metrics
-
-VERSION = "0.1.0"
+from common.version import package_version
 
 # Loads and validates the whole config file (raises common.config.ConfigError).
 ConfigLoader = Callable[[str | Path | None], Any]
@@ -56,6 +55,6 @@ def start_role(
                 f"vmbackup: cannot serve /metrics on port {port}: {exc.strerror}", file=sys.stderr
             )
             raise SystemExit(2) from None
-    BUILD_INFO.labels(version=VERSION, role=role).set(1)
+    BUILD_INFO.labels(version=package_version(), role=role).set(1)
     get_logger("vmbackup").info("starting", role=role, metrics_port=port or None)
     return cfg
