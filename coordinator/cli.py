@@ -41,22 +41,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _load(args: argparse.Namespace, one_shot: bool = False) -> Any:
     from common.role_startup import start_role
+
+    return start_role(
+        "coordinator", args.load_config, args.config, one_shot=one_shot, check=_problems
+    )
+
+
+def _problems(cfg: Any) -> list[str]:
+    """What the coordinator cannot start without, every problem at once."""
+    from common.role_startup import unset
     from coordinator.settings import check_references
 
-    path = args.config
-    cfg = start_role("coordinator", args.load_config, path, one_shot=one_shot)
+    out = unset(cfg, "repository.path", "vcenters")
     try:
         check_references(list(cfg.vcenters), list(cfg.policies))
     except ValueError as exc:
-        print(f"vmbackup: config error: {path}: {exc}", file=sys.stderr)
-        return None
-    if not cfg.vcenters:
-        print(f"vmbackup: config error: {path}: no [[vcenters]] configured", file=sys.stderr)
-        return None
-    if not cfg.repository.path:
-        print(f"vmbackup: config error: {path}: repository.path is not set", file=sys.stderr)
-        return None
-    return cfg
+        out.append(str(exc))
+    return out
 
 
 def open_runtime(cfg: Any, *, connect: bool = True) -> Any:
