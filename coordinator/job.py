@@ -210,6 +210,7 @@ class Job:
             vms.extend(inv.vms)
         if errors:
             self.report.error = "; ".join(errors)
+            self.report.cause = causes.VCENTER
         return vms
 
     def _skipped_report(self, vm: VmInfo) -> report.VmReport:

@@ -78,7 +78,8 @@ class JobReport:
     orphans_removed: int = 0
     vcenter_round_trips: int = 0
     # Why the job started no more VMs before the end (a full repository, say) and its
-    # cause; the VMs it did not start say "not started: <stopped>".
+    # cause; the VMs it did not start say "not started: <stopped>". Without ``stopped``,
+    # ``cause`` is that of ``error`` where one is known (vcenter: a vCenter not reached).
     stopped: str = ""
     cause: str = ""
 
@@ -181,7 +182,8 @@ def failure_lines(report: JobReport) -> list[str]:
     it stopped early, and every VM without a complete point with its cause and reason."""
     lines = []
     if report.error:
-        lines.append(f"job {report.job_id} failed: {report.error}")
+        cause = f" [{report.cause}]" if report.cause and not report.stopped else ""
+        lines.append(f"job {report.job_id} failed{cause}: {report.error}")
     if report.stopped:
         lines.append(f"job {report.job_id} stopped [{report.cause}]: {report.stopped}")
     bad = [v for v in report.vms if v.status not in (OK, SKIPPED)]

@@ -55,6 +55,8 @@ def test_failure_lines_name_the_job_error_and_every_vm_not_backed_up() -> None:
     assert "unfinished vc1/c: why" in lines
     assert not any("vc1/a" in line for line in lines)
     assert report.failure_lines(job(("a", report.OK), ("t", report.SKIPPED))) == []
+    rep.cause = "vcenter"
+    assert report.failure_lines(rep)[0] == f"job {rep.job_id} failed [vcenter]: vcenter vc2: down"
 
 
 def test_failure_lines_stay_short_for_a_thousand_failed_vms() -> None:

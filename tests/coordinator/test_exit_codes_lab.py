@@ -87,6 +87,7 @@ def test_the_only_vcenter_unreachable_exits_2_naming_it(rig: Rig) -> None:
     assert run.returncode == 2, run.stdout + run.stderr
     assert "vcenter lab: cannot connect to" in run.stderr, run.stderr
     assert rep["status"] == "failed" and "vcenter lab: cannot connect to" in rep["error"]
+    assert rep["cause"] == "vcenter"
     assert "status failed" in run.stdout and "error: vcenter lab" in run.stdout
 
 
