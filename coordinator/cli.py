@@ -20,7 +20,13 @@ log = get_logger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "backup",
-        help="run one backup job for a policy and exit (0 ok, 1 some VMs failed, 2 error)",
+        help="run one backup job for a policy and exit (0 every selected VM backed up,"
+        " 1 some were not, 2 the job could not do all of its work)",
+        description="Run one job of a policy and exit. Exit status: 0 every VM the policy"
+        " selected has a new complete point; 1 some have not (each named on stderr with"
+        " why); 2 the job could not do all of its work: a vCenter not reached, nothing"
+        " selected although the policy's last job backed VMs up, outside its window, a"
+        " config error (docs/operations.md, 'Exit codes').",
     )
     b.add_argument("--config", required=True, help="vmbackup TOML config file")
     b.add_argument("--policy", required=True, help="policy name from the config")
