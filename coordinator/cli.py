@@ -89,13 +89,12 @@ def open_runtime(cfg: Any, *, connect: bool = True) -> Any:
     )
 
 
-def _start(cfg: Any, *, connect: bool = True) -> Any:
-    """open_runtime, or None after saying on stderr why the coordinator cannot start."""
+def _start(cfg: Any, *, connect: bool = True) -> tuple[Any, str]:
+    """(open_runtime, "") or (None, why the coordinator cannot start)."""
     try:
-        return open_runtime(cfg, connect=connect)
+        return open_runtime(cfg, connect=connect), ""
     except Exception as exc:
-        print(f"vmbackup: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
+        return None, f"cannot start: {type(exc).__name__}: {exc}"
 
 
 def _close(rt: Any) -> None:
@@ -108,17 +107,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from coordinator.job import Job
     from coordinator.settings import find_policy
 
-    cfg = _load(args, one_shot=True)
-    if cfg is None:
-        return report.EXIT_ERROR
+    cfg = _load(args, one_shot=True)  # a config error exits 2 here, naming every key
     try:
         policy = find_policy(list(cfg.policies), args.policy)
     except KeyError as exc:
-        print(f"vmbackup: {exc.args[0]}", file=sys.stderr)
-        return report.EXIT_ERROR
-    rt = _start(cfg, connect=False)
+        return _finish(args, _not_run(cfg, args.policy, exc.args[0]))
+    rt, why = _start(cfg, connect=False)
     if rt is None:
-        return report.EXIT_ERROR
+        return _finish(args, _not_run(cfg, policy.name, why))
     try:
         job = Job(rt, policy, ignore_window=args.ignore_window)
         stop = threading.Event()
@@ -136,6 +132,22 @@ def cmd_backup(args: argparse.Namespace) -> int:
         rep = job.run()
     finally:
         _close(rt)
+    return _finish(args, rep)
+
+
+def _not_run(cfg: Any, policy: str, why: str) -> report.JobReport:
+    """The report of a job that could not start: a --report file must never keep an
+    earlier run's "ok" when this one did nothing."""
+    from coordinator.job_ids import new_job_id
+
+    rep = report.JobReport(job_id=new_job_id(policy), policy=policy, coordinator=cfg.coordinator.id)
+    rep.error = why
+    rep.finish()
+    return rep
+
+
+def _finish(args: argparse.Namespace, rep: report.JobReport) -> int:
+    """The report on stdout (and --report), the reasons on stderr; the exit status."""
     sys.stdout.write(rep.to_text())
     code = report.exit_status(rep)
     if args.report:
@@ -161,11 +173,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from coordinator.daemon import Daemon
 
-    cfg = _load(args)
-    if cfg is None:
-        return report.EXIT_ERROR
-    rt = _start(cfg)
+    cfg = _load(args)  # a config error exits 2 here, naming every key
+    rt, why = _start(cfg)
     if rt is None:
+        print(f"vmbackup coordinator: {why}", file=sys.stderr)
         return report.EXIT_ERROR
     daemon = Daemon(rt, list(cfg.policies))
     import signal

@@ -151,6 +151,26 @@ def test_a_failed_vm_exits_1_naming_it_and_why_on_stderr(rig: Rig, lab: Lab) -> 
     assert vms[bad]["status"] == "failed" and vms[good]["status"] == "ok"
 
 
+def test_a_job_that_cannot_start_leaves_a_failed_report_not_an_old_ok(rig: Rig) -> None:
+    stack = rig.stack
+    cfg = stack.write_config(stack.workdir / "norepo.toml", repo=stack.workdir / "no-such-repo")
+    rp = stack.workdir / "nightly.json"
+    rp.write_text(json.dumps({"status": "ok"}))  # the last run's, read by a monitor
+    run = stack.run("backup", "--config", str(cfg), "--policy", "all", "--report", str(rp))
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "cannot start: " in run.stderr and "no-such-repo" in run.stderr, run.stderr
+    doc = json.loads(rp.read_text())
+    assert doc["status"] == "failed" and "no-such-repo" in doc["error"], doc
+
+
+def test_an_unknown_policy_leaves_a_failed_report(rig: Rig) -> None:
+    stack = rig.stack
+    run, rep = backup(stack, stack.config_path, "nightlyy")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "no policy named 'nightlyy' (configured: all)" in run.stderr, run.stderr
+    assert rep["status"] == "failed" and "no policy named 'nightlyy'" in rep["error"]
+
+
 class Forwarder:
     """Forwards 127.0.0.1:``port`` to ``target`` once started: a vCenter coming back."""
 
