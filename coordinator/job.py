@@ -117,17 +117,24 @@ class Job:
                     "job_started",
                     selected=len(sel.selected),
                     skipped=len(sel.skipped),
+                    unavailable=len(sel.unavailable),
                     out_of_scope=sel.out_of_scope,
                 )
                 pol = self.policy.name
                 metrics.COORD_VMS.labels(pol, "discovered").inc(
-                    len(sel.selected) + len(sel.skipped)
+                    len(sel.selected) + len(sel.skipped) + len(sel.unavailable)
                 )
                 for vm in sel.skipped:
                     metrics.COORD_VMS.labels(pol, "skipped").inc()
-                    rep.vms.append(self._skipped_report(vm))
-                if not sel.selected and not rep.error:
-                    rep.error = lost_selection(pol, len(sel.selected), rt.history.last_job(pol))
+                    rep.vms.append(self._unbacked_report(vm, report.SKIPPED, vm.skip_reason))
+                for vm in sel.unavailable:  # wanted, and vCenter cannot give them now
+                    metrics.COORD_VMS.labels(pol, "failed").inc()
+                    metrics.COORD_VM_FAILURES.labels(pol, causes.VCENTER).inc()
+                    why = f"not backed up: {vm.unavailable}"
+                    rep.vms.append(self._unbacked_report(vm, report.FAILED, why, causes.VCENTER))
+                wanted = len(sel.selected) + len(sel.unavailable)
+                if not wanted and not rep.error:
+                    rep.error = lost_selection(pol, wanted, rt.history.last_job(pol))
                 self._emit("job-planned", vms=len(sel.selected))
                 if sel.selected:
                     # before the first task: from now on gc keeps every chunk this job
@@ -213,27 +220,30 @@ class Job:
             self.report.cause = causes.VCENTER
         return vms
 
-    def _skipped_report(self, vm: VmInfo) -> report.VmReport:
+    def _unbacked_report(
+        self, vm: VmInfo, status: str, reason: str, cause: str = ""
+    ) -> report.VmReport:
+        """The report of a VM of the policy that no snapshot is taken of: skipped (a
+        template) or failed (vCenter cannot give it now)."""
         vr = report.VmReport(
             vm.vcenter,
             vm.name,
             vm.moref,
             vm.instance_uuid or vm.uuid,
             vm.host,
-            status=report.SKIPPED,
-            reason=vm.skip_reason,
+            status=status,
+            reason=reason,
+            cause=cause,
         )
+        skipped = status == report.SKIPPED
         for d in vm.disks:
+            why = d.skip_reason or ("VM skipped" if skipped else "VM unavailable")
             vr.disks.append(
                 report.DiskReport(
-                    d.key,
-                    d.label,
-                    d.capacity,
-                    status=report.SKIPPED,
-                    reason=d.skip_reason or "VM skipped",
+                    d.key, d.label, d.capacity, status=status, reason=why, cause=cause
                 )
             )
-            metrics.COORD_DISKS.labels(self.policy.name, "skipped").inc()
+            metrics.COORD_DISKS.labels(self.policy.name, "skipped" if skipped else "failed").inc()
         return vr
 
     # --- one VM -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ are globs on the name or exact BIOS/instance UUIDs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from coordinator.discovery import VmInfo
@@ -23,6 +23,8 @@ class Selection:
     selected: list[VmInfo]  # in scope and backup-able
     skipped: list[VmInfo]  # in scope, but cannot be backed up (skip_reason says why)
     out_of_scope: int
+    # in scope, but vCenter cannot give them now (``unavailable`` says why): failures
+    unavailable: list[VmInfo] = field(default_factory=list)
 
 
 def _folder_matches(path: str, wanted: str) -> bool:
@@ -52,6 +54,7 @@ def in_scope(vm: VmInfo, p: PolicySettings) -> bool:
 def select(vms: list[VmInfo], p: PolicySettings) -> Selection:
     selected: list[VmInfo] = []
     skipped: list[VmInfo] = []
+    unavailable: list[VmInfo] = []
     out = 0
     seen: set[tuple[str, str]] = set()
     for vm in vms:
@@ -62,9 +65,12 @@ def select(vms: list[VmInfo], p: PolicySettings) -> Selection:
         if key in seen:
             continue
         seen.add(key)
-        (skipped if vm.skip_reason else selected).append(vm)
+        if vm.unavailable:
+            unavailable.append(vm)
+        else:
+            (skipped if vm.skip_reason else selected).append(vm)
     selected.sort(key=lambda v: (v.vcenter, v.name, v.moref))
-    return Selection(selected=selected, skipped=skipped, out_of_scope=out)
+    return Selection(selected, skipped, out, unavailable)
 
 
 def lost_selection(policy: str, selected: int, last: LastJob | None) -> str:

@@ -77,6 +77,24 @@ def test_nothing_selected_fails_only_when_the_last_job_backed_vms_up() -> None:
     assert "vm00, vm01, vm02, vm03, vm04 and 7 more" in lost_selection("web", 0, many)
 
 
+def test_a_vm_vcenter_cannot_give_is_selected_as_unavailable_not_skipped() -> None:
+    from coordinator.discovery import vm_unavailable
+    from coordinator.policy import select
+    from coordinator.settings import PolicySettings
+    from tests.coordinator.test_policy_limits_report import vm
+
+    host_down = vm("web-1")
+    host_down.connection_state = "disconnected"
+    host_down.unavailable = vm_unavailable(host_down, has_config=True)
+    assert host_down.unavailable == "disconnected VM (runtime.connectionState)"
+    assert vm_unavailable(vm("x"), has_config=False).startswith("inaccessible")
+    assert vm_unavailable(vm("web-2"), has_config=True) == ""
+    sel = select([host_down, vm("web-2"), vm("tmpl", skip="template")], PolicySettings("p"))
+    assert [v.name for v in sel.unavailable] == ["web-1"]
+    assert [v.name for v in sel.selected] == ["web-2"]
+    assert [v.name for v in sel.skipped] == ["tmpl"]
+
+
 def _commit(repo: Repository, job_id: str, vm: str, t: float) -> None:
     repo.commit_point(
         {

@@ -151,6 +151,23 @@ def test_a_failed_vm_exits_1_naming_it_and_why_on_stderr(rig: Rig, lab: Lab) -> 
     assert vms[bad]["status"] == "failed" and vms[good]["status"] == "ok"
 
 
+def test_a_vm_vcenter_cannot_give_is_a_failure_not_a_skip(rig: Rig, lab: Lab) -> None:
+    """A VM of the policy whose host is down (runtime.connectionState "disconnected"):
+    no snapshot is tried, and the run says the VM was not backed up."""
+    down, up = (v["name"] for v in lab.vms()[:2])
+    lab.inject(vm_connection_state=(down, "disconnected"))
+    try:
+        run, rep = backup(rig.stack, rig.stack.config_path, "all")
+    finally:
+        lab.inject(vm_connection_state=(down, "connected"))
+    assert run.returncode == 1, run.stdout + run.stderr
+    why = f"failed lab/{down} [vcenter]: not backed up: disconnected VM (runtime.connectionState)"
+    assert why in run.stderr, run.stderr
+    vms = {v["name"]: v for v in rep["vms"]}
+    assert vms[down]["status"] == "failed" and vms[down]["cause"] == "vcenter"
+    assert not vms[down]["snapshot"] and vms[up]["status"] == "ok"
+
+
 def test_a_job_that_cannot_start_leaves_a_failed_report_not_an_old_ok(rig: Rig) -> None:
     stack = rig.stack
     cfg = stack.write_config(stack.workdir / "norepo.toml", repo=stack.workdir / "no-such-repo")
