@@ -12,11 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError
+from common.config import ENV_PREFIX, ConfigError
 from common.logging import get_logger, setup_logging
 from common.metrics import BUILD_INFO, serve_metrics
-
-VERSION = "0.1.0"
+from common.version import package_version
 
 # Loads and validates the whole config file (raises common.config.ConfigError).
 ConfigLoader = Callable[[str | Path | None], Any]
@@ -31,6 +30,22 @@ def load_or_exit(load_config: ConfigLoader, path: str | Path | None) -> Any:
         raise SystemExit(2) from None
 
 
+def unset(cfg: Any, *keys: str) -> list[str]:
+    """A problem line for each dotted key (``repository.path``) that is empty in
+    ``cfg``, naming the key and its environment variable."""
+    out = []
+    for key in keys:
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part, None)
+        if value == []:  # a list of tables: [[vcenters]]
+            out.append(f"{key}: none configured (a [[{key}]] table each)")
+        elif value is None or value == "":
+            env = ENV_PREFIX + key.upper().replace(".", "__")
+            out.append(f"{key}: not set (in the config file, or ${env})")
+    return out
+
+
 def start_role(
     role: str,
     load_config: ConfigLoader,
@@ -38,14 +53,24 @@ def start_role(
     metrics_port: int | None = None,
     *,
     one_shot: bool = False,
+    check: Callable[[Any], list[str]] | None = None,
 ) -> Any:
     """Load config, set up logging and serve /metrics; returns the config.
 
+    ``check`` returns what the role cannot start without (a line per problem, the key
+    first): every problem is printed and the process exits 2 before it logs "starting"
+    or opens its metrics port, so a role never looks started on a config it rejects.
     ``metrics_port`` (e.g. from a --metrics-port flag) overrides the config; the
     port in use is printed so that an operator (or the demo) can find it. A
     ``one_shot`` command logs to stderr: its stdout is its result.
     """
     cfg = load_or_exit(load_config, config_path)
+    problems = check(cfg) if check is not None else []
+    if problems:
+        source = str(config_path) if config_path else "(no config file: give --config FILE)"
+        for p in problems:
+            print(f"vmbackup {role}: config error: {source}: {p}", file=sys.stderr)
+        raise SystemExit(2)
     setup_logging(cfg.log.level, cfg.log.format, role=role, stream=sys.stderr if one_shot else None)
     port = cfg.metrics.port if metrics_port is None else metrics_port
     if port:
@@ -56,6 +81,6 @@ def start_role(
                 f"vmbackup: cannot serve /metrics on port {port}: {exc.strerror}", file=sys.stderr
             )
             raise SystemExit(2) from None
-    BUILD_INFO.labels(version=VERSION, role=role).set(1)
+    BUILD_INFO.labels(version=package_version(), role=role).set(1)
     get_logger("vmbackup").info("starting", role=role, metrics_port=port or None)
     return cfg

@@ -20,7 +20,13 @@ log = get_logger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "backup",
-        help="run one backup job for a policy and exit (0 ok, 1 some VMs failed, 2 error)",
+        help="run one backup job for a policy and exit (0 every selected VM backed up,"
+        " 1 some were not, 2 the job could not do all of its work)",
+        description="Run one job of a policy and exit. Exit status: 0 every VM the policy"
+        " selected has a new complete point; 1 some have not (each named on stderr with"
+        " why); 2 the job could not do all of its work: a vCenter not reached, nothing"
+        " selected although the policy's last job backed VMs up, outside its window, a"
+        " config error (docs/operations.md, 'Exit codes').",
     )
     b.add_argument("--config", required=True, help="vmbackup TOML config file")
     b.add_argument("--policy", required=True, help="policy name from the config")
@@ -41,58 +47,59 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _load(args: argparse.Namespace, one_shot: bool = False) -> Any:
     from common.role_startup import start_role
+
+    return start_role(
+        "coordinator", args.load_config, args.config, one_shot=one_shot, check=_problems
+    )
+
+
+def _problems(cfg: Any) -> list[str]:
+    """What the coordinator cannot start without, every problem at once."""
+    from common.role_startup import unset
     from coordinator.settings import check_references
 
-    path = args.config
-    cfg = start_role("coordinator", args.load_config, path, one_shot=one_shot)
+    out = unset(cfg, "repository.path", "vcenters")
     try:
         check_references(list(cfg.vcenters), list(cfg.policies))
     except ValueError as exc:
-        print(f"vmbackup: config error: {path}: {exc}", file=sys.stderr)
-        return None
-    if not cfg.vcenters:
-        print(f"vmbackup: config error: {path}: no [[vcenters]] configured", file=sys.stderr)
-        return None
-    if not cfg.repository.path:
-        print(f"vmbackup: config error: {path}: repository.path is not set", file=sys.stderr)
-        return None
-    return cfg
+        out.append(str(exc))
+    return out
 
 
-def open_runtime(cfg: Any) -> Any:
-    """Connect to every vCenter (those that fail are logged), the repository, the broker."""
+def open_runtime(cfg: Any, *, connect: bool = True) -> Any:
+    """The repository, the broker and the vCenters: each one is logged in to now when
+    ``connect`` (the daemon: its first sweep needs them; those that fail are tried again
+    by the jobs), else by the first job that needs it (one job: one try, not two)."""
     from common.amqp import BrokerParams
-    from coordinator.job_runtime import Runtime
+    from coordinator.job_runtime import Runtime, connect_vcenters
     from coordinator.previous_points import History
-    from coordinator.vcenter import Connection
 
     history = History.open(
         cfg.repository.path,
         cfg.repository.passphrase.value if cfg.repository.passphrase else None,
     )
-    connections = {}
-    for vc in cfg.vcenters:
-        try:
-            connections[vc.name] = Connection(vc).connect()
-        except Exception as exc:
-            log.error("vcenter_unreachable", vcenter=vc.name, error=str(exc))
+    connections, offline = connect_vcenters(cfg.vcenters) if connect else ({}, {})
     return Runtime.start(
-        cfg.coordinator, connections, history, BrokerParams.from_settings(cfg.broker)
+        cfg.coordinator,
+        connections,
+        history,
+        BrokerParams.from_settings(cfg.broker),
+        vcenters=cfg.vcenters,
+        offline=offline,
     )
 
 
-def _start(cfg: Any) -> Any:
-    """open_runtime, or None after saying on stderr why the coordinator cannot start."""
+def _start(cfg: Any, *, connect: bool = True) -> tuple[Any, str]:
+    """(open_runtime, "") or (None, why the coordinator cannot start)."""
     try:
-        return open_runtime(cfg)
+        return open_runtime(cfg, connect=connect), ""
     except Exception as exc:
-        print(f"vmbackup: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
+        return None, f"cannot start: {type(exc).__name__}: {exc}"
 
 
 def _close(rt: Any) -> None:
     rt.close()
-    for c in rt.connections.values():
+    for c in list(rt.connections.values()):
         c.close()
 
 
@@ -100,17 +107,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from coordinator.job import Job
     from coordinator.settings import find_policy
 
-    cfg = _load(args, one_shot=True)
-    if cfg is None:
-        return report.EXIT_ERROR
+    cfg = _load(args, one_shot=True)  # a config error exits 2 here, naming every key
     try:
         policy = find_policy(list(cfg.policies), args.policy)
     except KeyError as exc:
-        print(f"vmbackup: {exc.args[0]}", file=sys.stderr)
-        return report.EXIT_ERROR
-    rt = _start(cfg)
+        return _finish(args, _not_run(cfg, args.policy, exc.args[0]))
+    rt, why = _start(cfg, connect=False)
     if rt is None:
-        return report.EXIT_ERROR
+        return _finish(args, _not_run(cfg, policy.name, why))
     try:
         job = Job(rt, policy, ignore_window=args.ignore_window)
         stop = threading.Event()
@@ -128,24 +132,51 @@ def cmd_backup(args: argparse.Namespace) -> int:
         rep = job.run()
     finally:
         _close(rt)
+    return _finish(args, rep)
+
+
+def _not_run(cfg: Any, policy: str, why: str) -> report.JobReport:
+    """The report of a job that could not start: a --report file must never keep an
+    earlier run's "ok" when this one did nothing."""
+    from coordinator.job_ids import new_job_id
+
+    rep = report.JobReport(job_id=new_job_id(policy), policy=policy, coordinator=cfg.coordinator.id)
+    rep.error = why
+    rep.finish()
+    return rep
+
+
+def _finish(args: argparse.Namespace, rep: report.JobReport) -> int:
+    """The report on stdout (and --report), the reasons on stderr; the exit status."""
     sys.stdout.write(rep.to_text())
+    code = report.exit_status(rep)
     if args.report:
         if args.report == "-":
             sys.stdout.write(rep.to_json() + "\n")
         else:
-            with open(args.report, "w", encoding="utf-8") as fh:
-                fh.write(rep.to_json())
-    return report.exit_status(rep)
+            try:
+                with open(args.report, "w", encoding="utf-8") as fh:
+                    fh.write(rep.to_json())
+            except OSError as exc:  # whoever reads it would find nothing, or an old one
+                print(
+                    f"vmbackup backup: cannot write the report {args.report}: {exc.strerror}",
+                    file=sys.stderr,
+                )
+                code = report.EXIT_ERROR
+    # The reason goes to stderr as well: a scheduler's mail or a Job's log shows stderr
+    # first, and stdout may be a report nobody reads.
+    for line in report.failure_lines(rep):
+        print(f"vmbackup backup: {line}", file=sys.stderr)
+    return code
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from coordinator.daemon import Daemon
 
-    cfg = _load(args)
-    if cfg is None:
-        return report.EXIT_ERROR
-    rt = _start(cfg)
+    cfg = _load(args)  # a config error exits 2 here, naming every key
+    rt, why = _start(cfg)
     if rt is None:
+        print(f"vmbackup coordinator: {why}", file=sys.stderr)
         return report.EXIT_ERROR
     daemon = Daemon(rt, list(cfg.policies))
     import signal

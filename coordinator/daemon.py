@@ -16,7 +16,8 @@ from collections.abc import Callable
 from croniter import croniter
 
 from common.logging import get_logger
-from coordinator.job import Job, policy_of_job
+from coordinator.job import Job
+from coordinator.job_ids import policy_of_job
 from coordinator.job_runtime import Runtime
 from coordinator.report import JobReport
 from coordinator.restored_metrics import restore_metrics

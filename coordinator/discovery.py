@@ -96,7 +96,8 @@ class VmInfo:
     cbt_enabled: bool
     consolidation_needed: bool
     disks: list[DiskInfo] = field(default_factory=list)
-    skip_reason: str = ""
+    skip_reason: str = ""  # cannot be backed up by its nature (a template): a skip
+    unavailable: str = ""  # vCenter cannot give it now (host down): a failure if in scope
 
     @property
     def datastores(self) -> list[str]:
@@ -232,11 +233,19 @@ class _Placement:
         return ""
 
 
-def vm_skip_reason(vm: VmInfo, has_config: bool) -> str:
+def vm_unavailable(vm: VmInfo, has_config: bool) -> str:
+    """Why vCenter cannot give a backup this VM now: its host is down (disconnected),
+    its files are gone (orphaned, inaccessible), its configuration is unreadable. Such a
+    VM is one its policy wants and does not get: a failure, never a skip."""
     if not has_config:
         return "inaccessible: vCenter returns no configuration"
     if vm.connection_state in _BAD_STATES:
         return f"{vm.connection_state} VM (runtime.connectionState)"
+    return ""
+
+
+def vm_skip_reason(vm: VmInfo) -> str:
+    """Why a VM cannot be backed up by its nature (nothing a snapshot could hold)."""
     if vm.template:
         return "template"
     if not vm.backup_disks:
@@ -292,7 +301,8 @@ def discover(conn: Connection, page_size: int | None = None) -> Inventory:
                 disk_info(d, ds_names) for d in devices if isinstance(d, vim.vm.device.VirtualDisk)
             ],
         )
-        vm.skip_reason = vm_skip_reason(vm, has_config)
+        vm.unavailable = vm_unavailable(vm, has_config)
+        vm.skip_reason = "" if vm.unavailable else vm_skip_reason(vm)
         vms.append(vm)
     pages = (
         conn.calls["RetrievePropertiesEx"]

@@ -15,7 +15,6 @@ snapshots.py (snapshots and their disks). This module holds the sequence.
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -33,24 +32,14 @@ from coordinator.discovery import Inventory, VmInfo, discover
 from coordinator.disk_planning import plan_disk
 from coordinator.disk_work import DiskFailed, DiskWork
 from coordinator.dispatch import TaskDispatcher
+from coordinator.job_ids import new_job_id
 from coordinator.job_runtime import Runtime, WriterRequestFailed
 from coordinator.limits import BackupWindow, Cancelled
-from coordinator.policy import select
+from coordinator.policy import lost_selection, select
 from coordinator.settings import PolicySettings, vcenters_for
-from coordinator.vcenter import Connection
+from coordinator.vcenter import Connection, VCenterError
 
 log = get_logger(__name__)
-
-
-def new_job_id(policy: str, now: dt.datetime | None = None) -> str:
-    now = now or dt.datetime.now(dt.UTC)
-    return f"{policy}-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-
-
-def policy_of_job(job_id: str) -> str:
-    """The policy name a job id starts with (job ids are ``<policy>-<time>-<hex>``)."""
-    parts = job_id.rsplit("-", 2)
-    return parts[0] if len(parts) == 3 else ""
 
 
 class Job:
@@ -103,7 +92,7 @@ class Job:
         rt = self.rt
         rt.job_started(self.job_id)
         t0 = time.monotonic()
-        rt0 = sum(c.round_trips for c in rt.connections.values())
+        rt0 = sum(c.round_trips for c in list(rt.connections.values()))
         timer: threading.Timer | None = None
         marked = False
         self._emit("job-started", policy=self.policy.name)
@@ -128,15 +117,24 @@ class Job:
                     "job_started",
                     selected=len(sel.selected),
                     skipped=len(sel.skipped),
+                    unavailable=len(sel.unavailable),
                     out_of_scope=sel.out_of_scope,
                 )
                 pol = self.policy.name
                 metrics.COORD_VMS.labels(pol, "discovered").inc(
-                    len(sel.selected) + len(sel.skipped)
+                    len(sel.selected) + len(sel.skipped) + len(sel.unavailable)
                 )
                 for vm in sel.skipped:
                     metrics.COORD_VMS.labels(pol, "skipped").inc()
-                    rep.vms.append(self._skipped_report(vm))
+                    rep.vms.append(self._unbacked_report(vm, report.SKIPPED, vm.skip_reason))
+                for vm in sel.unavailable:  # wanted, and vCenter cannot give them now
+                    metrics.COORD_VMS.labels(pol, "failed").inc()
+                    metrics.COORD_VM_FAILURES.labels(pol, causes.VCENTER).inc()
+                    why = f"not backed up: {vm.unavailable}"
+                    rep.vms.append(self._unbacked_report(vm, report.FAILED, why, causes.VCENTER))
+                wanted = len(sel.selected) + len(sel.unavailable)
+                if not wanted and not rep.error:
+                    rep.error = lost_selection(pol, wanted, rt.history.last_job(pol))
                 self._emit("job-planned", vms=len(sel.selected))
                 if sel.selected:
                     # before the first task: from now on gc keeps every chunk this job
@@ -167,7 +165,9 @@ class Job:
                     except WriterRequestFailed as exc:
                         log.error("job_marker_end_failed", error=str(exc))
                 rt.job_ended(self.job_id)
-                rep.vcenter_round_trips = sum(c.round_trips for c in rt.connections.values()) - rt0
+                rep.vcenter_round_trips = (
+                    sum(c.round_trips for c in list(rt.connections.values())) - rt0
+                )
                 rep.finish()
                 seconds = time.monotonic() - t0
                 metrics.COORD_JOB_SECONDS.labels(self.policy.name).observe(seconds)
@@ -178,7 +178,12 @@ class Job:
                         rep.write(self.s.report_dir)
                     except OSError as exc:
                         log.error("report_write_failed", error=str(exc))
-                log.info("job_finished", status=rep.status, counts=rep.counts())
+                if rep.error:  # a daemon's job has no exit status: its log line says why
+                    log.error(
+                        "job_finished", status=rep.status, counts=rep.counts(), error=rep.error
+                    )
+                else:
+                    log.info("job_finished", status=rep.status, counts=rep.counts())
         return rep
 
     def _emit(self, event: str, *, vm: str = "", disk_key: int = -1, **fields: Any) -> None:
@@ -191,10 +196,13 @@ class Job:
     def _discover(self) -> list[VmInfo]:
         vms: list[VmInfo] = []
         errors = []
-        for vc in vcenters_for(list(self._vcenter_settings()), self.policy):
-            conn = self.rt.connections.get(vc.name)
-            if conn is None:
-                errors.append(f"vcenter {vc.name}: not connected")
+        # Every vCenter of the policy, reached or not: one that cannot be reached is a
+        # job that did not do all of its work, never a smaller inventory.
+        for vc in vcenters_for(self.rt.vcenter_settings(), self.policy):
+            try:
+                conn = self.rt.connection(vc.name)
+            except VCenterError as exc:
+                errors.append(str(exc))
                 continue
             try:
                 if self.sweep_first:
@@ -209,32 +217,33 @@ class Job:
             vms.extend(inv.vms)
         if errors:
             self.report.error = "; ".join(errors)
+            self.report.cause = causes.VCENTER
         return vms
 
-    def _vcenter_settings(self) -> list[Any]:
-        return [c.settings for c in self.rt.connections.values()]
-
-    def _skipped_report(self, vm: VmInfo) -> report.VmReport:
+    def _unbacked_report(
+        self, vm: VmInfo, status: str, reason: str, cause: str = ""
+    ) -> report.VmReport:
+        """The report of a VM of the policy that no snapshot is taken of: skipped (a
+        template) or failed (vCenter cannot give it now)."""
         vr = report.VmReport(
             vm.vcenter,
             vm.name,
             vm.moref,
             vm.instance_uuid or vm.uuid,
             vm.host,
-            status=report.SKIPPED,
-            reason=vm.skip_reason,
+            status=status,
+            reason=reason,
+            cause=cause,
         )
+        skipped = status == report.SKIPPED
         for d in vm.disks:
+            why = d.skip_reason or ("VM skipped" if skipped else "VM unavailable")
             vr.disks.append(
                 report.DiskReport(
-                    d.key,
-                    d.label,
-                    d.capacity,
-                    status=report.SKIPPED,
-                    reason=d.skip_reason or "VM skipped",
+                    d.key, d.label, d.capacity, status=status, reason=why, cause=cause
                 )
             )
-            metrics.COORD_DISKS.labels(self.policy.name, "skipped").inc()
+            metrics.COORD_DISKS.labels(self.policy.name, "skipped" if skipped else "failed").inc()
         return vr
 
     # --- one VM -----------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """What the jobs of one coordinator process share: vCenter connections, the catalog, the
 broker's publisher, results and reply queues, the snapshot and task limits; and the
-requests to the writers on the commits queue (commits, parts, job markers)."""
+requests to the writers on the commits queue (commits, parts, job markers).
+
+Every configured vCenter is kept, reached or not: a vCenter that does not answer at start
+is tried again by each job that needs it (a daemon outlives a vCenter outage), and a job
+that still cannot reach it says so in its report instead of leaving its VMs out."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from common import metrics
@@ -18,12 +22,35 @@ from coordinator import snapshots
 from coordinator.events import EventPublisher
 from coordinator.limits import KeyedLimiter, SnapshotSlots
 from coordinator.previous_points import History
-from coordinator.settings import CoordinatorSettings
+from coordinator.settings import CoordinatorSettings, VCenterSettings
 from coordinator.task_results import ResultRouter
-from coordinator.vcenter import Connection
+from coordinator.vcenter import Connection, VCenterError
 
 log = get_logger(__name__)
 EXCHANGE_DEFAULT = ""  # the broker's default exchange routes by queue name
+
+
+def connect_vcenters(
+    vcenters: Iterable[VCenterSettings],
+) -> tuple[dict[str, Connection], dict[str, str]]:
+    """Log in to every vCenter: (session by name, why by name for those not reached)."""
+    connections: dict[str, Connection] = {}
+    offline: dict[str, str] = {}
+    for vc in vcenters:
+        try:
+            connections[vc.name] = Connection(vc).connect()
+        except Exception as exc:
+            offline[vc.name] = unreachable_reason(vc.name, exc)
+            log.error("vcenter_unreachable", vcenter=vc.name, error=offline[vc.name])
+    return connections, offline
+
+
+def unreachable_reason(name: str, exc: BaseException) -> str:
+    """One line naming the vCenter and what went wrong (the session's errors already
+    start with ``vcenter NAME:``; a vSphere fault from the login does not)."""
+    text = str(exc) or type(exc).__name__
+    prefix = f"vcenter {name}"
+    return text if text.startswith(prefix) else f"{prefix}: {type(exc).__name__}: {text}"
 
 
 @dataclass
@@ -42,6 +69,11 @@ class Runtime:
     active_jobs: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
     events: EventPublisher = field(default_factory=lambda: EventPublisher(None))
+    # Every configured vCenter in config order, reached or not ([]: those of
+    # ``connections``), and why each one without a session was not reached.
+    vcenters: list[VCenterSettings] = field(default_factory=list)
+    offline: dict[str, str] = field(default_factory=dict)
+    connect_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def start(
@@ -50,6 +82,9 @@ class Runtime:
         connections: dict[str, Connection],
         history: History,
         broker: BrokerParams,
+        *,
+        vcenters: Iterable[VCenterSettings] | None = None,
+        offline: dict[str, str] | None = None,
     ) -> Runtime:
         cid = settings.id
         results = ResultRouter(broker, cid)
@@ -72,7 +107,39 @@ class Runtime:
             slots=SnapshotSlots(lim.snapshots_per_host, lim.snapshots_per_datastore),
             tasks_per_host=KeyedLimiter(lim.tasks_per_host, "tasks per host"),
             events=EventPublisher(broker, name=f"vmbackup-coordinator-{cid}-events"),
+            vcenters=list(vcenters if vcenters is not None else []),
+            offline=dict(offline or {}),
         )
+
+    def vcenter_settings(self) -> list[VCenterSettings]:
+        """Every configured vCenter, reached or not."""
+        if self.vcenters:
+            return list(self.vcenters)
+        return [c.settings for c in list(self.connections.values())]
+
+    def connection(self, name: str) -> Connection:
+        """The session to vCenter ``name``; one not reached before is tried again now.
+        Raises VCenterError naming the vCenter and why when it cannot be reached."""
+        conn = self.connections.get(name)
+        if conn is not None:
+            return conn
+        with self.connect_lock:  # two jobs needing it at once: one login
+            conn = self.connections.get(name)
+            if conn is not None:
+                return conn
+            vc = next((v for v in self.vcenter_settings() if v.name == name), None)
+            if vc is None:
+                raise VCenterError(f"vcenter {name}: not in the config")
+            try:
+                conn = Connection(vc).connect()
+            except Exception as exc:
+                self.offline[name] = unreachable_reason(name, exc)
+                log.error("vcenter_unreachable", vcenter=name, error=self.offline[name])
+                raise VCenterError(self.offline[name]) from exc
+            self.connections[name] = conn  # readers iterate over copies (list(...))
+            self.offline.pop(name, None)
+            log.info("vcenter_reached", vcenter=name)
+            return conn
 
     def close(self) -> None:
         self.events.close()

@@ -1,17 +1,33 @@
 """What the repository knows of earlier backups (the coordinator keeps no database).
 
 Read-only: the previous point of each disk and its changeId, when a disk last had a
-full, the chunk size and compression level tasks must use.
+full, the chunk size and compression level tasks must use, and what a policy's last job
+backed up.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
+from common.logging import get_logger
+from coordinator.job_ids import policy_of_job
 from coordinator.planner import PreviousDisk
+from repository.errors import RepositoryError
 from repository.interfaces import Catalog
 from repository.points import Point
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class LastJob:
+    """The newest job of a policy that left points in the repository."""
+
+    job_id: str
+    vm_names: tuple[str, ...]  # the VMs it made a point of, sorted
+    finished: float  # when its newest point was committed
 
 
 class History:
@@ -85,3 +101,22 @@ class History:
             if p.status == "complete":
                 return float(p.snapshot_time)
         return None
+
+    def last_job(self, policy: str) -> LastJob | None:
+        """The newest job of ``policy`` with points, and their VMs (None: no point of
+        this policy, or the catalog cannot be read; verify names what is unreadable).
+        Reads every point's metadata: for the rare run that selects nothing."""
+        try:
+            points = self.repo.points()
+        except RepositoryError as exc:
+            log.warning("catalog_unreadable", policy=policy, error=str(exc))
+            return None
+        jobs: dict[str, list[Point]] = {}
+        for p in points:
+            if policy_of_job(p.job_id) == policy:
+                jobs.setdefault(p.job_id, []).append(p)
+        if not jobs:
+            return None
+        job_id, pts = max(jobs.items(), key=lambda kv: (max(p.created for p in kv[1]), kv[0]))
+        names = tuple(sorted({p.vm_name or p.vm_uuid for p in pts}))
+        return LastJob(job_id, names, max(p.created for p in pts))

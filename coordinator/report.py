@@ -78,7 +78,8 @@ class JobReport:
     orphans_removed: int = 0
     vcenter_round_trips: int = 0
     # Why the job started no more VMs before the end (a full repository, say) and its
-    # cause; the VMs it did not start say "not started: <stopped>".
+    # cause; the VMs it did not start say "not started: <stopped>". Without ``stopped``,
+    # ``cause`` is that of ``error`` where one is known (vcenter: a vCenter not reached).
     stopped: str = ""
     cause: str = ""
 
@@ -161,10 +162,38 @@ class JobReport:
 
 
 def exit_status(report: JobReport) -> int:
+    """What a scheduler sees. 2: the job could not do all of its work (a vCenter not
+    reached, nothing selected where the last job backed VMs up, outside its window, the
+    repository or the broker refusing), whatever the VMs it did back up; 1: some VMs it
+    selected have no complete point; 0: every VM it selected has one (skipped VMs,
+    templates and the like, cannot be backed up and do not count)."""
     if report.error:
         return EXIT_ERROR
-    c = report.counts()
-    return EXIT_SOME_FAILED if c[FAILED] or c[PARTIAL] else EXIT_OK
+    if any(v.status not in (OK, SKIPPED) for v in report.vms):
+        return EXIT_SOME_FAILED  # failed, partial, or never finished (no status)
+    return EXIT_OK
+
+
+SHOWN_VMS = 20  # VM lines on stderr before "and N more": the report lists them all
+
+
+def failure_lines(report: JobReport) -> list[str]:
+    """Why the job's exit status is not 0, a line each, for stderr: the job's error, why
+    it stopped early, and every VM without a complete point with its cause and reason."""
+    lines = []
+    if report.error:
+        cause = f" [{report.cause}]" if report.cause and not report.stopped else ""
+        lines.append(f"job {report.job_id} failed{cause}: {report.error}")
+    if report.stopped:
+        lines.append(f"job {report.job_id} stopped [{report.cause}]: {report.stopped}")
+    bad = [v for v in report.vms if v.status not in (OK, SKIPPED)]
+    for v in bad[:SHOWN_VMS]:
+        cause = f" [{v.cause}]" if v.cause else ""
+        why = v.reason or "no reason recorded"
+        lines.append(f"{v.status or 'unfinished'} {v.vcenter}/{v.name}{cause}: {why}")
+    if len(bad) > SHOWN_VMS:
+        lines.append(f"... and {len(bad) - SHOWN_VMS} more VM(s) not backed up (see the report)")
+    return lines
 
 
 def _size(n: int) -> str:

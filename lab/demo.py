@@ -331,6 +331,7 @@ def restore_one_vm(stack: Stack, lab: Lab, run: BackupRun, transport: str) -> li
         ]
     img = stack.workdir / "cmp.img"
     for ds_path, d_old in zip(new_disks, vm["disks"], strict=True):
+        img.unlink(missing_ok=True)  # restore refuses to overwrite the previous disk's copy
         stack.vmbackup(
             "restore",
             "--repo",

@@ -193,12 +193,18 @@ class Lab:
         slow_soap_ms: int | None = None,
         slow_soap_method: str | None = None,
         expire_sessions: bool = False,
+        vm_connection_state: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
         """Inject faults. fail_snapshot_vm / fail_remove_vm = None (or "") clear theirs.
 
         fail_remove_vm: RemoveSnapshot_Task of that VM's snapshots fails (FileLocked).
+        vm_connection_state: (VM name, state) sets its runtime.connectionState:
+        "disconnected" (its host is down), "orphaned", "inaccessible", "invalid", or
+        "connected" again.
         """
         body: dict[str, Any] = {}
+        if vm_connection_state is not None:
+            body["vm_connection_state"] = list(vm_connection_state)
         if fail_snapshot_vm is not _UNSET:
             body["fail_snapshot_vm"] = fail_snapshot_vm or ""
         if fail_remove_vm is not _UNSET:

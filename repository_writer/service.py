@@ -296,20 +296,17 @@ def _queue_shard(queue: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    import sys
-
     from common.amqp import stop_on_signals
     from common.malloc_tuning import limit_heap_retention
-    from common.role_startup import start_role
+    from common.role_startup import start_role, unset
 
-    cfg = start_role("writer", args.load_config, args.config)
+    cfg = start_role(
+        "writer", args.load_config, args.config, check=lambda c: unset(c, "repository.path")
+    )
     # Before the first frame is received: received batches and their chunks reuse the heap
     # instead of faulting in fresh pages (common/malloc_tuning.py).
     limit_heap_retention()
     rs, ws = cfg.repository, cfg.writer
-    if not rs.path:
-        print("vmbackup writer: repository.path is not set", file=sys.stderr)
-        return 2
     repo = Repository.open(rs.path, rs.passphrase.value if rs.passphrase else None)
     service = WriterService(
         repo,

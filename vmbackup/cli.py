@@ -15,6 +15,7 @@ import coordinator.cli
 import proxy_worker.cli
 import repository_writer.cli
 from common.broker_tls import BrokerCertificateError
+from common.version import package_version
 from vmbackup import repo_commands
 from vmbackup.config_schema import Config, load_config
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"vmbackup {package_version()}")
     parser.set_defaults(load_config=load_config)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

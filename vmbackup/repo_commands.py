@@ -1,6 +1,6 @@
 """Repository maintenance commands: `vmbackup repo init|import-disk|list|repair|upgrade`,
-`restore`, `verify`, `prune` and `gc`. They work on the repository library directly (no
-service runs); exit status 0 only on success."""
+`restore` (restore_command.py), `verify`, `prune` and `gc`. They work on the repository
+library directly (no service runs); exit status 0 only on success."""
 
 from __future__ import annotations
 
@@ -140,20 +140,6 @@ def cmd_id_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
-    from repository.restore import restore_disk
-
-    repo = open_repo(args)
-    st = restore_disk(repo, args.point, args.disk, args.out, sync=not args.no_fsync)
-    if args.out != "-":
-        print(
-            f"restored disk {args.disk} of {args.point} to {args.out}: "
-            f"{_human(st.bytes_written)}, {st.chunks_read} chunks read, "
-            f"{st.zero_chunks} zero, {st.seconds:.2f} s"
-        )
-    return 0
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
     from repository.verify import verify
 
@@ -240,7 +226,7 @@ def _repo_arg(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     # Here, not at the top: these command modules import helpers from this one.
-    from vmbackup import repo_list_command, repo_repair_command
+    from vmbackup import repo_list_command, repo_repair_command, restore_command
 
     repo = sub.add_parser("repo", help="create, fill and list a repository")
     rsub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND")
@@ -294,17 +280,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     repo_repair_command.register(rsub)
 
-    p = sub.add_parser("restore", help="restore one disk of a point to a file, device or stdout")
-    _repo_arg(p)
-    p.add_argument("--point", required=True, metavar="ID")
-    p.add_argument("--disk", required=True, type=int, metavar="KEY")
-    p.add_argument("--out", required=True, metavar="FILE|-", help="raw file, block device or -")
-    p.add_argument(
-        "--no-fsync",
-        action="store_true",
-        help="do not fsync a file or device target before exiting (scratch copies only)",
-    )
-    p.set_defaults(func=_guard(cmd_restore))
+    restore_command.register(sub)
 
     p = sub.add_parser("verify", help="check maps and re-hash chunks; non-zero exit on damage")
     _repo_arg(p)

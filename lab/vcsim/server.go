@@ -379,6 +379,13 @@ type injectRequest struct {
 	SlowSOAPms     *int            `json:"slow_soap_ms"`
 	SlowMethod     *string         `json:"slow_soap_method"`
 	ExpireSessions bool            `json:"expire_sessions"`
+	// [VM name or moref, runtime.connectionState]: a VM whose host is down
+	// ("disconnected"), whose files are gone ("orphaned", "inaccessible"), or back.
+	VMConnectionState *[2]string `json:"vm_connection_state"`
+}
+
+var vmConnectionStates = map[string]bool{
+	"connected": true, "disconnected": true, "orphaned": true, "inaccessible": true, "invalid": true,
 }
 
 func writeJSON(w http.ResponseWriter, status int, v interface{}) {
@@ -560,7 +567,7 @@ func (l *lab) serveInject(w http.ResponseWriter, r *http.Request) {
 		jsonError(w, http.StatusBadRequest, "bad inject request: %v", err)
 		return
 	}
-	if l.cfg.plain && (req.ResetCBT != nil || req.GrowDisk != nil || req.SlowSOAPms != nil || req.FailSnapshotVM != nil || req.FailRemoveVM != nil) {
+	if l.cfg.plain && (req.ResetCBT != nil || req.GrowDisk != nil || req.SlowSOAPms != nil || req.FailSnapshotVM != nil || req.FailRemoveVM != nil || req.VMConnectionState != nil) {
 		jsonError(w, http.StatusConflict, "the plain simulator only supports expire_sessions")
 		return
 	}
@@ -571,6 +578,18 @@ func (l *lab) serveInject(w http.ResponseWriter, r *http.Request) {
 	if req.FailRemoveVM != nil && *req.FailRemoveVM != "" && l.findVM(*req.FailRemoveVM) == nil {
 		jsonError(w, http.StatusBadRequest, "fail_remove_vm: no VM named %q", *req.FailRemoveVM)
 		return
+	}
+	var stateVM *simulator.VirtualMachine
+	if req.VMConnectionState != nil {
+		stateVM = l.findVM(req.VMConnectionState[0])
+		if stateVM == nil {
+			jsonError(w, http.StatusBadRequest, "vm_connection_state: no VM named %q", req.VMConnectionState[0])
+			return
+		}
+		if !vmConnectionStates[req.VMConnectionState[1]] {
+			jsonError(w, http.StatusBadRequest, "vm_connection_state: %q is not a VirtualMachineConnectionState", req.VMConnectionState[1])
+			return
+		}
 	}
 	if req.SlowSOAPms != nil && *req.SlowSOAPms < 0 {
 		jsonError(w, http.StatusBadRequest, "slow_soap_ms must be >= 0")
@@ -609,6 +628,13 @@ func (l *lab) serveInject(w http.ResponseWriter, r *http.Request) {
 			jsonError(w, http.StatusInternalServerError, "grow_disk: %v", syncErr)
 			return
 		}
+	}
+	if stateVM != nil {
+		state := types.VirtualMachineConnectionState(req.VMConnectionState[1])
+		simulator.Map.WithLock(stateVM, func() {
+			stateVM.Runtime.ConnectionState = state
+			stateVM.Summary.Runtime.ConnectionState = state
+		})
 	}
 	l.mu.Lock()
 	if req.FailSnapshotVM != nil {
