@@ -1,15 +1,11 @@
 """One backup job (a policy run): discover, snapshot, plan, publish, collect, commit.
 
-Per VM: a snapshot slot (host + datastores), CBT on, a snapshot (always removed),
-per disk a full/incremental plan, tasks published routed by host or datastore with
-at most ``tasks_per_host`` in flight, results collected until every chunk of every
-range is accounted for, then one CommitRequest to the writers with the snapshot's
-changeIds. Any failure of a disk leaves that disk out of the commit, with the reason.
-
-The pieces: disk_planning.py (a disk's plan), dispatch.py (tasks published, bounded,
-collected, timed out, withdrawn), commits.py (results checked, the point committed),
-job_runtime.py (what jobs of one process share, requests to the writers),
-snapshots.py (snapshots and their disks). This module holds the sequence.
+The job: its window, the vCenters of its policy, discovery and selection, the
+running-job marker, VMs in parallel (at most ``limits.vms``), the report, metrics and
+events. The pieces: vm_backup.py (one VM's sequence), disk_planning.py (a disk's plan),
+dispatch.py (tasks published, bounded, collected, timed out, withdrawn), commits.py
+(results checked, the point committed), job_runtime.py (what jobs of one process share,
+requests to the writers), snapshots.py (snapshots and their disks).
 """
 
 from __future__ import annotations
@@ -21,23 +17,22 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pyVmomi import vim, vmodl
+from pyVmomi import vmodl
 
 from common import causes, metrics
 from common.logging import bound, get_logger
 from common.messages import TaskResult
 from coordinator import report, snapshots
-from coordinator.commits import check_results, commit_point
 from coordinator.discovery import Inventory, VmInfo, discover
-from coordinator.disk_planning import plan_disk
-from coordinator.disk_work import DiskFailed, DiskWork
+from coordinator.disk_work import DiskWork
 from coordinator.dispatch import TaskDispatcher
 from coordinator.job_ids import new_job_id
 from coordinator.job_runtime import Runtime, WriterRequestFailed
 from coordinator.limits import BackupWindow, Cancelled
 from coordinator.policy import lost_selection, select
 from coordinator.settings import PolicySettings, vcenters_for
-from coordinator.vcenter import Connection, VCenterError
+from coordinator.vcenter import VCenterError
+from coordinator.vm_backup import VmBackup
 
 log = get_logger(__name__)
 
@@ -83,6 +78,17 @@ class Job:
             halted=lambda: self._halt,
             halt=self._halt_job,
             on_result=self._task_done,
+        )
+        self.vm_backup = VmBackup(
+            rt,
+            policy,
+            self.job_id,
+            self.cancel,
+            clock,
+            self.dispatcher,
+            self._emit,
+            self._may_start,
+            self._why_cause,
         )
 
     # --- the job ----------------------------------------------------------------------
@@ -256,7 +262,7 @@ class Job:
             t0 = time.monotonic()
             self._emit("vm-started", vm=vm.name)
             try:
-                self._vm(vm, vr)
+                self.vm_backup.run(vm, vr)
             except snapshots.SnapshotError as exc:
                 vr.status, vr.reason, vr.cause = report.FAILED, str(exc), causes.VCENTER
             except Cancelled as exc:
@@ -314,150 +320,9 @@ class Job:
             return "backup window closed before this VM started"
         return ""
 
-    def _vm(self, vm: VmInfo, vr: report.VmReport) -> None:
-        why = self._may_start()
-        if why:
-            vr.status, vr.reason, vr.cause = report.FAILED, f"not started: {why}", self._why_cause()
-            return
-        conn = self.rt.connections[vm.vcenter]
-        vm_mo = conn.moref("VirtualMachine", vm.moref)
-        with self.rt.slots.hold(vm.host or vm.host_moref, vm.datastores, self.cancel):
-            why = self._may_start()  # waiting for a slot can take long
-            if why:
-                vr.status, vr.reason = report.FAILED, f"not started: {why}"
-                vr.cause = self._why_cause()
-                return
-            just_enabled, note = self._ensure_cbt(conn, vm, vm_mo)
-            with snapshots.held(
-                conn,
-                vm_mo,
-                prefix=self.s.snapshot_prefix,
-                job_id=self.job_id,
-                coordinator_id=self.s.id,
-                quiesce=self.policy.quiesce,
-                fallback=self.policy.quiesce_fallback,
-                timeout_s=self.s.snapshot_timeout_s,
-            ) as snap:
-                vr.snapshot = snap.moref
-                vr.consistency = "quiesced" if snap.quiesced else "crash-consistent"
-                notes = [n for n in (note, snap.note) if n]
-                self._backup_snapshot(conn, vm, vm_mo, snap, vr, just_enabled)
-                if notes:  # after the failure's reason, which is what an operator needs first
-                    vr.reason = "; ".join([vr.reason, *notes] if vr.reason else notes)
-
     def _why_cause(self) -> str:
         """The cause of what _may_start said."""
         return self._halt[0] if self._halt is not None else causes.CANCELLED
-
-    def _ensure_cbt(self, conn: Connection, vm: VmInfo, vm_mo: Any) -> tuple[bool, str]:
-        if vm.cbt_enabled:
-            return False, ""
-        try:
-            task = vm_mo.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=True))
-            conn.wait_task(task, f"enable CBT on {vm.name}", self.s.snapshot_timeout_s)
-        except Exception as exc:
-            log.warning("cbt_enable_failed", error=str(exc))
-            return False, f"could not enable CBT ({exc})"
-        log.info("cbt_enabled")
-        return True, "CBT enabled by this backup"
-
-    def _backup_snapshot(
-        self,
-        conn: Connection,
-        vm: VmInfo,
-        vm_mo: Any,
-        snap: snapshots.Snapshot,
-        vr: report.VmReport,
-        cbt_just_enabled: bool,
-    ) -> None:
-        disks, vm_config = snapshots.snapshot_disks(conn, snap)
-        uuid = vm.instance_uuid or vm.uuid
-        # Read this VM's points afresh for every backup: a point pruned since the last
-        # read must never be chosen as the base of this one.
-        self.rt.history.forget(uuid)
-        works: list[DiskWork] = []
-        failed: list[tuple[int, str]] = []
-        for d in disks:
-            dr = report.DiskReport(d.key, d.label, d.capacity)
-            vr.disks.append(dr)
-            if d.skip_reason:
-                dr.status, dr.reason = report.SKIPPED, d.skip_reason
-                continue
-            try:
-                plan = plan_disk(
-                    self.rt,
-                    self.policy,
-                    self.job_id,
-                    self.clock(),
-                    vm_mo,
-                    snap,
-                    uuid,
-                    d,
-                    cbt_just_enabled,
-                )
-            except DiskFailed as exc:
-                dr.status, dr.error, dr.cause = report.FAILED, str(exc), exc.cause
-                failed.append((d.key, str(exc)))
-                continue
-            dr.mode, dr.reason = plan.decision.mode, plan.reason
-            dr.bytes_planned, dr.tasks, dr.change_id = (
-                plan.bytes_planned,
-                len(plan.tasks),
-                plan.change_id,
-            )
-            pol = self.policy.name
-            metrics.COORD_BYTES_PLANNED.labels(pol, "changed").inc(plan.bytes_planned)
-            metrics.COORD_BYTES_PLANNED.labels(pol, "capacity").inc(plan.capacity)
-            self._emit(
-                "disk-planned",
-                vm=vm.name,
-                disk_key=d.key,
-                mode=plan.decision.mode,
-                reason=plan.reason,
-                bytes_planned=plan.bytes_planned,
-                capacity=plan.capacity,
-            )
-            works.append(DiskWork(d, plan, dr))
-        self.dispatcher.run(vm, snap, uuid, works)
-        ok: list[DiskWork] = []
-        for w in works:
-            try:
-                check_results(w, self.rt.history.chunk_size)
-                ok.append(w)
-            except DiskFailed as exc:
-                w.rep.status, w.rep.error, w.rep.cause = report.FAILED, str(exc), exc.cause
-                failed.append((w.info.key, str(exc)))
-        if not ok:
-            vr.status = report.FAILED
-            first = next((dr for dr in vr.disks if dr.status == report.FAILED), None)
-            if first is None:
-                vr.reason = "no disk to back up"
-            else:
-                vr.reason = f"no disk could be backed up: disk {first.key}: {first.error}"
-                vr.cause = first.cause
-            return
-        status = "complete" if not failed else "partial"
-        try:
-            vr.point_id = commit_point(
-                self.rt, self.job_id, vm, uuid, snap, vm_config, ok, failed, status
-            )
-        except DiskFailed as exc:
-            for w in ok:
-                w.rep.status, w.rep.error, w.rep.cause = report.FAILED, str(exc), exc.cause
-            vr.status, vr.reason, vr.cause = report.FAILED, str(exc), exc.cause
-            return
-        for w in ok:
-            w.rep.status = report.OK
-        vr.status = report.OK if status == "complete" else report.PARTIAL
-        if vr.status == report.PARTIAL:
-            vr.reason = f"{len(failed)} disk(s) failed"
-        else:
-            metrics.COORD_LAST_SUCCESS.labels(vm.vcenter, vm.name).set(snap.created)
-        self.rt.history.forget(uuid)
-
-    # --- planning ---------------------------------------------------------------------
-
-    # --- tasks ------------------------------------------------------------------------
 
     def _task_done(self, vm: VmInfo, w: DiskWork, r: TaskResult, nbytes: int) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from common.config import ConfigError
 
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from proxy_worker.service import ProxyService
     from proxy_worker.settings import VCenterAccess, VCenterDirectory
 
-    cfg = start_role("proxy", args.load_config, args.config)
+    cfg = start_role("proxy", args.load_config, args.config, check=_missing)
     settings = cfg.proxy
     # Before the first chunk buffer (common/malloc_tuning.py); a batch message is packed into
     # a buffer up to twice its size.
@@ -61,3 +62,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         service.close()
     return 0
+
+
+def _missing(cfg: Any) -> list[str]:
+    """What the proxy cannot start without (before it logs "starting")."""
+    if cfg.proxy.queues:
+        return []
+    return [
+        "proxy.queues: empty: name the task queues this proxy takes, e.g."
+        ' ["host.esx-01", "datastore.ds1"] (or $VMBACKUP_PROXY__QUEUES)'
+    ]
