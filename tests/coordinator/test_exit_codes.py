@@ -12,6 +12,7 @@ from coordinator.job_runtime import unreachable_reason
 from coordinator.policy import lost_selection
 from coordinator.previous_points import History, LastJob
 from coordinator.vcenter import VCenterError
+from repository.point_commit import DiskChanges, PointCommit
 from repository.repository import Repository
 
 
@@ -97,28 +98,23 @@ def test_a_vm_vcenter_cannot_give_is_selected_as_unavailable_not_skipped() -> No
 
 def _commit(repo: Repository, job_id: str, vm: str, t: float) -> None:
     repo.commit_point(
-        {
-            "request_id": f"r-{job_id}-{vm}",
-            "vm_uuid": f"u-{vm}",
-            "job_id": job_id,
-            "status": "complete",
-            "snapshot_time": t,
-            "vcenter": "vc1",
-            "vm_moref": f"vm-{vm}",
-            "vm_name": vm,
-            "vm_config": b"{}",
-            "disks": [
-                {
-                    "key": 2000,
-                    "capacity": 1 << 20,
-                    "change_id": "",
-                    "base_point_id": "",
-                    "entries": [],
-                    "info": {},
-                }
+        PointCommit(
+            request_id=f"r-{job_id}-{vm}",
+            vm_uuid=f"u-{vm}",
+            job_id=job_id,
+            status="complete",
+            snapshot_time=t,
+            vcenter="vc1",
+            vm_moref=f"vm-{vm}",
+            vm_name=vm,
+            vm_config=b"{}",
+            disks=[
+                DiskChanges(
+                    key=2000, capacity=1 << 20, change_id="", base_point_id="", entries=[], info={}
+                )
             ],
-            "failed_disks": [],
-        }
+            failed_disks=[],
+        )
     )
 
 
