@@ -1,7 +1,7 @@
 """The storage under the repository: named objects behind one small interface.
 
 In the manner of restic's backend (Save/Load/Stat/List/Remove) and kopia's blob storage:
-a flat namespace of whole objects, each written once and read back whole. Today one
+a flat namespace of objects, each written whole and read back whole. Today one
 implementation, a local directory (local_storage.LocalDirectoryStorage); an S3 one
 (#22, Ceph RGW) must be able to meet every guarantee below, so callers assume no
 rename, no directories, no append and no partial overwrite.
@@ -9,7 +9,8 @@ rename, no directories, no append and no partial overwrite.
 Names are ``/``-separated relative keys, e.g. ``running/<32 hex>`` or
 ``staging/<32 hex>/disk-2000.task-<32 hex>`` (``check_name``): the parts are what the
 repository format names (docs/repository-format.md), so the local directory holds the
-same files at the same places as before this interface existed.
+same files at the same places as before this interface existed. No name may be both an
+object and the prefix of other objects (locally a file cannot be a directory).
 
 Guarantees, for every implementation:
 
@@ -51,7 +52,8 @@ What is on the interface and what is not yet:
   batch of chunk files, fsyncs them together from a pool and renames them, then fsyncs
   each directory once, marks unsettled renames in atime and answers have-queries with a
   stat; one ``write`` per chunk would cost a file and a directory fsync per chunk, and #22
-  replaces files per chunk with pack files anyway. Moving a damaged chunk into the
+  replaces files per chunk with pack files anyway (verify's and repair's checks of the
+  chunk file's inode go with it). Moving a damaged chunk into the
   quarantine and back (quarantine.py ``put``/``put_back``) is a rename and a link between
   chunk files and quarantine files, so that part stays local with the chunk store (which
   is why Quarantine takes the local storage). Points (points.py): a point is published
