@@ -50,3 +50,16 @@ class InvalidRequestError(RepositoryError, ValueError):
 
 class LockedError(RepositoryError):
     """Another process holds an exclusive repository lock (e.g. gc)."""
+
+
+class InvalidObjectNameError(RepositoryError, ValueError):
+    """A storage object name that is not a relative "/"-separated key (storage.py)."""
+
+
+class MissingObjectError(RepositoryError):
+    """The storage holds no object of that name (the text says where it looked)."""
+
+    def __init__(self, name: str, location: str) -> None:
+        super().__init__(f"object {name} is missing ({location})")
+        self.name = name
+        self.location = location

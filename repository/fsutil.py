@@ -84,7 +84,7 @@ def os_error(exc: OSError, what: str) -> RepositoryError:
 
 
 def write_file_durable(
-    path: Path, parts: Iterable[bytes | bytearray], what: str, *, mode: int = 0o644
+    path: Path, parts: Iterable[bytes | bytearray | memoryview], what: str, *, mode: int = 0o644
 ) -> None:
     """Write ``parts`` to ``path`` (must not be visible yet to readers) and fsync it."""
     try:
@@ -102,6 +102,10 @@ def write_file_durable(
         os.close(fd)
         unlink_quiet(path)
         raise os_error(exc, what) from exc
+    except BaseException:  # from ``parts`` (the caller's data): no fd, no file left
+        os.close(fd)
+        unlink_quiet(path)
+        raise
     os.close(fd)
 
 
@@ -168,7 +172,7 @@ def write_files_durable(items: Sequence[tuple[Path, Iterable[bytes | bytearray],
 
 def write_atomic(
     path: Path,
-    parts: Iterable[bytes | bytearray],
+    parts: Iterable[bytes | bytearray | memoryview],
     what: str,
     *,
     sync_dir: bool = True,

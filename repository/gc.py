@@ -23,6 +23,7 @@ from repository.repository import Repository
 
 DEFAULT_GRACE = 300.0  # clock skew between writer hosts + timestamp granularity
 STALE_MARKER = 3 * 86400.0  # a "running" marker older than this is a crashed job
+LOCK = "locks/gc"
 
 
 @dataclass
@@ -43,7 +44,7 @@ class GcReport:
 
 @contextmanager
 def gc_lock(repo: Repository) -> Iterator[None]:
-    path = repo.path / "locks" / "gc"
+    path = repo.storage.path(LOCK)  # flock(): a local file (not on the storage interface)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -81,9 +82,9 @@ def gc(
 
 
 def _fs_now(repo: Repository) -> float:
-    path = repo.path / "locks" / "gc"
-    os.utime(path)
-    return os.stat(path).st_mtime
+    """The storage's clock: the mtime of the lock file gc_lock created, touched now."""
+    repo.storage.touch(LOCK)
+    return repo.storage.stat(LOCK).mtime
 
 
 def _mark(repo: Repository, report: GcReport) -> None:
@@ -139,11 +140,12 @@ def _sweep(repo: Repository, report: GcReport, cutoff: float, start: float, dry_
                 _remove(path)
     # Staged commit parts of a running job are newer than its marker, hence than the
     # cutoff; older ones belong to a commit that will never come.
-    for path, mtime in repo.staging.leftovers():
+    for group, mtime in repo.staging.leftovers():
         if mtime < cutoff:
             report.staged_removed += 1
             if not dry_run:
-                _remove(path)
+                repo.staging.remove_group(group)
+    report.temps_removed += repo.staging.remove_unfinished(cutoff, dry_run=dry_run)
 
 
 def _remove(path: os.PathLike[str]) -> None:

@@ -7,6 +7,10 @@ have-query, duplicate store and commit treats it as missing: the next backup tha
 the same data stores a good copy at the normal place, and every older point that names
 the id (content-addressed) restores again. gc never looks in here; ``repo repair``
 drops a copy once its chunk is healed.
+
+Records, listing, reading and dropping go through the repository's storage (storage.py);
+moving a chunk file here and back is a rename and a link of local files, beside the chunk
+store that is not on the storage interface yet, hence the local storage.
 """
 
 from __future__ import annotations
@@ -22,15 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from repository.chunk_store import FANOUT, ChunkStore, check_id
-from repository.errors import MissingChunkError
-from repository.fsutil import (
-    fsync_dir,
-    fsync_dirs,
-    makedirs_durable,
-    unlink_quiet,
-    write_atomic,
-)
+from repository.errors import MissingChunkError, MissingObjectError, RepositoryError
+from repository.fsutil import fsync_dir, fsync_dirs, makedirs_durable
+from repository.local_storage import LocalDirectoryStorage
 
+PREFIX = "quarantine"  # created on first use: older repositories have none
 RECORD_SUFFIX = ".json"
 _NAME = re.compile(r"([0-9a-f]{64})(\.json)?")
 _HEX_DIR = re.compile(r"[0-9a-f]{3}")
@@ -45,16 +45,21 @@ class QuarantinedChunk:
 
 
 class Quarantine:
-    def __init__(self, root: Path) -> None:
-        self.root = root  # created on first use: older repositories have none
+    def __init__(self, storage: LocalDirectoryStorage) -> None:
+        self.storage = storage
+
+    @staticmethod
+    def _name(chunk_id: bytes) -> str:
+        h = check_id(chunk_id).hex()
+        return f"{PREFIX}/{h[:FANOUT]}/{h}"
+
+    @classmethod
+    def _record(cls, chunk_id: bytes) -> str:
+        return cls._name(chunk_id) + RECORD_SUFFIX
 
     def path_of(self, chunk_id: bytes) -> Path:
-        h = check_id(chunk_id).hex()
-        return self.root / h[:FANOUT] / h
-
-    def _record_path(self, chunk_id: bytes) -> Path:
-        p = self.path_of(chunk_id)
-        return p.with_name(p.name + RECORD_SUFFIX)
+        """The file of the quarantined copy (a local file: see the module's text)."""
+        return self.storage.path(self._name(chunk_id))
 
     def put(self, store: ChunkStore, chunk_id: bytes, reason: str, *, ino: int | None) -> bool:
         """Move the chunk file at its normal place here (rename, both directories fsynced)
@@ -81,37 +86,36 @@ class Quarantine:
             "id": chunk_id.hex(),
             "reason": reason,
             "quarantined": time.time(),
-            "size": os.stat(dst).st_size,
+            "size": self.storage.stat(self._name(chunk_id)).size,
         }
-        write_atomic(
-            self._record_path(chunk_id),
-            [json.dumps(doc, indent=2).encode() + b"\n"],
-            f"quarantine record of chunk {chunk_id.hex()}",
-        )
+        self.storage.write(self._record(chunk_id), [json.dumps(doc, indent=2).encode() + b"\n"])
         return True
 
     def get(self, chunk_id: bytes) -> QuarantinedChunk | None:
-        path = self.path_of(chunk_id)
         rec = self._read_record(chunk_id)
-        if rec is None and not path.exists():
+        if rec is None and not self.storage.exists(self._name(chunk_id)):
             return None
-        return _entry(chunk_id, path, rec or {})
+        return _entry(chunk_id, self.path_of(chunk_id), rec or {})
+
+    def read_copy(self, chunk_id: bytes) -> bytes:
+        """The quarantined copy as it was found; MissingObjectError when there is none."""
+        return self.storage.read(self._name(chunk_id))
 
     def __iter__(self) -> Iterator[QuarantinedChunk]:
-        """Every quarantined id (a blob, a record or both), one directory at a time."""
-        try:
-            dirs = sorted(d for d in os.listdir(self.root) if _HEX_DIR.fullmatch(d))
-        except FileNotFoundError:
-            return
-        for d in dirs:
-            try:
-                names = sorted(os.listdir(self.root / d))
-            except FileNotFoundError:
+        """Every quarantined id (a blob, a record or both), in order of id."""
+        last = ""
+        for obj in self.storage.list(PREFIX):
+            parts = obj.name.split("/")
+            if len(parts) != 3 or not _HEX_DIR.fullmatch(parts[1]):
                 continue
-            ids = {m.group(1) for m in map(_NAME.fullmatch, names) if m}
-            for h in sorted(ids):
-                cid = bytes.fromhex(h)
-                yield _entry(cid, self.path_of(cid), self._read_record(cid) or {})
+            m = _NAME.fullmatch(parts[2])
+            # a copy and its record are neighbours in the listing (one name extends the
+            # other), so an id seen twice is seen twice in a row
+            if m is None or m.group(1) == last:
+                continue
+            last = m.group(1)
+            cid = bytes.fromhex(last)
+            yield _entry(cid, self.path_of(cid), self._read_record(cid) or {})
 
     def raise_if_quarantined(self, chunk_id: bytes) -> None:
         """For a chunk found missing: say so precisely when it is quarantined."""
@@ -124,11 +128,8 @@ class Quarantine:
 
     def drop(self, chunk_id: bytes) -> None:
         """Forget a quarantined copy (its chunk is healed): blob, then record."""
-        path = self.path_of(chunk_id)
-        unlink_quiet(path)
-        unlink_quiet(self._record_path(chunk_id))
-        with contextlib.suppress(FileNotFoundError):
-            fsync_dir(path.parent)
+        self.storage.delete(self._name(chunk_id))
+        self.storage.delete(self._record(chunk_id))
 
     def put_back(self, store: ChunkStore, chunk_id: bytes) -> None:
         """The quarantined copy checked good again (a passing read error): link it to its
@@ -141,10 +142,10 @@ class Quarantine:
 
     def _read_record(self, chunk_id: bytes) -> dict[str, Any] | None:
         try:
-            doc = json.loads(self._record_path(chunk_id).read_bytes())
-        except FileNotFoundError:
+            doc = json.loads(self.storage.read(self._record(chunk_id)))
+        except MissingObjectError:
             return None
-        except (OSError, ValueError):
+        except (RepositoryError, ValueError):
             return {"reason": "unreadable quarantine record"}
         return doc if isinstance(doc, dict) else {"reason": "unreadable quarantine record"}
 

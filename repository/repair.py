@@ -68,7 +68,7 @@ def _good(repo: Repository, cid: bytes) -> bool:
 
 def _quarantined_copy_good(repo: Repository, cid: bytes) -> bool:
     try:
-        data = repo.quarantine.path_of(cid).read_bytes()
+        data = repo.quarantine.read_copy(cid)
         repo.decode_chunk(cid, data)
     except (RepositoryError, OSError):
         return False

@@ -3,7 +3,10 @@
 Layout under the repository directory (see docs/repository-format.md):
 ``config`` (JSON), ``keys/repokey`` (encrypted repositories), ``chunks/`` (chunk
 blobs), ``points/`` (restore points), ``running/`` (markers of backups in
-progress, which gc honours), ``locks/``, ``quarantine/`` (damaged chunks).
+progress, which gc honours), ``locks/``, ``quarantine/`` (damaged chunks),
+``staging/`` (map entries before their commit). One storage (storage.py, today
+local_storage.LocalDirectoryStorage) holds the objects of the stores that are on that
+interface (staging, markers, quarantine); the others work on files under ``path``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from repository.errors import (
 )
 from repository.fixed_index import DiskMap
 from repository.fsutil import makedirs_durable, write_atomic
+from repository.local_storage import LocalDirectoryStorage
 from repository.meta_auth import MetaAuth, derive_meta_key
 from repository.point_commit import PointCommit
 from repository.point_committer import PointCommitter
@@ -66,13 +70,14 @@ class Repository:
         self.id_key: bytes | None = keys.id_key if keys else None
         self._cipher = AESGCM(keys.enc_key) if keys else None
         self.auth = MetaAuth(config["id"], derive_meta_key(keys) if keys else None)
+        self.storage = LocalDirectoryStorage(path)
         self.chunks = ChunkStore(path / "chunks", blob.chunk_file_sizes(self.chunk_size))
-        self.quarantine = Quarantine(path / "quarantine")  # damaged chunks (verify)
+        self.quarantine = Quarantine(self.storage)  # damaged chunks (verify)
         self.point_store = PointStore(
             path / "points", self._seal_meta, self._unseal_meta, self.auth, self.chunk_size
         )
-        self.staging = CommitStaging(path / "staging", self.auth)  # created on first use
-        self.markers = RunningMarkers(path / "running")
+        self.staging = CommitStaging(self.storage, self.auth)
+        self.markers = RunningMarkers(self.storage)
         self.committer = PointCommitter(
             self.chunk_size,
             self.point_store,

@@ -14,25 +14,26 @@ before the commit turns them into an authenticated map):
   ``<request>`` is the first 32 hex digits of BLAKE3(request id); the file is
   ``b"VBPART02"``, the packed entries, their tag.
 
-Ids never become paths. The commit that names staged entries reads them, then removes
-their directories; gc removes directories of commits that never came once they are older
-than its cutoff (gc.py).
+Ids never become paths. Each file is one object of the repository's storage (storage.py),
+named ``staging/<job or request>/<file>``; a directory is the group of objects under it.
+The commit that names staged entries reads them, then removes their group; gc removes
+groups of commits that never came once their newest object is older than its cutoff, and
+what writes killed midway left (gc.py).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import blake3
 
 from common.packed_entries import PackedEntriesError, check_packed, entries_digest, iter_entries
-from repository.errors import CorruptObjectError, InvalidRequestError
-from repository.fsutil import fsync_dir, makedirs_durable, write_atomic
+from repository.errors import CorruptObjectError, InvalidRequestError, MissingObjectError
 from repository.meta_auth import TAG_LEN, MetaAuth
+from repository.storage import Storage
+
+PREFIX = "staging"  # created on first use
 
 MAGIC = b"VBPART02"
 OLD_MAGIC = b"VBPART01"  # format 1: an unkeyed checksum, refused
@@ -53,9 +54,13 @@ def job_dir_name(job_id: str, vm_uuid: str) -> str:
 
 
 class CommitStaging:
-    def __init__(self, root: Path, auth: MetaAuth) -> None:
-        self.root = root
+    def __init__(self, storage: Storage, auth: MetaAuth) -> None:
+        self.storage = storage
         self.auth = auth
+
+    @staticmethod
+    def _object(group: str, file: str) -> str:
+        return f"{PREFIX}/{group}/{file}"
 
     # --- task entries (proxies) -------------------------------------------------------
 
@@ -75,13 +80,10 @@ class CommitStaging:
             count = check_packed(packed)
         except PackedEntriesError as exc:
             raise InvalidRequestError(f"entries of task {task_id!r:.80}: {exc}") from None
-        d = self.root / job_dir_name(job_id, vm_uuid)
-        makedirs_durable(d)
-        tag = self.auth.task_tag(d.name, disk_key, task_id, packed)
-        write_atomic(
-            d / self._task_name(disk_key, task_id),
-            [TASK_MAGIC, packed, tag],
-            f"entries of task {task_id} of disk {disk_key}",
+        group = job_dir_name(job_id, vm_uuid)
+        tag = self.auth.task_tag(group, disk_key, task_id, packed)
+        self.storage.write(
+            self._object(group, self._task_name(disk_key, task_id)), [TASK_MAGIC, packed, tag]
         )
         return count
 
@@ -96,17 +98,18 @@ class CommitStaging:
     ) -> Iterator[tuple[int, bytes]]:
         """The task's staged entries in order, after checking that they are the ones its
         result reported (``digest``, ``count``); missing, damaged or other entries raise."""
-        d = self.root / job_dir_name(job_id, vm_uuid)
-        path = d / self._task_name(disk_key, task_id)
+        group = job_dir_name(job_id, vm_uuid)
+        name = self._object(group, self._task_name(disk_key, task_id))
+        path = self.storage.location(name)
         what = f"staged entries of task {task_id!r:.80} of disk {disk_key}"
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+            data = self.storage.read(name)
+        except MissingObjectError:
             raise InvalidRequestError(f"{what} are not staged (job {job_id!r:.80})") from None
         if len(data) < len(TASK_MAGIC) + TAG_LEN or not data.startswith(TASK_MAGIC):
             raise CorruptObjectError(f"{what} {path}", "not a staged task entries file")
         packed, tag = data[len(TASK_MAGIC) : -TAG_LEN], data[-TAG_LEN:]
-        self._check_tag(self.auth.task_tag(d.name, disk_key, task_id, packed), tag, what, path)
+        self._check_tag(self.auth.task_tag(group, disk_key, task_id, packed), tag, what, path)
         if not MetaAuth.same(entries_digest(packed), digest):
             raise InvalidRequestError(
                 f"{what} are not the ones its result reported (digest mismatch: the task"
@@ -121,12 +124,9 @@ class CommitStaging:
         yield from iter_entries(packed)
 
     def remove_job(self, job_id: str, vm_uuid: str) -> None:
-        self._remove_dir(self.root / job_dir_name(job_id, vm_uuid))
+        self.remove_group(job_dir_name(job_id, vm_uuid))
 
     # --- commit parts (coordinator) ---------------------------------------------------
-
-    def _dir(self, request_id: str) -> Path:
-        return self.root / request_dir_name(request_id)
 
     @staticmethod
     def _name(disk_key: int, part: int) -> str:
@@ -140,24 +140,20 @@ class CommitStaging:
             check_packed(packed)
         except PackedEntriesError as exc:
             raise InvalidRequestError(f"commit part {part} of disk {disk_key}: {exc}") from None
-        d = self._dir(request_id)
-        makedirs_durable(d)
-        digest = self.auth.part_tag(d.name, disk_key, part, packed)
-        write_atomic(
-            d / self._name(disk_key, part),
-            [MAGIC, packed, digest],
-            f"commit part {part} of disk {disk_key}",
-        )
+        group = request_dir_name(request_id)
+        digest = self.auth.part_tag(group, disk_key, part, packed)
+        self.storage.write(self._object(group, self._name(disk_key, part)), [MAGIC, packed, digest])
 
     def load(self, request_id: str, disk_key: int, parts: int) -> Iterator[tuple[int, bytes]]:
         """Every entry of parts 0..parts-1 in order; a missing or damaged part raises."""
-        d = self._dir(request_id)
+        group = request_dir_name(request_id)
         for n in range(parts):
-            path = d / self._name(disk_key, n)
+            name = self._object(group, self._name(disk_key, n))
+            path = self.storage.location(name)
             what = f"commit part {n} of {parts} of disk {disk_key}"
             try:
-                data = path.read_bytes()
-            except FileNotFoundError:
+                data = self.storage.read(name)
+            except MissingObjectError:
                 raise InvalidRequestError(
                     f"{what} is not staged (request {request_id!r:.80})"
                 ) from None
@@ -169,18 +165,18 @@ class CommitStaging:
             if len(data) < len(MAGIC) + TAG_LEN or not data.startswith(MAGIC):
                 raise CorruptObjectError(f"{what} {path}", "not a commit part file")
             packed, digest = data[len(MAGIC) : -TAG_LEN], data[-TAG_LEN:]
-            self._check_tag(self.auth.part_tag(d.name, disk_key, n, packed), digest, what, path)
+            self._check_tag(self.auth.part_tag(group, disk_key, n, packed), digest, what, path)
             try:
                 yield from iter_entries(packed)
             except PackedEntriesError as exc:
                 raise CorruptObjectError(f"{what} {path}", str(exc)) from None
 
     def remove(self, request_id: str) -> None:
-        self._remove_dir(self._dir(request_id))
+        self.remove_group(request_dir_name(request_id))
 
     # --- both -------------------------------------------------------------------------
 
-    def _check_tag(self, want: bytes, tag: bytes, what: str, path: Path) -> None:
+    def _check_tag(self, want: bytes, tag: bytes, what: str, path: str) -> None:
         if not MetaAuth.same(want, tag):
             raise CorruptObjectError(
                 f"{what} {path}",
@@ -189,24 +185,20 @@ class CommitStaging:
                 else "checksum mismatch",
             )
 
-    def _remove_dir(self, d: Path) -> None:
-        if d.is_dir():
-            shutil.rmtree(d, ignore_errors=True)
-            fsync_dir(self.root)
+    def remove_group(self, group: str) -> None:
+        """Remove a job's or a request's staged objects (a group of leftovers())."""
+        self.storage.delete_all(f"{PREFIX}/{group}")
 
-    def leftovers(self) -> Iterator[tuple[Path, float]]:
-        """Staging directories with the newest mtime of the directory and its files."""
-        try:
-            entries = list(os.scandir(self.root))
-        except FileNotFoundError:
-            return
-        for e in entries:
-            if not _DIR.fullmatch(e.name):
-                continue
-            try:
-                newest = e.stat().st_mtime
-                for f in os.scandir(e.path):
-                    newest = max(newest, f.stat().st_mtime)
-            except FileNotFoundError:
-                continue
-            yield Path(e.path), newest
+    def leftovers(self) -> Iterator[tuple[str, float]]:
+        """Each group (a job's or a request's directory name) with the newest mtime of
+        its objects."""
+        newest: dict[str, float] = {}
+        for obj in self.storage.list(PREFIX):
+            parts = obj.name.split("/")
+            if len(parts) == 3 and _DIR.fullmatch(parts[1]):
+                newest[parts[1]] = max(newest.get(parts[1], 0.0), obj.mtime)
+        yield from newest.items()
+
+    def remove_unfinished(self, older_than: float, *, dry_run: bool = False) -> int:
+        """Remove what staging writes killed midway left, older than ``older_than``."""
+        return self.storage.remove_unfinished(PREFIX, older_than, dry_run=dry_run)

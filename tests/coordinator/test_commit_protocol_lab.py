@@ -114,7 +114,7 @@ def test_refused_part_fails_the_commit_cleanly(lab: Lab, make_env: Any) -> None:
     def break_part(msg: Message) -> None:
         if isinstance(msg, CommitPart) and msg.part == 2:
             # a directory where the part file goes: the writer cannot store it
-            d = env.repo.staging.root / request_dir_name(msg.request_id)
+            d = env.repo.path / "staging" / request_dir_name(msg.request_id)
             (d / f"disk-{msg.disk_key}.part-{msg.part}").mkdir(parents=True, exist_ok=True)
 
     env.peer.on_commit = break_part

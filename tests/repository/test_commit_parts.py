@@ -123,7 +123,7 @@ def test_missing_or_damaged_part_commits_nothing(repo: Repository) -> None:
     with pytest.raises(InvalidRequestError, match="commit part 1 of 2 of disk 2000 is not staged"):
         repo.commit_point(point_commit(request("r1", [disk(2)])))
     assert repo.points() == []
-    part0 = repo.staging.root / request_dir_name("r1") / "disk-2000.part-0"
+    part0 = repo.path / "staging" / request_dir_name("r1") / "disk-2000.part-0"
     data = bytearray(part0.read_bytes())
     data[20] ^= 1
     part0.write_bytes(bytes(data))
@@ -147,21 +147,21 @@ def test_gc_sweeps_abandoned_parts_after_the_grace(repo: Repository) -> None:
     entries = make_chunks(repo, 30)
     stage(repo, "abandoned", entries, 10)
     stage(repo, "recent", entries, 10)
-    d_old = repo.staging.root / request_dir_name("abandoned")
+    d_old = repo.path / "staging" / request_dir_name("abandoned")
     old = time.time() - 3600
     for p in [d_old, *d_old.iterdir()]:
         os.utime(p, (old, old))
     r = gc(repo, grace=600.0)
     assert r.staged_removed == 1
     assert not d_old.exists()
-    assert (repo.staging.root / request_dir_name("recent")).is_dir()
+    assert (repo.path / "staging" / request_dir_name("recent")).is_dir()
     # a running job keeps what it staged after its start, even with no grace
     repo.begin_job("job-x")
     time.sleep(0.05)
     stage(repo, "during", entries, 10)
     r = gc(repo, grace=0.0)
     assert r.staged_removed == 1  # "recent": older than the job's start
-    assert (repo.staging.root / request_dir_name("during")).is_dir()
+    assert (repo.path / "staging" / request_dir_name("during")).is_dir()
     repo.end_job("job-x")
     r = gc(repo, grace=0.0)
     assert r.staged_removed == 1

@@ -170,7 +170,7 @@ def test_staged_entries_changed_on_disk_are_caught(
 ) -> None:
     r = enc_repo if encrypted else repo
     refs = stage_tasks(r, "job-1", make_entries(r, N), 32)
-    files = sorted((r.staging.root / job_dir_name("job-1", VM)).iterdir())
+    files = sorted((r.path / "staging" / job_dir_name("job-1", VM)).iterdir())
     assert len(files) == len(refs) and all(f.name.startswith("disk-2000.task-") for f in files)
     target = files[0]
     flip_bit(target, 8 + 13 + 5)  # inside the first id, past magic and run header
@@ -182,13 +182,13 @@ def test_staged_entries_changed_on_disk_are_caught(
 
 def test_abandoned_task_entries_are_removed_by_gc(repo: Repository) -> None:
     stage_tasks(repo, "job-old", make_entries(repo, 8), 4)
-    d = repo.staging.root / job_dir_name("job-old", VM)
+    d = repo.path / "staging" / job_dir_name("job-old", VM)
     old = time.time() - 3600
     for p in [d, *d.iterdir()]:
         os.utime(p, (old, old))
     stage_tasks(repo, "job-new", make_entries(repo, 8), 4)
     assert gc(repo, grace=600.0).staged_removed == 1
-    assert not d.exists() and (repo.staging.root / job_dir_name("job-new", VM)).is_dir()
+    assert not d.exists() and (repo.path / "staging" / job_dir_name("job-new", VM)).is_dir()
 
 
 def test_bad_staging_input_is_refused(repo: Repository) -> None:
@@ -297,7 +297,7 @@ def test_writer_stages_task_entries_and_commits_them(
         assert reply.ok, reply.error
         dmap = repo.load_map(reply.point_id, 2000)
         assert [dmap.get(i) for i in range(N)] == [c or bytes(32) for _i, c in entries]
-        assert not (repo.staging.root / job_dir_name("job-w", VM)).exists()
+        assert not (repo.path / "staging" / job_dir_name("job-w", VM)).exists()
     finally:
         replies.close()
         pub.close()
