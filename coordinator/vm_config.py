@@ -9,6 +9,7 @@ facts restore-vm and ``repo list`` need, and rejects documents it cannot read.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -151,7 +152,10 @@ def _type(obj: Any) -> str:
 
 
 def _int(v: Any, default: int = 0) -> int:
-    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else default
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return default
+    # JSON may carry Infinity or NaN (Python's json reads them): no count of anything
+    return int(v) if math.isfinite(v) else default
 
 
 def _str(v: Any) -> str:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pyVmomi import vim
 from pyVmomi.VmomiJSONEncoder import VmomiJSONEncoder
@@ -197,6 +197,7 @@ json_values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
+@example(hw={"numCPU": float("inf")}, top={}, devices=[])  # once an OverflowError
 @given(
     hw=st.dictionaries(
         st.sampled_from(["device", "numCPU", "memoryMB", "numCoresPerSocket"]), json_values
