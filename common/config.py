@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -145,10 +146,6 @@ def _within(key: str, outer: str) -> bool:
     return key == outer or key.startswith((f"{outer}.", f"{outer}["))
 
 
-def _first_part(key: str) -> str:
-    return key.split(".", 1)[0].split("[", 1)[0]
-
-
 class _Bad(Exception):
     """A value could not be converted; its problems are recorded already."""
 
@@ -268,18 +265,6 @@ class _Loader:
         self.fail(key, 'expected a string, {file = "PATH"} or {env = "NAME"}')
 
     def build(self, cls: Any, data: Mapping[str, Any], prefix: str) -> Any:
-        first = len(self.problems)
-        try:
-            return self._build(cls, data, prefix)
-        finally:
-            # this table's problems in the schema's order of its keys (unknown ones last)
-            order = {f.name: i for i, f in enumerate(dataclasses.fields(cls))}
-            at = len(prefix) + 1 if prefix else 0
-            mine = self.problems[first:]
-            mine.sort(key=lambda p: order.get(_first_part(p.key[at:]), len(order)))
-            self.problems[first:] = mine
-
-    def _build(self, cls: Any, data: Mapping[str, Any], prefix: str) -> Any:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
         for k in data:
@@ -404,9 +389,29 @@ def check(
         for fp in extra(cfg):
             if not any(loader.dirty(k) for k in fp.depends or (fp.key,)):
                 loader.problems.append(Problem(fp.key, fp.error))
-    order = {f.name: i for i, f in enumerate(dataclasses.fields(cls))}  # type: ignore[arg-type]
-    problems = sorted(loader.problems, key=lambda p: order.get(_first_part(p.key), len(order)))
+    problems = sorted(loader.problems, key=lambda p: _schema_order(cls, p.key))
     return Checked(cfg if not problems else None, problems)
+
+
+def _schema_order(cls: Any, key: str) -> tuple[int, ...]:
+    """Where ``key`` is in the schema: problems are listed in the order of the keys in it
+    (list items by index, unknown keys after the known ones of their table)."""
+    out: list[int] = []
+    tp: Any = cls
+    for part in re.findall(r"\[\d+\]|[^.\[\]]+", key):
+        while get_origin(tp) in (Union, types.UnionType):  # "X or nothing": X
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        if part.startswith("["):
+            out.append(int(part[1:-1]))
+            tp = get_args(tp)[0] if get_origin(tp) is list else Any
+        elif dataclasses.is_dataclass(tp):
+            names = [f.name for f in dataclasses.fields(tp)]
+            out.append(names.index(part) if part in names else len(names))
+            tp = typing.get_type_hints(tp).get(part, Any)
+        else:  # a table's own key (dict): in the file's order (the sort is stable)
+            out.append(0)
+            tp = get_args(tp)[1] if get_origin(tp) is dict else Any
+    return tuple(out)
 
 
 def load(

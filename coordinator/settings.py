@@ -207,7 +207,7 @@ def reference_problems(
                     FieldProblem(
                         f"{kind}[{i}].name",
                         f"{name!r} is also the name of {kind}[{first[name]}]",
-                        depends=(kind,),
+                        depends=(f"{kind}[{i}].name", f"{kind}[{first[name]}].name"),
                     )
                 )
             first.setdefault(name, i)
@@ -219,7 +219,7 @@ def reference_problems(
                     FieldProblem(
                         f"policies[{i}].vcenters[{j}]",
                         f"no [[vcenters]] named {vc!r} (configured: {known})",
-                        depends=(f"policies[{i}]", "vcenters"),
+                        depends=(f"policies[{i}].vcenters", "vcenters"),
                     )
                 )
     return out

@@ -56,8 +56,9 @@ with the same lines, before the role logs "starting".
   secrets, so one file can serve every role while each machine holds only its role's
   secrets. `--no-secrets` checks a role's keys without reading its secrets (CI again).
   Commands that are no role (`restore-vm`, `writer_start.py`) read every secret.
-* **Output.** One line per problem on stderr, `vmbackup: config error: FILE: KEY:
-  WHAT` (a key of "" is the file itself: not found, not TOML); exit status 0 or 2.
+* **Output.** One line per problem on stderr, in the order of the keys in this table,
+  `vmbackup: config error: FILE: KEY: WHAT` (a role at start: `vmbackup ROLE: config
+  error: ...`; a key of "" is the file itself: not found, not TOML); exit status 0 or 2.
   `--json` prints `{"ok": BOOL, "errors": [{"key": KEY, "error": WHAT}]}` on stdout
   instead, with the same exit status.
 * **Why the dataclass schema, not pydantic.** The schema was already dataclasses, and

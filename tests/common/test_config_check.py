@@ -243,3 +243,17 @@ def test_check_and_start_agree_on_a_bad_file(tmp_path: Path, role: str) -> None:
     started = vmb(*args, "--config", str(cfg))
     assert started.returncode == 2
     assert [x.split(f"{cfg}: ", 1)[1] for x in started.stderr.splitlines()] == checked
+
+
+def test_a_wrong_table_inside_a_policy_hides_no_reference_problem(tmp_path: Path) -> None:
+    text = (
+        VC.format(name="vc1")
+        + '[[policies]]\nname = "p"\nvcenters = ["vc9"]\n[policies.window]\nstart = "x"\n'
+        + '[[policies]]\nname = "p"\n'
+    )
+    assert keys(write(tmp_path, text)) == [
+        "policies[0].vcenters[0]",
+        "policies[0].window.start",
+        "policies[0].window.end",
+        "policies[1].name",
+    ]
