@@ -12,7 +12,7 @@ Kubernetes Secret), from an environment variable (``{env = "NAME"}``) or inline.
 
 Validation reports every problem at once, each as a :class:`Problem` naming its key path
 (``policies[1].window.start``): wrong types, unknown and missing keys, and what each
-table's ``__post_init__`` finds (it reports several through :class:`Checks`). A table
+table's ``__post_init__`` finds (several, through ``common.config_problems.Checks``). A table
 that is wrong stands in for its default while the rest of the file is checked; a
 problem that depends on such a value is left out (it would be about the default, not
 the file). :func:`check` returns the problems, :func:`load` raises :class:`ConfigError`
@@ -32,20 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar, Union, get_args, get_origin
 
+from common.config_problems import FieldErrors, FieldProblem, Problem
+
 ENV_PREFIX = "VMBACKUP_"
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a config: its key path ("" = the file itself) and what."""
-
-    key: str
-    error: str
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.error}" if self.key else self.error
 
 
 class ConfigError(ValueError):
@@ -55,50 +46,6 @@ class ConfigError(ValueError):
         self.source = source
         self.problems = list(problems)
         super().__init__("\n".join(f"{source}: {p}" for p in self.problems))
-
-
-@dataclass(frozen=True, slots=True)
-class FieldProblem:
-    """A problem a table finds in itself: ``key`` relative to the table; ``depends``: the
-    keys (relative too) whose values it is about, when more than ``key`` itself."""
-
-    key: str
-    error: str
-    depends: tuple[str, ...] = ()
-
-
-class FieldErrors(ValueError):
-    """Every problem a table's ``__post_init__`` found (a ValueError: code that builds a
-    table directly sees one error, the loader a key path for each)."""
-
-    def __init__(self, problems: Sequence[FieldProblem]) -> None:
-        self.problems = list(problems)
-        super().__init__("; ".join(f"{p.key}: {p.error}" for p in self.problems))
-
-
-class Checks:
-    """Collects a table's problems so that ``__post_init__`` reports all, not the first:
-
-    ``c = Checks()``; ``c.fail("port", "out of range")`` for each; ``c.done()`` at the end
-    raises :class:`FieldErrors` when there is any.
-    """
-
-    def __init__(self) -> None:
-        self.found: list[FieldProblem] = []
-
-    def fail(self, key: str, error: str, *, depends: Iterable[str] = ()) -> None:
-        self.found.append(FieldProblem(key, error, tuple(depends)))
-
-    def run(self, key: str, validate: Callable[[], object], **kw: Any) -> None:
-        """Run a validator that raises ValueError, as the problem of ``key``."""
-        try:
-            validate()
-        except ValueError as exc:
-            self.fail(key, str(exc), **kw)
-
-    def done(self) -> None:
-        if self.found:
-            raise FieldErrors(self.found)
 
 
 @dataclass(frozen=True, slots=True)

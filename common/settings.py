@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import broker_tls
-from common.config import Checks, Secret
+from common.config import Secret
+from common.config_problems import Checks
 
 
 def doc(text: str, **kw: Any) -> Any:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from common.config import Checks, FieldProblem, Secret
+from common.config import Secret
+from common.config_problems import Checks, FieldProblem
 from common.redact import redact_url
 
 MiB = 1024 * 1024

@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from common.config import Checks, Secret
+from common.config import Secret
+from common.config_problems import Checks
 from common.redact import redact_url
 from proxy_worker.errors import ConfigError
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.config import Checks, Secret
+from common.config import Secret
+from common.config_problems import Checks
 from common.settings import doc
 from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY
 

@@ -17,7 +17,7 @@ import repository_writer.cli
 from common.broker_tls import BrokerCertificateError
 from common.version import package_version
 from vmbackup import repo_commands
-from vmbackup.config_schema import Config, load_config
+from vmbackup.config_schema import ROLES, Config, check_config, load_config
 
 DESCRIPTION = """\
 vmbackup: agentless, image-level backup for VMware vSphere.
@@ -68,8 +68,6 @@ examples:
 
 
 def _register_config_commands(sub: argparse._SubParsersAction) -> None:
-    from vmbackup.config_schema import ROLES
-
     p = sub.add_parser("config", help="check a config file or list every config key")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     csub.required = True
@@ -102,19 +100,18 @@ def _register_config_commands(sub: argparse._SubParsersAction) -> None:
 def _config_check(args: argparse.Namespace) -> int:
     import json
 
-    from vmbackup.config_schema import check_config
-
+    # no secret without a role: they are on the machines the roles run on, not here
     secrets = args.role is not None and not args.no_secrets
     found = check_config(args.config, role=args.role, secrets=secrets)
     if args.json:
         errors = [{"key": p.key, "error": p.error} for p in found.problems]
         print(json.dumps({"ok": not errors, "errors": errors}))
-    elif not found.problems:
+    elif found.problems:
+        for p in found.problems:
+            print(f"vmbackup: config error: {args.config}: {p}", file=sys.stderr)
+    else:
         what = f"ok for the {args.role}" if args.role else "ok for every role"
-        unread = "" if secrets else " (secrets not read)"
-        print(f"{args.config}: {what}{unread}")
-    for p in [] if args.json else found.problems:
-        print(f"vmbackup: config error: {args.config}: {p}", file=sys.stderr)
+        print(f"{args.config}: {what}{'' if secrets else ' (secrets not read)'}")
     return 2 if found.problems else 0
 
 

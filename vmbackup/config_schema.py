@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import config
-from common.config import ENV_PREFIX, Checked, FieldProblem
+from common.config import ENV_PREFIX, Checked
+from common.config_problems import FieldProblem
 from common.settings import BrokerSettings, LogSettings, MetricsSettings
 from common.sharding import parse_shard_set
 from coordinator.settings import (
