@@ -64,9 +64,10 @@ with the same lines, before the role logs "starting".
 * **Why the dataclass schema, not pydantic.** The schema was already dataclasses, and
   this table, `config keys`, the environment overrides and the secrets are made from
   them; what it lacked was going on past the first problem, and the checks between
-  sections and per role. Both fit in `common/config.py` (`Checks` lets a table's
-  `__post_init__` report each problem it finds; the loader records each problem and
-  goes on) without touching what the sections declare. Pydantic v2 would collect the
+  sections and per role. Both fit in `common/config.py` (the loader records each
+  problem and goes on) and `common/config_problems.py` (`Checks`: a table's
+  `__post_init__` reports each problem it finds, where it raised at the first); what
+  the sections declare stays as it is. Pydantic v2 would collect the
   problems too, but it is a new compiled dependency (pydantic-core) in the image of
   every role; its strict mode would be needed to keep TOML's types (`"8443"` is not a
   port) while the environment overrides, which are strings, are still parsed by us;
