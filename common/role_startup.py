@@ -10,24 +10,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from common.config import ENV_PREFIX, ConfigError
 from common.logging import get_logger, setup_logging
 from common.metrics import BUILD_INFO, serve_metrics
 from common.version import package_version
 
-# Loads and validates the whole config file (raises common.config.ConfigError).
-ConfigLoader = Callable[[str | Path | None], Any]
 
+class ConfigLoader(Protocol):
+    """Loads and validates the whole config file, with what ``role`` needs of it when
+    given (raises common.config.ConfigError naming every problem)."""
 
-def load_or_exit(load_config: ConfigLoader, path: str | Path | None) -> Any:
-    """Load the config; on any problem print one line naming key and file, exit 2."""
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(f"vmbackup: config error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    def __call__(self, path: str | Path | None, *, role: str | None = None) -> Any: ...
 
 
 def unset(cfg: Any, *keys: str) -> list[str]:
@@ -57,15 +52,20 @@ def start_role(
 ) -> Any:
     """Load config, set up logging and serve /metrics; returns the config.
 
-    ``check`` returns what the role cannot start without (a line per problem, the key
-    first): every problem is printed and the process exits 2 before it logs "starting"
+    The config is checked as `vmbackup config check --role ROLE` checks it (the loader
+    does both: the file, what the role needs of it, the secrets it reads); ``check``
+    adds anything else the role cannot start without (a line per problem, the key
+    first). Every problem is printed and the process exits 2 before it logs "starting"
     or opens its metrics port, so a role never looks started on a config it rejects.
     ``metrics_port`` (e.g. from a --metrics-port flag) overrides the config; the
     port in use is printed so that an operator (or the demo) can find it. A
     ``one_shot`` command logs to stderr: its stdout is its result.
     """
-    cfg = load_or_exit(load_config, config_path)
-    problems = check(cfg) if check is not None else []
+    try:
+        cfg = load_config(config_path, role=role)
+        problems = [str(p) for p in check(cfg)] if check is not None else []
+    except ConfigError as exc:
+        problems = [str(p) for p in exc.problems]
     if problems:
         source = str(config_path) if config_path else "(no config file: give --config FILE)"
         for p in problems:

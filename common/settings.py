@@ -12,6 +12,7 @@ from typing import Any
 
 from common import broker_tls
 from common.config import Secret
+from common.config_problems import Checks
 
 
 def doc(text: str, **kw: Any) -> Any:
@@ -59,17 +60,23 @@ class BrokerSettings:
     n_shards: int = doc("writer hash shards (chunk id prefix -> shard -> queue)", default=16)
 
     def __post_init__(self) -> None:
-        broker_tls.check_url(self.url, self.require_tls)
+        c = Checks()
+        c.run(
+            "url",
+            lambda: broker_tls.check_url(self.url, self.require_tls),
+            depends=["url", "require_tls"],
+        )
         if self.heartbeat_seconds < 0:
-            raise ValueError("heartbeat_seconds must be >= 0")
+            c.fail("heartbeat_seconds", "must be >= 0")
         if self.delivery_limit < 1:
-            raise ValueError("delivery_limit must be >= 1")
+            c.fail("delivery_limit", "must be >= 1")
         if self.confirm_window < 1:
-            raise ValueError("confirm_window must be >= 1")
+            c.fail("confirm_window", "must be >= 1")
         if self.max_message_bytes < 1:
-            raise ValueError("max_message_bytes must be >= 1")
+            c.fail("max_message_bytes", "must be >= 1")
         if not 1 <= self.n_shards <= 4096:
-            raise ValueError("n_shards must be within 1..4096")
+            c.fail("n_shards", "must be within 1..4096")
+        c.done()
 
 
 @dataclass(frozen=True)
@@ -78,10 +85,12 @@ class LogSettings:
     format: str = doc("auto (key=value on a TTY, else JSON lines), json or console", default="auto")
 
     def __post_init__(self) -> None:
+        c = Checks()
         if self.level.lower() not in {"debug", "info", "warning", "error"}:
-            raise ValueError(f"unknown level {self.level!r}")
+            c.fail("level", f"unknown level {self.level!r}: debug, info, warning or error")
         if self.format not in {"auto", "json", "console"}:
-            raise ValueError(f"unknown format {self.format!r}")
+            c.fail("format", f"unknown format {self.format!r}: auto, json or console")
+        c.done()
 
 
 @dataclass(frozen=True)
@@ -94,5 +103,7 @@ class MetricsSettings:
     )
 
     def __post_init__(self) -> None:
+        c = Checks()
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"port {self.port} out of range")
+            c.fail("port", f"{self.port} out of range 0..65535")
+        c.done()

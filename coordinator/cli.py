@@ -48,22 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _load(args: argparse.Namespace, one_shot: bool = False) -> Any:
     from common.role_startup import start_role
 
-    return start_role(
-        "coordinator", args.load_config, args.config, one_shot=one_shot, check=_problems
-    )
-
-
-def _problems(cfg: Any) -> list[str]:
-    """What the coordinator cannot start without, every problem at once."""
-    from common.role_startup import unset
-    from coordinator.settings import check_references
-
-    out = unset(cfg, "repository.path", "vcenters")
-    try:
-        check_references(list(cfg.vcenters), list(cfg.policies))
-    except ValueError as exc:
-        out.append(str(exc))
-    return out
+    # every problem at once: the file, what a coordinator needs of it, its secrets
+    return start_role("coordinator", args.load_config, args.config, one_shot=one_shot)
 
 
 def open_runtime(cfg: Any, *, connect: bool = True) -> Any:

@@ -1,8 +1,8 @@
 """The coordinator's configuration section: vCenters, policies, limits.
 
-Loaded through :mod:`common.config` (strict TOML + ``VMBACKUP_`` overrides). Every
-validation problem raises ``ValueError`` naming the key, which the loader turns into a
-one-line ``ConfigError``.
+Loaded through :mod:`common.config` (strict TOML + ``VMBACKUP_`` overrides). Each table
+reports every problem it finds (``Checks``), the key first; the loader prefixes the
+table's key path (``policies[1].routing``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from common.config import Secret
+from common.config_problems import Checks, FieldProblem
 from common.redact import redact_url
 
 MiB = 1024 * 1024
@@ -44,20 +45,25 @@ class VCenterSettings:
     page_size: int = field(default=1000, metadata=_doc("objects per inventory page"))
 
     def __post_init__(self) -> None:
+        c = Checks()
         if not _NAME.match(self.name):
-            raise ValueError(f"vcenters.name {self.name!r}: letters, digits, '.', '_', '-'")
+            c.fail("name", f"{self.name!r}: letters, digits, '.', '_', '-'")
         if not self.url.startswith(("https://", "http://")):
-            raise ValueError(f"vcenters.url {redact_url(self.url)!r}: must start with https://")
+            c.fail("url", f"{redact_url(self.url)!r}: must start with https://")
         if self.thumbprint:
             hexpart = self.thumbprint.replace(":", "").lower()
             if not re.fullmatch(r"[0-9a-f]{64}", hexpart):
-                raise ValueError("vcenters.thumbprint: expected a SHA-256 thumbprint (64 hex)")
+                c.fail("thumbprint", "expected a SHA-256 thumbprint (64 hex)")
         if self.insecure and (self.thumbprint or self.ca_bundle):
-            raise ValueError("vcenters.insecure: cannot be combined with thumbprint/ca_bundle")
-        if self.timeout_s <= 0 or self.keepalive_s <= 0:
-            raise ValueError("vcenters.timeout_s and keepalive_s must be > 0")
-        if self.retries < 0 or self.page_size < 1:
-            raise ValueError("vcenters.retries must be >= 0 and page_size >= 1")
+            c.fail("insecure", "cannot be combined with thumbprint/ca_bundle")
+        for key in ("timeout_s", "keepalive_s"):
+            if getattr(self, key) <= 0:
+                c.fail(key, "must be > 0")
+        if self.retries < 0:
+            c.fail("retries", "must be >= 0")
+        if self.page_size < 1:
+            c.fail("page_size", "must be >= 1")
+        c.done()
 
 
 @dataclass
@@ -71,14 +77,16 @@ class WindowSettings:
     )
 
     def __post_init__(self) -> None:
+        c = Checks()
         if bool(self.start) != bool(self.end):
-            raise ValueError("window: set both start and end, or neither")
+            c.fail("end" if self.start else "start", "set both start and end, or neither")
         for key in ("start", "end"):
             v = getattr(self, key)
             if v and not _HHMM.match(v):
-                raise ValueError(f"window.{key} {v!r}: expected HH:MM")
+                c.fail(key, f"{v!r}: expected HH:MM")
         if self.on_end not in ("finish", "cancel"):
-            raise ValueError(f"window.on_end {self.on_end!r}: expected finish or cancel")
+            c.fail("on_end", f"{self.on_end!r}: expected finish or cancel")
+        c.done()
 
 
 @dataclass
@@ -108,19 +116,21 @@ class PolicySettings:
     window: WindowSettings = field(default_factory=WindowSettings)
 
     def __post_init__(self) -> None:
+        c = Checks()
         if not _NAME.match(self.name):
-            raise ValueError(f"policies.name {self.name!r}: letters, digits, '.', '_', '-'")
+            c.fail("name", f"{self.name!r}: letters, digits, '.', '_', '-'")
         if self.quiesce_fallback not in ("crash", "fail"):
-            raise ValueError(f"policies.quiesce_fallback {self.quiesce_fallback!r}: crash|fail")
+            c.fail("quiesce_fallback", f"{self.quiesce_fallback!r}: crash|fail")
         if self.routing not in ("host", "datastore"):
-            raise ValueError(f"policies.routing {self.routing!r}: host|datastore")
+            c.fail("routing", f"{self.routing!r}: host|datastore")
         if self.full_every_days < 0:
-            raise ValueError("policies.full_every_days must be >= 0")
+            c.fail("full_every_days", "must be >= 0")
         if self.schedule:
             from croniter import croniter
 
             if not croniter.is_valid(self.schedule):
-                raise ValueError(f"policies.schedule {self.schedule!r}: not a cron expression")
+                c.fail("schedule", f"{self.schedule!r}: not a cron expression")
+        c.done()
 
 
 @dataclass
@@ -136,9 +146,11 @@ class LimitSettings:
     vms: int = field(default=16, metadata=_doc("VMs in progress at once per job"))
 
     def __post_init__(self) -> None:
+        c = Checks()
         for k in ("snapshots_per_host", "snapshots_per_datastore", "tasks_per_host", "jobs", "vms"):
             if getattr(self, k) < 1:
-                raise ValueError(f"limits.{k} must be >= 1")
+                c.fail(k, "must be >= 1")
+        c.done()
 
 
 @dataclass
@@ -169,28 +181,49 @@ class CoordinatorSettings:
     )
 
     def __post_init__(self) -> None:
+        c = Checks()
         if not _NAME.match(self.id):
-            raise ValueError(f"coordinator.id {self.id!r}: letters, digits, '.', '_', '-'")
+            c.fail("id", f"{self.id!r}: letters, digits, '.', '_', '-'")
         if not re.fullmatch(r"[A-Za-z0-9_.]{1,32}", self.snapshot_prefix):
-            raise ValueError(f"coordinator.snapshot_prefix {self.snapshot_prefix!r}: [A-Za-z0-9_.]")
+            c.fail("snapshot_prefix", f"{self.snapshot_prefix!r}: [A-Za-z0-9_.], at most 32")
         if self.task_max_bytes < MiB:
-            raise ValueError("coordinator.task_max_bytes must be >= 1 MiB")
+            c.fail("task_max_bytes", "must be >= 1 MiB")
         if not 1 <= self.commit_part_entries <= 1_000_000:
-            raise ValueError("coordinator.commit_part_entries must be 1 .. 1000000")
+            c.fail("commit_part_entries", "must be 1 .. 1000000")
+        c.done()
 
 
-def check_references(vcenters: list[VCenterSettings], policies: list[PolicySettings]) -> None:
-    """Cross-section checks the per-class validation cannot do."""
+def reference_problems(
+    vcenters: list[VCenterSettings], policies: list[PolicySettings]
+) -> list[FieldProblem]:
+    """What the tables cannot check alone: names used once, policies naming configured
+    vCenters (a job would otherwise select nothing there, or the wrong policy)."""
+    out = []
     names = [v.name for v in vcenters]
-    if len(set(names)) != len(names):
-        raise ValueError("vcenters: names must be unique")
-    pnames = [p.name for p in policies]
-    if len(set(pnames)) != len(pnames):
-        raise ValueError("policies: names must be unique")
-    for p in policies:
-        for vc in p.vcenters:
+    for kind, used in (("vcenters", names), ("policies", [p.name for p in policies])):
+        first: dict[str, int] = {}
+        for i, name in enumerate(used):
+            if name in first:
+                out.append(
+                    FieldProblem(
+                        f"{kind}[{i}].name",
+                        f"{name!r} is also the name of {kind}[{first[name]}]",
+                        depends=(f"{kind}[{i}].name", f"{kind}[{first[name]}].name"),
+                    )
+                )
+            first.setdefault(name, i)
+    known = ", ".join(names) or "none"
+    for i, p in enumerate(policies):
+        for j, vc in enumerate(p.vcenters):
             if vc not in names:
-                raise ValueError(f"policies {p.name!r}: unknown vcenter {vc!r}")
+                out.append(
+                    FieldProblem(
+                        f"policies[{i}].vcenters[{j}]",
+                        f"no [[vcenters]] named {vc!r} (configured: {known})",
+                        depends=(f"policies[{i}].vcenters", "vcenters"),
+                    )
+                )
+    return out
 
 
 def find_policy(policies: list[PolicySettings], name: str) -> PolicySettings:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from common.config import ConfigError
 
@@ -31,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from proxy_worker.service import ProxyService
     from proxy_worker.settings import VCenterAccess, VCenterDirectory
 
-    cfg = start_role("proxy", args.load_config, args.config, check=_missing)
+    # every problem at once: the file, what a proxy needs of it (proxy.queues), its secrets
+    cfg = start_role("proxy", args.load_config, args.config)
     settings = cfg.proxy
     # Before the first chunk buffer (common/malloc_tuning.py); a batch message is packed into
     # a buffer up to twice its size.
@@ -62,13 +62,3 @@ def run(args: argparse.Namespace) -> int:
     finally:
         service.close()
     return 0
-
-
-def _missing(cfg: Any) -> list[str]:
-    """What the proxy cannot start without (before it logs "starting")."""
-    if cfg.proxy.queues:
-        return []
-    return [
-        "proxy.queues: empty: name the task queues this proxy takes, e.g."
-        ' ["host.esx-01", "datastore.ds1"] (or $VMBACKUP_PROXY__QUEUES)'
-    ]

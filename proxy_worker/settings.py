@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.config import Secret
+from common.config_problems import Checks
 from common.redact import redact_url
 from proxy_worker.errors import ConfigError
 
@@ -114,10 +115,15 @@ class NbdSettings:
     )
 
     def __post_init__(self) -> None:
+        c = Checks()
         if self.server not in ("vddk", "file"):
-            raise ValueError(f"proxy.nbd.server must be 'vddk' or 'file', not {self.server!r}")
+            c.fail("server", f"must be 'vddk' or 'file', not {self.server!r}")
         if not 1 <= self.in_flight <= 64:
-            raise ValueError("proxy.nbd.in_flight must be within 1..64")
+            c.fail("in_flight", "must be within 1..64")
+        for name, thumb in self.vddk_thumbprints.items():
+            if not _THUMB.match(thumb):
+                c.fail(f"vddk_thumbprints.{name}", f"{thumb!r} is not a SHA-1/SHA-256 hex")
+        c.done()
 
 
 @dataclass(frozen=True)
@@ -142,12 +148,24 @@ class HttpSettings:
     )
 
     def __post_init__(self) -> None:
-        if self.pool_size < 1 or self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
-            raise ValueError("proxy.http: pool_size >= 1, timeout > 0, retries >= 0, backoff >= 0")
+        c = Checks()
+        if self.pool_size < 1:
+            c.fail("pool_size", "must be >= 1")
+        if self.timeout <= 0:
+            c.fail("timeout", "must be > 0")
+        if self.retries < 0:
+            c.fail("retries", "must be >= 0")
+        if self.backoff < 0:
+            c.fail("backoff", "must be >= 0")
         if not 0 < self.request_bytes <= 64 * MiB:
-            raise ValueError("proxy.http.request_bytes must be within 1..64 MiB")
+            c.fail("request_bytes", "must be within 1..64 MiB")
         if not 1 <= self.requests_in_flight <= self.pool_size:
-            raise ValueError("proxy.http.requests_in_flight must be within 1..pool_size")
+            c.fail(
+                "requests_in_flight",
+                "must be within 1..pool_size",
+                depends=["requests_in_flight", "pool_size"],
+            )
+        c.done()
 
 
 @dataclass(frozen=True)
@@ -166,10 +184,14 @@ class ThrottleSettings:
     )
 
     def __post_init__(self) -> None:
+        c = Checks()
         if self.max_streams_per_host < 1:
-            raise ValueError("proxy.throttle.max_streams_per_host must be >= 1")
-        if self.max_mb_per_s_per_host < 0 or self.burst_mb <= 0:
-            raise ValueError("proxy.throttle: max_mb_per_s_per_host >= 0 and burst_mb > 0")
+            c.fail("max_streams_per_host", "must be >= 1")
+        if self.max_mb_per_s_per_host < 0:
+            c.fail("max_mb_per_s_per_host", "must be >= 0")
+        if self.burst_mb <= 0:
+            c.fail("burst_mb", "must be > 0")
+        c.done()
 
 
 @dataclass(frozen=True)
@@ -222,8 +244,8 @@ class ProxySettings:
     id_key: Secret = field(
         default=Secret("", "none"),
         metadata=_doc(
-            "hex of the repository's chunk-id key (encrypted repositories; `vmbackup repo` "
-            'shows it): inline, {file = "PATH"} or {env = "NAME"}; empty = unkeyed ids'
+            "hex of the repository's chunk-id key (encrypted repositories; `vmbackup repo"
+            ' id-key` shows it): inline, {file = "PATH"} or {env = "NAME"}; empty = unkeyed ids'
         ),
     )
     writer_timeout: float = field(
@@ -246,36 +268,39 @@ class ProxySettings:
     )
 
     def __post_init__(self) -> None:
+        c = Checks()
         if self.transport not in TRANSPORTS:
-            raise ValueError(f"proxy.transport must be one of {TRANSPORTS}, not {self.transport!r}")
-        for q in self.queues:
+            c.fail("transport", f"must be one of {TRANSPORTS}, not {self.transport!r}")
+        for i, q in enumerate(self.queues):
             kind, _, name = q.partition(".")
             if kind not in ("host", "datastore") or not name:
-                raise ValueError(
-                    f"proxy.queues entry {q!r}: expected host.<name> or datastore.<name>"
-                )
-        if self.tasks_in_parallel < 1 or self.pipeline_workers < 1:
-            raise ValueError("proxy.tasks_in_parallel and proxy.pipeline_workers must be >= 1")
+                c.fail(f"queues[{i}]", f"{q!r}: expected host.<name> or datastore.<name>")
+        for key in ("tasks_in_parallel", "pipeline_workers"):
+            if getattr(self, key) < 1:
+                c.fail(key, "must be >= 1")
         if self.memory_limit_mib < 16:
-            raise ValueError("proxy.memory_limit_mib must be >= 16")
+            c.fail("memory_limit_mib", "must be >= 16")
         # an http request being read holds its chunks' budget before the reader can hand
         # any on; with the windows being filled (half the budget) one request per task must
         # leave the rest free (more in flight are allowed only as far as they fit, below)
         held = self.tasks_in_parallel * self.http.request_bytes
         if held > self.readers_share():
-            raise ValueError(
+            c.fail(
+                "tasks_in_parallel",
                 f"proxy.tasks_in_parallel x proxy.http.request_bytes ({held // MiB} MiB) must "
-                f"be at most half of proxy.memory_limit_mib ({self.memory_limit_mib} MiB)"
+                f"be at most half of proxy.memory_limit_mib ({self.memory_limit_mib} MiB)",
+                depends=["tasks_in_parallel", "http", "memory_limit_mib"],
             )
         if not MiB // 4 <= self.batch_bytes <= 32 * MiB:
-            raise ValueError("proxy.batch_bytes must be within 256 KiB..32 MiB")
+            c.fail("batch_bytes", "must be within 256 KiB..32 MiB")
         if not 1 <= self.have_batch <= 10000:
-            raise ValueError("proxy.have_batch must be within 1..10000")
+            c.fail("have_batch", "must be within 1..10000")
         v = self.id_key.value.strip()
-        if v and (len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v)):
-            raise ValueError("proxy.id_key must be 64 hex digits (a 32-byte key)")
+        if v and (len(v) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in v)):
+            c.fail("id_key", "must be 64 hex digits (a 32-byte key)")
         if self.writer_timeout <= 0:
-            raise ValueError("proxy.writer_timeout must be > 0")
+            c.fail("writer_timeout", "must be > 0")
+        c.done()
 
     def readers_share(self) -> int:
         """Bytes of the memory budget the readers of all tasks may hold at once: half of it,

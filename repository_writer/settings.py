@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import Secret
+from common.config_problems import Checks
 from common.settings import doc
 from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY
 
@@ -19,8 +20,10 @@ class RepositorySettings:
     )
 
     def __post_init__(self) -> None:
+        c = Checks()
         if self.path and not Path(self.path).is_absolute():
-            raise ValueError(f"path {self.path!r} must be absolute")
+            c.fail("path", f"{self.path!r} must be absolute")
+        c.done()
 
 
 @dataclass(frozen=True)
@@ -102,24 +105,26 @@ class WriterSettings:
         return self.data_tls == "on"
 
     def __post_init__(self) -> None:
+        c = Checks()
         if self.shard_queue_type not in ("classic", "quorum"):
-            raise ValueError(f"shard_queue_type {self.shard_queue_type!r}: classic or quorum")
+            c.fail("shard_queue_type", f"{self.shard_queue_type!r}: classic or quorum")
         if not 1 <= self.prefetch <= 256:
-            raise ValueError("prefetch must be within 1..256")
+            c.fail("prefetch", "must be within 1..256")
         if self.data_listen:
             from repository_writer.chunk_stream_server import parse_listen
 
-            parse_listen(self.data_listen)
+            c.run("data_listen", lambda: parse_listen(self.data_listen))
         if self.data_tls not in ("on", "off", "auto"):
-            raise ValueError(f"data_tls {self.data_tls!r}: on, off or auto")
+            c.fail("data_tls", f"{self.data_tls!r}: on, off or auto")
         if self.min_free_mib < 0:
-            raise ValueError("min_free_mib must not be negative")
+            c.fail("min_free_mib", "must not be negative")
         if not 1 <= self.commit_prefetch <= 16:
-            raise ValueError("commit_prefetch must be within 1..16")
+            c.fail("commit_prefetch", "must be within 1..16")
         if not 1 <= self.stream_max_connections <= 4096:
-            raise ValueError("stream_max_connections must be within 1..4096")
+            c.fail("stream_max_connections", "must be within 1..4096")
         for key in ("stream_hello_timeout", "stream_idle_timeout"):
             if not 0 < getattr(self, key) <= 86400:
-                raise ValueError(f"{key} must be above 0 and at most 86400 seconds")
+                c.fail(key, "must be above 0 and at most 86400 seconds")
         if not 1 << 20 <= self.max_disk_capacity <= 1 << 50:
-            raise ValueError("max_disk_capacity must be within 1 MiB..1 PiB")
+            c.fail("max_disk_capacity", "must be within 1 MiB..1 PiB")
+        c.done()

@@ -17,7 +17,7 @@ import repository_writer.cli
 from common.broker_tls import BrokerCertificateError
 from common.version import package_version
 from vmbackup import repo_commands
-from vmbackup.config_schema import Config, load_config
+from vmbackup.config_schema import ROLES, Config, check_config, load_config
 
 DESCRIPTION = """\
 vmbackup: agentless, image-level backup for VMware vSphere.
@@ -50,23 +50,69 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CONFIG_CHECK_EPILOG = """\
+Every problem is listed at once, one line each: FILE: KEY.PATH: WHAT IS WRONG.
+Exit status: 0 the file is valid (for ROLE, with --role), 2 it is not.
+
+Without --role the file is checked for every role, anywhere (CI, a laptop): secrets are
+not read, as they are on the machines the roles run on. With --role the check is the
+one that role makes at start, on this machine: also the keys it needs (the writer
+repository.path, the proxy proxy.queues, the coordinator repository.path and
+[[vcenters]]) and its secrets read (--no-secrets: not them).
+
+examples:
+  vmbackup config check -c /etc/vmbackup/vmbackup.toml
+  vmbackup config check -c /etc/vmbackup/vmbackup.toml --role writer
+  vmbackup config check -c site.toml --role proxy --no-secrets --json
+"""
+
+
 def _register_config_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="check a config file or list every config key")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     csub.required = True
-    check = csub.add_parser("check", help="validate a config file (exit 2 on the first problem)")
+    check = csub.add_parser(
+        "check",
+        help="validate a config file: every problem at once (exit 2 if any)",
+        description="Validate a config file as every role does at start.",
+        epilog=CONFIG_CHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     check.add_argument("--config", "-c", required=True, help="TOML config file")
+    check.add_argument(
+        "--role", choices=sorted(ROLES), help="also what this role needs, as it checks at start"
+    )
+    check.add_argument(
+        "--no-secrets",
+        action="store_true",
+        help="with --role: do not read the role's secrets (their files are elsewhere)",
+    )
+    check.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"ok": BOOL, "errors": [{"key": KEY, "error": WHAT}]} on stdout',
+    )
     check.set_defaults(func=_config_check)
     keys = csub.add_parser("keys", help="print every key with its type, default and meaning")
     keys.set_defaults(func=_config_keys)
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from common.role_startup import load_or_exit
+    import json
 
-    load_or_exit(load_config, args.config)
-    print(f"{args.config}: ok")
-    return 0
+    # no secret without a role: they are on the machines the roles run on, not here
+    secrets = args.role is not None and not args.no_secrets
+    found = check_config(args.config, role=args.role, secrets=secrets)
+    if args.json:
+        errors = [{"key": p.key, "error": p.error} for p in found.problems]
+        print(json.dumps({"ok": not errors, "errors": errors}))
+    elif found.problems:
+        for p in found.problems:
+            print(f"vmbackup: config error: {args.config}: {p}", file=sys.stderr)
+    else:
+        what = f"ok for the {args.role}" if args.role else "ok for every role"
+        print(f"{args.config}: {what}{'' if secrets else ' (secrets not read)'}")
+    return 2 if found.problems else 0
 
 
 def _config_keys(_args: argparse.Namespace) -> int:

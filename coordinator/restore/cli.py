@@ -70,7 +70,11 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
         return fail("--upload-attempts must be at least 1", 2)
     try:
         cfg = args.load_config(args.config)
-    except (ConfigError, ValueError) as exc:
+    except ConfigError as exc:
+        for line in str(exc).splitlines():  # one per problem, each naming file and key
+            fail(f"config error: {line}")
+        return 2
+    except ValueError as exc:
         return fail(f"config error: {exc}", 2)
     # The result (text or --json) is stdout; logs go to stderr.
     setup_logging(cfg.log.level, cfg.log.format, role="restore-vm", stream=sys.stderr)

@@ -87,7 +87,8 @@ def main(argv: Sequence[str]) -> int:
         n_shards = load_config(_config_path(command)).broker.n_shards
         overrides = writer_env(os.environ, n_shards)
     except (ConfigError, StartError) as exc:
-        print(f"writer_start: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # a ConfigError: one line per problem
+            print(f"writer_start: {line}", file=sys.stderr)
         return 2
     os.environ.update(overrides)
     print(

@@ -96,7 +96,7 @@ def test_env_override_with_wrong_type_names_the_key(tmp_path: Path) -> None:
 
 
 def test_whole_config_validates_sections(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="broker: delivery_limit must be >= 1"):
+    with pytest.raises(ConfigError, match=r"broker\.delivery_limit: must be >= 1"):
         load_config(write(tmp_path, "[broker]\ndelivery_limit = 0\n"))
     cfg = load_config(write(tmp_path, "[broker]\nn_shards = 4\n"))
     assert cfg.broker.n_shards == 4

@@ -89,7 +89,7 @@ def materialize(build: Build, tpl: dict[str, Any], cfg: dict[str, Any], tmp: Pat
 
 @pytest.mark.parametrize("component", ["coordinator", "writer", "proxy"])
 def test_role_config_loads(build: Build, component: str, tmp_path: Path) -> None:
-    from coordinator.settings import check_references
+    from vmbackup.config_schema import check_config
 
     workloads = build.role(component)
     assert workloads, f"{build.name}: no {component}"
@@ -100,6 +100,9 @@ def test_role_config_loads(build: Build, component: str, tmp_path: Path) -> None
         path = work / "vmbackup.toml"
         path.write_text(materialize(build, tpl, raw, work / "secrets"), encoding="utf-8")
         env = pod_env(build, obj, tpl, raw["broker"]["n_shards"])
+        # what the role itself checks at start: its keys, its secrets, the references
+        found = check_config(path, env, role=component)
+        assert not found.problems, [str(p) for p in found.problems]
         cfg = load_config_env(path, env)
         assert cfg.metrics.port == 9400
         assert cfg.metrics.address == "0.0.0.0"  # scraped on the pod IP (default: loopback)
@@ -108,7 +111,6 @@ def test_role_config_loads(build: Build, component: str, tmp_path: Path) -> None
         assert BrokerParams.from_settings(cfg.broker).account == "sample-username"
         if component == "coordinator":
             assert cfg.vcenters and cfg.policies and cfg.repository.path
-            check_references(list(cfg.vcenters), list(cfg.policies))
         elif component == "writer":
             assert cfg.writer.shards != "all" and cfg.repository.passphrase is not None
             assert cfg.writer.name == f"{obj['metadata']['name']}-{obj['spec']['replicas'] - 1}"

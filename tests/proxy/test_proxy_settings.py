@@ -43,5 +43,5 @@ def test_one_request_per_task_beyond_half_the_budget_is_refused() -> None:
 
 @pytest.mark.parametrize("in_flight", [0, 5])
 def test_http_requests_in_flight_within_one_and_the_pool(in_flight: int) -> None:
-    with pytest.raises(ValueError, match=r"requests_in_flight must be within 1\.\.pool_size"):
+    with pytest.raises(ValueError, match=r"requests_in_flight: must be within 1\.\.pool_size"):
         HttpSettings(requests_in_flight=in_flight, pool_size=4)

@@ -64,6 +64,6 @@ def test_coordinator_names_every_missing_key_at_once_before_starting(tmp_path: P
     assert [x.split(f"{cfg}: ", 1)[1].split(":")[0] for x in lines] == [
         "repository.path",
         "vcenters",
-        "policies 'p'",
+        "policies[0].vcenters[0]",
     ], r.stderr
     assert '"starting"' not in r.stdout + r.stderr
