@@ -8,11 +8,10 @@ on every command's arguments as ``args.load_config``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from common.config import ENV_PREFIX, ConfigError
+from common.config import ConfigError
 from common.logging import get_logger, setup_logging
 from common.metrics import BUILD_INFO, serve_metrics
 from common.version import package_version
@@ -25,22 +24,6 @@ class ConfigLoader(Protocol):
     def __call__(self, path: str | Path | None, *, role: str | None = None) -> Any: ...
 
 
-def unset(cfg: Any, *keys: str) -> list[str]:
-    """A problem line for each dotted key (``repository.path``) that is empty in
-    ``cfg``, naming the key and its environment variable."""
-    out = []
-    for key in keys:
-        value = cfg
-        for part in key.split("."):
-            value = getattr(value, part, None)
-        if value == []:  # a list of tables: [[vcenters]]
-            out.append(f"{key}: none configured (a [[{key}]] table each)")
-        elif value is None or value == "":
-            env = ENV_PREFIX + key.upper().replace(".", "__")
-            out.append(f"{key}: not set (in the config file, or ${env})")
-    return out
-
-
 def start_role(
     role: str,
     load_config: ConfigLoader,
@@ -48,14 +31,12 @@ def start_role(
     metrics_port: int | None = None,
     *,
     one_shot: bool = False,
-    check: Callable[[Any], list[str]] | None = None,
 ) -> Any:
     """Load config, set up logging and serve /metrics; returns the config.
 
     The config is checked as `vmbackup config check --role ROLE` checks it (the loader
-    does both: the file, what the role needs of it, the secrets it reads); ``check``
-    adds anything else the role cannot start without (a line per problem, the key
-    first). Every problem is printed and the process exits 2 before it logs "starting"
+    does both: the file, what the role needs of it, the secrets it reads). Every problem
+    is printed and the process exits 2 before it logs "starting"
     or opens its metrics port, so a role never looks started on a config it rejects.
     ``metrics_port`` (e.g. from a --metrics-port flag) overrides the config; the
     port in use is printed so that an operator (or the demo) can find it. A
@@ -63,7 +44,7 @@ def start_role(
     """
     try:
         cfg = load_config(config_path, role=role)
-        problems = [str(p) for p in check(cfg)] if check is not None else []
+        problems: list[str] = []
     except ConfigError as exc:
         problems = [str(p) for p in exc.problems]
     if problems:

@@ -298,11 +298,9 @@ def _queue_shard(queue: str) -> int:
 def main(args: argparse.Namespace) -> int:
     from common.amqp import stop_on_signals
     from common.malloc_tuning import limit_heap_retention
-    from common.role_startup import start_role, unset
+    from common.role_startup import start_role
 
-    cfg = start_role(
-        "writer", args.load_config, args.config, check=lambda c: unset(c, "repository.path")
-    )
+    cfg = start_role("writer", args.load_config, args.config)
     # Before the first frame is received: received batches and their chunks reuse the heap
     # instead of faulting in fresh pages (common/malloc_tuning.py).
     limit_heap_retention()

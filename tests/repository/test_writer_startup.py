@@ -8,9 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
-
-from common.role_startup import unset
 
 
 def vmb(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -24,16 +21,6 @@ def vmb(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
-
-
-def test_unset_names_each_missing_key_and_its_variable() -> None:
-    cfg = SimpleNamespace(repository=SimpleNamespace(path=""), vcenters=[], log=SimpleNamespace())
-    assert unset(cfg, "repository.path", "vcenters", "log") == [
-        "repository.path: not set (in the config file, or $VMBACKUP_REPOSITORY__PATH)",
-        "vcenters: none configured (a [[vcenters]] table each)",
-    ]
-    cfg.repository.path = "/srv/repo"
-    assert unset(cfg, "repository.path") == []
 
 
 def test_writer_without_a_config_fails_before_starting(tmp_path: Path) -> None:
