@@ -161,7 +161,7 @@ class WriterService:
         if self.commit_consumer is not None:
             self.commit_consumer.start()
         for c in self._consumers():
-            if not c.wait_ready(timeout):
+            if not c.wait_ready(timeout) and not c.stopping:  # a signal: run() returns
                 raise RepositoryError(f"writer {self.name}: broker not reachable")
         health.add_check(f"writer {self.name}", self.free_space.readiness)
         log.info("writer_started", name=self.name, shards=self.shards, repo=str(self.repo.path))

@@ -31,6 +31,10 @@ from common.logging import get_logger
 from common.messages import Message, MessageError, decode
 
 log = get_logger(__name__)
+# One topology declaration at a time in a process: a role's consumers start together, and
+# two channels declaring the same quorum queue at once on a fresh vhost made the broker
+# close one of them with 541 INTERNAL_ERROR (it recovered on retry, logging an error).
+_DECLARING = threading.Lock()
 
 
 Handler = Callable[[Message, Delivery], None]
@@ -109,12 +113,18 @@ class Consumer:
         return self
 
     def wait_ready(self, timeout: float) -> bool:
-        """Wait until consuming; raises the fatal error at once if ``run`` ended with one."""
-        return wait_ready(self.ready, timeout, lambda: self.error)
+        """Wait until consuming; raises the fatal error at once if ``run`` ended with one;
+        False at once when stopped meanwhile."""
+        return wait_ready(self.ready, timeout, lambda: self.error, self._stop)
 
     def _run_caught(self) -> None:
         with contextlib.suppress(broker_tls.BrokerCertificateError):  # kept in self.error
             self.run()
+
+    @property
+    def stopping(self) -> bool:
+        """stop() was called (a signal during start-up, say)."""
+        return self._stop.is_set()
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop taking messages, finish in-flight work, return the rest. Any thread."""
@@ -164,7 +174,8 @@ class Consumer:
         ch = conn.channel()
         self._channel = ch
         if self.declare is not None:
-            self.declare(ch)
+            with _DECLARING:
+                self.declare(ch)
         ch.basic_qos(prefetch_count=self.prefetch)
         queues = list(self.queues)
         if self.exclusive_reply_queue:

@@ -136,14 +136,18 @@ def open_blocking(params: BrokerParams, name: str) -> pika.BlockingConnection:
 
 
 def wait_ready(
-    ready: threading.Event, timeout: float, error: Callable[[], Exception | None]
+    ready: threading.Event,
+    timeout: float,
+    error: Callable[[], Exception | None],
+    stopped: threading.Event | None = None,
 ) -> bool:
-    """``ready.wait(timeout)`` that raises ``error()`` as soon as there is one."""
+    """``ready.wait(timeout)`` that raises ``error()`` as soon as there is one, and gives
+    up (False) as soon as ``stopped`` is set."""
     deadline = time.monotonic() + timeout
     while not ready.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
         if (exc := error()) is not None:
             raise exc
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or (stopped is not None and stopped.is_set()):
             return False
     return True
 

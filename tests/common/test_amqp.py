@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -318,3 +319,54 @@ def test_close_right_after_start_leaves_no_connection_thread(broker: BrokerParam
         pub.close(timeout=3)
         leaked += pub._thread.is_alive()
     assert leaked == 0
+
+
+def test_a_process_declares_its_topology_one_consumer_at_a_time(broker: BrokerParams) -> None:
+    """A role's consumers start together; on a fresh vhost two channels declaring the same
+    quorum queues at once made the broker close one with 541 INTERNAL_ERROR."""
+    spans: list[tuple[float, float]] = []
+
+    def declare(ch: object) -> None:
+        t0 = time.monotonic()
+        amqp.declare_base(ch, broker)  # type: ignore[arg-type]
+        time.sleep(0.2)  # a slow declaration: the others must wait for it
+        spans.append((t0, time.monotonic()))
+
+    consumers = [
+        Consumer(broker, [amqp.QUEUE_COMMITS], lambda _m, _d: None, declare=declare, name=f"c{i}")
+        for i in range(3)
+    ]
+    try:
+        for c in consumers:
+            c.start()
+        assert all(c.wait_ready(30) for c in consumers)
+    finally:
+        for c in consumers:
+            c.stop(10)
+    spans.sort()
+    assert len(spans) == 3
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans))
+
+
+def test_a_writer_stopped_while_it_starts_returns_cleanly(tmp_path: Path) -> None:
+    """SIGTERM while the broker is not yet reachable: the writer stops (exit 0), it does
+    not fail with "broker not reachable"."""
+    from repository.repository import Repository
+    from repository_writer.service import WriterService
+
+    nowhere = BrokerParams(url="amqp://guest:guest@127.0.0.1:1/", reconnect_max=0.5)
+    svc = WriterService(Repository.init(tmp_path / "repo"), nowhere, n_shards=2)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            svc.start(timeout=60)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(1.0)
+    svc.stop(10)
+    t.join(30)
+    assert not t.is_alive() and errors == []
