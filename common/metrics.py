@@ -308,8 +308,8 @@ WRITER_HAVE_IDS = Counter(
 )
 WRITER_COMMITS = Counter(
     "vmbackup_writer_commits_total",
-    "Commits-queue messages by result: ok, error, part_ok, part_error; sender_refused ="
-    " not from a coordinator account (dead-lettered)",
+    "Commits-queue messages by result: ok, error, part_ok, part_error, prune_ok,"
+    " prune_error; sender_refused = not from a coordinator account (dead-lettered)",
     ["result"],
 )
 WRITER_WRITE_SECONDS = Histogram(

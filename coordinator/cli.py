@@ -138,7 +138,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def _not_run(cfg: Any, policy: str, why: str) -> report.JobReport:
     """The report of a job that could not start: a --report file must never keep an
     earlier run's "ok" when this one did nothing."""
-    from coordinator.job_ids import new_job_id
+    from common.job_ids import new_job_id
 
     rep = report.JobReport(job_id=new_job_id(policy), policy=policy, coordinator=cfg.coordinator.id)
     rep.error = why

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 from croniter import croniter
 
+from common.job_ids import policy_of_job
 from common.logging import get_logger
 from coordinator.job import Job
-from coordinator.job_ids import policy_of_job
 from coordinator.job_runtime import Runtime
 from coordinator.report import JobReport
 from coordinator.restored_metrics import restore_metrics

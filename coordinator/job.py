@@ -20,13 +20,13 @@ from typing import Any
 from pyVmomi import vmodl
 
 from common import causes, metrics
+from common.job_ids import new_job_id
 from common.logging import bound, get_logger
 from common.messages import TaskResult
 from coordinator import report, snapshots
 from coordinator.discovery import Inventory, VmInfo, discover
 from coordinator.disk_work import DiskWork
 from coordinator.dispatch import TaskDispatcher
-from coordinator.job_ids import new_job_id
 from coordinator.job_runtime import Runtime, WriterRequestFailed
 from coordinator.limits import BackupWindow, Cancelled
 from coordinator.policy import lost_selection, select
