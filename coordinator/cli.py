@@ -167,6 +167,11 @@ def _finish(args: argparse.Namespace, rep: report.JobReport) -> int:
     # first, and stdout may be a report nobody reads.
     for line in report.failure_lines(rep):
         print(f"vmbackup backup: {line}", file=sys.stderr)
+    if rep.retention is not None and rep.retention.error:  # the backup's status stands
+        print(
+            f"vmbackup backup: warning: retention {report.retention_summary(rep.retention)}",
+            file=sys.stderr,
+        )
     return code
 
 
