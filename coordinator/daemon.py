@@ -1,4 +1,5 @@
 """The coordinator daemon: cron schedules per policy, periodic orphan sweeps, resume.
+Each job applies its policy's retention when its window's backups are done (job.py).
 
 Resume without a private database: at start every vCenter is swept; a snapshot of
 ours whose job is not running is an unfinished job of an earlier run (this

@@ -90,10 +90,10 @@ class RetentionSettings:
     applies it after each of the policy's jobs. All zero = keep every point."""
 
     last: int = field(default=0, metadata=_doc("keep the N newest points (of each VM disk)"))
-    hourly: int = field(default=0, metadata=_doc("keep the newest point of each of N hours"))
-    daily: int = field(
-        default=0, metadata=_doc("keep the newest point of each of the N newest days with one")
+    hourly: int = field(
+        default=0, metadata=_doc("keep the newest point of each of the N newest hours with one")
     )
+    daily: int = field(default=0, metadata=_doc("the same per day"))
     weekly: int = field(default=0, metadata=_doc("the same per ISO week"))
     monthly: int = field(default=0, metadata=_doc("the same per month"))
     yearly: int = field(default=0, metadata=_doc("the same per year (all periods in UTC)"))

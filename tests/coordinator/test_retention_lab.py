@@ -131,3 +131,55 @@ def test_two_policies_each_prune_only_their_own_points(lab: Lab, tmp_path: Path)
         text = (stack.reports / f"{gold[2]['job_id']}.txt").read_text()
         assert "retention (last 2): 4 point(s) kept, 2 removed" in text
         assert ": OK;" in stack.verify()
+
+
+def test_a_failed_retention_leaves_the_points_and_the_jobs_status(
+    lab: Lab, make_env: Any, tmp_path: Path
+) -> None:
+    """The writer cannot apply the rules (a point's metadata is unreadable): nothing is
+    removed, the report says why, and the job is still ok (exit 0): its backups are what
+    the status reports. The next job, once the point is readable again, prunes."""
+    from coordinator import report
+    from coordinator.settings import PolicySettings, RetentionSettings
+    from repository.import_disk import import_disk
+
+    env = make_env(lab)
+    env.start(commit_timeout_s=30.0)
+    name = sorted(v["name"] for v in lab.vms())[0]
+    policy = PolicySettings(name="gold", names=[name], retention=RetentionSettings(last=1))
+    first = env.run(policy)
+    assert first.status == report.OK and first.retention is not None, first.to_text()
+    assert (first.retention.kept, first.retention.removed_count) == (1, 0)
+    # a point of a VM no policy backs up, whose metadata cannot be read
+    img = tmp_path / "other.img"
+    img.write_bytes(os.urandom(MiB))
+    other = import_disk(env.repo, "other", 2000, img).point_id
+    meta = env.repo.point_store.find(other) / "meta"
+    good = meta.read_bytes()
+    meta.write_bytes(b"junk")
+
+    second = env.run(policy)
+    assert second.status == report.OK and report.exit_status(second) == 0, second.to_text()
+    r = second.retention
+    assert r is not None and "refused by the writer" in r.error and "meta" in r.error, r
+    assert "retention (last 1): not applied: refused by the writer" in second.to_text()
+    gold = [p for p in _points_readable(env.repo, other) if policy_of_job(p) == "gold"]
+    assert len(gold) == 2  # nothing removed
+    assert [m.policy for m in env.peer.prunes] == ["gold", "gold"]
+
+    meta.write_bytes(good)
+    third = env.run(policy)
+    assert third.retention is not None and not third.retention.error
+    assert third.retention.removed_count == 2  # the two older gold points
+    held = _by_policy(env.repo)
+    assert [len(ids) for ids in held["gold"].values()] == [1]
+    assert held[""] == {"other": [other]}  # no policy's point: never touched
+
+
+def _points_readable(repo: Repository, skip: str) -> list[str]:
+    """Job ids of every point but ``skip`` (whose metadata is unreadable)."""
+    out = []
+    for pdir in repo.point_store.point_dirs():
+        if pdir.name != skip:
+            out.append(repo.point_store.load(pdir).job_id)
+    return out
