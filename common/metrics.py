@@ -215,6 +215,17 @@ COORD_JOB_MARKERS = Counter(
     "Running-backup markers (gc protection) requested from the writers, by op and result",
     ["op", "result"],
 )
+COORD_RETENTION = Counter(
+    "vmbackup_coordinator_retention_runs_total",
+    "Policy retention runs after a job (applied by a writer), by result: ok, dry_run, error"
+    " (the points stay as they were)",
+    ["policy", "result"],
+)
+COORD_POINTS_PRUNED = Counter(
+    "vmbackup_coordinator_points_pruned_total",
+    "Restore points removed by the policy's retention",
+    ["policy"],
+)
 COORD_TASKS_WITHDRAWN = Counter(
     "vmbackup_coordinator_tasks_withdrawn_total",
     "Published tasks no longer waited for (job cancelled, task timed out), announced to the "
@@ -308,8 +319,8 @@ WRITER_HAVE_IDS = Counter(
 )
 WRITER_COMMITS = Counter(
     "vmbackup_writer_commits_total",
-    "Commits-queue messages by result: ok, error, part_ok, part_error; sender_refused ="
-    " not from a coordinator account (dead-lettered)",
+    "Commits-queue messages by result: ok, error, part_ok, part_error, prune_ok,"
+    " prune_error; sender_refused = not from a coordinator account (dead-lettered)",
     ["result"],
 )
 WRITER_WRITE_SECONDS = Histogram(

@@ -124,7 +124,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def _not_run(cfg: Any, policy: str, why: str) -> report.JobReport:
     """The report of a job that could not start: a --report file must never keep an
     earlier run's "ok" when this one did nothing."""
-    from coordinator.job_ids import new_job_id
+    from common.job_ids import new_job_id
 
     rep = report.JobReport(job_id=new_job_id(policy), policy=policy, coordinator=cfg.coordinator.id)
     rep.error = why
@@ -153,6 +153,11 @@ def _finish(args: argparse.Namespace, rep: report.JobReport) -> int:
     # first, and stdout may be a report nobody reads.
     for line in report.failure_lines(rep):
         print(f"vmbackup backup: {line}", file=sys.stderr)
+    if rep.retention is not None and rep.retention.error:  # the backup's status stands
+        print(
+            f"vmbackup backup: warning: retention {report.retention_summary(rep.retention)}",
+            file=sys.stderr,
+        )
     return code
 
 

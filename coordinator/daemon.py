@@ -1,4 +1,5 @@
 """The coordinator daemon: cron schedules per policy, periodic orphan sweeps, resume.
+Each job applies its policy's retention when its window's backups are done (job.py).
 
 Resume without a private database: at start every vCenter is swept; a snapshot of
 ours whose job is not running is an unfinished job of an earlier run (this
@@ -15,9 +16,9 @@ from collections.abc import Callable
 
 from croniter import croniter
 
+from common.job_ids import policy_of_job
 from common.logging import get_logger
 from coordinator.job import Job
-from coordinator.job_ids import policy_of_job
 from coordinator.job_runtime import Runtime
 from coordinator.report import JobReport
 from coordinator.restored_metrics import restore_metrics

@@ -1,11 +1,12 @@
 """One backup job (a policy run): discover, snapshot, plan, publish, collect, commit.
 
 The job: its window, the vCenters of its policy, discovery and selection, the
-running-job marker, VMs in parallel (at most ``limits.vms``), the report, metrics and
-events. The pieces: vm_backup.py (one VM's sequence), disk_planning.py (a disk's plan),
-dispatch.py (tasks published, bounded, collected, timed out, withdrawn), commits.py
-(results checked, the point committed), job_runtime.py (what jobs of one process share,
-requests to the writers), snapshots.py (snapshots and their disks).
+running-job marker, VMs in parallel (at most ``limits.vms``), the policy's retention
+after them (retention.py), the report, metrics and events. The pieces: vm_backup.py
+(one VM's sequence), disk_planning.py (a disk's plan), dispatch.py (tasks published,
+bounded, collected, timed out, withdrawn), commits.py (results checked, the point
+committed), job_runtime.py (what jobs of one process share, requests to the writers),
+snapshots.py (snapshots and their disks).
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ from typing import Any
 from pyVmomi import vmodl
 
 from common import causes, metrics
+from common.job_ids import new_job_id
 from common.logging import bound, get_logger
 from common.messages import TaskResult
 from coordinator import report, snapshots
 from coordinator.discovery import Inventory, VmInfo, discover
 from coordinator.disk_work import DiskWork
 from coordinator.dispatch import TaskDispatcher
-from coordinator.job_ids import new_job_id
 from coordinator.job_runtime import Runtime, WriterRequestFailed
 from coordinator.limits import BackupWindow, Cancelled
 from coordinator.policy import lost_selection, select
+from coordinator.retention import apply_retention
 from coordinator.settings import PolicySettings, vcenters_for
 from coordinator.vcenter import VCenterError
 from coordinator.vm_backup import VmBackup
@@ -170,6 +172,8 @@ class Job:
                         rt.job_marker(self.job_id, "end")
                     except WriterRequestFailed as exc:
                         log.error("job_marker_end_failed", error=str(exc))
+                    # after the window's backups, once the job no longer counts as running
+                    rep.retention = apply_retention(rt, self.policy, self.job_id)
                 rt.job_ended(self.job_id)
                 rep.vcenter_round_trips = (
                     sum(c.round_trips for c in list(rt.connections.values())) - rt0

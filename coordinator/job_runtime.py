@@ -1,6 +1,6 @@
 """What the jobs of one coordinator process share: vCenter connections, the catalog, the
 broker's publisher, results and reply queues, the snapshot and task limits; and the
-requests to the writers on the commits queue (commits, parts, job markers).
+requests to the writers on the commits queue (commits, parts, job markers, retention).
 
 Every configured vCenter is kept, reached or not: a vCenter that does not answer at start
 is tried again by each job that needs it (a daemon outlives a vCenter outage), and a job
@@ -12,6 +12,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from common import metrics
 from common.amqp import QUEUE_COMMITS, BrokerParams, Publisher, ReplyQueue
@@ -27,6 +28,7 @@ from coordinator.task_results import ResultRouter
 from coordinator.vcenter import Connection, VCenterError
 
 log = get_logger(__name__)
+R = TypeVar("R", bound=Message)
 EXCHANGE_DEFAULT = ""  # the broker's default exchange routes by queue name
 
 
@@ -152,6 +154,17 @@ class Runtime:
     ) -> CommitReply:
         """Send a commits-queue request (built for the current reply queue) to the writers
         and wait for its CommitReply; raise WriterRequestFailed when none comes."""
+        return self.writer_call(key, build, timeout, what, CommitReply)
+
+    def writer_call(
+        self,
+        key: str,
+        build: Callable[[str], Message],
+        timeout: float,
+        what: str,
+        expect: type[R],
+    ) -> R:
+        """:meth:`writer_request` for a request whose answer is of kind ``expect``."""
         last = ""
         for _ in range(2):  # the reply queue is re-created after a reconnect: send again once
             fut = self.replies.expect(key)
@@ -171,7 +184,9 @@ class Runtime:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 log.warning("writer_request_attempt_failed", what=what, error=last)
                 continue
-            assert isinstance(reply, CommitReply)
+            if not isinstance(reply, expect):
+                last = f"answered with a {reply.KIND} message, not {expect.KIND}"
+                continue
             return reply
         raise WriterRequestFailed(f"{what}: {last or 'no reply'}")
 

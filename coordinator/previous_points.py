@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.job_ids import policy_of_job
 from common.logging import get_logger
-from coordinator.job_ids import policy_of_job
 from coordinator.planner import PreviousDisk
 from repository.errors import RepositoryError
 from repository.interfaces import Catalog

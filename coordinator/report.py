@@ -66,6 +66,18 @@ class VmReport:
 
 
 @dataclass
+class RetentionReport:
+    """The policy's retention, applied by a writer after the job (coordinator/retention.py)."""
+
+    keep: str  # the rules, e.g. "last 3, daily 7"
+    dry_run: bool = False
+    kept: int = 0
+    removed_count: int = 0  # removed, or would be on a dry run
+    removed: list[dict[str, str]] = field(default_factory=list)  # point, vm, why (the first)
+    error: str = ""  # it did not run: the points are as they were
+
+
+@dataclass
 class JobReport:
     job_id: str
     policy: str
@@ -82,6 +94,7 @@ class JobReport:
     # ``cause`` is that of ``error`` where one is known (vcenter: a vCenter not reached).
     stopped: str = ""
     cause: str = ""
+    retention: RetentionReport | None = None  # None: the policy has none, or no VM ran
 
     def counts(self) -> dict[str, int]:
         out = {OK: 0, PARTIAL: 0, FAILED: 0, SKIPPED: 0}
@@ -125,6 +138,10 @@ class JobReport:
             lines.append(f"  stopped [{self.cause}]: {self.stopped}")
         if self.orphans_removed:
             lines.append(f"  orphan snapshots removed: {self.orphans_removed}")
+        if self.retention is not None:
+            lines.append(
+                f"  retention ({self.retention.keep}): {retention_summary(self.retention)}"
+            )
         for v in self.vms:
             head = f"  {v.status.upper():8} {v.vcenter}/{v.name}"
             if v.consistency:
@@ -194,6 +211,13 @@ def failure_lines(report: JobReport) -> list[str]:
     if len(bad) > SHOWN_VMS:
         lines.append(f"... and {len(bad) - SHOWN_VMS} more VM(s) not backed up (see the report)")
     return lines
+
+
+def retention_summary(r: RetentionReport) -> str:
+    if r.error:
+        return f"not applied: {r.error}"
+    verb = "would be removed (dry run)" if r.dry_run else "removed"
+    return f"{r.kept} point(s) kept, {r.removed_count} {verb}"
 
 
 def _size(n: int) -> str:

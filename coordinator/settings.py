@@ -89,6 +89,40 @@ class WindowSettings:
         c.done()
 
 
+RETENTION_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+
+@dataclass
+class RetentionSettings:
+    """GFS retention of the policy's points (docs/operations.md "Retention"): a writer
+    applies it after each of the policy's jobs. All zero = keep every point."""
+
+    last: int = field(default=0, metadata=_doc("keep the N newest points (of each VM disk)"))
+    hourly: int = field(
+        default=0, metadata=_doc("keep the newest point of each of the N newest hours with one")
+    )
+    daily: int = field(default=0, metadata=_doc("the same per day"))
+    weekly: int = field(default=0, metadata=_doc("the same per ISO week"))
+    monthly: int = field(default=0, metadata=_doc("the same per month"))
+    yearly: int = field(default=0, metadata=_doc("the same per year (all periods in UTC)"))
+    dry_run: bool = field(
+        default=False, metadata=_doc("log what retention would remove, remove nothing")
+    )
+
+    def __post_init__(self) -> None:
+        for k in RETENTION_RULES:
+            if getattr(self, k) < 0:
+                raise ValueError(f"policies.retention.{k} must be >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return any(getattr(self, k) for k in RETENTION_RULES)
+
+    def describe(self) -> str:
+        """E.g. "last 3, daily 7"."""
+        return ", ".join(f"{k} {getattr(self, k)}" for k in RETENTION_RULES if getattr(self, k))
+
+
 @dataclass
 class PolicySettings:
     """Which VMs to back up, when, and how."""
@@ -114,6 +148,7 @@ class PolicySettings:
     )
     routing: str = field(default="host", metadata=_doc('route tasks by "host" or "datastore"'))
     window: WindowSettings = field(default_factory=WindowSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     def __post_init__(self) -> None:
         c = Checks()

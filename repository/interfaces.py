@@ -11,12 +11,13 @@ another storage only has to provide the views its users need.
   blobs, never a point).
 - :class:`Committer`: what the writer's commits queue turns into restore points (staged
   entries, typed point commits, running-job markers), never a chunk.
+- :class:`Pruner`: what retention needs (points, running markers, removing a point).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from repository.fixed_index import DiskMap
 from repository.point_commit import PointCommit
@@ -95,3 +96,15 @@ class Committer(Protocol):
     def begin_job(self, job_id: str) -> None: ...
 
     def end_job(self, job_id: str) -> None: ...
+
+
+class Pruner(Protocol):
+    """What retention needs: the points, the running-backup markers, and removal."""
+
+    def points(self, vm_uuid: str | None = None) -> list[Point]: ...
+
+    def running_jobs(self) -> list[dict[str, Any]]:
+        """The markers of backups in progress: job_id, started, host, marker."""
+        ...
+
+    def delete_point(self, point_id: str) -> None: ...

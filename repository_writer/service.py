@@ -4,7 +4,8 @@ Consumes its shard queues (ChunkBatch -> verify, store, fsync -> ChunkAck to the
 sender's reply queue; HaveQuery -> HaveReply) and, optionally, the shared commits
 queue (TaskEntries from a proxy -> staged durably -> CommitReply; CommitRequest ->
 commit_point -> CommitReply; CommitPart -> staged durably -> CommitReply; JobMarker ->
-running-backup marker begun or ended -> CommitReply: repository_writer/commit_queue.py).
+running-backup marker begun or ended -> CommitReply: repository_writer/commit_queue.py;
+PruneRequest -> a policy's retention applied -> PruneReply: prune_requests.py).
 Handlers run on worker threads of common.amqp.Consumer; a message is acked only after its reply was
 published, so a crash at any point means a redelivery, and every handler is
 idempotent (chunks are content-addressed, point ids are derived from the request).
@@ -45,17 +46,19 @@ from common.messages import (
     HaveReply,
     JobMarker,
     Message,
+    PruneRequest,
     TaskEntries,
 )
 from common.sharding import parse_shard_set, shard_of, shard_queue
 from repository import fsutil
 from repository.errors import RepositoryError, RepositoryFullError
-from repository.interfaces import ChunkSink, Committer
+from repository.interfaces import ChunkSink, Committer, Pruner
 from repository.repository import Repository
 from repository_writer.chunk_stream_server import HELLO_TIMEOUT, ChunkStreamServer, route_address
 from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY, CommitLimits
 from repository_writer.commit_queue import commit_queue_reply
 from repository_writer.free_space import FreeSpaceGuard, MiB
+from repository_writer.prune_requests import prune_reply
 from repository_writer.senders import Senders
 from repository_writer.stream_identity import make_identity
 
@@ -92,6 +95,7 @@ class WriterService:
         # what the handlers may do with it: store chunks, or commit (repository/interfaces.py)
         self.chunks: ChunkSink = repo
         self.committer: Committer = repo
+        self.pruner: Pruner = repo
         self.senders = Senders.for_account(params.account, coordinator_users, proxy_users)
         self.limits = CommitLimits(repo.chunk_size, max_disk_capacity)
         self.params = params
@@ -118,7 +122,7 @@ class WriterService:
                 params,
                 [QUEUE_COMMITS],
                 self.handle,
-                expect=(CommitRequest, CommitPart, JobMarker, TaskEntries),
+                expect=(CommitRequest, CommitPart, JobMarker, TaskEntries, PruneRequest),
                 prefetch=commit_prefetch,
                 workers=commit_prefetch,
                 declare=lambda ch: declare_base(ch, self.params),
@@ -217,6 +221,11 @@ class WriterService:
             self.senders.check_commits_queue(msg, d)
             reply = commit_queue_reply(self.committer, msg, self.limits)
             self._reply(msg.reply_to, reply.request_id, reply)
+        elif isinstance(msg, PruneRequest):
+            check_reply_to(msg.reply_to, msg.request_id)
+            self.senders.check_commits_queue(msg, d)
+            pruned = prune_reply(self.pruner, msg)
+            self._reply(msg.reply_to, pruned.request_id, pruned)
 
     def on_stream_message(self, msg: ChunkBatch | HaveQuery) -> ChunkAck | HaveReply:
         """A batch or have-query from a chunk stream: the same checks and answers as from a

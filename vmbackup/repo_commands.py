@@ -1,6 +1,6 @@
 """Repository maintenance commands: `vmbackup repo init|import-disk|list|repair|upgrade`,
-`restore` (restore_command.py), `verify`, `prune` and `gc`. They work on the repository
-library directly (no service runs); exit status 0 only on success."""
+`restore` (restore_command.py), `verify`, `prune` (prune_command.py) and `gc`. They work
+on the repository library directly (no service runs); exit status 0 only on success."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str | Non
             return Path(pf).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             raise RepositoryError(f"cannot read passphrase file {pf}: {exc.strerror}") from None
+    if getattr(args, "passphrase", None):  # repository.passphrase of a --config
+        return str(args.passphrase)
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV]
     if sys.stdin.isatty():
@@ -159,31 +161,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
-    from repository.prune import KeepPolicy, prune
-
-    policy = KeepPolicy(
-        last=args.keep_last,
-        hourly=args.keep_hourly,
-        daily=args.keep_daily,
-        weekly=args.keep_weekly,
-        monthly=args.keep_monthly,
-        yearly=args.keep_yearly,
-    )
-    repo = open_repo(args)
-    result = prune(repo, policy, dry_run=args.dry_run)
-    for p, why in result.keep:
-        print(f"keep   {p.id} {p.vm_name} ({', '.join(why)})")
-    verb = "would remove" if args.dry_run else "removed"
-    for p in result.remove:
-        print(f"{verb} {p.id} {p.vm_name}")
-    print(
-        f"{len(result.keep)} kept, {len(result.remove)} {verb}"
-        + ("; run gc to free their chunks" if result.remove and not args.dry_run else "")
-    )
-    return 0
-
-
 def cmd_gc(args: argparse.Namespace) -> int:
     from repository.gc import gc
 
@@ -208,6 +185,9 @@ def _guard(func: Any) -> Any:
             return int(func(args))
         except RepositoryError as exc:
             print(f"vmbackup: error: {exc}", file=sys.stderr)
+            if getattr(args, "json", False):  # a reader of stdout gets it too: {"error": ...}
+                json.dump({"error": str(exc)}, sys.stdout)
+                print()
             return 1
         except BrokenPipeError:
             return 1
@@ -226,7 +206,7 @@ def _repo_arg(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     # Here, not at the top: these command modules import helpers from this one.
-    from vmbackup import repo_list_command, repo_repair_command, restore_command
+    from vmbackup import prune_command, repo_list_command, repo_repair_command, restore_command
 
     repo = sub.add_parser("repo", help="create, fill and list a repository")
     rsub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND")
@@ -293,12 +273,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_guard(cmd_verify))
 
-    p = sub.add_parser("prune", help="remove points outside the retention policy")
-    _repo_arg(p)
-    for kind in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
-        p.add_argument(f"--keep-{kind}", type=int, default=0, metavar="N")
-    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
-    p.set_defaults(func=_guard(cmd_prune))
+    prune_command.register(sub)
 
     p = sub.add_parser("gc", help="remove chunks no point uses (mark and sweep)")
     _repo_arg(p)

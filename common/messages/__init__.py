@@ -7,9 +7,10 @@ raises :class:`MessageError`, never anything else. Consumers dead-letter such me
 with the error text as reason.
 
 The kinds live by the flow they belong to: ``tasks`` (coordinator <-> proxies),
-``chunks`` (proxies <-> writers), ``points`` (the commits queue), ``events``; the strict
-codec in ``codec``. This package is the one way in: import names from
-``common.messages``, which knows every kind (``KINDS``).
+``chunks`` (proxies <-> writers), ``points`` (the commits queue), ``retention`` (prune
+requests, also on the commits queue), ``events``; the strict codec in ``codec``. This
+package is the one way in: import names from ``common.messages``, which knows every
+kind (``KINDS``).
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ from common.messages.points import (
     StagedTask,
     part_key,
 )
+from common.messages.retention import MAX_LISTED, PruneReply, PruneRequest
 from common.messages.tasks import BackupTask, TaskEntries, TaskResult, TaskWithdrawal
 
 __all__ = [
     "ID_LEN",
     "INLINE_BELOW",
     "KINDS",
+    "MAX_LISTED",
     "MAX_MESSAGE_BYTES",
     "BackupTask",
     "Bytes",
@@ -60,6 +63,8 @@ __all__ = [
     "JobMarker",
     "Message",
     "MessageError",
+    "PruneReply",
+    "PruneRequest",
     "Scalar",
     "StagedTask",
     "StreamHello",
@@ -88,6 +93,8 @@ KINDS: dict[str, type[Message]] = {
         CommitReply,
         CommitPart,
         JobMarker,
+        PruneRequest,
+        PruneReply,
         JobEvent,
     )
 }

@@ -178,6 +178,41 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         job_id=text.filter(bool),
         op=st.sampled_from(["begin", "end"]),
     ),
+    m.PruneRequest: st.builds(
+        m.PruneRequest,
+        request_id=text,
+        reply_to=text,
+        policy=text.filter(bool),
+        keep_last=st.integers(1, 10**6),
+        keep_hourly=i64,
+        keep_daily=i64,
+        keep_weekly=i64,
+        keep_monthly=i64,
+        keep_yearly=i64,
+        dry_run=st.booleans(),
+    )
+    | st.builds(
+        m.PruneRequest,
+        request_id=text,
+        reply_to=text,
+        policy=text.filter(bool),
+        keep_last=st.just(0),
+        keep_hourly=st.just(0),
+        keep_daily=st.integers(1, 400),
+        keep_weekly=st.just(0),
+        keep_monthly=st.integers(0, 120),
+        keep_yearly=st.just(0),
+        dry_run=st.booleans(),
+    ),
+    m.PruneReply: st.builds(
+        m.PruneReply,
+        request_id=text,
+        ok=st.booleans(),
+        error=text,
+        kept=i64,
+        removed_count=i64,
+        removed=st.lists(st.tuples(text, text, text), max_size=5),
+    ),
     m.JobEvent: st.builds(
         m.JobEvent,
         job_id=text,
@@ -354,6 +389,21 @@ def test_commit_part_is_checked() -> None:
         m.decode(msgpack.packb(body, use_bin_type=True))
     with pytest.raises(m.MessageError, match="op 'start'"):
         m.JobMarker("r", "q", "job", "start")
+
+
+def test_prune_request_never_asks_to_remove_everything() -> None:
+    m.PruneRequest("r", "q", "gold", 0, 0, 7, 0, 0, 0, False)
+    with pytest.raises(m.MessageError, match="no keep rule"):
+        m.PruneRequest("r", "q", "gold", 0, 0, 0, 0, 0, 0, False)
+    with pytest.raises(m.MessageError, match="negative"):
+        m.PruneRequest("r", "q", "gold", 3, 0, -1, 0, 0, 0, False)
+    with pytest.raises(m.MessageError, match="policy is empty"):
+        m.PruneRequest("r", "q", "", 3, 0, 0, 0, 0, 0, False)
+    # the same checks on the way in: a hostile body is refused before any handler
+    body = _raw(m.PruneRequest("r", "q", "gold", 1, 0, 0, 0, 0, 0, True))
+    body["keep_last"] = 0
+    with pytest.raises(m.MessageError, match="no keep rule"):
+        m.decode(msgpack.packb(body, use_bin_type=True))
 
 
 def test_have_reply_of_a_writer_before_chunk_streams_is_understood() -> None:

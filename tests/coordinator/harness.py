@@ -31,9 +31,11 @@ from common.messages import (
     CommitRequest,
     JobMarker,
     Message,
+    PruneRequest,
     TaskResult,
 )
 from repository_writer.commit_queue import commit_queue_reply
+from repository_writer.prune_requests import prune_reply
 
 
 class ProtocolPeer:
@@ -52,6 +54,7 @@ class ProtocolPeer:
         self.commits: list[CommitRequest] = []
         self.parts: list[CommitPart] = []
         self.markers: list[JobMarker] = []
+        self.prunes: list[PruneRequest] = []
         self.on_commit: Callable[[Message], None] | None = None  # runs before the writer's code
         self.fail_vm: set[str] = set()  # vm names whose tasks fail
         self.hold_vm: set[str] = set()  # vm names whose tasks get no answer
@@ -70,7 +73,7 @@ class ProtocolPeer:
             broker,
             [QUEUE_COMMITS],
             self._on_commit,
-            expect=(CommitRequest, CommitPart, JobMarker),
+            expect=(CommitRequest, CommitPart, JobMarker, PruneRequest),
             prefetch=1,
             workers=1,
             name="test-peer-commits",
@@ -138,18 +141,26 @@ class ProtocolPeer:
         self.publisher.publish_sync("", t.results_to, res)
 
     def _on_commit(self, msg: Message, d: Delivery) -> None:
-        # the writer service's own handler for the commits queue
-        assert isinstance(msg, CommitRequest | CommitPart | JobMarker)
+        # the writer service's own handlers for the commits queue
+        assert isinstance(msg, CommitRequest | CommitPart | JobMarker | PruneRequest)
         with self._lock:
             if isinstance(msg, CommitRequest):
                 self.commits.append(msg)
             elif isinstance(msg, CommitPart):
                 self.parts.append(msg)
+            elif isinstance(msg, PruneRequest):
+                self.prunes.append(msg)
             else:
                 self.markers.append(msg)
             hook = self.on_commit
         if hook is not None:
             hook(msg)
+        if isinstance(msg, PruneRequest):
+            pruned = prune_reply(self.repo, msg)
+            self.publisher.publish_sync(
+                "", msg.reply_to, pruned, correlation_id=pruned.request_id, persistent=False
+            )
+            return
         reply = commit_queue_reply(self.repo, msg)
         self.publisher.publish_sync(
             "", msg.reply_to, reply, correlation_id=reply.request_id, persistent=False

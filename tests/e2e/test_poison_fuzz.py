@@ -56,6 +56,8 @@ from common.messages import (
     HaveQuery,
     HaveReply,
     JobMarker,
+    PruneReply,
+    PruneRequest,
     StagedTask,
     TaskEntries,
     TaskResult,
@@ -351,11 +353,11 @@ def test_fuzzed_consumers_keep_serving_and_a_backup_restores_bit_exact(
 ) -> None:
     s = services
     known = [s.results.queue, s.replies.name, s.proxy.replies.name, QUEUE_COMMITS, "x"]
-    answers = (ChunkAck, HaveReply, CommitReply)
+    answers = (ChunkAck, HaveReply, CommitReply, PruneReply)
     targets: list[tuple[str, str, tuple[type, ...]]] = [
         (EXCHANGE_SHARDS, shard_routing_key(0), (ChunkBatch, HaveQuery)),
         (EXCHANGE_SHARDS, shard_routing_key(1), (ChunkBatch, HaveQuery)),
-        ("", QUEUE_COMMITS, (CommitRequest, CommitPart, JobMarker, TaskEntries)),
+        ("", QUEUE_COMMITS, (CommitRequest, CommitPart, JobMarker, TaskEntries, PruneRequest)),
         (EXCHANGE_TASKS, HOST_KEY, (BackupTask,)),
         ("", results_queue(COORDINATOR), (TaskResult,)),
         ("", s.replies.name, answers),

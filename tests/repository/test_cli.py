@@ -42,7 +42,7 @@ def test_cli_round_trip(tmp_path: Path) -> None:
     assert vmb("verify", "--repo", repo).returncode == 0
     assert vmb("verify", "--repo", repo, "--sample", "2").returncode == 0
     r = vmb("prune", "--repo", repo, "--keep-last", "1", "--dry-run")
-    assert r.returncode == 0 and b"would remove" in r.stdout
+    assert r.returncode == 0 and b"1 kept, 1 would be removed" in r.stdout
     assert vmb("prune", "--repo", repo, "--keep-last", "1").returncode == 0
     r = vmb("gc", "--repo", repo)
     assert r.returncode == 0 and b"freed" in r.stdout
@@ -78,7 +78,7 @@ def test_cli_bad_input(tmp_path: Path) -> None:
     )
     assert r.returncode == 1 and b"not a point id" in r.stderr
     r = vmb("prune", "--repo", repo, env={"VMBACKUP_PASSPHRASE": "s3cret"})
-    assert r.returncode == 1 and b"no --keep" in r.stderr
+    assert r.returncode == 1 and b"no keep rule given" in r.stderr
     r = vmb("repo", "init", str(tmp_path / "x"), "--chunk-size", "1000")
     assert r.returncode == 1 and b"chunk size" in r.stderr
     assert CS == 256 * 1024

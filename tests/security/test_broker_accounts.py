@@ -6,7 +6,8 @@ running: the writer dead-letters both, naming the sender; no point appears and t
 job's running marker (gc protection) stays until the job ends it. The proxy's account
 cannot consume a shard queue or the commits queue, nor claim the coordinator's name in
 ``user_id``; the coordinator's account cannot stage a task's map entries (only proxies
-read disks); the backup itself goes through on the per-role accounts.
+read disks), and only it can have a policy's points pruned; the backup itself goes
+through on the per-role accounts.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from common.messages import (
     HaveQuery,
     HaveReply,
     JobMarker,
+    PruneReply,
+    PruneRequest,
     TaskEntries,
     encode,
 )
@@ -297,3 +300,35 @@ def test_only_proxy_accounts_stage_task_entries(stack: Stack) -> None:
         "job-p", "vm-uuid-x", 2000, "task-1", entries_digest(packed), 8
     )
     assert list(staged) == [(i, b"") for i in range(8)]
+
+
+def test_only_coordinator_accounts_prune(stack: Stack) -> None:
+    """A policy's points are removed only on a coordinator's request: a proxy account's
+    PruneRequest is dead-lettered before any decision, a coordinator's is answered."""
+
+    def prune_as(params: BrokerParams, name: str) -> PruneReply | None:
+        replies = ReplyQueue(params, name=f"{name}-replies")
+        pub = Publisher(params, name=name)
+        try:
+            fut = replies.expect(name)
+            msg = PruneRequest(name, replies.name, "all", 1, 0, 0, 0, 0, 0, False)
+            pub.publish_sync("", QUEUE_COMMITS, msg, correlation_id=name)
+            try:
+                reply = fut.result(timeout=15)
+            except TimeoutError:
+                return None
+        finally:
+            pub.close()
+            replies.close()
+        assert isinstance(reply, PruneReply)
+        return reply
+
+    before = [p.id for p in Repository.open(stack.repo).points()]
+    assert prune_as(as_role(stack, "proxy"), "prune-proxy") is None
+    (refused,) = dead_letters(stack, 1)
+    reason = str(refused[0].headers[HEADER_ERROR])
+    assert "prune sent by broker user" in reason and "not a coordinator account" in reason
+    assert [p.id for p in Repository.open(stack.repo).points()] == before
+    ok = prune_as(as_role(stack, "coordinator"), "prune-coord")
+    assert ok is not None and ok.ok, ok
+    assert ok.kept == len(before) and ok.removed_count == 0  # one job: each is the newest

@@ -1,0 +1,61 @@
+"""Retention on the commits queue: the coordinator asks a writer to apply a policy's keep
+rules (it has no write access to the repository); the writer answers what it removed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from common.messages.base import Message, MessageError
+
+KEEP_FIELDS = (
+    "keep_last",
+    "keep_hourly",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+)
+MAX_LISTED = 1000  # removed points named in a reply (the count is always whole)
+
+
+@dataclass(frozen=True, slots=True)
+class PruneRequest(Message):
+    """Apply keep rules to the points whose job belongs to ``policy`` (the job id names
+    it), never to other points or to those of running jobs (repository/retention.py).
+    Writers take it only from coordinator accounts, as commits (senders.py)."""
+
+    KIND: ClassVar[str] = "prune"
+    request_id: str
+    reply_to: str
+    policy: str
+    keep_last: int
+    keep_hourly: int
+    keep_daily: int
+    keep_weekly: int
+    keep_monthly: int
+    keep_yearly: int
+    dry_run: bool  # decide and answer, remove nothing
+
+    def __post_init__(self) -> None:
+        if not self.policy:
+            raise MessageError("policy is empty")
+        counts = [getattr(self, k) for k in KEEP_FIELDS]
+        if any(n < 0 for n in counts):
+            raise MessageError(f"keep counts must not be negative: {counts}")
+        if not any(counts):
+            raise MessageError("no keep rule: a request to remove every point of a policy")
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReply(Message):
+    """A writer's answer to a PruneRequest: how many points stay, how many went (or would
+    go, on a dry run) and the first MAX_LISTED of those as (point id, VM name, why)."""
+
+    KIND: ClassVar[str] = "prune-reply"
+    request_id: str
+    ok: bool
+    error: str
+    kept: int
+    removed_count: int
+    removed: list[tuple[str, str, str]]
