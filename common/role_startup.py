@@ -24,6 +24,20 @@ class ConfigLoader(Protocol):
     def __call__(self, path: str | Path | None, *, role: str | None = None) -> Any: ...
 
 
+def load_or_exit(
+    load_config: ConfigLoader, config_path: str | Path | None, role: str | None = None
+) -> Any:
+    """The config, checked for ``role`` (None: the file alone); on any problem print every
+    one, naming the file, and exit 2."""
+    try:
+        return load_config(config_path, role=role)
+    except ConfigError as exc:
+        source = str(config_path) if config_path else "(no config file: give --config FILE)"
+        for p in exc.problems:
+            print(f"vmbackup {role or 'config'}: config error: {source}: {p}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def start_role(
     role: str,
     load_config: ConfigLoader,
@@ -42,16 +56,7 @@ def start_role(
     port in use is printed so that an operator (or the demo) can find it. A
     ``one_shot`` command logs to stderr: its stdout is its result.
     """
-    try:
-        cfg = load_config(config_path, role=role)
-        problems: list[str] = []
-    except ConfigError as exc:
-        problems = [str(p) for p in exc.problems]
-    if problems:
-        source = str(config_path) if config_path else "(no config file: give --config FILE)"
-        for p in problems:
-            print(f"vmbackup {role}: config error: {source}: {p}", file=sys.stderr)
-        raise SystemExit(2)
+    cfg = load_or_exit(load_config, config_path, role)
     setup_logging(cfg.log.level, cfg.log.format, role=role, stream=sys.stderr if one_shot else None)
     port = cfg.metrics.port if metrics_port is None else metrics_port
     if port:

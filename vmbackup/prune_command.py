@@ -75,7 +75,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.config:
         from common.role_startup import load_or_exit
 
-        cfg = load_or_exit(args.load_config, args.config)
+        cfg = load_or_exit(args.load_config, args.config)  # the file alone: prune is no role
     keep, source = keep_rules(args, cfg)
     if not args.repo:
         if cfg is None or not cfg.repository.path:
