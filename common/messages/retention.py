@@ -23,7 +23,7 @@ MAX_LISTED = 1000  # removed points named in a reply (the count is always whole)
 class PruneRequest(Message):
     """Apply keep rules to the points whose job belongs to ``policy`` (the job id names
     it), never to other points or to those of running jobs (repository/retention.py).
-    Writers take it only from coordinator accounts, as commits (senders.py)."""
+    Taken only from the accounts allowed to commit (docs/security.md, "Broker accounts")."""
 
     KIND: ClassVar[str] = "prune"
     request_id: str

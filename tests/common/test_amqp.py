@@ -15,6 +15,7 @@ from pathlib import Path
 import pika
 import pytest
 from hypothesis import find
+from pika.adapters.blocking_connection import BlockingChannel
 
 from common import amqp
 from common import messages as m
@@ -326,9 +327,9 @@ def test_a_process_declares_its_topology_one_consumer_at_a_time(broker: BrokerPa
     quorum queues at once made the broker close one with 541 INTERNAL_ERROR."""
     spans: list[tuple[float, float]] = []
 
-    def declare(ch: object) -> None:
+    def declare(ch: BlockingChannel) -> None:
         t0 = time.monotonic()
-        amqp.declare_base(ch, broker)  # type: ignore[arg-type]
+        amqp.declare_base(ch, broker)
         time.sleep(0.2)  # a slow declaration: the others must wait for it
         spans.append((t0, time.monotonic()))
 
