@@ -3,15 +3,19 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-system venv demo test lint fmt typecheck bench lab docs clean
+.PHONY: setup setup-system venv tools demo test lint fmt typecheck bench lab docs clean
 
-setup: setup-system venv
+setup: setup-system venv tools
 
 setup-system:
 	./scripts/setup-system.sh
 
 venv:
 	./scripts/setup-venv.sh
+
+# kubectl 1.27 (kustomize v5) for tests/k8s, in tools/bin (scripts/install_kubectl.py).
+tools: venv
+	$(PY) -m scripts.install_kubectl
 
 lab: setup
 	$(PY) -m lab build
@@ -43,4 +47,4 @@ docs: venv
 	$(PY) -m scripts.gen_metrics_docs
 
 clean:
-	rm -rf build .pytest_cache .mypy_cache lab/vcsim/bin
+	rm -rf build .pytest_cache .mypy_cache lab/vcsim/bin tools/bin

@@ -7,13 +7,10 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-# Each line: PACKAGE [provides=COMMAND] # why. A package whose command is already on
-# PATH from elsewhere (e.g. a newer kubectl) is not installed over it.
+# Each line: PACKAGE # why.
 missing=()
-while read -r pkg rest; do
+while read -r pkg _; do
   case "$pkg" in ''|'#'*) continue ;; esac
-  cmd=$(printf '%s\n' "$rest" | sed -n 's/^provides=\([^ ]*\).*/\1/p')
-  if [ -n "$cmd" ] && command -v "$cmd" >/dev/null 2>&1; then continue; fi
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done < "$here/scripts/debian-packages.txt"
 if [ ${#missing[@]} -gt 0 ]; then

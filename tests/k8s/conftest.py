@@ -1,26 +1,17 @@
 """Builds of k8s/ (kustomize) shared by the tests of this directory.
 
-kubectl and promtool are required, never skipped: `make setup` installs them (Debian
-kubernetes-client and prometheus, listed in scripts/debian-packages.txt). The builds run
-the `kubectl` found on PATH, whatever its version.
-
-The manifests are kept compatible with Debian 12's kubectl 1.20.2 (embedded kustomize
-v2.0.3, what CI and new users get) as well as current kubectl/kustomize (v5), and both
-must give the same objects (generated names differ only in their hash suffix, whose
-algorithm changed). test_kustomize_compat.py checks statically that every kustomization
-uses only what v2.0.3 understands. To check the builds themselves with both versions:
-
-    dpkg-deb -x /var/cache/apt/archives/kubernetes-client_*.deb /tmp/kc   # Debian 12 kubectl
-    for k in /tmp/kc/usr/bin/kubectl kubectl; do
-        PATH=$(dirname $(command -v $k)):$PATH .venv/bin/python -m pytest tests/k8s -q
-    done
-
-and compare `kubectl kustomize k8s/overlays/production` from both (docs/kubernetes.md,
-"kubectl versions").
+The builds run tools/bin/kubectl (`kubectl kustomize`): kubectl 1.27.1 with kustomize
+v5.0.1, the oldest docs/kubernetes.md supports, which `make setup` installs
+(scripts/install_kubectl.py), never the kubectl on PATH: Debian 12's (1.20, kustomize
+v2.0.3) reads none of the fields k8s/ uses, and a newer one would let a field the minimum
+lacks slip by. To try another kubectl by hand: `VMBACKUP_KUBECTL=/path/to/kubectl`.
+promtool comes from Debian's prometheus package (scripts/debian-packages.txt). A missing
+tool fails the tests, it never skips them.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -98,13 +89,29 @@ class Build:
         ]
 
 
-def kustomize(path: Path) -> list[dict[str, Any]]:
-    kubectl = require_tool("kubectl", "kubernetes-client")
+def kubectl() -> str:
+    """The pinned kubectl (or VMBACKUP_KUBECTL), failing with what to run when it is absent."""
+    path = Path(os.environ.get("VMBACKUP_KUBECTL") or ROOT / "tools" / "bin" / "kubectl")
+    if not os.access(path, os.X_OK):
+        pytest.fail(
+            f"{path} is not installed: the k8s tests build with it (`make setup` or "
+            "`.venv/bin/python -m scripts.install_kubectl` installs kubectl 1.27.1)",
+            pytrace=False,
+        )
+    return str(path)
+
+
+def kustomize_run(path: Path) -> subprocess.CompletedProcess[str]:
+    """`kubectl kustomize path`, asserted to succeed; stderr holds kustomize's warnings."""
     res = subprocess.run(
-        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False
+        [kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False
     )
     assert res.returncode == 0, f"kubectl kustomize {path} failed:\n{res.stderr}"
-    return [d for d in yaml.safe_load_all(res.stdout) if d]
+    return res
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(kustomize_run(path).stdout) if d]
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ of the external metrics listed here."""
 from __future__ import annotations
 
 import ast
-import importlib.util
+import importlib
 import json
 import re
 import subprocess
@@ -116,11 +116,7 @@ def rule_exprs() -> list[str]:
 
 @cache
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("k8s_monitoring_generate", MON / "generate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("k8s.monitoring.generate")
 
 
 def dashboard_exprs() -> list[str]:
@@ -160,7 +156,7 @@ def test_promtool_unit_tests(promtool: str) -> None:
 def test_generated_files_are_up_to_date() -> None:
     for path, text in generator().outputs().items():
         assert path.read_text(encoding="utf-8") == text, (
-            f"{path.name} is stale: run .venv/bin/python k8s/monitoring/generate.py"
+            f"{path.name} is stale: run .venv/bin/python -m k8s.monitoring.generate"
         )
 
 

@@ -1,8 +1,8 @@
 """Every object the k8s/ builds render validates against a schema, offline (issue #8).
 
-The builds are both overlays (tests/k8s/conftest.py BUILDS) and k8s/monitoring, rendered by
-the `kubectl kustomize` on PATH, whatever they contain: the objects are listed when the
-tests are collected, one test per object and Kubernetes version.
+The builds are both overlays (tests/k8s/conftest.py BUILDS; each includes k8s/monitoring),
+rendered by the pinned `kubectl kustomize` (conftest.py), whatever they contain: the objects
+are listed when the tests are collected, one test per object and Kubernetes version.
 
 * Kubernetes' own kinds (apiVersion "v1", "apps/v1", "*.k8s.io/...") validate with
   kubernetes-validate, strict (unknown fields rejected), against the oldest Kubernetes
@@ -36,13 +36,10 @@ import kubernetes_validate
 import pytest
 from referencing import Registry, Resource
 
-from tests.k8s.conftest import BUILDS, K8S, ROOT, kustomize
+from tests.k8s.conftest import BUILDS, ROOT, kustomize
 
 SCHEMAS = Path(__file__).resolve().parent / "crd-schemas"
 K8S_DEFINITIONS = "https://kubernetes.io/api/_definitions.json"
-
-# Each build by the name in the test ids.
-SCHEMA_BUILDS = {**BUILDS, "monitoring": K8S / "monitoring"}
 
 
 def oldest_supported() -> str:
@@ -85,7 +82,7 @@ def is_kubernetes_kind(obj: dict[str, Any]) -> bool:
 
 def rendered() -> list[tuple[str, dict[str, Any]]]:
     """(build name, object) of every object of every build."""
-    return [(name, obj) for name, path in SCHEMA_BUILDS.items() for obj in kustomize(path)]
+    return [(name, obj) for name, path in BUILDS.items() for obj in kustomize(path)]
 
 
 RENDERED = rendered()
@@ -160,7 +157,7 @@ def crd_errors(obj: dict[str, Any], version: str) -> list[str]:
 
 def test_builds_render_objects_of_both_families() -> None:
     builds = {build for build, _ in RENDERED}
-    assert builds == set(SCHEMA_BUILDS), f"builds with no object: {set(SCHEMA_BUILDS) - builds}"
+    assert builds == set(BUILDS), f"builds with no object: {set(BUILDS) - builds}"
     assert params(kubernetes=True) and params(kubernetes=False)
 
 
