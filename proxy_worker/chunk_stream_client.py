@@ -1,14 +1,14 @@
-"""The proxy's chunk streams: chunk batches and have-queries straight to the writers that
-offer a stream (repository_writer/chunk_stream_server.py), one TCP connection per writer, shared
-by the tasks.
+"""The proxy's chunk streams: chunk batches, have-queries and tasks' map entries straight to
+the writers that offer a stream (repository_writer/chunk_stream_server.py), one TCP
+connection per writer, shared by the tasks.
 
-A request is sent on the stream and its answer (ChunkAck, HaveReply) comes back on it,
-keyed by batch or query id; it resolves the same future the broker path would. When a
-stream cannot be opened or breaks, every request waiting on it gets :class:`StreamLost` (a
-TimeoutError, so WriterLink re-sends it at once, as after a lost reply) and the writer's
-address is left alone for ``retry_after`` seconds: those re-sends go through the broker.
-A stream the writer closes while nothing waits on it (idle) is simply opened again by
-the next send.
+A request is sent on the stream and its answer (ChunkAck, HaveReply, CommitReply) comes
+back on it, keyed by batch, query or request id; it resolves the same future the broker
+path would. When a stream cannot be opened or breaks, every request waiting on it gets
+:class:`StreamLost` (a TimeoutError, so WriterLink re-sends it at once, as after a lost
+reply) and the writer's address is left alone for ``retry_after`` seconds: those re-sends
+go through the broker. A stream the writer closes while nothing waits on it (idle) is
+simply opened again by the next send.
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ from common.messages import (
     Bytes,
     ChunkAck,
     ChunkBatch,
+    CommitReply,
     HaveQuery,
     HaveReply,
     Message,
     MessageError,
     StreamHello,
+    TaskEntries,
     encode_parts,
 )
 
@@ -47,9 +49,17 @@ class StreamLost(TimeoutError):
     """The chunk stream carrying a batch broke before its ack came."""
 
 
-def _key(msg: ChunkBatch | ChunkAck | HaveQuery | HaveReply) -> str:
+StreamRequest = ChunkBatch | HaveQuery | TaskEntries
+StreamAnswer = ChunkAck | HaveReply | CommitReply
+
+
+def _key(msg: StreamRequest | StreamAnswer) -> str:
     """The id that pairs a request with its answer."""
-    return msg.batch_id if isinstance(msg, ChunkBatch | ChunkAck) else msg.query_id
+    if isinstance(msg, ChunkBatch | ChunkAck):
+        return msg.batch_id
+    if isinstance(msg, HaveQuery | HaveReply):
+        return msg.query_id
+    return msg.request_id
 
 
 @dataclass(frozen=True)
@@ -82,9 +92,7 @@ class WriterStreams:
         self._down_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def send(
-        self, endpoint: Endpoint, request: ChunkBatch | HaveQuery, reply: Future[Message]
-    ) -> bool:
+    def send(self, endpoint: Endpoint, request: StreamRequest, reply: Future[Message]) -> bool:
         """Send ``request`` on the writer's stream; ``reply`` gets its answer (or
         StreamLost). False when the stream is unusable: the caller uses the broker."""
         addr = endpoint.addr
@@ -233,10 +241,10 @@ class _Stream:
         frames = FrameReader(self.sock)
         try:
             while True:
-                msg = frames.read(ChunkAck, HaveReply)
+                msg = frames.read(ChunkAck, HaveReply, CommitReply)
                 if msg is None:
                     break
-                assert isinstance(msg, ChunkAck | HaveReply)
+                assert isinstance(msg, StreamAnswer)
                 with self._lock:
                     fut = self._pending.pop(_key(msg), None)
                 if fut is not None and not fut.done():

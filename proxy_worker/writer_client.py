@@ -2,7 +2,8 @@
 chunk stream where its have-replies offer one, through the shard queues otherwise (and for
 a shard's first query and its periodic refresh); answers on the stream or the proxy's
 exclusive reply queue; re-sent when an answer does not come. And, once a task's chunks
-are durable, its map entries staged at the writers through the commits queue."""
+are durable, its map entries staged at a writer: on a chunk stream when one is known (no
+broker round trip), through the commits queue otherwise."""
 
 from __future__ import annotations
 
@@ -148,20 +149,17 @@ class WriterLink:
         entries: list[tuple[int, bytes]],
     ) -> tuple[bytes, int]:
         """Have a writer stage the task's entries durably; return (digest, count) for the
-        task's result. Re-sent when no answer comes (staging is idempotent)."""
+        task's result. Re-sent when no answer comes (staging is idempotent); after a lost
+        stream, through the broker."""
         packed = pack_entries(entries)
         last = "no reply"
         for attempt in range(1, self.attempts + 1):
             key = uuid.uuid4().hex
-            fut = self.replies.expect(key)
-            msg = TaskEntries(key, self.replies.name, job_id, vm_uuid, disk_key, task_id, packed)
             try:
-                self.publisher.publish_sync(
-                    "", QUEUE_COMMITS, msg, correlation_id=key, timeout=self.timeout
-                )
+                fut = self._send_entries(key, job_id, vm_uuid, disk_key, task_id, packed)
                 rep = fut.result(timeout=self.timeout)
-            except (PublishError, FutureTimeout) as exc:
-                self.replies.forget(key)
+            except (PublishError, FutureTimeout) as exc:  # StreamLost is a TimeoutError
+                self._forget(key)
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 log.warning("task_entries_no_reply", attempt=attempt, error=last)
                 continue
@@ -174,6 +172,24 @@ class WriterLink:
             metrics.PROXY_ENTRIES_STAGED.inc(len(entries))
             return entries_digest(packed), len(entries)
         raise WriterError(f"task entries not staged after {self.attempts} tries: {last}")
+
+    def _send_entries(
+        self, key: str, job_id: str, vm_uuid: str, disk_key: int, task_id: str, packed: bytes
+    ) -> Future[Message]:
+        """On the stream of any writer the proxy knows (every writer stages in the one shared
+        repository); else through the commits queue, confirmed."""
+        endpoint = next(iter(self.endpoints.values()), None)
+        if self.streams is not None and endpoint is not None:
+            fut: Future[Message] = Future()
+            msg = TaskEntries(key, "", job_id, vm_uuid, disk_key, task_id, packed)
+            if self.streams.send(endpoint, msg, fut):
+                return fut
+        fut = self.replies.expect(key)
+        msg = TaskEntries(key, self.replies.name, job_id, vm_uuid, disk_key, task_id, packed)
+        self.publisher.publish_sync(
+            "", QUEUE_COMMITS, msg, correlation_id=key, timeout=self.timeout
+        )
+        return fut
 
     # --- chunk batches -----------------------------------------------------------------
     def send(self, batch: PendingBatch) -> PendingBatch:

@@ -11,8 +11,12 @@ checks). Have-queries go the same way once a proxy knows the stream (``HaveQuery
 ``HaveReply``): small messages that cost the broker and both AMQP clients more per byte
 than anything else. The first have-query of a proxy goes through the broker, and its
 reply carries the stream's address and token: only clients the broker let in learn the
-token. A proxy that cannot reach the stream falls back to the shard queue. Tasks,
-results and commits always go through the broker.
+token. A proxy that cannot reach the stream falls back to the shard queue. A task's map
+entries go the same way once its chunks are acked (``TaskEntries`` -> ``CommitReply``,
+staged exactly as from the commits queue): only proxies learn the token (the writer gives
+it in have-replies to proxy accounts only, senders.py), so a stream's peer may stage
+entries and nothing else of the commits queue. Tasks, results and commits always go
+through the broker.
 
 Memory: at most ``max_inflight`` batches are read and not yet acknowledged, over all
 connections (a connection stops reading while none is free: TCP pushes back).
@@ -46,7 +50,14 @@ from common.chunk_stream.frames import (
 )
 from common.chunk_stream.tls_socket import TlsSocket
 from common.logging import get_logger
-from common.messages import ChunkBatch, HaveQuery, Message, MessageError, StreamHello
+from common.messages import (
+    ChunkBatch,
+    HaveQuery,
+    Message,
+    MessageError,
+    StreamHello,
+    TaskEntries,
+)
 from repository_writer.stream_deadlines import HelloDeadlines
 from repository_writer.stream_identity import StreamIdentity
 
@@ -80,7 +91,7 @@ def route_address(peer_host: str, peer_port: int) -> str:
 class ChunkStreamServer:
     def __init__(
         self,
-        handle: Callable[[ChunkBatch | HaveQuery], Message],
+        handle: Callable[[ChunkBatch | HaveQuery | TaskEntries], Message],
         *,
         listen: str,
         advertise: str,
@@ -202,7 +213,7 @@ class ChunkStreamServer:
             while not self._closed.is_set():
                 self._slots.acquire()
                 try:
-                    msg = frames.read(ChunkBatch, HaveQuery)
+                    msg = frames.read(ChunkBatch, HaveQuery, TaskEntries)
                 except StreamIdle:
                     self._slots.release()
                     if conn.busy():
@@ -283,7 +294,7 @@ class ChunkStreamServer:
         return True
 
     def _answer(self, conn: _Conn, msg: Message) -> None:
-        assert isinstance(msg, ChunkBatch | HaveQuery)
+        assert isinstance(msg, ChunkBatch | HaveQuery | TaskEntries)
         try:
             conn.send(self.handle(msg))
         except OSError as exc:

@@ -227,11 +227,16 @@ class WriterService:
             pruned = prune_reply(self.pruner, msg)
             self._reply(msg.reply_to, pruned.request_id, pruned)
 
-    def on_stream_message(self, msg: ChunkBatch | HaveQuery) -> ChunkAck | HaveReply:
-        """A batch or have-query from a chunk stream: the same checks and answers as from a
-        shard queue."""
+    def on_stream_message(
+        self, msg: ChunkBatch | HaveQuery | TaskEntries
+    ) -> ChunkAck | HaveReply | CommitReply:
+        """A batch, have-query or task's entries from a chunk stream: the same checks and
+        answers as from a shard queue or the commits queue (its peer is a proxy: only
+        proxies are given the stream's token)."""
         if isinstance(msg, HaveQuery):
             return self.on_have(msg)
+        if isinstance(msg, TaskEntries):
+            return commit_queue_reply(self.committer, msg, self.limits)
         shard = shard_of(msg.chunks[0][0], self.n_shards) if msg.chunks else -1
         return self.on_batch(msg, shard)
 

@@ -21,7 +21,17 @@ from common.amqp import BrokerParams, Publisher, ReplyQueue
 from common.chunk import compress
 from common.chunk_stream.frames import read_message, send_frame, send_message
 from common.chunk_stream.tls_socket import TlsSocket, client_context
-from common.messages import ChunkAck, ChunkBatch, HaveQuery, HaveReply, Message, StreamHello
+from common.messages import (
+    ChunkAck,
+    ChunkBatch,
+    CommitReply,
+    HaveQuery,
+    HaveReply,
+    Message,
+    StreamHello,
+    TaskEntries,
+)
+from common.packed_entries import entries_digest, pack_entries
 from common.sharding import shard_of
 from common.tls_pin import PinMismatchError
 from proxy_worker.chunk_stream_client import Endpoint, StreamLost, WriterStreams, split_address
@@ -297,6 +307,81 @@ def test_writer_link_uses_the_stream_and_falls_back_to_the_broker(
         pub.close()
     for chunk in (first, second, third):
         assert repo.chunks.exists(chunk[0][0])
+
+
+def _staged(repo: Repository, task: str, digest: bytes, count: int) -> list[tuple[int, bytes]]:
+    return list(repo.staging.load_task("job", "vm", 2000, task, digest, count))
+
+
+def test_task_entries_go_on_the_stream_and_through_the_broker_once_it_is_gone(
+    broker: BrokerParams, tmp_path: Path
+) -> None:
+    """A writer that takes no commits-queue messages stages a task's entries sent on its
+    stream (no broker round trip); once the stream is gone, a writer on the commits queue
+    stages them."""
+    repo = Repository.init(tmp_path / "repo", chunk_size=CS, compression_level=1)
+    streaming = WriterService(
+        Repository.open(repo.path),
+        broker,
+        n_shards=N,
+        shards="0-3",
+        data_listen="127.0.0.1:0",
+        consume_commits=False,
+        name="streaming",
+    ).start()
+    pub = Publisher(broker, name="test-link")
+    replies = ReplyQueue(broker, name="test-link-replies")
+    streams = WriterStreams("test", connect_timeout=5, retry_after=60)
+    link = WriterLink(pub, replies, persistent_chunks=False, timeout=10, streams=streams)
+    committing: WriterService | None = None
+    try:
+        chunk = _entries(repo, 0, 1)[0]
+        assert link.have({0: [chunk[0]]}) == {0: [False]}  # learns the stream
+        entries = [(0, chunk[0]), (5, chunk[0])]
+        digest, count = link.stage_entries("t1", "job", "vm", 2000, entries)
+        assert count == 2 and _staged(repo, "t1", digest, count) == entries
+        # the stream goes away: the entries of the next task go through the commits queue
+        assert streaming.chunk_stream is not None
+        streaming.chunk_stream.stop()
+        committing = WriterService(
+            Repository.open(repo.path), broker, n_shards=N, shards="0-3", name="committing"
+        ).start()
+        digest, count = link.stage_entries("t2", "job", "vm", 2000, entries[:1])
+        assert _staged(repo, "t2", digest, count) == entries[:1]
+    finally:
+        streams.close()
+        replies.close()
+        pub.close()
+        streaming.close()
+        if committing is not None:
+            committing.close()
+
+
+def test_a_refused_task_entries_on_the_stream_is_an_answer(
+    writer: tuple[Repository, WriterService], broker: BrokerParams
+) -> None:
+    """Entries the writer refuses (a chunk index beyond the largest disk it accepts) come
+    back as a refusal on the stream, and the stream stays usable."""
+    repo, service = writer
+    endpoint = _stream_of(service)
+    streams = WriterStreams("test", connect_timeout=5)
+    try:
+        beyond = service.limits.max_chunks
+        fut: Future[Message] = Future()
+        msg = TaskEntries("r1", "", "job", "vm", 2000, "t", pack_entries([(beyond, b"\1" * 32)]))
+        assert streams.send(endpoint, msg, fut)
+        rep = fut.result(timeout=30)
+        assert isinstance(rep, CommitReply) and not rep.ok and rep.request_id == "r1"
+        assert "beyond the largest disk" in rep.error
+        fut = Future()
+        msg = TaskEntries("r2", "", "job", "vm", 2000, "t", pack_entries([(1, b"\1" * 32)]))
+        assert streams.send(endpoint, msg, fut)
+        assert fut.result(timeout=30) == CommitReply("r2", True, "", "")
+    finally:
+        streams.close()
+    assert [
+        i for i, _ in repo.staging.load_task("job", "vm", 2000, "t", entries_digest(msg.entries), 1)
+    ] == [1]
 
 
 def _wait_ack(link: WriterLink, batch: PendingBatch) -> ChunkAck:
