@@ -7,11 +7,11 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
-from common import causes, metrics
+from common import causes
 from common.logging import get_logger
 from common.messages import CommitPart, CommitRequest, DiskCommit, StagedTask, part_key
 from common.packed_entries import pack_entries
-from coordinator import planner, snapshots
+from coordinator import metrics, planner, snapshots
 from coordinator import vm_config as vm_config_mod
 from coordinator.discovery import VmInfo
 from coordinator.disk_work import DiskFailed, DiskWork

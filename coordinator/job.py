@@ -20,11 +20,11 @@ from typing import Any
 
 from pyVmomi import vmodl
 
-from common import causes, metrics
+from common import causes
 from common.job_ids import new_job_id
 from common.logging import bound, get_logger
 from common.messages import TaskResult
-from coordinator import report, snapshots
+from coordinator import metrics, report, snapshots
 from coordinator.discovery import Inventory, VmInfo, discover
 from coordinator.disk_work import DiskWork
 from coordinator.dispatch import TaskDispatcher

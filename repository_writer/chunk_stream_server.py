@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from common import metrics
 from common.chunk_stream.frames import (
     FrameReader,
     StreamClosed,
@@ -47,6 +46,7 @@ from common.chunk_stream.frames import (
 from common.chunk_stream.tls_socket import TlsSocket
 from common.logging import get_logger
 from common.messages import ChunkBatch, HaveQuery, Message, MessageError, StreamHello
+from repository_writer import metrics
 from repository_writer.stream_deadlines import HelloDeadlines
 from repository_writer.stream_identity import StreamIdentity
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from common import causes, health, metrics
+from common import causes, health
 from common.amqp import (
     QUEUE_COMMITS,
     BrokerParams,
@@ -54,6 +54,7 @@ from repository import fsutil
 from repository.errors import RepositoryError, RepositoryFullError
 from repository.interfaces import ChunkSink, Committer, Pruner
 from repository.repository import Repository
+from repository_writer import metrics
 from repository_writer.chunk_stream_server import HELLO_TIMEOUT, ChunkStreamServer, route_address
 from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY, CommitLimits
 from repository_writer.commit_queue import commit_queue_reply
@@ -308,8 +309,14 @@ def main(args: argparse.Namespace) -> int:
     from common.amqp import stop_on_signals
     from common.malloc_tuning import limit_heap_retention
     from common.role_startup import start_role
+    from repository import metrics as repository_metrics
 
-    cfg = start_role("writer", args.load_config, args.config)
+    cfg = start_role(
+        "writer",
+        args.load_config,
+        args.config,
+        role_families=[metrics.REGISTRY, repository_metrics.REGISTRY],
+    )
     # Before the first frame is received: received batches and their chunks reuse the heap
     # instead of faulting in fresh pages (common/malloc_tuning.py).
     limit_heap_retention()
