@@ -1,6 +1,6 @@
 """Readiness of a process: named checks, each saying "" (ready) or why not.
 
-Served as /ready beside /metrics (common/metrics.py, serve_metrics): 200 "ready", or 503 with one line
+Served as /ready beside /metrics (common/metrics.py): 200 "ready", or 503 with one line
 per failing check, so `kubectl get pods` and a load balancer see what an operator would
 otherwise only find in the logs (a writer whose repository is full, say).
 """

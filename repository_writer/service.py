@@ -35,7 +35,7 @@ from common.amqp import (
     declare_base,
     declare_shard_queue,
 )
-from common.logging import get_logger
+from common.logging import bound, get_logger
 from common.messages import (
     ChunkAck,
     ChunkBatch,
@@ -59,6 +59,7 @@ from repository_writer.chunk_stream_server import HELLO_TIMEOUT, ChunkStreamServ
 from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY, CommitLimits
 from repository_writer.commit_queue import commit_queue_reply
 from repository_writer.free_space import FreeSpaceGuard, MiB
+from repository_writer.message_context import message_context
 from repository_writer.prune_requests import prune_reply
 from repository_writer.senders import Senders
 from repository_writer.stream_identity import make_identity
@@ -201,6 +202,10 @@ class WriterService:
     # --- handlers (worker threads) -------------------------------------------------
 
     def handle(self, msg: Message, d: Delivery) -> None:
+        with bound(**message_context(msg)):
+            self._handle(msg, d)
+
+    def _handle(self, msg: Message, d: Delivery) -> None:
         ts = d.properties.timestamp
         if ts:
             metrics.WRITER_QUEUE_LAG_SECONDS.labels(kind=msg.KIND).observe(
@@ -234,7 +239,8 @@ class WriterService:
         if isinstance(msg, HaveQuery):
             return self.on_have(msg)
         shard = shard_of(msg.chunks[0][0], self.n_shards) if msg.chunks else -1
-        return self.on_batch(msg, shard)
+        with bound(**message_context(msg)):
+            return self.on_batch(msg, shard)
 
     def on_batch(self, msg: ChunkBatch, shard: int) -> ChunkAck:
         stray = [c[0].hex() for c in msg.chunks if shard_of(c[0], self.n_shards) not in self._own]
