@@ -1,21 +1,35 @@
 """Structured logging (structlog): JSON lines on stdout, key=value on a TTY.
 
-Context is bound per job / VM / disk / task with :func:`bind` (contextvars, so it
-follows the thread or task that bound it). Records from the standard ``logging``
-module (pika, pyvmomi, urllib3) go through the same renderer.
+Context is bound per job / VM / disk / task with :func:`bound` (contextvars, so it
+follows the thread or task that bound it; a new thread or a pool's worker starts with
+none: work handed to one is wrapped in :func:`in_log_context`). The role is the
+process's, added to every line whatever thread logs it. Records from the standard
+``logging`` module (pika, pyvmomi, urllib3) go through the same processors and renderer.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, ParamSpec, TypeVar
 
 import structlog
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 _configured = False
+# Process-wide, not a contextvar: threads (consumers, pools, pika's) do not inherit those.
+_role: str | None = None
+
+
+def _add_role(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+    if _role is not None:
+        event.setdefault("role", _role)
+    return event
 
 
 def setup_logging(
@@ -26,11 +40,13 @@ def setup_logging(
     Services log to stdout; one-shot commands whose stdout is their result (a report,
     ``--json``) pass ``stream=sys.stderr`` so that the two never mix.
     """
-    global _configured
+    global _configured, _role
+    _role = role
     out = stream or sys.stdout
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _add_role,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -64,8 +80,6 @@ def setup_logging(
     logging.getLogger("pika").setLevel(
         logging.WARNING if root.level <= logging.DEBUG else logging.CRITICAL
     )
-    if role:
-        structlog.contextvars.bind_contextvars(role=role)
     _configured = True
 
 
@@ -84,3 +98,14 @@ def bound(**context: Any) -> Iterator[None]:
 
 def bind(**context: Any) -> None:
     structlog.contextvars.bind_contextvars(**context)
+
+
+def in_log_context(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` to run on another thread (``Thread(target=...)``, ``pool.submit``) with the
+    log context bound here (job, vm, disk...). One copy per call: wrap each submission."""
+    ctx = contextvars.copy_context()
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return ctx.run(fn, *args, **kwargs)
+
+    return run

@@ -8,8 +8,11 @@ on every command's arguments as ``args.load_config``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
 
 from common.config import ConfigError
 from common.logging import get_logger, setup_logging
@@ -44,6 +47,7 @@ def start_role(
     config_path: str | Path | None,
     metrics_port: int | None = None,
     *,
+    role_families: Sequence[CollectorRegistry],
     one_shot: bool = False,
 ) -> Any:
     """Load config, set up logging and serve /metrics; returns the config.
@@ -53,15 +57,17 @@ def start_role(
     is printed and the process exits 2 before it logs "starting"
     or opens its metrics port, so a role never looks started on a config it rejects.
     ``metrics_port`` (e.g. from a --metrics-port flag) overrides the config; the
-    port in use is printed so that an operator (or the demo) can find it. A
-    ``one_shot`` command logs to stderr: its stdout is its result.
+    port in use is printed so that an operator (or the demo) can find it. /metrics shows
+    the shared families and ``role_families``, the registries of the role's own (its
+    metrics.py): a process exports no other role's. A ``one_shot`` command logs to
+    stderr: its stdout is its result.
     """
     cfg = load_or_exit(load_config, config_path, role)
     setup_logging(cfg.log.level, cfg.log.format, role=role, stream=sys.stderr if one_shot else None)
     port = cfg.metrics.port if metrics_port is None else metrics_port
     if port:
         try:
-            serve_metrics(port, cfg.metrics.address)
+            serve_metrics(port, cfg.metrics.address, role_families)
         except OSError as exc:
             print(
                 f"vmbackup: cannot serve /metrics on port {port}: {exc.strerror}", file=sys.stderr

@@ -47,9 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _load(args: argparse.Namespace, one_shot: bool = False) -> Any:
     from common.role_startup import start_role
+    from coordinator import metrics
 
     # every problem at once: the file, what a coordinator needs of it, its secrets
-    return start_role("coordinator", args.load_config, args.config, one_shot=one_shot)
+    return start_role(
+        "coordinator",
+        args.load_config,
+        args.config,
+        role_families=[metrics.REGISTRY],
+        one_shot=one_shot,
+    )
 
 
 def open_runtime(cfg: Any, *, connect: bool = True) -> Any:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
-from common import causes, metrics
-from common.logging import get_logger
+from common import causes
+from common.logging import get_logger, in_log_context
 from common.messages import CommitPart, CommitRequest, DiskCommit, StagedTask, part_key
 from common.packed_entries import pack_entries
-from coordinator import planner, snapshots
+from coordinator import metrics, planner, snapshots
 from coordinator import vm_config as vm_config_mod
 from coordinator.discovery import VmInfo
 from coordinator.disk_work import DiskFailed, DiskWork
@@ -158,7 +158,7 @@ def stage_parts(rt: Runtime, request_id: str, w: DiskWork, per_part: int) -> int
 
     # a few parts in flight: writers stage them in parallel, memory stays bounded
     with ThreadPoolExecutor(4, thread_name_prefix="commit-part") as ex:
-        for fut in [ex.submit(send, n) for n in range(len(slices))]:
+        for fut in [ex.submit(in_log_context(send), n) for n in range(len(slices))]:
             try:
                 fut.result()
             except WriterRequestFailed as exc:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from common import causes, metrics
-from coordinator import cbt, planner, snapshots
+from common import causes
+from coordinator import cbt, metrics, planner, snapshots
 from coordinator.discovery import DiskInfo
 from coordinator.disk_work import DiskFailed
 from coordinator.job_runtime import Runtime

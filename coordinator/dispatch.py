@@ -9,11 +9,11 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_futures
 
-from common import causes, metrics
+from common import causes
 from common.amqp import EXCHANGE_WITHDRAWALS, UnroutableError, task_routing_key
 from common.logging import get_logger
 from common.messages import BackupTask, TaskResult, TaskWithdrawal
-from coordinator import snapshots
+from coordinator import metrics, snapshots
 from coordinator.discovery import DiskInfo, VmInfo
 from coordinator.disk_work import DiskWork
 from coordinator.job_runtime import Runtime

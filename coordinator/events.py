@@ -18,10 +18,10 @@ import time
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 
-from common import metrics
 from common.amqp import EXCHANGE_EVENTS, BrokerParams, Publisher, PublishError
 from common.logging import get_logger
 from common.messages import JobEvent, Scalar
+from coordinator import metrics
 
 log = get_logger(__name__)
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from pyVmomi import vmodl
 
-from common import causes, metrics
+from common import causes
 from common.job_ids import new_job_id
-from common.logging import bound, get_logger
+from common.logging import bound, get_logger, in_log_context
 from common.messages import TaskResult
-from coordinator import report, snapshots
+from coordinator import metrics, report, snapshots
 from coordinator.discovery import Inventory, VmInfo, discover
 from coordinator.disk_work import DiskWork
 from coordinator.dispatch import TaskDispatcher
@@ -157,7 +157,11 @@ class Job:
                     marked = True
                 reports: list[report.VmReport | None] = [None] * len(sel.selected)
                 with ThreadPoolExecutor(self.s.limits.vms, thread_name_prefix="vm") as ex:
-                    futs = {ex.submit(self._vm_guarded, vm): i for i, vm in enumerate(sel.selected)}
+                    # each VM's lines carry this job's context (a pool's thread has none)
+                    futs = {
+                        ex.submit(in_log_context(self._vm_guarded), vm): i
+                        for i, vm in enumerate(sel.selected)
+                    }
                     for fut, i in futs.items():
                         reports[i] = fut.result()
                 rep.vms.extend(r for r in reports if r is not None)

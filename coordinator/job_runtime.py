@@ -14,12 +14,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from common import metrics
 from common.amqp import QUEUE_COMMITS, BrokerParams, Publisher, ReplyQueue
 from common.logging import get_logger
 from common.messages import CommitReply, JobMarker, Message
 from common.redact import redact_url
-from coordinator import snapshots
+from coordinator import metrics, snapshots
 from coordinator.events import EventPublisher
 from coordinator.limits import KeyedLimiter, SnapshotSlots
 from coordinator.previous_points import History

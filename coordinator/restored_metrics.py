@@ -12,9 +12,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from common import metrics
 from common.logging import get_logger
-from coordinator import report
+from coordinator import metrics, report
 
 log = get_logger(__name__)
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import hashlib
 
-from common import metrics
 from common.logging import get_logger
 from common.messages import PruneReply, PruneRequest
+from coordinator import metrics
 from coordinator.job_runtime import Runtime, WriterRequestFailed
 from coordinator.report import RetentionReport
 from coordinator.settings import PolicySettings

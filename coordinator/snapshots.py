@@ -21,9 +21,9 @@ from typing import Any
 from pyVmomi import vim, vmodl
 from pyVmomi.VmomiJSONEncoder import VmomiJSONEncoder
 
-from common import metrics
 from common.logging import get_logger
 from common.snapshot_disk import SnapshotDisk
+from coordinator import metrics
 from coordinator.discovery import (
     SWEEP_PROPERTIES,
     DiskInfo,

@@ -10,8 +10,8 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
-from common import metrics
 from common.vcenter_session import Endpoint, Session, VCenterError
+from coordinator import metrics
 from coordinator.settings import VCenterSettings
 
 __all__ = ["Connection", "TaskFailed", "VCenterError", "endpoint_of"]

@@ -12,9 +12,8 @@ from typing import Any
 
 from pyVmomi import vim
 
-from common import metrics
 from common.logging import get_logger
-from coordinator import report, snapshots
+from coordinator import metrics, report, snapshots
 from coordinator.commits import check_results, commit_point
 from coordinator.discovery import VmInfo
 from coordinator.disk_planning import plan_disk

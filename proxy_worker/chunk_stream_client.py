@@ -23,7 +23,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from common import metrics
 from common.chunk_stream.frames import FrameReader, StreamClosed, send_frame, send_message
 from common.chunk_stream.tls_socket import TlsSocket, client_context
 from common.logging import get_logger
@@ -40,6 +39,7 @@ from common.messages import (
     TaskEntries,
     encode_parts,
 )
+from proxy_worker import metrics
 
 log = get_logger(__name__)
 _OnLost = Callable[["_Stream", str], None]

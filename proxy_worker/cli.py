@@ -27,11 +27,12 @@ def run(args: argparse.Namespace) -> int:
     from common.logging import get_logger
     from common.malloc_tuning import limit_heap_retention
     from common.role_startup import start_role
+    from proxy_worker import metrics
     from proxy_worker.service import ProxyService
     from proxy_worker.settings import VCenterAccess, VCenterDirectory
 
     # every problem at once: the file, what a proxy needs of it (proxy.queues), its secrets
-    cfg = start_role("proxy", args.load_config, args.config)
+    cfg = start_role("proxy", args.load_config, args.config, role_families=[metrics.REGISTRY])
     settings = cfg.proxy
     # Before the first chunk buffer (common/malloc_tuning.py); a batch message is packed into
     # a buffer up to twice its size.

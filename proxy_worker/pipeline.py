@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from common.chunk import chunk_id, compress, is_zero
+from common.logging import in_log_context
 from common.sharding import shard_of
 from proxy_worker.budget import MemoryBudget, TaskBudget
 from proxy_worker.errors import ProxyError, TaskError, TaskWithdrawnError
@@ -130,9 +131,10 @@ class TaskPipeline:
         t0 = time.monotonic()
         plan = plan_chunks(ranges, self.cfg.chunk_size, capacity)
         tag = self.task_id[:12]
+        # the stages log with the task's context (task, job, vm, disk)
         stages = [
-            threading.Thread(target=self._stage, args=(self._query_loop,), name=f"query-{tag}"),
-            threading.Thread(target=self._stage, args=(self._send_loop,), name=f"send-{tag}"),
+            threading.Thread(target=in_log_context(self._stage), args=(loop,), name=f"{what}-{tag}")
+            for what, loop in (("query", self._query_loop), ("send", self._send_loop))
         ]
         for t in stages:
             t.start()

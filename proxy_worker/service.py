@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from common import causes, metrics
+from common import causes
 from common.amqp import (
     EXCHANGE_WITHDRAWALS,
     BrokerParams,
@@ -30,6 +30,7 @@ from common.amqp import (
 )
 from common.logging import bound, get_logger
 from common.messages import BackupTask, Message, TaskResult, TaskWithdrawal
+from proxy_worker import metrics
 from proxy_worker.budget import MemoryBudget
 from proxy_worker.chunk_stream_client import WriterStreams
 from proxy_worker.errors import ProxyError, TaskError, TaskWithdrawnError

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from common import causes, metrics
+from common import causes
 from common.amqp import EXCHANGE_SHARDS, QUEUE_COMMITS, Publisher, PublishError, ReplyQueue
 from common.logging import get_logger
 from common.messages import (
@@ -27,6 +27,7 @@ from common.messages import (
 )
 from common.packed_entries import entries_digest, pack_entries
 from common.sharding import shard_routing_key
+from proxy_worker import metrics
 from proxy_worker.chunk_stream_client import Endpoint, WriterStreams
 from proxy_worker.errors import WriterError, WriterRefusedError
 

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from common import metrics
+from repository import metrics
 from repository.chunk_store import ChunkFile
 from repository.errors import RepositoryError
 from repository.fixed_index import ZERO_ID

@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from common import metrics
 from common.chunk_stream.frames import (
     FrameReader,
     StreamClosed,
@@ -58,6 +57,7 @@ from common.messages import (
     StreamHello,
     TaskEntries,
 )
+from repository_writer import metrics
 from repository_writer.stream_deadlines import HelloDeadlines
 from repository_writer.stream_identity import StreamIdentity
 

@@ -5,11 +5,11 @@ reply says ok or why not."""
 
 from __future__ import annotations
 
-from common import metrics
 from common.logging import get_logger
 from common.messages import CommitPart, CommitReply, CommitRequest, JobMarker, TaskEntries
 from repository.errors import RepositoryError
 from repository.interfaces import Committer
+from repository_writer import metrics
 from repository_writer.commit_limits import CommitLimits
 from repository_writer.commit_translation import point_commit
 

@@ -15,7 +15,7 @@ import os
 import threading
 from pathlib import Path
 
-from common import metrics
+from repository_writer import metrics
 
 MiB = 1 << 20
 

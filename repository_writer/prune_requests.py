@@ -7,13 +7,13 @@ coordinator accounts only), so a proxy cannot have points removed."""
 
 from __future__ import annotations
 
-from common import metrics
 from common.logging import get_logger
 from common.messages import MAX_LISTED, PruneReply, PruneRequest
 from repository.errors import RepositoryError
 from repository.interfaces import Pruner
 from repository.prune import prune
 from repository.retention import KeepPolicy
+from repository_writer import metrics
 
 log = get_logger("writer")
 

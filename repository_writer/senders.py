@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from common import metrics
 from common.amqp import Delivery, PermanentError
 from common.logging import get_logger
 from common.messages import Message, TaskEntries
+from repository_writer import metrics
 
 log = get_logger("writer")
 ROLE_SUFFIX = "-writer"

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from common import causes, health, metrics
+from common import causes, health
 from common.amqp import (
     QUEUE_COMMITS,
     BrokerParams,
@@ -35,7 +35,7 @@ from common.amqp import (
     declare_base,
     declare_shard_queue,
 )
-from common.logging import get_logger
+from common.logging import bound, get_logger
 from common.messages import (
     ChunkAck,
     ChunkBatch,
@@ -54,10 +54,12 @@ from repository import fsutil
 from repository.errors import RepositoryError, RepositoryFullError
 from repository.interfaces import ChunkSink, Committer, Pruner
 from repository.repository import Repository
+from repository_writer import metrics
 from repository_writer.chunk_stream_server import HELLO_TIMEOUT, ChunkStreamServer, route_address
 from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY, CommitLimits
 from repository_writer.commit_queue import commit_queue_reply
 from repository_writer.free_space import FreeSpaceGuard, MiB
+from repository_writer.message_context import message_context
 from repository_writer.prune_requests import prune_reply
 from repository_writer.senders import Senders
 from repository_writer.stream_identity import make_identity
@@ -200,6 +202,10 @@ class WriterService:
     # --- handlers (worker threads) -------------------------------------------------
 
     def handle(self, msg: Message, d: Delivery) -> None:
+        with bound(**message_context(msg)):
+            self._handle(msg, d)
+
+    def _handle(self, msg: Message, d: Delivery) -> None:
         ts = d.properties.timestamp
         if ts:
             metrics.WRITER_QUEUE_LAG_SECONDS.labels(kind=msg.KIND).observe(
@@ -238,7 +244,8 @@ class WriterService:
         if isinstance(msg, TaskEntries):
             return commit_queue_reply(self.committer, msg, self.limits)
         shard = shard_of(msg.chunks[0][0], self.n_shards) if msg.chunks else -1
-        return self.on_batch(msg, shard)
+        with bound(**message_context(msg)):
+            return self.on_batch(msg, shard)
 
     def on_batch(self, msg: ChunkBatch, shard: int) -> ChunkAck:
         stray = [c[0].hex() for c in msg.chunks if shard_of(c[0], self.n_shards) not in self._own]
@@ -313,8 +320,14 @@ def main(args: argparse.Namespace) -> int:
     from common.amqp import stop_on_signals
     from common.malloc_tuning import limit_heap_retention
     from common.role_startup import start_role
+    from repository import metrics as repository_metrics
 
-    cfg = start_role("writer", args.load_config, args.config)
+    cfg = start_role(
+        "writer",
+        args.load_config,
+        args.config,
+        role_families=[metrics.REGISTRY, repository_metrics.REGISTRY],
+    )
     # Before the first frame is received: received batches and their chunks reuse the heap
     # instead of faulting in fresh pages (common/malloc_tuning.py).
     limit_heap_retention()

@@ -16,8 +16,9 @@ log = get_logger(__name__)
 class Outage:
     """Tracks one connection's outages; used from one thread (its I/O or run thread)."""
 
-    def __init__(self, role: str, name: str) -> None:
-        self.role = role  # "publisher" / "consumer"
+    def __init__(self, client: str, name: str) -> None:
+        # "publisher" / "consumer"; not "role", which every line carries (the process's)
+        self.client = client
         self.name = name
         self._since: float | None = None
         self._attempts = 0
@@ -33,7 +34,7 @@ class Outage:
         if self._since is not None:
             log.debug(
                 "broker still unreachable",
-                role=self.role,
+                client=self.client,
                 name=self.name,
                 attempt=self._attempts,
                 error=error,
@@ -44,7 +45,7 @@ class Outage:
             "broker connection lost, reconnecting"
             if self._ever_connected
             else "broker unreachable, retrying",
-            role=self.role,
+            client=self.client,
             name=self.name,
             error=error,
             retry_in=None if retry_in is None else round(retry_in, 2),
@@ -58,7 +59,7 @@ class Outage:
         down = time.monotonic() - self._since
         log.info(
             "broker connection back",
-            role=self.role,
+            client=self.client,
             name=self.name,
             down_seconds=round(down, 1),
             attempts=self._attempts,

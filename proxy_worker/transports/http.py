@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 from urllib.parse import quote, urlencode
 
-from common.logging import get_logger
+from common.logging import get_logger, in_log_context
 from common.redact import redact_url
 from common.snapshot_disk import SnapshotDisk
 from proxy_worker.errors import (
@@ -181,7 +181,8 @@ class HttpReader(DiskReader):
         pool = ThreadPoolExecutor(in_flight, thread_name_prefix="http-read")
         try:
             for request in requests:
-                pending.append((*request, pool.submit(self._fill_request, *request)))
+                fill = in_log_context(self._fill_request)
+                pending.append((*request, pool.submit(fill, *request)))
                 del request
                 if len(pending) == in_flight:
                     yield from _chunks_when_read(pending.popleft())

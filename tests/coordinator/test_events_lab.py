@@ -135,7 +135,7 @@ def test_job_emits_consistent_events(lab: Lab, make_env: Any, broker: BrokerPara
 
 
 def test_events_are_best_effort(broker: BrokerParams) -> None:
-    from prometheus_client import REGISTRY
+    from coordinator.metrics import REGISTRY
 
     def sample(result: str) -> float:
         return (

@@ -86,7 +86,7 @@ def test_full_then_incremental(lab: Lab, make_env: Any) -> None:
     events = lab.snapshot_events()
     assert events and all(e["removed_at"] for e in events)
     # metrics
-    from prometheus_client import REGISTRY
+    from coordinator.metrics import REGISTRY
 
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -104,7 +104,7 @@ def test_an_orphan_that_cannot_be_removed_is_kept_and_its_age_exported(
     """vCenter refuses to remove an orphan (a locked delta file): it stays, the sweep
     reports it, and the age gauge the alert VmbackupOrphanSnapshotStuck watches holds its
     age until a later sweep removes it."""
-    from prometheus_client import REGISTRY
+    from coordinator.metrics import REGISTRY
 
     def oldest_stuck_orphan() -> float | None:
         return REGISTRY.get_sample_value(

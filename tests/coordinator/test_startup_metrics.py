@@ -6,9 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prometheus_client import REGISTRY
-
 from coordinator import restored_metrics as startup
+from coordinator.metrics import REGISTRY
 from repository.point_commit import DiskChanges, PointCommit
 from repository.repository import Repository
 

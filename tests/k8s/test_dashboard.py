@@ -2,7 +2,7 @@
 
 Every series selector of every panel carries the cluster and namespace variables, and the
 vcenter and policy variables wherever its metric has that label (declared in
-common/metrics.py), so the dashboard shows one site, one vCenter or one policy when asked
+the metrics modules), so the dashboard shows one site, one vCenter or one policy when asked
 and nothing is fixed to one namespace. Each variable lists the values of a label the
 series really carry.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.k8s.conftest import K8S, ROOT
-from tests.k8s.test_monitoring import EXTERNAL, exposed_names, metric_names
+from tests.k8s.conftest import K8S
+from tests.k8s.test_monitoring import EXTERNAL, METRICS_MODULES, exposed_names, metric_names
 
 DASHBOARD = K8S / "monitoring" / "dashboard.json"
 # Labels Prometheus puts on every series whatever the metric: the Prometheus operator's
@@ -33,10 +33,11 @@ MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 LABEL_VALUES = re.compile(r"label_values\((.+),\s*(\w+)\)")
 
 
-def declared_labels(path: Path = ROOT / "common" / "metrics.py") -> dict[str, set[str]]:
+def declared_labels(paths: tuple[Path, ...] = METRICS_MODULES) -> dict[str, set[str]]:
     """Metric name -> its label names, for every Counter/Gauge/Histogram/Summary call."""
     out: dict[str, set[str]] = {}
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    nodes = (n for p in paths for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))
+    for node in nodes:
         if not isinstance(node, ast.Call) or not node.args:
             continue
         func = node.func
@@ -127,7 +128,7 @@ def test_variable_lists_a_real_label(name: str) -> None:
     metric = selector.split("{", 1)[0]
     assert metric in exposed_names({n: "Gauge" for n in declared}) or metric in EXTERNAL
     assert label in TARGET_LABELS | labels_of(metric, declared), (
-        f"{name}: {metric} has no label {label} (common/metrics.py declares "
+        f"{name}: {metric} has no label {label} (the metrics modules declare "
         f"{sorted(labels_of(metric, declared))})"
     )
     # A chained query narrows by the variables listed before it only.

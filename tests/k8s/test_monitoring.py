@@ -1,6 +1,6 @@
 """Alert rules (promtool), the generated PrometheusRule and dashboard, and the metric names
-they use: every vmbackup_* name is declared in common/metrics.py, every other name is one
-of the external metrics listed here."""
+they use: every vmbackup_* name is declared in a metrics module (common/metrics.py and each
+role's metrics.py), every other name is one of the external metrics listed here."""
 
 from __future__ import annotations
 
@@ -65,10 +65,16 @@ PROMQL_WORDS = {
 }
 
 
-def declared_metrics(path: Path = ROOT / "common" / "metrics.py") -> dict[str, str]:
-    """Metric name -> kind for every Counter/Gauge/Histogram/Summary/Info call in the module."""
+# The shared families (common/) and each role's own (coordinator/, proxy_worker/,
+# repository_writer/, repository/): scripts/gen_metrics_docs.py lists the same modules.
+METRICS_MODULES = tuple(sorted(ROOT.glob("*/metrics.py")))
+
+
+def declared_metrics(paths: tuple[Path, ...] = METRICS_MODULES) -> dict[str, str]:
+    """Metric name -> kind for every Counter/Gauge/Histogram/Summary/Info call in the modules."""
     out: dict[str, str] = {}
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    nodes = (n for p in paths for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))
+    for node in nodes:
         if not isinstance(node, ast.Call) or not node.args:
             continue
         func = node.func
@@ -210,12 +216,19 @@ def test_metric_names_are_declared(source: str, builds: dict[str, Build]) -> Non
     ours = {n for n in used if n.startswith("vmbackup_")}
     assert ours or source == "autoscaling"
     undeclared = ours - known
-    assert not undeclared, f"{source} uses metrics not declared in common/metrics.py: {undeclared}"
+    assert not undeclared, f"{source} uses metrics declared in no metrics module: {undeclared}"
     foreign = used - ours - EXTERNAL
     assert not foreign, f"{source} uses metrics that are neither vmbackup's nor listed: {foreign}"
 
 
-def test_declared_parser_sees_the_module() -> None:
+def test_declared_parser_sees_the_modules() -> None:
+    assert {p.parent.name for p in METRICS_MODULES} == {
+        "common",
+        "coordinator",
+        "proxy_worker",
+        "repository_writer",
+        "repository",
+    }
     declared = declared_metrics()
     assert declared["vmbackup_coordinator_last_success_timestamp_seconds"] == "Gauge"
     assert declared["vmbackup_proxy_task_seconds"] == "Histogram"

@@ -286,7 +286,7 @@ def test_stream_cap_holds_under_a_task_burst(
 
 
 def _outcome_count(outcome: str) -> float:
-    from prometheus_client import REGISTRY
+    from proxy_worker.metrics import REGISTRY
 
     return REGISTRY.get_sample_value("vmbackup_proxy_tasks_total", {"outcome": outcome}) or 0.0
 
@@ -297,7 +297,7 @@ def _withdrawn_count() -> float:
 
 def read() -> float:
     """Bytes the nbd transport read from host esx-1 so far (this process's metric)."""
-    from prometheus_client import REGISTRY
+    from proxy_worker.metrics import REGISTRY
 
     labels = {"transport": "nbd", "host": "esx-1"}
     return REGISTRY.get_sample_value("vmbackup_proxy_read_bytes_total", labels) or 0.0

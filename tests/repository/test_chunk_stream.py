@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from common import metrics
 from common.amqp import BrokerParams, Publisher, ReplyQueue
 from common.chunk import compress
 from common.chunk_stream.frames import read_message, send_frame, send_message
@@ -34,10 +33,12 @@ from common.messages import (
 from common.packed_entries import entries_digest, pack_entries
 from common.sharding import shard_of
 from common.tls_pin import PinMismatchError
+from proxy_worker import metrics as proxy_metrics
 from proxy_worker.chunk_stream_client import Endpoint, StreamLost, WriterStreams, split_address
 from proxy_worker.writer_client import PendingBatch, WriterLink
 from repository.repository import Repository
 from repository.verify import verify
+from repository_writer import metrics as writer_metrics
 from repository_writer.chunk_stream_server import parse_listen
 from repository_writer.service import WriterService
 from tests.repository.test_writer_service import Client, Entry
@@ -170,7 +171,7 @@ def test_refusals_on_the_stream_are_acks_not_crashes(
 
 
 def _errors(kind: str) -> float:
-    return metrics.WRITER_STREAM_ERRORS.labels(kind=kind)._value.get()
+    return writer_metrics.WRITER_STREAM_ERRORS.labels(kind=kind)._value.get()
 
 
 def test_wrong_token_and_garbage_are_dropped_and_store_nothing(
@@ -264,11 +265,11 @@ def test_data_listen_is_checked(text: str) -> None:
 
 
 def _sent(path: str) -> float:
-    return metrics.PROXY_BATCHES_SENT.labels(path=path)._value.get()
+    return proxy_metrics.PROXY_BATCHES_SENT.labels(path=path)._value.get()
 
 
 def _asked(path: str) -> float:
-    return metrics.PROXY_HAVE_QUERIES.labels(path=path)._value.get()
+    return proxy_metrics.PROXY_HAVE_QUERIES.labels(path=path)._value.get()
 
 
 def test_writer_link_uses_the_stream_and_falls_back_to_the_broker(
@@ -479,11 +480,11 @@ def test_tls_stream_refuses_a_wrong_pin_and_plain_peers(
         wrong = Endpoint(good.addr, good.token, "0" * 64)
         with pytest.raises(PinMismatchError, match="does not match"):
             _open(wrong)
-        before = metrics.PROXY_CHUNK_STREAM_ERRORS.labels(kind="tls")._value.get()
+        before = proxy_metrics.PROXY_CHUNK_STREAM_ERRORS.labels(kind="tls")._value.get()
         streams = WriterStreams("test", connect_timeout=5)
         try:
             assert not streams.send(wrong, ChunkBatch("b", "t", "", []), Future())
-            after = metrics.PROXY_CHUNK_STREAM_ERRORS.labels(kind="tls")._value.get()
+            after = proxy_metrics.PROXY_CHUNK_STREAM_ERRORS.labels(kind="tls")._value.get()
             assert after == before + 1
         finally:
             streams.close()

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from common import metrics
 from common.amqp import BrokerParams, Publisher, ReplyQueue
 from common.chunk import compress
 from common.messages import ChunkAck, ChunkBatch, Message
 from common.sharding import shard_of
+from proxy_worker import metrics
 from proxy_worker.chunk_stream_client import Endpoint, WriterStreams, split_address
 from proxy_worker.writer_client import PendingBatch, WriterLink
 from repository.repository import Repository

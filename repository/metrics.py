@@ -1,0 +1,26 @@
+"""The repository library's metric families (gc, verify), on their own registry: served
+by the process that serves the repository, `vmbackup writer` (common/role_startup.py)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+REGISTRY = CollectorRegistry()
+
+REPO_GC_BYTES_FREED = Counter(
+    "vmbackup_repo_gc_freed_bytes_total", "Bytes freed by gc", registry=REGISTRY
+)
+REPO_GC_CHUNKS_REMOVED = Counter(
+    "vmbackup_repo_gc_removed_chunks_total", "Chunks removed by gc", registry=REGISTRY
+)
+REPO_VERIFY_PROBLEMS = Gauge(
+    "vmbackup_repo_verify_problems", "Problems found by the last verify", registry=REGISTRY
+)
+REPO_VERIFY_CHUNKS = Counter(
+    "vmbackup_repo_verify_chunks_total", "Chunks re-hashed by verify", registry=REGISTRY
+)
+REPO_VERIFY_QUARANTINED = Counter(
+    "vmbackup_repo_verify_quarantined_chunks_total",
+    "Damaged chunks verify moved to the repository's quarantine",
+    registry=REGISTRY,
+)
