@@ -213,8 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not wants_json(argv):
             return 2
         command = exc.parser.prog.removeprefix("vmbackup").strip() or "vmbackup"
-        res = CommandResult.failed(2, str(exc), "usage")
-        return emit(command, res, as_json=True, reasons_printed=True)
+        usage = CommandResult.failed(2, str(exc), "usage")
+        return emit(command, usage, as_json=True, reasons_printed=True)
     as_json = bool(getattr(args, "json", False))
     with progress_board(quiet=as_json) as board:
         args.progress = board

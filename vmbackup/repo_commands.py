@@ -180,7 +180,7 @@ def add_command(
 ) -> argparse.ArgumentParser:
     """A subcommand whose --help ends with its examples (``examples``: their lines)."""
     epilog = kw.pop("epilog", "")
-    return sub.add_parser(  # type: ignore[no-any-return]
+    return sub.add_parser(
         name,
         help=help,
         epilog=f"{epilog}\n\nexamples:\n{examples}" if epilog else f"examples:\n{examples}",
