@@ -25,3 +25,9 @@ class CommandResult:
     @classmethod
     def failed(cls, exit: int, reason: str, cause: str, **kw: Any) -> CommandResult:
         return cls(exit=exit, reasons=[reason], cause=cause, **kw)
+
+    def found(self, exit: int, cause: str, reasons: list[str]) -> CommandResult:
+        """This result, of a command that ran and found something wrong: its status,
+        cause and reasons (its text and document stand)."""
+        self.exit, self.cause, self.reasons = exit, cause, reasons
+        return self

@@ -33,10 +33,11 @@ def cmd_gc(args: argparse.Namespace) -> CommandResult:
     )
     warnings = [f"ignoring stale running-backup marker {m}" for m in r.stale_markers]
     res = CommandResult(0, text="\n".join(lines), result=dataclasses.asdict(r), warnings=warnings)
-    if r.missing:
-        res.exit, res.cause = 1, "damage"
-        res.reasons = [f"{len(r.missing)} chunk(s) named by points are missing", *lines[:-1]]
-    return res
+    if not r.missing:
+        return res
+    return res.found(
+        1, "damage", [f"{len(r.missing)} chunk(s) named by points are missing", *lines[:-1]]
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -58,10 +58,9 @@ def cmd_repair(args: argparse.Namespace) -> CommandResult:
         f"{len(r.damaged)} still damaged; {len(points)} point(s) still need data"
     )
     res = CommandResult(0, text="\n".join(lines), result=doc)
-    if not r.ok:
-        res.exit, res.cause = 1, "damage"
-        res.reasons = [f"{len(points)} point(s) still need data", *r.errors]
-    return res
+    if r.ok:
+        return res
+    return res.found(1, "damage", [f"{len(points)} point(s) still need data", *r.errors])
 
 
 def register(rsub: argparse._SubParsersAction) -> None:

@@ -34,15 +34,11 @@ def cmd_verify(args: argparse.Namespace) -> CommandResult:
         f"{len(report.quarantined)} chunk(s) quarantined"
     )
     doc = dataclasses.asdict(report) | {"ok": report.ok}
+    res = CommandResult(0, text="\n".join(lines), result=doc)
     if report.ok:
-        return CommandResult(0, text="\n".join(lines), result=doc)
-    return CommandResult(
-        1,
-        text="\n".join(lines),
-        result=doc,
-        reasons=[f"{len(report.problems)} problem(s) found", *lines[: len(report.problems)]],
-        cause="damage",
-    )
+        return res
+    found = [f"{len(report.problems)} problem(s) found", *lines[: len(report.problems)]]
+    return res.found(1, "damage", found)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

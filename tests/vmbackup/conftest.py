@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.repository.conftest import make_image
+from repository.import_disk import import_disk
+from repository.repository import Repository
+from tests.repository.conftest import CS, make_image
+from tests.repository.test_cli import vmb as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def vmb(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`vmbackup ARGS` in a child, stdout and stderr pipes (no terminal)."""
-    return subprocess.run(
-        [sys.executable, "-m", "vmbackup", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-        check=False,
-    )
+    """`vmbackup ARGS` in a child, stdout and stderr pipes (no terminal), as text."""
+    r: subprocess.CompletedProcess[str] = cli(*args, env=env, text=True, cwd=ROOT, timeout=120)
+    return r
 
 
 def envelope(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -53,11 +47,7 @@ class Imported:
 @pytest.fixture
 def imported(tmp_path: Path) -> Imported:
     """A repository (256 KiB chunks) with one point of an 8-chunk disk 2000."""
-    repo = str(tmp_path / "repo")
+    repo = Repository.init(tmp_path / "repo", chunk_size=CS)
     image = tmp_path / "d.img"
     data = make_image(image, "rtzrrtzr")
-    assert vmb("repo", "init", repo, "--chunk-size", "256K").returncode == 0
-    r = vmb("repo", "import-disk", "--repo", repo, "--vm", "web", "--disk", "2000", str(image))
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(vmb("repo", "list", "--repo", repo, "--json").stdout)
-    return Imported(repo, doc["result"]["points"][0]["id"], data, image)
+    return Imported(str(repo.path), import_disk(repo, "web", 2000, image).point_id, data, image)

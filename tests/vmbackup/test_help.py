@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 
+from tests.vmbackup.conftest import vmb
 from vmbackup.cli import build_parser, commands
 
 
@@ -32,12 +31,7 @@ def test_every_command_has_examples_and_every_option_help() -> None:
 
 
 def test_help_shows_the_examples_unwrapped() -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "vmbackup", "restore", "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    r = vmb("restore", "--help")
     assert r.returncode == 0, r.stderr
     tail = r.stdout.split("examples:\n", 1)[1]
     assert "  vmbackup restore --repo /backup/repo --point 20240501T220012Z-1a2b3c4d \\\n" in tail
