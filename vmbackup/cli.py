@@ -49,17 +49,19 @@ examples:
 """
 
 
-class UsageError(Exception):
-    """argparse rejected the command line: printed as argparse prints it, and under
-    --json as the JSON error document too."""
+class UsageError(SystemExit):
+    """argparse rejected the command line (printed as argparse prints it; exit 2): kept
+    apart from other exits so that main can print it under --json as a document too."""
 
     def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
-        super().__init__(message)
-        self.parser = parser
+        super().__init__(2)
+        self.parser, self.message = parser, message
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise UsageError(self, message)
 
 
@@ -208,12 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except UsageError as exc:
-        exc.parser.print_usage(sys.stderr)
-        print(f"{exc.parser.prog}: error: {exc}", file=sys.stderr)
         if not wants_json(argv):
             return 2
         command = exc.parser.prog.removeprefix("vmbackup").strip() or "vmbackup"
-        usage = CommandResult.failed(2, str(exc), "usage")
+        usage = CommandResult.failed(2, exc.message, "usage")
         return emit(command, usage, as_json=True, reasons_printed=True)
     as_json = bool(getattr(args, "json", False))
     with progress_board(quiet=as_json) as board:
