@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from common.config import ConfigError
+from common.config_problems import Problem
 from common.logging import get_logger, setup_logging
 from common.metrics import BUILD_INFO, serve_metrics
 from common.version import package_version
@@ -25,6 +26,15 @@ class ConfigLoader(Protocol):
     given (raises common.config.ConfigError naming every problem)."""
 
     def __call__(self, path: str | Path | None, *, role: str | None = None) -> Any: ...
+
+
+class ConfigRejected(SystemExit):
+    """Exit status 2 for a config's problems, printed already; they stay on it for a
+    caller that reports them another way too (the vmbackup command's --json)."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        super().__init__(2)
+        self.source, self.problems = source, problems
 
 
 def load_or_exit(
@@ -38,7 +48,7 @@ def load_or_exit(
         source = str(config_path) if config_path else "(no config file: give --config FILE)"
         for p in exc.problems:
             print(f"vmbackup {role or 'config'}: config error: {source}: {p}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise ConfigRejected(source, exc.problems) from None
 
 
 def start_role(

@@ -11,10 +11,25 @@ import sys
 import threading
 from typing import Any
 
+from common.command_result import CommandResult
 from common.logging import get_logger
 from coordinator import report
 
 log = get_logger(__name__)
+
+BACKUP_EXAMPLES = """\
+examples:
+  vmbackup backup -c /etc/vmbackup/vmbackup.toml --policy nightly
+  vmbackup backup -c /etc/vmbackup/vmbackup.toml --policy nightly --ignore-window \\
+      --report /var/log/vmbackup/last.json
+  vmbackup backup -c site.toml --policy gold --json | jq '.result.counts'
+"""
+
+COORDINATOR_EXAMPLES = """\
+examples:
+  vmbackup coordinator -c /etc/vmbackup/vmbackup.toml
+  vmbackup config check -c /etc/vmbackup/vmbackup.toml --role coordinator  # before
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,18 +41,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         " selected has a new complete point; 1 some have not (each named on stderr with"
         " why); 2 the job could not do all of its work: a vCenter not reached, nothing"
         " selected although the policy's last job backed VMs up, outside its window, a"
-        " config error (docs/operations.md, 'Exit codes').",
+        " config error (docs/operations.md, 'Exit codes'). On a terminal, VMs done and"
+        " data read show on stderr as they go.",
+        epilog=BACKUP_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    b.add_argument("--config", required=True, help="vmbackup TOML config file")
+    b.add_argument("--config", "-c", required=True, help="vmbackup TOML config file")
     b.add_argument("--policy", required=True, help="policy name from the config")
     b.add_argument(
         "--ignore-window", action="store_true", help="run even outside the policy's window"
     )
-    b.add_argument("--report", help="also write the JSON report to this file ('-' = stdout)")
+    b.add_argument(
+        "--report",
+        metavar="FILE",
+        help="also write the JSON report to this file ('-' = stdout, not with --json)",
+    )
+    b.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document on stdout, the report its result (docs/cli-json.md)",
+    )
     b.set_defaults(func=cmd_backup)
 
-    d = sub.add_parser("coordinator", help="run the coordinator daemon (cron schedule per policy)")
-    d.add_argument("--config", required=True, help="vmbackup TOML config file")
+    d = sub.add_parser(
+        "coordinator",
+        help="run the coordinator daemon (cron schedule per policy)",
+        epilog=COORDINATOR_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("--config", "-c", required=True, help="vmbackup TOML config file")
     d.set_defaults(func=cmd_coordinator)
 
     from coordinator.restore.cli import register_restore_vm
@@ -96,20 +128,31 @@ def _close(rt: Any) -> None:
         c.close()
 
 
-def cmd_backup(args: argparse.Namespace) -> int:
+def cmd_backup(args: argparse.Namespace) -> CommandResult:
     from coordinator.job import Job
+    from coordinator.job_progress import JobProgress
     from coordinator.settings import find_policy
 
+    if args.json and args.report == "-":
+        return CommandResult.failed(
+            2, "--report - and --json both print on stdout: the report is --json's result", "usage"
+        )
     cfg = _load(args, one_shot=True)  # a config error exits 2 here, naming every key
     try:
         policy = find_policy(list(cfg.policies), args.policy)
     except KeyError as exc:
-        return _finish(args, _not_run(cfg, args.policy, exc.args[0]))
+        return _finish(args, _not_run(cfg, args.policy, exc.args[0]), cause="config")
     rt, why = _start(cfg, connect=False)
     if rt is None:
         return _finish(args, _not_run(cfg, policy.name, why))
+    board = args.progress  # common.progress.ProgressBoard
+    progress = JobProgress(
+        board.task(f"backup {policy.name}: VMs", "items"),
+        board.task(f"backup {policy.name}: data read"),
+        board.note,
+    )
     try:
-        job = Job(rt, policy, ignore_window=args.ignore_window)
+        job = Job(rt, policy, ignore_window=args.ignore_window, progress=progress)
         stop = threading.Event()
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -139,33 +182,32 @@ def _not_run(cfg: Any, policy: str, why: str) -> report.JobReport:
     return rep
 
 
-def _finish(args: argparse.Namespace, rep: report.JobReport) -> int:
-    """The report on stdout (and --report), the reasons on stderr; the exit status."""
-    sys.stdout.write(rep.to_text())
+def _finish(args: argparse.Namespace, rep: report.JobReport, cause: str = "") -> CommandResult:
+    """The report (text, or --json's result) and --report; the reasons, for stderr (a
+    scheduler's mail or a Job's log shows stderr first) or --json's error; the status."""
     code = report.exit_status(rep)
-    if args.report:
-        if args.report == "-":
-            sys.stdout.write(rep.to_json() + "\n")
-        else:
-            try:
-                with open(args.report, "w", encoding="utf-8") as fh:
-                    fh.write(rep.to_json())
-            except OSError as exc:  # whoever reads it would find nothing, or an old one
-                print(
-                    f"vmbackup backup: cannot write the report {args.report}: {exc.strerror}",
-                    file=sys.stderr,
-                )
-                code = report.EXIT_ERROR
-    # The reason goes to stderr as well: a scheduler's mail or a Job's log shows stderr
-    # first, and stdout may be a report nobody reads.
-    for line in report.failure_lines(rep):
-        print(f"vmbackup backup: {line}", file=sys.stderr)
+    reasons = report.failure_lines(rep)
+    text = rep.to_text()
+    if args.report == "-":  # the text, then the report's JSON, both on stdout
+        text += rep.to_json() + "\n"
+    elif args.report:
+        try:
+            with open(args.report, "w", encoding="utf-8") as fh:
+                fh.write(rep.to_json())
+        except OSError as exc:  # whoever reads it would find nothing, or an old one
+            reasons.append(f"cannot write the report {args.report}: {exc.strerror}")
+            code, cause = report.EXIT_ERROR, cause or "error"
+    warnings = []
     if rep.retention is not None and rep.retention.error:  # the backup's status stands
-        print(
-            f"vmbackup backup: warning: retention {report.retention_summary(rep.retention)}",
-            file=sys.stderr,
-        )
-    return code
+        warnings.append(f"retention {report.retention_summary(rep.retention)}")
+    return CommandResult(
+        code,
+        text=text,
+        result=rep.to_dict(),
+        reasons=reasons if code else [],
+        cause=cause or rep.cause or ("job" if code == report.EXIT_SOME_FAILED else "error"),
+        warnings=warnings,
+    )
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from coordinator import metrics, report, snapshots
 from coordinator.discovery import Inventory, VmInfo, discover
 from coordinator.disk_work import DiskWork
 from coordinator.dispatch import TaskDispatcher
+from coordinator.job_progress import JobProgress
 from coordinator.job_runtime import Runtime, WriterRequestFailed
 from coordinator.limits import BackupWindow, Cancelled
 from coordinator.policy import lost_selection, select
@@ -49,8 +50,10 @@ class Job:
         ignore_window: bool = False,
         sweep_first: bool = True,
         clock: Callable[[], dt.datetime] = dt.datetime.now,
+        progress: JobProgress | None = None,
     ) -> None:
         self.rt = rt
+        self.progress = progress
         self.s = rt.settings
         self.policy = policy
         self.job_id = job_id or new_job_id(policy.name)
@@ -202,6 +205,8 @@ class Job:
 
     def _emit(self, event: str, *, vm: str = "", disk_key: int = -1, **fields: Any) -> None:
         self.rt.events.emit(self.job_id, event, vm=vm, disk_key=disk_key, **fields)
+        if self.progress is not None:
+            self.progress.event(event, vm, fields)
 
     def _window_ended(self) -> None:
         log.warning("backup_window_ended", action="cancel")

@@ -21,7 +21,6 @@ import random
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,12 @@ from common import amqp
 from common.amqp import BrokerParams, Consumer, Delivery
 from common.logging import setup_logging
 from common.messages import JobEvent, Message
+from common.progress import ProgressBoard
+from coordinator.job_progress import JobProgress
 from lab import Lab, LabSpec
 from lab.checks import disk_digests, lab_snapshots, same_content, vm_disk_files
 from lab.stack import BackupRun, Stack, StackError, StackSpec
+from vmbackup.progress import progress_board
 
 MiB = 1 << 20
 
@@ -46,19 +48,16 @@ def human(n: float) -> str:
 
 
 class Progress:
-    """Shows job events (per VM and overall bytes and rate) as they arrive."""
+    """A backup's job events, as they arrive on the events exchange: VMs done and data
+    read on the command's progress display (vmbackup/progress.py: bars on a terminal,
+    lines elsewhere), a line per VM, and the zero and known bytes for the summary."""
 
-    def __init__(self, stack: Stack, label: str) -> None:
-        self.label = label
-        self.planned = 0
-        self.done = 0
-        self.sent = 0
+    def __init__(self, stack: Stack, board: ProgressBoard, label: str) -> None:
         self.zero = 0
         self.known = 0
-        self.vms_done = 0
-        self.vms_total = 0
-        self.t0 = time.monotonic()
-        self.lock = threading.Lock()
+        self.job = JobProgress(
+            board.task(f"{label}: VMs", "items"), board.task(f"{label}: data read"), board.note
+        )
         params = BrokerParams(url=stack.broker_url)
 
         def declare(ch: Any) -> None:
@@ -80,57 +79,22 @@ class Progress:
     def on_event(self, msg: Message, _d: Delivery) -> None:
         if not isinstance(msg, JobEvent):
             return
-        f = msg.fields
-        with self.lock:
-            if msg.event == "job-planned":
-                self.vms_total = int(f.get("vms", 0) or 0)
-            elif msg.event == "disk-planned":
-                self.planned += int(f.get("bytes_planned", 0) or 0)
-            elif msg.event == "task-done":
-                self.done += int(f.get("bytes", 0) or 0)
-                self.sent += int(f.get("bytes_sent", 0) or 0)
-                self.zero += int(f.get("bytes_zero", 0) or 0)
-                self.known += int(f.get("bytes_known", 0) or 0)
-            elif msg.event == "vm-done":
-                self.vms_done += 1
-                secs = float(f.get("seconds", 0) or 0)
-                read = float(f.get("bytes_read", 0) or 0)
-                print(
-                    f"    {msg.vm:<28} {f.get('status', '?'):<8} {f.get('mode', ''):<12} "
-                    f"read {human(read):>10}  {read / max(secs, 1e-3) / MiB:6.1f} MiB/s",
-                    flush=True,
-                )
-
-    def ticker(self, stop: threading.Event) -> None:
-        while not stop.wait(2.0):
-            self.render()
-
-    def render(self) -> None:
-        with self.lock:
-            dt = max(time.monotonic() - self.t0, 1e-6)
-            pct = 100.0 * self.done / self.planned if self.planned else 0.0
-            print(
-                f"  [{self.label}] {dt:5.0f}s  VMs {self.vms_done}/{self.vms_total or '?'}  "
-                f"{human(self.done)} of {human(self.planned)} read ({pct:.0f}%)  "
-                f"{self.done / dt / MiB:.1f} MiB/s  sent {human(self.sent)}",
-                flush=True,
-            )
+        self.job.event(msg.event, msg.vm, msg.fields)
+        if msg.event == "task-done":
+            self.zero += int(msg.fields.get("bytes_zero", 0) or 0)
+            self.known += int(msg.fields.get("bytes_known", 0) or 0)
 
     def close(self) -> None:
         self.consumer.stop(timeout=10)
 
 
 def run_backup(stack: Stack, label: str) -> tuple[BackupRun, Progress]:
-    progress = Progress(stack, label)
-    stop = threading.Event()
-    ticker = threading.Thread(target=progress.ticker, args=(stop,), daemon=True)
-    ticker.start()
-    try:
-        run = stack.backup("all")
-    finally:
-        stop.set()
-        progress.close()
-    progress.render()
+    with progress_board(prog="demo") as board:
+        progress = Progress(stack, board, label)
+        try:
+            run = stack.backup("all")
+        finally:
+            progress.close()
     if run.returncode != 0:
         print(f"  backup exited {run.returncode}; coordinator log: {run.log_path}")
     return run, progress
@@ -160,19 +124,28 @@ def restore_and_compare(
     """Restore every disk of every point of ``run``; return the mismatches."""
     bad: list[str] = []
     checked = 0
-    for vm in run.report.get("vms", []):
-        if not vm.get("point_id"):
-            bad.append(f"{label}: {vm['name']}: no restore point ({vm.get('reason', '')})")
-            continue
-        for d in vm["disks"]:
-            try:
-                digest = stack.restore_digest(vm["point_id"], d["key"])
-            except StackError as exc:
-                bad.append(f"{label}: {vm['name']} disk {d['key']}: {exc}")
-            else:
-                if digest != expected.get((vm["moref"], d["key"])):
-                    bad.append(f"{label}: {vm['name']} disk {d['key']}: restored bytes differ")
-            checked += 1
+    vms = run.report.get("vms", [])
+    total = sum(int(d.get("capacity", 0)) for vm in vms if vm.get("point_id") for d in vm["disks"])
+    restored = 0
+    with progress_board(prog="demo") as board:
+        disks, data = board.task(f"{label}: disks", "items"), board.task(f"{label}: restored")
+        n_disks = sum(len(vm["disks"]) for vm in vms if vm.get("point_id"))
+        for vm in vms:
+            if not vm.get("point_id"):
+                bad.append(f"{label}: {vm['name']}: no restore point ({vm.get('reason', '')})")
+                continue
+            for d in vm["disks"]:
+                try:
+                    digest = stack.restore_digest(vm["point_id"], d["key"])
+                except StackError as exc:
+                    bad.append(f"{label}: {vm['name']} disk {d['key']}: {exc}")
+                else:
+                    if digest != expected.get((vm["moref"], d["key"])):
+                        bad.append(f"{label}: {vm['name']} disk {d['key']}: restored bytes differ")
+                checked += 1
+                restored += int(d.get("capacity", 0))
+                disks(checked, n_disks)
+                data(restored, total)
     print(f"  {label}: {checked} disks restored and compared, {len(bad)} mismatches")
     return bad
 

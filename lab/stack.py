@@ -484,7 +484,8 @@ name = "all"
             "--json",
             timeout=600,
         )
-        return json.loads(out[out.index("{\n") :])  # log lines before it are one-line JSON
+        # log lines before it are one-line JSON; the result is the envelope's (docs/cli-json.md)
+        return json.loads(out[out.index("{\n") :])["result"]
 
     def restore_digest(self, point_id: str, disk_key: int) -> str:
         """SHA-256 of a disk restored from the repository through `vmbackup restore` (streamed)."""

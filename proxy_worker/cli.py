@@ -7,6 +7,12 @@ import sys
 
 from common.config import ConfigError
 
+EXAMPLES = """\
+examples:
+  vmbackup proxy --config /etc/vmbackup/vmbackup.toml
+  vmbackup proxy --config /etc/vmbackup/vmbackup.toml --name proxy-esx01
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run a proxy worker: read snapshot disks, send new chunks to the writers",
         description="Consume the block-range task queues named in [proxy] queues, read the "
         "disks through the configured transport, and send the chunks the writers lack.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=False, help="TOML config file (env VMBACKUP_* overrides)")
     p.add_argument("--name", help="override proxy.name")

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.progress import Progress, no_progress
 from repository.errors import PointNotFoundError
 from repository.gc import STALE_MARKER
 from repository.interfaces import Pruner
@@ -50,18 +51,22 @@ def prune(
     policy: str | None = None,
     dry_run: bool = False,
     now: float | None = None,
+    progress: Progress = no_progress,
 ) -> PruneResult:
     """Decide for the points of ``policy`` (None: every point) and, unless ``dry_run``,
-    remove those not kept. Markers are read before the points: a job that starts after
-    that plans on points the rules keep anyway (the newest of each disk)."""
+    remove those not kept (``progress``: points removed of those to remove). Markers are
+    read before the points: a job that starts after that plans on points the rules keep
+    anyway (the newest of each disk)."""
     now = time.time() if now is None else now
     jobs, stale = running(repo.running_jobs(), now)
     result = PruneResult(
         decide(repo.points(), keep, now, policy=policy, running=jobs), dry_run, policy, stale
     )
     if not dry_run:
-        for d in result.remove:
+        gone = result.remove
+        for n, d in enumerate(gone, 1):
             # removed meanwhile (the same request handled twice): what was asked is done
             with contextlib.suppress(PointNotFoundError):
                 repo.delete_point(d.point.id)
+            progress(n, len(gone))
     return result

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from common.chunk import zero_bytes
+from common.progress import Progress, no_progress
 from repository.errors import RepositoryError
 from repository.fixed_index import ID_LEN, ZERO_ID, DiskMap
 from repository.fsutil import fsync_dir, os_error, tmp_path, unlink_quiet
@@ -41,6 +42,8 @@ WRITEBACK_BYTES = 8 << 20  # start writeback of each 8 MiB written (regular file
 Buf = bytes | memoryview
 # put(offset, data or None for a zero chunk, length): writes one chunk of the disk
 Put = Callable[[int, Buf | None, int], None]
+# run(what, put): every chunk of the disk being restored to put, in order
+Runner = Callable[[str, Put], "RestoreStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +68,22 @@ def restore_disk(
     *,
     workers: int = 2,
     sync: bool = True,
+    progress: Progress = no_progress,
 ) -> RestoreStats:
     """``workers`` threads read, decrypt, decompress and hash ahead of the writing
-    thread (zstd and BLAKE3 release the GIL); 0 does everything in the caller."""
+    thread (zstd and BLAKE3 release the GIL); 0 does everything in the caller.
+    ``progress``: bytes of the disk written (zeros included) of its capacity."""
     point = repo.get_point(point_id)
     dmap = repo.load_map(point, disk_key)
     src = f"point {point.id} disk {disk_key}"  # named by every error about a chunk
+
+    def run(what: str, put: Put) -> RestoreStats:
+        return _run(repo, dmap, what, workers, put, progress=progress)
+
     if not isinstance(out, str | Path):
-        return _to_stream(repo, dmap, out, f"{src} to a stream", workers)
+        return _to_stream(run, out, f"{src} to a stream")
     if str(out) == "-":
-        stats = _to_stream(repo, dmap, sys.stdout.buffer, f"{src} to stdout", workers)
+        stats = _to_stream(run, sys.stdout.buffer, f"{src} to stdout")
         sys.stdout.buffer.flush()
         return stats
     path = Path(out)
@@ -83,14 +92,14 @@ def restore_disk(
     except FileNotFoundError:
         st = None
     if st is not None and stat.S_ISBLK(st.st_mode):
-        return _to_device(repo, dmap, path, workers, sync, src)
+        return _to_device(run, path, sync, src)
     if st is not None and not stat.S_ISREG(st.st_mode):  # fifo, tty, /dev/null: a stream
         try:
             with open(path, "wb") as fh:
-                return _to_stream(repo, dmap, fh, f"{src} to {path}", workers)
+                return _to_stream(run, fh, f"{src} to {path}")
         except OSError as exc:
             raise os_error(exc, f"restore target {path}") from exc
-    return _to_file(repo, dmap, path, workers, sync, src)
+    return _to_file(run, dmap.capacity, path, sync, src)
 
 
 def restore_disk_positional(
@@ -115,9 +124,7 @@ def restore_disk_positional(
     return _run(repo, dmap, src, workers, put, start // dmap.chunk_size)
 
 
-def _to_stream(
-    repo: PointSource, dmap: DiskMap, fh: ByteSink, what: str, workers: int
-) -> RestoreStats:
+def _to_stream(run: Runner, fh: ByteSink, what: str) -> RestoreStats:
     def put(_off: int, data: Buf | None, n: int) -> None:
         if data is None:
             fh.write(zero_bytes(n))
@@ -127,7 +134,7 @@ def _to_stream(
             fh.write(data)
             fh.write(zero_bytes(n - len(data)))
 
-    return _run(repo, dmap, what, workers, put)
+    return run(what, put)
 
 
 def _pwrite_all(fd: int, data: Buf, off: int) -> None:
@@ -160,9 +167,7 @@ def _file_put(fd: int, *, zeros: bool, sync: bool) -> Put:
     return put
 
 
-def _to_file(
-    repo: PointSource, dmap: DiskMap, path: Path, workers: int, sync: bool, src: str
-) -> RestoreStats:
+def _to_file(run: Runner, capacity: int, path: Path, sync: bool, src: str) -> RestoreStats:
     tmp = tmp_path(path.absolute())
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -171,8 +176,8 @@ def _to_file(
     try:
         try:
             put = _file_put(fd, zeros=False, sync=sync)
-            stats = _run(repo, dmap, f"{src} to {path}", workers, put)
-            os.ftruncate(fd, dmap.capacity)  # trailing zero chunks become a hole
+            stats = run(f"{src} to {path}", put)
+            os.ftruncate(fd, capacity)  # trailing zero chunks become a hole
             if sync:
                 os.fsync(fd)
         finally:
@@ -189,15 +194,13 @@ def _to_file(
     return stats
 
 
-def _to_device(
-    repo: PointSource, dmap: DiskMap, path: Path, workers: int, sync: bool, src: str
-) -> RestoreStats:
+def _to_device(run: Runner, path: Path, sync: bool, src: str) -> RestoreStats:
     """A block device holds old data: overwrite every byte, zeros included."""
     try:
         fd = os.open(path, os.O_WRONLY)
         try:
             put = _file_put(fd, zeros=True, sync=sync)
-            stats = _run(repo, dmap, f"{src} to {path}", workers, put)
+            stats = run(f"{src} to {path}", put)
             if sync:
                 os.fsync(fd)
         finally:
@@ -208,17 +211,26 @@ def _to_device(
 
 
 def _run(
-    repo: PointSource, dmap: DiskMap, what: str, workers: int, put: Put, first: int = 0
+    repo: PointSource,
+    dmap: DiskMap,
+    what: str,
+    workers: int,
+    put: Put,
+    first: int = 0,
+    progress: Progress = no_progress,
 ) -> RestoreStats:
     t0 = time.perf_counter()
     cs, capacity = dmap.chunk_size, dmap.capacity
     chunks = zeros = 0
+    progress(min(first * cs, capacity), capacity)
     for i, data in _decoded(repo, dmap, what, workers, first):
         if data is None:
             zeros += 1
         else:
             chunks += 1
-        put(i * cs, data, min(cs, capacity - i * cs))
+        n = min(cs, capacity - i * cs)
+        put(i * cs, data, n)
+        progress(i * cs + n, capacity)
     return RestoreStats(capacity, chunks, zeros, time.perf_counter() - t0)
 
 

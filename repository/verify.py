@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from common.progress import Progress, no_progress
 from repository import metrics
 from repository.chunk_store import ChunkFile
 from repository.errors import RepositoryError
@@ -51,19 +51,19 @@ def verify(
     repo: Repository,
     sample: int | None = None,
     *,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = no_progress,
     rng: random.Random | None = None,
 ) -> VerifyReport:
+    """``progress``: bytes of chunk files read of those to read (stored bytes, as they
+    are on disk)."""
     report = VerifyReport()
     _check_points(repo, report)
-    bad = _check_chunks(repo, report, sample, rng or random.Random())
+    bad = _check_chunks(repo, report, sample, rng or random.Random(), progress)
     if bad:
         _trace_users(repo, bad, report)
     metrics.REPO_VERIFY_QUARANTINED.inc(len(report.quarantined))
     metrics.REPO_VERIFY_PROBLEMS.set(len(report.problems))
     metrics.REPO_VERIFY_CHUNKS.inc(report.chunks_checked)
-    if progress:
-        progress(f"verified {report.points} points, {report.chunks_checked} chunks")
     return report
 
 
@@ -104,11 +104,17 @@ def _check_points(repo: Repository, report: VerifyReport) -> None:
 
 
 def _check_chunks(
-    repo: Repository, report: VerifyReport, sample: int | None, rng: random.Random
+    repo: Repository,
+    report: VerifyReport,
+    sample: int | None,
+    rng: random.Random,
+    progress: Progress,
 ) -> set[bytes]:
     files: list[ChunkFile]
     if sample is None:
-        files_iter = repo.chunks.iter_chunks(with_stat=False)
+        # a pass of stats first, for the progress's total: cheap beside reading every chunk
+        total = sum(cf.size for cf in repo.chunks.iter_chunks())
+        files_iter = repo.chunks.iter_chunks()
     else:  # reservoir sampling: memory is the sample, not the repository
         files = []
         for n, cf in enumerate(repo.chunks.iter_chunks(with_stat=False)):
@@ -119,9 +125,15 @@ def _check_chunks(
                 j = rng.randrange(n + 1)
                 if j < sample:
                     files[j] = cf
+        files = [ChunkFile(cf.id, cf.path, _size(cf.path), 0.0) for cf in files]
+        total = sum(cf.size for cf in files)
         files_iter = iter(files)
     bad: set[bytes] = set()
+    done = 0
+    progress(done, total)
     for cf in files_iter:
+        done += cf.size
+        progress(done, max(total, done))  # chunks stored since the first pass count too
         if sample is None:
             report.chunks_total += 1
         report.chunks_checked += 1
@@ -141,6 +153,13 @@ def _check_chunks(
         report.problems.append(Problem("bad-chunk", str(cf.path), why))
         _quarantine(repo, report, cf, why, ino)
     return bad
+
+
+def _size(path: os.PathLike[str] | str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0  # gone: verify says so when it reads it
 
 
 def _quarantine(

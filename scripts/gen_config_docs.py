@@ -57,10 +57,11 @@ with the same lines, before the role logs "starting".
   secrets. `--no-secrets` checks a role's keys without reading its secrets (CI again).
   Commands that are no role (`restore-vm`, `writer_start.py`) read every secret.
 * **Output.** One line per problem on stderr, in the order of the keys in this table,
-  `vmbackup: config error: FILE: KEY: WHAT` (a role at start: `vmbackup ROLE: config
-  error: ...`; a key of "" is the file itself: not found, not TOML); exit status 0 or 2.
-  `--json` prints `{"ok": BOOL, "errors": [{"key": KEY, "error": WHAT}]}` on stdout
-  instead, with the same exit status.
+  `vmbackup config check: config error: FILE: KEY: WHAT` (a role at start: `vmbackup ROLE:
+  config error: ...`; a key of "" is the file itself: not found, not TOML); exit status 0
+  or 2. `--json` prints the document every command prints (docs/cli-json.md) on stdout
+  as well, its `result` `{"errors": [{"key": KEY, "error": WHAT}]}`, with the same exit
+  status; so does any command given `--json` and a config with problems.
 * **Why the dataclass schema, not pydantic.** The schema was already dataclasses, and
   this table, `config keys`, the environment overrides and the secrets are made from
   them; what it lacked was going on past the first problem, and the checks between

@@ -12,17 +12,15 @@ a policy without retention; 2 usage or a config error.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
+from common.command_result import CommandResult
 from repository.errors import InvalidRequestError
 from repository.prune import PruneResult, prune
 from repository.retention import RULES, KeepPolicy
-from vmbackup.repo_commands import PASSPHRASE_ENV, _guard, _ts, open_repo
+from vmbackup.repo_commands import PASSPHRASE_ENV, _ts, add_command, json_arg, open_repo
 
 EXAMPLES = """\
-examples:
   # what the "nightly" policy's retention (from the config) would remove, and why the rest stays
   vmbackup prune --config /etc/vmbackup/vmbackup.toml --policy nightly --dry-run
   # the same rules for that policy's points, given on the command line
@@ -70,7 +68,7 @@ def keep_rules(args: argparse.Namespace, cfg: Any) -> tuple[KeepPolicy, str]:
     return KeepPolicy(**rules), f"policies.retention of {args.policy!r} in {args.config}"
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
+def cmd_prune(args: argparse.Namespace) -> CommandResult:
     cfg = None
     if args.config:
         from common.role_startup import load_or_exit
@@ -83,31 +81,32 @@ def cmd_prune(args: argparse.Namespace) -> int:
         args.repo = cfg.repository.path
         if cfg.repository.passphrase and not args.passphrase_file:
             args.passphrase = cfg.repository.passphrase.value
-    result = prune(open_repo(args), keep, policy=args.policy, dry_run=args.dry_run)
-    for stale in result.stale_markers:
-        print(f"warning: ignoring stale running-backup marker {stale}", file=sys.stderr)
-    if args.json:
-        json.dump(prune_document(result, keep), sys.stdout, indent=2)
-        print()
-        return 0
+    progress = args.progress.task("prune points removed", "items")
+    result = prune(
+        open_repo(args), keep, policy=args.policy, dry_run=args.dry_run, progress=progress
+    )
+    warnings = [f"ignoring stale running-backup marker {m}" for m in result.stale_markers]
+    doc = prune_document(result, keep)
     scope = f"points of policy {args.policy!r}" if args.policy else "every point"
     dry = " (dry run: nothing is removed)" if args.dry_run else ""
-    print(f"{scope}, keep {keep.describe()} ({source}){dry}")
+    lines = [f"{scope}, keep {keep.describe()} ({source}){dry}"]
     vm = None
     for d in result.decisions:
         p = d.point
         if (p.vm_name, p.vm_uuid) != vm:
             vm = (p.vm_name, p.vm_uuid)
-            print(f"{p.vm_name or p.vm_uuid} ({p.vm_uuid})")
+            lines.append(f"{p.vm_name or p.vm_uuid} ({p.vm_uuid})")
         verb = d.verb if d.keep or args.dry_run else "removed"
-        print(f"  {verb:7} {p.id}  {_ts(p.snapshot_time)}  {p.status:8} ({'; '.join(d.reasons)})")
+        lines.append(
+            f"  {verb:7} {p.id}  {_ts(p.snapshot_time)}  {p.status:8} ({'; '.join(d.reasons)})"
+        )
     n_keep, n_remove = len(result.keep), len(result.remove)
     if args.dry_run:
-        print(f"{n_keep} kept, {n_remove} would be removed")
+        lines.append(f"{n_keep} kept, {n_remove} would be removed")
     else:
         gc_hint = "; run gc to free their chunks" if n_remove else ""
-        print(f"{n_keep} kept, {n_remove} removed{gc_hint}")
-    return 0
+        lines.append(f"{n_keep} kept, {n_remove} removed{gc_hint}")
+    return CommandResult(0, text="\n".join(lines), result=doc, warnings=warnings)
 
 
 def prune_document(result: PruneResult, keep: KeepPolicy) -> dict[str, Any]:
@@ -136,16 +135,16 @@ def prune_document(result: PruneResult, keep: KeepPolicy) -> dict[str, Any]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "prune",
-        help="remove points outside the retention rules (of one policy, or all)",
+        "remove points outside the retention rules (of one policy, or all)",
+        EXAMPLES,
         description="Keeps, per VM disk, the last N points and the newest point of each of "
         "the N newest hours/days/weeks/months/years that have points (UTC); never a point "
         "of a running job or one a running job may base on; every other point of the "
         "policy is removed (its maps: gc frees the chunks). With --policy only that "
         "policy's points are looked at (their job ids name it), never another's.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--repo", metavar="PATH", help="repository directory (default: repository.path of --config)"
@@ -165,5 +164,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="print what would be removed and why; remove nothing"
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_guard(cmd_prune), passphrase=None)
+    json_arg(p)
+    p.set_defaults(func=cmd_prune, passphrase=None)

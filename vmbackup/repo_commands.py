@@ -1,10 +1,14 @@
-"""Repository maintenance commands: `vmbackup repo init|import-disk|list|repair|upgrade`,
-`restore` (restore_command.py), `verify`, `prune` (prune_command.py) and `gc`. They work
-on the repository library directly (no service runs); exit status 0 only on success."""
+"""Repository maintenance commands: `vmbackup repo init|import-disk|list|upgrade|id-key`
+here, `repo list` (repo_list_command.py), `repo repair`, `restore`, `verify`, `prune` and
+`gc` (a module each), and what they share: the passphrase, opening the repository,
+sizes, and a subcommand with examples. They work on the repository library directly (no
+service runs), return a CommandResult (printed by vmbackup/json_output.py, text or
+--json); exit status 0 only on success."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import os
@@ -14,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.command_result import CommandResult
 from repository.errors import RepositoryError
 
 PASSPHRASE_ENV = "VMBACKUP_PASSPHRASE"
@@ -79,7 +84,7 @@ def _ts(t: float) -> str:
 # --- commands ---------------------------------------------------------------------
 
 
-def cmd_init(args: argparse.Namespace) -> int:
+def cmd_init(args: argparse.Namespace) -> CommandResult:
     from repository.repository import Repository
 
     passphrase = None
@@ -96,103 +101,61 @@ def cmd_init(args: argparse.Namespace) -> int:
         passphrase=passphrase,
     )
     enc = "encrypted (AES-256-GCM)" if repo.encrypted else "not encrypted"
-    print(
-        f"created repository {args.path}: chunk size {_human(repo.chunk_size)}, "
-        f"zstd level {repo.compression_level}, {enc}"
+    return CommandResult(
+        0,
+        text=f"created repository {args.path}: chunk size {_human(repo.chunk_size)}, "
+        f"zstd level {repo.compression_level}, {enc}",
+        result={
+            "path": str(args.path),
+            "chunk_size": repo.chunk_size,
+            "compression_level": repo.compression_level,
+            "encrypted": repo.encrypted,
+        },
     )
-    return 0
 
 
-def cmd_import(args: argparse.Namespace) -> int:
+def cmd_import(args: argparse.Namespace) -> CommandResult:
     from repository.import_disk import import_disk
 
     repo = open_repo(args)
     r = import_disk(repo, args.vm, args.disk, args.file)
     kind = f"incremental on {r.base_point_id}" if r.base_point_id else "full"
-    print(
-        f"point {r.point_id} ({kind}): {_human(r.capacity)} in {r.chunks} chunks, "
+    return CommandResult(
+        0,
+        text=f"point {r.point_id} ({kind}): {_human(r.capacity)} in {r.chunks} chunks, "
         f"{r.zero_chunks} zero, {r.changed_chunks} changed, {r.new_chunks} new, "
-        f"{r.known_chunks} already stored, {_human(r.bytes_stored)} written in {r.seconds:.2f} s"
+        f"{r.known_chunks} already stored, {_human(r.bytes_stored)} written in {r.seconds:.2f} s",
+        result=dataclasses.asdict(r),
     )
-    return 0
 
 
-def cmd_upgrade(args: argparse.Namespace) -> int:
+def cmd_upgrade(args: argparse.Namespace) -> CommandResult:
     from repository.upgrade import upgrade
 
-    r = upgrade(args.repo, _repo_passphrase(args), progress=lambda line: print(line, flush=True))
-    print(
-        f"repository {args.repo} is version 2 (was {r.from_version}): {r.points} points, "
-        f"{r.maps_upgraded} maps upgraded now, {r.maps_already} by an earlier run"
+    # each file upgraded is a line: printed as it goes, unless stdout is the JSON document
+    def say(line: str) -> None:
+        if not args.json:
+            print(line, flush=True)
+
+    r = upgrade(args.repo, _repo_passphrase(args), progress=say)
+    return CommandResult(
+        0,
+        text=f"repository {args.repo} is version 2 (was {r.from_version}): {r.points} points, "
+        f"{r.maps_upgraded} maps upgraded now, {r.maps_already} by an earlier run",
+        result=dataclasses.asdict(r),
     )
-    return 0
 
 
-def cmd_id_key(args: argparse.Namespace) -> int:
+def cmd_id_key(args: argparse.Namespace) -> CommandResult:
     """Print the chunk-id key of an encrypted repository (what proxies need as proxy.id_key)."""
     repo = open_repo(args)
     if repo.id_key is None:
-        print(
-            f"vmbackup: {args.repo} is not encrypted: chunk ids are plain BLAKE3, "
-            "proxies need no id key",
-            file=sys.stderr,
+        return CommandResult.failed(
+            1,
+            f"{args.repo} is not encrypted: chunk ids are plain BLAKE3, proxies need no id key",
+            "refused",
         )
-        return 1
-    print(repo.id_key.hex())
-    return 0
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from repository.verify import verify
-
-    repo = open_repo(args)
-    report = verify(repo, sample=args.sample)
-    for p in report.problems:
-        print(p)
-    for h in report.quarantined:
-        print(f"quarantined: chunk {h}")
-    what = "sampled" if args.sample is not None else "checked"
-    print(
-        f"{report.points} points, {report.maps} maps, {report.references} references; "
-        f"{report.chunks_checked} of {report.chunks_total} chunks {what}: "
-        f"{'OK' if report.ok else f'{len(report.problems)} problem(s)'}; "
-        f"{len(report.quarantined)} chunk(s) quarantined"
-    )
-    return 0 if report.ok else 1
-
-
-def cmd_gc(args: argparse.Namespace) -> int:
-    from repository.gc import gc
-
-    repo = open_repo(args)
-    r = gc(repo, grace=args.grace, dry_run=args.dry_run)
-    for m in r.stale_markers:
-        print(f"warning: ignoring stale running-backup marker {m}")
-    for m in r.missing:
-        print(f"missing chunk: {m}")
-    verb = "would free" if r.dry_run else "freed"
-    print(
-        f"{r.points} points mark {r.referenced} chunks; {r.chunks_removed} of {r.chunks_seen} "
-        f"chunks removed, {verb} {_human(r.bytes_freed)} ({r.bytes_freed} bytes); "
-        f"{r.chunks_kept_young} unreferenced kept (younger than cutoff {_ts(r.cutoff)})"
-    )
-    return 1 if r.missing else 0
-
-
-def _guard(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except RepositoryError as exc:
-            print(f"vmbackup: error: {exc}", file=sys.stderr)
-            if getattr(args, "json", False):  # a reader of stdout gets it too: {"error": ...}
-                json.dump({"error": str(exc)}, sys.stdout)
-                print()
-            return 1
-        except BrokenPipeError:
-            return 1
-
-    return run
+    return CommandResult(0, text=repo.id_key.hex(), result={"id_key": repo.id_key.hex()})
 
 
 def _repo_arg(p: argparse.ArgumentParser) -> None:
@@ -204,16 +167,59 @@ def _repo_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document on stdout, errors included; no progress (docs/cli-json.md)",
+    )
+
+
+def add_command(
+    sub: argparse._SubParsersAction, name: str, help: str, examples: str, **kw: Any
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with its examples (``examples``: their lines)."""
+    epilog = kw.pop("epilog", "")
+    return sub.add_parser(
+        name,
+        help=help,
+        epilog=f"{epilog}\n\nexamples:\n{examples}" if epilog else f"examples:\n{examples}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kw,
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     # Here, not at the top: these command modules import helpers from this one.
-    from vmbackup import prune_command, repo_list_command, repo_repair_command, restore_command
+    from vmbackup import (
+        gc_command,
+        prune_command,
+        repo_list_command,
+        repo_repair_command,
+        restore_command,
+        verify_command,
+    )
 
-    repo = sub.add_parser("repo", help="create, fill and list a repository")
+    repo = add_command(
+        sub,
+        "repo",
+        "create, fill and list a repository",
+        "  vmbackup repo init /backup/repo\n"
+        "  vmbackup repo list --repo /backup/repo\n"
+        "  vmbackup repo SUBCOMMAND --help\n",
+    )
     rsub = repo.add_subparsers(dest="repo_command", metavar="SUBCOMMAND")
     rsub.required = True
 
-    p = rsub.add_parser("init", help="create an empty repository")
-    p.add_argument("path", metavar="PATH")
+    p = add_command(
+        rsub,
+        "init",
+        "create an empty repository",
+        "  vmbackup repo init /backup/repo\n"
+        "  vmbackup repo init /backup/repo --chunk-size 4M --compression-level 6\n"
+        "  vmbackup repo init /backup/repo --encrypt --passphrase-file /etc/vmbackup/pass\n",
+    )
+    p.add_argument("path", metavar="PATH", help="directory to create (must not exist or be empty)")
     p.add_argument(
         "--chunk-size",
         type=parse_size,
@@ -229,60 +235,68 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="zstd level for chunks (0 = none; default 3)",
     )
     p.add_argument("--encrypt", action="store_true", help="AES-256-GCM with a passphrase key file")
-    p.add_argument("--passphrase-file", metavar="FILE")
-    p.set_defaults(func=_guard(cmd_init))
+    p.add_argument(
+        "--passphrase-file",
+        metavar="FILE",
+        help=f"with --encrypt: the passphrase (else ${PASSPHRASE_ENV} or a prompt)",
+    )
+    json_arg(p)
+    p.set_defaults(func=cmd_init)
 
-    p = rsub.add_parser("import-disk", help="back up a raw disk image as a new point, locally")
+    p = add_command(
+        rsub,
+        "import-disk",
+        "back up a raw disk image as a new point, locally",
+        "  vmbackup repo import-disk --repo /backup/repo --vm web1 --disk 2000 web1-disk0.img\n"
+        "  vmbackup repo import-disk --repo /backup/repo --vm db1 --disk 2001 /dev/vg0/db --json\n",
+    )
     _repo_arg(p)
     p.add_argument("--vm", required=True, metavar="NAME", help="VM name (its points group by it)")
     p.add_argument("--disk", required=True, type=int, metavar="KEY", help="disk key, e.g. 2000")
     p.add_argument("file", metavar="FILE", help="raw image file or block device")
-    p.set_defaults(func=_guard(cmd_import))
+    json_arg(p)
+    p.set_defaults(func=cmd_import)
 
-    p = rsub.add_parser("upgrade", help="upgrade a version-1 repository to version 2, in place")
+    p = add_command(
+        rsub,
+        "upgrade",
+        "upgrade a version-1 repository to version 2, in place",
+        "  vmbackup repo upgrade --repo /backup/repo\n"
+        "  vmbackup repo upgrade --repo /backup/repo --json    # run again after an interruption\n",
+    )
     _repo_arg(p)
-    p.set_defaults(func=_guard(cmd_upgrade))
+    json_arg(p)
+    p.set_defaults(func=cmd_upgrade)
 
-    p = rsub.add_parser(
+    p = add_command(
+        rsub,
         "id-key",
-        help="print an encrypted repository's chunk-id key (hex), for proxy.id_key",
+        "print an encrypted repository's chunk-id key (hex), for proxy.id_key",
+        "  vmbackup repo id-key --repo /backup/repo > /etc/vmbackup/id-key\n"
+        "  kubectl create secret generic vmbackup-id-key \\\n"
+        "      --from-literal=id-key=$(vmbackup repo id-key --repo /backup/repo)\n",
         description="Proxies hash chunks with this key (keyed BLAKE3) so that ids reveal "
         "nothing about content. Store the output as a secret and point proxy.id_key at it.",
     )
     _repo_arg(p)
-    p.set_defaults(func=_guard(cmd_id_key))
+    json_arg(p)
+    p.set_defaults(func=cmd_id_key)
 
-    p = rsub.add_parser("list", help="restore points, sizes, dedup and compression ratios")
+    p = add_command(
+        rsub,
+        "list",
+        "restore points, sizes, dedup and compression ratios",
+        "  vmbackup repo list --repo /backup/repo\n"
+        "  vmbackup repo list --repo /backup/repo --vm-uuid 4210c3e1-0d3a-7c2e-9f1b-2a6c0e1d5b7a\n"
+        "  vmbackup repo list --repo /backup/repo --json | jq '.result.points[].id'\n",
+    )
     _repo_arg(p)
-    p.add_argument("--vm-uuid", default=None, help="only this VM's points")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_guard(repo_list_command.cmd_list))
+    p.add_argument("--vm-uuid", default=None, metavar="UUID", help="only this VM's points")
+    json_arg(p)
+    p.set_defaults(func=repo_list_command.cmd_list)
 
     repo_repair_command.register(rsub)
-
     restore_command.register(sub)
-
-    p = sub.add_parser("verify", help="check maps and re-hash chunks; non-zero exit on damage")
-    _repo_arg(p)
-    p.add_argument(
-        "--sample",
-        type=int,
-        default=None,
-        metavar="N",
-        help="re-hash N random chunks instead of all",
-    )
-    p.set_defaults(func=_guard(cmd_verify))
-
+    verify_command.register(sub)
     prune_command.register(sub)
-
-    p = sub.add_parser("gc", help="remove chunks no point uses (mark and sweep)")
-    _repo_arg(p)
-    p.add_argument(
-        "--grace",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="never remove chunks touched less than this long ago (default 300)",
-    )
-    p.add_argument("--dry-run", action="store_true")
-    p.set_defaults(func=_guard(cmd_gc))
+    gc_command.register(sub)

@@ -3,44 +3,42 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
+from common.command_result import CommandResult
 from coordinator.vm_config import describe_point_config
 from repository.points import Point
 from repository.stats import RepoStats, point_data_bytes, repo_stats
 from vmbackup.repo_commands import _human, _ts, open_repo
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def cmd_list(args: argparse.Namespace) -> CommandResult:
     repo = open_repo(args)
     points = repo.points(args.vm_uuid)
     st = repo_stats(repo, points)
+    doc = list_document(points, st)
     if args.json:
-        json.dump(list_document(points, st), sys.stdout, indent=2)
-        print()
-        return 0
-    print(
+        return CommandResult(0, result=doc)
+    lines = [
         f"{'POINT':26} {'VM':24} {'STATUS':8} {'SNAPSHOT (UTC)':19} {'DISKS':>5} "
         f"{'LOGICAL':>10} {'DATA':>10} {'CHANGED':>8}"
-    )
+    ]
     for p in points:
         changed = sum(d.changed_chunks for d in p.disks)
-        print(
+        lines.append(
             f"{p.id:26} {p.vm_name[:24]:24} {p.status:8} {_ts(p.snapshot_time):19} "
             f"{len(p.disks):>5} {_human(p.logical_bytes):>10} {_human(point_data_bytes(p)):>10} "
             f"{changed:>8}"
         )
         hw = describe_point_config(p.vm_config)["hardware_summary"]
         if hw:
-            print(f"    {hw}")
-    print(
+            lines.append(f"    {hw}")
+    lines.append(
         f"\n{st.points} points, logical {_human(st.logical_bytes)}, data {_human(st.data_bytes)}; "
         f"{st.chunks} chunks, {_human(st.raw_bytes)} unique, {_human(st.stored_bytes)} stored; "
         f"dedup {st.dedup_ratio:.2f}x, compression {st.compression_ratio:.2f}x"
     )
-    return 0
+    return CommandResult(0, text="\n".join(lines), result=doc)
 
 
 def list_document(points: list[Point], st: RepoStats) -> dict[str, Any]:

@@ -13,18 +13,19 @@ from __future__ import annotations
 import argparse
 import os
 import stat
-import sys
+from dataclasses import asdict
 
+from common.command_result import CommandResult
 from repository.points import Point
-from vmbackup.repo_commands import _guard, _human, _repo_arg, open_repo
+from vmbackup.repo_commands import _human, _repo_arg, add_command, json_arg, open_repo
 
 EXAMPLES = """\
-examples:
   vmbackup repo list --repo /backup/repo                  # find the point and its disks
   vmbackup restore --repo /backup/repo --point 20240501T220012Z-1a2b3c4d \\
       --disk 2000 --out /restore/web1-disk0.img
   vmbackup restore --repo /backup/repo --point ID --disk 2000 --out - | qemu-img ...
   vmbackup restore --repo /backup/repo --point ID --disk 2000 --out /dev/sdb --force
+  vmbackup restore --repo /backup/repo --point ID --disk 2000 --out disk.img --json
 """
 
 
@@ -68,39 +69,49 @@ def no_such_disk(point: Point, key: int) -> str:
     return msg
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
+def cmd_restore(args: argparse.Namespace) -> CommandResult:
     from repository.restore import restore_disk
 
+    if args.json and args.out == "-":  # stdout is the image: no room for a document
+        return CommandResult.failed(
+            2, "--json needs --out FILE or DEVICE: with --out - stdout is the image", "usage"
+        )
     # Before the repository is opened (no passphrase prompt for a restore refused); a
     # target created between this check and the restore's rename is still replaced.
     refusal = overwrite_refusal(args.out, target_mode(args.out), args.force)
     if refusal:
-        print(f"vmbackup: error: {refusal}", file=sys.stderr)
-        return 1
+        return CommandResult.failed(1, refusal, "refused")
     repo = open_repo(args)
     missing = no_such_disk(repo.get_point(args.point), args.disk)
     if missing:
-        print(f"vmbackup: error: {missing}", file=sys.stderr)
-        return 1
-    st = restore_disk(repo, args.point, args.disk, args.out, sync=not args.no_fsync)
+        return CommandResult.failed(1, missing, "refused")
+    progress = args.progress.task(f"restore disk {args.disk}")
+    st = restore_disk(
+        repo, args.point, args.disk, args.out, sync=not args.no_fsync, progress=progress
+    )
+    text = ""
     if args.out != "-":
-        print(
+        text = (
             f"restored disk {args.disk} of {args.point} to {args.out}: "
             f"{_human(st.bytes_written)}, {st.chunks_read} chunks read, "
             f"{st.zero_chunks} zero, {st.seconds:.2f} s"
         )
-    return 0
+    return CommandResult(
+        0,
+        text=text,
+        result={"point": args.point, "disk": args.disk, "out": args.out, **asdict(st)},
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "restore",
-        help="restore one disk of a point to a file, device or stdout",
+        "restore one disk of a point to a file, device or stdout",
+        EXAMPLES,
         description="Restore one disk of a restore point, every chunk checked against its"
         " id. A file target is written under a temporary name and renamed when complete;"
         " a block device is overwritten in place, zeros included.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _repo_arg(p)
     p.add_argument(
@@ -134,4 +145,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not fsync a file or device target before exiting (scratch copies only)",
     )
-    p.set_defaults(func=_guard(cmd_restore))
+    json_arg(p)
+    p.set_defaults(func=cmd_restore)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import ssl
 import sys
-import time
 
 from pyVmomi import vim
 
+from common.command_result import CommandResult
+from common.progress import Progress
 from coordinator.restore.errors import RestoreVmError
 from coordinator.restore.recreate import load_point, restore_vm
 from coordinator.vcenter import (
@@ -17,14 +18,29 @@ from coordinator.vcenter import (
 from repository.errors import RepositoryError
 from repository.repository import Repository
 
+EXAMPLES = """\
+examples:
+  vmbackup repo list --repo /backup/repo                     # find the point
+  vmbackup restore-vm 20240501T220012Z-1a2b3c4d -c /etc/vmbackup/vmbackup.toml \\
+      --to vc1 --datastore ds-restore --name web1-restored
+  vmbackup restore-vm ID -c site.toml --to vc1 --datastore ds1 --transport nbd --json
+"""
+
 
 def register_restore_vm(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "restore-vm",
         help="recreate the VM of a restore point on a vCenter (registered, powered off)",
+        description="Create the point's VM from its saved configuration on a vCenter, fill"
+        " its disks from the repository, and leave it registered and powered off. On a"
+        " terminal each disk's bytes, rate and ETA show on stderr.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("point", metavar="POINT", help="restore point id (see `vmbackup repo list`)")
-    p.add_argument("--config", required=True, help="vmbackup TOML config (vCenters, repository)")
+    p.add_argument(
+        "--config", "-c", required=True, help="vmbackup TOML config (vCenters, repository)"
+    )
     p.add_argument("--to", required=True, metavar="VCENTER", help="vCenter name from the config")
     p.add_argument("--datastore", required=True, metavar="DS", help="datastore for files and disks")
     p.add_argument("--name", default="", help="name of the new VM (default: the saved name)")
@@ -53,50 +69,63 @@ def register_restore_vm(sub: argparse._SubParsersAction) -> None:
         " write fails (default 3): http starts the disk again from its first byte, nbd"
         " resumes at the first write not confirmed",
     )
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document on stdout, errors included; no progress (docs/cli-json.md)",
+    )
     p.set_defaults(func=cmd_restore_vm)
 
 
-def cmd_restore_vm(args: argparse.Namespace) -> int:
+def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
     from common.config import ConfigError
     from common.logging import setup_logging
     from coordinator.vcenter import VCenterError
 
-    def fail(msg: str, code: int = 1) -> int:
-        print(f"vmbackup: restore-vm: {msg}", file=sys.stderr)
-        return code
+    def fail(msg: str, code: int = 1, cause: str = "refused") -> CommandResult:
+        return CommandResult.failed(code, msg, cause)
 
     if args.upload_attempts < 1:
-        return fail("--upload-attempts must be at least 1", 2)
+        return fail("--upload-attempts must be at least 1", 2, "usage")
     try:
         cfg = args.load_config(args.config)
-    except ConfigError as exc:
-        for line in str(exc).splitlines():  # one per problem, each naming file and key
-            fail(f"config error: {line}")
-        return 2
+    except ConfigError as exc:  # one reason per problem, each naming file and key
+        return CommandResult(
+            2,
+            result={"errors": [{"key": p.key, "error": p.error} for p in exc.problems]},
+            reasons=str(exc).splitlines(),
+            cause="config",
+        )
     except ValueError as exc:
-        return fail(f"config error: {exc}", 2)
+        return fail(str(exc), 2, "config")
     # The result (text or --json) is stdout; logs go to stderr.
     setup_logging(cfg.log.level, cfg.log.format, role="restore-vm", stream=sys.stderr)
     vcs = [vc for vc in cfg.vcenters if vc.name == args.to]
     if not vcs:
         names = ", ".join(vc.name for vc in cfg.vcenters) or "none"
-        return fail(f"no vCenter named {args.to!r} in {args.config} (configured: {names})", 2)
+        return fail(
+            f"no vCenter named {args.to!r} in {args.config} (configured: {names})", 2, "config"
+        )
     repo_path = args.repo or cfg.repository.path
     if not repo_path:
-        return fail(f"no repository: give --repo or set repository.path in {args.config}", 2)
+        return fail(
+            f"no repository: give --repo or set repository.path in {args.config}", 2, "config"
+        )
     passphrase = cfg.repository.passphrase.value if cfg.repository.passphrase else None
     try:
         repo = Repository.open(repo_path, passphrase)
         load_point(repo, args.point)  # bad point: fail before touching vCenter
-    except (RepositoryError, RestoreVmError) as exc:
+    except RepositoryError as exc:
+        return fail(str(exc), cause="repository")
+    except RestoreVmError as exc:
         return fail(str(exc))
     try:
         conn = Connection(vcs[0]).connect()
     except (VCenterError, OSError) as exc:
         cause = exc.__cause__ if isinstance(exc, VCenterError) else exc
         down = isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError)
-        return fail(f"vCenter {args.to} {'unreachable' if down else 'refused us'}: {exc}")
+        why = f"vCenter {args.to} {'unreachable' if down else 'refused us'}: {exc}"
+        return fail(why, cause="vcenter")
     nbd_target = None
     if args.transport == "nbd":
         from coordinator.restore.nbd_write import NbdTarget
@@ -105,14 +134,12 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
 
         access = VCenterAccess.from_config(vcs[0])  # vddk_command applies nbd.vddk_thumbprints
         nbd_target = NbdTarget(NbdTransport(cfg.proxy, VCenterDirectory([access])), args.to)
-    last = [0.0]
+    bars: dict[str, Progress] = {}  # a bar per disk, on the command's progress board
 
     def progress(what: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - last[0] >= 1.0:
-            last[0] = now
-            pct = 100.0 * done / total if total else 100.0
-            print(f"  {what}: {done}/{total} bytes ({pct:.0f}%)", file=sys.stderr, flush=True)
+        if what not in bars:
+            bars[what] = args.progress.task(f"restore-vm {what}")
+        bars[what](done, total)
 
     try:
         res = restore_vm(
@@ -128,13 +155,15 @@ def cmd_restore_vm(args: argparse.Namespace) -> int:
             nbd=nbd_target,
             progress=progress,
         )
-    except (RestoreVmError, RepositoryError, VCenterError) as exc:
+    except (RestoreVmError, RepositoryError) as exc:
         return fail(str(exc))
+    except VCenterError as exc:
+        return fail(str(exc), cause="vcenter")
     except vim.fault.VimFault as exc:
-        return fail(f"vCenter refused: {type(exc).__name__}: {getattr(exc, 'msg', exc)}")
+        why = f"vCenter refused: {type(exc).__name__}: {getattr(exc, 'msg', exc)}"
+        return fail(why, cause="vcenter")
     finally:
         conn.close()
         if nbd_target is not None:
             nbd_target.transport.close()  # its private copy of the password, if any
-    sys.stdout.write(res.to_json() + "\n" if args.json else res.to_text())
-    return 0
+    return CommandResult(0, text=res.to_text(), result=res.as_dict())

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -35,8 +35,8 @@ class RestoreVmResult:
     bytes_uploaded: int = 0
     seconds: float = 0.0
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     def to_text(self) -> str:
         rate = self.bytes_uploaded / self.seconds / 2**20 if self.seconds > 0 else 0.0

@@ -113,7 +113,7 @@ def test_cli_config_check_exits_2_with_one_line(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
-        f"vmbackup: config error: {bad}: metrics.port: expected an integer, got str"
+        f"vmbackup config check: config error: {bad}: metrics.port: expected an integer, got str"
     ]
 
 

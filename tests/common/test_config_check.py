@@ -81,8 +81,9 @@ def test_every_problem_is_reported_at_once_with_its_key_path(tmp_path: Path) -> 
     )
     r = vmb("config", "check", "--config", str(write(tmp_path, text)), "--json")
     assert r.returncode == 2, r.stdout + r.stderr
-    out = json.loads(r.stdout)
-    assert out["ok"] is False
+    doc = json.loads(r.stdout)
+    assert (doc["ok"], doc["exit"], doc["error"]["cause"]) == (False, 2, "config")
+    out = doc["result"]
     assert all(set(e) == {"key", "error"} for e in out["errors"])
     assert [e["key"] for e in out["errors"]] == [
         "broker.delivery_limit",
@@ -145,7 +146,7 @@ def test_secrets_are_read_for_the_role_given_only(tmp_path: Path) -> None:
     assert keys(cfg, role="proxy", secrets=False) == []
     r = vmb("config", "check", "-c", str(cfg), "--role", "proxy", "--json")
     assert r.returncode == 2
-    errors = json.loads(r.stdout)["errors"]
+    errors = json.loads(r.stdout)["result"]["errors"]
     assert errors[0] == {
         "key": "broker.password",
         "error": "cannot read secret file /nonexistent/broker-pw: No such file or directory",
@@ -173,7 +174,12 @@ def test_the_example_config_passes_as_shipped() -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"{EXAMPLE}: ok")
     r = vmb("config", "check", "--config", str(EXAMPLE), "--json")
-    assert r.returncode == 0 and json.loads(r.stdout) == {"ok": True, "errors": []}
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and (doc["ok"], doc["result"], doc["error"]) == (
+        True,
+        {"errors": []},
+        None,
+    )
     for role in ("writer", "proxy", "coordinator"):
         r = vmb("config", "check", "--config", str(EXAMPLE), "--role", role, "--no-secrets")
         assert r.returncode == 0, (role, r.stderr)

@@ -269,3 +269,35 @@ def test_daemon_job_fails_while_its_vcenter_is_down_and_reaches_it_when_back(
             forwarder.close()
     text = (stack.logs / "daemon.log").read_text()
     assert '"job_finished"' in text and "cannot connect to" in text
+
+
+def test_backup_json_is_one_document_success_or_not(rig: Rig, lab: Lab) -> None:
+    """--json: the report is the document's result, the reasons its error (exit status
+    unchanged); no progress under --json, progress lines on stderr without it."""
+    stack = rig.stack
+    down = config(stack, "down-json", url=closed_url(), retries=0)
+    run = stack.run("backup", "--config", str(down), "--policy", "all", "--json", timeout=300)
+    assert run.returncode == 2, run.stdout + run.stderr
+    doc = json.loads(run.stdout)
+    assert (doc["ok"], doc["command"], doc["exit"]) == (False, "backup", 2)
+    assert doc["error"]["cause"] == "vcenter"
+    assert "vcenter lab: cannot connect to" in doc["error"]["message"]
+    assert doc["result"]["status"] == "failed" and doc["result"]["cause"] == "vcenter"
+
+    good = config(stack, "good-json")
+    run = stack.run("backup", "--config", str(good), "--policy", "all", "--json", timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = json.loads(run.stdout)
+    n = len(lab.vms())
+    assert doc["ok"] and doc["error"] is None and doc["result"]["counts"]["ok"] == n
+    assert "backup all: VMs" not in run.stderr  # quiet under --json
+
+    run = stack.run("backup", "--config", str(good), "--policy", "all", timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"vmbackup: backup all: VMs: {n} of {n} (100%)" in run.stderr, run.stderr
+    assert "vmbackup: backup all: data read: " in run.stderr
+    assert sum(x.startswith("vmbackup: VM ") for x in run.stderr.splitlines()) == n
+    assert run.stdout.startswith("job ")  # the text report, not a document
+
+    run = stack.run("backup", "--config", str(good), "--policy", "all", "--json", "--report", "-")
+    assert run.returncode == 2 and json.loads(run.stdout)["error"]["cause"] == "usage"

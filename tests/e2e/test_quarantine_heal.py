@@ -58,6 +58,8 @@ def test_damaged_chunk_is_healed_by_the_next_backup(tmp_path: Path) -> None:
                         got = stack.restore_digest(v["point_id"], d["key"])
                         assert got == expected[(v["moref"], d["key"])]  # old point: healed
             assert "OK" in stack.verify()
-            doc = json.loads(stack.vmbackup("repo", "repair", "--repo", str(stack.repo), "--json"))
+            doc = json.loads(stack.vmbackup("repo", "repair", "--repo", str(stack.repo), "--json"))[
+                "result"
+            ]
             assert doc["ok"] and doc["healed"] == [victim.hex()]
             assert doc["points_needing_data"] == []

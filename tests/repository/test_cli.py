@@ -30,7 +30,7 @@ def test_cli_round_trip(tmp_path: Path) -> None:
     assert r.returncode == 0 and b"(full)" in r.stdout, r.stderr
     r = vmb("repo", "import-disk", "--repo", repo, "--vm", "web", "--disk", "2000", str(img))
     assert b"incremental" in r.stdout and b" 0 new" in r.stdout
-    doc = json.loads(vmb("repo", "list", "--repo", repo, "--json").stdout)
+    doc = json.loads(vmb("repo", "list", "--repo", repo, "--json").stdout)["result"]
     assert len(doc["points"]) == 2 and doc["totals"]["dedup_ratio"] > 1.5
     pid = doc["points"][1]["id"]
     r = vmb("restore", "--repo", repo, "--point", pid, "--disk", "2000", "--out", "-")

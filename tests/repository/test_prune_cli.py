@@ -61,7 +61,7 @@ def test_prune_a_policy_from_its_config(repo: Repository, tmp_path: Path) -> Non
 
     r = vmb("prune", "--config", str(cfg), "--policy", "gold", "--json", text=True)
     assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
+    doc = json.loads(r.stdout)["result"]
     assert (doc["dry_run"], doc["policy"], doc["kept"], doc["removed"]) == (False, "gold", 2, 2)
     assert doc["keep"] == {
         "last": 1,
@@ -85,7 +85,7 @@ def test_prune_refuses_what_it_cannot_do(repo: Repository, tmp_path: Path) -> No
     assert r.returncode == 1 and "policy 'silver' has no retention" in r.stderr
     r = vmb("prune", "--config", str(cfg), "--policy", "bronze", "--json", text=True)
     assert r.returncode == 1 and "no policy named 'bronze'" in r.stderr
-    assert "no policy named 'bronze'" in json.loads(r.stdout)["error"]
+    assert "no policy named 'bronze'" in json.loads(r.stdout)["error"]["message"]
     r = vmb("prune", "--policy", "silver", "--keep-last", "1", text=True)
     assert r.returncode == 1 and "no repository: --repo PATH" in r.stderr
     bad = tmp_path / "bad.toml"

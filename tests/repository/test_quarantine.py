@@ -103,7 +103,7 @@ def test_verify_quarantines_and_the_next_backup_heals(
     assert not moved.exists() and list(repo.quarantine) == []
     cli = vmb("repo", "repair", "--repo", str(repo.path), "--json")
     assert cli.returncode == 0, cli.stderr
-    assert json.loads(cli.stdout)["points_needing_data"] == []
+    assert json.loads(cli.stdout)["result"]["points_needing_data"] == []
 
 
 def test_without_a_new_backup_restore_fails_clearly_and_repair_lists_the_point(
@@ -145,7 +145,9 @@ def test_without_a_new_backup_restore_fails_clearly_and_repair_lists_the_point(
 
     r = vmb("repo", "repair", "--repo", str(repo_dir), "--json")
     assert r.returncode == 1
-    doc = json.loads(r.stdout)
+    full = json.loads(r.stdout)
+    assert (full["ok"], full["exit"], full["error"]["cause"]) == (False, 1, "damage")
+    doc = full["result"]
     assert doc["still_damaged"] == [victim.hex()] and not doc["ok"]
     assert doc["points_needing_data"] == [
         {

@@ -70,7 +70,7 @@ def test_restore_rich_vm_matches_hardware_and_bytes(env: Env) -> None:
         env, env.rich.point_id, "--datastore", env.shared_ds, "--name", "rich-copy", "--json"
     )
     assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout)
+    res = json.loads(r.stdout)["result"]
     [vm] = env.vms_named("rich-copy")
     assert vm._moId == res["vm_moref"]
     assert vm.runtime.powerState == "poweredOff"
@@ -114,7 +114,7 @@ def test_restore_lab_vm_to_host_folder_and_local_datastore(env: Env) -> None:
         "--json",
     )
     assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout)
+    res = json.loads(r.stdout)["result"]
     [vm] = env.vms_named("plain-copy")
     assert vm.runtime.host.name == other
     assert vm.parent.name == "today" and vm.parent.parent.name == "restores"
@@ -220,7 +220,7 @@ def test_a_dropped_upload_starts_the_disk_again_and_lands_exact(env: Env, tmp_pa
         assert relay.cuts_done == 1
     finally:
         relay.close()
-    res = json.loads(r.stdout)
+    res = json.loads(r.stdout)["result"]
     assert [d["attempts"] for d in res["disks"]] == [2, 1]  # the first disk was cut
     assert "restore_vm_upload_retry" in r.stderr
     _check_disks(env, env.plain.point_id, res, env.plain.disk_sha256)
@@ -264,7 +264,7 @@ def test_an_upload_answered_5xx_is_sent_again_and_a_4xx_is_not(env: Env, tmp_pat
     r = restore_through(relay, "after-a-503", "--json")
     assert r.returncode == 0, r.stderr
     assert relay.answered == 1
-    res = json.loads(r.stdout)
+    res = json.loads(r.stdout)["result"]
     assert [d["attempts"] for d in res["disks"]] == [2, 1]
     assert "restore_vm_upload_retry" in r.stderr and "HTTP 503" in r.stderr
     _check_disks(env, env.plain.point_id, res, env.plain.disk_sha256)
@@ -291,7 +291,7 @@ def test_repo_list_shows_restore_metadata(env: Env) -> None:
     assert "4 vCPU (2/socket), 3072 MiB, efi, ubuntu64Guest, vmx-19" in r.stdout
     assert "@nvme0:0" in r.stdout and "@ide1:0" in r.stdout and "@lsilogic-sas1:3" in r.stdout
     j = env.vmbackup("repo", "list", "--repo", str(env.repo_path), "--json")
-    doc = json.loads(j.stdout)
+    doc = json.loads(j.stdout)["result"]
     [p] = [p for p in doc["points"] if p["id"] == env.rich.point_id]
     # the configuration as the API returned it, in full
     assert p["vm_config"]["_vimtype"] == "vim.vm.ConfigInfo"

@@ -39,7 +39,7 @@ def test_nbd_restore_sends_only_data_and_keeps_the_disk_thin(env: Env) -> None:
 
     r = env.restore_vm(point.point_id, "sparse-nbd", "--transport", "nbd", "--json")
     assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout)
+    res = json.loads(r.stdout)["result"]
     [disk] = res["disks"]
     # the data chunks, the last one cut at the end of the disk; nothing else travelled
     assert disk["bytes_sent"] == 3 * CHUNK + (size % CHUNK) == res["bytes_uploaded"]
@@ -52,7 +52,7 @@ def test_nbd_restore_sends_only_data_and_keeps_the_disk_thin(env: Env) -> None:
     # the same point over /folder: every byte travels (the reason for the nbd transport)
     r = env.restore_vm(point.point_id, "sparse-http", "--json")
     assert r.returncode == 0, r.stderr
-    [disk] = json.loads(r.stdout)["disks"]
+    [disk] = json.loads(r.stdout)["result"]["disks"]
     assert disk["bytes_sent"] == size
     assert same_bytes(flat_of(env, disk["file"]), src)
 
@@ -113,7 +113,7 @@ def test_failed_nbd_writes_resume_on_a_new_connection(env: Env, tmp_path: Path) 
     config = _failing_writes(env, tmp_path / "once", recovers=True)
     r = env.restore_vm(point.point_id, "resumed", "--transport", "nbd", "--json", config=config)
     assert r.returncode == 0, r.stderr
-    [disk] = json.loads(r.stdout)["disks"]
+    [disk] = json.loads(r.stdout)["result"]["disks"]
     assert disk["attempts"] == 2
     assert "restore_vm_upload_retry" in r.stderr and "NBD write failed at byte" in r.stderr
     data = 32 * CHUNK
@@ -156,7 +156,7 @@ def test_a_failed_flush_writes_the_disk_again_from_its_first_byte(env: Env, tmp_
     config = _failing_flush(env, tmp_path / "flush-once", recovers=True)
     r = env.restore_vm(point.point_id, "flushed", "--transport", "nbd", "--json", config=config)
     assert r.returncode == 0, r.stderr
-    [disk] = json.loads(r.stdout)["disks"]
+    [disk] = json.loads(r.stdout)["result"]["disks"]
     assert disk["attempts"] == 2
     assert "NBD flush failed" in r.stderr and "from byte 0" in r.stderr
     # a write taken but not flushed may be lost: every data chunk went again

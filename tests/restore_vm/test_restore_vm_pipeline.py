@@ -69,7 +69,7 @@ def test_restore_vm_from_a_real_backup(tmp_path: Path) -> None:
                 # the stack logs at info on stdout: keep stdout for the JSON result
                 r = stack.run(*args, env={"VMBACKUP_LOG__LEVEL": "warning"}, timeout=300)
                 assert r.returncode == 0, r.stderr
-                res = json.loads(r.stdout)
+                res = json.loads(r.stdout)["result"]
                 assert res["power_state"] == "poweredOff"
                 point = repo.get_point(point_id)
                 assert {d["saved_key"] for d in res["disks"]} == {d.key for d in point.disks}

@@ -1,0 +1,64 @@
+"""`vmbackup gc`: remove the chunks no point uses (mark and sweep).
+
+Exit status: 0 done; 1 a point names a missing or quarantined chunk, another gc runs,
+a map fails its check, or a repository error; 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from common.command_result import CommandResult
+from vmbackup.repo_commands import _human, _repo_arg, _ts, add_command, json_arg, open_repo
+
+EXAMPLES = """\
+  vmbackup gc --repo /backup/repo --dry-run          # what would be freed
+  vmbackup gc --repo /backup/repo                    # after prune: free the chunks
+  vmbackup gc --repo /backup/repo --grace 3600 --json
+"""
+
+
+def cmd_gc(args: argparse.Namespace) -> CommandResult:
+    from repository.gc import gc
+
+    repo = open_repo(args)
+    r = gc(repo, grace=args.grace, dry_run=args.dry_run)
+    lines = [f"missing chunk: {m}" for m in r.missing]
+    verb = "would free" if r.dry_run else "freed"
+    lines.append(
+        f"{r.points} points mark {r.referenced} chunks; {r.chunks_removed} of {r.chunks_seen} "
+        f"chunks removed, {verb} {_human(r.bytes_freed)} ({r.bytes_freed} bytes); "
+        f"{r.chunks_kept_young} unreferenced kept (younger than cutoff {_ts(r.cutoff)})"
+    )
+    warnings = [f"ignoring stale running-backup marker {m}" for m in r.stale_markers]
+    res = CommandResult(0, text="\n".join(lines), result=dataclasses.asdict(r), warnings=warnings)
+    if not r.missing:
+        return res
+    return res.found(
+        1, "damage", [f"{len(r.missing)} chunk(s) named by points are missing", *lines[:-1]]
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
+        "gc",
+        "remove chunks no point uses (mark and sweep)",
+        EXAMPLES,
+        description="Mark every chunk a point's map names, then remove the others older "
+        "than --grace and than the oldest running backup; only one gc runs at a time.",
+    )
+    _repo_arg(p)
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="never remove chunks touched less than this long ago (default 300)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print what would be freed; remove nothing"
+    )
+    json_arg(p)
+    p.set_defaults(func=cmd_gc)
