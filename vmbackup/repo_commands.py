@@ -94,6 +94,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         compression_level=args.compression_level,
         passphrase=passphrase,
+        packs=args.packs,
+        pack_size=args.pack_size,
     )
     enc = "encrypted (AES-256-GCM)" if repo.encrypted else "not encrypted"
     print(
@@ -230,6 +232,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--encrypt", action="store_true", help="AES-256-GCM with a passphrase key file")
     p.add_argument("--passphrase-file", metavar="FILE")
+    p.add_argument(
+        "--packs",
+        action="store_true",
+        help="format version 3: chunks in pack files instead of one file per chunk",
+    )
+    p.add_argument(
+        "--pack-size",
+        type=parse_size,
+        default=32 << 20,
+        metavar="SIZE",
+        help="with --packs: size at which a pack is sealed, 1M to 1G (default 32M)",
+    )
     p.set_defaults(func=_guard(cmd_init))
 
     p = rsub.add_parser("import-disk", help="back up a raw disk image as a new point, locally")

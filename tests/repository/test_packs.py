@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -159,7 +160,7 @@ def test_missing_pack_names_the_pack(tmp_path: Path) -> None:
     repo.close()
     for f in _pack_files(repo):
         f.unlink()
-    with pytest.raises(MissingChunkError, match="pack .* is gone"):
+    with pytest.raises(MissingChunkError, match=r"pack .* is gone"):
         Repository.open(repo.path).read_chunk(stored[0][0])
 
 
@@ -233,3 +234,26 @@ def test_a_damaged_blob_is_quarantined_and_the_pack_stays_usable(tmp_path: Path)
     out = tmp_path / "o.img"
     restore_disk(fresh, r.point_id, 2000, out)
     assert out.read_bytes() == data
+
+
+def test_cli_on_a_pack_repository(tmp_path: Path) -> None:
+    from tests.repository.test_cli import vmb
+
+    repo = str(tmp_path / "repo")
+    img = tmp_path / "d.img"
+    data = make_image(img, "rtzrdsrrrr")
+    r = vmb("repo", "init", repo, "--chunk-size", "256K", "--packs", "--pack-size", "1M")
+    assert r.returncode == 0, r.stderr
+    for _ in range(2):
+        r = vmb("repo", "import-disk", "--repo", repo, "--vm", "web", "--disk", "2000", str(img))
+        assert r.returncode == 0, r.stderr
+    # the importing process sealed its packs as it exited: nothing is left open
+    assert not list((tmp_path / "repo" / "packs" / "open").iterdir())
+    doc = json.loads(vmb("repo", "list", "--repo", repo, "--json").stdout)
+    assert len(doc["points"]) == 2 and doc["totals"]["chunks"] == 8
+    pid = doc["points"][1]["id"]
+    r = vmb("restore", "--repo", repo, "--point", pid, "--disk", "2000", "--out", "-")
+    assert r.returncode == 0 and r.stdout == data
+    assert vmb("verify", "--repo", repo).returncode == 0
+    assert vmb("gc", "--repo", repo).returncode == 0
+    assert vmb("repo", "init", str(tmp_path / "x"), "--packs", "--pack-size", "10K").returncode
