@@ -11,7 +11,8 @@ file, one fsync at the end. Measured against it, in the same run:
   point commit);
 * writer: `Repository.store_chunks` on proxy-made batches of 4 chunks (decompress,
   re-hash to verify the id, dedup, blob, durable write) - the writer service's work
-  per ChunkBatch, without the broker.
+  per ChunkBatch, without the broker - on chunk files (format 2) and on packs (format 3,
+  32 MiB packs), each with its wall and CPU seconds and the files it left.
 """
 
 from __future__ import annotations
@@ -68,14 +69,27 @@ def run(mib: int, workdir: Path) -> dict[str, float]:
             batches[-1].append((blake3.blake3(chunk).digest(), len(chunk), comp, payload))
             if len(batches[-1]) == 4:
                 batches.append([])
-    repo2 = Repository.init(workdir / "repo2", chunk_size=MiB, compression_level=1)
-    t0 = time.perf_counter()
-    for b in batches:
-        repo2.store_chunks(b)
-    t_writer = time.perf_counter() - t0
     size = mib * MiB
+    layouts: dict[str, float] = {}
+    for name, packs in (("files", False), ("packs", True)):
+        repo2 = Repository.init(
+            workdir / f"repo-{name}", chunk_size=MiB, compression_level=1, packs=packs
+        )
+        t0, c0 = time.perf_counter(), time.process_time()
+        for b in batches:
+            repo2.store_chunks(b)
+        repo2.close()  # packs: the last one sealed, as a writer does when it stops
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        layouts[f"{name}_mib_s"] = size / wall / MiB
+        layouts[f"{name}_ratio"] = t_base / wall
+        layouts[f"{name}_cpu_s"] = cpu
+        layouts[f"{name}_wall_s"] = wall
+        layouts[f"{name}_files"] = sum(len(f) for _, _, f in os.walk(repo2.path))
+    t_writer = layouts["files_wall_s"]
     return {
+        **layouts,
         "mib": mib,
+        "baseline_s": t_base,
         "baseline_mib_s": size / t_base / MiB,
         "import_mib_s": size / t_import / MiB,
         "import_inline_ratio": t_base / t_imp[0],
@@ -103,6 +117,13 @@ def main() -> None:
         f" {r['import_inline_ratio']:.2f}, 2 threads {r['import_2thr_ratio']:.2f}); "
         f"writer store_chunks {r['writer_mib_s']:.0f} MiB/s (ratio {r['writer_ratio']:.2f})"
     )
+    for name in ("files", "packs"):
+        print(
+            f"  writer on {name}: {r[f'{name}_mib_s']:.0f} MiB/s, ratio {r[f'{name}_ratio']:.2f},"
+            f" wall {r[f'{name}_wall_s']:.2f} s, CPU {r[f'{name}_cpu_s']:.2f} s,"
+            f" {r[f'{name}_files']:.0f} files in the repository"
+        )
+    print(f"  baseline wall {r['baseline_s']:.2f} s; load average {os.getloadavg()}")
 
 
 if __name__ == "__main__":

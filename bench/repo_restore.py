@@ -48,7 +48,7 @@ def baseline(repo: Repository, point_id: str) -> float:
     dctx = zstandard.ZstdDecompressor()
     t0 = time.perf_counter()
     for _i, cid in dmap.iter_ids():
-        data = repo.chunks.path_of(cid).read_bytes()
+        data = repo.chunks.read(cid)  # the blob, from its file (or its pack)
         h = blob.parse_header(data, "")
         body = data[blob.HEADER_LEN :]
         plain = dctx.decompress(body, max_output_size=h.raw_len) if h.compressed else body

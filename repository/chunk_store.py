@@ -141,6 +141,9 @@ class ChunkStore:
             return False
         return True
 
+    def touch_many(self, ids: Sequence[bytes], *, settle: bool = True) -> list[bool]:
+        return [self.touch(i, settle=settle) for i in ids]
+
     def read(self, chunk_id: bytes) -> bytes:
         path = self.path_of(chunk_id)
         try:

@@ -10,7 +10,6 @@ moved aside) is never swept: it is evidence until ``repo repair`` finds its chun
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import time
@@ -18,12 +17,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from repository.chunk_store import ChunkStore
 from repository.errors import LockedError, RepositoryError
+from repository.fsutil import lock_file
+from repository.pack_gc import PackSweep
+from repository.pack_store import GC_LOCK, PackStore
 from repository.repository import Repository
 
 DEFAULT_GRACE = 300.0  # clock skew between writer hosts + timestamp granularity
 STALE_MARKER = 3 * 86400.0  # a "running" marker older than this is a crashed job
-LOCK = "locks/gc"
+LOCK = GC_LOCK
 
 
 @dataclass
@@ -36,6 +39,8 @@ class GcReport:
     chunks_kept_young: int = 0
     temps_removed: int = 0
     staged_removed: int = 0  # commit parts of requests never committed (abandoned)
+    packs_rewritten: int = 0  # version 3: packs whose live chunks were copied to new ones
+    packs_removed: int = 0  # version 3: packs with nothing live, dropped from the index
     cutoff: float = 0.0
     missing: list[str] = field(default_factory=list)
     stale_markers: list[str] = field(default_factory=list)
@@ -44,16 +49,11 @@ class GcReport:
 
 @contextmanager
 def gc_lock(repo: Repository) -> Iterator[None]:
-    path = repo.storage.path(LOCK)  # flock(): a local file (not on the storage interface)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(f"another gc is running on {repo.path}") from None
+    # flock(): a local file (not on the storage interface)
+    with lock_file(repo.storage.path(LOCK), wait=False) as got:
+        if not got:
+            raise LockedError(f"another gc is running on {repo.path}")
         yield
-    finally:
-        os.close(fd)
 
 
 def gc(
@@ -76,8 +76,12 @@ def gc(
                 continue
             cutoff = min(cutoff, job["started"] - grace)
         report.cutoff = cutoff
-        _mark(repo, report)
-        _sweep(repo, report, cutoff, start, dry_run)
+        referenced = _mark(repo, report)
+        if isinstance(repo.chunks, PackStore):
+            _sweep_packs(repo.chunks, report, referenced, cutoff, start, dry_run)
+            _sweep_points_and_staging(repo, report, cutoff, dry_run)
+        else:
+            _sweep(repo, report, cutoff, start, dry_run)
     return report
 
 
@@ -87,7 +91,11 @@ def _fs_now(repo: Repository) -> float:
     return repo.storage.stat(LOCK).mtime
 
 
-def _mark(repo: Repository, report: GcReport) -> None:
+def _mark(repo: Repository, report: GcReport) -> set[bytes]:
+    """Chunk files: touch every referenced chunk (the mark lives in their mtimes); packs:
+    the referenced ids (what the sweep keeps)."""
+    referenced: set[bytes] = set()
+    packed = isinstance(repo.chunks, PackStore)
     ps = repo.point_store
     for pdir in ps.point_dirs():
         try:
@@ -107,12 +115,35 @@ def _mark(repo: Repository, report: GcReport) -> None:
                     continue
                 prev = cid
                 report.referenced += 1
-                if not repo.chunks.touch(cid):
+                if packed:
+                    referenced.add(cid)
+                if not (repo.chunks.exists(cid) if packed else repo.chunks.touch(cid)):
                     q = " (quarantined)" if repo.quarantine.get(cid) else ""
                     report.missing.append(f"{point.id} disk {disk.key} #{index} {cid.hex()}{q}")
+    return referenced
+
+
+def _sweep_packs(
+    store: PackStore,
+    report: GcReport,
+    referenced: set[bytes],
+    cutoff: float,
+    start: float,
+    dry_run: bool,
+) -> None:
+    sweep = PackSweep(store, cutoff, start, dry_run)
+    sweep.run(referenced)
+    report.chunks_seen += sweep.chunks_seen
+    report.chunks_removed += sweep.chunks_removed
+    report.bytes_freed += sweep.bytes_freed
+    report.chunks_kept_young += sweep.kept_young
+    report.packs_rewritten += sweep.packs_rewritten
+    report.packs_removed += sweep.packs_removed
+    report.temps_removed += sweep.temps_removed
 
 
 def _sweep(repo: Repository, report: GcReport, cutoff: float, start: float, dry_run: bool) -> None:
+    assert isinstance(repo.chunks, ChunkStore)
     for cf in repo.chunks.iter_chunks():
         report.chunks_seen += 1
         if cf.mtime >= cutoff:
@@ -133,6 +164,12 @@ def _sweep(repo: Repository, report: GcReport, cutoff: float, start: float, dry_
             report.temps_removed += 1
             if not dry_run:
                 _remove(path)
+    _sweep_points_and_staging(repo, report, cutoff, dry_run)
+
+
+def _sweep_points_and_staging(
+    repo: Repository, report: GcReport, cutoff: float, dry_run: bool
+) -> None:
     for path, mtime in repo.point_store.leftovers():
         if mtime < cutoff:
             report.temps_removed += 1

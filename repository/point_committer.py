@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from repository.chunk_store import ChunkStore
 from repository.errors import InvalidRequestError, MissingChunkError
 from repository.fixed_index import ZERO_ID, DiskMap, chunk_count
+from repository.pack_store import PackStore
 from repository.point_commit import DiskChanges, PointCommit
 from repository.points import (
     STATUSES,
@@ -21,6 +22,8 @@ from repository.points import (
     make_point_id,
 )
 from repository.staging import CommitStaging
+
+CHECK_BATCH = 8192  # named chunks looked up (and touched) at a time
 
 
 class IndexRuns:
@@ -94,7 +97,7 @@ class PointCommitter:
         chunk_size: int,
         point_store: PointStore,
         staging: CommitStaging,
-        chunks: ChunkStore,
+        chunks: ChunkStore | PackStore,
         get_point: Callable[[str], Point],
         load_map: Callable[[Point, int], DiskMap],
     ) -> None:
@@ -211,15 +214,27 @@ class PointCommitter:
         ext4 each directory fsync is a journal commit, one per chunk of the disk."""
         missing: list[str] = []
         count = 0
+        batch: list[tuple[int, bytes]] = []
+
+        def check() -> None:
+            nonlocal count
+            present = self.chunks.touch_many([cid for _, cid in batch], settle=False)
+            for (index, cid), ok in zip(batch, present, strict=True):
+                if not ok:
+                    count += 1
+                    if len(missing) < 5:
+                        missing.append(f"#{index} {cid.hex()}")
+            batch.clear()
+
         prev = ZERO_ID
         for index, cid in dmap.iter_ids():
             if cid == prev:
                 continue  # runs of one chunk (e.g. a repeated pattern) need one check
             prev = cid
-            if not self.chunks.touch(cid, settle=False):
-                count += 1
-                if len(missing) < 5:
-                    missing.append(f"#{index} {cid.hex()}")
+            batch.append((index, cid))
+            if len(batch) >= CHECK_BATCH:
+                check()
+        check()
         if count:
             raise MissingChunkError(
                 f"{what}: {count} named chunk(s) are not in the repository: {', '.join(missing)}"

@@ -91,6 +91,22 @@ class Quarantine:
         self.storage.write(self._record(chunk_id), [json.dumps(doc, indent=2).encode() + b"\n"])
         return True
 
+    def put_copy(self, chunk_id: bytes, data: bytes, reason: str, where: dict[str, Any]) -> None:
+        """A damaged blob of a pack (copied: the pack stays as it is), with its record;
+        ``where`` (pack, offset, length) goes into the record."""
+        self.storage.write(self._name(chunk_id), [data])
+        doc = {
+            "id": chunk_id.hex(),
+            "reason": reason,
+            "quarantined": time.time(),
+            "size": len(data),
+            **where,
+        }
+        self.storage.write(self._record(chunk_id), [json.dumps(doc, indent=2).encode() + b"\n"])
+
+    def record(self, chunk_id: bytes) -> dict[str, Any] | None:
+        return self._read_record(chunk_id)
+
     def get(self, chunk_id: bytes) -> QuarantinedChunk | None:
         rec = self._read_record(chunk_id)
         if rec is None and not self.storage.exists(self._name(chunk_id)):

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from repository.chunk_store import ChunkStore
 from repository.errors import RepositoryError
+from repository.pack_quarantine import put_back as pack_put_back
+from repository.pack_quarantine import quarantine_blob
+from repository.pack_store import PackStore
 from repository.references import ChunkUse, uses
 from repository.repository import Repository
 
@@ -34,11 +38,14 @@ class RepairReport:
 def repair(repo: Repository) -> RepairReport:
     report = RepairReport()
     still: set[bytes] = set()
-    for q in repo.quarantine:
+    if isinstance(repo.chunks, PackStore):
+        _repair_packs(repo, repo.chunks, report, still)
+    for q in [] if repo.packed else repo.quarantine:
         report.checked += 1
         h = q.id.hex()
+        assert isinstance(repo.chunks, ChunkStore)
         try:
-            ino = _ino(repo, q.id)  # before the read: the file checked is the one moved
+            ino = _ino(repo.chunks, q.id)  # before the read: the file checked is the one moved
             if ino is not None:
                 if _good(repo, q.id):
                     repo.quarantine.drop(q.id)
@@ -58,6 +65,32 @@ def repair(repo: Repository) -> RepairReport:
     return report
 
 
+def _repair_packs(
+    repo: Repository, store: PackStore, report: RepairReport, still: set[bytes]
+) -> None:
+    """The same decisions for packs: another indexed copy that checks good heals; a bad
+    one is quarantined in its turn; the quarantined place checking good is indexed again."""
+    for q in repo.quarantine:
+        report.checked += 1
+        h = q.id.hex()
+        try:
+            locs = store.locations(q.id)
+            if locs:
+                if _good(repo, q.id):
+                    repo.quarantine.drop(q.id)
+                    report.healed.append(h)
+                    continue
+                data = store.read_at(q.id, locs[0])
+                quarantine_blob(store, repo.quarantine, q.id, locs[0], data, "damaged (repair)")
+            elif _quarantined_copy_good(repo, q.id) and pack_put_back(store, repo.quarantine, q.id):
+                report.put_back.append(h)
+                continue
+        except (RepositoryError, OSError) as exc:
+            report.errors.append(f"chunk {h}: {exc}")
+        still.add(q.id)
+        report.damaged.append(h)
+
+
 def _good(repo: Repository, cid: bytes) -> bool:
     try:
         repo.read_chunk(cid)
@@ -75,8 +108,8 @@ def _quarantined_copy_good(repo: Repository, cid: bytes) -> bool:
     return True
 
 
-def _ino(repo: Repository, cid: bytes) -> int | None:
+def _ino(store: ChunkStore, cid: bytes) -> int | None:
     try:
-        return repo.chunks.path_of(cid).stat().st_ino
+        return store.path_of(cid).stat().st_ino
     except OSError:
         return None

@@ -21,15 +21,20 @@ from repository.errors import CorruptObjectError, RepositoryFormatError
 from repository.meta_auth import MetaAuth
 
 REPO_FORMAT = "vmbackup-repository"
-REPO_VERSION = 2
+REPO_VERSION = 2  # chunk files (chunk_store.py); still what `repo init` makes by default
+PACKS_VERSION = 3  # chunks in pack files (pack_store.py): version 2 + key pack_size
+VERSIONS = (REPO_VERSION, PACKS_VERSION)  # what the repository opens
 V1 = 1  # no checksum, no MAC: opened only by `repo upgrade`
 KiB = 1024
 MiB = 1024 * KiB
 MIN_CHUNK = 256 * KiB
 MAX_CHUNK = 8 * MiB
+MIN_PACK = MiB
+MAX_PACK = 1024 * MiB
 ENCRYPTIONS = ("none", "aes-256-gcm")
 _FIELDS = ("format", "version", "id", "chunk_size", "compression_level", "encryption", "created")
 _SEALS = ("checksum", "mac")
+_PACK_FIELDS = ("pack_size",)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -49,13 +54,15 @@ def check_fields(doc: dict[str, Any], version: int = REPO_VERSION, *, sealed: bo
     """Every field present, known and in range (the seals too when ``sealed`` and
     version 2); raises ConfigFieldError."""
     want = set(_FIELDS)
+    if version == PACKS_VERSION:
+        want.update(_PACK_FIELDS)
     if version >= 2 and sealed:
         want.add("checksum")
         if doc.get("encryption") == "aes-256-gcm":
             want.add("mac")
     for key in sorted(set(doc) - want):
         raise ConfigFieldError(key, "unknown key")
-    for key in _FIELDS + _SEALS:
+    for key in _FIELDS + _PACK_FIELDS + _SEALS:
         if key in want and key not in doc:
             raise ConfigFieldError(key, "is missing")
     if doc["format"] != REPO_FORMAT:
@@ -81,6 +88,12 @@ def check_fields(doc: dict[str, Any], version: int = REPO_VERSION, *, sealed: bo
         raise ConfigFieldError(
             "encryption", f"{doc['encryption']!r:.40} is not one of {ENCRYPTIONS}"
         )
+    if "pack_size" in want:
+        ps = doc["pack_size"]
+        if not _int(ps) or not MIN_PACK <= ps <= MAX_PACK:
+            raise ConfigFieldError(
+                "pack_size", f"pack size {ps!r:.40} outside 1 MiB..1 GiB (bytes)"
+            )
     created = doc["created"]
     if not (_int(created) or isinstance(created, float)) or not math.isfinite(created):
         raise ConfigFieldError("created", f"{created!r:.40} is not a time stamp")
@@ -91,18 +104,23 @@ def check_fields(doc: dict[str, Any], version: int = REPO_VERSION, *, sealed: bo
             raise ConfigFieldError(key, "is not 64 lowercase hex digits")
 
 
-def new(chunk_size: int, compression_level: int, encrypted: bool) -> dict[str, Any]:
-    """A fresh version-2 document without its seals; raises ConfigFieldError."""
+def new(
+    chunk_size: int, compression_level: int, encrypted: bool, pack_size: int | None = None
+) -> dict[str, Any]:
+    """A fresh document without its seals (version 3 with ``pack_size``, else 2); raises
+    ConfigFieldError."""
     doc: dict[str, Any] = {
         "format": REPO_FORMAT,
-        "version": REPO_VERSION,
+        "version": REPO_VERSION if pack_size is None else PACKS_VERSION,
         "id": str(uuid.uuid4()),
         "chunk_size": chunk_size,
         "compression_level": compression_level,
         "encryption": "aes-256-gcm" if encrypted else "none",
         "created": time.time(),
     }
-    check_fields(doc, sealed=False)  # the seals are added by encode()
+    if pack_size is not None:
+        doc["pack_size"] = pack_size
+    check_fields(doc, doc["version"], sealed=False)  # the seals are added by encode()
     return doc
 
 
@@ -116,17 +134,18 @@ def _file_bytes(doc: dict[str, Any]) -> bytes:
 
 
 def encode(doc: dict[str, Any], mac: MetaAuth | None) -> bytes:
-    """The version-2 file of ``doc`` (any old seals replaced); ``mac`` keyed when
-    encrypted."""
+    """The sealed file of ``doc`` (any old seals replaced): version 3 stays 3, anything
+    older becomes 2; ``mac`` keyed when encrypted."""
     out = {k: v for k, v in doc.items() if k not in _SEALS}
-    out["version"] = REPO_VERSION
+    if out["version"] not in VERSIONS:
+        out["version"] = REPO_VERSION
     canonical = _canonical(out)
     out["checksum"] = MetaAuth(out["id"], None).config_tag(canonical).hex()
     if out["encryption"] != "none":
         if mac is None or not mac.keyed:
             raise ValueError("an encrypted repository's config needs the metadata key")
         out["mac"] = mac.config_tag(canonical).hex()
-    check_fields(out)
+    check_fields(out, out["version"])
     return _file_bytes(out)
 
 
@@ -148,7 +167,7 @@ def read(path: Path) -> dict[str, Any]:
         raise CorruptObjectError(name, f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise CorruptObjectError(name, "not a JSON object")
-    for key in sorted(set(doc) - set(_FIELDS + _SEALS)):  # a misspelt key: say which
+    for key in sorted(set(doc) - set(_FIELDS + _PACK_FIELDS + _SEALS)):  # a misspelt key
         raise CorruptObjectError(name, f"key {key!r}: unknown key")
     for key in ("format", "version"):
         if key not in doc:
@@ -158,7 +177,7 @@ def read(path: Path) -> dict[str, Any]:
             f"{name}: key 'format' is {doc['format']!r:.40}: not a vmbackup repository config"
         )
     version = doc["version"]
-    if version not in (V1, REPO_VERSION) or not _int(version):
+    if version not in (V1, *VERSIONS) or not _int(version):
         raise RepositoryFormatError(
             f"{name}: key 'version': repository format version {version!r:.40} is not supported"
         )

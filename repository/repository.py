@@ -35,6 +35,7 @@ from repository.fixed_index import DiskMap
 from repository.fsutil import makedirs_durable, write_atomic
 from repository.local_storage import LocalDirectoryStorage
 from repository.meta_auth import MetaAuth, derive_meta_key
+from repository.pack_store import DEFAULT_PACK_SIZE, PackStore
 from repository.point_commit import PointCommit
 from repository.point_committer import PointCommitter
 from repository.points import (
@@ -50,6 +51,7 @@ DEFAULT_CHUNK = repo_config.MiB
 DEFAULT_LEVEL = 3
 PRIVATE_DIR = 0o700
 TOP_DIRS = ("chunks", "points", "running", "locks", "keys")
+PACK_DIRS = ("packs", "index", "points", "running", "locks", "keys")  # version 3: no chunks/
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,14 @@ class Repository:
         self._cipher = AESGCM(keys.enc_key) if keys else None
         self.auth = MetaAuth(config["id"], derive_meta_key(keys) if keys else None)
         self.storage = LocalDirectoryStorage(path)
-        self.chunks = ChunkStore(path / "chunks", blob.chunk_file_sizes(self.chunk_size))
+        # version 3 keeps chunks in pack files, version 2 one file per chunk
+        self.packed = config["version"] == repo_config.PACKS_VERSION
+        sizes = blob.chunk_file_sizes(self.chunk_size)
+        self.chunks: ChunkStore | PackStore = (
+            PackStore(path, sizes, config["pack_size"])
+            if self.packed
+            else ChunkStore(path / "chunks", sizes)
+        )
         self.quarantine = Quarantine(self.storage)  # damaged chunks (verify)
         self.point_store = PointStore(
             path / "points", self._seal_meta, self._unseal_meta, self.auth, self.chunk_size
@@ -101,22 +110,28 @@ class Repository:
         passphrase: str | bytes | None = None,
         *,
         kdf_n: int = keyfile.SCRYPT_N,
+        packs: bool = False,
+        pack_size: int = DEFAULT_PACK_SIZE,
     ) -> Repository:
         """``kdf_n`` is the scrypt cost of the key file (lower only where opening
-        quickly matters more than resisting a guessed passphrase: tests)."""
+        quickly matters more than resisting a guessed passphrase: tests). ``packs``
+        makes a version-3 repository (chunks in pack files of about ``pack_size``)."""
         path = Path(path)
         try:
-            config = repo_config.new(chunk_size, compression_level, passphrase is not None)
+            config = repo_config.new(
+                chunk_size, compression_level, passphrase is not None, pack_size if packs else None
+            )
         except repo_config.ConfigFieldError as exc:
             raise InvalidRequestError(str(exc)) from None
         if path.exists() and any(path.iterdir()):
             raise RepositoryError(f"{path} exists and is not empty; not creating a repository")
         makedirs_durable(path)
         os.chmod(path, PRIVATE_DIR)  # chunks, maps and key file are for the backup roles only
-        for sub in TOP_DIRS:
+        for sub in PACK_DIRS if packs else TOP_DIRS:
             makedirs_durable(path / sub)
             os.chmod(path / sub, PRIVATE_DIR)
-        ChunkStore(path / "chunks").create_dirs()
+        if not packs:
+            ChunkStore(path / "chunks").create_dirs()
         keys = None
         if passphrase is not None:
             keys = keyfile.create(path / "keys" / "repokey", _pass_bytes(passphrase), n=kdf_n)
@@ -130,7 +145,7 @@ class Repository:
         path = Path(path)
         cfg_path = path / "config"
         config = repo_config.read(cfg_path)
-        if config["version"] != repo_config.REPO_VERSION:
+        if config["version"] not in repo_config.VERSIONS:
             raise RepositoryFormatError(
                 f"repository config {cfg_path}: format version {config['version']}: "
                 f"run `vmbackup repo upgrade --repo {path}` first (docs/repository-format.md)"
@@ -141,7 +156,17 @@ class Repository:
                 raise RepositoryError(f"{path} is encrypted: a passphrase is needed")
             keys = keyfile.load(path / "keys" / "repokey", _pass_bytes(passphrase))
             repo_config.check_mac(config, MetaAuth(config["id"], derive_meta_key(keys)), cfg_path)
-        return cls(path, config, keys)
+        repo = cls(path, config, keys)
+        if isinstance(repo.chunks, PackStore) and os.access(path / "packs", os.W_OK):
+            # packs of writers killed earlier: sealed and indexed before anyone relies on
+            # their log (not on a read-only mount: the coordinator only reads)
+            repo.chunks.recover()
+        return repo
+
+    def close(self) -> None:
+        """Seal this process's open packs (a version-3 repository; nothing otherwise)."""
+        if isinstance(self.chunks, PackStore):
+            self.chunks.close()
 
     # --- chunks ----------------------------------------------------------------------
 
@@ -150,7 +175,7 @@ class Repository:
 
     def has_chunks(self, ids: Iterable[bytes]) -> list[bool]:
         """Which ids are stored; present ones are touched so a running gc keeps them."""
-        return [self.chunks.touch(i) for i in ids]
+        return self.chunks.touch_many(list(ids))
 
     def store_chunk(self, chunk_id: bytes, raw_len: int, compressed: bool, payload: bytes) -> bool:
         """Store one chunk as sent by a proxy; True if new. Verifies the id first."""
@@ -161,13 +186,15 @@ class Repository:
     ) -> StoreResult:
         """Verify (decompress + hash) and durably store chunks; duplicates store nothing."""
         blobs: list[tuple[bytes, Sequence[bytes | bytearray]]] = []
-        for cid, raw_len, compressed, payload in items:
+        for cid, raw_len, _, _ in items:
             check_id(cid)
             if not 0 < raw_len <= self.chunk_size:
                 raise InvalidRequestError(
                     f"chunk {cid.hex()}: raw length {raw_len} outside 1..{self.chunk_size}"
                 )
-            if self.chunks.touch(cid):
+        present = self.chunks.touch_many([c[0] for c in items])
+        for (cid, raw_len, compressed, payload), known in zip(items, present, strict=True):
+            if known:
                 blobs.append((cid, ()))  # placeholder: counted as known below
                 continue
             plain = _decompress(payload, raw_len, cid) if compressed else payload

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from repository import blob
+from repository.errors import RepositoryError
+from repository.pack_store import PackStore
 from repository.points import Point
 from repository.repository import Repository
 
@@ -33,7 +35,16 @@ def point_data_bytes(p: Point) -> int:
 
 def repo_stats(repo: Repository, points: list[Point]) -> RepoStats:
     chunks = raw = stored = 0
-    for cf in repo.chunks.iter_chunks():
+    if isinstance(repo.chunks, PackStore):
+        for cid, loc in dict.fromkeys(repo.chunks.iter_ids()):
+            chunks += 1
+            stored += loc.length
+            try:
+                head = repo.chunks.read_at(cid, loc._replace(length=blob.HEADER_LEN))
+                raw += blob.parse_header(head, cid.hex()).raw_len
+            except (OSError, blob.CorruptObjectError, RepositoryError):
+                continue
+    for cf in [] if isinstance(repo.chunks, PackStore) else repo.chunks.iter_chunks():
         chunks += 1
         stored += cf.size
         try:

@@ -55,7 +55,7 @@ def upgrade(
         pw = passphrase.encode() if isinstance(passphrase, str) else passphrase
         keys = keyfile.load(path / "keys" / "repokey", pw)
     auth = MetaAuth(config["id"], derive_meta_key(keys) if keys else None)
-    if config["version"] == repo_config.REPO_VERSION:
+    if config["version"] in repo_config.VERSIONS:
         if keys:
             repo_config.check_mac(config, auth, cfg_path)
         return report  # done before (the config is written last)

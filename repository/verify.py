@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from common.progress import Progress, no_progress
 from repository import metrics
-from repository.chunk_store import ChunkFile
+from repository.chunk_store import ChunkFile, ChunkStore
 from repository.errors import RepositoryError
 from repository.fixed_index import ZERO_ID
 from repository.references import uses
@@ -110,6 +110,8 @@ def _check_chunks(
     rng: random.Random,
     progress: Progress,
 ) -> set[bytes]:
+    if not isinstance(repo.chunks, ChunkStore):
+        return _check_packs(repo, report, sample, rng)
     files: list[ChunkFile]
     if sample is None:
         # a pass of stats first, for the progress's total: cheap beside reading every chunk
@@ -162,9 +164,29 @@ def _size(path: os.PathLike[str] | str) -> int:
         return 0  # gone: verify says so when it reads it
 
 
+def _check_packs(
+    repo: Repository, report: VerifyReport, sample: int | None, rng: random.Random
+) -> set[bytes]:
+    from repository.pack_verify import check_packs
+
+    bad: set[bytes] = set()
+
+    def found(cid: bytes, where: str, why: str) -> None:
+        bad.add(cid)
+        report.problems.append(Problem("bad-chunk", f"chunk {cid.hex()} in {where}", why))
+        report.quarantined.append(cid.hex())
+
+    checked, total, nbytes = check_packs(repo, sample, rng, found)
+    report.chunks_checked += checked
+    report.chunks_total += total
+    report.bytes_checked += nbytes
+    return bad
+
+
 def _quarantine(
     repo: Repository, report: VerifyReport, cf: ChunkFile, why: str, ino: int | None
 ) -> None:
+    assert isinstance(repo.chunks, ChunkStore)
     try:
         moved = repo.quarantine.put(repo.chunks, cf.id, why, ino=ino)
     except (RepositoryError, OSError) as exc:

@@ -99,6 +99,8 @@ def cmd_init(args: argparse.Namespace) -> CommandResult:
         chunk_size=args.chunk_size,
         compression_level=args.compression_level,
         passphrase=passphrase,
+        packs=args.packs,
+        pack_size=args.pack_size,
     )
     enc = "encrypted (AES-256-GCM)" if repo.encrypted else "not encrypted"
     return CommandResult(
@@ -110,6 +112,7 @@ def cmd_init(args: argparse.Namespace) -> CommandResult:
             "chunk_size": repo.chunk_size,
             "compression_level": repo.compression_level,
             "encrypted": repo.encrypted,
+            "packs": bool(args.packs),
         },
     )
 
@@ -217,7 +220,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "create an empty repository",
         "  vmbackup repo init /backup/repo\n"
         "  vmbackup repo init /backup/repo --chunk-size 4M --compression-level 6\n"
-        "  vmbackup repo init /backup/repo --encrypt --passphrase-file /etc/vmbackup/pass\n",
+        "  vmbackup repo init /backup/repo --encrypt --passphrase-file /etc/vmbackup/pass\n"
+        "  vmbackup repo init /backup/repo --packs --pack-size 64M\n",
     )
     p.add_argument("path", metavar="PATH", help="directory to create (must not exist or be empty)")
     p.add_argument(
@@ -239,6 +243,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--passphrase-file",
         metavar="FILE",
         help=f"with --encrypt: the passphrase (else ${PASSPHRASE_ENV} or a prompt)",
+    )
+    p.add_argument(
+        "--packs",
+        action="store_true",
+        help="format version 3: chunks in pack files instead of one file per chunk",
+    )
+    p.add_argument(
+        "--pack-size",
+        type=parse_size,
+        default=32 << 20,
+        metavar="SIZE",
+        help="with --packs: size at which a pack is sealed, 1M to 1G (default 32M)",
     )
     json_arg(p)
     p.set_defaults(func=cmd_init)

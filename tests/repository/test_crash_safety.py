@@ -35,6 +35,16 @@ def test_sigkill_never_corrupts(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_sigkill_never_corrupts_packs(tmp_path: Path) -> None:
+    # small packs: kills land in appends, seals, index merges and gc's rewrites
+    repo = Repository.init(
+        tmp_path / "repo", chunk_size=256 * 1024, compression_level=1, packs=True, pack_size=2**20
+    )
+    _kill_at_random(repo, tmp_path, KILLS, rnd=random.Random(4321))
+    assert list((repo.path / "packs").glob("??/*")), "no pack was ever sealed"
+
+
+@pytest.mark.slow
 def test_sigkill_on_a_filling_disk_never_corrupts(tmp_path: Path) -> None:
     full_log = tmp_path / "full.log"
     with small_filesystem(tmp_path / "repo", 8 * MiB):

@@ -1,0 +1,146 @@
+"""gc's sweep on packs: drop packs with nothing live, rewrite those with dead chunks.
+
+Live = named by a point (gc's mark) or recorded in a touch log at or after the cutoff
+(a running backup relied on it; touch_log.py). Only sealed packs older than the cutoff
+are looked at, so whatever a running backup stored stays. For each such pack with dead
+entries: its live blobs are copied into new packs (sealed and indexed first), then the
+index is rewritten without the old pack's entries, then the touch logs are read again
+and any of its dropped chunks touched since gc began is copied back (a have-query that
+answered "present" just before the index changed). The old pack file stays on disk,
+unindexed, with its mtime set to now: readers that looked it up before keep reading it,
+and a later gc deletes it once it is older than that run's cutoff (rescuing first any
+live id only it still holds).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+
+from repository import pack_format, touch_log
+from repository.pack_compact import merge_index_files
+from repository.pack_index_file import Location
+from repository.pack_store import PackStore
+from repository.pack_writer import OpenPack
+
+REWRITE_DEAD_SHARE = 0.1  # a pack is rewritten when this share of its bytes is dead
+
+
+class PackSweep:
+    def __init__(self, store: PackStore, cutoff: float, start: float, dry_run: bool) -> None:
+        self.store = store
+        self.cutoff = cutoff
+        self.start = start
+        self.dry_run = dry_run
+        self.chunks_seen = self.chunks_removed = self.bytes_freed = self.kept_young = 0
+        self.packs_rewritten = self.packs_removed = self.temps_removed = 0
+        self._out: OpenPack | None = None
+
+    def run(self, live: set[bytes]) -> None:
+        store = self.store
+        if not self.dry_run:
+            store.recover()
+        store.index.refresh()
+        files = store.index.files()
+        live = live | touch_log.touched_since(store.root, self.cutoff)
+        by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
+        for cid, loc in dict.fromkeys(e for f in files for e in f):
+            by_pack[loc.pack].append((cid, loc))
+        open_packs = store.index.open_packs()
+        kept: set[bytes] = set()  # ids with a copy that stays where it is
+        old: dict[bytes, list[tuple[bytes, Location]]] = {}
+        for pack, entries in by_pack.items():
+            self.chunks_seen += len(entries)
+            if pack in open_packs or self._mtime(pack) >= self.cutoff:
+                self.kept_young += len(entries)
+                kept.update(cid for cid, _ in entries)
+            else:
+                old[pack] = entries
+        changed: set[bytes] = set()
+        for pack, entries in sorted(old.items()):
+            keep = [(c, loc) for c, loc in entries if c in live and c not in kept]
+            kept.update(c for c, _ in keep)
+            dead = sum(loc.length for c, loc in entries) - sum(loc.length for _, loc in keep)
+            total = sum(loc.length for _, loc in entries)
+            if dead == 0 or (keep and dead < REWRITE_DEAD_SHARE * total):
+                kept.update(c for c, _ in entries)
+                continue
+            self.chunks_removed += len(entries) - len(keep)
+            self.bytes_freed += dead
+            changed.add(pack)
+            if keep:
+                self.packs_rewritten += 1
+                if not self.dry_run:
+                    self._copy(keep)
+            else:
+                self.packs_removed += 1
+        if self.dry_run:
+            return
+        self._seal_out()
+        if changed:
+            merge_index_files(store.root, files, keep=lambda _c, loc: loc.pack not in changed)
+            for pack in changed:  # unindexed from now on: deleted by a later gc
+                os.utime(store.pack_path(pack))
+            store.index.refresh()
+            # touched after gc began: a backup may have been told "present" just before
+            self._rescue(
+                (c, loc)
+                for p in changed
+                for c, loc in old[p]
+                if c in touch_log.touched_since(store.root, self.start) and not store.exists(c)
+            )
+        self._delete_unindexed(live)
+        self.temps_removed += touch_log.remove_old(store.root, self.cutoff)
+
+    def _mtime(self, pack: bytes) -> float:
+        try:
+            return self.store.pack_path(pack).stat().st_mtime
+        except FileNotFoundError:
+            return float("inf")  # being renamed into place: young
+
+    def _copy(self, items: Iterable[tuple[bytes, Location]]) -> None:
+        for cid, loc in items:
+            data = self.store.read_at(cid, loc)
+            if self._out is None:
+                self._out = OpenPack(self.store.root)
+            self._out.append([(cid, [data])])
+            if self._out.size >= self.store.pack_size:
+                self._seal_out()
+
+    def _seal_out(self) -> None:
+        if self._out is not None:
+            self._out.seal()
+            self._out = None
+
+    def _rescue(self, items: Iterable[tuple[bytes, Location]]) -> None:
+        self._copy(items)
+        self._seal_out()
+        self.store.index.refresh()
+
+    def _delete_unindexed(self, live: set[bytes]) -> None:
+        """Pack files no index names (superseded by an earlier gc, or a copy a crashed
+        gc made), older than the cutoff; live ids only they hold are copied first."""
+        store = self.store
+        indexed = {p for f in store.index.files() for p in f.packs} | store.index.open_packs()
+        for path in sorted((store.root / "packs").glob("??/*")):
+            if path.name.startswith(".") or len(path.name) != 32:
+                if path.name.startswith(".") and path.stat().st_mtime < self.cutoff:
+                    path.unlink(missing_ok=True)
+                    self.temps_removed += 1
+                continue
+            pack = bytes.fromhex(path.name)
+            if pack in indexed or path.stat().st_mtime >= self.cutoff:
+                continue
+            try:
+                entries = pack_format.parse_trailer(path.read_bytes(), f"pack {path}")
+            except Exception:
+                entries = []  # unreadable: nothing in it can be rescued
+            need = [
+                (e.id, Location(pack, e.offset, e.length))
+                for e in entries
+                if e.id in live and not store.exists(e.id)
+            ]
+            if need:
+                self._rescue(need)
+            path.unlink(missing_ok=True)
