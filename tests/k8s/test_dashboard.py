@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 
 from tests.k8s.conftest import K8S
-from tests.k8s.test_monitoring import EXTERNAL, METRICS_MODULES, exposed_names, metric_names
+from tests.k8s.test_monitoring import (
+    EXTERNAL,
+    METRICS_MODULES,
+    exposed_names,
+    metric_calls,
+    metric_names,
+)
 
 DASHBOARD = K8S / "monitoring" / "dashboard.json"
 # Labels Prometheus puts on every series whatever the metric: the Prometheus operator's
@@ -36,22 +42,15 @@ LABEL_VALUES = re.compile(r"label_values\((.+),\s*(\w+)\)")
 def declared_labels(paths: tuple[Path, ...] = METRICS_MODULES) -> dict[str, set[str]]:
     """Metric name -> its label names, for every Counter/Gauge/Histogram/Summary call."""
     out: dict[str, set[str]] = {}
-    nodes = (n for p in paths for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))
-    for node in nodes:
-        if not isinstance(node, ast.Call) or not node.args:
+    for kind, name, call in metric_calls(paths):
+        if kind == "Info":
             continue
-        func = node.func
-        kind = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
-        if kind not in {"Counter", "Gauge", "Histogram", "Summary"}:
-            continue
-        name = node.args[0]
-        labels: ast.expr | None = node.args[2] if len(node.args) > 2 else None
-        for kw in node.keywords:
+        labels: ast.expr | None = call.args[2] if len(call.args) > 2 else None
+        for kw in call.keywords:
             if kw.arg == "labelnames":
                 labels = kw.value
-        if isinstance(name, ast.Constant):
-            elts = labels.elts if isinstance(labels, ast.List | ast.Tuple) else []
-            out[str(name.value)] = {str(e.value) for e in elts if isinstance(e, ast.Constant)}
+        elts = labels.elts if isinstance(labels, ast.List | ast.Tuple) else []
+        out[name] = {str(e.value) for e in elts if isinstance(e, ast.Constant)}
     return out
 
 

@@ -9,6 +9,7 @@ import importlib
 import json
 import re
 import subprocess
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -70,21 +71,26 @@ PROMQL_WORDS = {
 METRICS_MODULES = tuple(sorted(ROOT.glob("*/metrics.py")))
 
 
+def metric_calls(
+    paths: tuple[Path, ...] = METRICS_MODULES,
+) -> Iterator[tuple[str, str, ast.Call]]:
+    """(kind, name, call) of every Counter/Gauge/Histogram/Summary/Info("NAME", ...)."""
+    for p in paths:
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            func = node.func
+            kind = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            first = node.args[0]
+            if kind in {"Counter", "Gauge", "Histogram", "Summary", "Info"} and isinstance(
+                first, ast.Constant
+            ):
+                yield kind, str(first.value), node
+
+
 def declared_metrics(paths: tuple[Path, ...] = METRICS_MODULES) -> dict[str, str]:
-    """Metric name -> kind for every Counter/Gauge/Histogram/Summary/Info call in the modules."""
-    out: dict[str, str] = {}
-    nodes = (n for p in paths for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))
-    for node in nodes:
-        if not isinstance(node, ast.Call) or not node.args:
-            continue
-        func = node.func
-        kind = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
-        first = node.args[0]
-        if kind in {"Counter", "Gauge", "Histogram", "Summary", "Info"} and isinstance(
-            first, ast.Constant
-        ):
-            out[str(first.value)] = kind
-    return out
+    """Metric name -> kind for every metric declared in the modules."""
+    return {name: kind for kind, name, _call in metric_calls(paths)}
 
 
 def exposed_names(declared: dict[str, str]) -> set[str]:
