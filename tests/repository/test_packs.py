@@ -249,7 +249,7 @@ def test_cli_on_a_pack_repository(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
     # the importing process sealed its packs as it exited: nothing is left open
     assert not list((tmp_path / "repo" / "packs" / "open").iterdir())
-    doc = json.loads(vmb("repo", "list", "--repo", repo, "--json").stdout)
+    doc = json.loads(vmb("repo", "list", "--repo", repo, "--json").stdout)["result"]
     assert len(doc["points"]) == 2 and doc["totals"]["chunks"] == 8
     pid = doc["points"][1]["id"]
     r = vmb("restore", "--repo", repo, "--point", pid, "--disk", "2000", "--out", "-")
