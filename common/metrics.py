@@ -375,3 +375,18 @@ REPO_VERIFY_QUARANTINED = Counter(
     "vmbackup_repo_verify_quarantined_chunks_total",
     "Damaged chunks verify moved to the repository's quarantine",
 )
+
+
+# --- coordinator: job notifications and history (coordinator/notify/, job_record.py) ---
+COORD_NOTIFICATIONS = Counter(
+    "vmbackup_coordinator_notifications_total",
+    "Job notifications per webhook (coordinator.webhooks[].name) by result: sent, or failed"
+    " after its retries (the job's status is not changed)",
+    ["webhook", "result"],
+)
+COORD_JOB_RECORDS = Counter(
+    "vmbackup_coordinator_job_records_total",
+    "Finished jobs' reports handed to a writer for the job history (`vmbackup jobs`), by"
+    " result: ok, error (logged; the job's status is not changed)",
+    ["result"],
+)

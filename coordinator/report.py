@@ -64,6 +64,14 @@ class VmReport:
     def capacity(self) -> int:
         return sum(d.capacity for d in self.disks if d.mode)
 
+    @property
+    def bytes_read(self) -> int:
+        return sum(d.bytes_read for d in self.disks)
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(d.bytes_sent for d in self.disks)
+
 
 @dataclass
 class RetentionReport:
@@ -113,11 +121,17 @@ class JobReport:
             self.status = OK
 
     def to_dict(self) -> dict[str, Any]:
+        """The report for tools: the JSON report, the webhook's body and the job history
+        (docs/operations.md, "Job reports")."""
         d = dataclasses.asdict(self)
+        for vd, v in zip(d["vms"], self.vms, strict=True):
+            vd["bytes_read"], vd["bytes_sent"] = v.bytes_read, v.bytes_sent
         d["counts"] = self.counts()
         d["seconds"] = round((self.finished or time.time()) - self.started, 3)
         d["bytes_planned"] = sum(v.bytes_planned for v in self.vms)
         d["capacity"] = sum(v.capacity for v in self.vms)
+        d["bytes_read"] = sum(v.bytes_read for v in self.vms)
+        d["bytes_sent"] = sum(v.bytes_sent for v in self.vms)
         return d
 
     def to_json(self) -> str:
