@@ -13,6 +13,7 @@ from typing import Any
 
 from common.logging import get_logger
 from coordinator import report
+from coordinator.notify.notifier import Notifier
 
 log = get_logger(__name__)
 
@@ -94,13 +95,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from coordinator.settings import find_policy
 
     cfg = _load(args, one_shot=True)  # a config error exits 2 here, naming every key
+    notifier = Notifier(cfg.coordinator.webhooks)
     try:
         policy = find_policy(list(cfg.policies), args.policy)
     except KeyError as exc:
-        return _finish(args, _not_run(cfg, args.policy, exc.args[0]))
+        return _finish(args, _not_run(cfg, args.policy, exc.args[0]), notifier)
     rt, why = _start(cfg, connect=False)
     if rt is None:
-        return _finish(args, _not_run(cfg, policy.name, why))
+        return _finish(args, _not_run(cfg, policy.name, why), notifier)
     try:
         job = Job(rt, policy, ignore_window=args.ignore_window)
         stop = threading.Event()
@@ -118,7 +120,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         rep = job.run()
     finally:
         _close(rt)
-    return _finish(args, rep)
+    return _finish(args, rep, notifier)
 
 
 def _not_run(cfg: Any, policy: str, why: str) -> report.JobReport:
@@ -132,8 +134,9 @@ def _not_run(cfg: Any, policy: str, why: str) -> report.JobReport:
     return rep
 
 
-def _finish(args: argparse.Namespace, rep: report.JobReport) -> int:
-    """The report on stdout (and --report), the reasons on stderr; the exit status."""
+def _finish(args: argparse.Namespace, rep: report.JobReport, notifier: Notifier) -> int:
+    """The report on stdout (and --report), the reasons on stderr, the notifications
+    (a failed one is a warning: the exit status is the backup's); the exit status."""
     sys.stdout.write(rep.to_text())
     code = report.exit_status(rep)
     if args.report:
@@ -158,6 +161,8 @@ def _finish(args: argparse.Namespace, rep: report.JobReport) -> int:
             f"vmbackup backup: warning: retention {report.retention_summary(rep.retention)}",
             file=sys.stderr,
         )
+    for line in notifier.notify(rep):
+        print(f"vmbackup backup: warning: {line}", file=sys.stderr)
     return code
 
 
@@ -169,7 +174,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     if rt is None:
         print(f"vmbackup coordinator: {why}", file=sys.stderr)
         return report.EXIT_ERROR
-    daemon = Daemon(rt, list(cfg.policies))
+    daemon = Daemon(rt, list(cfg.policies), notifier=Notifier(cfg.coordinator.webhooks))
     import signal
 
     def on_signal(signum: int, _frame: Any) -> None:

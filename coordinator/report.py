@@ -143,7 +143,7 @@ class JobReport:
         lines = [
             f"job {self.job_id}  policy {self.policy}  status {self.status or 'running'}",
             f"  {c[OK]} ok, {c[PARTIAL]} partial, {c[FAILED]} failed, {c[SKIPPED]} skipped;"
-            f" planned {_size(d['bytes_planned'])} of {_size(d['capacity'])} capacity;"
+            f" planned {size_text(d['bytes_planned'])} of {size_text(d['capacity'])} capacity;"
             f" {d['seconds']:.1f} s; {self.vcenter_round_trips} vCenter round trips",
         ]
         if self.error:
@@ -171,7 +171,7 @@ class JobReport:
                 row = f"           disk {dk.key} {dk.label}: {dk.status or '-'}"
                 if dk.mode:
                     row += (
-                        f" {dk.mode}, {_size(dk.bytes_planned)} of {_size(dk.capacity)}"
+                        f" {dk.mode}, {size_text(dk.bytes_planned)} of {size_text(dk.capacity)}"
                         f" in {dk.tasks} task(s)"
                     )
                 if dk.reason:
@@ -234,7 +234,7 @@ def retention_summary(r: RetentionReport) -> str:
     return f"{r.kept} point(s) kept, {r.removed_count} {verb}"
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     x = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(x) < 1024 or unit == "TiB":

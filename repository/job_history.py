@@ -22,6 +22,7 @@ from common.job_ids import job_start, policy_of_job
 from repository.errors import (
     CorruptObjectError,
     InvalidRequestError,
+    JobNotFoundError,
     MissingObjectError,
     RepositoryError,
 )
@@ -31,10 +32,6 @@ PREFIX = "jobs"  # created on first use
 
 Seal = Callable[[bytes], Sequence[Bytes]]
 Unseal = Callable[[bytes, str], bytes]
-
-
-class JobNotFoundError(MissingObjectError):
-    """No report of that job in the history."""
 
 
 def check_job_id(job_id: str) -> str:
