@@ -134,6 +134,25 @@ class JobReport:
         d["bytes_sent"] = sum(v.bytes_sent for v in self.vms)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobReport:
+        """The report :meth:`to_dict` made (the job history's): the keys it derives, and
+        any a later version added, are left out."""
+
+        def build(tp: Any, doc: dict[str, Any]) -> Any:
+            names = {f.name for f in dataclasses.fields(tp)}
+            return tp(**{k: v for k, v in doc.items() if k in names})
+
+        rep: JobReport = build(cls, d)
+        rep.vms = []
+        for v in d.get("vms", []):
+            vr: VmReport = build(VmReport, v)
+            vr.disks = [build(DiskReport, dk) for dk in v.get("disks", [])]
+            rep.vms.append(vr)
+        ret = d.get("retention")
+        rep.retention = build(RetentionReport, ret) if isinstance(ret, dict) else None
+        return rep
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 

@@ -19,7 +19,7 @@ from typing import Any
 from repository.errors import InvalidRequestError
 from repository.prune import PruneResult, prune
 from repository.retention import RULES, KeepPolicy
-from vmbackup.repo_commands import PASSPHRASE_ENV, _guard, _ts, open_repo
+from vmbackup.repo_commands import PASSPHRASE_ENV, _guard, _ts, open_repo, repo_of_config
 
 EXAMPLES = """\
 examples:
@@ -77,12 +77,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
         cfg = load_or_exit(args.load_config, args.config)  # the file alone: prune is no role
     keep, source = keep_rules(args, cfg)
-    if not args.repo:
-        if cfg is None or not cfg.repository.path:
-            raise InvalidRequestError("no repository: --repo PATH, or repository.path in --config")
-        args.repo = cfg.repository.path
-        if cfg.repository.passphrase and not args.passphrase_file:
-            args.passphrase = cfg.repository.passphrase.value
+    repo_of_config(args, cfg)
     result = prune(open_repo(args), keep, policy=args.policy, dry_run=args.dry_run)
     for stale in result.stale_markers:
         print(f"warning: ignoring stale running-backup marker {stale}", file=sys.stderr)
