@@ -24,7 +24,6 @@ from repository.errors import (
     InvalidRequestError,
     JobNotFoundError,
     MissingObjectError,
-    RepositoryError,
 )
 from repository.storage import Bytes, Storage
 
@@ -55,8 +54,11 @@ class JobHistory:
 
     def record(self, job_id: str, report: bytes) -> None:
         """Keep ``report`` (a JSON object whose ``job_id`` is ``job_id``), durably."""
-        self._parse(report, job_id, "the report to record", InvalidRequestError)
-        self.storage.write(self._name(job_id), self._seal(report))
+        name = self._name(job_id)
+        why = self._parse(report, job_id)[1]
+        if why:
+            raise InvalidRequestError(f"the report to record: {why}")
+        self.storage.write(name, self._seal(report))
 
     def job_ids(self, policy: str | None = None) -> list[str]:
         """The recorded jobs (of ``policy``), oldest start first."""
@@ -76,23 +78,20 @@ class JobHistory:
         except MissingObjectError:
             raise JobNotFoundError(f"no job {job_id!r} in the job history") from None
         where = self.storage.location(name)
-        return self._parse(self._unseal(data, where), job_id, where)
+        doc, why = self._parse(self._unseal(data, where), job_id)
+        if why:
+            raise CorruptObjectError(where, why)
+        return doc
 
     @staticmethod
-    def _parse(
-        report: bytes,
-        job_id: str,
-        where: str,
-        error: type[RepositoryError] = CorruptObjectError,
-    ) -> dict[str, Any]:
+    def _parse(report: bytes, job_id: str) -> tuple[dict[str, Any], str]:
+        """(the report, "") or ({}, what is wrong with it)."""
         try:
             doc = json.loads(report)
         except ValueError as exc:  # UnicodeDecodeError is one
-            raise error(f"{where}: not JSON: {exc}") from None
+            return {}, f"not JSON: {exc}"
         if not isinstance(doc, dict):
-            raise error(f"{where}: a JSON {type(doc).__name__}, not an object")
+            return {}, f"a JSON {type(doc).__name__}, not an object"
         if doc.get("job_id") != job_id:
-            raise error(
-                f"{where}: the report of job {doc.get('job_id')!r:.80}, not of {job_id!r}"
-            )
-        return doc
+            return {}, f"the report of job {doc.get('job_id')!r:.80}, not of {job_id!r}"
+        return doc, ""
