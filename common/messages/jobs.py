@@ -31,6 +31,4 @@ class JobRecord(Message):
         if not policy_of_job(self.job_id):
             raise MessageError(f"job_id {self.job_id!r:.80} is not a job id of a policy")
         if len(self.report) > MAX_REPORT_BYTES:
-            raise MessageError(
-                f"report of {len(self.report)} bytes, more than {MAX_REPORT_BYTES}"
-            )
+            raise MessageError(f"report of {len(self.report)} bytes, more than {MAX_REPORT_BYTES}")
