@@ -11,7 +11,7 @@ import re
 import secrets
 
 # A policy name (coordinator/settings.py), the job's start in UTC, 6 hex digits.
-_JOB_ID = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]{0,62})-\d{8}T\d{6}Z-[0-9a-f]{6}")
+_JOB_ID = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]{0,62})-(\d{8}T\d{6}Z)-[0-9a-f]{6}")
 
 
 def new_job_id(policy: str, now: dt.datetime | None = None) -> str:
@@ -24,3 +24,10 @@ def policy_of_job(job_id: str) -> str:
     ``import-...`` job of `repo import-disk`, or any id not made by new_job_id)."""
     m = _JOB_ID.fullmatch(job_id)
     return m.group(1) if m else ""
+
+
+def job_start(job_id: str) -> str:
+    """The UTC start a job id carries, ``YYYYmmddTHHMMSSZ`` (sorts as time; "" when it is
+    not one of ours): the job history lists jobs in the order they started by name alone."""
+    m = _JOB_ID.fullmatch(job_id)
+    return m.group(2) if m else ""

@@ -14,6 +14,7 @@ from typing import Any
 from common.command_result import CommandResult
 from common.logging import get_logger
 from coordinator import report
+from coordinator.notify.notifier import Notifier
 
 log = get_logger(__name__)
 
@@ -138,13 +139,14 @@ def cmd_backup(args: argparse.Namespace) -> CommandResult:
             2, "--report - and --json both print on stdout: the report is --json's result", "usage"
         )
     cfg = _load(args, one_shot=True)  # a config error exits 2 here, naming every key
+    notifier = Notifier(cfg.coordinator.webhooks)
     try:
         policy = find_policy(list(cfg.policies), args.policy)
     except KeyError as exc:
-        return _finish(args, _not_run(cfg, args.policy, exc.args[0]), cause="config")
+        return _finish(args, _not_run(cfg, args.policy, exc.args[0]), notifier, cause="config")
     rt, why = _start(cfg, connect=False)
     if rt is None:
-        return _finish(args, _not_run(cfg, policy.name, why))
+        return _finish(args, _not_run(cfg, policy.name, why), notifier)
     board = args.progress  # common.progress.ProgressBoard
     progress = JobProgress(
         board.task(f"backup {policy.name}: VMs", "items"),
@@ -168,7 +170,7 @@ def cmd_backup(args: argparse.Namespace) -> CommandResult:
         rep = job.run()
     finally:
         _close(rt)
-    return _finish(args, rep)
+    return _finish(args, rep, notifier)
 
 
 def _not_run(cfg: Any, policy: str, why: str) -> report.JobReport:
@@ -182,9 +184,12 @@ def _not_run(cfg: Any, policy: str, why: str) -> report.JobReport:
     return rep
 
 
-def _finish(args: argparse.Namespace, rep: report.JobReport, cause: str = "") -> CommandResult:
+def _finish(
+    args: argparse.Namespace, rep: report.JobReport, notifier: Notifier, cause: str = ""
+) -> CommandResult:
     """The report (text, or --json's result) and --report; the reasons, for stderr (a
-    scheduler's mail or a Job's log shows stderr first) or --json's error; the status."""
+    scheduler's mail or a Job's log shows stderr first) or --json's error; the
+    notifications (a failed one is a warning: the exit status is the backup's); the status."""
     code = report.exit_status(rep)
     reasons = report.failure_lines(rep)
     text = rep.to_text()
@@ -200,6 +205,7 @@ def _finish(args: argparse.Namespace, rep: report.JobReport, cause: str = "") ->
     warnings = []
     if rep.retention is not None and rep.retention.error:  # the backup's status stands
         warnings.append(f"retention {report.retention_summary(rep.retention)}")
+    warnings.extend(notifier.notify(rep))
     return CommandResult(
         code,
         text=text,
@@ -218,7 +224,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     if rt is None:
         print(f"vmbackup coordinator: {why}", file=sys.stderr)
         return report.EXIT_ERROR
-    daemon = Daemon(rt, list(cfg.policies))
+    daemon = Daemon(rt, list(cfg.policies), notifier=Notifier(cfg.coordinator.webhooks))
     import signal
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -1,5 +1,6 @@
 """The coordinator daemon: cron schedules per policy, periodic orphan sweeps, resume.
-Each job applies its policy's retention when its window's backups are done (job.py).
+Each job applies its policy's retention when its window's backups are done (job.py),
+then its report goes to the webhooks (notify/).
 
 Resume without a private database: at start every vCenter is swept; a snapshot of
 ours whose job is not running is an unfinished job of an earlier run (this
@@ -20,6 +21,7 @@ from common.job_ids import policy_of_job
 from common.logging import get_logger
 from coordinator.job import Job
 from coordinator.job_runtime import Runtime
+from coordinator.notify.notifier import Notifier
 from coordinator.report import JobReport
 from coordinator.restored_metrics import restore_metrics
 from coordinator.settings import PolicySettings
@@ -33,8 +35,11 @@ class Daemon:
         rt: Runtime,
         policies: list[PolicySettings],
         clock: Callable[[], dt.datetime] = dt.datetime.now,
+        *,
+        notifier: Notifier | None = None,
     ) -> None:
         self.rt = rt
+        self.notifier = notifier
         self.policies = {p.name: p for p in policies}
         self.clock = clock
         self._stop = threading.Event()
@@ -95,10 +100,14 @@ class Daemon:
                 if self._stop.is_set():
                     return
             try:
-                if not self._stop.is_set():
-                    self.reports.append(job.run())
+                if self._stop.is_set():
+                    return
+                rep = job.run()
+                self.reports.append(rep)
             finally:
                 self._jobs_sem.release()
+            if self.notifier is not None:  # with its retries, outside the jobs' limit
+                self.notifier.notify(rep)
         finally:
             with self._lock:
                 self._running.pop(job.policy.name, None)

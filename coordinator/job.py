@@ -2,11 +2,12 @@
 
 The job: its window, the vCenters of its policy, discovery and selection, the
 running-job marker, VMs in parallel (at most ``limits.vms``), the policy's retention
-after them (retention.py), the report, metrics and events. The pieces: vm_backup.py
-(one VM's sequence), disk_planning.py (a disk's plan), dispatch.py (tasks published,
-bounded, collected, timed out, withdrawn), commits.py (results checked, the point
-committed), job_runtime.py (what jobs of one process share, requests to the writers),
-snapshots.py (snapshots and their disks).
+after them (retention.py), the report, metrics and events, the report kept in the job
+history (job_record.py). The pieces: vm_backup.py (one VM's sequence), disk_planning.py
+(a disk's plan), dispatch.py (tasks published, bounded, collected, timed out,
+withdrawn), commits.py (results checked, the point committed), job_runtime.py (what
+jobs of one process share, requests to the writers), snapshots.py (snapshots and their
+disks).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from coordinator.discovery import Inventory, VmInfo, discover
 from coordinator.disk_work import DiskWork
 from coordinator.dispatch import TaskDispatcher
 from coordinator.job_progress import JobProgress
+from coordinator.job_record import record_job
 from coordinator.job_runtime import Runtime, WriterRequestFailed
 from coordinator.limits import BackupWindow, Cancelled
 from coordinator.policy import lost_selection, select
@@ -190,6 +192,7 @@ class Job:
                 metrics.COORD_JOB_SECONDS.labels(self.policy.name).observe(seconds)
                 self._emit("job-done", status=rep.status, seconds=round(seconds, 3))
                 metrics.COORD_JOBS.labels(self.policy.name, rep.status).inc()
+                record_job(rt, rep)  # the job history (`vmbackup jobs`): best effort
                 if self.s.report_dir:
                     try:
                         rep.write(self.s.report_dir)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from common.progress import Progress
-from coordinator.report import _size
+from coordinator.report import size_text
 
 
 def _ignore(_line: str) -> None:
@@ -52,4 +52,4 @@ def vm_line(vm: str, fields: Mapping[str, Any]) -> str:
     read = int(fields.get("bytes_read", 0) or 0)
     secs = float(fields.get("seconds", 0) or 0)
     mode = fields.get("mode", "") or "-"
-    return f"VM {vm}: {fields.get('status', '?')}, {mode}, {_size(read)} read in {secs:.1f} s"
+    return f"VM {vm}: {fields.get('status', '?')}, {mode}, {size_text(read)} read in {secs:.1f} s"

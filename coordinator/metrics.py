@@ -155,3 +155,17 @@ COORD_TASKS_WITHDRAWN = Counter(
     ["reason", "result"],
     registry=REGISTRY,
 )
+COORD_NOTIFICATIONS = Counter(
+    "vmbackup_coordinator_notifications_total",
+    "Job notifications per webhook (coordinator.webhooks[].name) by result: sent, or failed"
+    " after its retries (the job's status is not changed)",
+    ["webhook", "result"],
+    registry=REGISTRY,
+)
+COORD_JOB_RECORDS = Counter(
+    "vmbackup_coordinator_job_records_total",
+    "Finished jobs' reports handed to a writer for the job history (`vmbackup jobs`), by"
+    " result: ok, error (logged; the job's status is not changed)",
+    ["result"],
+    registry=REGISTRY,
+)

@@ -64,6 +64,14 @@ class VmReport:
     def capacity(self) -> int:
         return sum(d.capacity for d in self.disks if d.mode)
 
+    @property
+    def bytes_read(self) -> int:
+        return sum(d.bytes_read for d in self.disks)
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(d.bytes_sent for d in self.disks)
+
 
 @dataclass
 class RetentionReport:
@@ -113,12 +121,37 @@ class JobReport:
             self.status = OK
 
     def to_dict(self) -> dict[str, Any]:
+        """The report for tools: the JSON report, the webhook's body and the job history
+        (docs/operations.md, "Job reports")."""
         d = dataclasses.asdict(self)
+        for vd, v in zip(d["vms"], self.vms, strict=True):
+            vd["bytes_read"], vd["bytes_sent"] = v.bytes_read, v.bytes_sent
         d["counts"] = self.counts()
         d["seconds"] = round((self.finished or time.time()) - self.started, 3)
         d["bytes_planned"] = sum(v.bytes_planned for v in self.vms)
         d["capacity"] = sum(v.capacity for v in self.vms)
+        d["bytes_read"] = sum(v.bytes_read for v in self.vms)
+        d["bytes_sent"] = sum(v.bytes_sent for v in self.vms)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobReport:
+        """The report :meth:`to_dict` made (the job history's): the keys it derives, and
+        any a later version added, are left out."""
+
+        def build(tp: Any, doc: dict[str, Any]) -> Any:
+            names = {f.name for f in dataclasses.fields(tp)}
+            return tp(**{k: v for k, v in doc.items() if k in names})
+
+        rep: JobReport = build(cls, d)
+        rep.vms = []
+        for v in d.get("vms", []):
+            vr: VmReport = build(VmReport, v)
+            vr.disks = [build(DiskReport, dk) for dk in v.get("disks", [])]
+            rep.vms.append(vr)
+        ret = d.get("retention")
+        rep.retention = build(RetentionReport, ret) if isinstance(ret, dict) else None
+        return rep
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
@@ -129,7 +162,7 @@ class JobReport:
         lines = [
             f"job {self.job_id}  policy {self.policy}  status {self.status or 'running'}",
             f"  {c[OK]} ok, {c[PARTIAL]} partial, {c[FAILED]} failed, {c[SKIPPED]} skipped;"
-            f" planned {_size(d['bytes_planned'])} of {_size(d['capacity'])} capacity;"
+            f" planned {size_text(d['bytes_planned'])} of {size_text(d['capacity'])} capacity;"
             f" {d['seconds']:.1f} s; {self.vcenter_round_trips} vCenter round trips",
         ]
         if self.error:
@@ -157,7 +190,7 @@ class JobReport:
                 row = f"           disk {dk.key} {dk.label}: {dk.status or '-'}"
                 if dk.mode:
                     row += (
-                        f" {dk.mode}, {_size(dk.bytes_planned)} of {_size(dk.capacity)}"
+                        f" {dk.mode}, {size_text(dk.bytes_planned)} of {size_text(dk.capacity)}"
                         f" in {dk.tasks} task(s)"
                     )
                 if dk.reason:
@@ -220,7 +253,7 @@ def retention_summary(r: RetentionReport) -> str:
     return f"{r.kept} point(s) kept, {r.removed_count} {verb}"
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     x = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(x) < 1024 or unit == "TiB":

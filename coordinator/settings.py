@@ -1,4 +1,4 @@
-"""The coordinator's configuration section: vCenters, policies, limits.
+"""The coordinator's configuration section: vCenters, policies, limits, webhooks.
 
 Loaded through :mod:`common.config` (strict TOML + ``VMBACKUP_`` overrides). Each table
 reports every problem it finds (``Checks``), the key first; the loader prefixes the
@@ -188,6 +188,89 @@ class LimitSettings:
         c.done()
 
 
+JOB_STATUSES = ("ok", "partial", "failed")  # coordinator/report.py, a job's status
+WEBHOOK_FORMATS = ("json", "slack")
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass
+class WebhookSettings:
+    """One receiver of job notifications (docs/operations.md "Notifications"): a POST of
+    the job's report after each job whose status is in ``on``."""
+
+    name: str = field(metadata=_doc("short name, in logs and the notifications metric"))
+    url: Secret = field(
+        metadata=_doc(
+            'the receiver\'s http(s) URL: inline, {file = "PATH"} or {env = "NAME"} (a'
+            " Slack or Mattermost incoming webhook's URL is its secret)"
+        )
+    )
+    on: list[str] = field(
+        default_factory=lambda: list(JOB_STATUSES),
+        metadata=_doc('the job statuses that notify: "ok", "partial", "failed"'),
+    )
+    format: str = field(
+        default="json",
+        metadata=_doc(
+            '"json": the job report; "slack": {"text": ...} for a Slack or Mattermost'
+            " incoming webhook"
+        ),
+    )
+    token: Secret | None = field(
+        default=None,
+        metadata=_doc(
+            "sent as the value of header, and the key of the body's HMAC-SHA256 in"
+            ' X-Vmbackup-Signature: {file = "PATH"} or {env = "NAME"}; unset = neither'
+        ),
+    )
+    header: str = field(default="X-Vmbackup-Token", metadata=_doc("the header token goes in"))
+    ca_file: str = field(
+        default="", metadata=_doc('PEM CA bundle to verify the receiver\'s TLS; "" = system CAs')
+    )
+    timeout_s: float = field(default=10.0, metadata=_doc("timeout of each attempt"))
+    retries: int = field(
+        default=3,
+        metadata=_doc("attempts after the first, on no connection, a timeout, 429 or 5xx"),
+    )
+    backoff_s: float = field(default=1.0, metadata=_doc("first retry delay (doubles)"))
+
+    def __post_init__(self) -> None:
+        from urllib.parse import urlsplit
+
+        c = Checks()
+        if not _NAME.match(self.name):
+            c.fail("name", f"{self.name!r}: letters, digits, '.', '_', '-'")
+        url = self.url.value
+        if url or not self.url.source.startswith("unread"):  # unread: where it runs
+            try:
+                parts = urlsplit(url)
+                host = parts.hostname or ""
+            except ValueError:
+                parts, host = None, ""
+            if parts is None or parts.scheme not in ("http", "https") or not host:
+                c.fail("url", "expected an http:// or https:// URL with a host")
+            elif parts.scheme == "http" and self.token is not None and host not in _LOOPBACK:
+                c.fail(
+                    "url",
+                    f"http:// to {host}: the token would cross the network in clear; use https://",
+                    depends=("url", "token"),
+                )
+        bad = [e for e in self.on if e not in JOB_STATUSES]
+        if bad or not self.on:
+            c.fail("on", f"{bad or self.on}: expected some of {', '.join(JOB_STATUSES)}")
+        if self.format not in WEBHOOK_FORMATS:
+            c.fail("format", f"{self.format!r}: {' or '.join(WEBHOOK_FORMATS)}")
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", self.header):
+            c.fail("header", f"{self.header!r}: not an HTTP header name")
+        if self.timeout_s <= 0:
+            c.fail("timeout_s", "must be > 0")
+        if not 0 <= self.retries <= 10:
+            c.fail("retries", "must be 0 .. 10")
+        if self.backoff_s < 0:
+            c.fail("backoff_s", "must be >= 0")
+        c.done()
+
+
 @dataclass
 class CoordinatorSettings:
     """The ``[coordinator]`` section (vCenters and policies are top-level lists)."""
@@ -214,6 +297,10 @@ class CoordinatorSettings:
             " (about 32 bytes each; keeps every message far below the 64 MiB limit)"
         ),
     )
+    webhooks: list[WebhookSettings] = field(
+        default_factory=list,
+        metadata=_doc("receivers of a notification after each job ([[coordinator.webhooks]])"),
+    )
 
     def __post_init__(self) -> None:
         c = Checks()
@@ -225,6 +312,15 @@ class CoordinatorSettings:
             c.fail("task_max_bytes", "must be >= 1 MiB")
         if not 1 <= self.commit_part_entries <= 1_000_000:
             c.fail("commit_part_entries", "must be 1 .. 1000000")
+        first: dict[str, int] = {}
+        for i, w in enumerate(self.webhooks):
+            if w.name in first:
+                c.fail(
+                    f"webhooks[{i}].name",
+                    f"{w.name!r} is also the name of webhooks[{first[w.name]}]",
+                    depends=(f"webhooks[{i}].name", f"webhooks[{first[w.name]}].name"),
+                )
+            first.setdefault(w.name, i)
         c.done()
 
 

@@ -44,6 +44,10 @@ class PointNotFoundError(RepositoryError):
     """No restore point (or no disk in it) with the given id/key."""
 
 
+class JobNotFoundError(RepositoryError):
+    """No report of that job in the job history (job_history.py)."""
+
+
 class InvalidRequestError(RepositoryError, ValueError):
     """A commit or import request with bad fields (the text names the field)."""
 

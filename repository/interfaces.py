@@ -10,8 +10,9 @@ another storage only has to provide the views its users need.
 - :class:`ChunkSink`: what the writer stores chunks through (have-queries and prepared
   blobs, never a point).
 - :class:`Committer`: what the writer's commits queue turns into restore points (staged
-  entries, typed point commits, running-job markers), never a chunk.
+  entries, typed point commits, running-job markers) and the job history, never a chunk.
 - :class:`Pruner`: what retention needs (points, running markers, removing a point).
+- :class:`JobReports`: the job history, read only (`vmbackup jobs`).
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ class Committer(Protocol):
 
     def end_job(self, job_id: str) -> None: ...
 
+    def record_job(self, job_id: str, report: bytes) -> None:
+        """Keep a finished job's report (JSON) in the job history."""
+        ...
+
 
 class Pruner(Protocol):
     """What retention needs: the points, the running-backup markers, and removal."""
@@ -108,3 +113,15 @@ class Pruner(Protocol):
         ...
 
     def delete_point(self, point_id: str) -> None: ...
+
+
+class JobReports(Protocol):
+    """The job history (job_history.py), read only."""
+
+    def job_ids(self, policy: str | None = None) -> list[str]:
+        """Recorded jobs (of one policy), oldest start first."""
+        ...
+
+    def job_report(self, job_id: str) -> dict[str, Any]:
+        """One job's report; JobNotFoundError when it has none."""
+        ...

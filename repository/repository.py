@@ -4,9 +4,10 @@ Layout under the repository directory (see docs/repository-format.md):
 ``config`` (JSON), ``keys/repokey`` (encrypted repositories), ``chunks/`` (chunk
 blobs), ``points/`` (restore points), ``running/`` (markers of backups in
 progress, which gc honours), ``locks/``, ``quarantine/`` (damaged chunks),
-``staging/`` (map entries before their commit). One storage (storage.py, today
-local_storage.LocalDirectoryStorage) holds the objects of the stores that are on that
-interface (staging, markers, quarantine); the others work on files under ``path``.
+``staging/`` (map entries before their commit), ``jobs/`` (finished jobs' reports).
+One storage (storage.py, today local_storage.LocalDirectoryStorage) holds the objects of
+the stores that are on that interface (staging, markers, quarantine, job history); the
+others work on files under ``path``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from repository.errors import (
 )
 from repository.fixed_index import DiskMap
 from repository.fsutil import makedirs_durable, write_atomic
+from repository.job_history import JobHistory
 from repository.local_storage import LocalDirectoryStorage
 from repository.meta_auth import MetaAuth, derive_meta_key
 from repository.pack_store import DEFAULT_PACK_SIZE, PackStore
@@ -87,6 +89,7 @@ class Repository:
         )
         self.staging = CommitStaging(self.storage, self.auth)
         self.markers = RunningMarkers(self.storage)
+        self.jobs = JobHistory(self.storage, self._seal_meta, self._unseal_meta)
         self.committer = PointCommitter(
             self.chunk_size,
             self.point_store,
@@ -330,6 +333,17 @@ class Repository:
 
     def running_jobs(self) -> list[dict[str, Any]]:
         return self.markers.list()
+
+    # --- the job history (job_history.py) --------------------------------------------
+
+    def record_job(self, job_id: str, report: bytes) -> None:
+        self.jobs.record(job_id, report)
+
+    def job_ids(self, policy: str | None = None) -> list[str]:
+        return self.jobs.job_ids(policy)
+
+    def job_report(self, job_id: str) -> dict[str, Any]:
+        return self.jobs.load(job_id)
 
 
 def _pass_bytes(passphrase: str | bytes) -> bytes:

@@ -1,12 +1,19 @@
 """The commits queue's messages, each turned into one call on the repository library's
 ``Committer`` view: TaskEntries (from a proxy) and CommitParts staged, CommitRequests
-translated into a typed PointCommit and committed, JobMarkers begun or ended. The
-reply says ok or why not."""
+translated into a typed PointCommit and committed, JobMarkers begun or ended, JobRecords
+kept in the job history. The reply says ok or why not."""
 
 from __future__ import annotations
 
 from common.logging import get_logger
-from common.messages import CommitPart, CommitReply, CommitRequest, JobMarker, TaskEntries
+from common.messages import (
+    CommitPart,
+    CommitReply,
+    CommitRequest,
+    JobMarker,
+    JobRecord,
+    TaskEntries,
+)
 from repository.errors import RepositoryError
 from repository.interfaces import Committer
 from repository_writer import metrics
@@ -18,7 +25,7 @@ log = get_logger("writer")
 
 def commit_queue_reply(
     repo: Committer,
-    msg: CommitRequest | CommitPart | JobMarker | TaskEntries,
+    msg: CommitRequest | CommitPart | JobMarker | JobRecord | TaskEntries,
     limits: CommitLimits | None = None,
 ) -> CommitReply:
     """Handle one message of the commits queue; the reply says ok or why not. A request
@@ -48,6 +55,8 @@ def commit_queue_reply(
             return CommitReply(msg.request_id, False, f"{type(exc).__name__}: {exc}", "")
         log.info("job_marker", job=msg.job_id, op=msg.op)
         return CommitReply(msg.request_id, True, "", "")
+    if isinstance(msg, JobRecord):
+        return _record_job(repo, msg)
     try:
         limits.check_request(msg)
         point_id = repo.commit_point(point_commit(msg))
@@ -77,4 +86,16 @@ def _stage_task_entries(repo: Committer, msg: TaskEntries, limits: CommitLimits)
         return CommitReply(msg.request_id, False, str(exc), "")
     log.debug("task_entries_staged", job=msg.job_id, task=msg.task_id, entries=n)
     metrics.WRITER_COMMITS.labels(result="entries_ok").inc()
+    return CommitReply(msg.request_id, True, "", "")
+
+
+def _record_job(repo: Committer, msg: JobRecord) -> CommitReply:
+    try:
+        repo.record_job(msg.job_id, msg.report)
+    except (RepositoryError, OSError) as exc:
+        log.error("job_record_failed", job=msg.job_id, error=str(exc))
+        metrics.WRITER_COMMITS.labels(result="job_record_error").inc()
+        return CommitReply(msg.request_id, False, f"{type(exc).__name__}: {exc}", "")
+    log.info("job_recorded", job=msg.job_id, bytes=len(msg.report))
+    metrics.WRITER_COMMITS.labels(result="job_record_ok").inc()
     return CommitReply(msg.request_id, True, "", "")

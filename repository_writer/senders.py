@@ -2,10 +2,10 @@
 
 Any broker client can publish to vmbackup.commits (it is routed through the default
 exchange, which every role must write to for its replies), so permissions alone cannot
-keep a proxy from sending a CommitRequest, a JobMarker or a PruneRequest. The guard is
+keep a proxy from sending a CommitRequest, a JobMarker, a JobRecord or a PruneRequest. The guard is
 the message's ``user_id``: RabbitMQ refuses a publish whose user_id is not the
 connection's user, so it names the real sender, and the writer accepts commits, parts,
-markers and prune requests only from the coordinator's account(s), and a task's staged
+markers, job records and prune requests only from the coordinator's account(s), and a task's staged
 map entries only from a proxy's (docs/security.md "Broker accounts").
 """
 
@@ -45,7 +45,7 @@ class Senders:
     def check_commits_queue(self, msg: Message, d: Delivery) -> None:
         """Refuse (to the dead-letter queue) a commits-queue message from an account not
         allowed to send it: task entries come from proxies, everything else (commits,
-        parts, job markers, prune requests) from coordinators."""
+        parts, job markers, job records, prune requests) from coordinators."""
         proxy_kind = isinstance(msg, TaskEntries)
         allowed, what = (
             (self.proxies, "proxy") if proxy_kind else (self.coordinators, "coordinator")

@@ -4,7 +4,8 @@ Consumes its shard queues (ChunkBatch -> verify, store, fsync -> ChunkAck to the
 sender's reply queue; HaveQuery -> HaveReply) and, optionally, the shared commits
 queue (TaskEntries from a proxy -> staged durably -> CommitReply; CommitRequest ->
 commit_point -> CommitReply; CommitPart -> staged durably -> CommitReply; JobMarker ->
-running-backup marker begun or ended -> CommitReply: repository_writer/commit_queue.py;
+running-backup marker begun or ended -> CommitReply; JobRecord -> the job's report kept
+in the job history -> CommitReply: repository_writer/commit_queue.py;
 PruneRequest -> a policy's retention applied -> PruneReply: prune_requests.py).
 Handlers run on worker threads of common.amqp.Consumer; a message is acked only after its reply was
 published, so a crash at any point means a redelivery, and every handler is
@@ -45,6 +46,7 @@ from common.messages import (
     HaveQuery,
     HaveReply,
     JobMarker,
+    JobRecord,
     Message,
     PruneRequest,
     TaskEntries,
@@ -124,7 +126,7 @@ class WriterService:
                 params,
                 [QUEUE_COMMITS],
                 self.handle,
-                expect=(CommitRequest, CommitPart, JobMarker, TaskEntries, PruneRequest),
+                expect=(CommitRequest, CommitPart, JobMarker, JobRecord, TaskEntries, PruneRequest),
                 prefetch=commit_prefetch,
                 workers=commit_prefetch,
                 declare=lambda ch: declare_base(ch, self.params),
@@ -220,7 +222,7 @@ class WriterService:
             check_reply_to(msg.reply_to, msg.query_id)
             reply_have = self.on_have(msg, with_stream=self.senders.is_proxy(d))
             self._reply(msg.reply_to, msg.query_id, reply_have)
-        elif isinstance(msg, CommitRequest | CommitPart | JobMarker | TaskEntries):
+        elif isinstance(msg, CommitRequest | CommitPart | JobMarker | JobRecord | TaskEntries):
             check_reply_to(
                 msg.reply_to, msg.part_id if isinstance(msg, CommitPart) else msg.request_id
             )

@@ -18,7 +18,14 @@ from common.command_result import CommandResult
 from repository.errors import InvalidRequestError
 from repository.prune import PruneResult, prune
 from repository.retention import RULES, KeepPolicy
-from vmbackup.repo_commands import PASSPHRASE_ENV, _ts, add_command, json_arg, open_repo
+from vmbackup.repo_commands import (
+    PASSPHRASE_ENV,
+    _ts,
+    add_command,
+    json_arg,
+    open_repo,
+    repo_of_config,
+)
 
 EXAMPLES = """\
   # what the "nightly" policy's retention (from the config) would remove, and why the rest stays
@@ -75,12 +82,7 @@ def cmd_prune(args: argparse.Namespace) -> CommandResult:
 
         cfg = load_or_exit(args.load_config, args.config)  # the file alone: prune is no role
     keep, source = keep_rules(args, cfg)
-    if not args.repo:
-        if cfg is None or not cfg.repository.path:
-            raise InvalidRequestError("no repository: --repo PATH, or repository.path in --config")
-        args.repo = cfg.repository.path
-        if cfg.repository.passphrase and not args.passphrase_file:
-            args.passphrase = cfg.repository.passphrase.value
+    repo_of_config(args, cfg)
     progress = args.progress.task("prune points removed", "items")
     result = prune(
         open_repo(args), keep, policy=args.policy, dry_run=args.dry_run, progress=progress

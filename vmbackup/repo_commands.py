@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from common.command_result import CommandResult
-from repository.errors import RepositoryError
+from repository.errors import InvalidRequestError, RepositoryError
 
 PASSPHRASE_ENV = "VMBACKUP_PASSPHRASE"
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(i?b)?", re.IGNORECASE)
@@ -61,6 +61,18 @@ def _repo_passphrase(args: argparse.Namespace) -> str | None:
     except (OSError, ValueError, AttributeError):
         encrypted = False  # opening gives the precise error
     return _passphrase(args) if encrypted else None
+
+
+def repo_of_config(args: argparse.Namespace, cfg: Any) -> None:
+    """Without --repo: repository.path (and passphrase, unless --passphrase-file) of the
+    command's --config, loaded as ``cfg``."""
+    if args.repo:
+        return
+    if cfg is None or not cfg.repository.path:
+        raise InvalidRequestError("no repository: --repo PATH, or repository.path in --config")
+    args.repo = cfg.repository.path
+    if cfg.repository.passphrase and not args.passphrase_file:
+        args.passphrase = cfg.repository.passphrase.value
 
 
 def open_repo(args: argparse.Namespace) -> Any:

@@ -8,7 +8,8 @@ with the error text as reason.
 
 The kinds live by the flow they belong to: ``tasks`` (coordinator <-> proxies),
 ``chunks`` (proxies <-> writers), ``points`` (the commits queue), ``retention`` (prune
-requests, also on the commits queue), ``events``; the strict codec in ``codec``. This
+requests, also on the commits queue), ``jobs`` (job reports kept in the repository, on
+the commits queue too), ``events``; the strict codec in ``codec``. This
 package is the one way in: import names from ``common.messages``, which knows every
 kind (``KINDS``).
 """
@@ -30,6 +31,7 @@ from common.messages.base import (
 from common.messages.chunks import ChunkAck, ChunkBatch, HaveQuery, HaveReply, StreamHello
 from common.messages.codec import INLINE_BELOW
 from common.messages.events import JobEvent
+from common.messages.jobs import MAX_REPORT_BYTES, JobRecord
 from common.messages.points import (
     CommitPart,
     CommitReply,
@@ -48,6 +50,7 @@ __all__ = [
     "KINDS",
     "MAX_LISTED",
     "MAX_MESSAGE_BYTES",
+    "MAX_REPORT_BYTES",
     "BackupTask",
     "Bytes",
     "ChunkAck",
@@ -61,6 +64,7 @@ __all__ = [
     "HaveReply",
     "JobEvent",
     "JobMarker",
+    "JobRecord",
     "Message",
     "MessageError",
     "PruneReply",
@@ -93,6 +97,7 @@ KINDS: dict[str, type[Message]] = {
         CommitReply,
         CommitPart,
         JobMarker,
+        JobRecord,
         PruneRequest,
         PruneReply,
         JobEvent,

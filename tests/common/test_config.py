@@ -141,6 +141,7 @@ def test_example_config_is_valid_and_shows_every_key(tmp_path: Path) -> None:
 
     for name in ("rabbitmq-password", "vc1-password"):
         (tmp_path / name).write_text("x\n")
+    (tmp_path / "chat-webhook-url").write_text("https://hooks.example.com/services/T/B/x\n")
     text = (
         (ROOT / "examples" / "vmbackup.toml")
         .read_text()

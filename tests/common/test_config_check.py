@@ -188,6 +188,7 @@ def test_the_example_config_passes_as_shipped() -> None:
 def test_the_example_config_passes_for_each_role_with_its_secrets(tmp_path: Path) -> None:
     for name in ("rabbitmq-password", "vc1-password"):
         (tmp_path / name).write_text("x\n")
+    (tmp_path / "chat-webhook-url").write_text("https://hooks.example.com/services/T/B/x\n")
     text = EXAMPLE.read_text().replace("/run/secrets/vmbackup", str(tmp_path))
     cfg = write(tmp_path, text)
     for role in ("writer", "proxy", "coordinator"):

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common import messages as m
+from common.job_ids import new_job_id
 from common.packed_entries import pack_entries
 from common.snapshot_disk import SnapshotDisk
 
@@ -177,6 +178,16 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         reply_to=text,
         job_id=text.filter(bool),
         op=st.sampled_from(["begin", "end"]),
+    ),
+    m.JobRecord: st.builds(
+        m.JobRecord,
+        request_id=text,
+        reply_to=text,
+        job_id=st.builds(
+            new_job_id,
+            st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True),
+        ),
+        report=st.binary(max_size=200),
     ),
     m.PruneRequest: st.builds(
         m.PruneRequest,

@@ -30,6 +30,7 @@ from common.messages import (
     CommitPart,
     CommitRequest,
     JobMarker,
+    JobRecord,
     Message,
     PruneRequest,
     TaskResult,
@@ -55,6 +56,7 @@ class ProtocolPeer:
         self.parts: list[CommitPart] = []
         self.markers: list[JobMarker] = []
         self.prunes: list[PruneRequest] = []
+        self.records: list[JobRecord] = []
         self.on_commit: Callable[[Message], None] | None = None  # runs before the writer's code
         self.fail_vm: set[str] = set()  # vm names whose tasks fail
         self.hold_vm: set[str] = set()  # vm names whose tasks get no answer
@@ -73,7 +75,7 @@ class ProtocolPeer:
             broker,
             [QUEUE_COMMITS],
             self._on_commit,
-            expect=(CommitRequest, CommitPart, JobMarker, PruneRequest),
+            expect=(CommitRequest, CommitPart, JobMarker, JobRecord, PruneRequest),
             prefetch=1,
             workers=1,
             name="test-peer-commits",
@@ -142,7 +144,7 @@ class ProtocolPeer:
 
     def _on_commit(self, msg: Message, d: Delivery) -> None:
         # the writer service's own handlers for the commits queue
-        assert isinstance(msg, CommitRequest | CommitPart | JobMarker | PruneRequest)
+        assert isinstance(msg, CommitRequest | CommitPart | JobMarker | JobRecord | PruneRequest)
         with self._lock:
             if isinstance(msg, CommitRequest):
                 self.commits.append(msg)
@@ -150,6 +152,8 @@ class ProtocolPeer:
                 self.parts.append(msg)
             elif isinstance(msg, PruneRequest):
                 self.prunes.append(msg)
+            elif isinstance(msg, JobRecord):
+                self.records.append(msg)
             else:
                 self.markers.append(msg)
             hook = self.on_commit

@@ -56,6 +56,7 @@ from common.messages import (
     HaveQuery,
     HaveReply,
     JobMarker,
+    JobRecord,
     PruneReply,
     PruneRequest,
     StagedTask,
@@ -357,7 +358,11 @@ def test_fuzzed_consumers_keep_serving_and_a_backup_restores_bit_exact(
     targets: list[tuple[str, str, tuple[type, ...]]] = [
         (EXCHANGE_SHARDS, shard_routing_key(0), (ChunkBatch, HaveQuery)),
         (EXCHANGE_SHARDS, shard_routing_key(1), (ChunkBatch, HaveQuery)),
-        ("", QUEUE_COMMITS, (CommitRequest, CommitPart, JobMarker, TaskEntries, PruneRequest)),
+        (
+            "",
+            QUEUE_COMMITS,
+            (CommitRequest, CommitPart, JobMarker, JobRecord, TaskEntries, PruneRequest),
+        ),
         (EXCHANGE_TASKS, HOST_KEY, (BackupTask,)),
         ("", results_queue(COORDINATOR), (TaskResult,)),
         ("", s.replies.name, answers),
