@@ -144,6 +144,10 @@ class RunningExport:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_at is not None
+
     def request_stop(self) -> None:
         """Ask nbdkit to stop (safe in a signal handler): SIGTERM now, SIGKILL from
         :meth:`wait` if it still runs STOP_GRACE seconds later."""

@@ -16,7 +16,7 @@ import proxy_worker.cli
 import repository_writer.cli
 from common.broker_tls import BrokerCertificateError
 from common.version import package_version
-from vmbackup import repo_commands
+from vmbackup import export_command, repo_commands
 from vmbackup.config_schema import ROLES, Config, check_config, load_config
 
 DESCRIPTION = """\
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy_worker.cli.register(sub)
     repository_writer.cli.register(sub)
     repo_commands.register(sub)
+    export_command.register(sub)
     return parser
 
 
