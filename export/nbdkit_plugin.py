@@ -22,6 +22,7 @@ import nbdkit  # type: ignore[import-not-found]  # exists only inside nbdkit
 from common.logging import get_logger, setup_logging
 from export import metrics
 from export.plugin_config import PluginParams, open_reader
+from export.plugin_control import stop_on_eof
 from repository.disk_reader import ChunkReadError, DiskReader
 from repository.errors import RepositoryError
 
@@ -55,6 +56,8 @@ def after_fork() -> None:
         from common.metrics import serve_metrics
 
         serve_metrics(_params.metrics_port, _params.metrics_address)
+    if _params.control_fd >= 0:
+        stop_on_eof(_params.control_fd, nbdkit.shutdown)
     metrics.EXPORT_OPEN.set(1)
 
 

@@ -131,12 +131,15 @@ def _python_path() -> str:
 class RunningExport:
     """An nbdkit serving one export; :meth:`stop` ends it and removes what it owned."""
 
-    def __init__(self, spec: ExportSpec, proc: subprocess.Popen[bytes], workdir: Path, status: int):
+    def __init__(
+        self, spec: ExportSpec, proc: subprocess.Popen[bytes], workdir: Path, status: int, control: int
+    ) -> None:
         self.spec = spec
         self.proc = proc
         self.workdir = workdir
         self.uri = export_uri(spec)
         self._status = status  # read end of the plugin's stats pipe
+        self._control = control  # write end of its control pipe: closed = stop
         self.stats: dict[str, Any] | None = None
         self._stop_at: float | None = None
 
@@ -153,6 +156,9 @@ class RunningExport:
         :meth:`wait` if it still runs STOP_GRACE seconds later."""
         if self._stop_at is None:
             self._stop_at = time.monotonic()
+        if self._control >= 0:
+            os.close(self._control)
+            self._control = -1
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
@@ -174,6 +180,9 @@ class RunningExport:
         return self.wait()
 
     def _finish(self) -> None:
+        if self._control >= 0:
+            os.close(self._control)
+            self._control = -1
         if self._status >= 0:
             data = b""
             try:
@@ -189,6 +198,8 @@ class RunningExport:
                 except ValueError:
                     self.stats = None
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.spec.socket is not None:  # nbdkit leaves it; we refused to start on one
+            self.spec.socket.unlink(missing_ok=True)
 
     def __enter__(self) -> RunningExport:
         return self
@@ -197,7 +208,9 @@ class RunningExport:
         self.stop()
 
 
-def nbdkit_argv(spec: ExportSpec, workdir: Path, pass_fd: int, status_fd: int) -> list[str]:
+def nbdkit_argv(
+    spec: ExportSpec, workdir: Path, pass_fd: int, status_fd: int, control_fd: int
+) -> list[str]:
     argv = [
         spec.nbdkit,
         "--foreground",
@@ -222,6 +235,7 @@ def nbdkit_argv(spec: ExportSpec, workdir: Path, pass_fd: int, status_fd: int) -
         f"disk={spec.disk}",
         f"cache-mib={spec.cache_mib}",
         f"status-fd={status_fd}",
+        f"control-fd={control_fd}",
     ]
     if pass_fd >= 0:
         argv.append(f"passphrase-fd={pass_fd}")
@@ -244,7 +258,8 @@ def start_export(spec: ExportSpec, *, ready_timeout: float = 60.0) -> RunningExp
         raise ExportError(f"cannot create the export's directory in {parent}: {exc}") from None
     pass_r = -1
     status_r, status_w = os.pipe()
-    fds = [status_w]
+    control_r, control_w = os.pipe()
+    fds = [status_w, control_r]
     try:
         if spec.passphrase is not None:
             pass_r, pass_w = os.pipe()
@@ -254,20 +269,20 @@ def start_export(spec: ExportSpec, *, ready_timeout: float = 60.0) -> RunningExp
         env = dict(os.environ, PYTHONPATH=_python_path(), TMPDIR=str(workdir))
         env.pop("VMBACKUP_PASSPHRASE", None)  # nbdkit gets it through the pipe only
         proc = subprocess.Popen(
-            nbdkit_argv(spec, workdir, pass_r, status_w),
+            nbdkit_argv(spec, workdir, pass_r, status_w, control_r),
             env=env,
             pass_fds=fds,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     except BaseException:
-        for fd in (status_r, *fds):
+        for fd in (status_r, control_w, *fds):
             os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     for fd in fds:  # the child holds them now
         os.close(fd)
-    running = RunningExport(spec, proc, workdir, status_r)
+    running = RunningExport(spec, proc, workdir, status_r, control_w)
     deadline = time.monotonic() + ready_timeout
     pidfile = workdir / "nbdkit.pid"
     while not pidfile.exists():

@@ -23,6 +23,7 @@ KEYS = (
     "cache-mib",
     "passphrase-fd",
     "status-fd",
+    "control-fd",
     "metrics-port",
     "metrics-address",
 )
@@ -36,6 +37,7 @@ class PluginParams:
     cache_mib: int = 128
     passphrase_fd: int = -1  # -1: an unencrypted repository
     status_fd: int = -1  # -1: no stats line at exit
+    control_fd: int = -1  # -1: no control pipe (plugin_control.py)
     metrics_port: int = 0  # 0: no /metrics
     metrics_address: str = "127.0.0.1"
     seen: set[str] = field(default_factory=set)
