@@ -5,8 +5,8 @@ command checks what it is asked before anything starts (repository, passphrase, 
 VM, disk: the same errors as `vmbackup restore`), prints the address to connect to and
 waits for SIGINT or SIGTERM, then stops nbdkit and removes its overlay.
 
-Exit status: 0 served and stopped by a signal; 1 not started, or nbdkit ended on its
-own (the reason on stderr); 2 usage.
+Exit status: 0 served and stopped cleanly by a signal; 1 not started, or nbdkit ended
+on its own or failed (the reason on stderr); 2 usage.
 """
 
 from __future__ import annotations
@@ -136,8 +136,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         f" in {st.get('reads', 0)} reads, cache {st.get('cache_hits', 0)} hits"
         f" / {st.get('cache_misses', 0)} misses, {st.get('read_errors', 0)} read errors",
     )
-    if not signalled:
-        print(f"vmbackup: error: nbdkit ended on its own (status {rc})", file=sys.stderr)
+    if not signalled or rc != 0:
+        how = "on its own" if not signalled else "while stopping"
+        print(f"vmbackup: error: nbdkit ended {how} (status {rc})", file=sys.stderr)
         return 1
     return 0
 

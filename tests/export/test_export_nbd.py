@@ -139,7 +139,7 @@ def test_a_damaged_chunk_is_an_io_error_never_wrong_bytes(
                           timeout=120, check=False)
     assert copy.returncode != 0  # a whole copy fails, never completes with wrong bytes
     assert h.pread(10, 0) == data[:10]  # and the export still serves
-    assert ex.stop() == 0
+    assert ex.stop() == 0 and ex.stopped["nbdkit_status"] == 0, ex.stderr  # never aborted
     assert ex.stopped["read_errors"] >= 3
     assert "read failed: EIO to the client" in ex.stderr and f"chunk #5 (offset {5 * CS})" in ex.stderr
 
