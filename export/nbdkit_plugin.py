@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-import nbdkit  # type: ignore[import-not-found]  # exists only inside nbdkit
+import nbdkit  # exists only inside nbdkit (mypy: ignore_missing_imports)
 
 from common.logging import get_logger, setup_logging
 from export import metrics

@@ -132,7 +132,12 @@ class RunningExport:
     """An nbdkit serving one export; :meth:`stop` ends it and removes what it owned."""
 
     def __init__(
-        self, spec: ExportSpec, proc: subprocess.Popen[bytes], workdir: Path, status: int, control: int
+        self,
+        spec: ExportSpec,
+        proc: subprocess.Popen[bytes],
+        workdir: Path,
+        status: int,
+        control: int,
     ) -> None:
         self.spec = spec
         self.proc = proc
@@ -290,8 +295,7 @@ def start_export(spec: ExportSpec, *, ready_timeout: float = 60.0) -> RunningExp
         if rc is not None:
             running.wait()
             raise ExportError(
-                f"nbdkit exited with status {rc} before serving {running.uri}"
-                " (its error is above)"
+                f"nbdkit exited with status {rc} before serving {running.uri} (its error is above)"
             )
         if time.monotonic() > deadline:
             running.stop()

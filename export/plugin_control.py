@@ -26,12 +26,11 @@ def shut_connections() -> int:
             sock = socket.socket(fileno=os.dup(fd))
         except OSError:
             continue  # not a socket (or closed meanwhile)
-        with sock:
-            with contextlib.suppress(OSError):
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                    continue  # a listening socket: nbdkit closes it itself
-                sock.shutdown(socket.SHUT_RDWR)
-                done += 1
+        with sock, contextlib.suppress(OSError):
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                continue  # a listening socket: nbdkit closes it itself
+            sock.shutdown(socket.SHUT_RDWR)
+            done += 1
     return done
 
 

@@ -92,8 +92,7 @@ class DiskReader:
         n = len(out)
         if offset < 0 or offset + n > self.size:
             raise InvalidRequestError(
-                f"{self.what}: read of {n} bytes at {offset} is outside the disk"
-                f" (0..{self.size})"
+                f"{self.what}: read of {n} bytes at {offset} is outside the disk (0..{self.size})"
             )
         cs, pos = self.chunk_size, 0
         while pos < n:

@@ -54,14 +54,38 @@ def test_the_export_is_the_restored_disk_byte_for_byte(
 ) -> None:
     point, data = _two_points(repo, tmp_path)
     restored = tmp_path / "restored.img"
-    r = vmb("restore", "--repo", str(repo.path), "--point", point, "--disk", "2000",
-            "--out", str(restored), "--no-fsync")
+    r = vmb(
+        "restore",
+        "--repo",
+        str(repo.path),
+        "--point",
+        point,
+        "--disk",
+        "2000",
+        "--out",
+        str(restored),
+        "--no-fsync",
+    )
     assert r.returncode == 0, r.stderr
     ov = tmp_path / "ov"
     ov.mkdir()
     sock = tmp_path / "nbd.sock"
-    ex = start_export("--repo", str(repo.path), "--point", point, "--vm", "web1", "--disk",
-                      "2000", "--socket", str(sock), "--overlay-dir", str(ov), "--cache-mib", "1")
+    ex = start_export(
+        "--repo",
+        str(repo.path),
+        "--point",
+        point,
+        "--vm",
+        "web1",
+        "--disk",
+        "2000",
+        "--socket",
+        str(sock),
+        "--overlay-dir",
+        str(ov),
+        "--cache-mib",
+        "1",
+    )
     assert ex.uri == f"nbd+unix:///?socket={sock}"
     assert ex.serving["size"] == len(data) and ex.serving["writable"] is False
     copy = tmp_path / "copy.img"
@@ -91,8 +115,19 @@ def test_writes_stay_in_the_overlay_never_in_the_repository(
     before = _tree(repo.path)
     ov = tmp_path / "ov"
     ov.mkdir()
-    ex = start_export("--repo", str(repo.path), "--point", point, "--disk", "2000",
-                      "--socket", str(tmp_path / "s"), "--writable", "--overlay-dir", str(ov))
+    ex = start_export(
+        "--repo",
+        str(repo.path),
+        "--point",
+        point,
+        "--disk",
+        "2000",
+        "--socket",
+        str(tmp_path / "s"),
+        "--writable",
+        "--overlay-dir",
+        str(ov),
+    )
     assert ex.serving["writable"] is True
     h = _client(ex.uri)
     assert not h.is_read_only()
@@ -113,8 +148,16 @@ def test_writes_stay_in_the_overlay_never_in_the_repository(
     assert not list(ov.iterdir())  # the overlay is gone
     assert _tree(repo.path) == before  # not a byte, not an mtime of the repository changed
     assert vmb("verify", "--repo", str(repo.path)).returncode == 0
-    again = start_export("--repo", str(repo.path), "--point", point, "--disk", "2000",
-                         "--socket", str(tmp_path / "s2"))
+    again = start_export(
+        "--repo",
+        str(repo.path),
+        "--point",
+        point,
+        "--disk",
+        "2000",
+        "--socket",
+        str(tmp_path / "s2"),
+    )
     assert _client(again.uri).pread(len(data), 0) == data
 
 
@@ -124,8 +167,16 @@ def test_a_damaged_chunk_is_an_io_error_never_wrong_bytes(
     point, data = _two_points(repo, tmp_path)
     victim = data[5 * CS : 6 * CS]  # chunk 5: random, stored once
     flip_bit(repo.chunks.path_of(repo.chunk_id(victim)), 200)
-    ex = start_export("--repo", str(repo.path), "--point", point, "--disk", "2000",
-                      "--socket", str(tmp_path / "s"))
+    ex = start_export(
+        "--repo",
+        str(repo.path),
+        "--point",
+        point,
+        "--disk",
+        "2000",
+        "--socket",
+        str(tmp_path / "s"),
+    )
     h = _client(ex.uri)
     assert h.pread(4096, 0) == data[:4096]
     for _ in range(2):  # every read of it fails, none is served from a cache
@@ -135,13 +186,16 @@ def test_a_damaged_chunk_is_an_io_error_never_wrong_bytes(
     with pytest.raises(nbd.Error):  # a read that only touches it
         h.pread(CS + 10, 5 * CS - 5)
     assert h.pread(4096, 6 * CS) == data[6 * CS : 6 * CS + 4096]  # the rest still reads
-    copy = subprocess.run(["nbdcopy", ex.uri, str(tmp_path / "c.img")], capture_output=True,
-                          timeout=120, check=False)
+    copy = subprocess.run(
+        ["nbdcopy", ex.uri, str(tmp_path / "c.img")], capture_output=True, timeout=120, check=False
+    )
     assert copy.returncode != 0  # a whole copy fails, never completes with wrong bytes
     assert h.pread(10, 0) == data[:10]  # and the export still serves
     assert ex.stop() == 0 and ex.stopped["nbdkit_status"] == 0, ex.stderr  # never aborted
     assert ex.stopped["read_errors"] >= 3
-    assert "read failed: EIO to the client" in ex.stderr and f"chunk #5 (offset {5 * CS})" in ex.stderr
+    assert (
+        "read failed: EIO to the client" in ex.stderr and f"chunk #5 (offset {5 * CS})" in ex.stderr
+    )
 
 
 def test_an_encrypted_repository_passphrase_never_reaches_nbdkit_argv_or_environment(
@@ -149,8 +203,17 @@ def test_an_encrypted_repository_passphrase_never_reaches_nbdkit_argv_or_environ
 ) -> None:
     point, data = _two_points(enc_repo, tmp_path)
     secret = "correct horse"
-    ex = start_export("--repo", str(enc_repo.path), "--point", point, "--disk", "2000",
-                      "--socket", str(tmp_path / "s"), env={"VMBACKUP_PASSPHRASE": secret})
+    ex = start_export(
+        "--repo",
+        str(enc_repo.path),
+        "--point",
+        point,
+        "--disk",
+        "2000",
+        "--socket",
+        str(tmp_path / "s"),
+        env={"VMBACKUP_PASSPHRASE": secret},
+    )
     assert _client(ex.uri).pread(len(data), 0) == data
     pid = ex.serving["pid"]
     for what in ("cmdline", "environ"):
@@ -159,20 +222,34 @@ def test_an_encrypted_repository_passphrase_never_reaches_nbdkit_argv_or_environ
 
 
 def test_tcp_listen_metrics_and_sigint(repo: Repository, tmp_path: Path, start_export) -> None:
-    point, data = _two_points(repo, tmp_path)
+    point, _ = _two_points(repo, tmp_path)
     port, mport = free_port(), free_port()
-    ex = start_export("--repo", str(repo.path), "--point", point, "--disk", "2000",
-                      "--listen", f"127.0.0.1:{port}", "--metrics-port", str(mport))
+    ex = start_export(
+        "--repo",
+        str(repo.path),
+        "--point",
+        point,
+        "--disk",
+        "2000",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--metrics-port",
+        str(mport),
+    )
     assert ex.uri == f"nbd://127.0.0.1:{port}/"
-    info = subprocess.run(["nbdinfo", "--map", ex.uri], capture_output=True, text=True,
-                          timeout=60, check=True)
+    info = subprocess.run(
+        ["nbdinfo", "--map", ex.uri], capture_output=True, text=True, timeout=60, check=True
+    )
     assert "hole,zero" in info.stdout  # zero chunks are advertised as extents
     h = _client(ex.uri)
     h.pread(CS, 0)
     h.pread(CS, 0)
     text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
-    values = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines()
-              if ln.startswith("vmbackup_export_")}
+    values = {
+        ln.split()[0]: float(ln.split()[1])
+        for ln in text.splitlines()
+        if ln.startswith("vmbackup_export_")
+    }
     assert values["vmbackup_export_open"] == 1 and values["vmbackup_export_connections"] >= 1
     assert values["vmbackup_export_read_bytes_total"] >= 2 * CS
     assert values["vmbackup_export_cache_hits_total"] >= 1

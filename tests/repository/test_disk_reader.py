@@ -31,16 +31,16 @@ def test_every_range_reads_the_disk_bytes(repo: Repository, tmp_path: Path) -> N
     assert reader.size == len(data)
     rnd = random.Random(1)
     cases = [(0, len(data)), (CS - 1, 2), (len(data) - 1, 1), (3 * CS + 17, 2 * CS)]
-    cases += [(o, rnd.randint(1, min(3 * CS, len(data) - o))) for o in
-              (rnd.randrange(len(data)) for _ in range(300))]
+    cases += [
+        (o, rnd.randint(1, min(3 * CS, len(data) - o)))
+        for o in (rnd.randrange(len(data)) for _ in range(300))
+    ]
     for off, n in cases:
         assert _read(reader, off, n) == data[off : off + n], (off, n)
     assert reader.stats.read_errors == 0 and reader.stats.reads == len(cases)
 
 
-def test_a_grown_disk_reads_zeros_past_its_old_last_chunk(
-    repo: Repository, tmp_path: Path
-) -> None:
+def test_a_grown_disk_reads_zeros_past_its_old_last_chunk(repo: Repository, tmp_path: Path) -> None:
     img = tmp_path / "d.img"
     data = make_image(img, "rs")  # the last chunk is 1000 bytes
     import_disk(repo, "vm", 1, img)
@@ -80,9 +80,7 @@ def test_the_cache_is_bounded_and_reads_hit_it(repo: Repository, tmp_path: Path)
     assert len(reader._cache) == 2
 
 
-def test_a_chunk_wanted_by_many_threads_is_decoded_once(
-    repo: Repository, tmp_path: Path
-) -> None:
+def test_a_chunk_wanted_by_many_threads_is_decoded_once(repo: Repository, tmp_path: Path) -> None:
     make_image(tmp_path / "d.img", "rr")
     r = import_disk(repo, "vm", 1, tmp_path / "d.img")
     decoded: list[bytes] = []
@@ -123,7 +121,9 @@ def test_a_damaged_chunk_raises_and_is_not_cached(repo: Repository, tmp_path: Pa
     reader = DiskReader(repo, r.point_id, 1)
     assert _read(reader, 0, 100) == data[:100]  # the good chunk still reads
     for _ in range(2):  # tried again each time, never served from a cache
-        with pytest.raises(ChunkReadError, match=rf"point {r.point_id} disk 1: chunk #1 \(offset {CS}\)"):
+        with pytest.raises(
+            ChunkReadError, match=rf"point {r.point_id} disk 1: chunk #1 \(offset {CS}\)"
+        ):
             _read(reader, CS - 10, 20)
     assert reader.stats.read_errors == 2
     with pytest.raises(InvalidRequestError, match="outside the disk"):
