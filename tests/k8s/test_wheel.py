@@ -80,7 +80,8 @@ def test_wheel_entry_point_runs_every_role_command(wheel: Path, tmp_path: Path) 
         "sys.argv[0] = 'vmbackup'; sys.exit({m}.{f}())"
     ).format(m=module, f=func, site=str(tmp_path / "site"))
     commands = [["--help"], ["coordinator", "--help"], ["proxy", "--help"], ["writer", "--help"],
-                ["repo", "init", "--help"], ["restore-vm", "--help"], ["export", "--help"]]  # fmt: skip
+                ["repo", "init", "--help"], ["restore-vm", "--help"],
+                ["export", "--help"]]  # fmt: skip
     for args in commands:
         res = subprocess.run(
             [sys.executable, "-c", script, *args],
