@@ -35,6 +35,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY common/ common/
 COPY coordinator/ coordinator/
+COPY export/ export/
 COPY proxy_worker/ proxy_worker/
 COPY repository/ repository/
 COPY repository_writer/ repository_writer/

@@ -22,6 +22,7 @@ PRODUCTION = [
     "proxy_worker",
     "repository_writer",
     "vmbackup",
+    "export",
 ]
 ROLES = ["coordinator", "proxy_worker", "repository_writer"]
 DEV_ONLY = ["lab", "tests", "bench", "scripts"]
@@ -38,6 +39,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "proxy_worker": {"coordinator", "repository_writer", "vmbackup"},
     # the coordinator talks to writers through the broker only
     "coordinator": {"repository_writer", "vmbackup"},
+    # the export's server process reads the repository through the library only
+    "export": {*ROLES, "vmbackup"},
 }
 for _pkg in PRODUCTION:
     FORBIDDEN.setdefault(_pkg, set()).update(DEV_ONLY)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from coordinator import metrics as coordinator
+from export import metrics as export
 from proxy_worker import metrics as proxy
 from repository import metrics as repository
 from repository_writer import metrics as writer
@@ -29,6 +30,7 @@ def test_each_role_declares_the_families_named_after_it() -> None:
         (proxy.REGISTRY, "vmbackup_proxy_"),
         (writer.REGISTRY, "vmbackup_writer_"),
         (repository.REGISTRY, "vmbackup_repo_"),
+        (export.REGISTRY, "vmbackup_export_"),
     ):
         names = families(registry)
         assert names, prefix

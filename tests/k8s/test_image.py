@@ -58,8 +58,9 @@ APT_DEPENDS_ONLY = ["--recurse", "--no-recommends", "--no-suggests", "--no-confl
 APT_DEPENDS_ONLY += ["--no-breaks", "--no-replaces", "--no-enhances"]
 # What the final stage must install for the roles to work.
 RUNTIME_PACKAGES = {"python3", "python3-libnbd", "nbdkit", "tini", "ca-certificates"}
-# The sub-commands the example deployment runs: the checks below must have seen them all.
-DEPLOYED_COMMANDS = {"coordinator", "proxy", "writer", "repo", "verify", "prune", "gc"}
+# The sub-commands the example deployment runs: the checks below must have seen them all
+# (no prune: retention is per policy, applied by the coordinator after each job).
+DEPLOYED_COMMANDS = {"coordinator", "proxy", "writer", "repo", "verify", "gc"}
 VDDK_LABEL = "io.vmbackup.vddk-libdir"
 
 

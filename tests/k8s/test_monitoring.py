@@ -234,6 +234,7 @@ def test_declared_parser_sees_the_modules() -> None:
         "proxy_worker",
         "repository_writer",
         "repository",
+        "export",
     }
     declared = declared_metrics()
     assert declared["vmbackup_coordinator_last_success_timestamp_seconds"] == "Gauge"

@@ -22,9 +22,10 @@ from tests.k8s.conftest import ROOT
 
 # The build context of the Dockerfile's venv stage (tests/k8s/test_image.py checks the
 # COPY lines against .dockerignore; this list is what they copy).
-COPIED = ["pyproject.toml", "README.md", "common", "coordinator", "proxy_worker",
+COPIED = ["pyproject.toml", "README.md", "common", "coordinator", "export", "proxy_worker",
           "repository", "repository_writer", "vmbackup"]  # fmt: skip
-PACKAGES = ["common", "coordinator", "proxy_worker", "repository", "repository_writer", "vmbackup"]
+PACKAGES = ["common", "coordinator", "export", "proxy_worker", "repository", "repository_writer",
+            "vmbackup"]  # fmt: skip
 # In the source tree for the demo, tests and benchmarks; never in the production wheel.
 DEV_ONLY = ["lab", "tests", "bench", "scripts", "k8s"]
 
@@ -79,7 +80,8 @@ def test_wheel_entry_point_runs_every_role_command(wheel: Path, tmp_path: Path) 
         "sys.argv[0] = 'vmbackup'; sys.exit({m}.{f}())"
     ).format(m=module, f=func, site=str(tmp_path / "site"))
     commands = [["--help"], ["coordinator", "--help"], ["proxy", "--help"], ["writer", "--help"],
-                ["repo", "init", "--help"], ["restore-vm", "--help"]]  # fmt: skip
+                ["repo", "init", "--help"], ["restore-vm", "--help"],
+                ["export", "--help"]]  # fmt: skip
     for args in commands:
         res = subprocess.run(
             [sys.executable, "-c", script, *args],

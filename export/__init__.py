@@ -1,0 +1,1 @@
+"""`vmbackup export`'s server process: nbdkit's Python plugin serving a disk of a point."""
