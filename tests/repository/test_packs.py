@@ -197,6 +197,11 @@ def test_gc_keeps_an_unreferenced_chunk_a_running_backup_was_told_about(tmp_path
     repo = packed(tmp_path / "r", pack_size=MiB)
     stored = _store(repo, 8)  # no point names them: garbage, unless someone relies on one
     repo.close()
+    # stored well before the backup below began: a pack sealed in the same clock tick as
+    # its start would count as new and be kept whole (gc keeps packs newer than its cutoff)
+    for f in _pack_files(repo):
+        st = f.stat()
+        os.utime(f, (st.st_atime - 60, st.st_mtime - 60))
     writer = Repository.open(repo.path)
     writer.begin_job("running")  # a backup in progress: gc's cutoff is before its start
     assert writer.has_chunks([stored[5][0]]) == [True]  # a have-query: "present"
