@@ -102,8 +102,8 @@ class DiskReader:
             data = self._chunk(index)
             dst = out[pos : pos + take]
             have = max(0, min(len(data) - within, take)) if data is not None else 0
-            if have:
-                dst[:have] = memoryview(data)[within : within + have]  # type: ignore[arg-type]
+            if data is not None and have:
+                dst[:have] = memoryview(data)[within : within + have]
             if have < take:  # a zero chunk, or past a grown disk's old last chunk
                 dst[have:] = zero_bytes(take - have)
             pos += take
