@@ -15,12 +15,12 @@ from coordinator.report import FAILED, OK, PARTIAL, SKIPPED, JobReport, size_tex
 from repository.errors import InvalidRequestError
 from repository.interfaces import JobReports
 from vmbackup.repo_commands import (
-    PASSPHRASE_ENV,
     _ts,
     add_command,
     json_arg,
     open_repo,
     repo_of_config,
+    repo_or_config_args,
 )
 
 EXAMPLES = """\
@@ -99,18 +99,8 @@ def cmd_show(args: argparse.Namespace) -> CommandResult:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--repo", metavar="PATH", help="repository directory (default: repository.path of --config)"
-    )
-    p.add_argument(
-        "--passphrase-file",
-        metavar="FILE",
-        help=f"passphrase of an encrypted repository (else ${PASSPHRASE_ENV}, "
-        "repository.passphrase of --config, or a prompt)",
-    )
-    p.add_argument("--config", "-c", metavar="FILE", help="config: its repository")
+    repo_or_config_args(p, "config: its repository")
     json_arg(p)
-    p.set_defaults(passphrase=None)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -19,12 +19,12 @@ from repository.errors import InvalidRequestError
 from repository.prune import PruneResult, prune
 from repository.retention import RULES, KeepPolicy
 from vmbackup.repo_commands import (
-    PASSPHRASE_ENV,
     _ts,
     add_command,
     json_arg,
     open_repo,
     repo_of_config,
+    repo_or_config_args,
 )
 
 EXAMPLES = """\
@@ -148,16 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "policy is removed (its maps: gc frees the chunks). With --policy only that "
         "policy's points are looked at (their job ids name it), never another's.",
     )
-    p.add_argument(
-        "--repo", metavar="PATH", help="repository directory (default: repository.path of --config)"
-    )
-    p.add_argument(
-        "--passphrase-file",
-        metavar="FILE",
-        help=f"passphrase of an encrypted repository (else ${PASSPHRASE_ENV}, "
-        "repository.passphrase of --config, or a prompt)",
-    )
-    p.add_argument("--config", "-c", metavar="FILE", help="config: the policy's retention")
+    repo_or_config_args(p, "config: the policy's retention")
     p.add_argument(
         "--policy", metavar="NAME", help="only points of this policy's jobs (default: every point)"
     )

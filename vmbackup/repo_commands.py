@@ -182,6 +182,22 @@ def _repo_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def repo_or_config_args(p: argparse.ArgumentParser, config_help: str) -> None:
+    """--repo, --passphrase-file and --config for a command that may take the repository
+    from a config (``repo_of_config``); ``config_help`` says what else it takes from it."""
+    p.add_argument(
+        "--repo", metavar="PATH", help="repository directory (default: repository.path of --config)"
+    )
+    p.add_argument(
+        "--passphrase-file",
+        metavar="FILE",
+        help=f"passphrase of an encrypted repository (else ${PASSPHRASE_ENV}, "
+        "repository.passphrase of --config, or a prompt)",
+    )
+    p.add_argument("--config", "-c", metavar="FILE", help=config_help)
+    p.set_defaults(passphrase=None)
+
+
 def json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--json",
