@@ -10,7 +10,6 @@ import hmac
 import json
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,10 @@ from common.config import Secret
 from coordinator.daemon import Daemon
 from coordinator.notify.notifier import Notifier
 from coordinator.settings import PolicySettings, WebhookSettings
-from lab import Lab, LabSpec
-from lab.stack import Stack, StackSpec, free_port, toml_str
+from lab import Lab
+from lab.stack import Stack, free_port, toml_str
 from tests.coordinator.conftest import MiB
-from tests.coordinator.harness import ProtocolPeer
+from tests.coordinator.peer_rig import Rig, peer_rig, small_lab
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.integration
@@ -31,27 +30,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with Lab.start(LabSpec(hosts_per_cluster=1, vms_per_host=2, disk_sizes=[4 * MiB])) as lab:
-        for v in lab.vms():
-            lab.write_guest_data(v["name"], 2000, 0, b"data" * 1024)
+    with small_lab() as lab:
         yield lab
-
-
-@dataclass
-class Rig:
-    stack: Stack  # config, repository, broker accounts; no writer or proxy process
-    peer: ProtocolPeer  # in the same vhost: takes every task, commit and job record
-    env: Any
 
 
 @pytest.fixture
 def rig(lab: Lab, make_env: Any, amqp_vhost: str, tmp_path: Path) -> Iterator[Rig]:
-    s = Stack(lab, tmp_path / "stack", StackSpec(writers=0, proxies=0, vhost=amqp_vhost)).start()
-    try:
-        env = make_env(lab, repo_path=s.repo)
-        yield Rig(s, env.peer, env)
-    finally:
-        s.stop()
+    with peer_rig(lab, make_env, amqp_vhost, tmp_path) as r:
+        yield r
 
 
 def webhook_toml(name: str, url: str, **keys: Any) -> str:
