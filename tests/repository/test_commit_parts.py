@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from common.amqp import QUEUE_COMMITS, BrokerParams, Publisher, ReplyQueue
+from common.amqp import BrokerParams
 from common.messages import (
     CommitPart,
-    CommitReply,
     CommitRequest,
     DiskCommit,
     JobMarker,
-    Message,
     part_key,
 )
 from common.packed_entries import pack_entries
@@ -28,6 +26,7 @@ from repository.staging import request_dir_name
 from repository.verify import verify
 from repository_writer.commit_translation import point_commit
 from repository_writer.service import WriterService
+from tests.repository.commit_client import CommitClient
 
 CS = 256 * 1024
 N_CHUNKS = 3000  # a disk of many chunks
@@ -174,18 +173,10 @@ def test_gc_sweeps_abandoned_parts_after_the_grace(repo: Repository) -> None:
 @pytest.mark.integration
 def test_writer_service_parts_and_markers(repo: Repository, broker: BrokerParams) -> None:
     svc = WriterService(repo, broker, n_shards=2, name="w-parts").start()
-    pub = Publisher(broker, name="test-parts")
-    replies = ReplyQueue(broker, name="test-parts-replies")
+    client = CommitClient(broker, "test-parts")
+    ask = client.ask
     try:
-
-        def ask(msg: Message, key: str) -> CommitReply:
-            fut = replies.expect(key)
-            pub.publish_sync("", QUEUE_COMMITS, msg)
-            reply = fut.result(timeout=60)
-            assert isinstance(reply, CommitReply)
-            return reply
-
-        rq = replies.name
+        rq = client.reply_to
         assert ask(JobMarker("m1", rq, "job-9", "begin"), "m1").ok
         assert [j["job_id"] for j in repo.running_jobs()] == ["job-9"]
 
@@ -214,6 +205,5 @@ def test_writer_service_parts_and_markers(repo: Repository, broker: BrokerParams
         assert ask(JobMarker("m2", rq, "job-9", "end"), "m2").ok
         assert repo.running_jobs() == []
     finally:
-        replies.close()
-        pub.close()
+        client.close()
         svc.close()

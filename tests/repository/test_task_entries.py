@@ -12,12 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.amqp import QUEUE_COMMITS, BrokerParams, Publisher, ReplyQueue
+from common.amqp import BrokerParams
 from common.messages import (
-    CommitReply,
     CommitRequest,
     DiskCommit,
-    Message,
     StagedTask,
     TaskEntries,
 )
@@ -30,6 +28,7 @@ from repository.repository import Repository
 from repository.staging import job_dir_name
 from repository.verify import verify
 from repository_writer.service import WriterService
+from tests.repository.commit_client import CommitClient
 from tests.repository.conftest import CS, flip_bit
 
 N = 64  # chunks of the test disk
@@ -261,18 +260,10 @@ def test_writer_stages_task_entries_and_commits_them(
     repo: Repository, broker: BrokerParams
 ) -> None:
     svc = WriterService(repo, broker, n_shards=2, name="w-tasks").start()
-    pub = Publisher(broker, name="test-tasks")
-    replies = ReplyQueue(broker, name="test-tasks-replies")
+    client = CommitClient(broker, "test-tasks")
+    ask = client.ask
     try:
-
-        def ask(msg: Message, key: str) -> CommitReply:
-            fut = replies.expect(key)
-            pub.publish_sync("", QUEUE_COMMITS, msg)
-            reply = fut.result(timeout=60)
-            assert isinstance(reply, CommitReply)
-            return reply
-
-        rq = replies.name
+        rq = client.reply_to
         entries = make_entries(repo, N)
         tasks = []
         for n, start in enumerate(range(0, N, 20)):
@@ -299,6 +290,5 @@ def test_writer_stages_task_entries_and_commits_them(
         assert [dmap.get(i) for i in range(N)] == [c or bytes(32) for _i, c in entries]
         assert not (repo.path / "staging" / job_dir_name("job-w", VM)).exists()
     finally:
-        replies.close()
-        pub.close()
+        client.close()
         svc.close()
