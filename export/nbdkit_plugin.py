@@ -25,11 +25,13 @@ from export.plugin_config import PluginParams, open_reader
 from export.plugin_control import stop_on_eof
 from repository.disk_reader import ChunkReadError, DiskReader
 from repository.errors import RepositoryError
+from repository.holds import Hold
 
 API_VERSION = 2
 
 _params = PluginParams()
 _reader: DiskReader | None = None
+_hold: Hold | None = None
 _log: Any = None
 
 
@@ -38,11 +40,11 @@ def config(key: str, value: str) -> None:
 
 
 def config_complete() -> None:
-    global _reader, _log
+    global _reader, _hold, _log
     _params.check()
     setup_logging(stream=sys.stderr, role="export")  # stdout is vmbackup's (--json)
     _log = get_logger("export", point=_params.point, disk=_params.disk)
-    _reader = open_reader(_params)
+    _reader, _hold = open_reader(_params)
 
 
 def thread_model() -> int:
@@ -64,12 +66,19 @@ def after_fork() -> None:
         )
     if _params.control_fd >= 0:
         stop_on_eof(_params.control_fd, nbdkit.shutdown)
+    if _hold is not None:
+        _hold.start_refresh()  # a thread: it must live in the serving process
     metrics.EXPORT_OPEN.set(1)
 
 
 def cleanup() -> None:
     """At exit: one JSON line of what was served, for `vmbackup export` to report."""
     metrics.EXPORT_OPEN.set(0)
+    if _hold is not None:
+        try:
+            _hold.release()
+        except RepositoryError as exc:  # it goes stale: prune ignores it after holds.STALE
+            _log.warning("point_hold_not_released", error=str(exc))
     if _reader is None or _params.status_fd < 0:
         return
     s = _reader.stats

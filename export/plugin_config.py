@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from common.logging import get_logger
 from repository.disk_reader import DiskReader
-from repository.errors import InvalidRequestError
+from repository.errors import InvalidRequestError, PointNotFoundError, RepositoryError
+from repository.holds import Hold
 
 MiB = 1 << 20
 KEYS = (
@@ -85,12 +87,25 @@ def read_passphrase(fd: int) -> str | None:
     return b"".join(chunks).decode("utf-8")
 
 
-def open_reader(params: PluginParams) -> DiskReader:
-    """The disk of the point, on a repository opened for reading (nothing is written)."""
+def open_reader(params: PluginParams) -> tuple[DiskReader, Hold | None]:
+    """The disk of the point, on a repository opened for reading, and a hold on the point
+    (repository/holds.py: prune keeps it while we serve it; None when the repository
+    cannot be written, e.g. mounted read-only: served all the same, with a warning). The
+    hold is the only thing written."""
     from export.metrics import count_chunk
     from repository.repository import Repository
 
     repo = Repository.open(params.repo, read_passphrase(params.passphrase_fd))
-    return DiskReader(
+    reader = DiskReader(
         repo, params.point, params.disk, cache_bytes=params.cache_mib * MiB, on_chunk=count_chunk
     )
+    try:
+        hold = repo.hold_point(params.point, f"export of disk {params.disk}")
+    except PointNotFoundError:
+        raise  # pruned while we opened it
+    except RepositoryError as exc:
+        get_logger("export").warning(
+            "point_not_held", point=params.point, error=str(exc), why="prune may remove it"
+        )
+        hold = None
+    return reader, hold

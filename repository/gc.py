@@ -44,6 +44,7 @@ class GcReport:
     cutoff: float = 0.0
     missing: list[str] = field(default_factory=list)
     stale_markers: list[str] = field(default_factory=list)
+    stale_holds_removed: list[str] = field(default_factory=list)  # of killed exports
     dry_run: bool = False
 
 
@@ -76,6 +77,7 @@ def gc(
                 continue
             cutoff = min(cutoff, job["started"] - grace)
         report.cutoff = cutoff
+        report.stale_holds_removed = repo.holds.remove_stale(start, dry_run=dry_run)
         referenced = _mark(repo, report)
         if isinstance(repo.chunks, PackStore):
             _sweep_packs(repo.chunks, report, referenced, cutoff, start, dry_run)

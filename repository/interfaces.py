@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from repository.fixed_index import DiskMap
+from repository.holds import HoldInfo
 from repository.point_commit import PointCommit
 from repository.points import Point
 from repository.repository import StoreResult
@@ -104,12 +105,17 @@ class Committer(Protocol):
 
 
 class Pruner(Protocol):
-    """What retention needs: the points, the running-backup markers, and removal."""
+    """What retention needs: the points, the running-backup markers, the holds, and
+    removal."""
 
     def points(self, vm_uuid: str | None = None) -> list[Point]: ...
 
     def running_jobs(self) -> list[dict[str, Any]]:
         """The markers of backups in progress: job_id, started, host, marker."""
+        ...
+
+    def point_holds(self) -> list[HoldInfo]:
+        """Holds on points read outside a backup (exports), stale ones included."""
         ...
 
     def delete_point(self, point_id: str) -> None: ...

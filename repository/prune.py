@@ -23,6 +23,7 @@ class PruneResult:
     dry_run: bool = False
     policy: str | None = None
     stale_markers: list[str] = field(default_factory=list)  # ignored: crashed jobs
+    stale_holds: list[str] = field(default_factory=list)  # ignored: killed readers
 
     @property
     def keep(self) -> list[Decision]:
@@ -59,14 +60,36 @@ def prune(
     anyway (the newest of each disk)."""
     now = time.time() if now is None else now
     jobs, stale = running(repo.running_jobs(), now)
-    result = PruneResult(
-        decide(repo.points(), keep, now, policy=policy, running=jobs), dry_run, policy, stale
-    )
+    held, stale_holds = holders(repo, now)
+    decisions = decide(repo.points(), keep, now, policy=policy, running=jobs, held=held)
+    result = PruneResult(decisions, dry_run, policy, stale, stale_holds)
     if not dry_run:
-        gone = result.remove
-        for n, d in enumerate(gone, 1):
-            # removed meanwhile (the same request handled twice): what was asked is done
-            with contextlib.suppress(PointNotFoundError):
-                repo.delete_point(d.point.id)
-            progress(n, len(gone))
+        gone = len(result.remove)
+        n = 0
+        for i, d in enumerate(result.decisions):
+            if d.keep:
+                continue
+            # A hold written since we read them (an export starting now) wins: the
+            # export checks its point after writing its hold, so one of us sees the other.
+            late = holders(repo, now)[0].get(d.point.id)
+            if late:
+                result.decisions[i] = Decision(d.point, True, (late,))
+            else:
+                # removed meanwhile (the same request handled twice): what was asked is done
+                with contextlib.suppress(PointNotFoundError):
+                    repo.delete_point(d.point.id)
+            n += 1
+            progress(n, gone)
     return result
+
+
+def holders(repo: Pruner, now: float) -> tuple[dict[str, str], list[str]]:
+    """Point id -> who holds it, from the live holds; and the stale holds left out."""
+    held: dict[str, str] = {}
+    stale = []
+    for h in repo.point_holds():
+        if h.stale(now):
+            stale.append(f"{h.describe()} ({h.location})")
+        else:
+            held[h.point_id] = h.describe()
+    return held, stale

@@ -34,6 +34,7 @@ from repository.errors import (
 )
 from repository.fixed_index import DiskMap
 from repository.fsutil import makedirs_durable, write_atomic
+from repository.holds import Hold, HoldInfo, PointHolds
 from repository.job_history import JobHistory
 from repository.local_storage import LocalDirectoryStorage
 from repository.meta_auth import MetaAuth, derive_meta_key
@@ -89,6 +90,7 @@ class Repository:
         )
         self.staging = CommitStaging(self.storage, self.auth)
         self.markers = RunningMarkers(self.storage)
+        self.holds = PointHolds(self.storage)
         self.jobs = JobHistory(self.storage, self._seal_meta, self._unseal_meta)
         self.committer = PointCommitter(
             self.chunk_size,
@@ -333,6 +335,22 @@ class Repository:
 
     def running_jobs(self) -> list[dict[str, Any]]:
         return self.markers.list()
+
+    # --- holds on points read outside a backup (prune keeps them, see holds.py) ------
+
+    def hold_point(self, point_id: str, purpose: str) -> Hold:
+        """Hold ``point_id`` while reading it (an export); the point, checked after the
+        hold is written (PointNotFoundError, the hold released, when it is gone)."""
+        hold = self.holds.hold(point_id, purpose)
+        try:
+            self.get_point(point_id)
+        except BaseException:
+            hold.release()
+            raise
+        return hold
+
+    def point_holds(self) -> list[HoldInfo]:
+        return self.holds.all()
 
     # --- the job history (job_history.py) --------------------------------------------
 

@@ -13,6 +13,7 @@ every disk is always kept: a new incremental can always be based on it.
 
 Never removed whatever the rules say:
 - points of a running job (repository running markers);
+- points held by a reader outside a backup (an export: repository/holds.py);
 - points a running job may use as its base: per VM and disk, the newest point that
   existed when the job started, and every point committed since (a commit that names a
   base point which is gone is refused: repository/point_committer.py).
@@ -24,7 +25,7 @@ map and writes the whole map), so each point restores on its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -117,17 +118,21 @@ def decide(
     *,
     policy: str | None = None,
     running: Sequence[RunningJob] = (),
+    held: Mapping[str, str] = {},
 ) -> list[Decision]:
     """One decision per point of ``policy`` (its job id names it; None: every point),
-    grouped by VM (by name), newest first. Points of other policies get no decision:
-    nothing here can remove them, and they still count when deciding what a running job
-    may base on."""
+    grouped by VM (by name), newest first; ``held``: point id -> who holds it. Points of
+    other policies get no decision: nothing here can remove them, and they still count
+    when deciding what a running job may base on."""
     every = list(points)
     mine = [p for p in every if policy is None or policy_of_job(p.job_id) == policy]
     why = {p.id: _Why() for p in mine}
     for disk, series in _series(mine).items():
         _apply_rules(series, keep, why, disk)
     _protect_running(every, why, running)
+    for pid, holder in held.items():
+        if pid in why:
+            why[pid].protected[holder] = None
     out = []
     for p in sorted(mine, key=lambda p: (p.vm_name, p.vm_uuid, -p.snapshot_time, p.id)):
         w = why[p.id]

@@ -36,6 +36,8 @@ def prune_reply(repo: Pruner, msg: PruneRequest) -> PruneReply:
         return PruneReply(msg.request_id, False, error, 0, 0, [])
     for stale in result.stale_markers:
         log.warning("prune_ignores_stale_marker", policy=msg.policy, marker=stale)
+    for stale in result.stale_holds:
+        log.warning("prune_ignores_stale_hold", policy=msg.policy, hold=stale)
     event = "point_would_be_pruned" if msg.dry_run else "point_pruned"
     removed: list[tuple[str, str, str]] = []
     for d in result.remove:

@@ -32,6 +32,8 @@ def cmd_gc(args: argparse.Namespace) -> CommandResult:
         f"{r.chunks_kept_young} unreferenced kept (younger than cutoff {_ts(r.cutoff)})"
     )
     warnings = [f"ignoring stale running-backup marker {m}" for m in r.stale_markers]
+    verb_h = "would remove" if r.dry_run else "removed"
+    warnings += [f"{verb_h} stale hold on point {h}" for h in r.stale_holds_removed]
     res = CommandResult(0, text="\n".join(lines), result=dataclasses.asdict(r), warnings=warnings)
     if not r.missing:
         return res

@@ -88,6 +88,7 @@ def cmd_prune(args: argparse.Namespace) -> CommandResult:
         open_repo(args), keep, policy=args.policy, dry_run=args.dry_run, progress=progress
     )
     warnings = [f"ignoring stale running-backup marker {m}" for m in result.stale_markers]
+    warnings += [f"ignoring stale hold {h}" for h in result.stale_holds]
     doc = prune_document(result, keep)
     scope = f"points of policy {args.policy!r}" if args.policy else "every point"
     dry = " (dry run: nothing is removed)" if args.dry_run else ""
@@ -133,6 +134,7 @@ def prune_document(result: PruneResult, keep: KeepPolicy) -> dict[str, Any]:
         "kept": len(result.keep),
         "removed": len(result.remove),
         "stale_markers": result.stale_markers,
+        "stale_holds": result.stale_holds,
     }
 
 
