@@ -43,11 +43,11 @@ def last_success_from_repository(repo: Any, now: float | None = None) -> int:
     now = time.time() if now is None else now
     newest: dict[tuple[str, str], float] = {}
     ps = repo.point_store
-    for pdir in ps.point_dirs():
+    for ref in ps.point_refs():
         try:
-            p = ps.load(pdir)
+            p = ps.load(ref)
         except Exception as exc:
-            log.warning("point_unreadable_at_startup", point=str(pdir), error=str(exc))
+            log.warning("point_unreadable_at_startup", point=ref.prefix, error=str(exc))
             continue
         if p.status != "complete" or p.snapshot_time < now - HORIZON_S:
             continue

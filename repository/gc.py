@@ -22,6 +22,8 @@ from repository.errors import LockedError, RepositoryError
 from repository.fsutil import lock_file
 from repository.pack_gc import PackSweep
 from repository.pack_store import GC_LOCK, PackStore
+from repository.points import PREFIX as POINTS
+from repository.points import legacy_leftovers
 from repository.repository import Repository
 
 DEFAULT_GRACE = 300.0  # clock skew between writer hosts + timestamp granularity
@@ -99,16 +101,16 @@ def _mark(repo: Repository, report: GcReport) -> set[bytes]:
     referenced: set[bytes] = set()
     packed = isinstance(repo.chunks, PackStore)
     ps = repo.point_store
-    for pdir in ps.point_dirs():
+    for ref in ps.point_refs():
         try:
-            point = ps.load(pdir)
+            point = ps.load(ref)
         except RepositoryError as exc:
             # an unreadable point cannot be marked: refuse to sweep rather than guess
             raise RepositoryError(f"gc stopped, nothing removed: {exc}") from None
         report.points += 1
         for disk in point.disks:
             try:
-                dmap = ps.load_map(pdir, disk)
+                dmap = ps.load_map(ref, disk)
             except RepositoryError as exc:
                 raise RepositoryError(f"gc stopped, nothing removed: {exc}") from None
             prev = b""
@@ -172,7 +174,15 @@ def _sweep(repo: Repository, report: GcReport, cutoff: float, start: float, dry_
 def _sweep_points_and_staging(
     repo: Repository, report: GcReport, cutoff: float, dry_run: bool
 ) -> None:
-    for path, mtime in repo.point_store.leftovers():
+    # Maps without meta: a commit or a removal that crashed (a commit in progress is
+    # newer than its job's running marker, hence than the cutoff).
+    for ref, mtime in repo.point_store.incomplete():
+        if mtime < cutoff:
+            report.temps_removed += 1
+            if not dry_run:
+                repo.point_store.remove_incomplete(ref)
+    report.temps_removed += repo.storage.remove_unfinished(POINTS, cutoff, dry_run=dry_run)
+    for path, mtime in legacy_leftovers(repo.storage.path(POINTS)):
         if mtime < cutoff:
             report.temps_removed += 1
             if not dry_run:

@@ -134,6 +134,17 @@ class LocalDirectoryStorage:
             if stat.S_ISREG(st.st_mode):
                 yield ObjectInfo(name, st.st_size, st.st_mtime)
 
+    def children(self, prefix: str) -> Iterator[str]:
+        d = self.root / check_prefix(prefix) if prefix else self.root
+        try:
+            with os.scandir(d) as it:
+                names = sorted(e.name for e in it if valid_part(e.name) and e.is_dir())
+        except _ABSENT:
+            return
+        except OSError as exc:
+            raise _failed(exc, "list", d) from None
+        yield from names  # a directory left empty by a crash: nothing is found in it
+
     def touch(self, name: str) -> bool:
         if self._stat(name) is None:
             return False

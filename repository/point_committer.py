@@ -16,6 +16,7 @@ from repository.points import (
     STATUSES,
     Point,
     PointDisk,
+    PointRef,
     PointStore,
     check_point_id,
     check_vm_uuid,
@@ -114,7 +115,7 @@ class PointCommitter:
         if c.status not in STATUSES:
             raise InvalidRequestError(f"status {c.status!r} is not one of {STATUSES}")
         point_id = make_point_id(c.job_id, vm_uuid, c.snapshot_time)
-        if (self.point_store.root / vm_uuid / point_id).is_dir():
+        if self.point_store.exists(PointRef(vm_uuid, point_id)):
             self._clean_staging(c)
             return point_id
         maps: dict[int, DiskMap] = {}

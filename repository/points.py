@@ -1,45 +1,43 @@
-"""Restore points: metadata plus one map per disk, committed atomically as a directory.
+"""Restore points: metadata plus one map per disk, objects of the repository's storage.
 
-``points/<vm uuid>/<point id>/`` holds ``meta`` (a blob of JSON, encrypted in an
-encrypted repository) and ``disk-<key>.map``. A point is built in a temporary
-sibling directory, every file and the directory are fsynced, then one rename
-makes it visible: a crash leaves either no point or the whole point.
+``points/<vm uuid>/<point id>/`` holds ``disk-<key>.map`` per disk and ``meta`` (a blob
+of JSON, encrypted in an encrypted repository). The maps are written first, the meta
+last: the meta is the commit record (one atomic write), so a crash leaves either no
+point (maps without meta, invisible, removed by gc) or the whole point, with no rename,
+which object storage does not have. Removal deletes the meta first.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
-import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import blake3
 
 from repository.errors import (
     CorruptObjectError,
     InvalidRequestError,
+    MissingObjectError,
     PointNotFoundError,
     RepositoryError,
 )
 from repository.fixed_index import DiskMap, Tagger
-from repository.fsutil import (
-    TMP_PREFIX,
-    fsync_dir,
-    makedirs_durable,
-    os_error,
-    write_file_durable,
-)
+from repository.fsutil import TMP_PREFIX
 from repository.meta_auth import MetaAuth
+from repository.storage import Storage
 
 META_VERSION = 1
+PREFIX = "points"
+META = "meta"
 DELETED_PREFIX = ".deleted-"
 STATUSES = ("complete", "partial")
 _POINT_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
@@ -129,20 +127,40 @@ class Point:
             raise CorruptObjectError(name, f"bad point metadata: {exc}") from None
 
 
+class PointRef(NamedTuple):
+    """Where a point's objects are: ``points/<vm uuid>/<point id>/...``."""
+
+    vm_uuid: str
+    point_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{PREFIX}/{self.vm_uuid}/{self.point_id}"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}/{META}"
+
+    def map(self, disk_key: int) -> str:
+        return f"{self.prefix}/disk-{disk_key}.map"
+
+
 class PointStore:
-    """Point directories; meta blobs are (de)serialised by the callables given, maps
+    """Points as objects of the repository's storage (storage.py): ``meta`` (a blob of
+    the point's JSON) is the commit record, written after every map it names; a point
+    is what has a ``meta``. Meta blobs are (de)serialised by the callables given, maps
     are tagged by ``auth`` (bound to their VM, point and disk) and must have the
     repository's ``chunk_size``."""
 
     def __init__(
         self,
-        root: Path,
+        storage: Storage,
         seal: Callable[[bytes], tuple[bytes, bytes | bytearray]],
         unseal: Callable[[bytes, str], bytes],
         auth: MetaAuth,
         chunk_size: int,
     ) -> None:
-        self.root = root
+        self.storage = storage
         self._seal = seal
         self._unseal = unseal
         self.auth = auth
@@ -154,51 +172,53 @@ class PointStore:
 
         return tag
 
-    def vm_dirs(self) -> Iterator[Path]:
-        try:
-            names = sorted(os.listdir(self.root))
-        except FileNotFoundError:
-            return
-        for n in names:
-            if not n.startswith(".") and _VM_UUID.fullmatch(n):
-                yield self.root / n
-
-    def point_dirs(self, vm_uuid: str | None = None) -> Iterator[Path]:
-        vms = [self.root / check_vm_uuid(vm_uuid)] if vm_uuid else list(self.vm_dirs())
-        for vm in vms:
-            try:
-                names = sorted(os.listdir(vm))
-            except (FileNotFoundError, NotADirectoryError):
+    def _objects(self, vm_uuid: str | None) -> Iterator[tuple[PointRef, str, float]]:
+        """(point, part, mtime) of every object under points/ (of one VM) whose place
+        is a point's: ``points/<vm uuid>/<point id>/<part>``."""
+        prefix = f"{PREFIX}/{check_vm_uuid(vm_uuid)}" if vm_uuid else PREFIX
+        for obj in self.storage.list(prefix):
+            parts = obj.name.split("/")
+            if len(parts) != 4 or not _VM_UUID.fullmatch(parts[1]):
                 continue
-            for n in names:
-                if _POINT_ID.fullmatch(n):
-                    yield vm / n
+            if _POINT_ID.fullmatch(parts[2]):
+                yield PointRef(parts[1], parts[2]), parts[3], obj.mtime
 
-    def find(self, point_id: str) -> Path:
+    def point_refs(self, vm_uuid: str | None = None) -> Iterator[PointRef]:
+        """Every committed point (one with its meta), of one VM or all, by name."""
+        for ref, part, _ in self._objects(vm_uuid):
+            if part == META:
+                yield ref
+
+    def find(self, point_id: str) -> PointRef:
+        """The point of that id: one existence check per VM, not a listing of points."""
         check_point_id(point_id)
-        for vm in self.vm_dirs():
-            if (vm / point_id).is_dir():
-                return vm / point_id
+        for vm in self.storage.children(PREFIX):
+            if _VM_UUID.fullmatch(vm) and self.exists(ref := PointRef(vm, point_id)):
+                return ref
         raise PointNotFoundError(f"no restore point {point_id}")
 
-    def load(self, pdir: Path) -> Point:
-        name = f"point metadata {pdir / 'meta'}"
+    def exists(self, ref: PointRef) -> bool:
+        return self.storage.exists(ref.meta)
+
+    def load(self, ref: PointRef) -> Point:
+        name = f"point metadata {self.storage.location(ref.meta)}"
         try:
-            data = (pdir / "meta").read_bytes()
-        except FileNotFoundError:
-            raise CorruptObjectError(name, "meta file is missing") from None
+            data = self.storage.read(ref.meta)
+        except MissingObjectError:
+            raise PointNotFoundError(f"no restore point {ref.point_id} (removed?)") from None
         point = Point.from_json(self._unseal(data, name), name)
-        if point.id != pdir.name or point.vm_uuid != pdir.parent.name:
+        if point.id != ref.point_id or point.vm_uuid != ref.vm_uuid:
             raise CorruptObjectError(name, "metadata does not match its location")
         return point
 
-    def load_map(self, pdir: Path, disk: PointDisk) -> DiskMap:
-        name = f"map of disk {disk.key} {pdir / disk.map_name}"
+    def load_map(self, ref: PointRef, disk: PointDisk) -> DiskMap:
+        obj = ref.map(disk.key)
+        name = f"map of disk {disk.key} {self.storage.location(obj)}"
         try:
-            data = (pdir / disk.map_name).read_bytes()
-        except FileNotFoundError:
+            data = self.storage.read(obj)
+        except MissingObjectError:
             raise CorruptObjectError(name, "map file is missing") from None
-        tag = self.map_tagger(pdir.parent.name, pdir.name, disk.key)
+        tag = self.map_tagger(ref.vm_uuid, ref.point_id, disk.key)
         m = DiskMap.decode(data, name, tag, keyed=self.auth.keyed)
         if m.capacity != disk.capacity:
             raise CorruptObjectError(name, f"capacity {m.capacity}, metadata says {disk.capacity}")
@@ -209,58 +229,67 @@ class PointStore:
         return m
 
     def commit(self, point: Point, maps: Mapping[int, DiskMap]) -> tuple[str, bool]:
-        """Write the point durably and atomically; (id, False) when it already existed."""
-        vm_dir = self.root / check_vm_uuid(point.vm_uuid)
-        final = vm_dir / point.id
-        if final.is_dir():
+        """Write the point durably: every map, then its meta (the commit record: each
+        write is atomic, so a crash leaves maps without meta, which no reader sees and gc
+        removes, or the whole point). (id, False) when it already existed."""
+        ref = PointRef(check_vm_uuid(point.vm_uuid), point.id)
+        if self.exists(ref):
             return point.id, False
-        makedirs_durable(vm_dir)
-        tmp = vm_dir / f"{TMP_PREFIX}{point.id}-{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            os.mkdir(tmp)
             for d in point.disks:
                 tag = self.map_tagger(point.vm_uuid, point.id, d.key)
-                write_file_durable(
-                    tmp / d.map_name, maps[d.key].encode(tag), f"map of disk {d.key}"
-                )
-            write_file_durable(tmp / "meta", self._seal(point.to_json()), f"point {point.id}")
-            fsync_dir(tmp)
-            try:
-                os.rename(tmp, final)
-            except OSError as exc:
-                if final.is_dir():  # a concurrent commit of the same request won
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return point.id, False
-                raise os_error(exc, f"point {point.id}") from exc
-            fsync_dir(vm_dir)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise os_error(exc, f"point {point.id}") from exc
-        except RepositoryError:
-            shutil.rmtree(tmp, ignore_errors=True)
+                self.storage.write(ref.map(d.key), maps[d.key].encode(tag))
+            self.storage.write(ref.meta, self._seal(point.to_json()))
+        except BaseException:
+            # A full disk, say: leave nothing (what a removal fails to remove is gc's).
+            with contextlib.suppress(RepositoryError):
+                self.remove_incomplete(ref)
             raise
         return point.id, True
 
-    def delete(self, pdir: Path) -> None:
-        """Atomically hide the point (rename), then remove its files."""
-        trash = pdir.parent / f"{DELETED_PREFIX}{pdir.name}-{secrets.token_hex(4)}"
-        os.rename(pdir, trash)
-        fsync_dir(pdir.parent)
-        shutil.rmtree(trash, ignore_errors=True)
+    def delete(self, ref: PointRef) -> None:
+        """Remove the meta first (the point is gone for every reader), then its maps (a
+        crash in between leaves maps without meta: gc's to remove)."""
+        self.storage.delete(ref.meta)
+        self.storage.delete_all(ref.prefix)
 
-    def leftovers(self) -> Iterator[tuple[Path, float]]:
-        """Temp and deleted point directories (from crashes), with their mtime."""
-        for vm in self.vm_dirs():
-            try:
-                entries = list(os.scandir(vm))
-            except FileNotFoundError:
-                continue
-            for e in entries:
-                if e.name.startswith((TMP_PREFIX, DELETED_PREFIX)):
-                    try:
-                        yield Path(e.path), e.stat().st_mtime
-                    except FileNotFoundError:
-                        continue
+    def incomplete(self) -> Iterator[tuple[PointRef, float]]:
+        """Points with objects but no meta (a commit or a removal that crashed), with the
+        newest mtime of their objects."""
+        newest: dict[PointRef, float] = {}
+        committed: set[PointRef] = set()
+        for ref, part, mtime in self._objects(None):
+            if part == META:
+                committed.add(ref)
+            newest[ref] = max(mtime, newest.get(ref, 0.0))
+        for ref, mtime in newest.items():
+            if ref not in committed:
+                yield ref, mtime
+
+    def remove_incomplete(self, ref: PointRef) -> None:
+        if not self.exists(ref):  # committed meanwhile: not ours to remove
+            self.storage.delete_all(ref.prefix)
+
+
+def legacy_leftovers(root: Path) -> Iterator[tuple[Path, float]]:
+    """Point directories that crashes of repository code before points were objects left
+    (``.tmp-...`` being built, ``.deleted-...`` being removed), with their mtime. Local
+    only: S3 repositories never had them."""
+    try:
+        vms = [e for e in os.scandir(root) if e.is_dir() and _VM_UUID.fullmatch(e.name)]
+    except FileNotFoundError:
+        return
+    for vm in vms:
+        try:
+            entries = list(os.scandir(vm.path))
+        except FileNotFoundError:
+            continue
+        for e in entries:
+            if e.name.startswith((TMP_PREFIX, DELETED_PREFIX)) and e.is_dir():
+                try:
+                    yield Path(e.path), e.stat().st_mtime
+                except FileNotFoundError:
+                    continue
 
 
 def now() -> float:

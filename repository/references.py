@@ -32,16 +32,16 @@ class ChunkUse:
 
 def uses(repo: Repository, wanted: Callable[[bytes], bool]) -> Iterator[ChunkUse]:
     """Every map entry naming a chunk for which ``wanted(id)`` is true (asked once per run
-    of one id), in point-directory order."""
+    of one id), in point order."""
     ps = repo.point_store
-    for pdir in ps.point_dirs():
+    for ref in ps.point_refs():
         try:
-            point = ps.load(pdir)
+            point = ps.load(ref)
         except (RepositoryError, OSError):
             continue
         for disk in point.disks:
             try:
-                dmap = ps.load_map(pdir, disk)
+                dmap = ps.load_map(ref, disk)
             except (RepositoryError, OSError):
                 continue
             prev, hit = b"", False

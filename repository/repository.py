@@ -43,6 +43,7 @@ from repository.point_commit import PointCommit
 from repository.point_committer import PointCommitter
 from repository.points import (
     Point,
+    PointRef,
     PointStore,
     check_vm_uuid,
 )
@@ -86,7 +87,7 @@ class Repository:
         )
         self.quarantine = Quarantine(self.storage)  # damaged chunks (verify)
         self.point_store = PointStore(
-            path / "points", self._seal_meta, self._unseal_meta, self.auth, self.chunk_size
+            self.storage, self._seal_meta, self._unseal_meta, self.auth, self.chunk_size
         )
         self.staging = CommitStaging(self.storage, self.auth)
         self.markers = RunningMarkers(self.storage)
@@ -282,7 +283,7 @@ class Repository:
 
     def points(self, vm_uuid: str | None = None) -> list[Point]:
         """Every point (of one VM), oldest first. Unreadable points raise."""
-        pts = [self.point_store.load(d) for d in self.point_store.point_dirs(vm_uuid)]
+        pts = [self.point_store.load(r) for r in self.point_store.point_refs(vm_uuid)]
         pts.sort(key=lambda p: (p.snapshot_time, p.id))
         return pts
 
@@ -296,8 +297,8 @@ class Repository:
     def load_map(self, point: Point | str, disk_key: int) -> DiskMap:
         if isinstance(point, str):
             point = self.get_point(point)
-        pdir = self.point_store.root / point.vm_uuid / point.id
-        return self.point_store.load_map(pdir, point.disk(disk_key))
+        ref = PointRef(point.vm_uuid, point.id)
+        return self.point_store.load_map(ref, point.disk(disk_key))
 
     def quarantined_ids(self) -> set[bytes]:
         return {q.id for q in self.quarantine}

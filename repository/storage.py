@@ -26,6 +26,8 @@ Guarantees, for every implementation:
 - ``list(prefix)`` yields every object whose name starts with ``prefix + "/"`` (every
   object for ``""``), at any depth, in ascending order of name (S3's order), each with
   its size and mtime; objects written or deleted while it runs may or may not appear.
+  ``children(prefix)`` yields only the next parts of deeper names (``a`` for ``p/a/x``;
+  S3: a delimiter listing), so a lookup need not list everything below.
 - ``mtime`` is seconds since the epoch in the storage's own clock (local: the file
   system's timestamps; S3: the server's Last-Modified, whole seconds), set by ``write``
   and by ``touch``. gc's grace logic compares mtimes with each other and with the
@@ -151,6 +153,11 @@ class Storage(Protocol):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object under ``prefix + "/"`` (any depth), ascending by name."""
+        ...
+
+    def children(self, prefix: str) -> Iterator[str]:
+        """The parts that follow ``prefix + "/"`` in names of objects below it at a
+        deeper level ("directories": S3's common prefixes), ascending, each once."""
         ...
 
     def touch(self, name: str) -> bool:

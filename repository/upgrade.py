@@ -79,9 +79,10 @@ def _upgrade_maps(
     repo: Repository, report: UpgradeReport, progress: Callable[[str], None] | None
 ) -> None:
     ps = repo.point_store
-    for pdir in ps.point_dirs():
+    for ref in ps.point_refs():
+        pdir = repo.storage.path(ref.prefix)  # local only: version 1 never had another
         _remove_temps(pdir)  # of a run killed mid-write: never renamed, so never read
-        point = ps.load(pdir)
+        point = ps.load(ref)
         report.points += 1
         for disk in point.disks:
             mpath = pdir / disk.map_name
@@ -91,7 +92,7 @@ def _upgrade_maps(
             except FileNotFoundError:
                 raise CorruptObjectError(name, "map file is missing") from None
             if DiskMap.version_of(data) == VERSION:
-                ps.load_map(pdir, disk)  # tagged by an interrupted run: must verify
+                ps.load_map(ref, disk)  # tagged by an interrupted run: must verify
                 report.maps_already += 1
                 continue
             if DiskMap.version_of(data) != V1:

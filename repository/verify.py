@@ -69,17 +69,17 @@ def verify(
 
 def _check_points(repo: Repository, report: VerifyReport) -> None:
     ps = repo.point_store
-    for pdir in ps.point_dirs():
-        name = f"{pdir.parent.name}/{pdir.name}"
+    for ref in ps.point_refs():
+        name = f"{ref.vm_uuid}/{ref.point_id}"
         try:
-            point = ps.load(pdir)
+            point = ps.load(ref)
         except (RepositoryError, OSError) as exc:
             report.problems.append(Problem("point", name, str(exc)))
             continue
         report.points += 1
         for disk in point.disks:
             try:
-                dmap = ps.load_map(pdir, disk)
+                dmap = ps.load_map(ref, disk)
             except (RepositoryError, OSError) as exc:
                 report.problems.append(Problem("map", f"{name} disk {disk.key}", str(exc)))
                 continue

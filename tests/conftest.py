@@ -10,8 +10,14 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from common.amqp import BrokerParams
+
+# The machines are shared and loaded: no test may fail for being slow, hypothesis's
+# included (its deadline and too_slow check measure wall time).
+settings.register_profile("shared", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("shared")
 
 BROKER_URL = os.environ.get("VMBACKUP_TEST_BROKER", "amqp://guest@127.0.0.1:5672/%2F")
 

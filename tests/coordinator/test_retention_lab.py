@@ -23,6 +23,7 @@ from lab.stack import Stack, StackSpec
 from repository.repository import Repository
 from repository.restore import restore_disk
 from tests.coordinator.conftest import MiB
+from tests.repository.conftest import point_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -154,7 +155,7 @@ def test_a_failed_retention_leaves_the_points_and_the_jobs_status(
     img = tmp_path / "other.img"
     img.write_bytes(os.urandom(MiB))
     other = import_disk(env.repo, "other", 2000, img).point_id
-    meta = env.repo.point_store.find(other) / "meta"
+    meta = point_file(env.repo, other, "meta")
     good = meta.read_bytes()
     meta.write_bytes(b"junk")
 
@@ -179,7 +180,7 @@ def test_a_failed_retention_leaves_the_points_and_the_jobs_status(
 def _points_readable(repo: Repository, skip: str) -> list[str]:
     """Job ids of every point but ``skip`` (whose metadata is unreadable)."""
     out = []
-    for pdir in repo.point_store.point_dirs():
-        if pdir.name != skip:
-            out.append(repo.point_store.load(pdir).job_id)
+    for ref in repo.point_store.point_refs():
+        if ref.point_id != skip:
+            out.append(repo.point_store.load(ref).job_id)
     return out

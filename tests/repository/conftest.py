@@ -44,6 +44,19 @@ def make_image(path: Path, pattern: str, seed: int = 0) -> bytes:
     return data
 
 
+def point_file(repo: Repository, point_id: str, part: str = "meta") -> Path:
+    """The file of one object of a point (``meta`` or ``disk-<key>.map``): local only."""
+    return repo.storage.path(f"{repo.point_store.find(point_id).prefix}/{part}")
+
+
+def no_point_leftovers(repo: Repository) -> bool:
+    """Nothing of a failed commit: no maps without meta, no file of an unfinished write
+    (an empty directory may stay: it is no object)."""
+    files = [p for p in repo.storage.path("points").rglob("*") if p.is_file()]
+    metas = {p.parent for p in files if p.name == "meta"}
+    return not list(repo.point_store.incomplete()) and all(p.parent in metas for p in files)
+
+
 def flip_bit(path: Path, offset: int) -> None:
     with open(path, "r+b") as fh:
         fh.seek(offset)

@@ -16,6 +16,7 @@ from repository.point_commit import DiskChanges, PointCommit
 from repository.repository import Repository
 from repository.restore import restore_disk
 from repository.verify import verify
+from tests.repository.conftest import no_point_leftovers
 
 CS = 256 * 1024
 
@@ -54,7 +55,7 @@ def test_enospc_fails_cleanly(small_fs: Path, tmp_path: Path) -> None:
     # nothing half-written is left visible, the earlier point is intact
     assert [p.id for p in repo.points()] == [first.point_id]
     assert not list(repo.chunks.iter_temps())
-    assert not list(repo.point_store.leftovers())
+    assert no_point_leftovers(repo)
     assert verify(repo).ok
     restore_disk(repo, first.point_id, 1, tmp_path / "out")
     assert (tmp_path / "out").read_bytes() == ok_data
@@ -95,7 +96,7 @@ def test_enospc_on_commit(small_fs: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(RepositoryFullError, match="no space left"):
         repo.commit_point(req)
-    assert repo.points() == [] and not list(repo.point_store.leftovers())
+    assert repo.points() == [] and no_point_leftovers(repo)
     filler.unlink()
     assert repo.commit_point(req)
     assert verify(repo).ok

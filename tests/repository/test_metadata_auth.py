@@ -26,7 +26,7 @@ from repository.repository import Repository
 from repository.restore import restore_disk
 from repository.staging import request_dir_name
 from repository.verify import verify
-from tests.repository.conftest import CS, make_image
+from tests.repository.conftest import CS, make_image, point_file
 from tests.repository.test_cli import vmb
 
 PW = "correct horse"
@@ -46,7 +46,7 @@ def _swap_and_rechecksum(mapfile: Path, a: int, b: int) -> None:
 
 
 def _map_file(repo: Repository, point_id: str, disk: int) -> Path:
-    return repo.point_store.find(point_id) / f"disk-{disk}.map"
+    return point_file(repo, point_id, f"disk-{disk}.map")
 
 
 def test_swapped_map_entries_are_refused_by_restore_and_reported_by_verify(
@@ -110,7 +110,7 @@ def test_a_map_moved_to_another_point_disk_or_repository_is_refused(
     _map_file(repo, p2, 1).write_bytes(_map_file(repo, p1, 1).read_bytes())
     with pytest.raises(CorruptObjectError, match="fails its authentication"):
         repo.load_map(p2, 1)
-    vm_b = repo.point_store.find(p2).parent.name
+    vm_b = repo.point_store.find(p2).vm_uuid
     assert [p.obj for p in verify(repo).problems] == [f"{vm_b}/{p2} disk 1"]
     _map_file(repo, p2, 1).write_bytes(good)
     # another disk: p3's disk 2 map, renamed into p1 as its disk 1 map
@@ -124,13 +124,13 @@ def test_a_map_moved_to_another_point_disk_or_repository_is_refused(
     other = Repository.init(tmp_path / "o", chunk_size=CS, passphrase=PW)
     make_image(img, "rrr", seed=1)
     q1 = import_disk(other, "vm-a", 1, img).point_id
-    target = other.point_store.find(q1) / "disk-1.map"
+    target = point_file(other, q1, "disk-1.map")
     target.write_bytes(_map_file(repo, p1, 1).read_bytes())
     with pytest.raises(CorruptObjectError, match="fails its authentication"):
         other.load_map(q1, 1)
     # point metadata moved to another point: its authenticated content names its place
-    meta = repo.point_store.find(p2) / "meta"
-    meta.write_bytes((repo.point_store.find(p1) / "meta").read_bytes())
+    meta = point_file(repo, p2, "meta")
+    meta.write_bytes((point_file(repo, p1, "meta")).read_bytes())
     with pytest.raises(CorruptObjectError, match="does not match its location"):
         repo.get_point(p2)
 
@@ -284,12 +284,12 @@ def test_a_map_of_another_chunk_size_is_refused(repo: Repository, tmp_path: Path
     img = tmp_path / "d.img"
     make_image(img, "rrrr", seed=4)
     pid = import_disk(repo, "vm", 1, img).point_id
-    pdir = repo.point_store.find(pid)
+    ref = repo.point_store.find(pid)
     good = repo.load_map(pid, 1)
     other = DiskMap(2 * CS, good.capacity)
     for i in range(len(other)):
         other.set(i, good.get(2 * i))
-    tag = repo.point_store.map_tagger(pdir.parent.name, pid, 1)
-    (pdir / "disk-1.map").write_bytes(b"".join(other.encode(tag)))
+    tag = repo.point_store.map_tagger(ref.vm_uuid, pid, 1)
+    point_file(repo, pid, "disk-1.map").write_bytes(b"".join(other.encode(tag)))
     with pytest.raises(CorruptObjectError, match=f"chunk size {2 * CS}, the repository's is {CS}"):
         repo.load_map(pid, 1)

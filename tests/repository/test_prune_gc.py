@@ -20,7 +20,7 @@ from repository.repository import Repository
 from repository.restore import restore_disk
 from repository.retention import CLOCK_SKEW, decide
 from repository.verify import verify
-from tests.repository.conftest import CS, make_image
+from tests.repository.conftest import CS, make_image, point_file
 
 
 def _pt(vm: str, when: str, n: int = 0) -> Point:
@@ -112,7 +112,7 @@ def test_gc_exclusive_and_stale_markers(repo: Repository) -> None:
 
 def test_gc_refuses_on_unreadable_point(repo: Repository, tmp_path: Path) -> None:
     ids = _three_points(repo, tmp_path)
-    (repo.point_store.find(ids[0]) / "meta").write_bytes(b"junk")
+    (point_file(repo, ids[0], "meta")).write_bytes(b"junk")
     n = sum(1 for _ in repo.chunks.iter_chunks())
     with pytest.raises(Exception, match="gc stopped, nothing removed"):
         gc(repo, grace=0)

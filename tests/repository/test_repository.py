@@ -24,7 +24,7 @@ from repository.point_commit import DiskChanges, PointCommit
 from repository.repository import Repository
 from repository.restore import restore_disk
 from repository.verify import verify
-from tests.repository.conftest import CS, flip_bit, make_image
+from tests.repository.conftest import CS, flip_bit, make_image, point_file
 
 
 def _commit(
@@ -208,7 +208,7 @@ def test_damage_is_named_and_contained(repo: Repository, tmp_path: Path) -> None
     with open(other[0].path, "r+b") as fh:
         fh.truncate(10)
     os.unlink(other[1].path)
-    mapfile = next(repo.point_store.point_dirs()) / "disk-1.map"
+    mapfile = repo.storage.path(next(repo.point_store.point_refs()).map(1))
     flip_bit(mapfile, 70)
     rep = verify(repo)
     kinds = {p.kind for p in rep.problems}
@@ -221,7 +221,7 @@ def test_meta_damage_reported(repo: Repository, tmp_path: Path) -> None:
     img = tmp_path / "d.img"
     make_image(img, "r")
     r = import_disk(repo, "vm", 1, img)
-    flip_bit(repo.point_store.find(r.point_id) / "meta", 40)
+    flip_bit(point_file(repo, r.point_id, "meta"), 40)
     rep = verify(repo)
     assert [p.kind for p in rep.problems] == ["point"]
     with pytest.raises(CorruptObjectError, match=r.point_id):

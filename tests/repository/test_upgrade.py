@@ -21,7 +21,7 @@ from repository.repository import Repository
 from repository.restore import restore_disk
 from repository.upgrade import upgrade
 from repository.verify import verify
-from tests.repository.conftest import CS
+from tests.repository.conftest import CS, point_file
 
 ROOT = Path(__file__).resolve().parents[2]
 PW = "correct horse"
@@ -163,7 +163,7 @@ def test_a_version_1_map_in_a_version_2_repository_is_refused_not_upgraded(
     repo = Repository.init(tmp_path / "r", chunk_size=CS, passphrase=PW)
     images = _make_points(repo)
     pid, key = next(iter(images))
-    mapfile = repo.point_store.find(pid) / f"disk-{key}.map"
+    mapfile = point_file(repo, pid, f"disk-{key}.map")
     data = bytearray(mapfile.read_bytes())
     data[4] = 1
     data[32:64] = blake3.blake3(bytes(data[:32]) + bytes(data[64:])).digest()
