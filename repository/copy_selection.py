@@ -2,7 +2,8 @@
 source's points, the ids the target already holds, the filter and the time in; the plan
 out (what to copy, what the target has already, oldest first per VM).
 
-The filters narrow in this order: the VMs (``--vm``, a uuid or a name), the age window
+The filters narrow in this order: the policy (``--policy``: the points of its jobs, whose
+ids name it), the VMs (``--vm``, a uuid or a name), the age window
 (``--newer-than`` / ``--older-than``, by snapshot time), then the newest ``--latest`` N
 of each VM among what is left. A point the target holds already (same id: a point's id
 is derived from its job, VM and snapshot time, so a copy keeps it) is never copied again:
@@ -15,6 +16,7 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from common.job_ids import policy_of_job
 from repository.errors import InvalidRequestError
 from repository.points import Point
 
@@ -38,6 +40,7 @@ class CopyFilter:
     newer_than: float | None = None  # seconds: only points younger than this
     older_than: float | None = None  # seconds: only points older than this
     latest: int | None = None  # per VM, the N newest of what the other filters left
+    policy: str = ""  # only points of this policy's jobs; "" = of any
 
     def __post_init__(self) -> None:
         if self.latest is not None and self.latest <= 0:
@@ -57,6 +60,8 @@ class CopyFilter:
 
     def describe(self) -> str:
         parts = []
+        if self.policy:
+            parts.append(f"policy {self.policy}")
         if self.vms:
             parts.append("VMs " + ", ".join(self.vms))
         if self.newer_than is not None:
@@ -72,6 +77,8 @@ class CopyFilter:
         wanted = set(self.vms)
         chosen: dict[str, list[Point]] = {}
         for p in points:
+            if self.policy and policy_of_job(p.job_id) != self.policy:
+                continue
             if wanted and p.vm_uuid not in wanted and p.vm_name not in wanted:
                 continue
             age = now - p.snapshot_time

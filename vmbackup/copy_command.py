@@ -77,6 +77,7 @@ def cmd_copy(args: argparse.Namespace) -> CommandResult:
         newer_than=args.newer_than,
         older_than=args.older_than,
         latest=args.latest,
+        policy=args.policy or "",
     )
     src = _open(
         args.from_repo, args.from_passphrase_file, PASSPHRASE_ENV, "source (--from)", read_only=True
@@ -212,6 +213,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help=f"passphrase of an encrypted target (else ${TO_PASSPHRASE_ENV}, ${PASSPHRASE_ENV}"
         " or a prompt)",
+    )
+    p.add_argument(
+        "--policy",
+        metavar="NAME",
+        help="only points of this policy's jobs (default: of every policy and import)",
     )
     p.add_argument(
         "--vm",

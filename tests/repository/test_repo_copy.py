@@ -242,11 +242,13 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
 # --- the selection (pure) -------------------------------------------------------------
 
 
-def point(vm: str, days_old: float, name: str = "") -> Point:
+def point(
+    vm: str, days_old: float, name: str = "", job: str = "nightly-20260101T000000Z-abcdef"
+) -> Point:
     t = NOW - days_old * DAY
     return Point(
         id=f"20260101T000000Z-{abs(hash((vm, days_old))) % 16**8:08x}",
-        job_id="nightly-20260101T000000Z-abcdef",
+        job_id=job,
         vcenter="vc",
         vm_uuid=vm,
         vm_moref="vm-1",
@@ -288,6 +290,9 @@ def test_filters_select_what_they_say() -> None:
         ("u3", 3),
     ]
     assert CopyFilter(vms=("nope", "u1")).unmatched_vms(POINTS) == ["nope"]
+    weekly = [point("u9", 1, job="weekly-20260101T000000Z-abcdef")]
+    assert ages(CopyFilter(policy="weekly").select(POINTS + weekly, NOW)) == [("u9", 1)]
+    assert len(CopyFilter(policy="nightly").select(POINTS + weekly, NOW)) == 12
 
 
 def test_plan_skips_points_the_target_has() -> None:
