@@ -124,12 +124,14 @@ def copy_points(
     selection: CopyFilter,
     *,
     dry_run: bool = False,
+    recompress: bool = False,
     now: float | None = None,
     progress: Progress = no_progress,
     note: Callable[[str], None] = lambda _line: None,
 ) -> CopyResult:
     """Copy the points ``selection`` names that the target lacks (``progress``: points
-    done of those to copy; ``note``: a line per point)."""
+    done of those to copy; ``note``: a line per point). ``recompress``: never write a
+    source blob as stored, compress every chunk sent with the target's level."""
     check_compatible(src, dst)
     now = time.time() if now is None else now
     plan = plan_copy(src.points(), {p.id for p in dst.points()}, selection, now)
@@ -147,7 +149,7 @@ def copy_points(
     dst.end_job(marker)  # a killed run's: its start would soon count as stale for gc
     dst.begin_job(marker)
     try:
-        copier = _Copier(src, dst, result.stats)
+        copier = _Copier(src, dst, result.stats, as_stored=not recompress)
         copier.heal(result.present)
         for n, p in enumerate(result.to_copy, 1):
             sent, nbytes = result.stats.chunks_sent, result.stats.bytes_sent
@@ -180,8 +182,11 @@ class _Copier:
     """The copy of one point after another; per VM, what it learnt about the target's ids
     (points of one VM share most chunks; different VMs rarely do)."""
 
-    def __init__(self, src: Repository, dst: Repository, stats: CopyStats) -> None:
+    def __init__(
+        self, src: Repository, dst: Repository, stats: CopyStats, *, as_stored: bool = True
+    ) -> None:
         self.src, self.dst, self.stats = src, dst, stats
+        self.as_stored = as_stored
         self.same_ids = src.id_key == dst.id_key
         self.quarantined = dst.quarantined_ids()
         self.batch = max(1, BATCH_BYTES // dst.chunk_size)
@@ -338,7 +343,7 @@ class _Copier:
         except RepositoryError as exc:
             raise SourceError(f"source {self.src.path}: {exc}") from exc
         self.stats.chunks_read += 1
-        if self.same_ids:
+        if self.same_ids and self.as_stored:
             try:
                 self.dst.decode_chunk(src_id, stored)  # the target reads it as its own
             except CorruptObjectError:

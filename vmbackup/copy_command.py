@@ -91,6 +91,7 @@ def cmd_copy(args: argparse.Namespace) -> CommandResult:
             dst,
             selection,
             dry_run=args.dry_run,
+            recompress=args.recompress,
             progress=args.progress.task("copy points", "items"),
             note=args.progress.note,
         )
@@ -242,6 +243,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=positive,
         metavar="N",
         help="only the N newest points of each VM (after the other filters)",
+    )
+    p.add_argument(
+        "--recompress",
+        action="store_true",
+        help="compress every chunk sent with the target's zstd level (default: a blob the"
+        " target can read is written as stored)",
     )
     p.add_argument("--dry-run", action="store_true", help="list what would be copied; copy nothing")
     json_arg(p)
