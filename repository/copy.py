@@ -28,6 +28,11 @@ may differ in format (chunk files or packs, or a storage yet to come) and in enc
   and the copy goes on with the next; nothing damaged is stored into the target.
 
 The selection policy is repository/copy_selection.py.
+
+Scale: per VM the copy keeps a dict of source id -> target id for every chunk it saw
+(about 150 bytes each: 150 MB for a VM of a million distinct chunks), and each disk's
+entries for the target's commit (those that differ from its base point there, every
+non-zero chunk of a disk without one).
 """
 
 from __future__ import annotations

@@ -114,6 +114,7 @@ def copy_lines(r: CopyResult, src: str, dst: str) -> list[str]:
     lines = [f"copy {src} -> {dst}: {r.selection}{dry}"]
     failed = {f.id: f.reason for f in r.failed}
     copied = {c.id: c for c in r.copied}
+    planned = {p.id for p in r.to_copy}
     for p in sorted(r.present + r.to_copy, key=lambda p: (p.vm_name, p.vm_uuid, p.snapshot_time)):
         where = f"{p.id}  {_ts(p.snapshot_time)}  {p.vm_name or p.vm_uuid}"
         if p.id in failed:
@@ -121,7 +122,7 @@ def copy_lines(r: CopyResult, src: str, dst: str) -> list[str]:
         elif p.id in copied:
             c = copied[p.id]
             lines.append(f"  copied  {where}: {c.chunks_sent} chunks, {_human(c.bytes_sent)} sent")
-        elif r.dry_run and p in r.to_copy:
+        elif r.dry_run and p.id in planned:
             lines.append(f"  to copy {where}")
         else:
             lines.append(f"  present {where}")
