@@ -2,12 +2,12 @@
 
 The job: its window, the vCenters of its policy, discovery and selection, the
 running-job marker, VMs in parallel (at most ``limits.vms``), the policy's retention
-after them (retention.py), the report, metrics and events, the report kept in the job
-history (job_record.py). The pieces: vm_backup.py (one VM's sequence), disk_planning.py
-(a disk's plan), dispatch.py (tasks published, bounded, collected, timed out,
-withdrawn), commits.py (results checked, the point committed), job_runtime.py (what
-jobs of one process share, requests to the writers), snapshots.py (snapshots and their
-disks).
+after them (retention.py) and its second copy (copy_after_job.py), the report, metrics
+and events, the report kept in the job history (job_record.py). The pieces:
+vm_backup.py (one VM's sequence), disk_planning.py (a disk's plan), dispatch.py (tasks
+published, bounded, collected, timed out, withdrawn), commits.py (results checked, the
+point committed), job_runtime.py (what jobs of one process share, requests to the
+writers), snapshots.py (snapshots and their disks).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from common.job_ids import new_job_id
 from common.logging import bound, get_logger, in_log_context
 from common.messages import TaskResult
 from coordinator import metrics, report, snapshots
+from coordinator.copy_after_job import copy_after_job
 from coordinator.discovery import Inventory, VmInfo, discover
 from coordinator.disk_work import DiskWork
 from coordinator.dispatch import TaskDispatcher
@@ -183,6 +184,8 @@ class Job:
                         log.error("job_marker_end_failed", error=str(exc))
                     # after the window's backups, once the job no longer counts as running
                     rep.retention = apply_retention(rt, self.policy, self.job_id)
+                    # then the second copy: what retention removed is not copied
+                    rep.copy = copy_after_job(rt, self.policy)
                 rt.job_ended(self.job_id)
                 rep.vcenter_round_trips = (
                     sum(c.round_trips for c in list(rt.connections.values())) - rt0

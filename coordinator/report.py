@@ -86,6 +86,19 @@ class RetentionReport:
 
 
 @dataclass
+class CopyReport:
+    """The policy's second copy after the job (coordinator/copy_after_job.py)."""
+
+    to: str  # the target repository
+    copied: int = 0
+    present: int = 0  # the policy's points the target had already
+    failed: list[str] = field(default_factory=list)  # "<point>: <why>" (the first 20)
+    chunks_sent: int = 0
+    bytes_sent: int = 0
+    error: str = ""  # it did not run, or stopped: the target is as a rerun continues it
+
+
+@dataclass
 class JobReport:
     job_id: str
     policy: str
@@ -103,6 +116,7 @@ class JobReport:
     stopped: str = ""
     cause: str = ""
     retention: RetentionReport | None = None  # None: the policy has none, or no VM ran
+    copy: CopyReport | None = None  # None: the policy has no copy, or no VM ran
 
     def counts(self) -> dict[str, int]:
         out = {OK: 0, PARTIAL: 0, FAILED: 0, SKIPPED: 0}
@@ -151,6 +165,8 @@ class JobReport:
             rep.vms.append(vr)
         ret = d.get("retention")
         rep.retention = build(RetentionReport, ret) if isinstance(ret, dict) else None
+        cp = d.get("copy")
+        rep.copy = build(CopyReport, cp) if isinstance(cp, dict) else None
         return rep
 
     def to_json(self) -> str:
@@ -175,6 +191,8 @@ class JobReport:
             lines.append(
                 f"  retention ({self.retention.keep}): {retention_summary(self.retention)}"
             )
+        if self.copy is not None:
+            lines.append(f"  copy to {self.copy.to}: {copy_summary(self.copy)}")
         for v in self.vms:
             head = f"  {v.status.upper():8} {v.vcenter}/{v.name}"
             if v.consistency:
@@ -251,6 +269,15 @@ def retention_summary(r: RetentionReport) -> str:
         return f"not applied: {r.error}"
     verb = "would be removed (dry run)" if r.dry_run else "removed"
     return f"{r.kept} point(s) kept, {r.removed_count} {verb}"
+
+
+def copy_summary(r: CopyReport) -> str:
+    failed = f", {len(r.failed)} failed ({r.failed[0]})" if r.failed else ""
+    done = (
+        f"{r.copied} point(s) copied, {r.present} there already{failed};"
+        f" {r.chunks_sent} chunks ({size_text(r.bytes_sent)}) sent"
+    )
+    return f"stopped: {r.error} ({done})" if r.error else done
 
 
 def size_text(n: int) -> str:

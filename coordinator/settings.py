@@ -124,6 +124,35 @@ class RetentionSettings:
 
 
 @dataclass
+class CopySettings:
+    """A second copy of the policy's points (docs/operations.md "Second copy"): after each
+    of the policy's jobs the coordinator copies the policy's points that the repository
+    at ``to`` lacks (`vmbackup repo copy --policy NAME`). Empty ``to`` = no copy."""
+
+    to: str = field(
+        default="",
+        metadata=_doc(
+            "target repository directory (created with `vmbackup repo init`, the same chunk"
+            " size), writable by the coordinator; empty = no copy"
+        ),
+    )
+    passphrase: Secret | None = field(
+        default=None,
+        metadata=_doc('passphrase of an encrypted target: {file = "PATH"}, {env = "NAME"}'),
+    )
+
+    def __post_init__(self) -> None:
+        c = Checks()
+        if self.to and not self.to.startswith("/"):
+            c.fail("to", f"{self.to!r} must be an absolute path")
+        c.done()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.to)
+
+
+@dataclass
 class PolicySettings:
     """Which VMs to back up, when, and how."""
 
@@ -149,6 +178,7 @@ class PolicySettings:
     routing: str = field(default="host", metadata=_doc('route tasks by "host" or "datastore"'))
     window: WindowSettings = field(default_factory=WindowSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    copy: CopySettings = field(default_factory=CopySettings)
 
     def __post_init__(self) -> None:
         c = Checks()

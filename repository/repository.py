@@ -147,7 +147,11 @@ class Repository:
         return cls(path, repo_config.read(path / "config"), keys)
 
     @classmethod
-    def open(cls, path: str | Path, passphrase: str | bytes | None = None) -> Repository:
+    def open(
+        cls, path: str | Path, passphrase: str | bytes | None = None, *, read_only: bool = False
+    ) -> Repository:
+        """``read_only``: change nothing while opening (no recovery of abandoned packs),
+        for a caller that only reads (the source of `repo copy`)."""
         path = Path(path)
         cfg_path = path / "config"
         config = repo_config.read(cfg_path)
@@ -163,7 +167,11 @@ class Repository:
             keys = keyfile.load(path / "keys" / "repokey", _pass_bytes(passphrase))
             repo_config.check_mac(config, MetaAuth(config["id"], derive_meta_key(keys)), cfg_path)
         repo = cls(path, config, keys)
-        if isinstance(repo.chunks, PackStore) and os.access(path / "packs", os.W_OK):
+        if (
+            not read_only
+            and isinstance(repo.chunks, PackStore)
+            and os.access(path / "packs", os.W_OK)
+        ):
             # packs of writers killed earlier: sealed and indexed before anyone relies on
             # their log (not on a read-only mount: the coordinator only reads)
             repo.chunks.recover()
@@ -255,12 +263,16 @@ class Repository:
 
     def read_chunk_view(self, chunk_id: bytes, *, check_crc: bool = True) -> bytes | memoryview:
         """:meth:`read_chunk` without copying a stored-raw payload (restore path)."""
+        return self.decode_chunk(chunk_id, self.read_chunk_blob(chunk_id), check_crc=check_crc)
+
+    def read_chunk_blob(self, chunk_id: bytes) -> bytes:
+        """A chunk's blob as stored (compressed, encrypted), unchecked: for a copy that
+        writes it as is into a repository that decodes it (`decode_chunk` checks it)."""
         try:
-            data = self.chunks.read(chunk_id)
+            return self.chunks.read(chunk_id)
         except MissingChunkError:
             self.quarantine.raise_if_quarantined(chunk_id)
             raise
-        return self.decode_chunk(chunk_id, data, check_crc=check_crc)
 
     def decode_chunk(
         self, chunk_id: bytes, data: bytes, *, check_crc: bool = True

@@ -1,6 +1,6 @@
 """Repository maintenance commands: `vmbackup repo init|import-disk|list|upgrade|id-key`
-here, `repo list` (repo_list_command.py), `repo repair`, `restore`, `verify`, `prune` and
-`gc` (a module each), and what they share: the passphrase, opening the repository,
+here, `repo list` (repo_list_command.py), `repo repair`, `repo copy`, `restore`, `verify`,
+`prune` and `gc` (a module each), and what they share: the passphrase, opening the repository,
 sizes, and a subcommand with examples. They work on the repository library directly (no
 service runs), return a CommandResult (printed by vmbackup/json_output.py, text or
 --json); exit status 0 only on success."""
@@ -223,6 +223,7 @@ def add_command(
 def register(sub: argparse._SubParsersAction) -> None:
     # Here, not at the top: these command modules import helpers from this one.
     from vmbackup import (
+        copy_command,
         gc_command,
         prune_command,
         repo_list_command,
@@ -340,6 +341,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=repo_list_command.cmd_list)
 
     repo_repair_command.register(rsub)
+    copy_command.register(rsub)
     restore_command.register(sub)
     verify_command.register(sub)
     prune_command.register(sub)

@@ -13,7 +13,7 @@ from coordinator import report
 from coordinator.discovery import DiskInfo, VmInfo
 from coordinator.limits import BackupWindow, Cancelled, KeyedLimiter, SnapshotSlots
 from coordinator.policy import select
-from coordinator.settings import PolicySettings
+from coordinator.settings import CopySettings, PolicySettings
 
 
 def vm(name: str, dc="dc1", cluster="c1", folder="", skip="", uuid="") -> VmInfo:
@@ -61,6 +61,27 @@ def test_policy_validation() -> None:
         PolicySettings(name="p", schedule="not cron")
     with pytest.raises(ValueError, match="routing"):
         PolicySettings(name="p", routing="rack")
+    with pytest.raises(ValueError, match="'site-b' must be an absolute path"):
+        CopySettings(to="site-b")
+    assert not PolicySettings(name="p").copy.enabled
+    assert CopySettings(to="/mnt/site-b").enabled
+
+
+def test_copy_in_the_report_and_its_history_round_trip() -> None:
+    r = report.JobReport(job_id="j1", policy="p", coordinator="c")
+    r.copy = report.CopyReport(
+        "/mnt/b", copied=2, present=5, failed=["P1: damaged"], chunks_sent=3, bytes_sent=3 << 20
+    )
+    r.finish()
+    assert r.status == report.OK  # a copy's failure is not the backup's
+    assert (
+        "copy to /mnt/b: 2 point(s) copied, 5 there already, 1 failed (P1: damaged);"
+        " 3 chunks (3.0 MiB) sent"
+    ) in r.to_text()
+    back = report.JobReport.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert back.copy == r.copy
+    r.copy = report.CopyReport("/mnt/b", error="target repository: gone")
+    assert "copy to /mnt/b: stopped: target repository: gone" in r.to_text()
 
 
 def test_keyed_limiter_holds_under_contention() -> None:

@@ -390,3 +390,29 @@ def test_production_least_privilege(builds: dict[str, Build]) -> None:
     for rule in broker["spec"]["egress"]:
         assert rule.get("to"), f"broker egress rule open to any address: {rule}"
         assert rule.get("ports"), f"broker egress rule on any port: {rule}"
+
+
+def test_production_second_copy(builds: dict[str, Build]) -> None:
+    """The nightly `repo copy` reads the repository read-only and writes the second site's
+    volume, each repository with its own passphrase; the command line is the real CLI's."""
+    from tests.k8s.test_image import container_calls, parse_vmbackup
+
+    prod = builds["production"]
+    cron = prod.get("CronJob", "vmbackup-copy")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    tpl = cron["spec"]["jobTemplate"]["spec"]["template"]
+    c = main_container(tpl)
+    calls = [parse_vmbackup(argv, "copy") for argv in container_calls(c, "copy")]
+    (copy,) = [a for a in calls if getattr(a, "repo_command", "") == "copy"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts[copy.from_repo]["readOnly"] is True
+    assert copy.to_repo.startswith(mounts["/var/lib/vmbackup/copy"]["mountPath"] + "/")
+    assert copy.from_passphrase_file != copy.to_passphrase_file
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in tpl["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims[mounts[copy.from_repo]["name"]] == "vmbackup-repository"
+    assert claims["copy"] == "vmbackup-repository-copy" != "vmbackup-repository"
+    assert "vmbackup-repository-copy" in site_secret_keys(prod)
