@@ -86,7 +86,7 @@ def commit_point(
     # controller type and bus per disk, for restore-vm and `repo list` (additive)
     ctrl = vm_config_mod.disk_controllers(vm_config)
     per_part = rt.settings.commit_part_entries
-    parts = {w.info.key: stage_parts(rt, request_id, w, per_part) for w in ok}
+    parts = {w.info.key: stage_parts(rt, request_id, job_id, w, per_part) for w in ok}
     disks = [
         DiskCommit(
             key=w.info.key,
@@ -135,7 +135,7 @@ def commit_point(
     return reply.point_id
 
 
-def stage_parts(rt: Runtime, request_id: str, w: DiskWork, per_part: int) -> int:
+def stage_parts(rt: Runtime, request_id: str, job_id: str, w: DiskWork, per_part: int) -> int:
     """Send a large disk's entries as staged CommitParts; return how many (0 = inline)."""
     if len(w.entries) <= per_part:
         return 0
@@ -147,7 +147,7 @@ def stage_parts(rt: Runtime, request_id: str, w: DiskWork, per_part: int) -> int
         packed = pack_entries(slices[n])
         reply = rt.writer_request(
             pid,
-            lambda reply_to: CommitPart(request_id, pid, reply_to, key, n, packed),
+            lambda reply_to: CommitPart(request_id, pid, reply_to, key, n, packed, job_id),
             rt.settings.commit_timeout_s,
             f"commit part {n} of disk {key}",
         )

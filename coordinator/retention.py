@@ -28,7 +28,7 @@ from coordinator.settings import PolicySettings
 log = get_logger(__name__)
 
 
-def prune_request(key: str, reply_to: str, policy: PolicySettings) -> PruneRequest:
+def prune_request(key: str, reply_to: str, policy: PolicySettings, job_id: str) -> PruneRequest:
     r = policy.retention
     return PruneRequest(
         request_id=key,
@@ -41,6 +41,7 @@ def prune_request(key: str, reply_to: str, policy: PolicySettings) -> PruneReque
         keep_monthly=r.monthly,
         keep_yearly=r.yearly,
         dry_run=r.dry_run,
+        job_id=job_id,
     )
 
 
@@ -54,7 +55,7 @@ def apply_retention(rt: Runtime, policy: PolicySettings, job_id: str) -> Retenti
     try:
         reply = rt.writer_call(
             key,
-            lambda reply_to: prune_request(key, reply_to, policy),
+            lambda reply_to: prune_request(key, reply_to, policy, job_id),
             rt.settings.commit_timeout_s,
             "retention",
             PruneReply,

@@ -110,12 +110,15 @@ class TaskPipeline:
         cfg: PipelineConfig,
         task_id: str,
         on_read: Callable[[int], None] | None = None,
+        *,
+        job_id: str = "",
     ) -> None:
         self.reader = reader
         self.link = link
         self.pool = pool
         self.cfg = cfg
         self.task_id = task_id
+        self.job_id = job_id
         self.on_read = on_read
         self.abort = threading.Event()
         self.budget = TaskBudget(budget, self.abort)
@@ -367,7 +370,7 @@ class TaskPipeline:
                 shard = shard_of(cid, cfg.n_shards)
                 b = partial.get(shard)
                 if b is None:
-                    b = partial[shard] = PendingBatch(shard, self.task_id, [], 0)
+                    b = partial[shard] = PendingBatch(shard, self.task_id, [], 0, self.job_id)
                 b.chunks.append((cid, c.length, compressed, payload))
                 b.payload_bytes += len(payload)
                 partial_bytes += len(payload)

@@ -272,7 +272,14 @@ class ProxyService:
                 reader = ThrottledReader(transport.open(disk), lim, bw_wait.inc)
                 with reader:
                     pipe = TaskPipeline(
-                        reader, self.link, self.pool, self.budget, cfg, task.task_id, read_bytes.inc
+                        reader,
+                        self.link,
+                        self.pool,
+                        self.budget,
+                        cfg,
+                        task.task_id,
+                        read_bytes.inc,
+                        job_id=task.job_id,
                     )
                     with self.withdrawals.running(task.task_id, pipe.cancel):
                         stats = pipe.run(list(task.ranges), disk.capacity)

@@ -42,6 +42,7 @@ class PendingBatch:
     task_id: str
     chunks: list[ChunkTuple]
     payload_bytes: int
+    job_id: str = ""  # of the task: the writer's log lines name it
     batch_id: str = ""
     reply: Future[Message] = field(default_factory=Future)
     confirm: Future[None] = field(default_factory=Future)
@@ -209,6 +210,7 @@ class WriterLink:
             task_id=batch.task_id,
             reply_to=self.replies.name,
             chunks=batch.chunks,
+            job_id=batch.job_id,
         )
         try:
             # The confirm is looked at in check(): publishing stays windowed, not one by one.
@@ -234,7 +236,11 @@ class WriterLink:
             return False
         reply: Future[Message] = Future()
         msg = ChunkBatch(
-            batch_id=batch.batch_id, task_id=batch.task_id, reply_to="", chunks=batch.chunks
+            batch_id=batch.batch_id,
+            task_id=batch.task_id,
+            reply_to="",
+            chunks=batch.chunks,
+            job_id=batch.job_id,
         )
         if not self.streams.send(endpoint, msg, reply):
             return False

@@ -1,7 +1,8 @@
 """What the writer's log lines carry while it handles a message: the job, VM, disk, task
 or commit the message names (common/logging.py ``bound``), as the proxy's and the
-coordinator's lines do. A chunk batch names its task only, a commit part its commit and
-disk, a prune request its policy: no kind carries what it does not name."""
+coordinator's lines do: a chunk batch its job and task, a commit part its job, commit and
+disk, a prune request its job and policy (the job is "" from a version-1 sender: then
+the line does not name one). No kind carries what it does not name."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from common.messages import (
 
 def message_context(msg: Message) -> dict[str, str | int]:
     if isinstance(msg, ChunkBatch):
-        return {"task": msg.task_id}
+        return {"job": msg.job_id, "task": msg.task_id} if msg.job_id else {"task": msg.task_id}
     if isinstance(msg, TaskEntries):
         return {
             "job": msg.job_id,
@@ -34,9 +35,10 @@ def message_context(msg: Message) -> dict[str, str | int]:
             "commit": msg.request_id,
         }
     if isinstance(msg, CommitPart):
-        return {"commit": msg.request_id, "disk": msg.disk_key}
+        part: dict[str, str | int] = {"commit": msg.request_id, "disk": msg.disk_key}
+        return {"job": msg.job_id, **part} if msg.job_id else part
     if isinstance(msg, JobMarker):
         return {"job": msg.job_id}
     if isinstance(msg, PruneRequest):
-        return {"policy": msg.policy}
+        return {"job": msg.job_id, "policy": msg.policy} if msg.job_id else {"policy": msg.policy}
     return {}

@@ -21,12 +21,18 @@ class ChunkBatch(Message):
     """Chunks of one shard for the writer that owns it."""
 
     KIND: ClassVar[str] = "chunk-batch"
+    # Version 2: ``job_id`` (of the task's job, for the writer's log lines).
+    VERSION: ClassVar[int] = 2
+    UPGRADES: ClassVar[dict[int, typing.Callable[[Fields], Fields]]] = {
+        1: lambda f: added_fields(f, "chunk-batch v1", job_id=""),
+    }
     batch_id: str
     task_id: str
     reply_to: str
     # (id, raw_len, compressed, payload); a sender may pass the bytearray a chunk was read
     # into as payload (no copy), a decoded batch always holds bytes.
     chunks: list[tuple[bytes, int, bool, bytes | bytearray]]
+    job_id: str = ""  # "" from a version-1 sender
 
     def __post_init__(self) -> None:
         check_ids([c[0] for c in self.chunks], "chunks")

@@ -109,12 +109,18 @@ class CommitPart(Message):
     disk of millions of chunks stay far below the message limit."""
 
     KIND: ClassVar[str] = "commit-part"
+    # Version 2: ``job_id`` (of the commit's job, for the writer's log lines).
+    VERSION: ClassVar[int] = 2
+    UPGRADES: ClassVar[dict[int, typing.Callable[[Fields], Fields]]] = {
+        1: lambda f: added_fields(f, "commit-part v1", job_id=""),
+    }
     request_id: str  # of the CommitRequest that will name this part
     part_id: str  # the reply's request_id: part_key(request_id, disk_key, part)
     reply_to: str
     disk_key: int
     part: int  # 0 .. parts-1
     entries: bytes  # pack_entries() format
+    job_id: str = ""  # "" from a version-1 sender
 
     def __post_init__(self) -> None:
         if self.part < 0:

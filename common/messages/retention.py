@@ -3,10 +3,11 @@ rules (it has no write access to the repository); the writer answers what it rem
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import ClassVar
 
-from common.messages.base import Message, MessageError
+from common.messages.base import Fields, Message, MessageError, added_fields
 
 KEEP_FIELDS = (
     "keep_last",
@@ -26,6 +27,11 @@ class PruneRequest(Message):
     Taken only from the accounts allowed to commit (docs/security.md, "Broker accounts")."""
 
     KIND: ClassVar[str] = "prune"
+    # Version 2: ``job_id``.
+    VERSION: ClassVar[int] = 2
+    UPGRADES: ClassVar[dict[int, typing.Callable[[Fields], Fields]]] = {
+        1: lambda f: added_fields(f, "prune v1", job_id=""),
+    }
     request_id: str
     reply_to: str
     policy: str
@@ -36,6 +42,7 @@ class PruneRequest(Message):
     keep_monthly: int
     keep_yearly: int
     dry_run: bool  # decide and answer, remove nothing
+    job_id: str = ""  # the job after which it runs (log lines); "" from a version-1 sender
 
     def __post_init__(self) -> None:
         if not self.policy:

@@ -41,6 +41,7 @@ def commit_parts(draw: st.DrawFn) -> m.CommitPart:
         disk_key=disk_key,
         part=part,
         entries=pack_entries(draw(sorted_pairs)),
+        job_id=draw(text),
     )
 
 
@@ -123,6 +124,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         task_id=text,
         reply_to=text,
         chunks=st.lists(st.tuples(ids, i64, st.booleans(), st.binary(max_size=64)), max_size=5),
+        job_id=text,
     ),
     m.ChunkAck: st.builds(
         m.ChunkAck, batch_id=text, shard=i64, ok=st.booleans(), error=text, stored=i64, known=i64
@@ -201,6 +203,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         keep_monthly=i64,
         keep_yearly=i64,
         dry_run=st.booleans(),
+        job_id=text,
     )
     | st.builds(
         m.PruneRequest,
@@ -536,3 +539,24 @@ def test_task_v1_is_checked_as_strictly_as_v2() -> None:
         assert needle in str(exc.value)
     with pytest.raises(m.MessageError, match=r"unsupported version 3 \(supported: 2, 1\)"):
         m.decode(msgpack.packb({**v1, "v": 3}, use_bin_type=True))
+
+
+@pytest.mark.parametrize(
+    ("msg", "kind"),
+    [
+        (m.ChunkBatch("b", "t", "r", [(bytes(32), 1, False, b"x")], "job-1"), m.ChunkBatch),
+        (m.CommitPart("c", m.part_key("c", 2000, 0), "r", 2000, 0, b"", "job-1"), m.CommitPart),
+        (m.PruneRequest("p", "r", "gold", 1, 0, 0, 0, 0, 0, False, "job-1"), m.PruneRequest),
+    ],
+)
+def test_messages_of_senders_before_job_ids_are_understood(msg: m.Message, kind: type) -> None:
+    """Rolling upgrade, writers first: a version-1 chunk batch, commit part or prune
+    request (no job id) decodes with job id ""; a version-1 body with a job id is no
+    version-1 message."""
+    body = msgpack.unpackb(m.encode(msg), raw=False)
+    assert body["v"] == 2 and body.pop("job_id") == "job-1"
+    v1 = {**body, "v": 1}
+    got = m.decode(msgpack.packb(v1, use_bin_type=True), kind)
+    assert got == dataclasses.replace(msg, job_id="")
+    with pytest.raises(m.MessageError, match="unexpected field"):
+        m.decode(msgpack.packb({**v1, "job_id": "x"}, use_bin_type=True), kind)

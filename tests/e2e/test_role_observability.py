@@ -24,8 +24,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from common import metrics as shared_metrics
-from common.amqp import QUEUE_COMMITS, BrokerParams, Publisher
-from common.messages import CommitRequest
+from common.amqp import EXCHANGE_SHARDS, QUEUE_COMMITS, BrokerParams, Publisher
+from common.messages import ChunkBatch, CommitRequest
+from common.sharding import shard_of, shard_routing_key
 from coordinator import metrics as coordinator_metrics
 from lab import Lab, LabSpec
 from lab.stack import ROOT, Stack, StackSpec, free_port
@@ -237,3 +238,32 @@ def test_writer_binds_the_job_of_a_commit_it_handles(stack: Stack, backup_log: P
     ]
     assert {r["event"] for r in handled} == {"point_committed", "job_marker", "task_entries_staged"}
     assert all(r.get("job") and r.get("job") != job for r in handled)
+
+
+def test_writer_names_the_job_of_a_chunk_batch_it_refuses(stack: Stack) -> None:
+    """A chunk batch carries its task's job (message version 2): the writer's line of a
+    refused batch (a chunk of a shard the queue's writer does not own) names it."""
+    n = stack.spec.n_shards
+    stray = next(c for i in range(1000) if shard_of(c := bytes([i % 256, i // 256]) * 16, n) != 0)
+    job = "all-20250101T000000Z-feedbe"
+    msg = ChunkBatch("b-stray", "task-stray", "amq.gen-nobody", [(stray, 1, False, b"x")], job)
+    params = BrokerParams(url=BROKER_URL).with_vhost(stack.vhost)
+    pub = Publisher(params, name="test-batch")
+    try:
+        pub.publish_sync(EXCHANGE_SHARDS, shard_routing_key(0), msg, persistent=False)
+    finally:
+        pub.close()
+    deadline = time.monotonic() + 30
+    while True:
+        refused = [
+            r
+            for name, proc in stack.procs.items()
+            if name.startswith("writer-")
+            for r in log_lines(proc.log_path)
+            if r.get("event") == "chunk_batch_refused" and r.get("batch") == "b-stray"
+        ]
+        if refused:
+            break
+        assert time.monotonic() < deadline, "no writer refused the stray batch"
+        time.sleep(0.2)
+    assert refused[0]["job"] == job and refused[0]["task"] == "task-stray", refused[0]
