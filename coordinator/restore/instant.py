@@ -25,7 +25,7 @@ from pyVmomi import vim
 from common.logging import get_logger
 from coordinator.restore.errors import RestoreVmError
 from coordinator.restore.instant_datastore import ExportDatastore, ServedDisk
-from coordinator.restore.recreate import TASK_TIMEOUT_S, load_point
+from coordinator.restore.recreate import TASK_TIMEOUT_S, check_free_name, load_point
 from coordinator.restore.spec import SpecPlan, build_spec
 from coordinator.restore.target import Target, find_target
 from coordinator.vcenter import Connection, VCenterError
@@ -111,11 +111,7 @@ class InstantSession:
         if not name:
             raise RestoreVmError(f"point {point_id} names no VM: give --name")
         prod = find_target(conn, datastore, host, folder)  # also: the host sees --datastore
-        if name in prod.vm_names:
-            raise RestoreVmError(
-                f"a VM named {name!r} already exists in datacenter {prod.dc_path!r}:"
-                " give another name with --name"
-            )
+        check_free_name(name, prod)
         wanted = build_spec(cfg, point, name, prod).disks  # the disks the VM will have
         store = ExportDatastore.create(export_dir, point_id)
         info = InstantVm(
