@@ -72,6 +72,7 @@ def test_relocate_copies_the_disks_sparse_and_exact(lab: Lab, si: Any) -> None:
         target = dss.CreateNasDatastore(_nas("prod-nfs", Path(d)))
         vm = _vm(si, info["moref"])
         WaitForTask(vm.RelocateVM_Task(spec=vim.vm.RelocateSpec(datastore=target)))
+        moved: Any
         [moved] = [x for x in vm.config.hardware.device if isinstance(x, vim.vm.device.VirtualDisk)]
         assert moved.backing.fileName.startswith("[prod-nfs] ")
         assert moved.backing.datastore._moId == target._moId

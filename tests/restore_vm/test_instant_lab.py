@@ -30,7 +30,10 @@ GUEST_WRITE = (4096 + 512, b"written by the instant VM's guest " * 64)
 
 
 class Instant:
-    """One `restore-vm --instant` running in the background."""
+    """One `restore-vm --instant` running in the background (stopped at the test's end
+    if the test did not: a failed test must not leave it serving for the next one)."""
+
+    running: list[Instant] = []
 
     def __init__(self, env: Env, name: str, export_dir: Path, *extra: str) -> None:
         self.env, self.name, self.export_dir = env, name, export_dir
@@ -59,6 +62,7 @@ class Instant:
             self.proc = subprocess.Popen(
                 argv, cwd=ROOT, env=env.stack._env({}), stdout=out, stderr=err
             )
+        Instant.running.append(self)
 
     def stderr(self) -> str:
         return self.err.read_text(errors="replace")
@@ -94,6 +98,11 @@ def export_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "exports"
     d.mkdir()
     yield d
+    while Instant.running:
+        run = Instant.running.pop()
+        if run.proc.poll() is None:
+            run.proc.terminate()
+            run.proc.wait(timeout=BOUND_S)
 
 
 def _processes_under(*paths: Path) -> list[str]:
@@ -211,8 +220,9 @@ def test_a_failed_migration_leaves_it_running_and_says_so(env: Env, export_dir: 
     env.lab.inject(fail_relocate_vm="instant-fail")
     try:
         run = Instant(env, "instant-fail", export_dir, "--migrate")
-        run.wait_for("failure message", lambda: "failed" in run.stderr())
-        assert "still runs from the export" in run.stderr()
+        # the whole line, not a log line's "failed" before it
+        run.wait_for("failure message", lambda: "still runs from the export" in run.stderr())
+        assert "migration of 'instant-fail' to datastore" in run.stderr()
         [vm] = env.vms_named("instant-fail")
         assert vm.runtime.powerState == "poweredOn"
         files = [
@@ -244,7 +254,7 @@ def test_stop_after_power_on_leaves_nothing(env: Env, export_dir: Path) -> None:
 
 
 def test_cancel_before_power_on_leaves_nothing(env: Env, export_dir: Path) -> None:
-    env.lab.inject(slow_soap_ms=5000, slow_soap_method="CreateVM_Task")
+    env.lab.inject(slow_soap_ms=10000, slow_soap_method="CreateVM_Task")
     try:
         run = Instant(env, "instant-cancel", export_dir, "--migrate")
         run.wait_for("export process", lambda: _processes_under(export_dir))
