@@ -244,6 +244,24 @@ def test_a_failed_migration_leaves_it_running_and_says_so(env: Env, export_dir: 
     _assert_nothing_left(env, export_dir, vm_gone="instant-fail")
 
 
+def test_a_failed_migration_is_retried_with_sigusr1(
+    env: Env, export_dir: Path, tmp_path: Path
+) -> None:
+    env.lab.inject(fail_relocate_vm="instant-retry")
+    try:
+        run = Instant(env, "instant-retry", export_dir, "--migrate")
+        run.wait_for("failure message", lambda: "still runs from the export" in run.stderr())
+    finally:
+        env.lab.inject(fail_relocate_vm=None)
+    run.proc.send_signal(signal.SIGUSR1)
+    rc, doc = run.finish()
+    assert rc == 0, run.stderr()
+    assert doc["result"]["migration_error"].startswith("migration of 'instant-retry'")
+    _check_moved(env, doc, tmp_path, None)
+    _assert_nothing_left(env, export_dir)
+    _destroy(env.vms_named("instant-retry")[0])
+
+
 def test_stop_after_power_on_leaves_nothing(env: Env, export_dir: Path) -> None:
     run = Instant(env, "instant-stop", export_dir)
     run.running_vm()
