@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 from common.logging import get_logger
 from coordinator.restore.errors import RestoreVmError
@@ -214,7 +214,7 @@ class InstantSession:
             self.conn.wait_task(task, f"migrate {name!r} to {ds!r}", MIGRATE_TIMEOUT_S)
             if self.on_export():
                 raise RestoreVmError(f"the relocation ended, yet {name!r} still uses the export")
-        except (RestoreVmError, VCenterError, vim.fault.VimFault) as exc:
+        except (RestoreVmError, VCenterError, vmodl.MethodFault) as exc:
             why = getattr(exc, "msg", None) or str(exc)
             raise MigrationError(
                 f"migration of {name!r} to datastore {ds!r} failed: {why}"

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pyVmomi import vim
+from pyVmomi import vmodl
 
 from common.command_result import CommandResult
 from coordinator.restore.errors import RestoreVmError
@@ -134,7 +134,7 @@ def _serve(
         return CommandResult.failed(130, str(exc), "interrupted")
     except (RestoreVmError, RepositoryError) as exc:
         return CommandResult.failed(1, f"instant recovery not started: {exc}", "refused")
-    except (VCenterError, vim.fault.VimFault) as exc:
+    except (VCenterError, vmodl.MethodFault) as exc:
         why = getattr(exc, "msg", None) or str(exc)
         return CommandResult.failed(1, f"instant recovery not started: {why}", "vcenter")
     info = session.info
