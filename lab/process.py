@@ -188,6 +188,7 @@ class Lab:
         *,
         fail_snapshot_vm: str | None = _UNSET,
         fail_remove_vm: str | None = _UNSET,
+        fail_relocate_vm: str | None = _UNSET,
         reset_cbt: tuple[str, int] | None = None,
         grow_disk: tuple[str, int, int] | None = None,
         slow_soap_ms: int | None = None,
@@ -198,6 +199,8 @@ class Lab:
         """Inject faults. fail_snapshot_vm / fail_remove_vm = None (or "") clear theirs.
 
         fail_remove_vm: RemoveSnapshot_Task of that VM's snapshots fails (FileLocked).
+        fail_relocate_vm: RelocateVM_Task of that VM (any VM, created ones included) to
+        another datastore fails (NoDiskSpace) before anything is copied.
         vm_connection_state: (VM name, state) sets its runtime.connectionState:
         "disconnected" (its host is down), "orphaned", "inaccessible", "invalid", or
         "connected" again.
@@ -209,6 +212,8 @@ class Lab:
             body["fail_snapshot_vm"] = fail_snapshot_vm or ""
         if fail_remove_vm is not _UNSET:
             body["fail_remove_vm"] = fail_remove_vm or ""
+        if fail_relocate_vm is not _UNSET:
+            body["fail_relocate_vm"] = fail_relocate_vm or ""
         if reset_cbt is not None:
             body["reset_cbt"] = list(reset_cbt)
         if grow_disk is not None:

@@ -11,6 +11,7 @@ from pyVmomi import vim
 from common.command_result import CommandResult
 from common.progress import Progress
 from coordinator.restore.errors import RestoreVmError
+from coordinator.restore.instant_cli import add_instant_args, run_instant, usage_problem
 from coordinator.restore.recreate import load_point, restore_vm
 from coordinator.vcenter import (
     Connection,
@@ -24,6 +25,8 @@ examples:
   vmbackup restore-vm 20240501T220012Z-1a2b3c4d -c /etc/vmbackup/vmbackup.toml \\
       --to vc1 --datastore ds-restore --name web1-restored
   vmbackup restore-vm ID -c site.toml --to vc1 --datastore ds1 --transport nbd --json
+  vmbackup restore-vm ID -c site.toml --to vc1 --datastore ds1 --name web1-now \\
+      --instant --migrate      # runs from the backup at once, then moves to ds1
 """
 
 
@@ -74,6 +77,7 @@ def register_restore_vm(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="one JSON document on stdout, errors included; no progress (docs/cli-json.md)",
     )
+    add_instant_args(p)
     p.set_defaults(func=cmd_restore_vm)
 
 
@@ -87,6 +91,8 @@ def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
 
     if args.upload_attempts < 1:
         return fail("--upload-attempts must be at least 1", 2, "usage")
+    if usage_problem(args):
+        return fail(usage_problem(args), 2, "usage")
     try:
         cfg = args.load_config(args.config)
     except ConfigError as exc:  # one reason per problem, each naming file and key
@@ -126,6 +132,11 @@ def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
         down = isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError)
         why = f"vCenter {args.to} {'unreachable' if down else 'refused us'}: {exc}"
         return fail(why, cause="vcenter")
+    if args.instant:
+        try:
+            return run_instant(args, conn, repo, repo_path, passphrase)
+        finally:
+            conn.close()
     nbd_target = None
     if args.transport == "nbd":
         from coordinator.restore.nbd_write import NbdTarget

@@ -14,7 +14,7 @@ from coordinator.restore.errors import RestoreVmError
 from coordinator.restore.nbd_write import NbdTarget, write_disk_nbd
 from coordinator.restore.result import RestoredDisk, RestoreVmResult
 from coordinator.restore.spec import DiskPlan, SpecPlan, build_spec
-from coordinator.restore.target import find_target
+from coordinator.restore.target import Target, find_target
 from coordinator.restore.upload import upload_disk
 from coordinator.vcenter import (
     Connection,
@@ -42,6 +42,14 @@ def load_point(repo: PointSource, point_id: str) -> tuple[Point, VmConfig]:
     return point, cfg
 
 
+def check_free_name(name: str, target: Target) -> None:
+    if name in target.vm_names:
+        raise RestoreVmError(
+            f"a VM named {name!r} already exists in datacenter {target.dc_path!r}:"
+            " give another name with --name"
+        )
+
+
 def restore_vm(
     conn: Connection,
     repo: PointSource,
@@ -64,11 +72,7 @@ def restore_vm(
     if not name:
         raise RestoreVmError(f"point {point_id} names no VM: give --name")
     target = find_target(conn, datastore, host, folder)
-    if name in target.vm_names:
-        raise RestoreVmError(
-            f"a VM named {name!r} already exists in datacenter {target.dc_path!r}:"
-            " give another name with --name"
-        )
+    check_free_name(name, target)
     plan = build_spec(cfg, point, name, target)
     log.info("restore_vm_create", point=point_id, vm=name, host=target.host_name, ds=datastore)
     task = target.folder.CreateVM_Task(config=plan.spec, pool=target.pool, host=target.host)

@@ -69,6 +69,7 @@ type snapEvent struct {
 type faultState struct {
 	failSnapshotVM string
 	failRemoveVM   string
+	failRelocateVM string // RelocateVM_Task of this VM (name or moref) fails (instant.go)
 	slowMs         int
 	slowMethod     string
 }
@@ -83,6 +84,7 @@ type lab struct {
 
 	serverURL interface{ String() string }
 
+	dsMu     sync.RWMutex // guards inv.datastoreDirs, which clients add to (instant.go)
 	mu       sync.Mutex
 	disks    map[diskID]*diskState
 	snaps    map[string]*snapState
@@ -138,7 +140,7 @@ func (l *lab) flatPath(fileName string) (string, error) {
 	if !p.FromString(fileName) {
 		return "", fmt.Errorf("not a datastore path: %q", fileName)
 	}
-	dir, ok := l.inv.datastoreDirs[p.Datastore]
+	dir, ok := l.datastoreDir(p.Datastore)
 	if !ok {
 		return "", fmt.Errorf("unknown datastore %q in %q", p.Datastore, fileName)
 	}

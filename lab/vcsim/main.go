@@ -224,7 +224,7 @@ func run() error {
 		Password:   cfg.password,
 		Thumbprint: thumbprint(srv.Certificate().Raw),
 		Control:    fmt.Sprintf("%s://%s/lab", u.Scheme, u.Host),
-		Datastores: inv.datastoreDirs,
+		Datastores: startDatastores(inv),
 		Plain:      cfg.plain,
 		PID:        os.Getpid(),
 		VMs:        len(inv.vms),
@@ -259,4 +259,14 @@ func main() {
 		fmt.Fprintf(os.Stderr, "vcsim-lab: %v\n", err)
 		os.Exit(2)
 	}
+}
+
+// startDatastores copies the datastores made at start: clients add to the live map
+// (CreateNasDatastore), which /lab/info must not read while it changes.
+func startDatastores(inv *inventory) map[string]string {
+	out := make(map[string]string, len(inv.datastoreDirs))
+	for k, v := range inv.datastoreDirs {
+		out[k] = v
+	}
+	return out
 }

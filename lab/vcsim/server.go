@@ -99,6 +99,17 @@ func (l *lab) frontHandler(inner http.Handler) http.Handler {
 				if l.serveFailingRemove(w, body, f.failRemoveVM) {
 					return
 				}
+			case "CreateNasDatastore":
+				if l.serveCreateNasDatastore(w, r, inner, body) {
+					return
+				}
+			case "RemoveDatastore":
+				l.serveRemoveDatastore(w, body)
+				return
+			case "RelocateVM_Task":
+				if l.serveRelocate(w, body, f.failRelocateVM) {
+					return
+				}
 			case "RetrievePropertiesEx":
 				if l.serveRetrievePropertiesEx(w, r, inner, body, session) {
 					return
@@ -374,6 +385,7 @@ type vmJSON struct {
 type injectRequest struct {
 	FailSnapshotVM *string         `json:"fail_snapshot_vm"`
 	FailRemoveVM   *string         `json:"fail_remove_vm"`
+	FailRelocateVM *string         `json:"fail_relocate_vm"` // any VM, created ones included
 	ResetCBT       *[2]interface{} `json:"reset_cbt"`
 	GrowDisk       *[3]interface{} `json:"grow_disk"`
 	SlowSOAPms     *int            `json:"slow_soap_ms"`
@@ -567,7 +579,7 @@ func (l *lab) serveInject(w http.ResponseWriter, r *http.Request) {
 		jsonError(w, http.StatusBadRequest, "bad inject request: %v", err)
 		return
 	}
-	if l.cfg.plain && (req.ResetCBT != nil || req.GrowDisk != nil || req.SlowSOAPms != nil || req.FailSnapshotVM != nil || req.FailRemoveVM != nil || req.VMConnectionState != nil) {
+	if l.cfg.plain && (req.ResetCBT != nil || req.GrowDisk != nil || req.SlowSOAPms != nil || req.FailSnapshotVM != nil || req.FailRemoveVM != nil || req.FailRelocateVM != nil || req.VMConnectionState != nil) {
 		jsonError(w, http.StatusConflict, "the plain simulator only supports expire_sessions")
 		return
 	}
@@ -642,6 +654,9 @@ func (l *lab) serveInject(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.FailRemoveVM != nil {
 		l.faults.failRemoveVM = *req.FailRemoveVM
+	}
+	if req.FailRelocateVM != nil {
+		l.faults.failRelocateVM = *req.FailRelocateVM
 	}
 	if req.SlowSOAPms != nil {
 		l.faults.slowMs = *req.SlowSOAPms
