@@ -98,6 +98,9 @@ def ceph_conf(
         "osd pool default pgp num = 8",
         "mon max pg per osd = 1000",
         "osd crush chooseleaf type = 0",
+        # after a restart a PG waits out its read lease (ratio x heartbeat grace = 16 s)
+        # before it serves: one OSD has no peer whose reads it could contradict
+        "osd pool default read lease ratio = 0.05",
         # the disk is shared with everything else here: no warning at 70 % used
         "mon data avail warn = 1",
         "mon data avail crit = 0",
@@ -109,10 +112,10 @@ def ceph_conf(
         f"rgw frontends = beast endpoint=127.0.0.1:{rgw_port}",
         f"rgw data = {d}/rgw",
         "rgw dns name = 127.0.0.1",
-        # quotas (the full-bucket test) are checked against fresh stats, not a cache
+        # a bucket's quota (the full-bucket test) is checked against fresh stats, not a
+        # cache; never the user-quota sync intervals = 0: their threads then list every
+        # user in a busy loop (and the gateway starts 15 s later)
         "rgw bucket quota ttl = 0",
-        "rgw user quota bucket sync interval = 0",
-        "rgw user quota sync interval = 0",
         "",
     ]
     return "\n".join(lines)
