@@ -9,7 +9,8 @@ client, then per round and client, in alternating order: PUT then GET of objects
 each big size (``--big-total-mib`` in all per size), and PUT then GET of ``--small-n``
 small objects; one stream, as one writer thread writes its packs. Reports MiB/s (wall),
 this process's CPU seconds (obstore's Rust threads included) and small-object ops/s,
-plus the load average. A third row is S3Storage itself (botocore under it) to show what
+plus the load average. Each client's bucket is removed after its run: the memstore OSD
+keeps everything in RAM (4 GiB), and a full OSD makes RGW block writes, not refuse them. A third row is S3Storage itself (botocore under it) to show what
 the storage layer adds.
 """
 
@@ -28,6 +29,7 @@ from obstore.store import S3Store
 from lab import ceph_rgw
 from repository.s3_config import S3Location
 from repository.s3_storage import S3Storage, make_client
+from tests.rgw import drop_bucket
 
 MiB = 1 << 20
 Put = Callable[[str, bytes], None]
@@ -59,7 +61,9 @@ def _obstore(loc: S3Location) -> tuple[Put, Get]:
     )
 
     def put(key: str, data: bytes) -> None:
-        obstore.put(store, key, data)
+        # one PUT, as the others: by default obstore sends 8 MiB and up as a multipart
+        # upload of 5 MiB parts, two at once
+        obstore.put(store, key, data, use_multipart=False)
 
     def get(key: str) -> bytes:
         return bytes(obstore.get(store, key).bytes())
@@ -85,21 +89,33 @@ def _timed(fn: Callable[[], None]) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_client(put: Put, get: Get, sizes: list[int], total: int, small: int, n_small: int) -> dict[str, float]:
+def _put_all(put: Put, keys: list[str], data: list[bytes]) -> None:
+    for i, k in enumerate(keys):
+        put(k, data[i % len(data)])
+
+
+def _get_all(get: Get, keys: list[str]) -> None:
+    for k in keys:
+        get(k)
+
+
+def run_client(
+    put: Put, get: Get, sizes: list[int], total: int, small: int, n_small: int
+) -> dict[str, float]:
     out: dict[str, float] = {}
     for size in sizes:
         count = max(1, total // size)
         data = [os.urandom(size) for _ in range(min(count, 4))]
         keys = [f"big{size >> 20}/{i}" for i in range(count)]
-        w, c = _timed(lambda: [put(k, data[i % len(data)]) for i, k in enumerate(keys)] and None)
+        w, c = _timed(lambda d=data, ks=keys: _put_all(put, ks, d))  # type: ignore[misc]
         out[f"put{size >> 20}_mibs"], out[f"put{size >> 20}_cpu"] = count * size / MiB / w, c
-        w, c = _timed(lambda: [get(k) for k in keys] and None)
+        w, c = _timed(lambda ks=keys: _get_all(get, ks))  # type: ignore[misc]
         out[f"get{size >> 20}_mibs"], out[f"get{size >> 20}_cpu"] = count * size / MiB / w, c
     blob = os.urandom(small)
     keys = [f"small/{i:05d}" for i in range(n_small)]
-    w, c = _timed(lambda: [put(k, blob) for k in keys] and None)
+    w, c = _timed(lambda: _put_all(put, keys, [blob]))
     out["small_put_ops"], out["small_put_cpu"] = n_small / w, c
-    w, c = _timed(lambda: [get(k) for k in keys] and None)
+    w, c = _timed(lambda: _get_all(get, keys))
     out["small_get_ops"], out["small_get_cpu"] = n_small / w, c
     return out
 
@@ -129,11 +145,18 @@ def main() -> None:
     for r in range(args.rounds):
         for name in order if r % 2 == 0 else reversed(order):
             loc = S3Location(**{**base.__dict__, "bucket": f"bench-{uuid.uuid4().hex[:12]}"})
-            S3Storage(loc).create_bucket()
+            bucket = S3Storage(loc)
+            bucket.create_bucket()
             put, get = CLIENTS[name](loc)
-            res = run_client(put, get, sizes, args.big_total_mib * MiB, args.small_kib << 10, args.small_n)
+            res = run_client(
+                put, get, sizes, args.big_total_mib * MiB, args.small_kib << 10, args.small_n
+            )
             results[name].append(res)
-            print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()), flush=True)
+            drop_bucket(bucket)  # memstore holds it all in RAM: a full OSD blocks writes
+            print(
+                f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()),
+                flush=True,
+            )
     load1 = os.getloadavg()
     print(f"load average after {load1[0]:.2f} (1 min), {load1[1]:.2f} (5 min)")
     keys = list(next(iter(results.values()))[0])

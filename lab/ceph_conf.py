@@ -56,9 +56,7 @@ class CephPaths:
         return self.run / f"{name}.pid"
 
 
-def ceph_conf(
-    paths: CephPaths, fsid: str, mon_port: int, rgw_port: int, objectstore: str
-) -> str:
+def ceph_conf(paths: CephPaths, fsid: str, mon_port: int, rgw_port: int, objectstore: str) -> str:
     """ceph.conf for the lab: one ``key = value`` a line (ceph.conf takes no more)."""
     if objectstore not in OBJECTSTORES:
         raise ValueError(f"objectstore {objectstore!r}: not one of {', '.join(OBJECTSTORES)}")

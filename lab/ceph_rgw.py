@@ -77,7 +77,9 @@ def _run(paths: CephPaths, *argv: str, timeout: float = 60) -> str:
     except subprocess.TimeoutExpired:
         raise LabError(f"{' '.join(argv[:4])} did not finish within {timeout:.0f} s") from None
     if res.returncode != 0:
-        raise LabError(f"{' '.join(argv[:4])} failed ({res.returncode}): {res.stderr.strip()[-800:]}")
+        raise LabError(
+            f"{' '.join(argv[:4])} failed ({res.returncode}): {res.stderr.strip()[-800:]}"
+        )
     return res.stdout
 
 
@@ -197,8 +199,9 @@ def _bootstrap(paths: CephPaths, objectstore: str, timeout: float) -> None:
     auth = "ceph-authtool"
     _run(paths, auth, "--create-keyring", str(mon_keyring), "--gen-key", "-n", "mon.",
          "--cap", "mon", "allow *")  # fmt: skip
-    _run(paths, auth, "--create-keyring", str(admin_keyring), "--gen-key", "-n", "client.admin",
-         "--cap", "mon", "allow *", "--cap", "osd", "allow *", "--cap", "mgr", "allow *")  # fmt: skip
+    _run(paths, auth, "--create-keyring", str(admin_keyring), "--gen-key", "-n",
+         "client.admin", "--cap", "mon", "allow *", "--cap", "osd", "allow *",
+         "--cap", "mgr", "allow *")  # fmt: skip
     _run(paths, auth, str(mon_keyring), "--import-keyring", str(admin_keyring))
     _run(paths, "monmaptool", "--create", "--addv", MON_ID, f"[v2:127.0.0.1:{mon_port}]",
          "--fsid", fsid, str(paths.monmap))  # fmt: skip

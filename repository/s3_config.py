@@ -161,7 +161,9 @@ def read_credentials_file(path: Path, profile: str = "default") -> S3Credentials
     sect = cp[profile]
     access = sect.get("aws_access_key_id", "").strip()
     secret = sect.get("aws_secret_access_key", "").strip()
-    missing = [k for k, v in (("aws_access_key_id", access), ("aws_secret_access_key", secret)) if not v]
+    missing = [
+        k for k, v in (("aws_access_key_id", access), ("aws_secret_access_key", secret)) if not v
+    ]
     if missing:
         raise S3ConfigError(f"S3 credentials file {path}: [{profile}] lacks {', '.join(missing)}")
     return S3Credentials(access, secret, f"{path} [{profile}]")
@@ -200,7 +202,7 @@ def parse_s3_config(
         want = str if typ is Path else typ
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise S3ConfigError(f"{where}: {key} = {value!r:.80} is not a {want.__name__}")
-        kwargs[name] = Path(value) if typ is Path else value * scale if scale != 1 else value
+        kwargs[name] = _converted(typ, scale, value)
     if "endpoint" not in kwargs:
         raise S3ConfigError(f"{where}: endpoint is required")
     if url is not None:
@@ -211,6 +213,12 @@ def parse_s3_config(
         return S3Location(**kwargs)
     except S3ConfigError as exc:
         raise S3ConfigError(f"{where}: {exc}") from None
+
+
+def _converted(typ: type, scale: int, value: Any) -> Any:
+    if typ is Path:
+        return Path(value)
+    return value * scale if scale != 1 else value
 
 
 def load_s3_config(path: Path, url: str | None = None) -> S3Location:

@@ -31,6 +31,7 @@ refused for a non-loopback host unless the location says ``insecure_http``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -192,10 +193,8 @@ class S3Storage:
             )
         except BaseException:
             # best effort: what stays is an unfinished upload, for remove_unfinished
-            try:
+            with contextlib.suppress(bx.BotoCoreError, bx.ClientError):
                 self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-            except (bx.BotoCoreError, bx.ClientError):
-                pass
             raise
 
     def touch(self, name: str) -> bool:
@@ -235,7 +234,7 @@ class S3Storage:
         if batch:
             self._delete_batch(prefix, batch)
 
-    def _delete_batch(self, prefix: str, names: list[str]) -> None:
+    def _delete_batch(self, prefix: str, names: Sequence[str]) -> None:
         objects = [{"Key": self._prefix + n} for n in names]
         resp = self._call(
             lambda: self._client.delete_objects(
@@ -279,9 +278,7 @@ class S3Storage:
 
     # --- errors -----------------------------------------------------------------
 
-    def _call(
-        self, fn: Callable[[], T], verb: str, name: str, *, missing_ok: bool = False
-    ) -> T:
+    def _call(self, fn: Callable[[], T], verb: str, name: str, *, missing_ok: bool = False) -> T:
         """``fn()`` with botocore's and the endpoint's errors as repository errors."""
         where = self.location(name) if valid_name(name) else f"{self.loc.endpoint} ({name})"
         try:
@@ -365,17 +362,32 @@ def _message(exc: bx.ClientError) -> str:
 
 def _pieces(parts: Sequence[Bytes], size: int) -> Iterator[bytes]:
     """``b"".join(parts)`` in pieces of ``size`` bytes (the last may be shorter), made
-    as they are asked for: a part's exception is raised before the upload completes."""
+    as they are asked for: a part's exception is raised before the upload completes.
+    A whole ``bytes`` part that is a piece by itself goes as it is (no copy)."""
     buf = bytearray()
+    last = len(parts) - 1
     for i in range(len(parts)):
-        view = memoryview(parts[i])
+        part = parts[i]
+        if (
+            not buf
+            and isinstance(part, bytes)
+            and (len(part) == size or (i == last and len(part) < size))
+        ):
+            if part:
+                yield part
+            continue
+        view = memoryview(part).cast("B")
         while view:
+            if not buf and len(view) >= size:  # one copy, straight from the caller's part
+                yield bytes(view[:size])
+                view = view[size:]
+                continue
             take = min(size - len(buf), len(view))
             buf += view[:take]
             view = view[take:]
             if len(buf) == size:
                 yield bytes(buf)
-                buf.clear()
+                buf = bytearray()
     if buf:
         yield bytes(buf)
 
@@ -406,6 +418,4 @@ def make_client(location: S3Location) -> S3Client:
         region_name=location.region,
     )
     verify: str | bool = str(location.ca_file) if location.ca_file is not None else True
-    return session.client(
-        "s3", endpoint_url=location.endpoint, config=config, verify=verify
-    )
+    return session.client("s3", endpoint_url=location.endpoint, config=config, verify=verify)

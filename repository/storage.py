@@ -1,10 +1,11 @@
 """The storage under the repository: named objects behind one small interface.
 
 In the manner of restic's backend (Save/Load/Stat/List/Remove) and kopia's blob storage:
-a flat namespace of objects, each written whole and read back whole. Today one
-implementation, a local directory (local_storage.LocalDirectoryStorage); an S3 one
-(#22, Ceph RGW) must be able to meet every guarantee below, so callers assume no
-rename, no directories, no append and no partial overwrite.
+a flat namespace of objects, each written whole and read back whole. Two
+implementations: a local directory (local_storage.LocalDirectoryStorage) and S3
+(s3_storage.S3Storage, tested on a real Ceph RGW; docs/object-storage.md); both meet
+every guarantee below (tests/repository/test_storage.py runs the contract on both), so
+callers assume no rename, no directories, no append and no partial overwrite.
 
 Names are ``/``-separated relative keys, e.g. ``running/<32 hex>`` or
 ``staging/<32 hex>/disk-2000.task-<32 hex>`` (``check_name``): the parts are what the

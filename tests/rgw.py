@@ -71,8 +71,8 @@ def drop_bucket(storage: S3Storage) -> None:
     client = storage._client
     bucket = storage.loc.bucket
     with contextlib.suppress(Exception):
-        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
-            for up in page.get("Uploads", []):
+        for ups in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+            for up in ups.get("Uploads", []):
                 client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]

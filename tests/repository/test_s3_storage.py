@@ -205,7 +205,9 @@ PART = st.text(alphabet="abcXYZ019._:+=@,-", min_size=1, max_size=12).filter(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(PART, min_size=1, max_size=4), st.binary(max_size=4096))
 def test_names_and_contents_round_trip(
     s3_storage: S3Storage, parts: list[str], data: bytes

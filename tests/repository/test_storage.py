@@ -39,8 +39,8 @@ from repository.errors import (
 from repository.gc import gc
 from repository.local_storage import LocalDirectoryStorage
 from repository.repository import Repository
-from repository.staging import job_dir_name, request_dir_name
 from repository.s3_storage import S3Storage
+from repository.staging import job_dir_name, request_dir_name
 from repository.storage import MAX_NAME, Bytes, Storage, check_name, valid_part
 from tests.rgw import Rgw
 from tests.small_fs import MiB, small_filesystem
