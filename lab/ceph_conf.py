@@ -45,6 +45,15 @@ class CephPaths:
         return self.root / "monmap"
 
     @property
+    def tls_cert(self) -> Path:
+        """The gateway's self-signed certificate (IP 127.0.0.1 only): its own CA file."""
+        return self.root / "rgw-tls.crt"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.root / "rgw-tls.key"
+
+    @property
     def credentials(self) -> Path:
         """The S3 user's keys, AWS credentials-file format, mode 0600."""
         return self.root / "s3-credentials"
@@ -56,7 +65,9 @@ class CephPaths:
         return self.run / f"{name}.pid"
 
 
-def ceph_conf(paths: CephPaths, fsid: str, mon_port: int, rgw_port: int, objectstore: str) -> str:
+def ceph_conf(
+    paths: CephPaths, fsid: str, mon_port: int, rgw_port: int, tls_port: int, objectstore: str
+) -> str:
     """ceph.conf for the lab: one ``key = value`` a line (ceph.conf takes no more)."""
     if objectstore not in OBJECTSTORES:
         raise ValueError(f"objectstore {objectstore!r}: not one of {', '.join(OBJECTSTORES)}")
@@ -108,7 +119,8 @@ def ceph_conf(paths: CephPaths, fsid: str, mon_port: int, rgw_port: int, objects
         "",
         f"[{RGW_NAME}]",
         # tcp_nodelay: without it each small GET waits out a delayed ACK (~20 GETs/s)
-        f"rgw frontends = beast endpoint=127.0.0.1:{rgw_port} tcp_nodelay=1",
+        f"rgw frontends = beast endpoint=127.0.0.1:{rgw_port} ssl_endpoint=127.0.0.1:{tls_port}"
+        f" ssl_certificate={paths.tls_cert} ssl_private_key={paths.tls_key} tcp_nodelay=1",
         f"rgw data = {d}/rgw",
         "rgw dns name = 127.0.0.1",
         # a bucket's quota (the full-bucket test) is checked against fresh stats, not a

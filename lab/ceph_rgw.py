@@ -34,6 +34,7 @@ from lab.ceph_conf import MON_ID, OSD_ID, RGW_NAME, CephPaths, ceph_conf
 from lab.spec import LabError
 
 DEFAULT_DIR = Path("/tmp/vmbackup-rgw")
+LAYOUT = 2  # of the data directory; a directory of another layout is bootstrapped anew
 REGION = "default"  # RGW's zonegroup of a fresh single-site cluster
 S3_USER = "vmbackup"
 # (name in pid files, program) of each daemon, in start order
@@ -44,7 +45,9 @@ DAEMONS = ((f"mon.{MON_ID}", "ceph-mon"), (f"osd.{OSD_ID}", "ceph-osd"), (RGW_NA
 class RgwInfo:
     """What ``start`` and ``status`` print (one JSON line)."""
 
-    endpoint: str
+    endpoint: str  # plain http (loopback)
+    tls_endpoint: str  # https, with a self-signed certificate for IP 127.0.0.1
+    ca_file: str  # that certificate: what a client verifies tls_endpoint against
     region: str
     credentials_file: str
     data_dir: str
@@ -116,9 +119,12 @@ def _info(paths: CephPaths, *, reused: bool = False, seconds: float = 0.0) -> Rg
     st = _state(paths)
     pids = {n: p for n, prog in DAEMONS if (p := _live_pid(paths, n, prog)) is not None}
     endpoint = f"http://127.0.0.1:{st.get('rgw_port', 0)}"
-    running = len(pids) == len(DAEMONS) and bool(st.get("bootstrapped")) and _answers(endpoint)
+    done = bool(st.get("bootstrapped")) and st.get("layout") == LAYOUT
+    running = len(pids) == len(DAEMONS) and done and _answers(endpoint)
     return RgwInfo(
         endpoint=endpoint,
+        tls_endpoint=f"https://127.0.0.1:{st.get('tls_port', 0)}",
+        ca_file=str(paths.tls_cert),
         region=REGION,
         credentials_file=str(paths.credentials),
         data_dir=str(paths.root),
@@ -163,7 +169,11 @@ def start(
         return _info(paths, reused=True, seconds=time.monotonic() - t0)
     stop(data_dir)  # whatever runs of a broken or different cluster
     st = _state(paths)
-    if st.get("bootstrapped") and st.get("objectstore") == objectstore:
+    if (
+        st.get("bootstrapped")
+        and st.get("layout") == LAYOUT
+        and st.get("objectstore") == objectstore
+    ):
         try:
             _start_daemons(paths, str(st["endpoint"]), timeout)
             return _info(paths, seconds=time.monotonic() - t0)
@@ -187,11 +197,13 @@ def _bootstrap(paths: CephPaths, objectstore: str, timeout: float) -> None:
         d.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.root, 0o700)  # keyrings and the S3 keys are in it
     fsid = str(uuid.uuid4())
-    mon_port, rgw_port = _free_port(), _free_port()
+    mon_port, rgw_port, tls_port = _free_port(), _free_port(), _free_port()
     endpoint = f"http://127.0.0.1:{rgw_port}"
-    paths.conf.write_text(ceph_conf(paths, fsid, mon_port, rgw_port, objectstore))
-    doc = {"fsid": fsid, "mon_port": mon_port, "rgw_port": rgw_port, "endpoint": endpoint}
-    doc |= {"objectstore": objectstore, "bootstrapped": False}
+    paths.conf.write_text(ceph_conf(paths, fsid, mon_port, rgw_port, tls_port, objectstore))
+    _make_tls_cert(paths)
+    doc: dict[str, object] = {"fsid": fsid, "mon_port": mon_port, "rgw_port": rgw_port}
+    doc |= {"tls_port": tls_port, "endpoint": endpoint, "objectstore": objectstore}
+    doc |= {"layout": LAYOUT, "bootstrapped": False}
     paths.state.write_text(json.dumps(doc))
 
     mon_keyring = paths.keyring(f"mon.{MON_ID}")
@@ -228,6 +240,20 @@ def _bootstrap(paths: CephPaths, objectstore: str, timeout: float) -> None:
     _make_user(paths, timeout)
     doc["bootstrapped"] = True
     paths.state.write_text(json.dumps(doc))
+
+
+def _make_tls_cert(paths: CephPaths) -> None:
+    """A self-signed certificate for IP 127.0.0.1 (no DNS name: a client that connects
+    as "localhost" must fail the host name check), key mode 0600."""
+    cmd = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+           "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650",
+           "-subj", "/CN=vmbackup lab rgw", "-addext", "subjectAltName=IP:127.0.0.1",
+           "-addext", "basicConstraints=critical,CA:TRUE",
+           "-keyout", str(paths.tls_key), "-out", str(paths.tls_cert)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    if res.returncode != 0:
+        raise LabError(f"openssl could not make the gateway's certificate: {res.stderr[-400:]}")
+    os.chmod(paths.tls_key, 0o600)
 
 
 def _daemon(paths: CephPaths, program: str, *argv: str) -> None:

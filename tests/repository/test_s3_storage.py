@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from lab.ceph_rgw import write_credentials
 from repository.errors import MissingObjectError, RepositoryError
 from repository.s3_config import MIN_PART
-from repository.s3_storage import S3Storage
+from repository.s3_storage import S3Storage, _pieces
 from tests.rgw import Rgw
 
 pytestmark = pytest.mark.integration
@@ -78,8 +79,9 @@ def test_list_pages_through_more_than_one_page(s3_storage: S3Storage) -> None:
 KILLED_UPLOAD = """
 import os, sys
 from pathlib import Path
+from urllib.parse import urlsplit
 from repository.s3_config import S3Location
-from repository.s3_storage import S3Storage
+from repository.s3_storage import S3Storage, _pieces
 
 class Dies:
     def __len__(self): return 2
@@ -198,6 +200,24 @@ def test_closed_port_says_cannot_connect(rgw: Rgw) -> None:
         S3Storage(loc).write("config", [b"x"])
 
 
+def test_tls_is_verified_against_the_ca_file(rgw: Rgw, s3_storage: S3Storage) -> None:
+    loc = replace(s3_storage.loc, endpoint=rgw.info.tls_endpoint, ca_file=Path(rgw.info.ca_file))
+    s = S3Storage(loc)
+    s.write("config", [b"over TLS"])
+    assert s.read("config") == b"over TLS" and s.location("config").startswith("https://")
+    # the system's CAs do not know the lab's self-signed certificate
+    untrusted = S3Storage(replace(loc, ca_file=None, max_attempts=1))
+    with pytest.raises(RepositoryError, match=r"TLS with https://127\.0\.0\.1:\d+ failed") as e:
+        untrusted.read("config")
+    assert "certificate verify failed" in str(e.value)
+    # a name the certificate does not carry (it is for IP 127.0.0.1 only)
+    port = urlsplit(rgw.info.tls_endpoint).port
+    wrong_name = S3Storage(replace(loc, endpoint=f"https://localhost:{port}", max_attempts=1))
+    with pytest.raises(RepositoryError, match=r"TLS with https://localhost:\d+ failed"):
+        wrong_name.write("config", [b"never sent"])
+    assert s.read("config") == b"over TLS"
+
+
 # --- round trips (Hypothesis) ----------------------------------------------------------
 
 PART = st.text(alphabet="abcXYZ019._:+=@,-", min_size=1, max_size=12).filter(
@@ -218,3 +238,16 @@ def test_names_and_contents_round_trip(
     assert [(o.name, o.size) for o in s3_storage.list("rt")] == [(name, len(data))]
     s3_storage.delete(name)
     assert not s3_storage.exists(name)
+
+
+@given(
+    st.lists(st.one_of(st.binary(max_size=40), st.binary(max_size=40).map(bytearray)), max_size=6),
+    st.integers(min_value=1, max_value=16),
+)
+def test_pieces_cut_the_parts_exactly(parts: list[bytes], size: int) -> None:
+    """How write cuts a multipart upload: every piece ``size`` bytes but the last, none
+    empty, all ``bytes`` (what botocore may resend), together the parts' bytes."""
+    out = list(_pieces(parts, size))
+    assert b"".join(out) == b"".join(parts)
+    assert all(len(p) == size for p in out[:-1]) and all(0 < len(p) <= size for p in out)
+    assert all(type(p) is bytes for p in out)
