@@ -10,8 +10,8 @@ each big size (``--big-total-mib`` in all per size), and PUT then GET of ``--sma
 small objects; one stream, as one writer thread writes its packs. Reports MiB/s (wall),
 this process's CPU seconds (obstore's Rust threads included) and small-object ops/s,
 plus the load average. Each client's bucket is removed after its run: the memstore OSD
-keeps everything in RAM (4 GiB), and a full OSD makes RGW block writes, not refuse them. A third row is S3Storage itself (botocore under it) to show what
-the storage layer adds.
+keeps everything in RAM (4 GiB), and a full OSD makes RGW block writes, not refuse
+them. A third row is S3Storage itself (botocore under it): what the storage layer adds.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ How each guarantee of storage.py is met:
   CompleteMultipartUpload succeeds, whole; a failure (of the network, of ``parts``)
   aborts the upload, and one killed before that is what ``remove_unfinished`` aborts.
   Durable on return: RGW acknowledges once RADOS has written the data.
+- ``create``: one PUT with ``If-None-Match: *`` (RGW answers 412 to all but one of
+  concurrent creators, verified); never multipart, since RGW 16 ignores the condition on
+  CompleteMultipartUpload.
 - ``touch``: a copy of the object onto itself with its metadata replaced, which gives
   it a new Last-Modified (verified on RGW 16.2; S3 refuses a self-copy that changes
   nothing). Objects over 5 GiB cannot be copied so: none here is near that.
@@ -51,7 +54,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 # What S3 endpoints answer when a write does not fit: RGW's quota (403 QuotaExceeded),
 # a full cluster (ENOSPC: 507 InsufficientCapacity), AWS-likes' 507s.
-FULL_CODES = frozenset({"QuotaExceeded", "InsufficientCapacity", "EntityTooLarge", "507"})
+FULL_CODES = frozenset({"QuotaExceeded", "InsufficientCapacity", "507"})
 DENIED_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "403"}
 )
@@ -156,6 +159,25 @@ class S3Storage:
             )
             return
         self._multipart(name, key, first, second, pieces)
+
+    def create(self, name: str, parts: Sequence[Bytes]) -> bool:
+        # One PUT whatever the size (S3 takes up to 5 GiB so): RGW 16 ignores
+        # If-None-Match on CompleteMultipartUpload (verified: it replaced the object).
+        key = self.key(name)
+        body = b"".join(parts)
+
+        def put() -> bool:
+            try:
+                self._client.put_object(Bucket=self.loc.bucket, Key=key, Body=body, IfNoneMatch="*")
+            except bx.ClientError as exc:
+                if _code(exc) in ("PreconditionFailed", "412"):
+                    # one is there: another's, or (rarely) our own first attempt, which
+                    # landed though its answer was lost and botocore retried
+                    return False
+                raise
+            return True
+
+        return self._call(put, "write", name)
 
     def _multipart(
         self, name: str, key: str, first: bytes, second: bytes, rest: Iterator[bytes]

@@ -238,6 +238,52 @@ def test_delete_all_removes_one_group(storage: Storage) -> None:
     assert names(storage) == ["staging/aab/p-0", "staging/bb/t"]
 
 
+def test_create_only_if_absent(storage: Storage) -> None:
+    assert storage.create("points/vm-1/p1/meta", [b"first ", b"commit"]) is True
+    assert storage.read("points/vm-1/p1/meta") == b"first commit"
+    assert storage.create("points/vm-1/p1/meta", [b"second"]) is False
+    assert storage.read("points/vm-1/p1/meta") == b"first commit"  # untouched
+    storage.write("points/vm-1/p1/meta", [b"replaced"])  # write still replaces
+    assert storage.create("points/vm-1/p1/meta", [b"third"]) is False
+    storage.delete("points/vm-1/p1/meta")
+    assert storage.create("points/vm-1/p1/meta", []) is True
+    assert storage.read("points/vm-1/p1/meta") == b""
+    assert names(storage) == ["points/vm-1/p1/meta"]
+
+
+def test_failed_create_leaves_nothing(storage: Storage) -> None:
+    with pytest.raises(RuntimeError, match="the data source died"):
+        storage.create("points/vm-1/p2/meta", Exploding([b"x" * 1000], 1))
+    assert names(storage) == [] and not storage.exists("points/vm-1/p2/meta")
+    assert storage.create("points/vm-1/p2/meta", [b"now"]) is True
+
+
+def _race_to_create(storage: Storage, name: str, n: int) -> list[int]:
+    """``n`` threads create ``name`` at once; which of them were told they made it."""
+    won: list[int] = []
+    barrier = threading.Barrier(n)
+
+    def create(i: int) -> None:
+        barrier.wait()
+        if storage.create(name, [f"creator {i} ".encode() * 100]):
+            won.append(i)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return won
+
+
+def test_concurrent_creates_have_one_winner(storage: Storage) -> None:
+    for round_ in range(3):
+        name = f"commits/c{round_}"
+        won = _race_to_create(storage, name, 6)
+        assert len(won) == 1
+        assert storage.read(name) == f"creator {won[0]} ".encode() * 100
+
+
 def test_touch_moves_mtime_and_keeps_bytes(storage: Storage, backend: Backend) -> None:
     storage.write("locks/gc", [b"lock"])
     before = storage.stat("locks/gc").mtime
@@ -277,6 +323,7 @@ def test_bad_names_are_refused(storage: Storage, bad: str) -> None:
     calls: list[Callable[[], object]] = [
         lambda: storage.read(bad),
         lambda: storage.write(bad, [b"x"]),
+        lambda: storage.create(bad, [b"x"]),
         lambda: storage.exists(bad),
         lambda: storage.stat(bad),
         lambda: storage.touch(bad),
