@@ -27,8 +27,9 @@ import obstore
 from obstore.store import S3Store
 
 from lab import ceph_rgw
+from repository.s3_client import make_client
 from repository.s3_config import S3Location
-from repository.s3_storage import S3Storage, make_client
+from repository.s3_storage import S3Storage
 from tests.rgw import drop_bucket
 
 MiB = 1 << 20

@@ -127,6 +127,10 @@ def ceph_conf(
         # cache; never the user-quota sync intervals = 0: their threads then list every
         # user in a busy loop (and the gateway starts 15 s later)
         "rgw bucket quota ttl = 0",
+        # deleted objects' tails (all past the first 4 MiB) go to RGW's gc, by default
+        # for 2 hours: memstore would fill up (and a full OSD blocks every write)
+        "rgw gc obj min wait = 2",
+        "rgw gc processor period = 5",
         "",
     ]
     return "\n".join(lines)

@@ -34,7 +34,7 @@ from lab.ceph_conf import MON_ID, OSD_ID, RGW_NAME, CephPaths, ceph_conf
 from lab.spec import LabError
 
 DEFAULT_DIR = Path("/tmp/vmbackup-rgw")
-LAYOUT = 2  # of the data directory; a directory of another layout is bootstrapped anew
+LAYOUT = 3  # of the data directory; a directory of another layout is bootstrapped anew
 REGION = "default"  # RGW's zonegroup of a fresh single-site cluster
 S3_USER = "vmbackup"
 # (name in pid files, program) of each daemon, in start order

@@ -27,24 +27,31 @@ How each guarantee of storage.py is met:
   credentials, a missing bucket, an endpoint that times out or refuses the connection
   a RepositoryError saying which.
 
-TLS is verified (against ``ca_file`` if given, else the system's CAs); plain http is
-refused for a non-loopback host unless the location says ``insecure_http``
-(s3_config.py). The credentials go to the client and nowhere else.
+The client, the error translation and the multipart cutting are in s3_client.py; the
+location and its credentials in s3_config.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
-import boto3
-import botocore.config
 import botocore.exceptions as bx
 
-from repository.errors import MissingObjectError, RepositoryError, RepositoryFullError
+from repository.errors import MissingObjectError, RepositoryError
+from repository.s3_client import (
+    MISSING_KEY,
+    BodyCut,
+    code,
+    make_client,
+    pieces,
+    translate,
+    valid_name,
+)
 from repository.s3_config import MAX_PARTS, S3Location
 from repository.storage import Bytes, ObjectInfo, ObjectStat, check_name, check_prefix, valid_part
 
@@ -52,13 +59,6 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
 T = TypeVar("T")
-# What S3 endpoints answer when a write does not fit: RGW's quota (403 QuotaExceeded),
-# a full cluster (ENOSPC: 507 InsufficientCapacity), AWS-likes' 507s.
-FULL_CODES = frozenset({"QuotaExceeded", "InsufficientCapacity", "507"})
-DENIED_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "403"}
-)
-MISSING_KEY = frozenset({"NoSuchKey", "404", "NotFound"})
 DELETE_BATCH = 1000  # DeleteObjects' limit
 
 
@@ -94,7 +94,7 @@ class S3Storage:
         for attempt in range(self.loc.max_attempts):
             try:
                 return self._call(get, "read", name)
-            except _BodyCut:
+            except BodyCut:
                 if attempt + 1 == self.loc.max_attempts:
                     raise RepositoryError(
                         f"cannot read {self.location(name)}: the body was cut off"
@@ -110,7 +110,7 @@ class S3Storage:
             try:
                 resp = self._client.head_object(Bucket=self.loc.bucket, Key=key)
             except bx.ClientError as exc:
-                if _code(exc) in MISSING_KEY:
+                if code(exc) in MISSING_KEY:
                     return None
                 raise
             return ObjectStat(resp["ContentLength"], resp["LastModified"].timestamp())
@@ -148,9 +148,9 @@ class S3Storage:
 
     def write(self, name: str, parts: Sequence[Bytes]) -> None:
         key = self.key(name)
-        pieces = _pieces(parts, self.loc.part_size)
-        first = next(pieces, b"")
-        second = next(pieces, None)
+        cut = pieces(parts, self.loc.part_size)
+        first = next(cut, b"")
+        second = next(cut, None)
         if second is None:  # fits one PUT: botocore may resend these bytes on a retry
             self._call(
                 lambda: self._client.put_object(Bucket=self.loc.bucket, Key=key, Body=first),
@@ -158,7 +158,7 @@ class S3Storage:
                 name,
             )
             return
-        self._multipart(name, key, first, second, pieces)
+        self._multipart(name, key, first, second, cut)
 
     def create(self, name: str, parts: Sequence[Bytes]) -> bool:
         # One PUT whatever the size (S3 takes up to 5 GiB so): RGW 16 ignores
@@ -170,7 +170,7 @@ class S3Storage:
             try:
                 self._client.put_object(Bucket=self.loc.bucket, Key=key, Body=body, IfNoneMatch="*")
             except bx.ClientError as exc:
-                if _code(exc) in ("PreconditionFailed", "412"):
+                if code(exc) in ("PreconditionFailed", "412"):
                     # one is there: another's, or (rarely) our own first attempt, which
                     # landed though its answer was lost and botocore retried
                     return False
@@ -189,7 +189,7 @@ class S3Storage:
         upload_id = up["UploadId"]
         done: list[dict[str, object]] = []
         try:
-            for number, body in enumerate(_chain(first, second, rest), start=1):
+            for number, body in enumerate(itertools.chain((first, second), rest), start=1):
                 if number > MAX_PARTS:
                     raise RepositoryError(
                         f"cannot write {self.location(name)}: over {MAX_PARTS} parts"
@@ -232,7 +232,7 @@ class S3Storage:
                     Metadata={"touched": f"{time.time():.3f}"},
                 )
             except bx.ClientError as exc:
-                if _code(exc) in MISSING_KEY:
+                if code(exc) in MISSING_KEY:
                     return False
                 raise
             return True
@@ -306,46 +306,16 @@ class S3Storage:
         try:
             return fn()
         except bx.ClientError as exc:
-            code, msg = _code(exc), _message(exc)
-            if code in MISSING_KEY and verb == "read":
-                raise MissingObjectError(name, where) from None
-            if code in ("NoSuchUpload",) and missing_ok:
+            if missing_ok and code(exc) == "NoSuchUpload":
                 return None  # type: ignore[return-value]
-            if code == "NoSuchBucket":
-                raise RepositoryError(
-                    f"cannot {verb} {where}: bucket {self.loc.bucket} does not exist at"
-                    f" {self.loc.endpoint}"
-                ) from None
-            if code in FULL_CODES:
-                raise RepositoryFullError(
-                    f"no space left on device while writing {where}: {self.loc.endpoint}"
-                    f" refused it ({code}: {msg or 'the bucket quota or the cluster is full'})"
-                ) from None
-            if code in DENIED_CODES:
-                raise RepositoryError(
-                    f"cannot {verb} {where}: access denied by {self.loc.endpoint} ({code});"
-                    f" check the S3 credentials and the bucket's policy"
-                ) from None
-            raise RepositoryError(f"cannot {verb} {where}: {code}: {msg}".rstrip(": ")) from None
-        except (bx.ResponseStreamingError, bx.IncompleteReadError) as exc:
-            raise _BodyCut(str(exc)) from None
-        except (bx.ConnectTimeoutError, bx.ReadTimeoutError):
-            raise RepositoryError(
-                f"cannot {verb} {where}: {self.loc.endpoint} did not answer within"
-                f" {self.loc.connect_timeout:g}/{self.loc.read_timeout:g} s (connect/read),"
-                f" {self.loc.max_attempts} attempts"
-            ) from None
-        except bx.SSLError as exc:
-            raise RepositoryError(
-                f"cannot {verb} {where}: TLS with {self.loc.endpoint} failed: {exc}"
-            ) from None
-        except bx.EndpointConnectionError:
-            raise RepositoryError(
-                f"cannot {verb} {where}: cannot connect to {self.loc.endpoint}"
-                f" (refused or unreachable, {self.loc.max_attempts} attempts)"
-            ) from None
+            raise translate(exc, self.loc, verb, name, where) from None
         except bx.BotoCoreError as exc:
-            raise RepositoryError(f"cannot {verb} {where}: {exc}") from None
+            raise translate(exc, self.loc, verb, name, where) from None
+
+    def check_bucket(self) -> None:
+        """RepositoryError unless the bucket exists and these credentials may use it (a
+        HEAD of a key cannot tell a missing bucket from a missing key: no error body)."""
+        self._call(lambda: self._client.head_bucket(Bucket=self.loc.bucket), "use", "(bucket)")
 
     # --- the bucket -------------------------------------------------------------
 
@@ -358,86 +328,3 @@ class S3Storage:
         except RepositoryError as exc:
             if "BucketAlreadyOwnedByYou" not in str(exc):
                 raise
-
-
-class _BodyCut(Exception):
-    """A GET whose body ended early: retried by ``read``."""
-
-
-def valid_name(name: str) -> bool:
-    try:
-        check_name(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _code(exc: bx.ClientError) -> str:
-    err = exc.response.get("Error", {})
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    return str(err.get("Code") or status)
-
-
-def _message(exc: bx.ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Message") or "")
-
-
-def _pieces(parts: Sequence[Bytes], size: int) -> Iterator[bytes]:
-    """``b"".join(parts)`` in pieces of ``size`` bytes (the last may be shorter), made
-    as they are asked for: a part's exception is raised before the upload completes.
-    A whole ``bytes`` part that is a piece by itself goes as it is (no copy)."""
-    buf = bytearray()
-    last = len(parts) - 1
-    for i in range(len(parts)):
-        part = parts[i]
-        if (
-            not buf
-            and isinstance(part, bytes)
-            and (len(part) == size or (i == last and len(part) < size))
-        ):
-            if part:
-                yield part
-            continue
-        view = memoryview(part).cast("B")
-        while view:
-            if not buf and len(view) >= size:  # one copy, straight from the caller's part
-                yield bytes(view[:size])
-                view = view[size:]
-                continue
-            take = min(size - len(buf), len(view))
-            buf += view[:take]
-            view = view[take:]
-            if len(buf) == size:
-                yield bytes(buf)
-                buf = bytearray()
-    if buf:
-        yield bytes(buf)
-
-
-def _chain(first: bytes, second: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield first
-    yield second
-    yield from rest
-
-
-def make_client(location: S3Location) -> S3Client:
-    """A botocore S3 client for ``location``: path style, bounded retries, TLS verified."""
-    creds = location.credentials()
-    config = botocore.config.Config(
-        region_name=location.region,
-        s3={"addressing_style": "path"},
-        retries={"mode": "standard", "max_attempts": location.max_attempts},
-        connect_timeout=location.connect_timeout,
-        read_timeout=location.read_timeout,
-        max_pool_connections=32,
-        # RGW 16 predates the flexible checksums botocore now adds to every PUT by default
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    session = boto3.session.Session(
-        aws_access_key_id=creds.access_key,
-        aws_secret_access_key=creds.secret_key,
-        region_name=location.region,
-    )
-    verify: str | bool = str(location.ca_file) if location.ca_file is not None else True
-    return session.client("s3", endpoint_url=location.endpoint, config=config, verify=verify)

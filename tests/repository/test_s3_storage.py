@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 
 from lab.ceph_rgw import write_credentials
 from repository.errors import MissingObjectError, RepositoryError
+from repository.s3_client import pieces
 from repository.s3_config import MIN_PART
-from repository.s3_storage import S3Storage, _pieces
+from repository.s3_storage import S3Storage
 from tests.rgw import Rgw
 
 pytestmark = pytest.mark.integration
@@ -81,7 +82,8 @@ import os, sys
 from pathlib import Path
 from urllib.parse import urlsplit
 from repository.s3_config import S3Location
-from repository.s3_storage import S3Storage, _pieces
+from repository.s3_client import pieces
+from repository.s3_storage import S3Storage
 
 class Dies:
     def __len__(self): return 2
@@ -152,13 +154,15 @@ def test_wrong_secret_says_access_denied(rgw: Rgw, s3_storage: S3Storage, tmp_pa
     assert rgw.endpoint in str(e.value) and "credentials" in str(e.value)
     assert "not-the-secret" not in str(e.value) and real.secret_key not in str(e.value)
     assert not isinstance(e.value, MissingObjectError)
+    with pytest.raises(RepositoryError, match=r"access denied by .*check the S3 credentials"):
+        bad.check_bucket()
     write_credentials(creds, "NOSUCHACCESSKEY00000", "whatever")
     with pytest.raises(RepositoryError, match="InvalidAccessKeyId"):
         S3Storage(replace(s3_storage.loc, credentials_file=creds)).write("x", [b"1"])
     assert real.secret_key not in repr(bad) and real.secret_key not in repr(real)
 
 
-def test_missing_bucket_is_named(rgw: Rgw) -> None:
+def test_missing_bucket_is_named(rgw: Rgw, s3_storage: S3Storage) -> None:
     s = S3Storage(rgw.location("no-such-bucket-here"))
     with pytest.raises(RepositoryError, match="bucket no-such-bucket-here does not exist") as e:
         s.read("config")
@@ -168,6 +172,11 @@ def test_missing_bucket_is_named(rgw: Rgw) -> None:
         list(s.list("running"))
     with pytest.raises(RepositoryError, match="does not exist"):
         s.write("config", [b"x"])
+    # a HEAD has no error body: exists() cannot tell; check_bucket() says which
+    assert not s.exists("config")
+    with pytest.raises(RepositoryError, match="bucket no-such-bucket-here does not exist at"):
+        s.check_bucket()
+    s3_storage.check_bucket()  # one that exists
 
 
 @pytest.fixture
@@ -247,7 +256,7 @@ def test_names_and_contents_round_trip(
 def test_pieces_cut_the_parts_exactly(parts: list[bytes], size: int) -> None:
     """How write cuts a multipart upload: every piece ``size`` bytes but the last, none
     empty, all ``bytes`` (what botocore may resend), together the parts' bytes."""
-    out = list(_pieces(parts, size))
+    out = list(pieces(parts, size))
     assert b"".join(out) == b"".join(parts)
     assert all(len(p) == size for p in out[:-1]) and all(0 < len(p) <= size for p in out)
     assert all(type(p) is bytes for p in out)
