@@ -5,8 +5,8 @@ one run: what a repository on S3 would write.
 
 Writes ``--gib`` GiB as packs of ``--pack-mib`` MiB (pack_store.DEFAULT_PACK_SIZE:
 32 objects per GiB) with 1 and 4 writer threads, through S3Storage as one PUT per pack
-(part size above the pack) and as multipart with 16 MiB parts (S3Storage's default part
-size), then reads them back; the same through LocalDirectoryStorage (temp + fsync +
+(part size above the pack: S3Storage's default of 64 MiB) and as multipart with 16 MiB
+parts, then reads them back; the same through LocalDirectoryStorage (temp + fsync +
 rename) on /var/tmp as the baseline. Reports MiB/s (wall), this process's CPU seconds,
 objects written per GiB and the load average. Each bucket is removed after its run.
 """
