@@ -267,7 +267,7 @@ def test_a_vm_whose_disks_do_not_match_is_refused(world: World) -> None:
     point = world.points[-1][vm]
     events = len(world.lab.snapshot_events())
     world.lab.inject(grow_disk=(vm, 2001, SIZES[1] + MiB))
-    code, doc, err = world.rollback(point, "--yes")
+    code, doc, _err = world.rollback(point, "--yes")
     assert code == 1, doc
     msg = doc["error"]["message"]
     assert "do not match" in msg and "disk 2001" in msg and str(SIZES[1]) in msg, msg
