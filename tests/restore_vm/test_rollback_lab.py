@@ -248,6 +248,42 @@ def test_a_snapshot_that_cannot_be_removed_stops_before_writing(world: World) ->
     world.assert_disks_are(vm, point)
 
 
+def _failing_nbdkit(world: World, tmp: Path) -> Path:
+    """A config whose nbdkit fails half of the writes (nbdkit's error filter)."""
+    script = tmp / "nbdkit-failing"
+    script.write_text(
+        '#!/bin/sh\nexec nbdkit --filter=error "$@" error-pwrite=EIO error-pwrite-rate=50%\n'
+    )
+    script.chmod(0o755)
+    text = world.stack.config_path.read_text()
+    head = '[proxy.nbd]\nserver = "file"'
+    assert head in text
+    config = tmp / "failing.toml"
+    config.write_text(text.replace(head, f'{head}\nnbdkit = "{script}"'))
+    return config
+
+
+def test_a_write_that_fails_half_way_says_so_and_a_rerun_finishes(
+    world: World, tmp_path: Path
+) -> None:
+    vm = world.vms[2]
+    point = world.points[-1][vm]
+    for i in range(16):  # 16 chunks to write back
+        world.guest_write(vm, 2000, i * CHUNK + 100, 1000)
+    config = _failing_nbdkit(world, tmp_path)
+    code, doc, err = world.rollback(point, "--yes", "--upload-attempts", "1", config=config)
+    assert code == 1, doc
+    msg = doc["error"]["message"]
+    assert "NBD write failed" in msg and "partly written" in msg and "rerun" in msg, msg
+    states = {d["key"]: d["state"] for d in doc["result"]["disks"]}
+    assert states == {2000: "partly written", 2001: "untouched"}, states
+    assert doc["result"]["snapshot_removed"] is True
+
+    code, doc, err = world.rollback(point, "--yes")
+    assert code == 0, err
+    world.assert_disks_are(vm, point)
+
+
 def test_no_terminal_and_no_yes_refuses_and_changes_nothing(world: World) -> None:
     vm = world.vms[2]
     point = world.points[-1][vm]
