@@ -307,3 +307,39 @@ def test_a_vm_whose_disks_do_not_match_is_refused(world: World) -> None:
     msg = doc["error"]["message"]
     assert "do not match" in msg and "disk 2001" in msg and str(SIZES[1]) in msg, msg
     assert len(world.lab.snapshot_events()) == events
+
+
+def test_the_lab_cannot_write_a_base_disk_under_a_snapshot(world: World) -> None:
+    """Why the rollback removes its snapshot before writing (docs/restore.md): in the lab
+    a snapshot is a second name of the disk's flat file, so an NBD write to the disk while
+    it exists changes the snapshot's frozen bytes too (the guest path, lab.guest, copies
+    the file first; nbdkit's file plugin cannot); on ESXi the base disk under a snapshot
+    is the snapshot's, and writing it breaks the delta chain."""
+    import nbd
+
+    from coordinator import snapshots
+    from coordinator.vcenter import Connection
+    from tests.coordinator.conftest import vcenter_settings
+
+    vm = world.vms[0]
+    conn = Connection(vcenter_settings(world.lab)).connect()
+    try:
+        mo = conn.moref("VirtualMachine", world.lab.vm(vm)["moref"])
+        snap = snapshots.create(conn, mo, prefix="labcheck", job_id="1", coordinator_id="t",
+                                quiesce=False, fallback="fail", timeout_s=60)  # fmt: skip
+        try:
+            frozen, _cfg = snapshots.snapshot_disks(conn, snap)
+            frozen_path = world.lab.local_path(next(f.file for f in frozen if f.key == 2000))
+            flat = world.flat(vm, 2000)
+            assert os.stat(frozen_path).st_ino == os.stat(flat).st_ino  # one file, two names
+            h = nbd.NBD()
+            h.connect_command(["nbdkit", "-s", "--exit-with-parent", "file", str(flat)])
+            h.pwrite(b"\xa5" * 4096, 0)
+            h.flush()
+            h.shutdown()
+            with open(frozen_path, "rb") as fh:
+                assert fh.read(4096) == b"\xa5" * 4096, "the snapshot kept its bytes"
+        finally:
+            snapshots.remove(conn, snap.mo, 60)
+    finally:
+        conn.close()
