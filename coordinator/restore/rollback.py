@@ -214,7 +214,7 @@ def _ask_cbt(
         now = {f.key: f.change_id for f in frozen}
         for d, disk in zip(rb.disks, res.disks, strict=True):
             plans.append(_plan_disk(repo, rb, snap.mo, d, disk, now.get(d.key, "")))
-    except Exception as exc:  # the snapshot goes first; then this is reported
+    except BaseException as exc:  # the snapshot goes first (Ctrl-C too); then this is reported
         failure = exc
     try:
         snapshots.remove(conn, snap.mo, timeout_s)
@@ -229,6 +229,8 @@ def _ask_cbt(
         snapshots.OPEN.discard(f"{conn.name}/{snap.moref}")
     res.snapshot_removed = True
     log.info("rollback_snapshot_removed", vm=rb.vm.name, snapshot=snap.moref)
+    if failure is not None and not isinstance(failure, Exception):
+        raise failure  # Ctrl-C: the snapshot is gone, nothing was written
     if failure is not None:
         raise RollbackFailed(
             f"asking CBT failed ({_what(failure)}); the snapshot was removed and {NOTHING_WRITTEN}",
