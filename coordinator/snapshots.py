@@ -195,10 +195,11 @@ class SweepResult:
     consolidate_failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _walk(trees: list[Any] | None) -> Iterator[Any]:
+def walk_tree(trees: list[Any] | None) -> Iterator[Any]:
+    """Every node of snapshot trees (``vm.snapshot.rootSnapshotList``), parents first."""
     for t in trees or []:
         yield t
-        yield from _walk(t.childSnapshotList)
+        yield from walk_tree(t.childSnapshotList)
 
 
 def find_ours(conn: Connection, prefix: str) -> tuple[list[OurSnapshot], list[tuple[Any, str]]]:
@@ -213,7 +214,7 @@ def find_ours(conn: Connection, prefix: str) -> tuple[list[OurSnapshot], list[tu
         info = p.get("snapshot")
         if info is None:
             continue
-        for node in _walk(info.rootSnapshotList):
+        for node in walk_tree(info.rootSnapshotList):
             job = job_of(node.name or "", prefix)
             if job is None:
                 continue

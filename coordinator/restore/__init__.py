@@ -13,4 +13,9 @@ but wrong is left behind.
 Modules, in the order of the steps: target (where the VM goes), spec (the ConfigSpec of
 the new VM), upload (one disk into its flat file), recreate (the whole restore, and
 the clean-up when it fails), result (what was restored), cli (the subcommand).
+
+``--in-place`` rolls an existing VM back instead, writing only the chunks CBT says changed
+since the point: rollback_plan (which VM, matching disks, which chunks), rollback (power
+off, snapshot, ask CBT, remove the snapshot, write through nbd_write, check),
+rollback_result (each disk's state), rollback_cli (its options and the confirmation).
 """

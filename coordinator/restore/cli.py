@@ -13,6 +13,7 @@ from common.progress import Progress
 from coordinator.restore.errors import RestoreVmError
 from coordinator.restore.instant_cli import add_instant_args, run_instant, usage_problem
 from coordinator.restore.recreate import load_point, restore_vm
+from coordinator.restore.rollback_cli import add_in_place_arguments, in_place_usage, run_in_place
 from coordinator.vcenter import (
     Connection,
 )
@@ -27,6 +28,8 @@ examples:
   vmbackup restore-vm ID -c site.toml --to vc1 --datastore ds1 --transport nbd --json
   vmbackup restore-vm ID -c site.toml --to vc1 --datastore ds1 --name web1-now \\
       --instant --migrate      # runs from the backup at once, then moves to ds1
+  vmbackup restore-vm --in-place --point ID -c site.toml             # roll the VM back
+  vmbackup restore-vm --in-place --point ID -c site.toml --vm web1 --yes --power-on --json
 """
 
 
@@ -35,17 +38,28 @@ def register_restore_vm(sub: argparse._SubParsersAction) -> None:
         "restore-vm",
         help="recreate the VM of a restore point on a vCenter (registered, powered off)",
         description="Create the point's VM from its saved configuration on a vCenter, fill"
-        " its disks from the repository, and leave it registered and powered off. On a"
-        " terminal each disk's bytes, rate and ETA show on stderr.",
+        " its disks from the repository, and leave it registered and powered off; or, with"
+        " --in-place, roll the existing VM back to the point, writing only the chunks CBT"
+        " says changed since (docs/restore.md). On a terminal each disk's bytes, rate and"
+        " ETA show on stderr.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("point", metavar="POINT", help="restore point id (see `vmbackup repo list`)")
+    p.add_argument(
+        "point", metavar="POINT", nargs="?", help="restore point id (see `vmbackup repo list`)"
+    )
+    p.add_argument("--point", dest="point_opt", metavar="POINT", help="the same, as an option")
     p.add_argument(
         "--config", "-c", required=True, help="vmbackup TOML config (vCenters, repository)"
     )
-    p.add_argument("--to", required=True, metavar="VCENTER", help="vCenter name from the config")
-    p.add_argument("--datastore", required=True, metavar="DS", help="datastore for files and disks")
+    p.add_argument(
+        "--to",
+        metavar="VCENTER",
+        help="vCenter name from the config (required; --in-place: default the point's)",
+    )
+    p.add_argument(
+        "--datastore", metavar="DS", help="datastore for files and disks (required, not --in-place)"
+    )
     p.add_argument("--name", default="", help="name of the new VM (default: the saved name)")
     p.add_argument("--host", default="", help="host to register the VM on (default: any)")
     p.add_argument("--folder", default="", help="VM folder path below the datacenter")
@@ -58,7 +72,7 @@ def register_restore_vm(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--transport",
         choices=("http", "nbd"),
-        default="http",
+        default=None,
         help="how disks are written: http = one PUT of each whole flat file on /folder;"
         " nbd = only the chunks with data, through nbdkit as set in proxy.nbd (vddk, or the"
         " file plugin with proxy.datastore_mounts): the disks stay thin",
@@ -78,6 +92,7 @@ def register_restore_vm(sub: argparse._SubParsersAction) -> None:
         help="one JSON document on stdout, errors included; no progress (docs/cli-json.md)",
     )
     add_instant_args(p)
+    add_in_place_arguments(p)
     p.set_defaults(func=cmd_restore_vm)
 
 
@@ -91,6 +106,15 @@ def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
 
     if args.upload_attempts < 1:
         return fail("--upload-attempts must be at least 1", 2, "usage")
+    if args.point and args.point_opt and args.point != args.point_opt:
+        return fail(f"two points given: {args.point} and --point {args.point_opt}", 2, "usage")
+    point_id = args.point or args.point_opt
+    if not point_id:
+        return fail("give the restore point: POINT or --point POINT", 2, "usage")
+    misuse = in_place_usage(args)
+    if misuse:
+        return fail(misuse, 2, "usage")
+    args.point = point_id  # the instant path reads it there
     if usage_problem(args):
         return fail(usage_problem(args), 2, "usage")
     try:
@@ -106,12 +130,6 @@ def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
         return fail(str(exc), 2, "config")
     # The result (text or --json) is stdout; logs go to stderr.
     setup_logging(cfg.log.level, cfg.log.format, role="restore-vm", stream=sys.stderr)
-    vcs = [vc for vc in cfg.vcenters if vc.name == args.to]
-    if not vcs:
-        names = ", ".join(vc.name for vc in cfg.vcenters) or "none"
-        return fail(
-            f"no vCenter named {args.to!r} in {args.config} (configured: {names})", 2, "config"
-        )
     repo_path = args.repo or cfg.repository.path
     if not repo_path:
         return fail(
@@ -120,18 +138,26 @@ def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
     passphrase = cfg.repository.passphrase.value if cfg.repository.passphrase else None
     try:
         repo = Repository.open(repo_path, passphrase)
-        load_point(repo, args.point)  # bad point: fail before touching vCenter
+        # bad point: fail before touching vCenter
+        point = repo.get_point(point_id) if args.in_place else load_point(repo, point_id)[0]
     except RepositoryError as exc:
         return fail(str(exc), cause="repository")
     except RestoreVmError as exc:
         return fail(str(exc))
+    to = args.to or point.vcenter  # --in-place: the point's vCenter by default
+    vcs = [vc for vc in cfg.vcenters if vc.name == to]
+    if not vcs:
+        names = ", ".join(vc.name for vc in cfg.vcenters) or "none"
+        return fail(f"no vCenter named {to!r} in {args.config} (configured: {names})", 2, "config")
     try:
         conn = Connection(vcs[0]).connect()
     except (VCenterError, OSError) as exc:
         cause = exc.__cause__ if isinstance(exc, VCenterError) else exc
         down = isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError)
-        why = f"vCenter {args.to} {'unreachable' if down else 'refused us'}: {exc}"
+        why = f"vCenter {to} {'unreachable' if down else 'refused us'}: {exc}"
         return fail(why, cause="vcenter")
+    if args.in_place:
+        return run_in_place(args, cfg, conn, repo, point_id)
     if args.instant:
         try:
             return run_instant(args, conn, repo, repo_path, passphrase)
@@ -140,11 +166,8 @@ def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
     nbd_target = None
     if args.transport == "nbd":
         from coordinator.restore.nbd_write import NbdTarget
-        from proxy_worker.settings import VCenterAccess, VCenterDirectory
-        from proxy_worker.transports.nbd import NbdTransport
 
-        access = VCenterAccess.from_config(vcs[0])  # vddk_command applies nbd.vddk_thumbprints
-        nbd_target = NbdTarget(NbdTransport(cfg.proxy, VCenterDirectory([access])), args.to)
+        nbd_target = NbdTarget.from_config(cfg.proxy, vcs[0])
     bars: dict[str, Progress] = {}  # a bar per disk, on the command's progress board
 
     def progress(what: str, done: int, total: int) -> None:
@@ -156,7 +179,7 @@ def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
         res = restore_vm(
             conn,
             repo,
-            args.point,
+            point_id,
             datastore=args.datastore,
             name=args.name,
             host=args.host,

@@ -71,7 +71,11 @@ def add_instant_args(p: argparse.ArgumentParser) -> None:
 def usage_problem(args: argparse.Namespace) -> str:
     if args.migrate and not args.instant:
         return "--migrate needs --instant"
-    if args.instant and (args.transport != "http" or args.keep_failed):
+    if args.instant and args.in_place:
+        return (
+            "--instant and --in-place do not go together: one runs a new VM, the other rolls back"
+        )
+    if args.instant and (args.transport not in (None, "http") or args.keep_failed):
         return "--instant copies nothing: --transport and --keep-failed do not apply"
     return ""
 
