@@ -1,11 +1,14 @@
-"""`python -m lab build` builds the simulator; `python -m lab serve [flags]` runs it."""
+"""`python -m lab build` builds the simulator; `python -m lab serve [flags]` runs it;
+`python -m lab rgw start|stop|status` drives the lab's Ceph RADOS Gateway (S3)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
+from lab import ceph_rgw
 from lab.build import build
 from lab.spec import LabError
 
@@ -24,6 +27,19 @@ def main(argv: list[str] | None = None) -> int:
         help="run the lab in the foreground; flags go to vcsim-lab (see `serve --help`)",
         add_help=False,
     )
+    r = sub.add_parser(
+        "rgw",
+        help="a one-node Ceph RADOS Gateway (S3): start (idempotent), stop, status;"
+        " prints one JSON line",
+    )
+    r.add_argument("action", choices=["start", "stop", "status"])
+    r.add_argument("--data-dir", type=Path, default=ceph_rgw.DEFAULT_DIR, help="its one directory")
+    r.add_argument(
+        "--objectstore",
+        choices=["memstore", "bluestore"],
+        default="memstore",
+        help="memstore (RAM, kept on a clean stop) or bluestore on a sparse file",
+    )
     if args[:1] == ["serve"]:
         try:
             binary = build()
@@ -33,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         # exec: the ready line and SIGTERM handling are the Go program's own.
         os.execv(binary, [str(binary), *args[1:]])
     ns = parser.parse_args(args)
+    if ns.command == "rgw":
+        return _rgw(ns.action, ns.data_dir, ns.objectstore)
     try:
         path = build(force=ns.force)
     except LabError as exc:
@@ -40,6 +58,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(path)
     return 0
+
+
+def _rgw(action: str, data_dir: Path, objectstore: str) -> int:
+    try:
+        if action == "start":
+            info = ceph_rgw.start(data_dir, objectstore=objectstore)
+        elif action == "stop":
+            info = ceph_rgw.stop(data_dir)
+        else:
+            info = ceph_rgw.status(data_dir)
+    except LabError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 2
+    print(info.json())
+    return 0 if info.running or action == "stop" else 1
 
 
 if __name__ == "__main__":

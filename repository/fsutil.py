@@ -192,6 +192,27 @@ def write_atomic(
         raise os_error(exc, what) from exc
 
 
+def create_atomic(
+    path: Path, parts: Iterable[bytes | bytearray | memoryview], what: str, *, mode: int = 0o644
+) -> bool:
+    """Create ``path`` with the concatenation of ``parts`` only if nothing is there:
+    True when this call made it (atomically and durably: a temp, fsynced, then link(2),
+    which fails with EEXIST rather than replace), False when ``path`` existed."""
+    tmp = tmp_path(path)
+    write_file_durable(tmp, parts, what, mode=mode)
+    try:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            unlink_quiet(tmp)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise os_error(exc, what) from exc
+    return True
+
+
 def makedirs_durable(path: Path) -> None:
     """Create ``path`` (and parents); fsync each parent whose entry list changed."""
     missing: list[Path] = []

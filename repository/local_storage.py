@@ -19,6 +19,7 @@ from pathlib import Path
 from repository.errors import MissingObjectError, RepositoryError
 from repository.fsutil import (
     TMP_PREFIX,
+    create_atomic,
     fsync_dir,
     makedirs_durable,
     os_error,
@@ -78,6 +79,14 @@ class LocalDirectoryStorage:
         except OSError as exc:  # ENOSPC: RepositoryFullError, as for the file itself
             raise os_error(exc, str(path)) from exc
         write_atomic(path, parts, str(path))
+
+    def create(self, name: str, parts: Sequence[Bytes]) -> bool:
+        path = self.path(name)
+        try:
+            makedirs_durable(path.parent)
+        except OSError as exc:
+            raise os_error(exc, str(path)) from exc
+        return create_atomic(path, parts, str(path))
 
     def _stat(self, name: str) -> os.stat_result | None:
         path = self.path(name)

@@ -1,10 +1,11 @@
 """The storage under the repository: named objects behind one small interface.
 
 In the manner of restic's backend (Save/Load/Stat/List/Remove) and kopia's blob storage:
-a flat namespace of objects, each written whole and read back whole. Today one
-implementation, a local directory (local_storage.LocalDirectoryStorage); an S3 one
-(#22, Ceph RGW) must be able to meet every guarantee below, so callers assume no
-rename, no directories, no append and no partial overwrite.
+a flat namespace of objects, each written whole and read back whole. Two
+implementations: a local directory (local_storage.LocalDirectoryStorage) and S3
+(s3_storage.S3Storage, tested on a real Ceph RGW; docs/object-storage.md); both meet
+every guarantee below (tests/repository/test_storage.py runs the contract on both), so
+callers assume no rename, no directories, no append and no partial overwrite.
 
 Names are ``/``-separated relative keys, e.g. ``running/<32 hex>`` or
 ``staging/<32 hex>/disk-2000.task-<32 hex>`` (``check_name``): the parts are what the
@@ -20,6 +21,13 @@ Guarantees, for every implementation:
   old object or none, never part of the new one, and ``list`` shows nothing unfinished.
   Writing an existing name replaces it whole (last writer wins). ``parts`` is a sequence
   so that an implementation may send it more than once (an S3 retry).
+- ``create(name, parts)`` is ``write`` only if there is no object of that name (S3's
+  ``If-None-Match: *``; locally a temp linked into place, which fails rather than
+  replaces): True when this call made it, False when one was there, left untouched. Of
+  concurrent creates of one name exactly one returns True: a commit record made this way
+  needs no lock. On S3 a False can also be the caller's own create whose first request
+  landed but whose answer was lost (the retry finds the object): a caller that must
+  tell the two apart reads the object back and compares it with its bytes.
 - ``read`` returns the whole object as last written; after ``write`` or ``delete``
   returns, every ``read``, ``exists``, ``stat`` and ``list`` sees it (read-after-write
   and list-after-write consistency, as S3 and RGW give).
@@ -143,6 +151,10 @@ class Storage(Protocol):
 
     def write(self, name: str, parts: Sequence[Bytes]) -> None:
         """Store ``b"".join(parts)`` under ``name``: atomic, durable, replacing."""
+        ...
+
+    def create(self, name: str, parts: Sequence[Bytes]) -> bool:
+        """``write`` unless an object of that name exists: whether this call made it."""
         ...
 
     def exists(self, name: str) -> bool: ...

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -18,6 +19,10 @@ from common.amqp import BrokerParams
 # included (its deadline and too_slow check measure wall time).
 settings.register_profile("shared", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("shared")
+
+if TYPE_CHECKING:  # imported by the fixtures: boto3 only for sessions that use S3
+    from repository.s3_storage import S3Storage
+    from tests.rgw import Rgw
 
 BROKER_URL = os.environ.get("VMBACKUP_TEST_BROKER", "amqp://guest@127.0.0.1:5672/%2F")
 
@@ -65,3 +70,22 @@ def module_broker() -> Iterator[BrokerParams]:
     vhost = make_vhost("m")
     yield BrokerParams(url=BROKER_URL, heartbeat=10, reconnect_max=2.0).with_vhost(vhost)
     drop_vhost(vhost)
+
+
+@pytest.fixture(scope="session")
+def rgw() -> Iterator[Rgw]:
+    """The lab's real Ceph RADOS Gateway, started once a session (tests/rgw.py)."""
+    from tests.rgw import session_rgw
+
+    with session_rgw() as gw:
+        yield gw
+
+
+@pytest.fixture
+def s3_storage(rgw: Rgw) -> Iterator[S3Storage]:
+    """An S3Storage on a fresh bucket of the session's gateway, removed afterwards."""
+    from tests.rgw import drop_bucket
+
+    s = rgw.new_bucket()
+    yield s
+    drop_bucket(s)

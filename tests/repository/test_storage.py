@@ -1,8 +1,9 @@
 """The storage contract (repository/storage.py), run against every implementation.
 
 Each implementation is one ``Backend`` in BACKENDS: how to make an empty storage, how
-long its clock needs to move visibly, and how to make one on a full device. Today the
-local directory; the S3 one of #22 joins the list and must pass the same tests. Tests
+long its clock needs to move visibly, and how to make one on a full device: the local
+directory, and S3 on the lab's real Ceph RGW (a bucket each; "full" is a bucket quota;
+S3-only tests are in tests/repository/test_s3_storage.py). Tests
 that look at the local files themselves (temps, fsyncs, a killed writer) come after the
 contract, then the name checker's properties (Hypothesis).
 """
@@ -38,45 +39,67 @@ from repository.errors import (
 from repository.gc import gc
 from repository.local_storage import LocalDirectoryStorage
 from repository.repository import Repository
+from repository.s3_storage import S3Storage
 from repository.staging import job_dir_name, request_dir_name
 from repository.storage import MAX_NAME, Bytes, Storage, check_name, valid_part
+from tests.rgw import Rgw
 from tests.small_fs import MiB, small_filesystem
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @contextlib.contextmanager
-def _local_full(tmp: Path) -> Iterator[Storage]:
+def _local_full(tmp: Path, request: pytest.FixtureRequest) -> Iterator[Storage]:
     with small_filesystem(tmp / "small", 8 * MiB) as mnt:
         yield LocalDirectoryStorage(mnt)
 
 
-def _local(tmp: Path) -> Storage:
+def _local(tmp: Path, request: pytest.FixtureRequest) -> Storage:
     root = tmp / "store"
     root.mkdir()
     return LocalDirectoryStorage(root)
 
 
+def _s3(tmp: Path, request: pytest.FixtureRequest) -> Storage:
+    s: Storage = request.getfixturevalue("s3_storage")  # a fresh bucket on the real RGW
+    return s
+
+
+@contextlib.contextmanager
+def _s3_full(tmp: Path, request: pytest.FixtureRequest) -> Iterator[Storage]:
+    """A bucket with an 8 MiB quota: RGW refuses what would go over (QuotaExceeded)."""
+    rgw: Rgw = request.getfixturevalue("rgw")
+    s: S3Storage = request.getfixturevalue("s3_storage")
+    rgw.set_bucket_quota(s.loc.bucket, 8 * MiB)
+    yield s
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
-    make: Callable[[Path], Storage]  # an empty storage (given a private temp directory)
+    # an empty storage (given a private temp directory and the test's fixtures)
+    make: Callable[[Path, pytest.FixtureRequest], Storage]
     clock_step: float  # a wait after which the storage's mtimes are visibly later
-    full: Callable[[Path], AbstractContextManager[Storage]]  # one on an 8 MiB device
+    # one on an 8 MiB device (S3: a bucket with an 8 MiB quota)
+    full: Callable[[Path, pytest.FixtureRequest], AbstractContextManager[Storage]]
 
 
-BACKENDS = [Backend("local", _local, 0.05, _local_full)]
+BACKENDS = [
+    pytest.param(Backend("local", _local, 0.05, _local_full), id="local"),
+    # S3's mtimes are Last-Modified's whole seconds
+    pytest.param(Backend("s3", _s3, 1.1, _s3_full), id="s3", marks=pytest.mark.integration),
+]
 
 
-@pytest.fixture(params=BACKENDS, ids=lambda b: b.name)
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Backend:
     b: Backend = request.param
     return b
 
 
 @pytest.fixture
-def storage(backend: Backend, tmp_path: Path) -> Storage:
-    return backend.make(tmp_path)
+def storage(backend: Backend, tmp_path: Path, request: pytest.FixtureRequest) -> Storage:
+    return backend.make(tmp_path, request)
 
 
 class Exploding(Sequence[bytes]):
@@ -215,6 +238,52 @@ def test_delete_all_removes_one_group(storage: Storage) -> None:
     assert names(storage) == ["staging/aab/p-0", "staging/bb/t"]
 
 
+def test_create_only_if_absent(storage: Storage) -> None:
+    assert storage.create("points/vm-1/p1/meta", [b"first ", b"commit"]) is True
+    assert storage.read("points/vm-1/p1/meta") == b"first commit"
+    assert storage.create("points/vm-1/p1/meta", [b"second"]) is False
+    assert storage.read("points/vm-1/p1/meta") == b"first commit"  # untouched
+    storage.write("points/vm-1/p1/meta", [b"replaced"])  # write still replaces
+    assert storage.create("points/vm-1/p1/meta", [b"third"]) is False
+    storage.delete("points/vm-1/p1/meta")
+    assert storage.create("points/vm-1/p1/meta", []) is True
+    assert storage.read("points/vm-1/p1/meta") == b""
+    assert names(storage) == ["points/vm-1/p1/meta"]
+
+
+def test_failed_create_leaves_nothing(storage: Storage) -> None:
+    with pytest.raises(RuntimeError, match="the data source died"):
+        storage.create("points/vm-1/p2/meta", Exploding([b"x" * 1000], 1))
+    assert names(storage) == [] and not storage.exists("points/vm-1/p2/meta")
+    assert storage.create("points/vm-1/p2/meta", [b"now"]) is True
+
+
+def _race_to_create(storage: Storage, name: str, n: int) -> list[int]:
+    """``n`` threads create ``name`` at once; which of them were told they made it."""
+    won: list[int] = []
+    barrier = threading.Barrier(n)
+
+    def create(i: int) -> None:
+        barrier.wait()
+        if storage.create(name, [f"creator {i} ".encode() * 100]):
+            won.append(i)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return won
+
+
+def test_concurrent_creates_have_one_winner(storage: Storage) -> None:
+    for round_ in range(3):
+        name = f"commits/c{round_}"
+        won = _race_to_create(storage, name, 6)
+        assert len(won) == 1
+        assert storage.read(name) == f"creator {won[0]} ".encode() * 100
+
+
 def test_touch_moves_mtime_and_keeps_bytes(storage: Storage, backend: Backend) -> None:
     storage.write("locks/gc", [b"lock"])
     before = storage.stat("locks/gc").mtime
@@ -254,6 +323,7 @@ def test_bad_names_are_refused(storage: Storage, bad: str) -> None:
     calls: list[Callable[[], object]] = [
         lambda: storage.read(bad),
         lambda: storage.write(bad, [b"x"]),
+        lambda: storage.create(bad, [b"x"]),
         lambda: storage.exists(bad),
         lambda: storage.stat(bad),
         lambda: storage.touch(bad),
@@ -308,8 +378,10 @@ def test_nothing_unfinished_after_writes_that_returned_or_raised(storage: Storag
     assert names(storage) == ["staging/aa/p-0"]
 
 
-def test_full_device_raises_repository_full(backend: Backend, tmp_path: Path) -> None:
-    with backend.full(tmp_path) as storage:
+def test_full_device_raises_repository_full(
+    backend: Backend, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    with backend.full(tmp_path, request) as storage:
         storage.write("keep/me", [b"k" * MiB])
         big = [os.urandom(MiB) for _ in range(16)]  # 16 MiB on an 8 MiB device
         with pytest.raises(RepositoryFullError, match="no space left on device") as err:
