@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def s3repo(tmp_path: Path, rgw: Rgw, s3_storage: S3Storage) -> S3Repo:
     return S3Repo(f"s3://{s3_storage.loc.bucket}/repo", cfg, s3_storage, tmp_path)
 
 
-def disk_image(path: Path, blocks: list[bytes | None]) -> bytes:
+def disk_image(path: Path, blocks: Sequence[bytes | None]) -> bytes:
     """An image of 256 KiB blocks (None: zeros); its bytes."""
     data = b"".join(b if b is not None else bytes(CHUNK) for b in blocks)
     path.write_bytes(data)

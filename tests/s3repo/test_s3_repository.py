@@ -67,7 +67,7 @@ def test_init_import_restore_verify(s3repo: S3Repo, tmp_path: Path) -> None:
     # config is an object on the bucket; the cache holds no config
     assert "repo/config" in _names(s3repo, "") or s3repo.bucket.exists("repo/config")
     assert not (s3repo.cache() / "config").exists()
-    a = [rand() for _ in range(14)]
+    a: list[bytes | None] = [rand() for _ in range(14)]
     img1 = disk_image(tmp_path / "d1.img", a + [None] * 4 + a[:6])  # zeros and repeats
     # one thread: two could both store a repeat before either saw it (harmless, uncounted)
     r1 = import_disk(repo, "vm1", 2000, tmp_path / "d1.img", workers=0)
