@@ -20,11 +20,15 @@ from dataclasses import dataclass, field
 from repository.chunk_store import ChunkStore
 from repository.errors import LockedError, RepositoryError
 from repository.fsutil import lock_file
+from repository.local_storage import LocalDirectoryStorage
 from repository.pack_gc import PackSweep
 from repository.pack_store import GC_LOCK, PackStore
 from repository.points import PREFIX as POINTS
 from repository.points import legacy_leftovers
 from repository.repository import Repository
+from repository.s3_gc_lock import ObjectLock, object_lock
+from repository.s3_pack_gc import S3PackSweep
+from repository.s3_pack_store import S3PackStore
 
 DEFAULT_GRACE = 300.0  # clock skew between writer hosts + timestamp granularity
 STALE_MARKER = 3 * 86400.0  # a "running" marker older than this is a crashed job
@@ -51,12 +55,18 @@ class GcReport:
 
 
 @contextmanager
-def gc_lock(repo: Repository) -> Iterator[None]:
-    # flock(): a local file (not on the storage interface)
+def gc_lock(repo: Repository) -> Iterator[ObjectLock | None]:
+    """On S3 a lock object (s3_gc_lock.py); locally flock() on a file (not on the storage
+    interface)."""
+    if isinstance(repo.chunks, S3PackStore):
+        with object_lock(repo.storage) as held:
+            yield held
+        return
+    assert isinstance(repo.storage, LocalDirectoryStorage)
     with lock_file(repo.storage.path(LOCK), wait=False) as got:
         if not got:
             raise LockedError(f"another gc is running on {repo.path}")
-        yield
+        yield None
 
 
 def gc(
@@ -68,7 +78,7 @@ def gc(
     if grace < 0:
         raise ValueError("grace must not be negative")
     report = GcReport(dry_run=dry_run)
-    with gc_lock(repo):
+    with gc_lock(repo) as held:
         # The cutoff must never pass the mark time as the file system records it: the
         # kernel stamps mtimes from a coarse clock that may lag time.time() by ms.
         start = min(time.time(), _fs_now(repo))
@@ -81,8 +91,12 @@ def gc(
         report.cutoff = cutoff
         report.stale_holds_removed = repo.holds.remove_stale(start, dry_run=dry_run)
         referenced = _mark(repo, report)
-        if isinstance(repo.chunks, PackStore):
-            _sweep_packs(repo.chunks, report, referenced, cutoff, start, dry_run)
+        if isinstance(repo.chunks, S3PackStore):
+            assert held is not None
+            _sweep_packs(S3PackSweep(repo.chunks, cutoff, start, dry_run, held), report, referenced)
+            _sweep_points_and_staging(repo, report, cutoff, dry_run)
+        elif isinstance(repo.chunks, PackStore):
+            _sweep_packs(PackSweep(repo.chunks, cutoff, start, dry_run), report, referenced)
             _sweep_points_and_staging(repo, report, cutoff, dry_run)
         else:
             _sweep(repo, report, cutoff, start, dry_run)
@@ -127,15 +141,7 @@ def _mark(repo: Repository, report: GcReport) -> set[bytes]:
     return referenced
 
 
-def _sweep_packs(
-    store: PackStore,
-    report: GcReport,
-    referenced: set[bytes],
-    cutoff: float,
-    start: float,
-    dry_run: bool,
-) -> None:
-    sweep = PackSweep(store, cutoff, start, dry_run)
+def _sweep_packs(sweep: PackSweep | S3PackSweep, report: GcReport, referenced: set[bytes]) -> None:
     sweep.run(referenced)
     report.chunks_seen += sweep.chunks_seen
     report.chunks_removed += sweep.chunks_removed
@@ -182,7 +188,8 @@ def _sweep_points_and_staging(
             if not dry_run:
                 repo.point_store.remove_incomplete(ref)
     report.temps_removed += repo.storage.remove_unfinished(POINTS, cutoff, dry_run=dry_run)
-    for path, mtime in legacy_leftovers(repo.storage.path(POINTS)):
+    local = repo.storage if isinstance(repo.storage, LocalDirectoryStorage) else None
+    for path, mtime in legacy_leftovers(local.path(POINTS)) if local else ():
         if mtime < cutoff:
             report.temps_removed += 1
             if not dry_run:

@@ -40,6 +40,13 @@ def _kdf(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 
 def create(path: Path, passphrase: bytes, *, n: int = SCRYPT_N) -> RepoKeys:
+    keys, data = new(passphrase, n=n)
+    write_atomic(path, [data], f"key file {path}", mode=KEY_MODE)
+    return keys
+
+
+def new(passphrase: bytes, *, n: int = SCRYPT_N) -> tuple[RepoKeys, bytes]:
+    """Fresh keys and the key file's bytes that wrap them (for any storage)."""
     if not passphrase:
         raise ValueError("an empty passphrase is not allowed")
     keys = RepoKeys(os.urandom(32), os.urandom(32))
@@ -62,16 +69,24 @@ def create(path: Path, passphrase: bytes, *, n: int = SCRYPT_N) -> RepoKeys:
         "nonce": base64.b64encode(nonce).decode(),
         "data": base64.b64encode(wrapped).decode(),
     }
-    write_atomic(
-        path, [json.dumps(doc, indent=2).encode() + b"\n"], f"key file {path}", mode=KEY_MODE
-    )
-    return keys
+    return keys, json.dumps(doc, indent=2).encode() + b"\n"
 
 
 def load(path: Path, passphrase: bytes) -> RepoKeys:
     name = f"key file {path}"
     try:
-        doc = json.loads(path.read_bytes())
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptObjectError(name, "missing") from None
+    except OSError as exc:
+        raise CorruptObjectError(name, f"unreadable: {exc.strerror or exc}") from None
+    return parse(data, name, passphrase)
+
+
+def parse(raw: bytes, name: str, passphrase: bytes) -> RepoKeys:
+    """The keys in a key file's bytes (``name`` says where it came from, for errors)."""
+    try:
+        doc = json.loads(raw)
         if doc.get("format") != KEY_FORMAT or doc.get("version") != KEY_VERSION:
             raise CorruptObjectError(name, "not a vmbackup key file of version 1")
         kdf = doc["kdf"]
@@ -83,9 +98,7 @@ def load(path: Path, passphrase: bytes) -> RepoKeys:
         salt = base64.b64decode(kdf["salt"], validate=True)
         nonce = base64.b64decode(doc["nonce"], validate=True)
         data = base64.b64decode(doc["data"], validate=True)
-    except FileNotFoundError:
-        raise CorruptObjectError(name, "missing") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptObjectError(name, f"unreadable: {exc}") from None
     if len(nonce) != 12:
         raise CorruptObjectError(name, "bad nonce length")

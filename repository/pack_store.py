@@ -105,6 +105,14 @@ class PackStore:
             )
         return data
 
+    def read_pack(self, pack: bytes) -> bytes:
+        """A sealed pack's whole bytes (verify)."""
+        return self.pack_path(pack).read_bytes()
+
+    def pack_where(self, pack: bytes) -> str:
+        """Where the pack is, for messages."""
+        return str(self.pack_path(pack))
+
     def pack_path(self, pack: bytes) -> Path:
         """A sealed pack's file, or its open file while it is still being written."""
         final = sealed_path(self.root, pack)
@@ -128,7 +136,7 @@ class PackStore:
         with self._lock:
             pack = self._free.pop() if self._free else None
         if pack is None:
-            pack = OpenPack(self.root)
+            pack = self._open_pack()
         try:
             locs = pack.append(list(first.values()))
         except BaseException:
@@ -143,6 +151,10 @@ class PackStore:
             with self._lock:
                 self._free.append(pack)
         return written
+
+    def _open_pack(self) -> OpenPack:
+        """A new open pack (s3_pack_store.py makes ones that upload when sealed)."""
+        return OpenPack(self.root)
 
     def _seal(self, pack: OpenPack) -> None:
         pack.seal()

@@ -17,6 +17,7 @@ from repository.pack_index_file import Location
 from repository.pack_quarantine import quarantine_blob
 from repository.pack_store import PackStore
 from repository.repository import Repository
+from repository.s3_pack_store import S3PackStore
 
 BadChunk = Callable[[bytes, str, str], None]  # (id, where, why)
 
@@ -37,11 +38,11 @@ def check_packs(
         by_pack[loc.pack].append((cid, loc))
     checked = nbytes = 0
     for pack, items in sorted(by_pack.items()):
-        path = store.pack_path(pack)
+        path = store.pack_where(pack)
         try:
-            data: bytes | None = path.read_bytes()
-        except OSError as exc:
-            data, why = None, f"pack {path} unreadable: {exc.strerror or exc}"
+            data: bytes | None = store.read_pack(pack)
+        except (OSError, RepositoryError) as exc:
+            data, why = None, f"pack {path} unreadable: {getattr(exc, 'strerror', None) or exc}"
         for cid, loc in sorted(items, key=lambda e: e[1].offset):
             checked += 1
             blob = data[loc.offset : loc.offset + loc.length] if data is not None else b""
@@ -54,6 +55,7 @@ def check_packs(
                 except Exception as exc:  # never crash on corrupt data
                     why = f"unexpected: {exc!r}"
             where = f"{path} offset {loc.offset}"
-            quarantine_blob(store, repo.quarantine, cid, loc, blob, why)
+            if not isinstance(store, S3PackStore):  # on S3: reported, not quarantined (yet)
+                quarantine_blob(store, repo.quarantine, cid, loc, blob, why)
             bad(cid, where, why)
     return checked, total, nbytes

@@ -29,6 +29,7 @@ from repository.chunk_store import FANOUT, ChunkStore, check_id
 from repository.errors import MissingChunkError, MissingObjectError, RepositoryError
 from repository.fsutil import fsync_dir, fsync_dirs, makedirs_durable
 from repository.local_storage import LocalDirectoryStorage
+from repository.storage import Storage
 
 PREFIX = "quarantine"  # created on first use: older repositories have none
 RECORD_SUFFIX = ".json"
@@ -45,8 +46,8 @@ class QuarantinedChunk:
 
 
 class Quarantine:
-    def __init__(self, storage: LocalDirectoryStorage) -> None:
-        self.storage = storage
+    def __init__(self, storage: LocalDirectoryStorage | Storage) -> None:
+        self.storage = storage  # records work on any storage; moving chunk files is local
 
     @staticmethod
     def _name(chunk_id: bytes) -> str:
@@ -59,6 +60,8 @@ class Quarantine:
 
     def path_of(self, chunk_id: bytes) -> Path:
         """The file of the quarantined copy (a local file: see the module's text)."""
+        if not isinstance(self.storage, LocalDirectoryStorage):
+            raise RepositoryError("the quarantine of a repository on S3 has no local files")
         return self.storage.path(self._name(chunk_id))
 
     def put(self, store: ChunkStore, chunk_id: bytes, reason: str, *, ino: int | None) -> bool:

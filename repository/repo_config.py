@@ -161,6 +161,11 @@ def read(path: Path) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise CorruptObjectError(name, f"unreadable: {exc.strerror or exc}") from None
+    return parse(data, name)
+
+
+def parse(data: bytes, name: str) -> dict[str, Any]:
+    """:func:`read` of bytes from anywhere (``name``: "repository config <where>")."""
     try:
         doc = json.loads(data)
     except ValueError as exc:
@@ -196,7 +201,7 @@ def read(path: Path) -> dict[str, Any]:
     return doc
 
 
-def check_mac(doc: dict[str, Any], auth: MetaAuth, path: Path) -> None:
+def check_mac(doc: dict[str, Any], auth: MetaAuth, path: Path | str) -> None:
     """An encrypted repository's config is authentic under ``auth`` (keyed)."""
     expected = auth.config_tag(_canonical(doc))
     if not MetaAuth.same(expected, bytes.fromhex(doc["mac"])):

@@ -48,8 +48,13 @@ from repository.points import (
     check_vm_uuid,
 )
 from repository.quarantine import Quarantine
+from repository.repo_location import RepoLocation, parse_location
 from repository.running import RunningMarkers
+from repository.s3_pack_store import S3PackStore
+from repository.s3_repo_open import s3_init, s3_open
+from repository.s3_repo_storage import S3RepoStorage
 from repository.staging import CommitStaging
+from repository.storage import Storage
 
 DEFAULT_CHUNK = repo_config.MiB
 DEFAULT_LEVEL = 3
@@ -67,8 +72,19 @@ class StoreResult:
 
 
 class Repository:
-    def __init__(self, path: Path, config: dict[str, Any], keys: keyfile.RepoKeys | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        config: dict[str, Any],
+        keys: keyfile.RepoKeys | None,
+        *,
+        s3: S3RepoStorage | None = None,
+        location: str | None = None,
+    ) -> None:
+        """``path``: the repository directory, or for one on S3 (``s3``) its cache
+        directory (open packs, the index cache, touch logs: repo_location.py)."""
         self.path = path
+        self.location = location or str(path)  # what an operator calls it (s3://... or path)
         self.config = config
         self.chunk_size: int = config["chunk_size"]
         self.compression_level: int = config["compression_level"]
@@ -76,15 +92,23 @@ class Repository:
         self.id_key: bytes | None = keys.id_key if keys else None
         self._cipher = AESGCM(keys.enc_key) if keys else None
         self.auth = MetaAuth(config["id"], derive_meta_key(keys) if keys else None)
-        self.storage = LocalDirectoryStorage(path)
+        self.storage: Storage = s3 if s3 is not None else LocalDirectoryStorage(path)
         # version 3 keeps chunks in pack files, version 2 one file per chunk
         self.packed = config["version"] == repo_config.PACKS_VERSION
         sizes = blob.chunk_file_sizes(self.chunk_size)
-        self.chunks: ChunkStore | PackStore = (
-            PackStore(path, sizes, config["pack_size"])
-            if self.packed
-            else ChunkStore(path / "chunks", sizes)
-        )
+        self.chunks: ChunkStore | PackStore
+        if s3 is not None:
+            if not self.packed:
+                raise RepositoryFormatError(
+                    f"{self.location}: chunk files (format version {config['version']}) are"
+                    f" not supported on S3: only pack repositories (version"
+                    f" {repo_config.PACKS_VERSION}, `repo init --packs`)"
+                )
+            self.chunks = S3PackStore(s3, path, sizes, config["pack_size"])
+        elif self.packed:
+            self.chunks = PackStore(path, sizes, config["pack_size"])
+        else:
+            self.chunks = ChunkStore(path / "chunks", sizes)
         self.quarantine = Quarantine(self.storage)  # damaged chunks (verify)
         self.point_store = PointStore(
             self.storage, self._seal_meta, self._unseal_meta, self.auth, self.chunk_size
@@ -103,14 +127,18 @@ class Repository:
         )
 
     def __repr__(self) -> str:  # never key material
-        return f"Repository({str(self.path)!r}, encrypted={self.encrypted})"
+        return f"Repository({self.location!r}, encrypted={self.encrypted})"
+
+    @property
+    def on_s3(self) -> bool:
+        return isinstance(self.chunks, S3PackStore)
 
     # --- life cycle ------------------------------------------------------------------
 
     @classmethod
     def init(
         cls,
-        path: str | Path,
+        path: str | Path | RepoLocation,
         chunk_size: int = DEFAULT_CHUNK,
         compression_level: int = DEFAULT_LEVEL,
         passphrase: str | bytes | None = None,
@@ -118,11 +146,21 @@ class Repository:
         kdf_n: int = keyfile.SCRYPT_N,
         packs: bool = False,
         pack_size: int = DEFAULT_PACK_SIZE,
+        s3_config: str | Path | None = None,
+        cache_dir: Path | None = None,
     ) -> Repository:
         """``kdf_n`` is the scrypt cost of the key file (lower only where opening
         quickly matters more than resisting a guessed passphrase: tests). ``packs``
-        makes a version-3 repository (chunks in pack files of about ``pack_size``)."""
-        path = Path(path)
+        makes a version-3 repository (chunks in pack files of about ``pack_size``).
+        ``path`` may be ``s3://BUCKET/PREFIX`` with ``s3_config`` (repo_location.py)."""
+        loc = parse_location(path, s3_config)
+        if loc.s3 is not None:
+            return s3_init(
+                cls, loc, chunk_size, compression_level, passphrase, kdf_n, pack_size,
+                packs=packs, cache_dir=cache_dir,
+            )  # fmt: skip
+        assert loc.local is not None
+        path = loc.local
         try:
             config = repo_config.new(
                 chunk_size, compression_level, passphrase is not None, pack_size if packs else None
@@ -148,11 +186,23 @@ class Repository:
 
     @classmethod
     def open(
-        cls, path: str | Path, passphrase: str | bytes | None = None, *, read_only: bool = False
+        cls,
+        path: str | Path | RepoLocation,
+        passphrase: str | bytes | None = None,
+        *,
+        read_only: bool = False,
+        s3_config: str | Path | None = None,
+        cache_dir: Path | None = None,
     ) -> Repository:
         """``read_only``: change nothing while opening (no recovery of abandoned packs),
-        for a caller that only reads (the source of `repo copy`)."""
-        path = Path(path)
+        for a caller that only reads (the source of `repo copy`). ``path`` may be
+        ``s3://BUCKET/PREFIX`` with ``s3_config``; ``cache_dir`` is then where its open
+        packs and index cache are (default: repo_location.default_cache_dir)."""
+        loc = parse_location(path, s3_config)
+        if loc.s3 is not None:
+            return s3_open(cls, loc, passphrase, read_only=read_only, cache_dir=cache_dir)
+        assert loc.local is not None
+        path = loc.local
         cfg_path = path / "config"
         config = repo_config.read(cfg_path)
         if config["version"] not in repo_config.VERSIONS:
@@ -325,6 +375,10 @@ class Repository:
         gc) before the point becomes visible, atomically. A repeated commit (a
         redelivery) returns the point it already made; staged entries it named are
         removed once it is committed."""
+        if isinstance(self.chunks, S3PackStore):
+            # every chunk the maps name uploaded with its index before the point exists
+            self.chunks.flush()
+            self.chunks.index.sync()  # other writers' packs of this backup
         return self.committer.commit(commit)
 
     def stage_task_entries(

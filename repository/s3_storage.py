@@ -144,6 +144,23 @@ class S3Storage:
                     mtime = float(math.floor(obj["LastModified"].timestamp()))
                     yield ObjectInfo(name, obj["Size"], mtime)
 
+    def children(self, prefix: str) -> Iterator[str]:
+        """ListObjectsV2 with Delimiter="/": the common prefixes one level below."""
+        check_prefix(prefix)
+        full = self._prefix + (prefix + "/" if prefix else "")
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.loc.bucket, Prefix=full, Delimiter="/"
+        )
+        it = iter(pages)
+        while True:
+            page = self._call(lambda: next(it, None), "list", prefix or "(all)")
+            if page is None:
+                return
+            for cp in page.get("CommonPrefixes", []):
+                part = cp["Prefix"][len(full) :].rstrip("/")
+                if valid_part(part):
+                    yield part
+
     # --- writing ----------------------------------------------------------------
 
     def write(self, name: str, parts: Sequence[Bytes]) -> None:

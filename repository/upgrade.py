@@ -24,6 +24,7 @@ from repository.errors import CorruptObjectError, RepositoryError
 from repository.fixed_index import V1, VERSION, DiskMap
 from repository.fsutil import TMP_PREFIX, write_atomic
 from repository.gc import gc_lock
+from repository.local_storage import LocalDirectoryStorage
 from repository.meta_auth import MetaAuth, derive_meta_key
 from repository.repository import PRIVATE_DIR, TOP_DIRS, Repository
 
@@ -80,7 +81,8 @@ def _upgrade_maps(
 ) -> None:
     ps = repo.point_store
     for ref in ps.point_refs():
-        pdir = repo.storage.path(ref.prefix)  # local only: version 1 never had another
+        assert isinstance(repo.storage, LocalDirectoryStorage)  # version 1 was only local
+        pdir = repo.storage.path(ref.prefix)
         _remove_temps(pdir)  # of a run killed mid-write: never renamed, so never read
         point = ps.load(ref)
         report.points += 1

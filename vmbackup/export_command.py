@@ -81,7 +81,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from repository.repository import Repository
 
     passphrase = _repo_passphrase(args)
-    repo = Repository.open(Path(args.repo), passphrase)  # every error before nbdkit starts
+    repo = Repository.open(  # every error before nbdkit starts
+        str(args.repo), passphrase, s3_config=args.s3_config, cache_dir=args.cache_dir
+    )
     point = repo.get_point(args.point)
     refusal = _vm_mismatch(point, args.vm) or no_such_disk(point, args.disk)
     if refusal:

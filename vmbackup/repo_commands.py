@@ -20,6 +20,8 @@ from typing import Any
 
 from common.command_result import CommandResult
 from repository.errors import InvalidRequestError, RepositoryError
+from repository.repo_location import is_s3, parse_location
+from repository.s3_repo_storage import S3RepoStorage
 
 PASSPHRASE_ENV = "VMBACKUP_PASSPHRASE"
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(i?b)?", re.IGNORECASE)
@@ -55,10 +57,14 @@ def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str | Non
 def _repo_passphrase(args: argparse.Namespace) -> str | None:
     """The passphrase when the config says the repository is encrypted (else no prompt)."""
     try:
-        encrypted = (
-            json.loads((Path(args.repo) / "config").read_bytes()).get("encryption") != "none"
-        )
-    except (OSError, ValueError, AttributeError):
+        if is_s3(args.repo):
+            loc = parse_location(args.repo, getattr(args, "s3_config", None))
+            assert loc.s3 is not None
+            raw = S3RepoStorage(loc.s3).read("config")
+        else:
+            raw = (Path(args.repo) / "config").read_bytes()
+        encrypted = json.loads(raw).get("encryption") != "none"
+    except (OSError, ValueError, AttributeError, RepositoryError):
         encrypted = False  # opening gives the precise error
     return _passphrase(args) if encrypted else None
 
@@ -78,7 +84,13 @@ def repo_of_config(args: argparse.Namespace, cfg: Any) -> None:
 def open_repo(args: argparse.Namespace) -> Any:
     from repository.repository import Repository
 
-    return Repository.open(Path(args.repo), _repo_passphrase(args))
+    # one place for every command: a directory, or s3://BUCKET/PREFIX with --s3-config
+    return Repository.open(
+        str(args.repo),
+        _repo_passphrase(args),
+        s3_config=getattr(args, "s3_config", None),
+        cache_dir=getattr(args, "cache_dir", None),
+    )
 
 
 def _human(n: float) -> str:
@@ -107,12 +119,14 @@ def cmd_init(args: argparse.Namespace) -> CommandResult:
                 f"--encrypt needs a passphrase: --passphrase-file, ${PASSPHRASE_ENV} or a terminal"
             )
     repo = Repository.init(
-        args.path,
+        str(args.path),
         chunk_size=args.chunk_size,
         compression_level=args.compression_level,
         passphrase=passphrase,
         packs=args.packs,
         pack_size=args.pack_size,
+        s3_config=args.s3_config,
+        cache_dir=args.cache_dir,
     )
     enc = "encrypted (AES-256-GCM)" if repo.encrypted else "not encrypted"
     return CommandResult(
@@ -173,8 +187,29 @@ def cmd_id_key(args: argparse.Namespace) -> CommandResult:
     return CommandResult(0, text=repo.id_key.hex(), result={"id_key": repo.id_key.hex()})
 
 
+def s3_args(p: argparse.ArgumentParser) -> None:
+    """--s3-config and --cache-dir: for a repository at s3://BUCKET/PREFIX."""
+    p.add_argument(
+        "--s3-config",
+        type=Path,
+        metavar="FILE",
+        help="for an s3://BUCKET/PREFIX repository: endpoint, region, credentials"
+        " (docs/object-storage.md)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="S3: local open packs and index cache (default"
+        " $XDG_CACHE_HOME/vmbackup/<repository id>)",
+    )
+
+
 def _repo_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repo", required=True, metavar="PATH", help="repository directory")
+    p.add_argument(
+        "--repo", required=True, metavar="PATH", help="repository directory or s3://BUCKET/PREFIX"
+    )
+    s3_args(p)
     p.add_argument(
         "--passphrase-file",
         metavar="FILE",
@@ -186,8 +221,11 @@ def repo_or_config_args(p: argparse.ArgumentParser, config_help: str) -> None:
     """--repo, --passphrase-file and --config for a command that may take the repository
     from a config (``repo_of_config``); ``config_help`` says what else it takes from it."""
     p.add_argument(
-        "--repo", metavar="PATH", help="repository directory (default: repository.path of --config)"
+        "--repo",
+        metavar="PATH",
+        help="repository directory or s3://BUCKET/PREFIX (default: repository.path of --config)",
     )
+    s3_args(p)
     p.add_argument(
         "--passphrase-file",
         metavar="FILE",
@@ -250,9 +288,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  vmbackup repo init /backup/repo\n"
         "  vmbackup repo init /backup/repo --chunk-size 4M --compression-level 6\n"
         "  vmbackup repo init /backup/repo --encrypt --passphrase-file /etc/vmbackup/pass\n"
-        "  vmbackup repo init /backup/repo --packs --pack-size 64M\n",
+        "  vmbackup repo init /backup/repo --packs --pack-size 64M\n"
+        "  vmbackup repo init s3://backups/site-a --packs --s3-config /etc/vmbackup/s3.toml\n",
     )
-    p.add_argument("path", metavar="PATH", help="directory to create (must not exist or be empty)")
+    p.add_argument(
+        "path",
+        metavar="PATH",
+        help="directory to create (must not exist or be empty), or s3://BUCKET/PREFIX",
+    )
+    s3_args(p)
     p.add_argument(
         "--chunk-size",
         type=parse_size,

@@ -1,0 +1,144 @@
+"""gc's sweep on a repository on S3: drop packs with nothing live, rewrite mostly-dead ones.
+
+The rules of pack_gc.py (live = named by a point or touched at or after the cutoff;
+only packs whose object is older than the cutoff are looked at; a pack is rewritten
+when at least 10 % of its bytes are dead), with objects for files:
+
+- a pack with nothing live: its pack object is deleted, then its index object (a crash
+  between leaves an index object naming no pack: the next gc deletes it);
+- a pack to rewrite: its live chunks are copied (ranged GETs) into new packs, uploaded
+  with their index objects; just before the old pack goes, the touch logs are read
+  again and any of its chunks touched since gc began is copied too; then the old pack
+  object and its index object are deleted. A reader holding the old location looks its
+  chunk up again (s3_pack_store.S3PackStore.read).
+- pack objects no index object names (an upload killed between the pack and its
+  index), older than the cutoff, are deleted: the writer's cache still has the open
+  pack and uploads it again when it next opens; incomplete multipart uploads older
+  than the cutoff are aborted.
+
+The touch logs read are the ones in this host's cache directory (touch_log.py): a backup
+on another host that dedups against a chunk only a pruned point named is protected by
+its commit's check instead (the commit refuses a point naming a missing chunk, and the
+job stores it again on its retry). Before each deletion gc checks that it still holds
+its lock object (s3_gc_lock.py).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from repository import touch_log
+from repository.pack_gc import REWRITE_DEAD_SHARE
+from repository.pack_index_file import Location
+from repository.s3_gc_lock import ObjectLock
+from repository.s3_pack_store import S3PackStore
+from repository.s3_pack_upload import INDEX, PACKS, UploadingPack, index_object, pack_object
+
+
+class S3PackSweep:
+    def __init__(
+        self, store: S3PackStore, cutoff: float, start: float, dry_run: bool, lock: ObjectLock
+    ) -> None:
+        self.store = store
+        self.cutoff = cutoff
+        self.start = start
+        self.dry_run = dry_run
+        self.lock = lock
+        self.chunks_seen = self.chunks_removed = self.bytes_freed = self.kept_young = 0
+        self.packs_rewritten = self.packs_removed = self.temps_removed = 0
+        self._out: UploadingPack | None = None
+
+    def run(self, live: set[bytes]) -> None:
+        store, storage = self.store, self.store.storage
+        if not self.dry_run:
+            store.recover()
+        store.index.refresh(force=True)
+        live = live | touch_log.touched_since(store.root, self.cutoff)
+        pack_mtime: dict[bytes, float] = {}
+        for obj in storage.list(PACKS):
+            h = obj.name.rsplit("/", 1)[-1]
+            if len(h) == 32:
+                pack_mtime[bytes.fromhex(h)] = obj.mtime
+        index_mtime = {
+            bytes.fromhex(o.name[len(INDEX) + 1 :]): o.mtime
+            for o in storage.list(INDEX)
+            if len(o.name) == len(INDEX) + 33
+        }
+        by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
+        for f in store.index.files():
+            for cid, loc in f:
+                by_pack[loc.pack].append((cid, loc))
+        kept: set[bytes] = set()
+        old: dict[bytes, list[tuple[bytes, Location]]] = {}
+        for pack, entries in by_pack.items():
+            self.chunks_seen += len(entries)
+            if pack_mtime.get(pack, float("inf")) >= self.cutoff:
+                self.kept_young += len(entries)
+                kept.update(c for c, _ in entries)
+            else:
+                old[pack] = entries
+        drop: list[bytes] = []
+        rewrite: list[bytes] = []
+        for pack, entries in sorted(old.items()):
+            keep = [(c, loc) for c, loc in entries if c in live and c not in kept]
+            kept.update(c for c, _ in keep)
+            total = sum(loc.length for _, loc in entries)
+            dead = total - sum(loc.length for _, loc in keep)
+            if dead == 0 or (keep and dead < REWRITE_DEAD_SHARE * total):
+                kept.update(c for c, _ in entries)
+                continue
+            self.chunks_removed += len(entries) - len(keep)
+            self.bytes_freed += dead
+            if keep:
+                self.packs_rewritten += 1
+                rewrite.append(pack)
+                if not self.dry_run:
+                    self._copy(keep)
+            else:
+                self.packs_removed += 1
+                drop.append(pack)
+        # left by crashes: index objects of no pack, packs of no index object
+        dangling = [p for p, t in index_mtime.items() if p not in pack_mtime and t < self.cutoff]
+        orphans = [p for p, t in pack_mtime.items() if p not in index_mtime and t < self.cutoff]
+        self.temps_removed += len(dangling) + len(orphans)
+        if self.dry_run:
+            return
+        self._seal_out()
+        changed = set(drop) | set(rewrite)
+        if changed:
+            # touched after gc began: a backup may have been told "present" just now
+            touched = touch_log.touched_since(store.root, self.start)
+            self._copy(
+                (c, loc)
+                for p in sorted(changed)
+                for c, loc in old[p]
+                if c in touched and c not in kept
+            )
+            self._seal_out()
+        for pack in sorted(changed):
+            self.lock.check()
+            store.drop_pack(pack)
+        for pack in dangling:
+            self.lock.check()
+            storage.delete(index_object(pack))
+        for pack in orphans:
+            self.lock.check()
+            storage.delete(pack_object(pack))
+        self.temps_removed += storage.remove_unfinished(PACKS, self.cutoff)
+        store.index.refresh(force=True)
+        self.temps_removed += touch_log.remove_old(store.root, self.cutoff)
+
+    def _copy(self, items: Iterable[tuple[bytes, Location]]) -> None:
+        for cid, loc in items:
+            data = self.store.read_at(cid, loc)
+            if self._out is None:
+                self._out = self.store.new_pack()
+            self._out.append([(cid, [data])])
+            if self._out.size >= self.store.pack_size:
+                self._seal_out()
+
+    def _seal_out(self) -> None:
+        if self._out is not None:
+            self._out.seal()
+            self._out = None

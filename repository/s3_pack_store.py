@@ -1,0 +1,227 @@
+"""The chunk store of a version-3 repository on S3: packs uploaded, index cached locally.
+
+Writing is PackStore's (open packs in the cache directory, one fdatasync per batch);
+sealing uploads (s3_pack_upload.py). ``flush`` (which every point commit calls first)
+seals and uploads this process's open packs, waiting for one another thread is
+appending to, so a committed point never names a chunk that is only in the cache: a
+commit costs at most one upload per open pack (one PUT of a partly filled pack).
+
+Finding chunks: the index cache is the cache directory's ``index/`` (the same mmap'd
+files as a local repository's index), one file per uploaded pack. ``refresh`` lists the
+bucket's ``index/`` (never ``packs/``) and downloads what the cache lacks and drops
+what the bucket no longer has, when ``refresh_interval`` has passed or a lookup that
+must not miss (a read, a commit's check) missed; other processes' open packs are never
+looked at (their chunks are not uploaded yet: storing a chunk twice is harmless, relying
+on one only in someone's cache is not). An empty or missing cache is rebuilt from the
+bucket on open. Reading a chunk is one ranged GET of its bytes in its pack object.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from repository import pack_index_file
+from repository.errors import MissingChunkError, MissingObjectError, RepositoryError
+from repository.fsutil import makedirs_durable, unlink_quiet, write_atomic
+from repository.pack_index import PACK_SUFFIX, PackIndex
+from repository.pack_index_file import Location
+from repository.pack_store import PackStore
+from repository.s3_pack_upload import (
+    INDEX,
+    PACKS,
+    UploadingPack,
+    cached_index,
+    index_object,
+    pack_object,
+    recover,
+)
+from repository.s3_repo_storage import S3RepoStorage
+
+REFRESH_S = 60.0  # seconds between listings of index/ while lookups hit
+FLUSH_WAIT_S = 600.0  # longest wait for another thread's append before a commit
+
+
+class S3PackIndex(PackIndex):
+    def __init__(self, storage: S3RepoStorage, root: Path, interval: float) -> None:
+        super().__init__(root)
+        self.storage = storage
+        self.interval = interval
+        self._synced = -float("inf")
+        self._sync_lock = threading.Lock()
+        self.downloads = 0  # index objects fetched into the cache, for tests and stats
+
+    def refresh(self, *, force: bool = False) -> None:
+        if force or time.monotonic() - self._synced >= self.interval:
+            self.sync()
+        super().refresh()
+
+    def _read_logs(self) -> None:
+        """Other processes' open packs are not uploaded: never counted as present."""
+
+    def sync(self) -> None:
+        """The cache's index files made the bucket's: one listing of ``index/``."""
+        with self._sync_lock:
+            started = time.monotonic()
+            suffix = pack_index_file.SUFFIX
+            # the cache first: a file written after this look was uploaded before it
+            try:
+                names = os.listdir(self.index_dir)
+                local = {n[: -len(suffix)] for n in names if n.endswith(suffix)}
+            except FileNotFoundError:
+                local = set()
+            remote: set[str] = set()
+            for obj in self.storage.list(INDEX):
+                h = obj.name[len(INDEX) + 1 :]
+                if len(h) == 32 and "/" not in h:
+                    remote.add(h)
+            for h in sorted(remote - local):
+                try:
+                    data = self.storage.read(f"{INDEX}/{h}")
+                except MissingObjectError:
+                    continue  # removed by gc meanwhile
+                path = self.index_dir / (h + suffix)
+                write_atomic(path, [data], f"index file {h}", sync_dir=False)
+                try:
+                    pack_index_file.IndexFile(path).close()  # checked before anyone uses it
+                except RepositoryError:
+                    unlink_quiet(path)
+                    raise
+                self.downloads += 1
+            for h in local - remote:  # gc removed the pack (or compacted it away)
+                unlink_quiet(self.index_dir / (h + suffix))
+            self._synced = started
+
+
+class S3PackStore(PackStore):
+    index: S3PackIndex
+
+    def __init__(
+        self,
+        storage: S3RepoStorage,
+        cache_dir: Path,
+        size_range: tuple[int, int],
+        pack_size: int,
+        *,
+        refresh_interval: float = REFRESH_S,
+    ) -> None:
+        for sub in (INDEX, f"{PACKS}/open", "touched"):
+            makedirs_durable(cache_dir / sub)
+        self.storage = storage
+        self._unsent: list[UploadingPack] = []  # sealed, their upload failed: retried
+        super().__init__(cache_dir, size_range, pack_size)
+        self.index = S3PackIndex(storage, cache_dir, refresh_interval)
+        self.index.refresh(force=True)
+
+    # --- writing ---------------------------------------------------------------------
+
+    def _open_pack(self) -> UploadingPack:
+        pack = UploadingPack(self.root)
+        pack.storage = self.storage
+        return pack
+
+    def _seal(self, pack: object) -> None:
+        assert isinstance(pack, UploadingPack)
+        try:
+            pack.seal()
+        except BaseException:
+            with self._lock:
+                self._unsent.append(pack)
+            raise
+        self.index.forget_own(pack.id)
+
+    def flush(self) -> None:
+        """Seal and upload every open pack of this process, the ones in use by another
+        thread included (waited for), and retry failed uploads; raises if one fails."""
+        pending = self.index.open_packs()
+        deadline = time.monotonic() + FLUSH_WAIT_S
+        while True:
+            with self._lock:
+                packs = self._unsent + self._free
+                self._unsent, self._free = [], []
+            failed: BaseException | None = None
+            for pack in packs:  # each tried: a failed one is kept in _unsent for the next
+                try:
+                    self._seal(pack)
+                except Exception as exc:
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
+            if not pending & self.index.open_packs():
+                return
+            if time.monotonic() > deadline:
+                raise RepositoryError(
+                    f"an open pack stayed in use for {FLUSH_WAIT_S:.0f} s: not committing"
+                )
+            time.sleep(0.01)
+
+    def compact(self) -> bool:
+        """Index objects are one per pack (gc rewrites them with their packs)."""
+        return False
+
+    def recover(self) -> int:
+        n = recover(self.storage, self.root, self.size_range)
+        if n:
+            self.index.refresh()
+        return n
+
+    # --- reading ---------------------------------------------------------------------
+
+    def locations(self, chunk_id: bytes) -> list[Location]:
+        locs = super().locations(chunk_id)
+        if not locs:
+            self.index.refresh(force=True)
+            locs = self.index.lookup(chunk_id)
+        return locs
+
+    def exists(self, chunk_id: bytes) -> bool:
+        return bool(self.locations(chunk_id))
+
+    def read(self, chunk_id: bytes) -> bytes:
+        """The blob; a pack gone under a stale index (gc moved it) is looked up again."""
+        for attempt in (0, 1):
+            locs = self.locations(chunk_id)
+            if not locs:
+                break
+            try:
+                return self.read_at(chunk_id, locs[0])
+            except MissingChunkError:
+                if attempt:
+                    raise
+                self.index.refresh(force=True)
+        raise MissingChunkError(f"chunk {chunk_id.hex()} is missing (in no pack's index)")
+
+    def read_at(self, chunk_id: bytes, loc: Location) -> bytes:
+        if (self.root / PACKS / "open" / (loc.pack.hex() + PACK_SUFFIX)).exists():
+            return super().read_at(chunk_id, loc)  # still being written here
+        try:
+            return self.storage.read_range(pack_object(loc.pack), loc.offset, loc.length)
+        except MissingObjectError:
+            where = self.storage.location(pack_object(loc.pack))
+            raise MissingChunkError(
+                f"chunk {chunk_id.hex()} is missing (pack {where} is gone)"
+            ) from None
+
+    def read_pack(self, pack: bytes) -> bytes:
+        return self.storage.read(pack_object(pack))
+
+    def pack_where(self, pack: bytes) -> str:
+        return self.storage.location(pack_object(pack))
+
+    # --- for gc ----------------------------------------------------------------------
+
+    def drop_pack(self, pack: bytes) -> None:
+        """Delete a pack object, then its index object, then the cached index file."""
+        self.storage.delete(pack_object(pack))
+        self.storage.delete(index_object(pack))
+        unlink_quiet(cached_index(self.root, pack))
+
+    def new_pack(self) -> UploadingPack:
+        return self._open_pack()
+
+    def sealed(self, packs: Sequence[bytes]) -> None:
+        for p in packs:
+            self.index.forget_own(p)

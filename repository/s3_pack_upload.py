@@ -1,0 +1,160 @@
+"""Packs of a repository on S3: sealed in the local cache, then uploaded whole.
+
+An open pack is written in the cache directory exactly as in a local repository
+(pack_writer.OpenPack: ``packs/open/<32 hex>.pack`` beside its flock()ed log). Sealing
+appends the trailer and fdatasyncs, then uploads, in this order:
+
+1. the pack, as the object ``packs/<2 hex>/<32 hex>`` (one PUT, multipart above the
+   S3 config's part size);
+2. its index (pack_index_file.py bytes for this one pack), as ``index/<32 hex>``;
+3. the same index file into the cache (``index/<32 hex>.idx``): a local index file
+   therefore always names an uploaded pack;
+4. the open pack and its log are removed from the cache.
+
+A crash (or a failed upload) at any step leaves the open pack and its log in the
+cache; :func:`recover` (run on open) seals and uploads every one whose writer is gone
+(its log unlocked). Every step is idempotent (same bytes under the same names).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from repository import pack_format, pack_index_file
+from repository.errors import RepositoryError
+from repository.fsutil import os_error, unlink_quiet, write_atomic
+from repository.pack_format import Entry
+from repository.pack_index import LOG_SUFFIX, PACK_SUFFIX
+from repository.pack_index_file import Location
+from repository.pack_writer import OpenPack, _pwritev_all
+from repository.storage import Storage
+
+PACKS = "packs"
+INDEX = "index"
+
+
+def pack_object(pack: bytes) -> str:
+    h = pack.hex()
+    return f"{PACKS}/{h[:2]}/{h}"
+
+
+def index_object(pack: bytes) -> str:
+    return f"{INDEX}/{pack.hex()}"
+
+
+def cached_index(root: Path, pack: bytes) -> Path:
+    return root / INDEX / (pack.hex() + pack_index_file.SUFFIX)
+
+
+def upload(storage: Storage, root: Path, pack: bytes, path: Path, entries: Sequence[Entry]) -> None:
+    """Steps 1-3 of the module docstring for a sealed pack file at ``path``."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    storage.write(pack_object(pack), [view])
+                finally:
+                    view.release()
+    except OSError as exc:
+        raise os_error(exc, f"pack {path}") from exc
+    idx = pack_index_file.encode([(e.id, Location(pack, e.offset, e.length)) for e in entries])
+    storage.write(index_object(pack), idx)
+    write_atomic(cached_index(root, pack), idx, f"index file {pack.hex()}")
+
+
+class UploadingPack(OpenPack):
+    """An open pack whose seal uploads it (and drops the local copy)."""
+
+    storage: Storage
+    _trailed = False
+
+    def seal(self) -> None:
+        if not self.entries:
+            self.abandon()
+            return
+        if not self._trailed:  # a retried seal (the upload failed) keeps its trailer
+            try:
+                _pwritev_all(self._fd, [pack_format.trailer(self.entries, self.size)], self.size)
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                raise os_error(exc, f"pack {self.path}") from exc
+            self._trailed = True
+        upload(self.storage, self.root, self.id, self.path, self.entries)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        unlink_quiet(self.path)
+        self._drop_log()
+
+
+def recover(storage: Storage, root: Path, size_range: tuple[int, int]) -> int:
+    """Seal and upload the cache's open packs whose writer is gone; how many."""
+    open_dir = root / PACKS / "open"
+    try:
+        names = sorted(os.listdir(open_dir))
+    except FileNotFoundError:
+        return 0
+    done = 0
+    for stem in [n[: -len(LOG_SUFFIX)] for n in names if n.endswith(LOG_SUFFIX)]:
+        try:
+            pack = bytes.fromhex(stem)
+        except ValueError:
+            continue
+        if len(pack) != pack_format.PACK_ID_LEN:
+            continue
+        log_path = open_dir / (stem + LOG_SUFFIX)
+        try:
+            fd = os.open(log_path, os.O_WRONLY)
+        except FileNotFoundError:
+            continue  # recovered by another process meanwhile
+        except OSError as exc:
+            raise os_error(exc, f"pack log {log_path}") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its writer is alive
+            if _recover_one(storage, root, pack, open_dir / (stem + PACK_SUFFIX), size_range):
+                done += 1
+            unlink_quiet(log_path)
+        finally:
+            os.close(fd)
+    return done
+
+
+def _recover_one(
+    storage: Storage, root: Path, pack: bytes, path: Path, size_range: tuple[int, int]
+) -> bool:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return False  # uploaded; only its log was left
+    name = f"open pack {path}"
+    try:
+        if pack_format.parse_header(data, name) != pack:
+            raise RepositoryError(f"{name}: its header names another pack")
+    except RepositoryError:
+        path.unlink()  # a header that never became durable: no batch was acked
+        return False
+    # the records up to the first torn one (a trailer written before the kill is cut
+    # off and written again: the same bytes)
+    entries = list(pack_format.scan_records(data, size_range))
+    if not entries:
+        path.unlink()
+        return False
+    end = entries[-1].offset + entries[-1].length
+    with open(path, "r+b") as fh:
+        fh.truncate(end)
+        fh.seek(end)
+        fh.write(pack_format.trailer(entries, end))
+        fh.flush()
+        os.fdatasync(fh.fileno())
+    upload(storage, root, pack, path, entries)
+    path.unlink()
+    return True

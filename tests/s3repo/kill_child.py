@@ -1,0 +1,36 @@
+"""Child of test_s3_kill.py: import a disk into an S3 repository and SIGKILL itself when
+the upload reaches ``KILL_AT`` (an object name prefix: ``packs/`` = before the pack
+object, ``index/`` = after it, before its index object). The storage is the real one;
+only the moment of death is chosen."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from repository.import_disk import import_disk
+from repository.repository import Repository
+from repository.s3_repo_storage import S3RepoStorage
+from repository.storage import Bytes
+
+
+def main() -> None:
+    url, cfg, cache, image, kill_at = sys.argv[1:6]
+    real_write = S3RepoStorage.write
+
+    def write(self: S3RepoStorage, name: str, parts: Sequence[Bytes]) -> None:
+        if name.startswith(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_write(self, name, parts)
+
+    S3RepoStorage.write = write  # type: ignore[method-assign,assignment]
+    repo = Repository.open(url, s3_config=cfg, cache_dir=Path(cache))
+    import_disk(repo, "vm", 2000, image, workers=0)
+    print("not killed", flush=True)
+
+
+if __name__ == "__main__":
+    main()
