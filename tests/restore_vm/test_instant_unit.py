@@ -25,7 +25,13 @@ def test_vm_folder_names_keep_to_safe_characters() -> None:
 
 
 def _args(**kw: object) -> argparse.Namespace:
-    base = {"instant": False, "migrate": False, "transport": "http", "keep_failed": False}
+    base = {
+        "instant": False,
+        "migrate": False,
+        "transport": None,  # the option's default (http)
+        "keep_failed": False,
+        "in_place": False,
+    }
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -35,3 +41,5 @@ def test_usage_problems() -> None:
     assert usage_problem(_args(migrate=True)) == "--migrate needs --instant"
     assert "--transport" in usage_problem(_args(instant=True, transport="nbd"))
     assert "--keep-failed" in usage_problem(_args(instant=True, keep_failed=True))
+    assert usage_problem(_args(instant=True, transport="http")) == ""
+    assert "--in-place" in usage_problem(_args(instant=True, in_place=True))
