@@ -79,7 +79,7 @@ class Repository:
         self.packed = config["version"] == repo_config.PACKS_VERSION
         sizes = blob.chunk_file_sizes(self.chunk_size)
         self.chunks: ChunkStore | PackStore = (
-            PackStore(path, sizes, config["pack_size"])
+            PackStore(path, sizes, config["pack_size"], _unconverted(path, sizes))
             if self.packed
             else ChunkStore(path / "chunks", sizes)
         )
@@ -113,12 +113,13 @@ class Repository:
         passphrase: str | bytes | None = None,
         *,
         kdf_n: int = keyfile.SCRYPT_N,
-        packs: bool = False,
+        packs: bool = True,
         pack_size: int = DEFAULT_PACK_SIZE,
     ) -> Repository:
         """``kdf_n`` is the scrypt cost of the key file (lower only where opening
-        quickly matters more than resisting a guessed passphrase: tests). ``packs``
-        makes a version-3 repository (chunks in pack files of about ``pack_size``)."""
+        quickly matters more than resisting a guessed passphrase: tests). ``packs`` (the
+        default) makes a version-3 repository (chunks in pack files of about
+        ``pack_size``); ``packs=False`` a version-2 one (a file per chunk)."""
         path = Path(path)
         try:
             config = repo_config.new(
@@ -344,6 +345,12 @@ class Repository:
 
     def job_report(self, job_id: str) -> dict[str, Any]:
         return self.jobs.load(job_id)
+
+
+def _unconverted(path: Path, sizes: tuple[int, int]) -> ChunkStore | None:
+    """The chunk files a version-3 repository still has while `repo upgrade` converts it
+    from version 2 (``chunks/`` exists until the last of them is in a pack)."""
+    return ChunkStore(path / "chunks", sizes) if (path / "chunks").is_dir() else None
 
 
 def _pass_bytes(passphrase: str | bytes) -> bytes:

@@ -251,3 +251,58 @@ def test_writer_cli_runs_and_stops_on_sigterm(broker: BrokerParams, tmp_path: Pa
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out.decode()[-2000:]
     assert b"writer_started" in out
+
+
+def test_a_running_writer_seals_an_idle_open_pack(broker: BrokerParams, tmp_path: Path) -> None:
+    """A writer process that stored a batch and then got nothing for pack_idle_seal
+    seconds seals the pack while it keeps running (not only at its exit)."""
+    repo = Repository.init(tmp_path / "repo", chunk_size=CS)  # packs of 32 MiB: never full
+    env = {
+        **os.environ,
+        "VMBACKUP_BROKER__URL": broker.url,
+        "VMBACKUP_BROKER__N_SHARDS": str(N),
+        "VMBACKUP_REPOSITORY__PATH": str(repo.path),
+        "VMBACKUP_METRICS__PORT": "0",
+        "VMBACKUP_LOG__FORMAT": "json",
+        "VMBACKUP_WRITER__PACK_IDLE_SEAL": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmbackup", "writer"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    client = Client(broker)
+    datas = [os.urandom(CS) for _ in range(6)]
+    by_shard = _chunks(repo, datas)
+    try:
+        shard, chunks = next(iter(by_shard.items()))
+        deadline = time.monotonic() + 30
+        while True:  # the queues exist once the writer declared them
+            try:
+                ack = client.batch(shard, chunks)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        assert ack.ok
+        ids = [c[0] for c in chunks]
+        deadline = time.monotonic() + 60  # a loaded machine: the seal comes within seconds
+        while list((repo.path / "packs" / "open").glob("*.pack")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None  # still running: the idle seal did it, not the exit
+        assert not list((repo.path / "packs" / "open").glob("*.pack"))
+        sealed = list((repo.path / "packs").glob("??/*"))
+        assert len(sealed) == 1
+        reader = Repository.open(repo.path)
+        for cid in ids:
+            assert reader.chunks.locations(cid)[0].pack.hex() == sealed[0].name
+        assert reader.read_chunk(ids[0]) in datas
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert b"packs_sealed_idle" in out
