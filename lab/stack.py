@@ -121,6 +121,9 @@ class StackSpec:
     chunk_streams: bool = True
     # Those streams in TLS (writer.data_tls = "on"; "auto" would follow the lab's amqp://).
     stream_tls: bool = False
+    # Repository format 2 (a file per chunk) instead of 3 (packs), for comparisons.
+    chunk_files: bool = False
+    pack_size: int | None = None  # bytes; None: repo init's default
 
 
 class Stack:
@@ -157,6 +160,10 @@ class Stack:
         atexit.register(self._drop_accounts)
         init = ["repo", "init", str(self.repo), "--chunk-size", str(self.spec.chunk_size)]
         init += ["--compression-level", str(self.spec.compression_level)]
+        if self.spec.chunk_files:
+            init.append("--chunk-files")
+        elif self.spec.pack_size is not None:
+            init += ["--pack-size", str(self.spec.pack_size)]
         if self.spec.encrypt:
             self.passphrase_file.write_text(uuid.uuid4().hex)
             self.passphrase_file.chmod(0o600)
