@@ -111,7 +111,7 @@ def _check_chunks(
     progress: Progress,
 ) -> set[bytes]:
     if not isinstance(repo.chunks, ChunkStore):
-        bad = _check_packs(repo, report, sample, rng)
+        bad = _check_packs(repo, report, sample, rng, progress)
         if repo.chunks.legacy is not None:  # an unfinished upgrade from version 2
             bad |= _check_chunk_files(repo, repo.chunks.legacy, report, sample, rng, progress)
         return bad
@@ -179,7 +179,11 @@ def _size(path: os.PathLike[str] | str) -> int:
 
 
 def _check_packs(
-    repo: Repository, report: VerifyReport, sample: int | None, rng: random.Random
+    repo: Repository,
+    report: VerifyReport,
+    sample: int | None,
+    rng: random.Random,
+    progress: Progress,
 ) -> set[bytes]:
     from repository.pack_verify import check_packs
 
@@ -190,7 +194,7 @@ def _check_packs(
         report.problems.append(Problem("bad-chunk", f"chunk {cid.hex()} in {where}", why))
         report.quarantined.append(cid.hex())
 
-    checked, total, nbytes = check_packs(repo, sample, rng, found)
+    checked, total, nbytes = check_packs(repo, sample, rng, found, progress)
     report.chunks_checked += checked
     report.chunks_total += total
     report.bytes_checked += nbytes
