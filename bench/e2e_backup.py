@@ -58,6 +58,7 @@ from bench.e2e_tools import (
     make_tools,
     proc_cpu,
     proc_io,
+    proc_sys_cpu,
     run,
 )
 from bench.procmem import proc_memory
@@ -190,6 +191,7 @@ class Ours:
             if p.popen is None:
                 continue
             s[f"cpu:{p.name}"] = proc_cpu(p.popen.pid)
+            s[f"sys_cpu:{p.name}"] = proc_sys_cpu(p.popen.pid)  # the kernel's share of it
             s[f"rchar:{p.name}"] = proc_io(p.popen.pid).get("rchar", 0)
             # peak resident memory since start (what k8s/ sizes its limits from)
             s[f"peak_rss_mib:{p.name}"] = proc_memory(p.popen.pid)["VmHWM"] / 2**20

@@ -50,7 +50,9 @@ def run(variant: str, work: Path) -> dict[str, float]:
     t0 = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-3000:]}")
+        raise SystemExit(
+            f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
     chunk, other, size = count(keep / "repo")
     return {
         "chunk": chunk,
