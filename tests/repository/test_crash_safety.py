@@ -50,7 +50,8 @@ def test_sigkill_never_corrupts_packs(tmp_path: Path) -> None:
 def test_sigkill_on_a_filling_disk_never_corrupts(tmp_path: Path) -> None:
     full_log = tmp_path / "full.log"
     with small_filesystem(tmp_path / "repo", 8 * MiB):
-        # chunk files: on packs the child dies of an ENOSPC in a pack append (to be fixed)
+        # chunk files: on packs the gc that should make room rewrites packs first, which
+        # needs room itself, and fails with RepositoryFullError (pack_gc: to be fixed)
         repo = Repository.init(
             tmp_path / "repo", chunk_size=256 * 1024, compression_level=1, packs=False
         )
