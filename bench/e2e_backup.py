@@ -58,6 +58,7 @@ from bench.e2e_tools import (
     make_tools,
     proc_cpu,
     proc_io,
+    proc_sys_cpu,
     run,
 )
 from bench.procmem import proc_memory
@@ -175,10 +176,17 @@ class Ours:
     """The vmbackup stack on the lab, with per-process CPU and metrics around each job."""
 
     def __init__(
-        self, lab: Lab, work: Path, transport: str, level: int, perf_full: str | None = None
+        self,
+        lab: Lab,
+        work: Path,
+        transport: str,
+        level: int,
+        perf_full: str | None = None,
+        chunk_files: bool = False,
     ) -> None:
         self.lab = lab
-        self.stack = Stack(lab, work, StackSpec(transport=transport, compression_level=level))
+        spec = StackSpec(transport=transport, compression_level=level, chunk_files=chunk_files)
+        self.stack = Stack(lab, work, spec)
         self.broker_pid = broker_pid()
         self.perf_full = perf_full
 
@@ -190,6 +198,7 @@ class Ours:
             if p.popen is None:
                 continue
             s[f"cpu:{p.name}"] = proc_cpu(p.popen.pid)
+            s[f"sys_cpu:{p.name}"] = proc_sys_cpu(p.popen.pid)  # the kernel's share of it
             s[f"rchar:{p.name}"] = proc_io(p.popen.pid).get("rchar", 0)
             # peak resident memory since start (what k8s/ sizes its limits from)
             s[f"peak_rss_mib:{p.name}"] = proc_memory(p.popen.pid)["VmHWM"] / 2**20
@@ -341,6 +350,7 @@ class Bench:
             self.args.transport,
             self.args.compression_level,
             self.args.perf_full,
+            self.args.chunk_files,
         )
         with ours.stack:
             full = self.record(ours.backup("full"))
@@ -486,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         help="first wait until the 1-minute load average stays below L for a minute",
     )
     ap.add_argument("--wait-max", type=float, default=60.0, metavar="MIN", help="then run anyway")
+    ap.add_argument(
+        "--chunk-files", action="store_true", help="a format-2 repository (a file per chunk)"
+    )
     ap.add_argument("--keep-logs", default=None, metavar="DIR", help="copy the stack's logs here")
     ap.add_argument(
         "--perf-full",

@@ -78,6 +78,15 @@ def proc_cpu(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def proc_sys_cpu(pid: int) -> float:
+    """System (kernel) CPU seconds of a live process (and its reaped children)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[12]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # stime, cstime
+
+
 def dir_size(path: Path) -> tuple[int, int]:
     """(sum of file sizes, bytes allocated on disk as du counts them)."""
     size = used = 0

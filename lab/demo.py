@@ -200,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vms-per-host", type=int, default=4)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep", metavar="DIR", help="keep the repository and logs in DIR")
+    ap.add_argument(
+        "--chunk-files",
+        action="store_true",
+        help="a format-2 repository (a file per chunk) instead of packs",
+    )
+    ap.add_argument("--pack-size", type=int, default=None, metavar="BYTES", help="pack size")
     args = ap.parse_args(argv)
     setup_logging("warning", "console")
 
@@ -227,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             # brought there before the first backup, not hashed inside it.
             settled = lab.settle()
             print(f"  CBT state of {settled['disks']} disks settled in {settled['seconds']:.1f} s")
-            with Stack(lab, work, StackSpec()) as stack:
+            stack_spec = StackSpec(chunk_files=args.chunk_files, pack_size=args.pack_size)
+            with Stack(lab, work, stack_spec) as stack:
                 for p in stack.procs.values():
                     print(
                         f"  {p.name:<9} pid {p.popen.pid if p.popen else '-':<7} "

@@ -111,6 +111,10 @@ class Stack:
         atexit.register(self._drop_accounts)
         init = ["repo", "init", str(self.repo), "--chunk-size", str(self.spec.chunk_size)]
         init += ["--compression-level", str(self.spec.compression_level)]
+        if self.spec.chunk_files:
+            init.append("--chunk-files")
+        elif self.spec.pack_size is not None:
+            init += ["--pack-size", str(self.spec.pack_size)]
         if self.spec.encrypt:
             self.passphrase_file.write_text(uuid.uuid4().hex)
             self.passphrase_file.chmod(0o600)

@@ -55,6 +55,9 @@ class StackSpec:
     chunk_streams: bool = True
     # Those streams in TLS (writer.data_tls = "on"; "auto" would follow the lab's amqp://).
     stream_tls: bool = False
+    # Repository format 2 (a file per chunk) instead of 3 (packs), for comparisons.
+    chunk_files: bool = False
+    pack_size: int | None = None  # bytes; None: repo init's default
 
 
 def config_text(

@@ -213,21 +213,25 @@ class ChunkStore:
     def iter_chunks(self, *, with_stat: bool = True) -> Iterator[ChunkFile]:
         """Every chunk file (temps and stray names are skipped), one directory at a time."""
         for d in self.iter_dirs():
-            try:
-                entries = list(os.scandir(d))
-            except FileNotFoundError:
+            yield from self.iter_chunks_in(d, with_stat=with_stat)
+
+    def iter_chunks_in(self, d: Path, *, with_stat: bool = True) -> Iterator[ChunkFile]:
+        """The chunk files of one fan-out directory (in no particular order)."""
+        try:
+            entries = list(os.scandir(d))
+        except FileNotFoundError:
+            return
+        for e in entries:
+            if len(e.name) != 64 or not _HEX_ID.fullmatch(e.name):
                 continue
-            for e in entries:
-                if len(e.name) != 64 or not _HEX_ID.fullmatch(e.name):
+            if with_stat:
+                try:
+                    st = e.stat()
+                except FileNotFoundError:
                     continue
-                if with_stat:
-                    try:
-                        st = e.stat()
-                    except FileNotFoundError:
-                        continue
-                    yield ChunkFile(bytes.fromhex(e.name), Path(e.path), st.st_size, st.st_mtime)
-                else:
-                    yield ChunkFile(bytes.fromhex(e.name), Path(e.path), 0, 0.0)
+                yield ChunkFile(bytes.fromhex(e.name), Path(e.path), st.st_size, st.st_mtime)
+            else:
+                yield ChunkFile(bytes.fromhex(e.name), Path(e.path), 0, 0.0)
 
     def iter_temps(self) -> Iterator[tuple[Path, float]]:
         for d in self.iter_dirs():

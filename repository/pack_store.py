@@ -7,6 +7,13 @@ whichever open pack its thread takes from the pool (one per concurrent writer th
 instead of a file, two fsyncs and a rename per chunk. Lookups never read a pack.
 Presence answers are recorded in the touch log first (touch_log.py: gc's protection of
 chunks a running backup relies on).
+
+While `repo upgrade` converts a version-2 repository (chunk files) into packs, ``legacy``
+is the chunk-file store of the chunks not converted yet: a lookup that misses the index
+looks there, and one that misses there too looks at the index again (the upgrade writes
+a pack's index before it deletes the pack's chunk files, so a chunk is always in one of
+the two places: docs/repository-format.md, "Upgrading from version 2"). New chunks go
+into packs only.
 """
 
 from __future__ import annotations
@@ -15,12 +22,13 @@ import atexit
 import contextlib
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from repository import pack_writer
-from repository.chunk_store import check_id
+from repository.chunk_store import ChunkStore, check_id
 from repository.errors import MissingChunkError, RepositoryError
 from repository.fsutil import lock_file
 from repository.pack_index import PACK_SUFFIX, PackIndex
@@ -28,7 +36,7 @@ from repository.pack_index_file import Location
 from repository.pack_writer import Blob, OpenPack, sealed_path
 from repository.touch_log import TouchLog
 
-DEFAULT_PACK_SIZE = 32 * 1024 * 1024
+DEFAULT_PACK_SIZE = 128 * 1024 * 1024  # bench/RESULTS.md, "Files in the repository"
 MIN_PACK_SIZE = 1024 * 1024
 MAX_PACK_SIZE = 1024 * 1024 * 1024
 COMPACT_AT = 16  # index files; more are merged into one (under the gc lock)
@@ -38,8 +46,15 @@ _live: weakref.WeakSet[PackStore] = weakref.WeakSet()
 
 
 class PackStore:
-    def __init__(self, root: Path, size_range: tuple[int, int], pack_size: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        size_range: tuple[int, int],
+        pack_size: int,
+        legacy: ChunkStore | None = None,
+    ) -> None:
         self.root = root
+        self.legacy = legacy  # chunk files of an unfinished upgrade from version 2
         self.size_range = size_range
         self.pack_size = pack_size
         self.index = PackIndex(root)
@@ -58,7 +73,13 @@ class PackStore:
             check_id(cid)
         self.touches.record(ids)
         self.index.refresh()
-        return [bool(self.index.lookup(cid)) for cid in ids]
+        found = [bool(self.index.lookup(cid)) for cid in ids]
+        if self.legacy is not None and not all(found):
+            for i, cid in enumerate(ids):
+                # the chunk file's mtime is its gc mark until the upgrade packs it
+                if not found[i] and not self.legacy.touch(cid, settle=settle):
+                    found[i] = self._converted(cid)
+        return found
 
     def touch(self, chunk_id: bytes, *, settle: bool = True) -> bool:
         return self.touch_many([chunk_id], settle=settle)[0]
@@ -67,6 +88,15 @@ class PackStore:
         check_id(chunk_id)
         if self.index.lookup(chunk_id):
             return True
+        self.index.refresh()
+        if self.index.lookup(chunk_id):
+            return True
+        if self.legacy is not None:
+            return self.legacy.exists(chunk_id) or self._converted(chunk_id)
+        return False
+
+    def _converted(self, chunk_id: bytes) -> bool:
+        """Packed (and its chunk file deleted) by the upgrade since the first lookup."""
         self.index.refresh()
         return bool(self.index.lookup(chunk_id))
 
@@ -83,6 +113,10 @@ class PackStore:
     def read(self, chunk_id: bytes) -> bytes:
         """The blob of a chunk (the first copy the index names)."""
         locs = self.locations(chunk_id)
+        if not locs and self.legacy is not None:
+            with contextlib.suppress(MissingChunkError):
+                return self.legacy.read(chunk_id)
+            locs = self.locations(chunk_id)  # packed by the upgrade meanwhile
         if not locs:
             raise MissingChunkError(f"chunk {chunk_id.hex()} is missing (in no pack's index)")
         return self.read_at(chunk_id, locs[0])
@@ -161,6 +195,19 @@ class PackStore:
         self.index.forget_own(pack.id)
         if len(self.index.files()) > COMPACT_AT:
             self.compact()
+
+    def seal_idle(self, idle_s: float) -> int:
+        """Seal the open packs of this process that received nothing for ``idle_s``
+        seconds (the last chunks of a backup window would otherwise wait in open packs
+        for the next window, or the writer's exit); how many were sealed. Packs a thread
+        is writing to are not in the free list, so never sealed here mid-batch."""
+        now = time.monotonic()
+        with self._lock:
+            idle = [p for p in self._free if now - p.last_write >= idle_s]
+            self._free = [p for p in self._free if p not in idle]
+        for pack in idle:
+            self._seal(pack)
+        return len(idle)
 
     def flush(self) -> None:
         """Seal every open pack of this process (idle, or shutting down)."""

@@ -12,6 +12,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 
+from common.progress import Progress, no_progress
 from repository.errors import RepositoryError
 from repository.pack_index_file import Location
 from repository.pack_quarantine import quarantine_blob
@@ -23,10 +24,14 @@ BadChunk = Callable[[bytes, str, str], None]  # (id, where, why)
 
 
 def check_packs(
-    repo: Repository, sample: int | None, rng: random.Random, bad: BadChunk
+    repo: Repository,
+    sample: int | None,
+    rng: random.Random,
+    bad: BadChunk,
+    progress: Progress = no_progress,
 ) -> tuple[int, int, int]:
     """(chunks checked, chunks indexed, plaintext bytes checked); ``bad`` is told of
-    each damaged blob after it was quarantined."""
+    each damaged blob after it was quarantined; ``progress`` in blob bytes read."""
     store = repo.chunks
     assert isinstance(store, PackStore)
     entries = list(dict.fromkeys(store.iter_ids()))  # one per (id, place)
@@ -36,7 +41,9 @@ def check_packs(
     by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
     for cid, loc in entries:
         by_pack[loc.pack].append((cid, loc))
-    checked = nbytes = 0
+    checked = nbytes = done = 0
+    todo = sum(loc.length for _, loc in entries)
+    progress(0, todo)
     for pack, items in sorted(by_pack.items()):
         path = store.pack_where(pack)
         try:
@@ -45,6 +52,8 @@ def check_packs(
             data, why = None, f"pack {path} unreadable: {getattr(exc, 'strerror', None) or exc}"
         for cid, loc in sorted(items, key=lambda e: e[1].offset):
             checked += 1
+            done += loc.length
+            progress(done, todo)
             blob = data[loc.offset : loc.offset + loc.length] if data is not None else b""
             if data is not None:
                 try:

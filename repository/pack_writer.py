@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,6 +85,7 @@ class OpenPack:
             self.abandon()
             raise os_error(exc, what) from exc
         self.size = pack_format.HEADER_LEN
+        self.last_write = time.monotonic()  # idle sealing (PackStore.seal_idle)
 
     def append(self, blobs: Sequence[Blob]) -> list[Location]:
         """Write the blobs, fdatasync, then log them; their locations. On an error the
@@ -108,6 +110,7 @@ class OpenPack:
             raise os_error(exc, f"pack {self.path}") from exc
         self.size = pos
         self.entries.extend(entries)
+        self.last_write = time.monotonic()
         # a hint for other processes; lost or torn, the pack's records still say it
         with contextlib.suppress(OSError):
             os.write(self._log, b"".join(log_record(e.id, e.offset, e.length) for e in entries))

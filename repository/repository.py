@@ -102,11 +102,11 @@ class Repository:
                 raise RepositoryFormatError(
                     f"{self.location}: chunk files (format version {config['version']}) are"
                     f" not supported on S3: only pack repositories (version"
-                    f" {repo_config.PACKS_VERSION}, `repo init --packs`)"
+                    f" {repo_config.PACKS_VERSION}, `repo init` without --chunk-files)"
                 )
             self.chunks = S3PackStore(s3, path, sizes, config["pack_size"])
         elif self.packed:
-            self.chunks = PackStore(path, sizes, config["pack_size"])
+            self.chunks = PackStore(path, sizes, config["pack_size"], _unconverted(path, sizes))
         else:
             self.chunks = ChunkStore(path / "chunks", sizes)
         self.quarantine = Quarantine(self.storage)  # damaged chunks (verify)
@@ -144,15 +144,16 @@ class Repository:
         passphrase: str | bytes | None = None,
         *,
         kdf_n: int = keyfile.SCRYPT_N,
-        packs: bool = False,
+        packs: bool = True,
         pack_size: int = DEFAULT_PACK_SIZE,
         s3_config: str | Path | None = None,
         cache_dir: Path | None = None,
     ) -> Repository:
         """``kdf_n`` is the scrypt cost of the key file (lower only where opening
-        quickly matters more than resisting a guessed passphrase: tests). ``packs``
-        makes a version-3 repository (chunks in pack files of about ``pack_size``).
-        ``path`` may be ``s3://BUCKET/PREFIX`` with ``s3_config`` (repo_location.py)."""
+        quickly matters more than resisting a guessed passphrase: tests). ``packs`` (the
+        default) makes a version-3 repository (chunks in pack files of about
+        ``pack_size``); ``packs=False`` a version-2 one (a file per chunk). ``path`` may
+        be ``s3://BUCKET/PREFIX`` with ``s3_config`` (repo_location.py)."""
         loc = parse_location(path, s3_config)
         if loc.s3 is not None:
             return s3_init(
@@ -429,6 +430,12 @@ class Repository:
 
     def job_report(self, job_id: str) -> dict[str, Any]:
         return self.jobs.load(job_id)
+
+
+def _unconverted(path: Path, sizes: tuple[int, int]) -> ChunkStore | None:
+    """The chunk files a version-3 repository still has while `repo upgrade` converts it
+    from version 2 (``chunks/`` exists until the last of them is in a pack)."""
+    return ChunkStore(path / "chunks", sizes) if (path / "chunks").is_dir() else None
 
 
 def _pass_bytes(passphrase: str | bytes) -> bytes:

@@ -59,8 +59,8 @@ def s3_init(
     assert loc.s3 is not None
     if not packs:
         raise InvalidRequestError(
-            f"{loc.text}: a repository on S3 keeps chunks in packs: `repo init --packs`"
-            " (chunk files, one object per chunk, are not supported on S3)"
+            f"{loc.text}: a repository on S3 keeps chunks in packs: `repo init` without"
+            " --chunk-files (chunk files, one object per chunk, are not supported on S3)"
         )
     try:
         config = repo_config.new(chunk_size, compression_level, passphrase is not None, pack_size)

@@ -111,15 +111,29 @@ def _check_chunks(
     progress: Progress,
 ) -> set[bytes]:
     if not isinstance(repo.chunks, ChunkStore):
-        return _check_packs(repo, report, sample, rng)
+        bad = _check_packs(repo, report, sample, rng, progress)
+        if repo.chunks.legacy is not None:  # an unfinished upgrade from version 2
+            bad |= _check_chunk_files(repo, repo.chunks.legacy, report, sample, rng, progress)
+        return bad
+    return _check_chunk_files(repo, repo.chunks, report, sample, rng, progress)
+
+
+def _check_chunk_files(
+    repo: Repository,
+    store: ChunkStore,
+    report: VerifyReport,
+    sample: int | None,
+    rng: random.Random,
+    progress: Progress,
+) -> set[bytes]:
     files: list[ChunkFile]
     if sample is None:
         # a pass of stats first, for the progress's total: cheap beside reading every chunk
-        total = sum(cf.size for cf in repo.chunks.iter_chunks())
-        files_iter = repo.chunks.iter_chunks()
+        total = sum(cf.size for cf in store.iter_chunks())
+        files_iter = store.iter_chunks()
     else:  # reservoir sampling: memory is the sample, not the repository
         files = []
-        for n, cf in enumerate(repo.chunks.iter_chunks(with_stat=False)):
+        for n, cf in enumerate(store.iter_chunks(with_stat=False)):
             report.chunks_total += 1
             if len(files) < sample:
                 files.append(cf)
@@ -144,7 +158,7 @@ def _check_chunks(
         except OSError:
             ino = None
         try:
-            data = repo.read_chunk(cf.id)
+            data = repo.decode_chunk(cf.id, store.read(cf.id))
             report.bytes_checked += len(data)
             continue
         except (RepositoryError, OSError) as exc:
@@ -153,7 +167,7 @@ def _check_chunks(
             why = f"unexpected: {exc!r}"
         bad.add(cf.id)
         report.problems.append(Problem("bad-chunk", str(cf.path), why))
-        _quarantine(repo, report, cf, why, ino)
+        _quarantine(repo, store, report, cf, why, ino)
     return bad
 
 
@@ -165,7 +179,11 @@ def _size(path: os.PathLike[str] | str) -> int:
 
 
 def _check_packs(
-    repo: Repository, report: VerifyReport, sample: int | None, rng: random.Random
+    repo: Repository,
+    report: VerifyReport,
+    sample: int | None,
+    rng: random.Random,
+    progress: Progress,
 ) -> set[bytes]:
     from repository.pack_verify import check_packs
 
@@ -176,7 +194,7 @@ def _check_packs(
         report.problems.append(Problem("bad-chunk", f"chunk {cid.hex()} in {where}", why))
         report.quarantined.append(cid.hex())
 
-    checked, total, nbytes = check_packs(repo, sample, rng, found)
+    checked, total, nbytes = check_packs(repo, sample, rng, found, progress)
     report.chunks_checked += checked
     report.chunks_total += total
     report.bytes_checked += nbytes
@@ -184,11 +202,15 @@ def _check_packs(
 
 
 def _quarantine(
-    repo: Repository, report: VerifyReport, cf: ChunkFile, why: str, ino: int | None
+    repo: Repository,
+    store: ChunkStore,
+    report: VerifyReport,
+    cf: ChunkFile,
+    why: str,
+    ino: int | None,
 ) -> None:
-    assert isinstance(repo.chunks, ChunkStore)
     try:
-        moved = repo.quarantine.put(repo.chunks, cf.id, why, ino=ino)
+        moved = repo.quarantine.put(store, cf.id, why, ino=ino)
     except (RepositoryError, OSError) as exc:
         report.problems.append(Problem("quarantine", cf.id.hex(), f"cannot move aside: {exc}"))
         return

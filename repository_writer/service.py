@@ -55,6 +55,7 @@ from common.sharding import parse_shard_set, shard_of, shard_queue
 from repository import fsutil
 from repository.errors import RepositoryError, RepositoryFullError
 from repository.interfaces import ChunkSink, Committer, Pruner
+from repository.pack_store import PackStore
 from repository.repository import Repository
 from repository_writer import metrics
 from repository_writer.chunk_stream_server import HELLO_TIMEOUT, ChunkStreamServer, route_address
@@ -94,8 +95,10 @@ class WriterService:
         max_disk_capacity: int = DEFAULT_MAX_DISK_CAPACITY,
         coordinator_users: Sequence[str] = (),
         proxy_users: Sequence[str] = (),
+        pack_idle_seal: float = 30.0,
     ) -> None:
         self.repo = repo
+        self.pack_idle_seal = pack_idle_seal  # seconds; 0 = never idle-sealed
         # what the handlers may do with it: store chunks, or commit (repository/interfaces.py)
         self.chunks: ChunkSink = repo
         self.committer: Committer = repo
@@ -154,6 +157,8 @@ class WriterService:
         )
         fsutil.fsync_observer = metrics.WRITER_FSYNC_SECONDS.observe
         self.free_space = FreeSpaceGuard(repo.path, min_free_bytes)
+        self._stopping = threading.Event()
+        self._sealer: threading.Thread | None = None
 
     def _declare(self, ch: Any) -> None:
         declare_base(ch, self.params)
@@ -172,8 +177,29 @@ class WriterService:
             if not c.wait_ready(timeout) and not c.stopping:  # a signal: run() returns
                 raise RepositoryError(f"writer {self.name}: broker not reachable")
         health.add_check(f"writer {self.name}", self.free_space.readiness)
+        if isinstance(self.repo.chunks, PackStore) and self.pack_idle_seal > 0:
+            self._stopping.clear()
+            self._sealer = threading.Thread(
+                target=self._seal_idle_packs, name=f"{self.name}-idle-seal", daemon=True
+            )
+            self._sealer.start()
         log.info("writer_started", name=self.name, shards=self.shards, repo=str(self.repo.path))
         return self
+
+    def _seal_idle_packs(self) -> None:
+        """Seal open packs that received nothing for ``pack_idle_seal`` seconds: a sealed
+        pack is final (S3 uploads only those), an open one waits for more chunks."""
+        store = self.repo.chunks
+        assert isinstance(store, PackStore)
+        every = min(5.0, self.pack_idle_seal / 4)
+        while not self._stopping.wait(every):
+            try:
+                n = store.seal_idle(self.pack_idle_seal)
+            except RepositoryError as exc:  # a full disk: the next look tries again
+                log.warning("pack_idle_seal_failed", error=str(exc))
+                continue
+            if n:
+                log.info("packs_sealed_idle", packs=n, idle_s=self.pack_idle_seal)
 
     def _consumers(self) -> list[Consumer]:
         return [c for c in (self.chunk_consumer, self.commit_consumer) if c is not None]
@@ -196,6 +222,10 @@ class WriterService:
             t.start()
         for t in threads:
             t.join()
+        self._stopping.set()
+        if self._sealer is not None:
+            self._sealer.join()
+            self._sealer = None
 
     def close(self) -> None:
         self.stop()
@@ -355,6 +385,7 @@ def main(args: argparse.Namespace) -> int:
         max_disk_capacity=ws.max_disk_capacity,
         coordinator_users=ws.coordinator_users,
         proxy_users=ws.proxy_users,
+        pack_idle_seal=ws.pack_idle_seal,
     )
     stop_on_signals(service)
     try:

@@ -91,6 +91,12 @@ class WriterSettings:
             " [] = by name: X-proxy when this writer's account is X-writer, else its own"
         },
     )
+    pack_idle_seal: float = doc(
+        "seconds an open pack may receive nothing before the writer seals it (version-3"
+        " repositories), so the last chunks of a backup window do not wait in open packs"
+        " until the next window or the writer's exit; 0 = only at the pack size or exit",
+        default=30.0,
+    )
     min_free_mib: int = doc(
         "free space (MiB) the repository's file system must keep: below it the writer"
         " refuses chunk batches at once (the job fails fast with 'repository full') and"
@@ -125,6 +131,8 @@ class WriterSettings:
         for key in ("stream_hello_timeout", "stream_idle_timeout"):
             if not 0 < getattr(self, key) <= 86400:
                 c.fail(key, "must be above 0 and at most 86400 seconds")
+        if not 0 <= self.pack_idle_seal <= 86400:
+            c.fail("pack_idle_seal", "must be within 0..86400 seconds")
         if not 1 << 20 <= self.max_disk_capacity <= 1 << 50:
             c.fail("max_disk_capacity", "must be within 1 MiB..1 PiB")
         c.done()

@@ -111,6 +111,8 @@ def _ts(t: float) -> str:
 def cmd_init(args: argparse.Namespace) -> CommandResult:
     from repository.repository import Repository
 
+    if args.packs and args.chunk_files:
+        raise InvalidRequestError("--packs and --chunk-files: choose one")
     passphrase = None
     if args.encrypt:
         passphrase = _passphrase(args, confirm=True)
@@ -123,7 +125,7 @@ def cmd_init(args: argparse.Namespace) -> CommandResult:
         chunk_size=args.chunk_size,
         compression_level=args.compression_level,
         passphrase=passphrase,
-        packs=args.packs,
+        packs=not args.chunk_files,
         pack_size=args.pack_size,
         s3_config=args.s3_config,
         cache_dir=args.cache_dir,
@@ -132,13 +134,15 @@ def cmd_init(args: argparse.Namespace) -> CommandResult:
     return CommandResult(
         0,
         text=f"created repository {args.path}: chunk size {_human(repo.chunk_size)}, "
-        f"zstd level {repo.compression_level}, {enc}",
+        f"zstd level {repo.compression_level}, {enc}, "
+        + (f"pack files of {_human(args.pack_size)}" if repo.packed else "a file per chunk"),
         result={
             "path": str(args.path),
             "chunk_size": repo.chunk_size,
             "compression_level": repo.compression_level,
             "encrypted": repo.encrypted,
-            "packs": bool(args.packs),
+            "packs": repo.packed,
+            "version": repo.config["version"],
         },
     )
 
@@ -159,20 +163,41 @@ def cmd_import(args: argparse.Namespace) -> CommandResult:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> CommandResult:
+    from repository import repo_config
     from repository.upgrade import upgrade
+    from repository.upgrade_packs import upgrade_to_packs
 
     # each file upgraded is a line: printed as it goes, unless stdout is the JSON document
     def say(line: str) -> None:
         if not args.json:
             print(line, flush=True)
 
-    r = upgrade(args.repo, _repo_passphrase(args), progress=say)
-    return CommandResult(
-        0,
-        text=f"repository {args.repo} is version 2 (was {r.from_version}): {r.points} points, "
-        f"{r.maps_upgraded} maps upgraded now, {r.maps_already} by an earlier run",
-        result=dataclasses.asdict(r),
+    passphrase = _repo_passphrase(args)
+    r = upgrade(args.repo, passphrase, progress=say)
+    result: dict[str, object] = dataclasses.asdict(r)
+    text = (
+        f"repository {args.repo} is version 2 (was {r.from_version}): {r.points} points, "
+        f"{r.maps_upgraded} maps upgraded now, {r.maps_already} by an earlier run"
     )
+    if r.from_version == repo_config.PACKS_VERSION or args.to == repo_config.PACKS_VERSION:
+        p = upgrade_to_packs(
+            args.repo,
+            passphrase,
+            pack_size=args.pack_size,
+            note=say,
+            progress=args.progress.task("chunk files packed"),
+        )
+        result["packs"] = dataclasses.asdict(p)
+        text = (
+            f"repository {args.repo} is version 3 (was {r.from_version}): "
+            f"{p.chunks_packed} chunk files packed now ({_human(p.bytes_packed)} in "
+            f"{p.packs_written} packs), {p.chunks_already} by an earlier run, "
+            f"{len(p.damaged)} damaged ones quarantined"
+        )
+        if not p.finished:
+            why = f"chunks/ is not empty yet ({'; '.join(p.left)}): run the upgrade again"
+            return CommandResult(0, text=text, result=result).found(1, "repository", [why])
+    return CommandResult(0, text=text, result=result)
 
 
 def cmd_id_key(args: argparse.Namespace) -> CommandResult:
@@ -259,6 +284,8 @@ def add_command(
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from repository.pack_store import DEFAULT_PACK_SIZE
+
     # Here, not at the top: these command modules import helpers from this one.
     from vmbackup import (
         copy_command,
@@ -288,8 +315,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  vmbackup repo init /backup/repo\n"
         "  vmbackup repo init /backup/repo --chunk-size 4M --compression-level 6\n"
         "  vmbackup repo init /backup/repo --encrypt --passphrase-file /etc/vmbackup/pass\n"
-        "  vmbackup repo init /backup/repo --packs --pack-size 64M\n"
-        "  vmbackup repo init s3://backups/site-a --packs --s3-config /etc/vmbackup/s3.toml\n",
+        "  vmbackup repo init /backup/repo --pack-size 256M\n"
+        "  vmbackup repo init /backup/repo --chunk-files    # format 2: a file per chunk\n"
+        "  vmbackup repo init s3://backups/site-a --s3-config /etc/vmbackup/s3.toml\n",
     )
     p.add_argument(
         "path",
@@ -320,14 +348,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--packs",
         action="store_true",
-        help="format version 3: chunks in pack files instead of one file per chunk",
+        help="format version 3, chunks in pack files (the default; kept for scripts)",
+    )
+    p.add_argument(
+        "--chunk-files",
+        action="store_true",
+        help="format version 2, a file per chunk: for hosts that must still run a release"
+        " before version 3 against this repository (docs/repository-format.md)",
     )
     p.add_argument(
         "--pack-size",
         type=parse_size,
-        default=32 << 20,
+        default=DEFAULT_PACK_SIZE,
         metavar="SIZE",
-        help="with --packs: size at which a pack is sealed, 1M to 1G (default 32M)",
+        help=f"size at which a pack is sealed, 1M to 1G (default {_human(DEFAULT_PACK_SIZE)})",
     )
     json_arg(p)
     p.set_defaults(func=cmd_init)
@@ -349,11 +383,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         rsub,
         "upgrade",
-        "upgrade a version-1 repository to version 2, in place",
+        "upgrade a repository in place to version 3 (pack files), or version 1 to 2",
         "  vmbackup repo upgrade --repo /backup/repo\n"
-        "  vmbackup repo upgrade --repo /backup/repo --json    # run again after an interruption\n",
+        "  vmbackup repo upgrade --repo /backup/repo --json    # run again after an interruption\n"
+        "  vmbackup repo upgrade --repo /backup/repo --to 2    # version 1 to 2 only\n",
     )
     _repo_arg(p)
+    p.add_argument(
+        "--to",
+        type=int,
+        choices=(2, 3),
+        default=3,
+        help="version to reach: 3 (default: chunk files become pack files) or 2",
+    )
+    p.add_argument(
+        "--pack-size",
+        type=parse_size,
+        default=DEFAULT_PACK_SIZE,
+        metavar="SIZE",
+        help="from version 2: size at which a pack is sealed"
+        f" (default {_human(DEFAULT_PACK_SIZE)})",
+    )
     json_arg(p)
     p.set_defaults(func=cmd_upgrade)
 

@@ -61,7 +61,10 @@ def test_gc_during_a_running_job_keeps_its_chunks(lab: Lab, make_env: Any) -> No
     (r,) = reports
     # unreferenced and older than gc's start: only the job's marker kept them
     assert r.chunks_removed == 0
-    assert r.chunks_kept_young >= 40
+    if env.repo.packed:  # in the writers' open packs, which gc never touches
+        assert r.packs_removed == r.packs_rewritten == 0
+    else:  # chunk files younger than the marker's start
+        assert r.chunks_kept_young >= 40
     assert restored(env.repo, v.point_id, 2000) == lab.read_guest_data(v.moref, 2000, 0, DISK)
     # begin before the first task, end after the commit; no marker left
     ops = [m.op for m in env.peer.markers]

@@ -14,6 +14,8 @@ import pytest
 from lab import Lab, LabSpec
 from lab.checks import disk_digests, lab_snapshots
 from lab.stack import Stack, StackSpec
+from repository.repository import Repository
+from tests.repository.conftest import stored_ids
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -56,16 +58,16 @@ def test_encrypted_repository_end_to_end(tmp_path: Path) -> None:
             # plain BLAKE3 names no file.
             from common.chunk import chunk_id
 
-            chunk_files = [f for f in (stack.repo / "chunks").rglob("*") if f.is_file()]
-            assert len(chunk_files) > 10
-            names = {f.name for f in chunk_files}
+            repo = Repository.open(stack.repo, stack.passphrase_file.read_text())
+            names = {cid.hex() for cid in stored_ids(repo)}
+            assert len(names) > 10
             data = lab.read_guest_data(vm["moref"], vm["disks"][0]["key"], 3 * MiB, MiB)
             key = bytes.fromhex(stack.id_key_file.read_text())
             assert chunk_id(data, key).hex() in names
             assert chunk_id(data).hex() not in names
-            # The guest's bytes appear in no chunk file (encrypted, not just compressed).
+            # The guest's bytes appear in no pack (encrypted, not just compressed).
             needle = b"\x5a" * 4096
-            for f in chunk_files:
+            for f in [f for f in stack.repo.rglob("*") if f.is_file()]:
                 assert needle not in f.read_bytes()
             # The chunks went over the writers' streams, in TLS.
             events = _log_events(stack.logs)

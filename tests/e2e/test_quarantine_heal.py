@@ -5,6 +5,7 @@ point and the old one restore bit-exact; `repo repair` then finds nothing left."
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from lab.checks import disk_digests
 from lab.stack import Stack, StackSpec
 from repository.repository import Repository
 from repository.verify import verify
-from tests.repository.conftest import flip_bit
+from tests.repository.conftest import damage_chunk
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,7 +26,9 @@ def test_damaged_chunk_is_healed_by_the_next_backup(tmp_path: Path) -> None:
     spec = LabSpec(clusters=1, hosts_per_cluster=1, vms_per_host=2, disk_sizes=[20 * MiB + 333])
     with Lab.start(spec) as lab:
         lab.fill_disks(seed=23, template_vms=1)
-        with Stack(lab, tmp_path, StackSpec(n_shards=2)) as stack:
+        # open packs are verified once sealed: the writers seal theirs soon after the backup
+        idle = {"VMBACKUP_WRITER__PACK_IDLE_SEAL": "0.5"}
+        with Stack(lab, tmp_path, StackSpec(n_shards=2, env=idle)) as stack:
             expected = disk_digests(lab)
             first = stack.backup()
             assert first.returncode == 0, first.report
@@ -35,7 +38,11 @@ def test_damaged_chunk_is_healed_by_the_next_backup(tmp_path: Path) -> None:
             repo = Repository.open(stack.repo)
             ids = [cid for _, cid in repo.load_map(old, key).iter_ids()]
             victim = ids[len(ids) // 2]
-            flip_bit(repo.chunks.path_of(victim), 200)
+            deadline = time.monotonic() + 60
+            while list((stack.repo / "packs" / "open").glob("*.pack")):
+                assert time.monotonic() < deadline, "the writers kept their packs open"
+                time.sleep(0.2)
+            damage_chunk(repo, victim, 200)
 
             rep = verify(repo)
             assert rep.quarantined == [victim.hex()]

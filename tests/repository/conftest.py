@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from repository.pack_store import PackStore
 from repository.repository import Repository
 
 CS = 256 * 1024  # smallest chunk size: keeps tests fast
@@ -15,6 +16,12 @@ CS = 256 * 1024  # smallest chunk size: keeps tests fast
 @pytest.fixture
 def repo(tmp_path: Path) -> Repository:
     return Repository.init(tmp_path / "repo", chunk_size=CS, compression_level=1)
+
+
+@pytest.fixture
+def v2_repo(tmp_path: Path) -> Repository:
+    """Format 2, a file per chunk: for the tests of what only chunk files do."""
+    return Repository.init(tmp_path / "repo2", chunk_size=CS, compression_level=1, packs=False)
 
 
 @pytest.fixture
@@ -65,3 +72,30 @@ def flip_bit(path: Path, offset: int) -> None:
         fh.write(bytes([b[0] ^ 0x10]))
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def stored_ids(repo: Repository) -> list[bytes]:
+    """Every stored chunk id, in either format, sorted."""
+    if isinstance(repo.chunks, PackStore):
+        return sorted({cid for cid, _ in repo.chunks.iter_ids()} | _open_ids(repo.chunks))
+    return sorted(cf.id for cf in repo.chunks.iter_chunks())
+
+
+def _open_ids(store: PackStore) -> set[bytes]:
+    store.index.refresh()
+    return {cid for cid in store.index._own} | {
+        cid for log in store.index._logs.values() for cid in log.entries
+    }
+
+
+def damage_chunk(repo: Repository, chunk_id: bytes, at: int = 40) -> Path:
+    """Flip a bit at byte ``at`` of a stored chunk's blob, in its chunk file (format 2) or
+    inside its pack (format 3, sealed or open); the file that changed."""
+    if isinstance(repo.chunks, PackStore):
+        loc = repo.chunks.locations(chunk_id)[0]
+        path = repo.chunks.pack_path(loc.pack)
+        flip_bit(path, loc.offset + at)
+        return path
+    path = repo.chunks.path_of(chunk_id)
+    flip_bit(path, at)
+    return path

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.repository.conftest import CS, flip_bit, make_image
+from repository.repository import Repository
+from tests.repository.conftest import CS, damage_chunk, make_image, stored_ids
 
 
 def vmb(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess:
@@ -47,10 +48,10 @@ def test_cli_round_trip(tmp_path: Path) -> None:
     r = vmb("gc", "--repo", repo)
     assert r.returncode == 0 and b"freed" in r.stdout
     # damage: verify exits non-zero and names the chunk
-    chunk = next(p for p in (Path(repo) / "chunks").rglob("*") if p.is_file())
-    flip_bit(chunk, 40)
+    victim = stored_ids(Repository.open(repo))[0]
+    damage_chunk(Repository.open(repo), victim)
     r = vmb("verify", "--repo", repo)
-    assert r.returncode == 1 and chunk.name.encode() in r.stdout
+    assert r.returncode == 1 and victim.hex().encode() in r.stdout
 
 
 def test_cli_bad_input(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from repository.disk_reader import ChunkReadError, DiskReader, Extent
 from repository.errors import InvalidRequestError
 from repository.import_disk import import_disk
 from repository.repository import Repository
-from tests.repository.conftest import CS, flip_bit, make_image
+from tests.repository.conftest import CS, damage_chunk, make_image
 
 
 def _read(reader: DiskReader, offset: int, n: int) -> bytes:
@@ -116,8 +116,7 @@ def test_a_chunk_wanted_by_many_threads_is_decoded_once(repo: Repository, tmp_pa
 def test_a_damaged_chunk_raises_and_is_not_cached(repo: Repository, tmp_path: Path) -> None:
     data = make_image(tmp_path / "d.img", "rr")
     r = import_disk(repo, "vm", 1, tmp_path / "d.img")
-    victim = repo.chunks.path_of(repo.chunk_id(data[CS:]))
-    flip_bit(victim, 100)
+    damage_chunk(repo, repo.chunk_id(data[CS:]), 100)
     reader = DiskReader(repo, r.point_id, 1)
     assert _read(reader, 0, 100) == data[:100]  # the good chunk still reads
     for _ in range(2):  # tried again each time, never served from a cache

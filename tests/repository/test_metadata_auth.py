@@ -232,7 +232,10 @@ def test_key_file_and_directories_are_private_and_reprs_hold_no_keys(tmp_path: P
     finally:
         os.umask(old)
     assert stat.S_IMODE((r.path / "keys" / "repokey").stat().st_mode) == 0o600
-    for d in (r.path, *(r.path / s for s in ("chunks", "points", "running", "locks", "keys"))):
+    for d in (
+        r.path,
+        *(r.path / s for s in ("packs", "index", "points", "running", "locks", "keys")),
+    ):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
     keys = keyfile.load(r.path / "keys" / "repokey", PW.encode())
     secrets = [keys.enc_key, keys.id_key]

@@ -23,6 +23,12 @@ from repository.verify import verify
 from tests.repository.conftest import CS, make_image, point_file
 
 
+@pytest.fixture
+def repo(v2_repo: Repository) -> Repository:
+    """Format 2: these tests age chunk files' mtimes (gc on packs: test_packs.py)."""
+    return v2_repo
+
+
 def _pt(vm: str, when: str, n: int = 0) -> Point:
     t = datetime.strptime(when, "%Y-%m-%d %H:%M").replace(tzinfo=UTC).timestamp()
     return Point(f"{when}-{n}", "j", "", vm, "", vm, b"", "complete", t, t, CS)

@@ -32,8 +32,15 @@ DISK = 2000
 
 
 @pytest.fixture
+def repo(v2_repo: Repository) -> Repository:
+    """Format 2: this module is the chunk files' quarantine (packs: test_packs.py)."""
+    return v2_repo
+
+
+@pytest.fixture
 def writer(broker: BrokerParams, tmp_path: Path) -> Iterator[tuple[Repository, Client]]:
-    repo = Repository.init(tmp_path / "repo", chunk_size=CS, compression_level=1)
+    # chunk files: this module is format 2's quarantine (packs: test_packs.py)
+    repo = Repository.init(tmp_path / "repo", chunk_size=CS, compression_level=1, packs=False)
     service = WriterService(Repository.open(repo.path), broker, n_shards=N, shards="0-3")
     service.start()
     client = Client(broker)
@@ -112,7 +119,8 @@ def test_without_a_new_backup_restore_fails_clearly_and_repair_lists_the_point(
     repo_dir = tmp_path / "repo"
     img = tmp_path / "d.img"
     data = make_image(img, "rtrr")
-    assert vmb("repo", "init", str(repo_dir), "--chunk-size", "256K").returncode == 0
+    init = ("repo", "init", str(repo_dir), "--chunk-size", "256K", "--chunk-files")
+    assert vmb(*init).returncode == 0
     r = vmb(
         "repo", "import-disk", "--repo", str(repo_dir), "--vm", "web", "--disk", "2000", str(img)
     )

@@ -177,10 +177,11 @@ def test_encrypted_repository(enc_repo: Repository, tmp_path: Path) -> None:
 
     assert not enc_repo.chunks.exists(chunk_id(data[:CS]))
     assert enc_repo.chunks.exists(chunk_id(data[:CS], enc_repo.id_key))
-    # chunk files hold no plaintext
+    # no file of the repository holds plaintext
     text = data[CS : CS + 64]
-    for cf in enc_repo.chunks.iter_chunks():
-        assert text not in cf.path.read_bytes()
+    enc_repo.close()
+    for f in [f for f in enc_repo.path.rglob("*") if f.is_file()]:
+        assert text not in f.read_bytes(), f
     reopened = Repository.open(enc_repo.path, "correct horse")
     restore_disk(reopened, r.point_id, 1, tmp_path / "o")
     assert (tmp_path / "o").read_bytes() == data
@@ -190,7 +191,8 @@ def test_encrypted_repository(enc_repo: Repository, tmp_path: Path) -> None:
         Repository.open(enc_repo.path)
 
 
-def test_damage_is_named_and_contained(repo: Repository, tmp_path: Path) -> None:
+def test_damage_is_named_and_contained(v2_repo: Repository, tmp_path: Path) -> None:
+    repo = v2_repo  # chunk files truncated and removed (packs: test_packs.py)
     img = tmp_path / "d.img"
     make_image(img, "rrtr")
     r = import_disk(repo, "vm", 1, img)
@@ -229,11 +231,12 @@ def test_meta_damage_reported(repo: Repository, tmp_path: Path) -> None:
 
 
 def test_a_chunk_is_not_present_until_its_rename_is_durable(
-    repo: Repository, monkeypatch: pytest.MonkeyPatch
+    v2_repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While one writer thread has renamed a chunk into place but not yet fsynced its
     directory, a have-query must not answer "present" (a point naming it could lose it
     to a power cut); storing it again meanwhile makes it durable before the ack."""
+    repo = v2_repo  # chunk files: what these renames and fsyncs are about
     import threading
 
     from repository import chunk_store
@@ -274,12 +277,13 @@ def test_a_chunk_is_not_present_until_its_rename_is_durable(
 
 
 def test_a_chunk_renamed_by_another_writer_is_made_durable_before_it_counts_as_present(
-    repo: Repository, monkeypatch: pytest.MonkeyPatch
+    v2_repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writers scaled out share shards and the volume: a chunk another writer process has
     renamed into place, its directory fsync still to come (or never: killed), is answered
     "present" only after this writer fsyncs that directory itself. Later touches, which
     leave mtime == ctime, do not fsync again."""
+    repo = v2_repo  # chunk files: what these renames and fsyncs are about
     import threading
 
     from repository import chunk_store
@@ -329,11 +333,12 @@ def test_a_chunk_renamed_by_another_writer_is_made_durable_before_it_counts_as_p
 
 
 def test_commit_check_does_not_settle_acknowledged_chunks(
-    repo: Repository, monkeypatch: pytest.MonkeyPatch
+    v2_repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A commit names only chunks a writer acknowledged as durable: checking them costs a
     stat and a utime each, no directory fsync (one journal commit each on ext4), and a
     chunk's "not settled yet" mark stays for the next have-query to honour."""
+    repo = v2_repo  # chunk files: what these renames and fsyncs are about
     from repository import chunk_store
 
     other = Repository.open(repo.path)  # another writer stored them

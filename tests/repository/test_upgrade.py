@@ -101,7 +101,7 @@ def _make_points(repo: Repository) -> dict[tuple[str, int], bytes]:
 
 def _upgrade_cmd(repo: Path, pwfile: Path) -> list[str]:
     cli = [sys.executable, "-m", "vmbackup", "repo", "upgrade"]
-    return [*cli, "--repo", str(repo), "--passphrase-file", str(pwfile)]
+    return [*cli, "--repo", str(repo), "--passphrase-file", str(pwfile), "--to", "2"]
 
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -112,7 +112,7 @@ def test_upgrade_from_version_1_survives_a_kill_and_restores_exactly(
     tmp_path: Path, encrypted: bool
 ) -> None:
     pw = PW if encrypted else None
-    repo = Repository.init(tmp_path / "r", chunk_size=CS, passphrase=pw)
+    repo = Repository.init(tmp_path / "r", chunk_size=CS, passphrase=pw, packs=False)
     images = _make_points(repo)
     _to_version_1(repo.path)
     path = repo.path

@@ -215,8 +215,10 @@ def test_bad_input_is_refused_cleanly(setup: Setup, broker: BrokerParams) -> Non
     assert verify(repo).ok
 
 
-def test_writer_cli_runs_and_stops_on_sigterm(broker: BrokerParams, tmp_path: Path) -> None:
-    repo = Repository.init(tmp_path / "repo", chunk_size=CS)
+def _writer_process(
+    broker: BrokerParams, repo: Repository, **settings: str
+) -> subprocess.Popen[bytes]:
+    """`vmbackup writer` on ``repo`` as its own process; ``settings`` are VMBACKUP_* env."""
     env = {
         **os.environ,
         "VMBACKUP_BROKER__URL": broker.url,
@@ -224,30 +226,76 @@ def test_writer_cli_runs_and_stops_on_sigterm(broker: BrokerParams, tmp_path: Pa
         "VMBACKUP_REPOSITORY__PATH": str(repo.path),
         "VMBACKUP_METRICS__PORT": "0",
         "VMBACKUP_LOG__FORMAT": "json",
+        **settings,
     }
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "vmbackup", "writer"],
         env=env,
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+def _stopped(proc: subprocess.Popen[bytes]) -> bytes:
+    """SIGTERM, then its output once it exited 0."""
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    return out
+
+
+def _once_declared(ask: Callable[[], Any]) -> Any:
+    """``ask()`` once the writer process has declared its queues (within 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return ask()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def test_writer_cli_runs_and_stops_on_sigterm(broker: BrokerParams, tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "repo", chunk_size=CS)
+    proc = _writer_process(broker, repo)
     client = Client(broker)
     try:
         ids = [os.urandom(32) for _ in range(3)]
-        deadline = time.monotonic() + 30
-        while True:  # the queues exist once the writer declared them
-            try:
-                rep = client.have(shard_of(ids[0], N), ids)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
+        rep = _once_declared(lambda: client.have(shard_of(ids[0], N), ids))
         assert rep.present == [False, False, False]
     finally:
         client.close()
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out.decode()[-2000:]
+        out = _stopped(proc)
     assert b"writer_started" in out
+
+
+def test_a_running_writer_seals_an_idle_open_pack(broker: BrokerParams, tmp_path: Path) -> None:
+    """A writer process that stored a batch and then got nothing for pack_idle_seal
+    seconds seals the pack while it keeps running (not only at its exit)."""
+    repo = Repository.init(tmp_path / "repo", chunk_size=CS)  # 128 MiB packs: never full
+    proc = _writer_process(broker, repo, VMBACKUP_WRITER__PACK_IDLE_SEAL="1")
+    client = Client(broker)
+    datas = [os.urandom(CS) for _ in range(6)]
+    by_shard = _chunks(repo, datas)
+    try:
+        shard, chunks = next(iter(by_shard.items()))
+        ack = _once_declared(lambda: client.batch(shard, chunks))
+        assert ack.ok
+        ids = [c[0] for c in chunks]
+        deadline = time.monotonic() + 60  # a loaded machine: the seal comes within seconds
+        while list((repo.path / "packs" / "open").glob("*.pack")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None  # still running: the idle seal did it, not the exit
+        assert not list((repo.path / "packs" / "open").glob("*.pack"))
+        sealed = list((repo.path / "packs").glob("??/*"))
+        assert len(sealed) == 1
+        reader = Repository.open(repo.path)
+        for cid in ids:
+            assert reader.chunks.locations(cid)[0].pack.hex() == sealed[0].name
+        assert reader.read_chunk(ids[0]) in datas
+    finally:
+        client.close()
+        out = _stopped(proc)
+    assert b"packs_sealed_idle" in out

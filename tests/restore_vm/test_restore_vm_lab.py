@@ -11,8 +11,10 @@ from typing import Any
 from pyVmomi import vim
 
 from coordinator import vm_config
+from repository.repository import Repository
 from repository.restore import restore_disk
 from tests.proxy.relay import CuttingRelay
+from tests.repository.conftest import damage_chunk
 from tests.restore_vm.answering_relay import AnsweringRelay
 from tests.restore_vm.conftest import Env, flat_of, same_bytes, write_config
 from tests.restore_vm.lab_point import sha256_file
@@ -194,10 +196,7 @@ def test_corrupt_chunk_fails_and_leaves_no_vm(env: Env, tmp_path: Path) -> None:
     point = env.repo.get_point(env.plain.point_id)
     dmap = env.repo.load_map(point, point.disks[-1].key)
     cid = next(c for _i, c in dmap.iter_ids() if c != b"\0" * 32)
-    blob = next(p for p in (copy / "chunks").rglob(f"{cid.hex()}*"))
-    data = bytearray(blob.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    damage_chunk(Repository.open(copy), cid, 100)  # in its pack (the copy's open ones sealed)
     cfg = write_config(env.stack, tmp_path / "c.toml", copy)
     r = env.restore_vm(env.plain.point_id, "broken-copy", config=cfg)
     assert r.returncode == 1, r.stdout

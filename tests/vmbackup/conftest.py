@@ -50,4 +50,6 @@ def imported(tmp_path: Path) -> Imported:
     repo = Repository.init(tmp_path / "repo", chunk_size=CS)
     image = tmp_path / "d.img"
     data = make_image(image, "rtzrrtzr")
-    return Imported(str(repo.path), import_disk(repo, "web", 2000, image).point_id, data, image)
+    point = import_disk(repo, "web", 2000, image).point_id
+    repo.close()  # its pack sealed: what a finished import leaves
+    return Imported(str(repo.path), point, data, image)

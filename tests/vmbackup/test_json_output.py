@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from repository.repository import Repository
+from tests.repository.conftest import damage_chunk, stored_ids
 from tests.vmbackup.conftest import Imported, envelope, vmb
 
 
@@ -34,7 +36,7 @@ def test_each_repository_command_prints_one_document(imported: Imported, tmp_pat
     doc = envelope(vmb("repo", "repair", "--repo", repo, "--json"))
     assert doc["result"]["ok"] is True
     doc = envelope(vmb("repo", "upgrade", "--repo", repo, "--json"))
-    assert doc["result"]["from_version"] == 2
+    assert doc["result"]["from_version"] == 3 and doc["result"]["packs"]["finished"]
     doc = envelope(vmb("config", "keys", "--json"))
     assert "repository.path" in {k["key"] for k in doc["result"]["keys"]}
 
@@ -80,12 +82,12 @@ def test_errors_under_json_are_the_same_document(imported: Imported, tmp_path: P
 
 
 def test_damage_found_is_an_error_with_its_result(imported: Imported) -> None:
-    chunks = sorted(Path(imported.repo, "chunks").rglob("*"))
-    victim = next(p for p in chunks if p.is_file() and len(p.name) == 64)
-    victim.write_bytes(b"rot" + victim.read_bytes()[3:])
+    repo = Repository.open(imported.repo)
+    victim = stored_ids(repo)[0]
+    damage_chunk(repo, victim)
     doc = envelope(vmb("verify", "--repo", imported.repo, "--json"))
     assert (doc["exit"], doc["error"]["cause"]) == (1, "damage")
     assert doc["error"]["message"].endswith("problem(s) found")
     kinds = {p["kind"] for p in doc["result"]["problems"]}
     assert {"bad-chunk", "damaged-point"} <= kinds
-    assert doc["result"]["quarantined"] == [victim.name]
+    assert doc["result"]["quarantined"] == [victim.hex()]
