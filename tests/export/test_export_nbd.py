@@ -19,7 +19,7 @@ import pytest
 from repository.import_disk import import_disk
 from repository.repository import Repository
 from tests.export.conftest import free_port
-from tests.repository.conftest import CS, flip_bit, make_image
+from tests.repository.conftest import CS, damage_chunk, make_image
 from tests.repository.test_cli import vmb
 
 
@@ -166,7 +166,7 @@ def test_a_damaged_chunk_is_an_io_error_never_wrong_bytes(
 ) -> None:
     point, data = _two_points(repo, tmp_path)
     victim = data[5 * CS : 6 * CS]  # chunk 5: random, stored once
-    flip_bit(repo.chunks.path_of(repo.chunk_id(victim)), 200)
+    damage_chunk(repo, repo.chunk_id(victim), 200)
     ex = start_export(
         "--repo",
         str(repo.path),

@@ -32,5 +32,5 @@ def test_cli_on_s3(s3repo: S3Repo, tmp_path: Path) -> None:
     # an s3:// repository without --s3-config: refused, saying what is missing
     r = vmb("repo", "list", "--repo", s3repo.url)
     assert r.returncode != 0 and b"needs --s3-config" in r.stderr + r.stdout
-    r = vmb("repo", "init", s3repo.url + "-v2", "--chunk-size", "256K", *s3)
+    r = vmb("repo", "init", s3repo.url + "-v2", "--chunk-size", "256K", "--chunk-files", *s3)
     assert r.returncode != 0 and b"keeps chunks in packs" in r.stderr + r.stdout
