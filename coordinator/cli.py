@@ -100,10 +100,9 @@ def open_runtime(cfg: Any, *, connect: bool = True) -> Any:
     from coordinator.job_runtime import Runtime, connect_vcenters
     from coordinator.previous_points import History
 
-    history = History.open(
-        cfg.repository.path,
-        cfg.repository.passphrase.value if cfg.repository.passphrase else None,
-    )
+    # [repository] as configured (on S3: the coordinator's own cache, nothing to recover)
+    rs = cfg.repository
+    history = History(rs.open("coordinator", read_only=bool(rs.s3_config)))
     connections, offline = connect_vcenters(cfg.vcenters) if connect else ({}, {})
     return Runtime.start(
         cfg.coordinator,

@@ -109,7 +109,7 @@ class Stack:
         self.accounts = create_accounts(rabbitmqctl, self.vhost, self.workdir)
         # Users outlive their vhost: gone at exit even when nobody calls stop().
         atexit.register(self._drop_accounts)
-        init = ["repo", "init", str(self.repo), "--chunk-size", str(self.spec.chunk_size)]
+        init = ["repo", "init", *self.repo_args()[1:], "--chunk-size", str(self.spec.chunk_size)]
         init += ["--compression-level", str(self.spec.compression_level)]
         if self.spec.chunk_files:
             init.append("--chunk-files")
@@ -121,7 +121,7 @@ class Stack:
             init += ["--encrypt", "--passphrase-file", str(self.passphrase_file)]
         self._vmbackup(*init)
         if self.spec.encrypt:
-            key = self._vmbackup("repo", "id-key", "--repo", str(self.repo)).strip()
+            key = self._vmbackup("repo", "id-key", *self.repo_args()).strip()
             self.id_key_file.write_text(key)
             self.id_key_file.chmod(0o600)
         self.write_config()
@@ -164,6 +164,14 @@ class Stack:
         )
         path.write_text(text, encoding="utf-8")
         return path
+
+    def repo_args(self) -> list[str]:
+        """``--repo`` (and on S3 ``--s3-config``, ``--cache-dir``) for one-shot commands."""
+        if not self.spec.s3_url:
+            return ["--repo", str(self.repo)]
+        cache = self.workdir / "cache" / "cli"
+        return ["--repo", self.spec.s3_url, "--s3-config", str(self.spec.s3_config),
+                "--cache-dir", str(cache)]  # fmt: skip
 
     # ---- processes -------------------------------------------------------------------
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
@@ -396,8 +404,7 @@ class Stack:
                 "-m",
                 "vmbackup",
                 "restore",
-                "--repo",
-                str(self.repo),
+                *self.repo_args(),
                 "--point",
                 point_id,
                 "--disk",
@@ -422,4 +429,4 @@ class Stack:
 
     def verify(self) -> str:
         """`vmbackup verify` of the whole repository; raises StackError on damage."""
-        return self._vmbackup("verify", "--repo", str(self.repo))
+        return self._vmbackup("verify", *self.repo_args())

@@ -58,6 +58,22 @@ class StackSpec:
     # Repository format 2 (a file per chunk) instead of 3 (packs), for comparisons.
     chunk_files: bool = False
     pack_size: int | None = None  # bytes; None: repo init's default
+    # A repository on S3 (s3://BUCKET/PREFIX, with this S3 config file) instead of the
+    # workdir's directory: the writers each keep their cache under the workdir.
+    s3_url: str = ""
+    s3_config: Path | None = None
+
+
+def repository_lines(spec: StackSpec, repo: Path) -> str:
+    """[repository]'s location: the directory ``repo``, or the spec's S3 repository (its
+    caches in ``repo``'s place: one subdirectory per process)."""
+    if not spec.s3_url:
+        return f"path = {toml_str(str(repo))}"
+    return (
+        f"path = {toml_str(spec.s3_url)}\n"
+        f"s3_config = {toml_str(str(spec.s3_config))}\n"
+        f"cache_dir = {toml_str(str(repo.parent / 'cache'))}"
+    )
 
 
 def config_text(
@@ -112,7 +128,7 @@ port = 0
 address = "127.0.0.1"
 
 [repository]
-path = {toml_str(str(repo))}
+{repository_lines(s, repo)}
 {secret_line("passphrase", passphrase_file) if s.encrypt else ""}
 
 [writer]

@@ -24,3 +24,11 @@ REPO_VERIFY_QUARANTINED = Counter(
     "Damaged chunks verify moved to the repository's quarantine",
     registry=REGISTRY,
 )
+REPO_S3_ERRORS = Counter(
+    "vmbackup_repo_s3_errors_total",
+    "S3 requests that failed after their retries (an absent key that may be absent is"
+    " not one), by operation and reason: full, denied, no_bucket, timeout, connect, tls,"
+    " other",
+    ["operation", "reason"],
+    registry=REGISTRY,
+)

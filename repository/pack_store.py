@@ -196,14 +196,19 @@ class PackStore:
         if len(self.index.files()) > COMPACT_AT:
             self.compact()
 
-    def seal_idle(self, idle_s: float) -> int:
+    def seal_idle(self, idle_s: float, max_age_s: float = 0.0) -> int:
         """Seal the open packs of this process that received nothing for ``idle_s``
         seconds (the last chunks of a backup window would otherwise wait in open packs
-        for the next window, or the writer's exit); how many were sealed. Packs a thread
-        is writing to are not in the free list, so never sealed here mid-batch."""
+        for the next window, or the writer's exit), or were opened ``max_age_s`` ago
+        (> 0; on S3 other writers' commits wait for them); how many were sealed. Packs a
+        thread is writing to are not in the free list, so never sealed here mid-batch."""
         now = time.monotonic()
+
+        def due(p: OpenPack) -> bool:
+            return now - p.last_write >= idle_s or 0 < max_age_s <= now - p.opened
+
         with self._lock:
-            idle = [p for p in self._free if now - p.last_write >= idle_s]
+            idle = [p for p in self._free if due(p)]
             self._free = [p for p in self._free if p not in idle]
         for pack in idle:
             self._seal(pack)

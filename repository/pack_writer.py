@@ -86,6 +86,7 @@ class OpenPack:
             raise os_error(exc, what) from exc
         self.size = pack_format.HEADER_LEN
         self.last_write = time.monotonic()  # idle sealing (PackStore.seal_idle)
+        self.opened = self.last_write  # age sealing (idem)
 
     def append(self, blobs: Sequence[Blob]) -> list[Location]:
         """Write the blobs, fdatasync, then log them; their locations. On an error the

@@ -13,6 +13,7 @@ others work on files under ``path``.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ from repository.storage import Storage
 DEFAULT_CHUNK = repo_config.MiB
 DEFAULT_LEVEL = 3
 PRIVATE_DIR = 0o700
+COMMIT_POLL_S = 1.0  # seconds between listings of index/ while a commit on S3 waits
 TOP_DIRS = ("chunks", "points", "running", "locks", "keys")
 PACK_DIRS = ("packs", "index", "points", "running", "locks", "keys")  # version 3: no chunks/
 
@@ -84,6 +86,9 @@ class Repository:
         """``path``: the repository directory, or for one on S3 (``s3``) its cache
         directory (open packs, the index cache, touch logs: repo_location.py)."""
         self.path = path
+        # On S3: seconds a commit waits for chunks other writers have not uploaded yet
+        # (0: it fails at once, for one process that uploads its own before committing).
+        self.commit_wait = 0.0
         self.location = location or str(path)  # what an operator calls it (s3://... or path)
         self.config = config
         self.chunk_size: int = config["chunk_size"]
@@ -194,14 +199,19 @@ class Repository:
         read_only: bool = False,
         s3_config: str | Path | None = None,
         cache_dir: Path | None = None,
+        cache_name: str = "",
     ) -> Repository:
         """``read_only``: change nothing while opening (no recovery of abandoned packs),
         for a caller that only reads (the source of `repo copy`). ``path`` may be
         ``s3://BUCKET/PREFIX`` with ``s3_config``; ``cache_dir`` is then where its open
-        packs and index cache are (default: repo_location.default_cache_dir)."""
+        packs and index cache are (default: repo_location.default_cache_dir), in its
+        subdirectory ``cache_name`` when given (a service's own, beside others on a host)."""
         loc = parse_location(path, s3_config)
         if loc.s3 is not None:
-            return s3_open(cls, loc, passphrase, read_only=read_only, cache_dir=cache_dir)
+            return s3_open(
+                cls, loc, passphrase, read_only=read_only, cache_dir=cache_dir,
+                cache_name=cache_name,
+            )  # fmt: skip
         assert loc.local is not None
         path = loc.local
         cfg_path = path / "config"
@@ -376,11 +386,21 @@ class Repository:
         gc) before the point becomes visible, atomically. A repeated commit (a
         redelivery) returns the point it already made; staged entries it named are
         removed once it is committed."""
-        if isinstance(self.chunks, S3PackStore):
-            # every chunk the maps name uploaded with its index before the point exists
-            self.chunks.flush()
+        if not isinstance(self.chunks, S3PackStore):
+            return self.committer.commit(commit)
+        # every chunk the maps name uploaded with its index before the point exists
+        self.chunks.flush()
+        deadline = time.monotonic() + self.commit_wait
+        while True:
             self.chunks.index.sync()  # other writers' packs of this backup
-        return self.committer.commit(commit)
+            try:
+                return self.committer.commit(commit)
+            except MissingChunkError:
+                # Chunks another writer acknowledged (durable in its cache) reach the
+                # bucket when it seals that pack (idle or age: the writer's sealer).
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(COMMIT_POLL_S)
 
     def stage_task_entries(
         self, job_id: str, vm_uuid: str, disk_key: int, task_id: str, packed: bytes

@@ -99,6 +99,24 @@ def translate(
     return RepositoryError(f"cannot {verb} {where}: {exc}")
 
 
+def error_reason(exc: bx.ClientError | bx.BotoCoreError) -> str:
+    """A failed request's reason as a bounded word (the S3 error metric's label)."""
+    if isinstance(exc, bx.ClientError):
+        c = code(exc)
+        if c in FULL_CODES:
+            return "full"
+        if c in DENIED_CODES:
+            return "denied"
+        return "no_bucket" if c == "NoSuchBucket" else "other"
+    if isinstance(exc, bx.ConnectTimeoutError | bx.ReadTimeoutError):
+        return "timeout"
+    if isinstance(exc, bx.SSLError):
+        return "tls"
+    if isinstance(exc, bx.EndpointConnectionError):
+        return "connect"
+    return "other"
+
+
 def pieces(parts: Sequence[Bytes], size: int) -> Iterator[bytes]:
     """``b"".join(parts)`` in pieces of ``size`` bytes (the last may be shorter), made
     as they are asked for: a part's exception is raised before the upload completes.

@@ -158,6 +158,20 @@ class S3PackStore(PackStore):
                 )
             time.sleep(0.01)
 
+    def seal_idle(self, idle_s: float, max_age_s: float = 0.0) -> int:
+        """PackStore's, after retrying the uploads that failed (other writers' commits
+        wait for their chunks, so they are not left for this writer's next commit)."""
+        with self._lock:
+            unsent, self._unsent = self._unsent, []
+        for i, pack in enumerate(unsent):
+            try:
+                self._seal(pack)  # a failure puts it back in _unsent
+            except BaseException:
+                with self._lock:
+                    self._unsent.extend(unsent[i + 1 :])
+                raise  # the sealer logs it and tries again at its next look
+        return len(unsent) + super().seal_idle(idle_s, max_age_s)
+
     def compact(self) -> bool:
         """Index objects are one per pack (gc rewrites them with their packs)."""
         return False

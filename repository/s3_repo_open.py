@@ -37,8 +37,12 @@ def _pass_bytes(passphrase: str | bytes) -> bytes:
     return passphrase.encode() if isinstance(passphrase, str) else passphrase
 
 
-def _cache(cache_dir: Path | None, repo_id: str) -> Path:
+def _cache(cache_dir: Path | None, repo_id: str, name: str = "") -> Path:
     path = cache_dir if cache_dir is not None else default_cache_dir(repo_id)
+    if name:
+        if "/" in name or name in (".", ".."):
+            raise InvalidRequestError(f"cache name {name!r}: not a plain file name")
+        path = path / name
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, PRIVATE_DIR)  # the open packs hold chunks not yet uploaded
     return path
@@ -99,6 +103,7 @@ def s3_open(
     *,
     read_only: bool,
     cache_dir: Path | None,
+    cache_name: str = "",
 ) -> Repository:
     assert loc.s3 is not None
     storage = S3RepoStorage(loc.s3)
@@ -121,7 +126,8 @@ def s3_open(
         repo_config.check_mac(
             config, MetaAuth(config["id"], derive_meta_key(keys)), storage.location(CONFIG)
         )
-    repo = cls(_cache(cache_dir, config["id"]), config, keys, s3=storage, location=loc.text)
+    cache = _cache(cache_dir, config["id"], cache_name)
+    repo = cls(cache, config, keys, s3=storage, location=loc.text)
     if not read_only and isinstance(repo.chunks, S3PackStore):
         repo.chunks.recover()  # open packs a killed writer left in this cache: uploaded
     return repo

@@ -43,10 +43,12 @@ from typing import TYPE_CHECKING, TypeVar
 import botocore.exceptions as bx
 
 from repository.errors import MissingObjectError, RepositoryError
+from repository.metrics import REPO_S3_ERRORS
 from repository.s3_client import (
     MISSING_KEY,
     BodyCut,
     code,
+    error_reason,
     make_client,
     pieces,
     translate,
@@ -325,9 +327,15 @@ class S3Storage:
         except bx.ClientError as exc:
             if missing_ok and code(exc) == "NoSuchUpload":
                 return None  # type: ignore[return-value]
-            raise translate(exc, self.loc, verb, name, where) from None
+            failed = translate(exc, self.loc, verb, name, where)
+            if not isinstance(failed, MissingObjectError):  # absent keys are answers
+                REPO_S3_ERRORS.labels(verb, error_reason(exc)).inc()
+            raise failed from None
         except bx.BotoCoreError as exc:
-            raise translate(exc, self.loc, verb, name, where) from None
+            failed = translate(exc, self.loc, verb, name, where)
+            if not isinstance(failed, BodyCut):  # read again by the caller
+                REPO_S3_ERRORS.labels(verb, error_reason(exc)).inc()
+            raise failed from None
 
     def check_bucket(self) -> None:
         """RepositoryError unless the bucket exists and these credentials may use it (a

@@ -96,9 +96,11 @@ class WriterService:
         coordinator_users: Sequence[str] = (),
         proxy_users: Sequence[str] = (),
         pack_idle_seal: float = 30.0,
+        pack_max_age: float = 0.0,
     ) -> None:
         self.repo = repo
         self.pack_idle_seal = pack_idle_seal  # seconds; 0 = never idle-sealed
+        self.pack_max_age = pack_max_age  # seconds; 0 = no age limit
         # what the handlers may do with it: store chunks, or commit (repository/interfaces.py)
         self.chunks: ChunkSink = repo
         self.committer: Committer = repo
@@ -177,24 +179,26 @@ class WriterService:
             if not c.wait_ready(timeout) and not c.stopping:  # a signal: run() returns
                 raise RepositoryError(f"writer {self.name}: broker not reachable")
         health.add_check(f"writer {self.name}", self.free_space.readiness)
-        if isinstance(self.repo.chunks, PackStore) and self.pack_idle_seal > 0:
+        if isinstance(self.repo.chunks, PackStore) and (self.pack_idle_seal or self.pack_max_age):
             self._stopping.clear()
             self._sealer = threading.Thread(
                 target=self._seal_idle_packs, name=f"{self.name}-idle-seal", daemon=True
             )
             self._sealer.start()
-        log.info("writer_started", name=self.name, shards=self.shards, repo=str(self.repo.path))
+        log.info("writer_started", name=self.name, shards=self.shards, repo=self.repo.location)
         return self
 
     def _seal_idle_packs(self) -> None:
-        """Seal open packs that received nothing for ``pack_idle_seal`` seconds: a sealed
-        pack is final (S3 uploads only those), an open one waits for more chunks."""
+        """Seal open packs that received nothing for ``pack_idle_seal`` seconds or are
+        ``pack_max_age`` old: a sealed pack is final (S3 uploads only those), an open one
+        waits for more chunks."""
         store = self.repo.chunks
         assert isinstance(store, PackStore)
-        every = min(5.0, self.pack_idle_seal / 4)
+        idle = self.pack_idle_seal or float("inf")
+        every = min(5.0, *(s / 4 for s in (self.pack_idle_seal, self.pack_max_age) if s))
         while not self._stopping.wait(every):
             try:
-                n = store.seal_idle(self.pack_idle_seal)
+                n = store.seal_idle(idle, self.pack_max_age)
             except RepositoryError as exc:  # a full disk: the next look tries again
                 log.warning("pack_idle_seal_failed", error=str(exc))
                 continue
@@ -364,7 +368,8 @@ def main(args: argparse.Namespace) -> int:
     # instead of faulting in fresh pages (common/malloc_tuning.py).
     limit_heap_retention()
     rs, ws = cfg.repository, cfg.writer
-    repo = Repository.open(rs.path, rs.passphrase.value if rs.passphrase else None)
+    repo = rs.open(ws.name)  # on S3: this writer's own cache directory
+    repo.commit_wait = ws.s3_commit_wait
     service = WriterService(
         repo,
         BrokerParams.from_settings(cfg.broker),
@@ -386,6 +391,7 @@ def main(args: argparse.Namespace) -> int:
         coordinator_users=ws.coordinator_users,
         proxy_users=ws.proxy_users,
         pack_idle_seal=ws.pack_idle_seal,
+        pack_max_age=ws.pack_max_age,
     )
     stop_on_signals(service)
     try:

@@ -4,26 +4,76 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.config import Secret
 from common.config_problems import Checks
 from common.settings import doc
 from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY
 
+if TYPE_CHECKING:  # the repository library only for the roles that open one
+    from repository.repository import Repository
+
 
 @dataclass(frozen=True)
 class RepositorySettings:
-    path: str = doc("repository directory (shared by all writers of one repository)", default="")
+    path: str = doc(
+        "repository directory (shared by all writers of one repository), or"
+        " s3://BUCKET/PREFIX (with s3_config; docs/object-storage.md)",
+        default="",
+    )
     passphrase: Secret | None = doc(
         'passphrase of an encrypted repository: {file = "PATH"}, {env = "NAME"} or inline',
         default=None,
     )
+    s3_config: str = doc(
+        "S3 config file (endpoint, region, credentials file, CA) of an s3:// path", default=""
+    )
+    cache_dir: str = doc(
+        "s3:// only: local cache (open packs not yet uploaded, the index cache); each"
+        " process uses its own subdirectory CACHE_DIR/NAME; "
+        '"" = $XDG_CACHE_HOME/vmbackup/<repository id>/NAME',
+        default="",
+    )
 
     def __post_init__(self) -> None:
+        from repository.repo_location import is_s3
+        from repository.s3_config import S3ConfigError, parse_s3_url
+
         c = Checks()
-        if self.path and not Path(self.path).is_absolute():
-            c.fail("path", f"{self.path!r} must be absolute")
+        if is_s3(self.path):
+            try:
+                parse_s3_url(self.path)
+            except S3ConfigError as exc:
+                c.fail("path", str(exc))
+            if not self.s3_config:
+                c.fail("s3_config", f"required for path = {self.path!r} (an S3 config file)")
+        elif self.path and not Path(self.path).is_absolute():
+            c.fail("path", f"{self.path!r} must be absolute (or s3://BUCKET/PREFIX)")
+        for key in ("s3_config", "cache_dir"):
+            value = getattr(self, key)
+            if value and not is_s3(self.path):
+                c.fail(key, f"only for an s3:// path (path = {self.path!r})", depends=("path",))
+            elif value and not Path(value).is_absolute():
+                c.fail(key, f"{value!r} must be absolute")
         c.done()
+
+    def open(self, name: str, *, read_only: bool = False) -> Repository:
+        """The configured repository, opened by the process called ``name`` (its own
+        cache directory on S3: two processes never share open packs or index files)."""
+        from repository.repository import Repository
+
+        passphrase = self.passphrase.value if self.passphrase else None
+        if not self.s3_config:
+            return Repository.open(self.path, passphrase, read_only=read_only)
+        return Repository.open(
+            self.path,
+            passphrase,
+            read_only=read_only,
+            s3_config=self.s3_config,
+            cache_dir=Path(self.cache_dir) if self.cache_dir else None,
+            cache_name=name,
+        )
 
 
 @dataclass(frozen=True)
@@ -97,6 +147,18 @@ class WriterSettings:
         " until the next window or the writer's exit; 0 = only at the pack size or exit",
         default=30.0,
     )
+    pack_max_age: float = doc(
+        "seconds an open pack may stay open at most, however busy, before the writer seals"
+        " it (on S3: uploads it, so that another writer's commit of a backup whose chunks"
+        " it holds need not wait long); 0 = no limit",
+        default=60.0,
+    )
+    s3_commit_wait: float = doc(
+        "s3:// repositories: seconds a commit waits for chunks other writers acknowledged"
+        " but have not uploaded yet (they do within pack_idle_seal or pack_max_age) before"
+        " it is refused as naming missing chunks",
+        default=180.0,
+    )
     min_free_mib: int = doc(
         "free space (MiB) the repository's file system must keep: below it the writer"
         " refuses chunk batches at once (the job fails fast with 'repository full') and"
@@ -131,8 +193,9 @@ class WriterSettings:
         for key in ("stream_hello_timeout", "stream_idle_timeout"):
             if not 0 < getattr(self, key) <= 86400:
                 c.fail(key, "must be above 0 and at most 86400 seconds")
-        if not 0 <= self.pack_idle_seal <= 86400:
-            c.fail("pack_idle_seal", "must be within 0..86400 seconds")
+        for key in ("pack_idle_seal", "pack_max_age", "s3_commit_wait"):
+            if not 0 <= getattr(self, key) <= 86400:
+                c.fail(key, "must be within 0..86400 seconds")
         if not 1 << 20 <= self.max_disk_capacity <= 1 << 50:
             c.fail("max_disk_capacity", "must be within 1 MiB..1 PiB")
         c.done()

@@ -91,6 +91,20 @@ def _writer_shards(cfg: Config) -> Iterator[FieldProblem]:
         )
 
 
+def s3_config_problems(cfg: Config) -> Iterator[FieldProblem]:
+    """An s3:// repository's S3 config file and its credentials, read where the role runs
+    (as the roles read them at start: the same errors, before anything starts)."""
+    rs = cfg.repository
+    if not rs.s3_config:
+        return
+    from repository.s3_config import S3ConfigError, load_s3_config
+
+    try:
+        load_s3_config(Path(rs.s3_config), rs.path).credentials()
+    except S3ConfigError as exc:
+        yield FieldProblem("repository.s3_config", str(exc), depends=("repository.path",))
+
+
 def role_problems(cfg: Config, role: str) -> Iterator[FieldProblem]:
     """The keys ``role`` cannot start without, each one unset named with its variable."""
     for key, hint in ROLES[role].required.items():
@@ -132,6 +146,8 @@ def check_config(
         yield from whole_file_problems(cfg)
         if role is not None:
             yield from role_problems(cfg, role)
+        if read_secret("repository.s3_config"):
+            yield from s3_config_problems(cfg)
 
     return config.check(Config, path, env, read_secret=read_secret, extra=extra)
 

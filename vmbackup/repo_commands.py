@@ -79,6 +79,10 @@ def repo_of_config(args: argparse.Namespace, cfg: Any) -> None:
     args.repo = cfg.repository.path
     if cfg.repository.passphrase and not args.passphrase_file:
         args.passphrase = cfg.repository.passphrase.value
+    if cfg.repository.s3_config and not getattr(args, "s3_config", None):
+        args.s3_config = cfg.repository.s3_config
+    if cfg.repository.cache_dir and not getattr(args, "cache_dir", None):
+        args.cache_dir = Path(cfg.repository.cache_dir) / "cli"  # beside the services' own
 
 
 def open_repo(args: argparse.Namespace) -> Any:

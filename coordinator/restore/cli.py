@@ -137,7 +137,10 @@ def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
         )
     passphrase = cfg.repository.passphrase.value if cfg.repository.passphrase else None
     try:
-        repo = Repository.open(repo_path, passphrase)
+        if args.repo:
+            repo = Repository.open(repo_path, passphrase)
+        else:  # the config's, on S3 too
+            repo = cfg.repository.open("restore-vm", read_only=True)
         # bad point: fail before touching vCenter
         point = repo.get_point(point_id) if args.in_place else load_point(repo, point_id)[0]
     except RepositoryError as exc:

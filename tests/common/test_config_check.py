@@ -264,3 +264,27 @@ def test_a_wrong_table_inside_a_policy_hides_no_reference_problem(tmp_path: Path
         "policies[0].window.end",
         "policies[1].name",
     ]
+
+
+def test_an_s3_repository_is_checked_with_its_s3_config(tmp_path: Path) -> None:
+    """repository.path = s3://...: s3_config required, absolute paths, the S3 config file
+    and its credentials read for the roles that open the repository (not the proxy)."""
+    bad = write(tmp_path, '[repository]\npath = "s3://backups/site-a"\ncache_dir = "cache"\n')
+    assert keys(bad) == ["repository.s3_config", "repository.cache_dir"]
+    local = tmp_path / "local.toml"
+    local.write_text('[repository]\npath = "/srv/repo"\ns3_config = "/etc/s3.toml"\n')
+    found = check_config(local, env={}).problems
+    assert [(p.key, "only for an s3:// path" in p.error) for p in found] == [
+        ("repository.s3_config", True)
+    ]
+    s3 = tmp_path / "s3.toml"
+    s3.write_text('endpoint = "http://127.0.0.1:7480"\ncredentials_file = "/nonexistent/c"\n')
+    cfg = write(tmp_path, f'[repository]\npath = "s3://backups/a"\ns3_config = "{s3}"\n')
+    r = vmb("config", "check", "--config", str(cfg), "--role", "writer")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "repository.s3_config: S3 credentials file /nonexistent/c: No such file" in r.stderr
+    assert "repository.s3_config" not in "".join(keys(cfg, role="proxy"))
+    creds = tmp_path / "creds"
+    creds.write_text("[default]\naws_access_key_id = A\naws_secret_access_key = S\n")
+    s3.write_text(f'endpoint = "http://127.0.0.1:7480"\ncredentials_file = "{creds}"\n')
+    assert keys(cfg, role="writer") == []
