@@ -33,6 +33,7 @@ from common.progress import ProgressBoard
 from coordinator.job_progress import JobProgress
 from lab import Lab, LabSpec
 from lab.checks import disk_digests, lab_snapshots, same_content, vm_disk_files
+from lab.demo_s3 import run_s3_section
 from lab.stack import BackupRun, Stack, StackError, StackSpec
 from vmbackup.progress import progress_board
 
@@ -88,11 +89,11 @@ class Progress:
         self.consumer.stop(timeout=10)
 
 
-def run_backup(stack: Stack, label: str) -> tuple[BackupRun, Progress]:
+def run_backup(stack: Stack, label: str, policy: str = "all") -> tuple[BackupRun, Progress]:
     with progress_board(prog="demo") as board:
         progress = Progress(stack, board, label)
         try:
-            run = stack.backup("all")
+            run = stack.backup(policy)
         finally:
             progress.close()
     if run.returncode != 0:
@@ -264,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                     print("  " + stack.verify().strip()[-400:])
                 except StackError as exc:
                     failures.append(f"verify found damage: {exc}")
+            failures += run_s3_section(lab, work, rows)  # lab/demo_s3.py; VMBACKUP_DEMO_S3=0: off
             left = lab_snapshots(lab)
             if left:
                 failures.append(f"snapshots left in the lab: {left}")

@@ -27,6 +27,7 @@ K8S = ROOT / "k8s"
 BUILDS = {
     "dev": K8S / "overlays" / "dev",
     "production": K8S / "overlays" / "production",
+    "s3": K8S / "overlays" / "s3",  # dev with its repository on S3 (no repository volume)
 }
 
 

@@ -59,6 +59,9 @@ def pod_env(build: Build, obj: dict[str, Any], tpl: dict[str, Any], n_shards: in
             env[e["name"]] = e["value"]
         elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
             env[e["name"]] = f"{obj['metadata']['name']}-7d9f8c-x2x4q"
+        elif "configMapKeyRef" in e.get("valueFrom", {}):
+            ref = e["valueFrom"]["configMapKeyRef"]
+            env[e["name"]] = build.configmap(ref["name"])["data"][ref["key"]]
         else:
             raise AssertionError(f"unexpected env source {e}")
     if obj["kind"] == "StatefulSet":
@@ -68,6 +71,37 @@ def pod_env(build: Build, obj: dict[str, Any], tpl: dict[str, Any], n_shards: in
         last = f"{obj['metadata']['name']}-{obj['spec']['replicas'] - 1}"
         env.update(ws.writer_env({**env, "HOSTNAME": last}, n_shards))
     return {k: v for k, v in env.items() if k.startswith("VMBACKUP_")}
+
+
+def mounted_config_file(build: Build, tpl: dict[str, Any], path: str) -> str:
+    """The text of the ConfigMap key the pod's main container mounts at ``path``."""
+    volumes = {v["name"]: v for v in tpl["spec"]["volumes"]}
+    for m in main_container(tpl)["volumeMounts"]:
+        prefix = m["mountPath"].rstrip("/") + "/"
+        vol = volumes[m["name"]]
+        if path.startswith(prefix) and "configMap" in vol:
+            rel = path[len(prefix) :]
+            keys = [i["key"] for i in vol["configMap"].get("items", []) if i["path"] == rel]
+            return str(build.configmap(vol["configMap"]["name"])["data"][keys[0] if keys else rel])
+    raise AssertionError(f"no ConfigMap volume of the pod is mounted at {path}")
+
+
+def materialize_s3(build: Build, tpl: dict[str, Any], env: dict[str, str], tmp: Path) -> None:
+    """An S3 repository's config file (from its ConfigMap) and credentials file (from
+    the Secret mounted where it says) under ``tmp``; the pod's env pointed at them."""
+    key = "VMBACKUP_REPOSITORY__S3_CONFIG"
+    if key not in env:
+        return
+    doc = tomllib.loads(mounted_config_file(build, tpl, env[key]))
+    creds = doc["credentials_file"]
+    assert creds.startswith(SECRETS_ROOT), f"S3 credentials outside {SECRETS_ROOT}: {creds}"
+    name, secret_key = mounted_secret_key(build, tpl, creds)
+    assert name == "vmbackup-s3-credentials" and secret_key == "credentials", (name, secret_key)
+    target = tmp / "s3-credentials"
+    target.write_text("[default]\naws_access_key_id = sample\naws_secret_access_key = s\n")
+    text = mounted_config_file(build, tpl, env[key]).replace(creds, str(target))
+    (tmp / "s3.toml").write_text(text, encoding="utf-8")
+    env[key] = str(tmp / "s3.toml")
 
 
 def materialize(build: Build, tpl: dict[str, Any], cfg: dict[str, Any], tmp: Path) -> str:
@@ -100,6 +134,7 @@ def test_role_config_loads(build: Build, component: str, tmp_path: Path) -> None
         path = work / "vmbackup.toml"
         path.write_text(materialize(build, tpl, raw, work / "secrets"), encoding="utf-8")
         env = pod_env(build, obj, tpl, raw["broker"]["n_shards"])
+        materialize_s3(build, tpl, env, work)
         # what the role itself checks at start: its keys, its secrets, the references
         found = check_config(path, env, role=component)
         assert not found.problems, [str(p) for p in found.problems]

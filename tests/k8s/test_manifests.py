@@ -24,6 +24,10 @@ SITE_SECRETS = {
 }
 
 
+# The S3 repository's credentials (k8s/components/s3-repository), provided by the site.
+S3_SECRETS = {"vmbackup-s3-credentials"}
+
+
 def containers(tpl: dict[str, Any]) -> list[dict[str, Any]]:
     spec = tpl["spec"]
     return list(spec.get("initContainers", [])) + list(spec["containers"])
@@ -184,7 +188,8 @@ def test_references_resolve(build: Build) -> None:
                 assert v["persistentVolumeClaim"]["claimName"] in pvcs, where
             if "secret" in v:
                 name = v["secret"]["secretName"]
-                assert name in SITE_SECRETS | set(secrets), f"{where}: unknown Secret {name}"
+                known = SITE_SECRETS | set(secrets) | (S3_SECRETS if build.name == "s3" else set())
+                assert name in known, f"{where}: unknown Secret {name}"
                 if name in secrets:
                     for item in v["secret"].get("items", []):
                         assert item["key"] in secrets[name], f"{where}: {name} has no {item['key']}"
@@ -416,3 +421,41 @@ def test_production_second_copy(builds: dict[str, Build]) -> None:
     assert claims[mounts[copy.from_repo]["name"]] == "vmbackup-repository"
     assert claims["copy"] == "vmbackup-repository-copy" != "vmbackup-repository"
     assert "vmbackup-repository-copy" in site_secret_keys(prod)
+
+
+def test_s3_overlay_keeps_no_chunks_on_a_volume(builds: dict[str, Build]) -> None:
+    """k8s/overlays/s3: every pod that opens the repository opens the one S3 URL with the
+    S3 config and credentials it mounts, and a cache of its own on an emptyDir; no writer
+    mounts a PersistentVolumeClaim; the claim that stays is small (the job reports)."""
+    build = builds["s3"]
+    url = build.configmap("vmbackup-s3")["data"]["url"]
+    assert url.startswith("s3://")
+    assert quantity_bytes(
+        build.get("PersistentVolumeClaim", "vmbackup-repository")["spec"]["resources"]["requests"][
+            "storage"
+        ]
+    ) <= (1 << 30)
+    for component in ("writer", "coordinator"):
+        for obj, tpl in build.role(component):
+            env = env_of(main_container(tpl))
+            ref = env["VMBACKUP_REPOSITORY__PATH"]["valueFrom"]["configMapKeyRef"]
+            assert (ref["name"], ref["key"]) == ("vmbackup-s3", "url"), obj["metadata"]["name"]
+            cache = env["VMBACKUP_REPOSITORY__CACHE_DIR"]["value"]
+            volumes = {v["name"]: v for v in tpl["spec"]["volumes"]}
+            mounts = {m["mountPath"]: m["name"] for m in main_container(tpl)["volumeMounts"]}
+            assert "emptyDir" in volumes[mounts[cache]], f"{component}: cache not an emptyDir"
+            s3_config = env["VMBACKUP_REPOSITORY__S3_CONFIG"]["value"]
+            assert any(s3_config.startswith(p + "/") for p in mounts), s3_config
+            if component == "writer":
+                assert not [v for v in volumes.values() if "persistentVolumeClaim" in v]
+                assert not tpl["spec"].get("initContainers"), "nothing waits for a volume"
+    # the maintenance Jobs open the same URL (as $(REPO)) with a cache each
+    for obj, tpl in build.workloads():
+        if obj["kind"] not in ("Job", "CronJob"):
+            continue
+        c = main_container(tpl)
+        ref = env_of(c)["REPO"]["valueFrom"]["configMapKeyRef"]
+        assert (ref["name"], ref["key"]) == ("vmbackup-s3", "url"), obj["metadata"]["name"]
+        words = " ".join(c.get("command", []) + c.get("args", []))
+        assert "--s3-config=/etc/vmbackup-s3/s3.toml" in words, obj["metadata"]["name"]
+        assert "--cache-dir=/var/cache/vmbackup" in words, obj["metadata"]["name"]

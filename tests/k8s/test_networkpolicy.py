@@ -22,6 +22,7 @@ NS = "vmbackup"
 VSPHERE = {
     "dev": {"vcenter": "192.0.2.10", "esxi": "192.0.2.21"},
     "production": {"vcenter": "10.20.0.10", "esxi": "10.20.9.5"},
+    "s3": {"vcenter": "192.0.2.10", "esxi": "192.0.2.21"},  # dev's
 }
 
 
@@ -246,3 +247,19 @@ def test_evaluator_selectors(
     selector: dict[str, Any], labels: dict[str, str], expected: bool
 ) -> None:
     assert selects(selector, labels) is expected
+
+
+def test_only_the_repository_users_reach_s3(builds: dict[str, Build]) -> None:
+    """k8s/overlays/s3: the pods that open the repository reach the S3 endpoint on 443;
+    the proxies do not, and nothing reaches it on another port. Elsewhere nobody does."""
+    s3 = Peer("s3-endpoint", ip="198.51.100.20")
+    build = builds["s3"]
+    users = _by_component(build, "writer", "coordinator", "repo-init", "verify", "maintenance")
+    assert len(users) == 5
+    for pod in users:
+        assert allowed(build, pod, s3, 443), pod.name
+        assert not allowed(build, pod, s3, 22), pod.name
+    for pod in _by_component(build, "proxy"):
+        assert not allowed(build, pod, s3, 443), f"{pod.name}: proxies never talk to S3"
+    for pod in _by_component(builds["dev"], "writer"):
+        assert not allowed(builds["dev"], pod, s3, 443), "dev keeps its repository on a volume"
