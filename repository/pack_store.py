@@ -180,7 +180,7 @@ class PackStore:
         for cid, loc in zip(first, locs, strict=True):
             self.index.add_own(cid, loc)
         if pack.size >= self.pack_size:
-            self._seal(pack)
+            self._seal_full(pack)
         else:
             with self._lock:
                 self._free.append(pack)
@@ -189,6 +189,10 @@ class PackStore:
     def _open_pack(self) -> OpenPack:
         """A new open pack (s3_pack_store.py makes ones that upload when sealed)."""
         return OpenPack(self.root)
+
+    def _seal_full(self, pack: OpenPack) -> None:
+        """A pack that reached the pack size (s3_pack_store.py uploads it meanwhile)."""
+        self._seal(pack)
 
     def _seal(self, pack: OpenPack) -> None:
         pack.seal()

@@ -60,7 +60,7 @@ from repository.storage import Storage
 DEFAULT_CHUNK = repo_config.MiB
 DEFAULT_LEVEL = 3
 PRIVATE_DIR = 0o700
-COMMIT_POLL_S = 1.0  # seconds between listings of index/ while a commit on S3 waits
+COMMIT_POLL_S = 0.25  # seconds between listings of index/ while a commit on S3 waits
 TOP_DIRS = ("chunks", "points", "running", "locks", "keys")
 PACK_DIRS = ("packs", "index", "points", "running", "locks", "keys")  # version 3: no chunks/
 

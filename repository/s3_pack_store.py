@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from repository import pack_index_file
@@ -42,6 +43,7 @@ from repository.s3_pack_upload import (
 from repository.s3_repo_storage import S3RepoStorage
 
 REFRESH_S = 60.0  # seconds between listings of index/ while lookups hit
+UPLOADS_AT_ONCE = 2  # full packs uploading in the background per process; more wait
 FLUSH_WAIT_S = 600.0  # longest wait for another thread's append before a commit
 
 
@@ -112,6 +114,8 @@ class S3PackStore(PackStore):
             makedirs_durable(cache_dir / sub)
         self.storage = storage
         self._unsent: list[UploadingPack] = []  # sealed, their upload failed: retried
+        self._uploads = ThreadPoolExecutor(UPLOADS_AT_ONCE, thread_name_prefix="pack-upload")
+        self._upload_slots = threading.BoundedSemaphore(UPLOADS_AT_ONCE)
         super().__init__(cache_dir, size_range, pack_size)
         self.index = S3PackIndex(storage, cache_dir, refresh_interval)
         self.index.refresh(force=True)
@@ -132,6 +136,24 @@ class S3PackStore(PackStore):
                 self._unsent.append(pack)
             raise
         self.index.forget_own(pack.id)
+
+    def _seal_full(self, pack: object) -> None:
+        """Upload a full pack in the background: a batch's ack needs only the cache's
+        fdatasync, a commit waits for the upload (``flush``: the pack is among the open
+        ones until it is uploaded). At most UPLOADS_AT_ONCE at once: beyond, the writing
+        thread waits for a slot, so sealed packs never pile up in the cache."""
+        assert isinstance(pack, UploadingPack)
+        self._upload_slots.acquire()
+
+        def upload() -> None:
+            try:
+                self._seal(pack)
+            except Exception:  # kept in _unsent: flush and seal_idle retry it
+                pass
+            finally:
+                self._upload_slots.release()
+
+        self._uploads.submit(upload)
 
     def flush(self) -> None:
         """Seal and upload every open pack of this process, the ones in use by another

@@ -139,8 +139,8 @@ def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
     try:
         if args.repo:
             repo = Repository.open(repo_path, passphrase)
-        else:  # the config's, on S3 too
-            repo = cfg.repository.open("restore-vm", read_only=True)
+        else:  # the config's, on S3 too (its own cache there, nothing to recover)
+            repo = cfg.repository.open("restore-vm", read_only=bool(cfg.repository.s3_config))
         # bad point: fail before touching vCenter
         point = repo.get_point(point_id) if args.in_place else load_point(repo, point_id)[0]
     except RepositoryError as exc:
