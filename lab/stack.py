@@ -250,6 +250,16 @@ class Stack:
             time.sleep(0.1)
         raise StackError(f"{proc.name} not ready within {timeout:.0f} s:\n{self.tail(proc)}")
 
+    def metric(self, name: str, sample: str) -> float:
+        """The sum of the samples on process ``name``'s /metrics whose line starts with
+        ``sample`` (a metric name, or a name and the start of its labels)."""
+        import urllib.request
+
+        port = self.procs[name].metrics_port
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        lines = text.decode().splitlines()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(sample))
+
     def tail(self, proc: Proc, lines: int = 20) -> str:
         try:
             return "\n".join(proc.log_path.read_text(errors="replace").splitlines()[-lines:])

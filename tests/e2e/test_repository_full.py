@@ -46,16 +46,6 @@ def _stack(lab: Lab, tmp_path: Path, floor_mib: int) -> Stack:
     return Stack(lab, tmp_path, spec)
 
 
-def _metric(stack: Stack, proc: str, name: str) -> float:
-    port = stack.procs[proc].metrics_port
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.decode().splitlines()
-        if line.startswith(name)
-    )
-
-
 def _ready(stack: Stack, proc: str) -> tuple[int, str]:
     port = stack.procs[proc].metrics_port
     try:
@@ -116,7 +106,7 @@ def test_full_disk_fails_fast_and_the_next_backup_succeeds(lab: Lab, tmp_path: P
         assert "no space left on device" in logs
         assert (
             sum(
-                _metric(stack, f"writer-{i}", 'vmbackup_writer_batches_total{result="full"}')
+                stack.metric(f"writer-{i}", 'vmbackup_writer_batches_total{result="full"}')
                 for i in (1, 2)
             )
             > 0
@@ -143,7 +133,7 @@ def test_free_space_floor_refuses_before_the_disk_fills(lab: Lab, tmp_path: Path
         assert "no space left on device" not in logs
         status, text = _ready(stack, "writer-1")
         assert status == 503 and "the floor of 24 MiB" in text, text
-        assert _metric(stack, "writer-1", "vmbackup_writer_accepting_chunks") == 0
+        assert stack.metric("writer-1", "vmbackup_writer_accepting_chunks") == 0
         grow(repo_fs, 512 * MiB)
         assert _ready(stack, "writer-1")[0] == 200
         _backed_up_exactly(stack, lab, stack.backup(timeout=TASK_TIMEOUT_S))

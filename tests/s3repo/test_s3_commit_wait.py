@@ -62,7 +62,12 @@ def test_a_commit_waits_for_the_other_writers_upload(s3repo: S3Repo) -> None:
     # with a wait: a seals (uploads) its idle pack meanwhile, as its sealer does
     b.commit_wait = 30.0
     store = a.chunks
-    sealer = threading.Thread(target=lambda: (time.sleep(1.5), store.seal_idle(1.0)))
+
+    def seal_later() -> None:
+        time.sleep(1.5)
+        store.seal_idle(1.0)
+
+    sealer = threading.Thread(target=seal_later)
     sealer.start()
     t0 = time.monotonic()
     point = _commit(b, held, "j2")

@@ -11,7 +11,6 @@ never commit a point whose chunks are not all in the bucket."""
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,6 @@ from repository.s3_pack_upload import INDEX, PACKS
 from tests.s3repo.conftest import CHUNK, MiB, S3Repo
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def _metric(stack: Stack, proc: str, name: str) -> float:
-    port = stack.procs[proc].metrics_port
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.decode().splitlines()
-        if line.startswith(name + "{") or line.startswith(name + " ")
-    )
 
 
 def test_backup_by_the_services_to_s3_restores_bit_exact(tmp_path: Path, s3repo: S3Repo) -> None:
@@ -62,8 +51,8 @@ def test_backup_by_the_services_to_s3_restores_bit_exact(tmp_path: Path, s3repo:
             assert {"writer-1", "writer-2"} <= set(caches), caches
             # both writers stored chunks (each owns half the shards)
             for w in ("writer-1", "writer-2"):
-                assert _metric(stack, w, "vmbackup_writer_chunks_total") > 0, w
-                assert _metric(stack, w, "vmbackup_repo_s3_errors_total") == 0, w
+                assert stack.metric(w, "vmbackup_writer_chunks_total") > 0, w
+                assert stack.metric(w, "vmbackup_repo_s3_errors_total") == 0, w
             for v in run.report["vms"]:
                 for d in v["disks"]:
                     got = stack.restore_digest(v["point_id"], d["key"])
