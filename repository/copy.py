@@ -27,6 +27,13 @@ may differ in format (chunk files or packs, or a storage yet to come) and in enc
 * A chunk that fails its check in the source (damaged, missing) fails that point, named,
   and the copy goes on with the next; nothing damaged is stored into the target.
 
+* Either side may be on S3 (``s3://BUCKET/PREFIX``): the target's chunks go into open
+  packs in its cache directory and its commit uploads them before the point
+  (S3PackStore.flush), so "durable before committed" holds there too; the open packs a
+  killed copy left are uploaded by the next open of the target from the same cache (from
+  another cache they are sent again). A source whose storage fails (an endpoint down,
+  access denied) ends the copy, unlike damage, which fails only its point.
+
 The selection policy is repository/copy_selection.py.
 
 Scale: per VM the copy keeps a dict of source id -> target id for every chunk it saw
@@ -43,7 +50,15 @@ from dataclasses import dataclass, field
 
 from common.progress import Progress, no_progress
 from repository.copy_selection import CopyFilter, plan_copy
-from repository.errors import CorruptObjectError, InvalidRequestError, RepositoryError
+from repository.errors import (
+    ChunkIdMismatchError,
+    CorruptObjectError,
+    InvalidRequestError,
+    MissingChunkError,
+    MissingObjectError,
+    RepositoryError,
+    RepositoryFormatError,
+)
 from repository.fixed_index import ZERO_ID, DiskMap
 from repository.point_commit import DiskChanges, PointCommit
 from repository.points import Point, PointDisk, make_point_id
@@ -97,21 +112,40 @@ class CopyResult:
     stats: CopyStats = field(default_factory=CopyStats)
 
 
+# What the source's damage raises (a chunk or map that fails its check, or is gone);
+# any other error of the source (its storage failing) ends the copy.
+DAMAGE = (
+    CorruptObjectError,
+    MissingChunkError,
+    ChunkIdMismatchError,
+    MissingObjectError,
+    RepositoryFormatError,
+)
+
+
 class SourceError(RepositoryError):
     """Something of the source failed its check (a chunk, a map, a point's id): that
     point is not copied; the copy goes on with the next."""
+
+
+def source_failed(src: Repository, exc: RepositoryError) -> RepositoryError:
+    """The error for a failure of the source ``src``: SourceError (that point only) for
+    damage, else one that ends the copy; both name the source."""
+    if isinstance(exc, DAMAGE):
+        return SourceError(f"source {src.location}: {exc}")
+    return RepositoryError(f"source {src.location}: {exc}")
 
 
 def check_compatible(src: Repository, dst: Repository) -> None:
     """Refuse a pair no copy can join (before anything is read or written)."""
     if src.config["id"] == dst.config["id"]:
         raise InvalidRequestError(
-            f"source {src.path} and target {dst.path} are the same repository"
+            f"source {src.location} and target {dst.location} are the same repository"
             f" (id {src.config['id']}): nothing to copy"
         )
     if src.chunk_size != dst.chunk_size:
         raise InvalidRequestError(
-            f"chunk sizes differ: source {src.path} has {src.chunk_size}, target {dst.path}"
+            f"chunk sizes differ: source {src.location} has {src.chunk_size}, target {dst.location}"
             f" has {dst.chunk_size}; a point's map is per chunk, so the target must have the"
             " source's chunk size (create it with `vmbackup repo init --chunk-size`)"
         )
@@ -220,7 +254,7 @@ class _Copier:
         try:
             return self.src.load_map(p, key)
         except RepositoryError as exc:
-            raise SourceError(f"source {self.src.path}: {exc}") from exc
+            raise source_failed(self.src, exc) from exc
 
     def _learn(self, src_map: DiskMap, dst_map: DiskMap) -> None:
         if len(src_map) != len(dst_map):
@@ -346,7 +380,7 @@ class _Copier:
         try:
             stored = self.src.read_chunk_blob(src_id)
         except RepositoryError as exc:
-            raise SourceError(f"source {self.src.path}: {exc}") from exc
+            raise source_failed(self.src, exc) from exc
         self.stats.chunks_read += 1
         if self.same_ids and self.as_stored:
             try:
@@ -358,6 +392,6 @@ class _Copier:
         try:
             plain = bytes(self.src.decode_chunk(src_id, stored))
         except RepositoryError as exc:  # damaged in the source: never stored anywhere
-            raise SourceError(f"source {self.src.path}: {exc}") from exc
+            raise source_failed(self.src, exc) from exc
         tid, parts = self.dst.prepare_raw_chunk(self.dst.chunk_id(plain), plain)
         return tid, parts, False
