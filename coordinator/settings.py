@@ -133,18 +133,42 @@ class CopySettings:
         default="",
         metadata=_doc(
             "target repository directory (created with `vmbackup repo init`, the same chunk"
-            " size), writable by the coordinator; empty = no copy"
+            " size), writable by the coordinator, or s3://BUCKET/PREFIX with s3_config;"
+            " empty = no copy"
         ),
     )
     passphrase: Secret | None = field(
         default=None,
         metadata=_doc('passphrase of an encrypted target: {file = "PATH"}, {env = "NAME"}'),
     )
+    s3_config: str = field(
+        default="",
+        metadata=_doc(
+            "for an s3:// target: its S3 config file (endpoint, region, credentials;"
+            " docs/object-storage.md)"
+        ),
+    )
+    cache_dir: str = field(
+        default="",
+        metadata=_doc(
+            "for an s3:// target: its local cache, on a durable disk (open packs a killed"
+            " copy left are uploaded from it); empty = $XDG_CACHE_HOME/vmbackup/<its id>"
+        ),
+    )
 
     def __post_init__(self) -> None:
         c = Checks()
-        if self.to and not self.to.startswith("/"):
-            c.fail("to", f"{self.to!r} must be an absolute path")
+        s3 = self.to.startswith("s3://")
+        if self.to and not s3 and not self.to.startswith("/"):
+            c.fail("to", f"{self.to!r} must be an absolute path or s3://BUCKET/PREFIX")
+        if s3 and not self.s3_config:
+            c.fail("s3_config", f"to = {self.to!r} is on S3: its S3 config file is needed")
+        for key in ("s3_config", "cache_dir"):
+            value = getattr(self, key)
+            if value and not s3:
+                c.fail(key, f"{value!r}: only for an s3://BUCKET/PREFIX target (to)")
+            elif value and not value.startswith("/"):
+                c.fail(key, f"{value!r} must be an absolute path")
         c.done()
 
     @property
