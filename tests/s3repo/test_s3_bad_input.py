@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +17,11 @@ from lab.ceph_rgw import write_credentials
 from repository.import_disk import import_disk
 from repository.repository import Repository
 from tests.repository.test_repo_copy import assert_same_points, new_repo
+from tests.repository.test_repo_copy_cli import assert_whole
 from tests.rgw import Rgw
 from tests.s3repo.conftest import CHUNK, S3Repo
 from tests.s3repo.test_s3_copy import s3_init
 from vmbackup.cli import main
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts connections (the kernel's backlog) and never answers."""
-    with socket.socket() as srv:
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(16)
-        yield srv.getsockname()[1]
 
 
 def s3_config(path: Path, rgw: Rgw, **keys: str | int | float) -> Path:
@@ -112,10 +102,7 @@ def test_a_bucket_over_its_quota_stops_the_copy_with_whole_points_only(
     assert code == 1 and "no space left on device while writing" in error, error
     assert "QuotaExceeded" in error and rgw.endpoint in error
     look = Repository.open(s3repo.url, s3_config=s3repo.config, cache_dir=s3repo.cache("look"))
-    visible = look.points()
-    assert 0 < len(visible) < 3  # stopped mid-way; what is there is whole
-    for p in visible:
-        assert all(look.has_chunks([c for _, c in look.load_map(p, 2000).iter_ids()]))
+    assert 0 < len(assert_whole(look)) < 3  # stopped mid-way; what is there is whole
     rgw.admin("quota", "disable", "--quota-scope=bucket", f"--bucket={s3repo.bucket.loc.bucket}")
     code, error = copy(capsys, *argv)  # the same command, the same cache: it finishes
     assert code == 0, error

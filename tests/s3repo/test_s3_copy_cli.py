@@ -19,6 +19,7 @@ from repository.import_disk import import_disk
 from repository.repository import Repository
 from repository.verify import verify
 from tests.repository.test_repo_copy import assert_same_points, new_repo
+from tests.repository.test_repo_copy_cli import assert_whole, run_and_kill
 from tests.s3repo.conftest import CHUNK, S3Repo
 from tests.s3repo.test_s3_copy import s3_init
 from vmbackup.cli import main
@@ -35,7 +36,9 @@ def objects(r: S3Repo) -> set[tuple[str, int, float]]:
     return {(o.name, o.size, o.mtime) for o in r.bucket.list("repo") if "/running/" not in o.name}
 
 
-def test_sigkill_at_random_moments_then_copy_again_into_s3(s3repo: S3Repo, tmp_path: Path) -> None:
+def test_sigkill_at_random_moments_then_copy_again_into_s3(
+    s3repo: S3Repo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = new_repo(tmp_path / "a")
     rnd = random.Random(11)
     for vm in ("web", "db", "app"):
@@ -54,27 +57,13 @@ def test_sigkill_at_random_moments_then_copy_again_into_s3(s3repo: S3Repo, tmp_p
     kill = random.Random(42)
     killed_midway = 0
     for i in range(KILLS):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        assert proc.stderr is not None
-        if i % 2:  # any moment: starting, asking, sending, uploading, committing
-            time.sleep(kill.uniform(0.5, 2.0))
-        else:  # once it has committed a point in this run, a moment later
-            for line in proc.stderr:
-                if " sent" in line:
-                    break
-            time.sleep(kill.uniform(0.0, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+        returncode = run_and_kill(cmd, i, kill, 2.0)
         # another cache (what a second site's restore would use): what is visible is whole
-        dst = Repository.open(
-            s3repo.url, s3_config=s3repo.config, cache_dir=s3repo.cache(f"look{i}"), read_only=True
-        )
-        visible = dst.points()
-        for p in visible:
-            for d in p.disks:
-                ids = [c for _, c in dst.load_map(p, d.key).iter_ids()]
-                assert all(dst.has_chunks(ids)), f"{p.id} names a chunk the kill lost"
-        if proc.returncode == -signal.SIGKILL and 0 < len(visible) < total:
+        visible = assert_whole(
+            Repository.open(s3repo.url, s3_config=s3repo.config,
+                            cache_dir=s3repo.cache(f"look{i}"), read_only=True)
+        )  # fmt: skip
+        if returncode == -signal.SIGKILL and 0 < len(visible) < total:
             killed_midway += 1
     assert killed_midway, "every copy finished before its kill: nothing was tested"
     done = subprocess.run([*cmd, "--json"], capture_output=True, timeout=600)
@@ -87,8 +76,8 @@ def test_sigkill_at_random_moments_then_copy_again_into_s3(s3repo: S3Repo, tmp_p
     assert report.ok, report.problems
     assert dst.running_jobs() == []  # the killed runs' marker went with the last run
     before = objects(s3repo)
-    again = subprocess.run([*cmd, "--json"], capture_output=True, timeout=600)
-    stats = json.loads(again.stdout)["result"]["stats"]
+    assert main([*cmd[3:], "--json"]) == 0  # the same command, in this process
+    stats = json.loads(capsys.readouterr().out)["result"]["stats"]
     assert (stats["chunks_sent"], stats["bytes_sent"]) == (0, 0)
     assert objects(s3repo) == before  # not one object written or rewritten
 
