@@ -1,7 +1,8 @@
-"""`vmbackup repo copy` into a repository on the lab's real Ceph RGW, as a process:
-SIGKILLed at random moments and run again until it finishes; whatever the bucket shows
-is whole, the end restores bit-exact and verifies, and a copy of the unchanged source
-writes no object but its running marker. The S3 options refuse what cannot apply."""
+"""`vmbackup repo copy` into an encrypted repository on the lab's real Ceph RGW, as a
+process: SIGKILLed at random moments and run again until it finishes; whatever the
+bucket shows is whole, the end restores bit-exact and verifies, and a copy of the
+unchanged source writes no object but its running marker. The S3 options refuse what
+cannot apply."""
 
 from __future__ import annotations
 
@@ -49,10 +50,13 @@ def test_sigkill_at_random_moments_then_copy_again_into_s3(
                 img.write_bytes(img.read_bytes()[: 8 * CHUNK] + rnd.randbytes(4 * CHUNK))
             import_disk(src, vm, 2000, img, snapshot_time=time.time() - (3 - n) * 3600)
     total = len(src.points())
-    s3_init(s3repo.url, s3repo.config, s3repo.cache()).close()
+    s3_init(s3repo.url, s3repo.config, s3repo.cache(), passphrase="site b").close()
+    pw = tmp_path / "pw"
+    pw.write_text("site b\n")
     cmd = copy_cmd(
         str(tmp_path / "a"), s3repo.url,
         "--s3-config", str(s3repo.config), "--to-cache-dir", str(s3repo.cache()),
+        "--to-passphrase-file", str(pw),
     )  # fmt: skip
     kill = random.Random(42)
     killed_midway = 0
@@ -60,7 +64,7 @@ def test_sigkill_at_random_moments_then_copy_again_into_s3(
         returncode = run_and_kill(cmd, i, kill, 2.0)
         # another cache (what a second site's restore would use): what is visible is whole
         visible = assert_whole(
-            Repository.open(s3repo.url, s3_config=s3repo.config,
+            Repository.open(s3repo.url, "site b", s3_config=s3repo.config,
                             cache_dir=s3repo.cache(f"look{i}"), read_only=True)
         )  # fmt: skip
         if returncode == -signal.SIGKILL and 0 < len(visible) < total:
@@ -70,7 +74,9 @@ def test_sigkill_at_random_moments_then_copy_again_into_s3(
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)["result"]
     assert doc["copied"] + doc["present"] == total and doc["failed"] == 0
-    dst = Repository.open(s3repo.url, s3_config=s3repo.config, cache_dir=s3repo.cache("end"))
+    dst = Repository.open(
+        s3repo.url, "site b", s3_config=s3repo.config, cache_dir=s3repo.cache("end")
+    )
     assert assert_same_points(src, dst, tmp_path) == total
     report = verify(dst)
     assert report.ok, report.problems
