@@ -46,10 +46,10 @@ EXAMPLES = """\
   # only the newest point of each VM, as one JSON document
   vmbackup repo copy --from /backup/repo --to /mnt/site-b/repo --latest 1 --json
   # into a bucket (a rerun after a kill: the same --to-cache-dir uploads what it left)
-  vmbackup repo copy --from /backup/repo --to s3://backups/site-b \
+  vmbackup repo copy --from /backup/repo --to s3://backups/site-b \\
       --s3-config /etc/vmbackup/s3.toml --to-cache-dir /var/cache/vmbackup/site-b
   # between two S3 services, a config each
-  vmbackup repo copy --from s3://backups/site-a --from-s3-config /etc/vmbackup/s3-a.toml \
+  vmbackup repo copy --from s3://backups/site-a --from-s3-config /etc/vmbackup/s3-a.toml \\
       --to s3://backups/site-b --to-s3-config /etc/vmbackup/s3-b.toml
 """
 
@@ -241,7 +241,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "those --to lacks, re-encrypted under its key when the two differ), each point "
         "last and atomically, so a killed copy leaves nothing half-visible and a rerun "
         "continues; points --to has already are skipped. The two must have the same "
-        "chunk size; formats and encryption may differ (docs/operations.md, 'Second copy').",
+        "chunk size; formats, encryption and storage (a directory or s3://) may differ"
+        " (docs/operations.md, 'Second copy'; docs/object-storage.md).",
     )
     p.add_argument(
         "--from",
