@@ -360,13 +360,17 @@ class _Copier:
         for i in range(0, len(src_ids), self.batch):
             blobs: list[Blob] = []
             as_stored: set[bytes] = set()
+            ids: dict[bytes, bytes] = {}
             for c in src_ids[i : i + self.batch]:
                 tid, parts, raw = self._prepare(c)
-                self.done[c] = tid
+                ids[c] = tid
                 blobs.append((tid, parts))
                 if raw:
                     as_stored.add(tid)
             wrote = self.dst.write_prepared(blobs)
+            # done once durable: a chunk failing its check above leaves the ones read
+            # before it unwritten, for the next point naming them to send
+            self.done.update(ids)
             self.stats.chunks_sent += wrote.stored
             self.stats.chunks_present += wrote.known
             self.stats.bytes_sent += wrote.bytes_stored
