@@ -56,13 +56,14 @@ def copy_after_job(rt: Runtime, policy: PolicySettings) -> CopyReport | None:
         log.error("copy_failed", to=c.to, error=out.error)
         return out
     try:
-        res = copy_points(src, dst, CopyFilter(policy=policy.name))
+        try:
+            res = copy_points(src, dst, CopyFilter(policy=policy.name))
+        finally:
+            dst.close()  # uploads an S3 target's open packs: may fail as the copy did
     except RepositoryError as exc:  # the target failed (full, I/O), or chunk sizes differ
         out.error = str(exc)
         log.error("copy_failed", to=c.to, error=out.error)
         return out
-    finally:
-        dst.close()
     out.copied, out.present = len(res.copied), len(res.present)
     out.failed = [f"{f.id}: {f.reason}" for f in res.failed[:SHOWN]]
     out.chunks_sent, out.bytes_sent = res.stats.chunks_sent, res.stats.bytes_sent

@@ -10,9 +10,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from common.job_ids import new_job_id
+from coordinator.copy_after_job import copy_after_job
+from coordinator.copy_settings import CopySettings
+from coordinator.settings import PolicySettings
 from lab.ceph_rgw import write_credentials
 from repository.import_disk import import_disk
 from repository.repository import Repository
@@ -87,15 +92,22 @@ def test_open_errors_name_the_side_and_the_cause_and_write_nothing(
     )
 
 
+def full_target(s3repo: S3Repo, rgw: Rgw, tmp_path: Path) -> Repository:
+    """A source of three VMs' points (policy gold), 2 MiB each (incompressible), and an empty S3
+    repository whose bucket's quota has room for one; the source."""
+    src = new_repo(tmp_path / "a")
+    for vm in ("web", "db", "app"):
+        (tmp_path / "d.img").write_bytes(os.urandom(8 * CHUNK))
+        import_disk(src, vm, 2000, tmp_path / "d.img", job_id=new_job_id("gold"))
+    s3_init(s3repo.url, s3repo.config, s3repo.cache()).close()
+    rgw.set_bucket_quota(s3repo.bucket.loc.bucket, 3 << 20)
+    return src
+
+
 def test_a_bucket_over_its_quota_stops_the_copy_with_whole_points_only(
     s3repo: S3Repo, rgw: Rgw, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    src = new_repo(tmp_path / "a")
-    for vm in ("web", "db", "app"):  # 2 MiB each, incompressible
-        (tmp_path / "d.img").write_bytes(os.urandom(8 * CHUNK))
-        import_disk(src, vm, 2000, tmp_path / "d.img")
-    s3_init(s3repo.url, s3repo.config, s3repo.cache()).close()
-    rgw.set_bucket_quota(s3repo.bucket.loc.bucket, 3 << 20)  # room for one VM's point
+    src = full_target(s3repo, rgw, tmp_path)
     argv = ["--from", str(tmp_path / "a"), "--to", s3repo.url, "--s3-config", str(s3repo.config),
             "--to-cache-dir", str(s3repo.cache())]  # fmt: skip
     code, error = copy(capsys, *argv)
@@ -108,3 +120,17 @@ def test_a_bucket_over_its_quota_stops_the_copy_with_whole_points_only(
     assert code == 0, error
     done = Repository.open(s3repo.url, s3_config=s3repo.config, cache_dir=s3repo.cache("end"))
     assert assert_same_points(src, done, tmp_path) == 3
+
+
+def test_the_coordinators_copy_into_a_full_bucket_is_in_its_report(
+    s3repo: S3Repo, rgw: Rgw, tmp_path: Path
+) -> None:
+    """[policies.copy] into a bucket over its quota: the job's copy report says so (the
+    target's close, which uploads its open packs, fails as the copy did; it is caught)."""
+    src = full_target(s3repo, rgw, tmp_path)
+    copy = CopySettings(to=s3repo.url, s3_config=str(s3repo.config), cache_dir=str(s3repo.cache()))
+    policy = PolicySettings(name="gold", copy=copy)
+    runtime = SimpleNamespace(history=SimpleNamespace(repo=src))  # all the copy reads of it
+    out = copy_after_job(runtime, policy)  # type: ignore[arg-type]
+    assert out is not None and "no space left on device" in out.error, out
+    assert "QuotaExceeded" in out.error and out.copied == 0
