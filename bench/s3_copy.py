@@ -34,7 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lab import ceph_rgw
-from repository.copy import CopyResult, copy_points
+from repository.copy import copy_points
+from repository.copy_result import CopyResult
 from repository.copy_selection import CopyFilter
 from repository.import_disk import import_disk
 from repository.repository import Repository

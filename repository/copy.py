@@ -34,7 +34,7 @@ may differ in format (chunk files or packs, or a storage yet to come) and in enc
   another cache they are sent again). A source whose storage fails (an endpoint down,
   access denied) ends the copy, unlike damage, which fails only its point.
 
-The selection policy is repository/copy_selection.py.
+The selection policy is repository/copy_selection.py; the result, repository/copy_result.py.
 
 Scale: per VM the copy keeps a dict of source id -> target id for every chunk it saw
 (about 150 bytes each: 150 MB for a VM of a million distinct chunks), and each disk's
@@ -46,9 +46,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from common.progress import Progress, no_progress
+from repository.copy_result import CopiedPoint, CopyResult, CopyStats, FailedPoint
 from repository.copy_selection import CopyFilter, plan_copy
 from repository.errors import (
     ChunkIdMismatchError,
@@ -69,47 +69,6 @@ BATCH_BYTES = 32 << 20  # plaintext held for one durable write batch into the ta
 SOURCE_REPOSITORY = "copied_from_repository"  # disk info keys a copied point carries
 SOURCE_POINT = "copied_from_point"
 Blob = tuple[bytes, Sequence[bytes | bytearray]]
-
-
-@dataclass
-class CopyStats:
-    chunks_sent: int = 0  # chunks written into the target
-    bytes_sent: int = 0  # blob bytes written into the target
-    raw_bytes_sent: int = 0  # their plaintext bytes
-    chunks_present: int = 0  # chunks the points name that the target had already
-    chunks_read: int = 0  # chunks read from the source
-    blobs_as_stored: int = 0  # of chunks_sent: the source's blob, not compressed again
-    chunks_healed: int = 0  # of chunks_sent: ids the target had quarantined
-
-
-@dataclass(frozen=True, slots=True)
-class CopiedPoint:
-    id: str
-    vm_uuid: str
-    vm_name: str
-    snapshot_time: float
-    chunks_sent: int
-    bytes_sent: int
-
-
-@dataclass(frozen=True, slots=True)
-class FailedPoint:
-    id: str
-    vm_uuid: str
-    reason: str
-
-
-@dataclass
-class CopyResult:
-    source_id: str
-    target_id: str
-    selection: str
-    dry_run: bool
-    to_copy: list[Point] = field(default_factory=list)  # the plan
-    present: list[Point] = field(default_factory=list)  # selected, already in the target
-    copied: list[CopiedPoint] = field(default_factory=list)
-    failed: list[FailedPoint] = field(default_factory=list)
-    stats: CopyStats = field(default_factory=CopyStats)
 
 
 # What the source's damage raises (a chunk or map that fails its check, or is gone);

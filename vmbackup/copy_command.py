@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from common.command_result import CommandResult
-from repository.copy import CopyResult, copy_points
+from repository.copy import copy_points
+from repository.copy_result import CopyResult
 from repository.copy_selection import CopyFilter, parse_age
 from repository.errors import InvalidRequestError, RepositoryError
 from repository.repo_location import is_s3
