@@ -9,7 +9,8 @@ one run, each into an empty target (packs of 32 MiB):
 * ``local -> local`` (the baseline);
 * ``local -> S3``, and that copy again (``second copy``: nothing to send);
 * ``S3 -> S3``: the S3 copy into another bucket (chunks read with ranged GETs);
-* ``S3 -> local``.
+* ``S3 -> local``, and again into another directory reading one chunk at a time
+  (``copy.READERS = 1``: what the copy did before it kept several GETs in flight).
 
 Each: wall seconds, CPU seconds of this process (user + system), chunks and MiB sent,
 the copy's S3 requests (after both repositories are open) that write (PutObject,
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lab import ceph_rgw
+from repository import copy
 from repository.copy import copy_points
 from repository.copy_result import CopyResult
 from repository.copy_selection import CopyFilter
@@ -128,16 +130,19 @@ def main() -> None:
                 return Repository.open(where, s3_config=cfg, cache_dir=cache)
             return Repository.open(tmp / where)
 
+        readers = copy.READERS
         runs = [
-            ("local -> local (baseline)", "a", "b", True),
-            ("local -> S3", "a", s3_b, True),
-            ("second copy local -> S3", "a", s3_b, False),
-            ("S3 -> S3 (other bucket)", s3_b, s3_c, True),
-            ("S3 -> local", s3_c, "d", True),
+            ("local -> local (baseline)", "a", "b", True, readers),
+            ("local -> S3", "a", s3_b, True, readers),
+            ("second copy local -> S3", "a", s3_b, False, readers),
+            ("S3 -> S3 (other bucket)", s3_b, s3_c, True, readers),
+            ("S3 -> local", s3_c, "d", True, readers),
+            ("S3 -> local, 1 GET at a time", s3_c, "e", True, 1),
         ]
         rows = []
         try:
-            for name, frm, to, fresh in runs:
+            for name, frm, to, fresh, n_readers in runs:
+                copy.READERS = n_readers  # GETs in flight for a source on S3
                 source, target = opened(frm), new(to) if fresh else opened(to)
                 req = Requests()  # the copy's requests, not the opens'
                 req.watch(source), req.watch(target)

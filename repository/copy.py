@@ -45,7 +45,8 @@ non-zero chunk of a disk without one).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from common.progress import Progress, no_progress
 from repository.copy_result import CopiedPoint, CopyResult, CopyStats, FailedPoint
@@ -66,6 +67,7 @@ from repository.repository import Repository
 
 QUERY = 1024  # ids per has-query of the target
 BATCH_BYTES = 32 << 20  # plaintext held for one durable write batch into the target
+READERS = 8  # source chunks read at once from S3 (one ranged GET each)
 SOURCE_REPOSITORY = "copied_from_repository"  # disk info keys a copied point carries
 SOURCE_POINT = "copied_from_point"
 Blob = tuple[bytes, Sequence[bytes | bytearray]]
@@ -146,6 +148,7 @@ def copy_points(
     marker = copy_job_id(src)
     dst.end_job(marker)  # a killed run's: its start would soon count as stale for gc
     dst.begin_job(marker)
+    copier: _Copier | None = None
     try:
         copier = _Copier(src, dst, result.stats, as_stored=not recompress)
         copier.heal(result.present)
@@ -172,6 +175,8 @@ def copy_points(
                 )
             progress(n, len(result.to_copy))
     finally:
+        if copier is not None:
+            copier.close()
         dst.end_job(marker)
     return result
 
@@ -185,6 +190,7 @@ class _Copier:
     ) -> None:
         self.src, self.dst, self.stats = src, dst, stats
         self.as_stored = as_stored
+        self._pool: ThreadPoolExecutor | None = None  # source reads from S3
         self.same_ids = src.id_key == dst.id_key
         self.quarantined = dst.quarantined_ids()
         self.batch = max(1, BATCH_BYTES // dst.chunk_size)
@@ -320,8 +326,9 @@ class _Copier:
             blobs: list[Blob] = []
             as_stored: set[bytes] = set()
             ids: dict[bytes, bytes] = {}
-            for c in src_ids[i : i + self.batch]:
-                tid, parts, raw = self._prepare(c)
+            group = src_ids[i : i + self.batch]
+            for c, stored in zip(group, self._read_blobs(group), strict=True):
+                tid, parts, raw = self._prepare(c, stored)
                 ids[c] = tid
                 blobs.append((tid, parts))
                 if raw:
@@ -338,12 +345,29 @@ class _Copier:
             self.stats.blobs_as_stored += len(as_stored)
             self.stats.chunks_healed += len({t for t, p in blobs if p} & self.quarantined)
 
-    def _prepare(self, src_id: bytes) -> tuple[bytes, Sequence[bytes | bytearray], bool]:
-        """(target id, blob parts or () when the target has it, written as stored)."""
+    def _read_blob(self, src_id: bytes) -> bytes:
         try:
-            stored = self.src.read_chunk_blob(src_id)
+            return self.src.read_chunk_blob(src_id)
         except RepositoryError as exc:
             raise source_failed(self.src, exc) from exc
+
+    def _read_blobs(self, src_ids: list[bytes]) -> Iterator[bytes]:
+        """The source's blobs of ``src_ids`` in order, each error where its blob would be;
+        from S3 (a ranged GET each, a round trip of waiting) READERS at once."""
+        if not self.src.on_s3:
+            return map(self._read_blob, src_ids)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(READERS, thread_name_prefix="copy-read")
+        return self._pool.map(self._read_blob, src_ids)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+    def _prepare(
+        self, src_id: bytes, stored: bytes
+    ) -> tuple[bytes, Sequence[bytes | bytearray], bool]:
+        """(target id, blob parts, written as stored) of the source's blob ``stored``."""
         self.stats.chunks_read += 1
         if self.same_ids and self.as_stored:
             try:
