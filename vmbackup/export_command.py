@@ -21,15 +21,8 @@ from types import FrameType
 from typing import Any
 
 from repository.errors import RepositoryError
-from repository.repo_location import local_only
 from vmbackup.repo_commands import _human, _repo_arg, _repo_passphrase
 from vmbackup.restore_command import no_such_disk
-
-EXPORT_FROM_S3 = (
-    "restore the disk with `vmbackup restore --repo URL --s3-config FILE --out FILE`, or"
-    " copy the point into a local repository (`vmbackup repo copy --from URL --s3-config"
-    " FILE --to DIR --vm VM`) and export it from there"
-)
 
 EXAMPLES = """\
 examples:
@@ -87,8 +80,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     from export.nbdkit_server import start_export
     from repository.repository import Repository
 
-    # nbdkit's plugin opens the repository by its path, with no S3 config: local only
-    local_only(args.repo, "`export`", EXPORT_FROM_S3)
     passphrase = _repo_passphrase(args)
     repo = Repository.open(  # every error before nbdkit starts
         str(args.repo), passphrase, s3_config=args.s3_config, cache_dir=args.cache_dir

@@ -1,7 +1,6 @@
 """The commands taking --repo that test_s3_cli.py does not run, on a repository at
 s3://BUCKET/PREFIX of the lab's real RGW: each works there, or refuses naming why and
-what to do instead (`repo upgrade`: S3 is always packs; `restore-vm` and `export`, whose
-NBD servers open the repository by its path: local only)."""
+what to do instead (`repo upgrade`: S3 is always packs; `restore-vm`: local only)."""
 
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ password = { env = "HOME" }
 """
 
 
-def test_jobs_repair_id_key_work_and_upgrade_restore_vm_export_refuse(
+def test_jobs_repair_id_key_work_and_upgrade_restore_vm_refuse(
     s3repo: S3Repo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     repo = s3_init(s3repo.url, s3repo.config, s3repo.cache())
@@ -55,9 +54,6 @@ def test_jobs_repair_id_key_work_and_upgrade_restore_vm_export_refuse(
     assert code == 0 and json.loads(out)["result"]["ok"] is True, out
     code, out = run("repo", "id-key", *on_s3)
     assert code == 1 and "is not encrypted" in out, out
-
-    code, out = run("export", *on_s3, "--point", "x", "--disk", "2000")
-    assert code == 1 and "`export` is for a local repository" in out, out
 
     code, out = run("repo", "upgrade", *on_s3)
     assert code == 1 and f"not {s3repo.url}: a repository on S3 is always format version 3" in out
