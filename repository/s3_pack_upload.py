@@ -72,6 +72,7 @@ class UploadingPack(OpenPack):
 
     storage: Storage
     _trailed = False
+    drop_written = False  # read again at seal, for the upload
 
     def seal(self) -> None:
         if not self.entries:
