@@ -47,6 +47,12 @@ class GcReport:
     staged_removed: int = 0  # commit parts of requests never committed (abandoned)
     packs_rewritten: int = 0  # version 3: packs whose live chunks were copied to new ones
     packs_removed: int = 0  # version 3: packs with nothing live, dropped from the index
+    # local packs: of bytes_freed, what stays on disk in unindexed pack files until a gc
+    # after pending_until deletes them (a reader that looked a chunk up may still read
+    # them); and what this run deleted of an earlier run's
+    bytes_pending: int = 0
+    pending_until: float = 0.0
+    bytes_deleted: int = 0
     cutoff: float = 0.0
     missing: list[str] = field(default_factory=list)
     stale_markers: list[str] = field(default_factory=list)
@@ -98,6 +104,8 @@ def gc(
         elif isinstance(repo.chunks, PackStore):
             _sweep_packs(PackSweep(repo.chunks, cutoff, start, dry_run), report, referenced)
             _sweep_points_and_staging(repo, report, cutoff, dry_run)
+            if report.bytes_pending:  # their mtime is now: a gc starting after this deletes
+                report.pending_until = time.time() + grace
         else:
             _sweep(repo, report, cutoff, start, dry_run)
     return report
@@ -150,6 +158,9 @@ def _sweep_packs(sweep: PackSweep | S3PackSweep, report: GcReport, referenced: s
     report.packs_rewritten += sweep.packs_rewritten
     report.packs_removed += sweep.packs_removed
     report.temps_removed += sweep.temps_removed
+    if isinstance(sweep, PackSweep):
+        report.bytes_pending += sweep.bytes_pending
+        report.bytes_deleted += sweep.bytes_deleted
 
 
 def _sweep(repo: Repository, report: GcReport, cutoff: float, start: float, dry_run: bool) -> None:

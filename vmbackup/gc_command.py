@@ -24,13 +24,22 @@ def cmd_gc(args: argparse.Namespace) -> CommandResult:
 
     repo = open_repo(args)
     r = gc(repo, grace=args.grace, dry_run=args.dry_run)
-    lines = [f"missing chunk: {m}" for m in r.missing]
+    missing = [f"missing chunk: {m}" for m in r.missing]
+    lines = missing[:]
     verb = "would free" if r.dry_run else "freed"
     lines.append(
         f"{r.points} points mark {r.referenced} chunks; {r.chunks_removed} of {r.chunks_seen} "
         f"chunks removed, {verb} {_human(r.bytes_freed)} ({r.bytes_freed} bytes); "
         f"{r.chunks_kept_young} unreferenced kept (younger than cutoff {_ts(r.cutoff)})"
     )
+    if r.bytes_deleted:
+        lines.append(f"deleted {_human(r.bytes_deleted)} of pack files an earlier gc unindexed")
+    if r.bytes_pending:
+        lines.append(
+            f"{_human(r.bytes_pending)} of pack files this gc unindexed stay on disk (a restore"
+            f" may still be reading them) until a gc started after {_ts(r.pending_until)}"
+            " deletes them: run gc again then to return that space"
+        )
     warnings = [f"ignoring stale running-backup marker {m}" for m in r.stale_markers]
     verb_h = "would remove" if r.dry_run else "removed"
     warnings += [f"{verb_h} stale hold on point {h}" for h in r.stale_holds_removed]
@@ -38,7 +47,7 @@ def cmd_gc(args: argparse.Namespace) -> CommandResult:
     if not r.missing:
         return res
     return res.found(
-        1, "damage", [f"{len(r.missing)} chunk(s) named by points are missing", *lines[:-1]]
+        1, "damage", [f"{len(r.missing)} chunk(s) named by points are missing", *missing]
     )
 
 
