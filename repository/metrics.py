@@ -24,3 +24,19 @@ REPO_VERIFY_QUARANTINED = Counter(
     "Damaged chunks verify moved to the repository's quarantine",
     registry=REGISTRY,
 )
+REPO_LOCK_HEADROOM = Gauge(
+    "vmbackup_repo_object_lock_headroom_seconds",
+    "Object Lock: seconds until the soonest retain-until of an object kept points need,"
+    " after the last extension (s3_lock_maintenance.py)",
+    registry=REGISTRY,
+)
+REPO_LOCK_PERIOD = Gauge(
+    "vmbackup_repo_object_lock_period_seconds",
+    "Object Lock: the repository's retention period",
+    registry=REGISTRY,
+)
+REPO_LOCK_UNPROTECTED = Gauge(
+    "vmbackup_repo_object_lock_unprotected_objects",
+    "Object Lock: objects kept points need whose current version was deleted or overwritten",
+    registry=REGISTRY,
+)
