@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from repository.chunk_store import ChunkStore
-from repository.errors import LockedError, RepositoryError
+from repository.errors import InvalidRequestError, LockedError, RepositoryError
 from repository.fsutil import lock_file
 from repository.local_storage import LocalDirectoryStorage
 from repository.pack_gc import PackSweep
@@ -106,7 +106,7 @@ def _lock_maintenance(
 def check_grace(repo: Repository, grace: float) -> None:
     """The lock period must be longer than gc's grace (else gc could wait on nothing)."""
     if isinstance(repo.storage, LockedS3Storage) and grace >= repo.storage.policy.period:
-        raise ValueError(
+        raise InvalidRequestError(
             f"grace {grace:g} s is not shorter than the Object Lock period"
             f" {repo.storage.policy.period} s"
         )

@@ -24,10 +24,10 @@ REPO_VERIFY_QUARANTINED = Counter(
     "Damaged chunks verify moved to the repository's quarantine",
     registry=REGISTRY,
 )
-REPO_LOCK_HEADROOM = Gauge(
-    "vmbackup_repo_object_lock_headroom_seconds",
-    "Object Lock: seconds until the soonest retain-until of an object kept points need,"
-    " after the last extension (s3_lock_maintenance.py)",
+REPO_LOCK_SOONEST = Gauge(
+    "vmbackup_repo_object_lock_soonest_retain_until_timestamp_seconds",
+    "Object Lock: the soonest retain-until of an object kept points need, after the last"
+    " retention extension (s3_lock_maintenance.py; a time stamp, so the lag shows as it grows)",
     registry=REGISTRY,
 )
 REPO_LOCK_PERIOD = Gauge(

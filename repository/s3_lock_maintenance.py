@@ -116,7 +116,7 @@ def extend_retention(
         report.min_retain_until = iso(soonest)
         report.headroom_seconds = round(soonest - now, 1)
         if not dry_run:
-            metrics.REPO_LOCK_HEADROOM.set(soonest - now)
+            metrics.REPO_LOCK_SOONEST.set(soonest)
     if not dry_run:
         metrics.REPO_LOCK_PERIOD.set(policy.period)
         metrics.REPO_LOCK_UNPROTECTED.set(len(report.hidden) + len(report.overwritten))
