@@ -17,8 +17,8 @@ from pathlib import Path
 import botocore.exceptions as bx
 import pytest
 
-from repository import metrics
-from repository.errors import RepositoryError
+from repository import metrics, repo_config
+from repository.errors import InvalidRequestError, RepositoryError
 from repository.gc import gc, referenced_chunks
 from repository.import_disk import import_disk
 from repository.repository import Repository
@@ -135,9 +135,12 @@ def test_locked_point_survives_delete_and_overwrite_with_the_repositorys_keys(
     evil.delete_object(Bucket=b, Key=pack)  # "succeeds": a delete marker on top
     evil.put_object(Bucket=b, Key=index, Body=b"overwritten")  # a new version on top
     # the maintenance sees it (it reads the versions, not only the current view)
-    rep = extend_retention(repo, referenced_chunks(repo), dry_run=True)
-    assert rep.hidden == [pack.removeprefix("repo/")]
-    assert rep.overwritten == [index.removeprefix("repo/")]
+    s3 = ["--repo", lrepo.url, "--s3-config", str(lrepo.config), "--cache-dir", str(lrepo.cache())]
+    r = vmb("repo", "extend-retention", *s3, "--dry-run", "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and doc["error"]["cause"] == "damage", r.stdout
+    assert doc["result"]["hidden"] == [pack.removeprefix("repo/")]
+    assert doc["result"]["overwritten"] == [index.removeprefix("repo/")]
     for key in (meta, dmap):
         evil.delete_object(Bucket=b, Key=key)
     with pytest.raises(RepositoryError):
@@ -146,8 +149,10 @@ def test_locked_point_survives_delete_and_overwrite_with_the_repositorys_keys(
     first = undelete(repo.storage, set())
     assert first.hidden_points == [f"{vm}/{pid}"]
     assert set(first.restored) == {k.removeprefix("repo/") for k in (pack, index)}
-    back = undelete(repo.storage, {pid})
-    assert set(back.restored) == {k.removeprefix("repo/") for k in (meta, dmap)}
+    r = vmb("repo", "undelete", *s3, "--point", pid, "--json")
+    assert r.returncode == 0, r.stderr
+    back = json.loads(r.stdout)["result"]
+    assert set(back["restored"]) == {k.removeprefix("repo/") for k in (meta, dmap)}
     fresh = _open(lrepo, "c3")
     restore_disk(fresh, pid, 2000, tmp_path / "out.img")
     assert (tmp_path / "out.img").read_bytes() == data
@@ -228,3 +233,20 @@ def test_create_on_a_versioned_bucket_has_one_winner(lrepo: S3Repo) -> None:
     assert not storage.create("locks/gc", [b"late"])
     storage.delete("locks/gc")
     assert storage.versions("locks/gc") == []  # every version gone, no marker left
+
+
+def test_the_config_keeps_a_valid_lock_only(tmp_path: Path) -> None:
+    doc = repo_config.new(CHUNK, 3, False, 6 * MiB)
+    doc["object_lock"] = POLICY.as_config()
+    parsed = repo_config.parse(repo_config.encode(doc, None), "config")
+    assert LockPolicy.of_config(parsed) == POLICY
+    short = {"mode": "COMPLIANCE", "period_seconds": 60}
+    for bad in ({"mode": "LEGAL", "period_seconds": DAY}, short):
+        with pytest.raises(repo_config.ConfigFieldError, match="object_lock"):
+            repo_config.encode(doc | {"object_lock": bad}, None)
+    v2 = repo_config.new(CHUNK, 3, False) | {"object_lock": POLICY.as_config()}
+    with pytest.raises(repo_config.ConfigFieldError, match="unknown key"):
+        repo_config.encode(v2, None)
+    with pytest.raises(InvalidRequestError, match="Object Lock is for a repository on S3"):
+        Repository.init(tmp_path / "local", object_lock=POLICY)
+    assert not (tmp_path / "local").exists()
