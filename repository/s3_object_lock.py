@@ -268,14 +268,16 @@ class LockedS3Storage(S3RepoStorage):
         return self._call(delete, "delete", name)
 
     def purge(self, name: str, versions: Sequence[Version]) -> KeptLocked | None:
-        """Delete ``versions`` of ``name`` by id; what Object Lock keeps is hidden by a
-        delete marker (unless the newest left already is one) and returned."""
-        left: list[Version] = [v for v in versions if not self.delete_version(name, v.version_id)]
+        """Delete ``versions`` of ``name`` (newest first) by id; what Object Lock keeps
+        is hidden by a delete marker (unless the newest already is one) and returned."""
+        left = [v for v in versions if not v.marker and not self.delete_version(name, v.version_id)]
         if not left:
+            for m in (v for v in versions if v.marker):  # hiding nothing now
+                self.delete_version(name, m.version_id)
             return None
-        key = self.key(name)
-        bucket = self.loc.bucket
-        self._call(lambda: self._client.delete_object(Bucket=bucket, Key=key), "delete", name)
+        if not versions[0].marker:
+            key, bucket = self.key(name), self.loc.bucket
+            self._call(lambda: self._client.delete_object(Bucket=bucket, Key=key), "delete", name)
         until = max((self.retain_until(name, v.version_id) or 0.0) for v in left)
         return KeptLocked(name, until)
 

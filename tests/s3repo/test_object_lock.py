@@ -250,3 +250,27 @@ def test_the_config_keeps_a_valid_lock_only(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequestError, match="Object Lock is for a repository on S3"):
         Repository.init(tmp_path / "local", object_lock=POLICY)
     assert not (tmp_path / "local").exists()
+
+
+def test_compliance_holds_against_the_repositorys_keys_even_with_the_bypass(
+    lrepo: S3Repo,
+) -> None:
+    """What docs/object-storage.md says these keys cannot do (GOVERNANCE they can bypass:
+    the fixture's cleanup does). A lock of 3 s: a COMPLIANCE day could not be cleaned up."""
+    c, b = make_client(lrepo.bucket.loc), lrepo.bucket.loc.bucket
+    until = datetime.now(UTC) + timedelta(seconds=3)
+    vid = c.put_object(
+        Bucket=b, Key="c", Body=b"x", ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=until
+    )["VersionId"]
+    with pytest.raises(bx.ClientError, match="AccessDenied"):
+        c.delete_object(Bucket=b, Key="c", VersionId=vid, BypassGovernanceRetention=True)
+    with pytest.raises(bx.ClientError, match="AccessDenied"):
+        c.put_object_retention(
+            Bucket=b,
+            Key="c",
+            VersionId=vid,
+            Retention={"Mode": "COMPLIANCE", "RetainUntilDate": until - timedelta(seconds=2)},
+        )
+    while datetime.now(UTC) <= until + timedelta(seconds=0.5):
+        time.sleep(0.2)
+    c.delete_object(Bucket=b, Key="c", VersionId=vid)  # once passed, it goes
