@@ -51,7 +51,7 @@ def lrepo(tmp_path: Path, rgw: Rgw) -> Iterator[S3Repo]:
     )
     yield S3Repo(f"s3://{bucket.loc.bucket}/repo", cfg, bucket, tmp_path)
     for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket.loc.bucket):
-        for v in page.get("Versions", []) + page.get("DeleteMarkers", []):  # type: ignore[operator]
+        for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
             client.delete_object(
                 Bucket=bucket.loc.bucket,
                 Key=v["Key"],
@@ -64,8 +64,12 @@ def lrepo(tmp_path: Path, rgw: Rgw) -> Iterator[S3Repo]:
 def _init(r: S3Repo, **kw: object) -> Repository:
     args: dict[str, object] = {"chunk_size": CHUNK, "packs": True, "pack_size": 6 * MiB}
     return Repository.init(
-        r.url, s3_config=r.config, cache_dir=r.cache(), object_lock=POLICY, **(args | kw)
-    )  # type: ignore[arg-type]
+        r.url,
+        s3_config=r.config,
+        cache_dir=r.cache(),
+        object_lock=POLICY,
+        **(args | kw),  # type: ignore[arg-type]
+    )
 
 
 def _open(r: S3Repo, cache: str) -> Repository:
@@ -201,7 +205,7 @@ def test_prune_and_gc_keep_what_is_locked_and_free_it_after(lrepo: S3Repo, tmp_p
     rep = extend_retention(fresh, referenced_chunks(fresh))
     assert rep.extended == len(live) and rep.headroom_seconds is not None
     assert rep.headroom_seconds > DAY - 120
-    assert metrics.REPO_LOCK_SOONEST._value.get() > time.time() + DAY - 120  # type: ignore[attr-defined]
+    assert metrics.REPO_LOCK_SOONEST._value.get() > time.time() + DAY - 120
     for key, vid in live:
         assert (_until(lrepo, key, vid) or 0) > time.time() + DAY - 120
 
