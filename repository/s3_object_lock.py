@@ -326,3 +326,20 @@ def check_bucket_lock(storage: S3RepoStorage) -> None:
             " needs a bucket created with Object Lock enabled (e.g. `aws s3api create-bucket"
             f" --bucket {bucket} --object-lock-enabled-for-bucket`); nothing was written"
         )
+
+
+def check_bucket_unversioned(storage: S3RepoStorage) -> None:
+    """RepositoryError naming the bucket when it keeps versions: without Object Lock the
+    storage's ``create`` (If-None-Match, ignored by RGW 16 on such a bucket) and
+    ``delete`` (which would only add delete markers) would not do what they say."""
+    bucket = storage.loc.bucket
+    client = storage._client
+    resp = storage._call(
+        lambda: client.get_bucket_versioning(Bucket=bucket), "check versioning of", "(bucket)"
+    )
+    if resp.get("Status") in ("Enabled", "Suspended"):
+        raise RepositoryError(
+            f"bucket {bucket} at {storage.loc.endpoint} keeps object versions: a repository"
+            " there needs `repo init --object-lock MODE` (a bucket created with Object Lock),"
+            " or use a bucket without versioning; nothing was written"
+        )

@@ -23,7 +23,12 @@ from repository.errors import (
 from repository.meta_auth import MetaAuth, derive_meta_key
 from repository.repo_location import RepoLocation, default_cache_dir
 from repository.s3_config import S3Location
-from repository.s3_object_lock import LockedS3Storage, LockPolicy, check_bucket_lock
+from repository.s3_object_lock import (
+    LockedS3Storage,
+    LockPolicy,
+    check_bucket_lock,
+    check_bucket_unversioned,
+)
 from repository.s3_pack_store import S3PackStore
 from repository.s3_repo_storage import S3RepoStorage
 
@@ -75,6 +80,8 @@ def s3_init(
     storage.check_bucket()
     if object_lock is not None:
         check_bucket_lock(storage)  # before anything is written
+    else:
+        check_bucket_unversioned(storage)
     if next(iter(storage.list("")), None) is not None:
         raise RepositoryError(f"{loc.text} is not empty; not creating a repository")
     keys = None

@@ -210,13 +210,22 @@ def test_prune_and_gc_keep_what_is_locked_and_free_it_after(lrepo: S3Repo, tmp_p
         assert (_until(lrepo, key, vid) or 0) > time.time() + DAY - 120
 
 
-def test_init_refuses_a_bucket_without_object_lock(s3repo: S3Repo) -> None:
+def test_init_refuses_a_bucket_without_object_lock_and_a_versioned_one_without_lock(
+    s3repo: S3Repo,
+) -> None:
     s3 = ["--s3-config", str(s3repo.config), "--cache-dir", str(s3repo.cache())]
     r = vmb("repo", "init", s3repo.url, "--object-lock", "COMPLIANCE", *s3)
     assert r.returncode == 1
     bucket = s3repo.bucket.loc.bucket
     assert f"bucket {bucket}".encode() in r.stderr + r.stdout and b"Object Lock" in r.stderr
     assert list(s3repo.bucket.list("")) == []  # nothing written
+    # versions without Object Lock: create and delete would not do what they say
+    s3repo.bucket._client.put_bucket_versioning(
+        Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    with pytest.raises(RepositoryError, match=f"bucket {bucket} .* keeps object versions"):
+        Repository.init(s3repo.url, s3_config=s3repo.config, cache_dir=s3repo.cache())
+    assert list(s3repo.bucket.list("")) == []
 
 
 def test_create_on_a_versioned_bucket_has_one_winner(lrepo: S3Repo) -> None:
