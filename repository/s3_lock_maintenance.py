@@ -33,6 +33,12 @@ from repository.s3_pack_store import S3PackStore
 from repository.s3_pack_upload import index_object, pack_object
 
 REPORT_MAX = 100  # kept versions listed one by one in a report (the rest are counted)
+# A version was written with a lock until (the writer's) now + period, and its
+# Last-Modified is the server's time of that write: so it is locked until at least
+# Last-Modified + period - the clock skew between them. Versions with more than half
+# the period of that left need no HEAD (COMPLIANCE cannot be shortened; GOVERNANCE only
+# by who may bypass it, who may as well delete: `--check-all` reads them anyway).
+CLOCK_SKEW = 3600.0
 
 
 @dataclass
@@ -40,6 +46,7 @@ class RetentionReport:
     mode: str
     period_seconds: int
     checked: int = 0  # objects current points need
+    looked_up: int = 0  # versions whose retain-until was read (a HEAD each)
     extended: int = 0  # locked again (would be, with dry_run)
     hidden: list[str] = field(default_factory=list)  # needed, current version deleted
     overwritten: list[str] = field(default_factory=list)  # needed, current != original
@@ -83,8 +90,10 @@ def needed_objects(repo: Repository, referenced: Iterable[bytes]) -> set[str]:
 
 
 def extend_retention(
-    repo: Repository, referenced: Iterable[bytes], *, dry_run: bool = False
+    repo: Repository, referenced: Iterable[bytes], *, dry_run: bool = False, check_all: bool = False
 ) -> RetentionReport:
+    """``check_all``: read every needed version's retain-until (a HEAD each); else only
+    of versions old enough that their lock from the write may be due (see CLOCK_SKEW)."""
     storage = locked_storage(repo)
     assert storage is not None
     policy = storage.policy
@@ -105,6 +114,11 @@ def extend_retention(
         if not vs[0].marker and vs[0].etag != first.etag:
             report.overwritten.append(name)
         for v in (v for v in live if v.etag == first.etag):
+            written = v.mtime + policy.period - CLOCK_SKEW  # locked at least until then
+            if not check_all and written - now >= policy.extend_within:
+                soonest = written if soonest is None else min(soonest, written)
+                continue
+            report.looked_up += 1
             until = storage.retain_until(name, v.version_id) or 0.0
             if until < now + policy.extend_within:
                 report.extended += 1

@@ -32,10 +32,13 @@ def cmd_extend(args: argparse.Namespace) -> CommandResult:
 
     repo = open_repo(args)
     _locked(repo)
-    r = extend_retention(repo, referenced_chunks(repo), dry_run=args.dry_run)
+    r = extend_retention(
+        repo, referenced_chunks(repo), dry_run=args.dry_run, check_all=args.check_all
+    )
     verb = "would extend" if r.dry_run else "extended"
     lines = [
-        f"{r.checked} objects kept points need; {verb} {r.extended} to {r.period_seconds} s"
+        f"{r.checked} objects kept points need ({r.looked_up} looked up); {verb}"
+        f" {r.extended} to {r.period_seconds} s"
         f" ({r.mode}); soonest retain-until {r.min_retain_until or '-'}"
     ]
     bad = [f"hidden (deleted): {n}" for n in r.hidden]
@@ -79,6 +82,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _repo_arg(p)
     p.add_argument("--dry-run", action="store_true", help="say what would be extended")
+    p.add_argument(
+        "--check-all",
+        action="store_true",
+        help="read every needed object's retain-until (a HEAD each), also of objects"
+        " written less than half a period ago (by default those are known locked)",
+    )
     json_arg(p)
     p.set_defaults(func=cmd_extend)
 

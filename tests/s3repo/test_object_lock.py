@@ -202,7 +202,9 @@ def test_prune_and_gc_keep_what_is_locked_and_free_it_after(lrepo: S3Repo, tmp_p
     # maintenance: what a kept point needs is locked again before its lock runs out
     live = [kv for kv in _versions(lrepo, "repo/") if "/packs/" in kv[0]]
     _shorten(lrepo, live, 600.0)
-    rep = extend_retention(fresh, referenced_chunks(fresh))
+    rep = extend_retention(fresh, referenced_chunks(fresh))  # all young: no HEAD needed
+    assert rep.looked_up == rep.extended == 0 and rep.checked > len(live)
+    rep = extend_retention(fresh, referenced_chunks(fresh), check_all=True)
     assert rep.extended == len(live) and rep.headroom_seconds is not None
     assert rep.headroom_seconds > DAY - 120
     assert metrics.REPO_LOCK_SOONEST._value.get() > time.time() + DAY - 120
