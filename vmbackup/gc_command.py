@@ -40,7 +40,22 @@ def cmd_gc(args: argparse.Namespace) -> CommandResult:
             f" may still be reading them) until a gc started after {_ts(r.pending_until)}"
             " deletes them: run gc again then to return that space"
         )
+    lines += [f"locked until {k['retain_until']}, kept: {k['object']}" for k in r.locked_kept]
+    if r.locked_kept_total > len(r.locked_kept):
+        lines.append(f"... {r.locked_kept_total - len(r.locked_kept)} more kept by Object Lock")
+    if r.retention is not None:
+        ext = r.retention
+        lines.append(
+            f"Object Lock: {ext['extended']} of {ext['checked']} needed objects extended;"
+            f" soonest retain-until {ext['min_retain_until'] or '-'};"
+            f" {r.versions_purged} old versions purged"
+        )
     warnings = [f"ignoring stale running-backup marker {m}" for m in r.stale_markers]
+    if r.retention is not None and (r.retention["hidden"] or r.retention["overwritten"]):
+        warnings.append(
+            "objects kept points need were deleted or overwritten: see"
+            " `vmbackup repo extend-retention`, repair with `vmbackup repo undelete`"
+        )
     verb_h = "would remove" if r.dry_run else "removed"
     warnings += [f"{verb_h} stale hold on point {h}" for h in r.stale_holds_removed]
     res = CommandResult(0, text="\n".join(lines), result=dataclasses.asdict(r), warnings=warnings)
