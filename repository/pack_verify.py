@@ -18,7 +18,6 @@ from repository.pack_index_file import Location
 from repository.pack_quarantine import quarantine_blob
 from repository.pack_store import PackStore
 from repository.repository import Repository
-from repository.s3_pack_store import S3PackStore
 
 BadChunk = Callable[[bytes, str, str, bool], None]  # (id, where, why, quarantined)
 
@@ -31,8 +30,8 @@ def check_packs(
     progress: Progress = no_progress,
 ) -> tuple[int, int, int]:
     """(chunks checked, chunks indexed, plaintext bytes checked); ``bad`` is told of
-    each damaged blob after it was quarantined (not on S3: there it is only reported,
-    and stays in the index); ``progress`` in blob bytes read."""
+    each damaged blob after it was quarantined (or why it could not be);
+    ``progress`` in blob bytes read."""
     store = repo.chunks
     assert isinstance(store, PackStore)
     entries = list(dict.fromkeys(store.iter_ids()))  # one per (id, place)
@@ -65,8 +64,10 @@ def check_packs(
                 except Exception as exc:  # never crash on corrupt data
                     why = f"unexpected: {exc!r}"
             where = f"{path} offset {loc.offset}"
-            moved = not isinstance(store, S3PackStore)  # on S3: reported, not quarantined
-            if moved:
+            try:
                 quarantine_blob(store, repo.quarantine, cid, loc, blob, why)
+                moved = True
+            except (OSError, RepositoryError) as exc:  # reported all the same
+                moved, why = False, f"{why}; not quarantined: {exc}"
             bad(cid, where, why, moved)
     return checked, total, nbytes

@@ -69,9 +69,11 @@ class S3PackSweep:
             if len(o.name) == len(INDEX) + 33
         }
         by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
+        quarantined = store.index.quarantined.holds  # dead: never copied into a new pack
         for f in store.index.files():
             for cid, loc in f:
-                by_pack[loc.pack].append((cid, loc))
+                if not quarantined(cid, loc):
+                    by_pack[loc.pack].append((cid, loc))
         kept: set[bytes] = set()
         old: dict[bytes, list[tuple[bytes, Location]]] = {}
         for pack, entries in by_pack.items():
