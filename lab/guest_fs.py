@@ -179,9 +179,14 @@ def _filesystem(part: FsPartition, image: Path, work: Path) -> None:
         raise LabError(f"no guest filesystem {part.fstype!r} (ext4, vfat, ntfs)")
 
 
-def build_image(out: Path, parts: Sequence[FsPartition], table: str = "gpt") -> list[int]:
-    """A disk image at ``out``: the table and each filesystem; the partitions' offsets."""
-    size = disk_bytes(parts)
+def build_image(
+    out: Path, parts: Sequence[FsPartition], table: str = "gpt", size: int = 0
+) -> list[int]:
+    """A disk image of ``size`` bytes (default: the smallest) at ``out``: the table and
+    each filesystem; the partitions' offsets."""
+    size = size or disk_bytes(parts)
+    if size < disk_bytes(parts):
+        raise LabError(f"a disk of {size} bytes cannot hold {disk_bytes(parts)} of partitions")
     types = GPT_TYPES if table == "gpt" else MBR_TYPES
     script = f"label: {table}\n" + "".join(f",{p.size_mib}M,{types[p.fstype]}\n" for p in parts)
     with open(out, "wb") as fh:
@@ -218,8 +223,8 @@ def write_changed(flat: Path, image: Path) -> int:
 
 def write_guest_fs(flat: Path, seed: int, generation: int, table: str = "gpt") -> int:
     """Put generation ``generation`` of the lab's guest filesystems on the disk ``flat``
-    (its blocks that change only); the bytes written."""
+    (the table's backup copy at its end; the blocks that change only); the bytes written."""
     with tempfile.TemporaryDirectory(prefix="guest-disk-") as tmp:
         image = Path(tmp) / "disk.img"
-        build_image(image, guest_partitions(seed, generation), table)
+        build_image(image, guest_partitions(seed, generation), table, os.path.getsize(flat))
         return write_changed(flat, image)
