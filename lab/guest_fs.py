@@ -1,12 +1,14 @@
 """Guest disks with real filesystems, for file-level restore (docs/restore.md, "Files").
 
-A partition table (GPT or MBR, by sfdisk) and ext4, FAT and NTFS filesystems holding
-a known set of files, built in temp files by the filesystems' own tools (mkfs.ext4 -d
-populates without mounting; mkfs.vfat + mtools; mkfs.ntfs + ntfs-3g), then written into
+A partition table (GPT or MBR, by sfdisk, or none) and ext4, FAT and NTFS filesystems
+(XFS too, from 300 MiB) holding a known set of files, built in temp files by the
+filesystems' own tools (mkfs.ext4 -d populates without mounting; mkfs.vfat + mtools;
+mkfs.ntfs + ntfs-3g; mkfs.xfs + a loop mount), then written into
 the VM's flat disk through lab/guest.py's DiskWriter, so that the lab's CBT sees it as a
 guest's writes. A second generation of the files (a few changed, added, removed) is
 written the same way, only the blocks that differ: the next backup is an incremental.
-Needs root for NTFS (ntfs-3g mounts its image to fill it).
+Needs root for NTFS and XFS (their images are mounted to be filled: neither mkfs copies
+a tree with its times).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from lab.spec import MIB, LabError
 
 BLOCK = 64 * 1024  # compare and write in this unit: the incremental carries changed ones
 ALIGN = MIB  # partitions start on MiB boundaries, as partitioning tools do
-GPT_TYPES = {"ext4": "L", "vfat": "U", "ntfs": "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"}
-MBR_TYPES = {"ext4": "83", "vfat": "ef", "ntfs": "7"}
+GPT_TYPES = {"ext4": "L", "xfs": "L", "vfat": "U", "ntfs": "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"}
+MBR_TYPES = {"ext4": "83", "xfs": "83", "vfat": "ef", "ntfs": "7"}
+XFS_MIN_MIB = 300  # mkfs.xfs (xfsprogs >= 5.19) refuses smaller filesystems
 
 
 @dataclass(frozen=True)
@@ -35,12 +38,12 @@ class GuestFile:
     data: bytes = b""
     mtime: int = 0  # seconds; even, as FAT keeps two-second times
     mode: int = 0o644
-    link: str = ""  # a symbolic link to this target instead of a file (ext4 only)
+    link: str = ""  # a symbolic link to this target instead of a file (ext4, xfs)
 
 
 @dataclass(frozen=True)
 class FsPartition:
-    fstype: str  # "ext4", "vfat" or "ntfs"
+    fstype: str  # "ext4", "xfs", "vfat" or "ntfs"
     size_mib: int
     label: str
     files: tuple[GuestFile, ...]
@@ -168,31 +171,48 @@ def _filesystem(part: FsPartition, image: Path, work: Path) -> None:
             )
     elif part.fstype == "ntfs":
         _run(["mkfs.ntfs", "-F", "-Q", "-q", "-L", part.label, str(image)])
-        mnt = work / f"mnt-{part.label}"
-        mnt.mkdir()
-        _run(["ntfs-3g", str(image), str(mnt)])
-        try:
-            _run(["cp", "-a", f"{src}/.", f"{mnt}/"])
-        finally:
-            _run(["umount", str(mnt)])
+        _fill_mounted(image, src, work / f"mnt-{part.label}", ["ntfs-3g"])
+    elif part.fstype == "xfs":
+        if part.size_mib < XFS_MIN_MIB:
+            raise LabError(f"an XFS partition needs {XFS_MIN_MIB} MiB, not {part.size_mib}")
+        _run(["mkfs.xfs", "-q", "-f", "-L", part.label, str(image)])
+        _fill_mounted(image, src, work / f"mnt-{part.label}", ["mount", "-o", "loop"])
     else:
-        raise LabError(f"no guest filesystem {part.fstype!r} (ext4, vfat, ntfs)")
+        raise LabError(f"no guest filesystem {part.fstype!r} (ext4, xfs, vfat, ntfs)")
+
+
+def _fill_mounted(image: Path, src: Path, mnt: Path, mount: list[str]) -> None:
+    """Fill a filesystem whose mkfs cannot copy a tree with its times: mount, ``cp -a``."""
+    mnt.mkdir()
+    _run([*mount, str(image), str(mnt)])
+    try:
+        _run(["cp", "-a", f"{src}/.", f"{mnt}/"])
+    finally:
+        _run(["umount", str(mnt)])
 
 
 def build_image(
     out: Path, parts: Sequence[FsPartition], table: str = "gpt", size: int = 0
 ) -> list[int]:
-    """A disk image of ``size`` bytes (default: the smallest) at ``out``: the table and
-    each filesystem; the partitions' offsets."""
-    size = size or disk_bytes(parts)
-    if size < disk_bytes(parts):
-        raise LabError(f"a disk of {size} bytes cannot hold {disk_bytes(parts)} of partitions")
-    types = GPT_TYPES if table == "gpt" else MBR_TYPES
-    script = f"label: {table}\n" + "".join(f",{p.size_mib}M,{types[p.fstype]}\n" for p in parts)
+    """A disk image of ``size`` bytes (default: the smallest) at ``out``: the table
+    ("gpt", "dos", or "none": one filesystem on the whole disk) and each filesystem; the
+    partitions' offsets."""
+    if table == "none":
+        if len(parts) != 1:
+            raise LabError("a disk without a partition table holds one filesystem")
+        need, at = parts[0].size_mib * MIB, 0
+    else:
+        need, at = disk_bytes(parts), ALIGN
+    size = size or need
+    if size < need:
+        raise LabError(f"a disk of {size} bytes cannot hold {need} bytes of partitions")
     with open(out, "wb") as fh:
         fh.truncate(size)
-    _run(["sfdisk", "-q", str(out)], input=script)
-    starts, at = [], ALIGN
+    if table != "none":
+        types = GPT_TYPES if table == "gpt" else MBR_TYPES
+        script = "".join(f",{p.size_mib}M,{types[p.fstype]}\n" for p in parts)
+        _run(["sfdisk", "-q", str(out)], input=f"label: {table}\n{script}")
+    starts = []
     with tempfile.TemporaryDirectory(prefix="guest-fs-") as tmp, open(out, "r+b") as disk:
         for p in parts:
             img = Path(tmp) / f"{p.label}.img"

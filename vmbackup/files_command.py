@@ -8,7 +8,8 @@ keeps every partition mounted read-only under a directory until SIGTERM or SIGIN
 
 Exit status (docs/operations.md): 0 done (``mount``: stopped by a signal); 1 not done
 (no such point, disk, partition or path; no known filesystem; one that does not mount;
-the output exists); 2 usage; 130 ``ls``/``get`` stopped by a signal.
+the output exists); 2 usage; 130 stopped by a signal before done (``mount``: before it
+mounted).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def cmd_get(args: argparse.Namespace) -> CommandResult:
 
 
 def cmd_mount(args: argparse.Namespace) -> CommandResult:
-    from file_restore.partitions import FileRestoreError
+    from file_restore.partitions import FileRestoreError, choose_partition
     from file_restore.session import Stopped, open_disk, stop_on_signals
 
     point, spec = _open_args(args)
@@ -198,18 +199,28 @@ def cmd_mount(args: argparse.Namespace) -> CommandResult:
         raise FileRestoreError(f"--at {at}: give an existing empty directory")
     t0 = time.monotonic()
     mounted: list[dict[str, Any]] = []
+    warnings: list[str] = []
     try:
         with stop_on_signals(), open_disk(spec) as disk:
-            wanted = [
-                p for p in disk.partitions if args.partition is None or p.number == args.partition
-            ]
+            if args.partition is not None:
+                wanted = [choose_partition(disk.partitions, args.partition)]
+            else:  # a BIOS boot or reserved partition has nothing to browse
+                wanted = [p for p in disk.partitions if p.fstype]
             for p in wanted:
-                if not p.fstype and args.partition is None:
-                    continue  # a BIOS boot or reserved partition: nothing to browse
-                mp = disk.mount(p, at / f"p{p.number}")
+                try:
+                    mp = disk.mount(p, at / f"p{p.number}")
+                except FileRestoreError as exc:
+                    if args.partition is not None:
+                        raise
+                    warnings.append(str(exc))  # the others still mount
+                    continue
                 mounted.append({**_part_doc(p), "path": str(mp.root), "engine": mp.engine})
             if not mounted:
-                raise FileRestoreError("no partition of this disk holds a known filesystem")
+                raise FileRestoreError(
+                    "; ".join(warnings) or "no partition of this disk holds a known filesystem"
+                )
+            for w in warnings:
+                print(f"vmbackup files mount: warning: {w}", file=sys.stderr)
             print(
                 "mounted read-only: "
                 + ", ".join(f"{m['path']} ({m['fstype']})" for m in mounted)
@@ -221,16 +232,20 @@ def cmd_mount(args: argparse.Namespace) -> CommandResult:
                 time.sleep(3600)  # a signal raises Stopped out of this
     except Stopped as exc:
         stopped_by = str(exc)
+        if not mounted:  # before it served
+            return _interrupted(exc)
     doc = {
         "point": point.id,
         "vm": point.vm_name,
         "disk": args.disk,
         "at": str(at),
         "partitions": mounted,
+        "not_mounted": warnings,
         "stopped_by": stopped_by,
         "seconds": round(time.monotonic() - t0, 3),
     }
-    return CommandResult(0, f"unmounted {at} (stopped by {stopped_by})", doc)
+    text = f"unmounted {at} (stopped by {stopped_by})"
+    return CommandResult(0, text, doc)  # not_mounted went to stderr when it mounted
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -37,7 +37,20 @@ class GuestRepo:
     incremental: str  # generation 1, written over it
     no_fs: str  # random bytes, no partition table or filesystem
     damaged: str  # MBR, one ext4 whose superblock says it has 2^28 blocks
+    xfs: str  # one XFS on the whole disk, no partition table: XFS_FILES
     tmp: Path  # TMPDIR of the commands: what they leave behind shows here
+
+
+XFS_FILES = FsPartition(
+    "xfs",
+    300,  # the least mkfs.xfs makes; sparse, and zero chunks are not stored
+    "srv",
+    (
+        GuestFile("/srv/www/index.html", b"<h1>xfs</h1>\n" * 500, 1_780_000_100, 0o644),
+        GuestFile("/srv/www/cgi/run.sh", b"#!/bin/sh\n", 1_780_000_102, 0o750),
+        GuestFile("/srv/www/latest", link="index.html"),
+    ),
+)
 
 
 def _damaged_disk(path: Path) -> None:
@@ -66,9 +79,12 @@ def guest_repo(tmp_path_factory: pytest.TempPathFactory) -> GuestRepo:
     bad = d / "bad.img"
     _damaged_disk(bad)
     damaged = import_disk(repo, "bad1", DISK, bad).point_id
+    xfs_img = d / "xfs.img"
+    build_image(xfs_img, [XFS_FILES], table="none")
+    xfs = import_disk(repo, "xfs1", DISK, xfs_img).point_id
     tmp = d / "tmp"
     tmp.mkdir()
-    return GuestRepo(d / "repo", full, inc.point_id, no_fs, damaged, tmp)
+    return GuestRepo(d / "repo", full, inc.point_id, no_fs, damaged, xfs, tmp)
 
 
 def files_cmd(g: GuestRepo, *args: str, point: str | None = None) -> tuple[int, dict, str]:

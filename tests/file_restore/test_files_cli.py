@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from lab.guest_fs import FsPartition, guest_partitions
-from tests.file_restore.conftest import DISK, SEED, GuestRepo, files_cmd, leftovers
+from tests.file_restore.conftest import (
+    DISK,
+    SEED,
+    XFS_FILES,
+    GuestRepo,
+    files_cmd,
+    leftovers,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
 
@@ -92,6 +99,16 @@ def test_get_fat_and_ntfs_files_from_the_incremental(
         if (out / extra).exists():
             subprocess.run(["rm", "-rf", str(out / extra)], check=True)
     _same_files(out, part, modes=False)
+
+
+def test_get_from_an_xfs_on_a_disk_without_a_partition_table(
+    guest_repo: GuestRepo, tmp_path: Path
+) -> None:
+    out = tmp_path / "srv"
+    rc, doc, err = files_cmd(guest_repo, "get", "/", "--out", str(out), point=guest_repo.xfs)
+    assert rc == 0, err
+    assert (doc["result"]["partition"], doc["result"]["fstype"]) == (0, "xfs")
+    _same_files(out, XFS_FILES, modes=True)
 
 
 def test_get_one_file_into_a_directory(guest_repo: GuestRepo, tmp_path: Path) -> None:
