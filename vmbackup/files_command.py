@@ -19,6 +19,7 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -275,27 +276,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     files = p.add_subparsers(dest="files_command", metavar="COMMAND")
     files.required = True
-    ls = files.add_parser(
-        "ls",
-        help="the partitions, or a directory of one",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _common(ls)
+    ls = _subcommand(files, "ls", "the partitions, or a directory of one", cmd_ls)
     ls.add_argument(
         "path",
         nargs="?",
         metavar="PATH",
         help="a directory or file from the filesystem's root (default: partitions)",
     )
-    ls.set_defaults(func=cmd_ls)
-    get = files.add_parser(
-        "get",
-        help="copy a file or a tree out, with its modes and times",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _common(get)
+    get = _subcommand(files, "get", "copy a file or a tree out, with its modes and times", cmd_get)
     get.add_argument("path", metavar="PATH", help="file or directory from the filesystem's root")
     get.add_argument(
         "--out",
@@ -303,18 +291,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DEST",
         help="a new path, or an existing directory to copy into (nothing is overwritten)",
     )
-    get.set_defaults(func=cmd_get)
-    mnt = files.add_parser(
-        "mount",
-        help="mount every partition read-only until Ctrl-C",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _common(mnt)
+    mnt = _subcommand(files, "mount", "mount every partition read-only until Ctrl-C", cmd_mount)
     mnt.add_argument(
         "--at",
         required=True,
         metavar="DIR",
         help="an empty directory: partition N is mounted at DIR/pN",
     )
-    mnt.set_defaults(func=cmd_mount)
+
+
+def _subcommand(
+    files: argparse._SubParsersAction, name: str, text: str, func: Callable[..., CommandResult]
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = files.add_parser(
+        name, help=text, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _common(p)
+    p.set_defaults(func=func)
+    return p
