@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,3 +196,43 @@ def test_mount_serves_until_a_signal_then_leaves_nothing(
     assert list(at.iterdir()) == []
     with open("/proc/mounts", encoding="utf-8") as fh:
         assert str(at) not in fh.read()
+
+
+def test_sigterm_while_the_disk_opens_stops_get_and_leaves_nothing(
+    guest_repo: GuestRepo, tmp_path: Path
+) -> None:
+    out = tmp_path / "never"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vmbackup",
+            "files",
+            "get",
+            "--repo",
+            str(guest_repo.path),
+            "--point",
+            guest_repo.incremental,
+            "--disk",
+            str(DISK),
+            "--partition",
+            "1",
+            "/",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(guest_repo.tmp)},
+    )
+    while not any(guest_repo.tmp.glob("vmbackup-files-*")):  # its session began: nbdkit starts
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    doc = json.loads(stdout)
+    assert doc["error"]["cause"] == "interrupted" and "SIGTERM" in doc["error"]["message"]
+    assert not out.exists()
