@@ -20,6 +20,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.nbdfuse import mounted
 from file_restore.partitions import FileRestoreError, Partition
 
 KERNEL_OPTIONS = {
@@ -43,19 +44,13 @@ class MountedPartition:
         """Unmount (lazily when busy) and detach the loop device; idempotent."""
         if self.engine == "mtools-copy":
             shutil.rmtree(self.root, ignore_errors=True)
-        elif _is_mount(self.root):
+        elif mounted(self.root):
             res = subprocess.run(["umount", str(self.root)], capture_output=True, check=False)
             if res.returncode != 0:
                 subprocess.run(["umount", "-l", str(self.root)], capture_output=True, check=False)
         if self.loop:
             subprocess.run(["losetup", "-d", self.loop], capture_output=True, check=False)
             self.loop = ""
-
-
-def _is_mount(path: Path) -> bool:
-    from export.nbdfuse import mounted
-
-    return mounted(path)
 
 
 def kernel_has(fstype: str) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 from common.command_result import CommandResult
 from repository.errors import RepositoryError
+from repository.repo_location import is_s3
 from vmbackup.repo_commands import _human, _repo_arg, _repo_passphrase
 from vmbackup.restore_command import no_such_disk
 
@@ -47,7 +48,7 @@ def _open_args(args: argparse.Namespace) -> Any:
     from repository.repository import Repository
     from vmbackup.export_command import _vm_mismatch
 
-    if str(args.repo).startswith("s3://"):
+    if is_s3(args.repo):
         raise RepositoryError("files reads a local repository (the export serves local ones)")
     passphrase = _repo_passphrase(args)
     repo = Repository.open(str(args.repo), passphrase)
