@@ -22,13 +22,18 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.command_result import CommandResult
 from repository.errors import RepositoryError
 from repository.repo_location import is_s3
 from vmbackup.repo_commands import _human, _repo_arg, _repo_passphrase
 from vmbackup.restore_command import no_such_disk
+
+if TYPE_CHECKING:
+    from export.nbdkit_server import ExportSpec
+    from file_restore.partitions import Partition
+    from repository.points import Point
 
 EXAMPLES = """\
 examples:
@@ -42,7 +47,7 @@ examples:
 KINDS = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "link"}
 
 
-def _open_args(args: argparse.Namespace) -> Any:
+def _open_args(args: argparse.Namespace) -> tuple[Point, ExportSpec]:
     """The export of the asked disk, every refusal before anything starts."""
     from export.nbdkit_server import ExportSpec
     from repository.repository import Repository
@@ -62,7 +67,7 @@ def _open_args(args: argparse.Namespace) -> Any:
     )
 
 
-def _part_doc(p: Any) -> dict[str, Any]:
+def _part_doc(p: Partition) -> dict[str, Any]:
     return {
         "number": p.number,
         "start": p.start,
