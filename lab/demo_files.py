@@ -1,5 +1,5 @@
 """The demo's file-restore step: a guest with real filesystems, backed up twice, and
-its files restored from the incremental point (and the full) with `vmbackup files get`,
+its files restored from the incremental point (and the point before) with `files get`,
 compared with what the guest wrote: content, size, modification time.
 
 One call from lab/demo.py once its own backups are checked: this step writes the
@@ -125,15 +125,17 @@ def file_restore(stack: Stack, lab: Lab, seed: int) -> list[str]:
                 )
             )["result"]
             print(
-                f"  {'incremental' if generation else 'full'} {point} p{p['number']}"
+                f"  {'after' if generation else 'before'} the change, {point} p{p['number']}"
                 f" ({doc['engine']}): {doc['files']} files, {doc['bytes']} bytes"
             )
         diff = _compare(out, generation, seed)
         bad += [f"files from {point}: {d}" for d in diff]
-    notes = next(f for f in guest_partitions(seed, 1)[0].files if f.path.endswith("notes.txt"))
+    want = next(f for f in guest_partitions(seed, 1)[0].files if f.path.endswith("notes.txt"))
+    got = out / "p1" / want.path.lstrip("/")  # the incremental's copy, still there
+    same = got.read_bytes() == want.data and os.lstat(got).st_mtime == want.mtime
     print(
-        f"  /home/user/notes.txt from the incremental: {len(notes.data)} bytes, mtime"
-        f" {notes.mtime}, equal to what the guest wrote: {not bad}"
+        f"  {want.path} from the incremental point: {got.stat().st_size} bytes, mtime"
+        f" {int(got.stat().st_mtime)}: equal to what the guest wrote: {same}"
     )
     shutil.rmtree(out, ignore_errors=True)
     return bad
