@@ -212,3 +212,23 @@ def test_bad_locations_and_second_init_refused(s3repo: S3Repo, tmp_path: Path) -
         "not empty" in str(x) or "another `repo init`" in str(x) for x in results if x != "won"
     )
     Repository.open(url, "pw", s3_config=s3repo.config, cache_dir=tmp_path / "c9")
+
+
+def test_verify_names_a_damaged_blob_and_restore_refuses_it(s3repo: S3Repo, tmp_path: Path) -> None:
+    repo = _init(s3repo)
+    blocks: list[bytes | None] = [rand() for _ in range(4)]
+    disk_image(tmp_path / "d.img", blocks)
+    r = import_disk(repo, "vm", 2000, tmp_path / "d.img", workers=0)
+    victim = repo.chunk_id(blocks[2])  # type: ignore[arg-type]
+    [loc] = repo.chunks.locations(victim)
+    key = f"repo/packs/{loc.pack.hex()[:2]}/{loc.pack.hex()}"
+    data = bytearray(s3repo.bucket.read(key))
+    data[loc.offset + 40] ^= 0x01  # bit rot inside the blob, on the bucket
+    s3repo.bucket.write(key, [bytes(data)])
+    report = verify(repo)
+    bad = [p for p in report.problems if p.kind == "bad-chunk"]
+    assert len(bad) == 1 and victim.hex() in bad[0].obj, report.problems
+    assert any(p.kind == "damaged-point" and r.point_id in p.obj for p in report.problems)
+    assert report.quarantined == []  # on S3 reported, not moved aside: never claimed
+    with pytest.raises(RepositoryError):
+        restore_disk(repo, r.point_id, 2000, tmp_path / "out.img")
