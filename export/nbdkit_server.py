@@ -290,15 +290,19 @@ def start_export(spec: ExportSpec, *, ready_timeout: float = 60.0) -> RunningExp
     running = RunningExport(spec, proc, workdir, status_r, control_w)
     deadline = time.monotonic() + ready_timeout
     pidfile = workdir / "nbdkit.pid"
-    while not pidfile.exists():
-        rc = proc.poll()
-        if rc is not None:
-            running.wait()
-            raise ExportError(
-                f"nbdkit exited with status {rc} before serving {running.uri} (its error is above)"
-            )
-        if time.monotonic() > deadline:
-            running.stop()
-            raise ExportError(f"nbdkit did not listen within {ready_timeout:.0f} s")
-        time.sleep(0.05)
+    try:
+        while not pidfile.exists():
+            rc = proc.poll()
+            if rc is not None:
+                running.wait()
+                raise ExportError(
+                    f"nbdkit exited with status {rc} before serving {running.uri}"
+                    " (its error is above)"
+                )
+            if time.monotonic() > deadline:
+                raise ExportError(f"nbdkit did not listen within {ready_timeout:.0f} s")
+            time.sleep(0.05)
+    except BaseException:  # a timeout, or a signal raised in this thread meanwhile
+        running.stop()  # idempotent: its directory and socket go as well
+        raise
     return running
