@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from common.command_result import CommandResult
 from repository.errors import RepositoryError
-from repository.repo_location import is_s3
 from vmbackup.repo_commands import _human, _repo_arg, _repo_passphrase
 from vmbackup.restore_command import no_such_disk
 
@@ -53,17 +52,22 @@ def _open_args(args: argparse.Namespace) -> tuple[Point, ExportSpec]:
     from repository.repository import Repository
     from vmbackup.export_command import _vm_mismatch
 
-    if is_s3(args.repo):
-        raise RepositoryError("files reads a local repository (the export serves local ones)")
     passphrase = _repo_passphrase(args)
-    repo = Repository.open(str(args.repo), passphrase)
+    s3_config = Path(args.s3_config) if args.s3_config else None
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    repo = Repository.open(str(args.repo), passphrase, s3_config=s3_config, cache_dir=cache_dir)
     point = repo.get_point(args.point)
     refusal = _vm_mismatch(point, args.vm) or no_such_disk(point, args.disk)
     if refusal:
         raise RepositoryError(refusal)
     repo.load_map(point, args.disk)  # a damaged map refuses here, naming its file
     return point, ExportSpec(
-        repo=Path(args.repo), point=point.id, disk=args.disk, passphrase=passphrase
+        repo=str(args.repo),
+        point=point.id,
+        disk=args.disk,
+        passphrase=passphrase,
+        s3_config=s3_config,
+        cache_dir=cache_dir,
     )
 
 
