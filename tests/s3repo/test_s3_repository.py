@@ -226,27 +226,36 @@ def _rot(s3repo: S3Repo, loc: Location) -> bytes:
     return before
 
 
-def test_a_damaged_blob_is_quarantined_and_the_next_backup_heals_it(
+def _point_with_a_victim(
     s3repo: S3Repo, tmp_path: Path
-) -> None:
+) -> tuple[Repository, bytes, str, bytes, Location]:
+    """A repository with one point of four random chunks: (repo, the image, the point,
+    the id of its third chunk, where that chunk is)."""
     repo = _init(s3repo)
     blocks: list[bytes | None] = [rand() for _ in range(4)]
     img = disk_image(tmp_path / "d.img", blocks)
-    r = import_disk(repo, "vm", 2000, tmp_path / "d.img", workers=0)
+    point = import_disk(repo, "vm", 2000, tmp_path / "d.img", workers=0).point_id
     victim = repo.chunk_id(blocks[2])  # type: ignore[arg-type]
     [loc] = repo.chunks.locations(victim)
+    return repo, img, point, victim, loc
+
+
+def test_a_damaged_blob_is_quarantined_and_the_next_backup_heals_it(
+    s3repo: S3Repo, tmp_path: Path
+) -> None:
+    repo, img, point, victim, loc = _point_with_a_victim(s3repo, tmp_path)
     _rot(s3repo, loc)
     other = Repository.open(s3repo.url, s3_config=s3repo.config, cache_dir=s3repo.cache("two"))
     assert other.chunks.exists(victim)  # another process, before verify
     report = verify(repo)
     bad = [p for p in report.problems if p.kind == "bad-chunk"]
     assert len(bad) == 1 and victim.hex() in bad[0].obj, report.problems
-    assert any(p.kind == "damaged-point" and r.point_id in p.obj for p in report.problems)
+    assert any(p.kind == "damaged-point" and point in p.obj for p in report.problems)
     assert report.quarantined == [victim.hex()]
     # the copy and its record are objects; the index objects are as they were written
     assert s3repo.bucket.exists(f"repo/quarantine/{victim.hex()[:3]}/{victim.hex()}.json")
     with pytest.raises(RepositoryError, match="quarantined as damaged"):
-        restore_disk(repo, r.point_id, 2000, tmp_path / "out.img")
+        restore_disk(repo, point, 2000, tmp_path / "out.img")
     assert not repo.chunks.exists(victim)  # a have-query answers "absent"
     other.chunks.index.refresh(force=True)  # its next sync of the index
     assert not other.chunks.exists(victim)
@@ -254,7 +263,7 @@ def test_a_damaged_blob_is_quarantined_and_the_next_backup_heals_it(
     # the next backup of the same data stores a good copy: every point restores again
     again = import_disk(other, "vm", 2000, tmp_path / "d.img", workers=0)
     assert again.new_chunks == 1
-    restore_disk(repo, r.point_id, 2000, tmp_path / "out.img")
+    restore_disk(repo, point, 2000, tmp_path / "out.img")
     assert (tmp_path / "out.img").read_bytes() == img
     assert verify(repo).problems == []
     fixed = repair(repo)
@@ -265,12 +274,7 @@ def test_a_damaged_blob_is_quarantined_and_the_next_backup_heals_it(
 def test_a_read_error_quarantined_on_s3_is_put_back_by_repair(
     s3repo: S3Repo, tmp_path: Path
 ) -> None:
-    repo = _init(s3repo)
-    blocks: list[bytes | None] = [rand() for _ in range(3)]
-    img = disk_image(tmp_path / "d.img", blocks)
-    r = import_disk(repo, "vm", 2000, tmp_path / "d.img", workers=0)
-    victim = repo.chunk_id(blocks[1])  # type: ignore[arg-type]
-    [loc] = repo.chunks.locations(victim)
+    repo, img, point, victim, loc = _point_with_a_victim(s3repo, tmp_path)
     good = _rot(s3repo, loc)
     assert verify(repo).quarantined == [victim.hex()]
     # it was the read, not the bytes: the pack reads good again, and so does the copy
@@ -280,6 +284,6 @@ def test_a_read_error_quarantined_on_s3_is_put_back_by_repair(
     fixed = repair(repo)
     assert fixed.put_back == [victim.hex()] and fixed.damaged == []
     assert repo.chunks.locations(victim) == [loc]
-    restore_disk(repo, r.point_id, 2000, tmp_path / "out.img")
+    restore_disk(repo, point, 2000, tmp_path / "out.img")
     assert (tmp_path / "out.img").read_bytes() == img
     assert not s3repo.bucket.exists(copy)
