@@ -36,6 +36,7 @@ COPY pyproject.toml README.md ./
 COPY common/ common/
 COPY coordinator/ coordinator/
 COPY export/ export/
+COPY file_restore/ file_restore/
 COPY proxy_worker/ proxy_worker/
 COPY repository/ repository/
 COPY repository_writer/ repository_writer/

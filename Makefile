@@ -25,7 +25,7 @@ demo: setup lab
 
 test: setup lab
 	$(PY) -m ruff check .
-	$(PY) -m mypy common repository repository_writer coordinator proxy_worker export vmbackup lab
+	$(PY) -m mypy common repository repository_writer coordinator proxy_worker export file_restore vmbackup lab
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
@@ -37,7 +37,7 @@ fmt: venv
 	$(PY) -m ruff check --fix .
 
 typecheck: venv
-	$(PY) -m mypy common repository repository_writer coordinator proxy_worker export vmbackup lab
+	$(PY) -m mypy common repository repository_writer coordinator proxy_worker export file_restore vmbackup lab
 
 bench: setup lab
 	$(PY) -m bench.run_all

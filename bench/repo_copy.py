@@ -29,7 +29,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from repository.copy import CopyResult, copy_points
+from repository.copy import copy_points
+from repository.copy_result import CopyResult
 from repository.copy_selection import CopyFilter
 from repository.import_disk import import_disk
 from repository.repository import Repository

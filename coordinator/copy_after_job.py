@@ -1,4 +1,5 @@
-"""A policy's second copy after each of its jobs (``[policies.copy] to = "/path"``): the
+"""A policy's second copy after each of its jobs (``[policies.copy] to = "/path"``, or
+``to = "s3://BUCKET/PREFIX"`` with its ``s3_config``): the
 policy's points that the target repository lacks are copied into it, through the library
 (repository/copy.py, what `vmbackup repo copy --policy NAME` does), after the job's
 retention, so that points retention just removed are not copied.
@@ -16,6 +17,8 @@ the report (``copy.error``, ``copy.failed``) and logged at level error.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from common.logging import get_logger
 from coordinator.job_runtime import Runtime
@@ -42,19 +45,25 @@ def copy_after_job(rt: Runtime, policy: PolicySettings) -> CopyReport | None:
         log.error("copy_failed", to=c.to, error=out.error)
         return out
     try:
-        dst = Repository.open(c.to, c.passphrase.value if c.passphrase else None)
+        dst = Repository.open(
+            c.to,
+            c.passphrase.value if c.passphrase else None,
+            s3_config=c.s3_config or None,
+            cache_dir=Path(c.cache_dir) if c.cache_dir else None,
+        )
     except RepositoryError as exc:
         out.error = f"target repository: {exc}"
         log.error("copy_failed", to=c.to, error=out.error)
         return out
     try:
-        res = copy_points(src, dst, CopyFilter(policy=policy.name))
+        try:
+            res = copy_points(src, dst, CopyFilter(policy=policy.name))
+        finally:
+            dst.close()  # uploads an S3 target's open packs: may fail as the copy did
     except RepositoryError as exc:  # the target failed (full, I/O), or chunk sizes differ
         out.error = str(exc)
         log.error("copy_failed", to=c.to, error=out.error)
         return out
-    finally:
-        dst.close()
     out.copied, out.present = len(res.copied), len(res.present)
     out.failed = [f"{f.id}: {f.reason}" for f in res.failed[:SHOWN]]
     out.chunks_sent, out.bytes_sent = res.stats.chunks_sent, res.stats.bytes_sent

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from common.config import Secret
 from common.config_problems import Checks, FieldProblem
 from common.redact import redact_url
+from coordinator.copy_settings import CopySettings
 
 MiB = 1024 * 1024
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -121,35 +122,6 @@ class RetentionSettings:
     def describe(self) -> str:
         """E.g. "last 3, daily 7"."""
         return ", ".join(f"{k} {getattr(self, k)}" for k in RETENTION_RULES if getattr(self, k))
-
-
-@dataclass
-class CopySettings:
-    """A second copy of the policy's points (docs/operations.md "Second copy"): after each
-    of the policy's jobs the coordinator copies the policy's points that the repository
-    at ``to`` lacks (`vmbackup repo copy --policy NAME`). Empty ``to`` = no copy."""
-
-    to: str = field(
-        default="",
-        metadata=_doc(
-            "target repository directory (created with `vmbackup repo init`, the same chunk"
-            " size), writable by the coordinator; empty = no copy"
-        ),
-    )
-    passphrase: Secret | None = field(
-        default=None,
-        metadata=_doc('passphrase of an encrypted target: {file = "PATH"}, {env = "NAME"}'),
-    )
-
-    def __post_init__(self) -> None:
-        c = Checks()
-        if self.to and not self.to.startswith("/"):
-            c.fail("to", f"{self.to!r} must be an absolute path")
-        c.done()
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.to)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from repository.errors import RepositoryError
+from repository.repo_location import is_s3
 
 PLUGIN = Path(__file__).with_name("nbdkit_plugin.py")
 DEFAULT_PORT = 10809  # the NBD port IANA assigned
@@ -41,7 +42,7 @@ class ExportError(RepositoryError):
 
 @dataclass(frozen=True, slots=True)
 class ExportSpec:
-    repo: Path
+    repo: Path | str  # a directory, or s3://BUCKET/PREFIX with s3_config
     point: str
     disk: int
     passphrase: str | None = None
@@ -55,6 +56,8 @@ class ExportSpec:
     metrics_port: int = 0
     metrics_address: str = "127.0.0.1"
     nbdkit: str = "nbdkit"
+    s3_config: Path | None = None  # a repository on S3: its S3 config file
+    cache_dir: Path | None = None  # ... and its local cache (default: the per-user one)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -235,7 +238,7 @@ def nbdkit_argv(
     argv += [
         "python",
         str(PLUGIN),
-        f"repo={spec.repo.absolute()}",
+        f"repo={spec.repo if is_s3(spec.repo) else Path(spec.repo).absolute()}",
         f"point={spec.point}",
         f"disk={spec.disk}",
         f"cache-mib={spec.cache_mib}",
@@ -244,6 +247,10 @@ def nbdkit_argv(
     ]
     if pass_fd >= 0:
         argv.append(f"passphrase-fd={pass_fd}")
+    if spec.s3_config is not None:
+        argv.append(f"s3-config={spec.s3_config.absolute()}")
+    if spec.cache_dir is not None:
+        argv.append(f"cache-dir={spec.cache_dir.absolute()}")
     if spec.metrics_port:
         argv += [f"metrics-port={spec.metrics_port}", f"metrics-address={spec.metrics_address}"]
     return argv
@@ -290,15 +297,19 @@ def start_export(spec: ExportSpec, *, ready_timeout: float = 60.0) -> RunningExp
     running = RunningExport(spec, proc, workdir, status_r, control_w)
     deadline = time.monotonic() + ready_timeout
     pidfile = workdir / "nbdkit.pid"
-    while not pidfile.exists():
-        rc = proc.poll()
-        if rc is not None:
-            running.wait()
-            raise ExportError(
-                f"nbdkit exited with status {rc} before serving {running.uri} (its error is above)"
-            )
-        if time.monotonic() > deadline:
-            running.stop()
-            raise ExportError(f"nbdkit did not listen within {ready_timeout:.0f} s")
-        time.sleep(0.05)
+    try:
+        while not pidfile.exists():
+            rc = proc.poll()
+            if rc is not None:
+                running.wait()
+                raise ExportError(
+                    f"nbdkit exited with status {rc} before serving {running.uri}"
+                    " (its error is above)"
+                )
+            if time.monotonic() > deadline:
+                raise ExportError(f"nbdkit did not listen within {ready_timeout:.0f} s")
+            time.sleep(0.05)
+    except BaseException:  # a timeout, or a signal raised in this thread meanwhile
+        running.stop()  # idempotent: its directory and socket go as well
+        raise
     return running

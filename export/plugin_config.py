@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from common.logging import get_logger
 from repository.disk_reader import DiskReader
@@ -28,6 +29,8 @@ KEYS = (
     "control-fd",
     "metrics-port",
     "metrics-address",
+    "s3-config",
+    "cache-dir",
 )
 
 
@@ -42,6 +45,8 @@ class PluginParams:
     control_fd: int = -1  # -1: no control pipe (plugin_control.py)
     metrics_port: int = 0  # 0: no /metrics
     metrics_address: str = "127.0.0.1"
+    s3_config: str = ""  # repo=s3://...: its S3 config file
+    cache_dir: str = ""  # ... and its local cache ("": the default)
     seen: set[str] = field(default_factory=set)
 
     def set(self, key: str, value: str) -> None:
@@ -50,7 +55,7 @@ class PluginParams:
             raise InvalidRequestError(
                 f"vmbackup export plugin: unknown parameter {key!r} (known: {', '.join(KEYS)})"
             )
-        if key in ("repo", "point", "metrics-address"):
+        if key in ("repo", "point", "metrics-address", "s3-config", "cache-dir"):
             setattr(self, key.replace("-", "_"), value)
         else:
             try:
@@ -95,7 +100,12 @@ def open_reader(params: PluginParams) -> tuple[DiskReader, Hold | None]:
     from export.metrics import count_chunk
     from repository.repository import Repository
 
-    repo = Repository.open(params.repo, read_passphrase(params.passphrase_fd))
+    repo = Repository.open(
+        params.repo,
+        read_passphrase(params.passphrase_fd),
+        s3_config=Path(params.s3_config) if params.s3_config else None,
+        cache_dir=Path(params.cache_dir) if params.cache_dir else None,
+    )
     reader = DiskReader(
         repo, params.point, params.disk, cache_bytes=params.cache_mib * MiB, on_chunk=count_chunk
     )

@@ -31,7 +31,7 @@ from common.logging import setup_logging
 from common.messages import JobEvent, Message
 from common.progress import ProgressBoard
 from coordinator.job_progress import JobProgress
-from lab import Lab, LabSpec
+from lab import Lab, LabSpec, demo_files
 from lab.checks import disk_digests, lab_snapshots, same_content, vm_disk_files
 from lab.demo_s3 import run_s3_section
 from lab.stack import BackupRun, Stack, StackError, StackSpec
@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 failures += restore_and_compare(stack, full, expected_full, "older point")
                 for transport in ("http", "nbd"):
                     failures += restore_one_vm(stack, lab, incr, transport)
+                failures += demo_files.file_restore(stack, lab, args.seed)
                 print("verify:")
                 try:
                     print("  " + stack.verify().strip()[-400:])

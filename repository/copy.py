@@ -27,7 +27,14 @@ may differ in format (chunk files or packs, or a storage yet to come) and in enc
 * A chunk that fails its check in the source (damaged, missing) fails that point, named,
   and the copy goes on with the next; nothing damaged is stored into the target.
 
-The selection policy is repository/copy_selection.py.
+* Either side may be on S3 (``s3://BUCKET/PREFIX``): the target's chunks go into open
+  packs in its cache directory and its commit uploads them before the point
+  (S3PackStore.flush), so "durable before committed" holds there too; the open packs a
+  killed copy left are uploaded by the next open of the target from the same cache (from
+  another cache they are sent again). A source whose storage fails (an endpoint down,
+  access denied) ends the copy, unlike damage, which fails only its point.
+
+The selection policy is repository/copy_selection.py; the result, repository/copy_result.py.
 
 Scale: per VM the copy keeps a dict of source id -> target id for every chunk it saw
 (about 150 bytes each: 150 MB for a VM of a million distinct chunks), and each disk's
@@ -38,12 +45,21 @@ non-zero chunk of a disk without one).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from common.progress import Progress, no_progress
+from repository.copy_result import CopiedPoint, CopyResult, CopyStats, FailedPoint
 from repository.copy_selection import CopyFilter, plan_copy
-from repository.errors import CorruptObjectError, InvalidRequestError, RepositoryError
+from repository.errors import (
+    ChunkIdMismatchError,
+    CorruptObjectError,
+    InvalidRequestError,
+    MissingChunkError,
+    MissingObjectError,
+    RepositoryError,
+    RepositoryFormatError,
+)
 from repository.fixed_index import ZERO_ID, DiskMap
 from repository.point_commit import DiskChanges, PointCommit
 from repository.points import Point, PointDisk, make_point_id
@@ -51,50 +67,21 @@ from repository.repository import Repository
 
 QUERY = 1024  # ids per has-query of the target
 BATCH_BYTES = 32 << 20  # plaintext held for one durable write batch into the target
+READERS = 8  # source chunks read at once from S3 (one ranged GET each)
 SOURCE_REPOSITORY = "copied_from_repository"  # disk info keys a copied point carries
 SOURCE_POINT = "copied_from_point"
 Blob = tuple[bytes, Sequence[bytes | bytearray]]
 
 
-@dataclass
-class CopyStats:
-    chunks_sent: int = 0  # chunks written into the target
-    bytes_sent: int = 0  # blob bytes written into the target
-    raw_bytes_sent: int = 0  # their plaintext bytes
-    chunks_present: int = 0  # chunks the points name that the target had already
-    chunks_read: int = 0  # chunks read from the source
-    blobs_as_stored: int = 0  # of chunks_sent: the source's blob, not compressed again
-    chunks_healed: int = 0  # of chunks_sent: ids the target had quarantined
-
-
-@dataclass(frozen=True, slots=True)
-class CopiedPoint:
-    id: str
-    vm_uuid: str
-    vm_name: str
-    snapshot_time: float
-    chunks_sent: int
-    bytes_sent: int
-
-
-@dataclass(frozen=True, slots=True)
-class FailedPoint:
-    id: str
-    vm_uuid: str
-    reason: str
-
-
-@dataclass
-class CopyResult:
-    source_id: str
-    target_id: str
-    selection: str
-    dry_run: bool
-    to_copy: list[Point] = field(default_factory=list)  # the plan
-    present: list[Point] = field(default_factory=list)  # selected, already in the target
-    copied: list[CopiedPoint] = field(default_factory=list)
-    failed: list[FailedPoint] = field(default_factory=list)
-    stats: CopyStats = field(default_factory=CopyStats)
+# What the source's damage raises (a chunk or map that fails its check, or is gone);
+# any other error of the source (its storage failing) ends the copy.
+DAMAGE = (
+    CorruptObjectError,
+    MissingChunkError,
+    ChunkIdMismatchError,
+    MissingObjectError,
+    RepositoryFormatError,
+)
 
 
 class SourceError(RepositoryError):
@@ -102,16 +89,24 @@ class SourceError(RepositoryError):
     point is not copied; the copy goes on with the next."""
 
 
+def source_failed(src: Repository, exc: RepositoryError) -> RepositoryError:
+    """The error for a failure of the source ``src``: SourceError (that point only) for
+    damage, else one that ends the copy; both name the source."""
+    if isinstance(exc, DAMAGE):
+        return SourceError(f"source {src.location}: {exc}")
+    return RepositoryError(f"source {src.location}: {exc}")
+
+
 def check_compatible(src: Repository, dst: Repository) -> None:
     """Refuse a pair no copy can join (before anything is read or written)."""
     if src.config["id"] == dst.config["id"]:
         raise InvalidRequestError(
-            f"source {src.path} and target {dst.path} are the same repository"
+            f"source {src.location} and target {dst.location} are the same repository"
             f" (id {src.config['id']}): nothing to copy"
         )
     if src.chunk_size != dst.chunk_size:
         raise InvalidRequestError(
-            f"chunk sizes differ: source {src.path} has {src.chunk_size}, target {dst.path}"
+            f"chunk sizes differ: source {src.location} has {src.chunk_size}, target {dst.location}"
             f" has {dst.chunk_size}; a point's map is per chunk, so the target must have the"
             " source's chunk size (create it with `vmbackup repo init --chunk-size`)"
         )
@@ -153,6 +148,7 @@ def copy_points(
     marker = copy_job_id(src)
     dst.end_job(marker)  # a killed run's: its start would soon count as stale for gc
     dst.begin_job(marker)
+    copier: _Copier | None = None
     try:
         copier = _Copier(src, dst, result.stats, as_stored=not recompress)
         copier.heal(result.present)
@@ -179,6 +175,8 @@ def copy_points(
                 )
             progress(n, len(result.to_copy))
     finally:
+        if copier is not None:
+            copier.close()
         dst.end_job(marker)
     return result
 
@@ -192,6 +190,7 @@ class _Copier:
     ) -> None:
         self.src, self.dst, self.stats = src, dst, stats
         self.as_stored = as_stored
+        self._pool: ThreadPoolExecutor | None = None  # source reads from S3
         self.same_ids = src.id_key == dst.id_key
         self.quarantined = dst.quarantined_ids()
         self.batch = max(1, BATCH_BYTES // dst.chunk_size)
@@ -220,7 +219,7 @@ class _Copier:
         try:
             return self.src.load_map(p, key)
         except RepositoryError as exc:
-            raise SourceError(f"source {self.src.path}: {exc}") from exc
+            raise source_failed(self.src, exc) from exc
 
     def _learn(self, src_map: DiskMap, dst_map: DiskMap) -> None:
         if len(src_map) != len(dst_map):
@@ -326,13 +325,18 @@ class _Copier:
         for i in range(0, len(src_ids), self.batch):
             blobs: list[Blob] = []
             as_stored: set[bytes] = set()
-            for c in src_ids[i : i + self.batch]:
-                tid, parts, raw = self._prepare(c)
-                self.done[c] = tid
+            ids: dict[bytes, bytes] = {}
+            group = src_ids[i : i + self.batch]
+            for c, stored in zip(group, self._read_blobs(group), strict=True):
+                tid, parts, raw = self._prepare(c, stored)
+                ids[c] = tid
                 blobs.append((tid, parts))
                 if raw:
                     as_stored.add(tid)
             wrote = self.dst.write_prepared(blobs)
+            # done once durable: a chunk failing its check above leaves the ones read
+            # before it unwritten, for the next point naming them to send
+            self.done.update(ids)
             self.stats.chunks_sent += wrote.stored
             self.stats.chunks_present += wrote.known
             self.stats.bytes_sent += wrote.bytes_stored
@@ -341,12 +345,29 @@ class _Copier:
             self.stats.blobs_as_stored += len(as_stored)
             self.stats.chunks_healed += len({t for t, p in blobs if p} & self.quarantined)
 
-    def _prepare(self, src_id: bytes) -> tuple[bytes, Sequence[bytes | bytearray], bool]:
-        """(target id, blob parts or () when the target has it, written as stored)."""
+    def _read_blob(self, src_id: bytes) -> bytes:
         try:
-            stored = self.src.read_chunk_blob(src_id)
+            return self.src.read_chunk_blob(src_id)
         except RepositoryError as exc:
-            raise SourceError(f"source {self.src.path}: {exc}") from exc
+            raise source_failed(self.src, exc) from exc
+
+    def _read_blobs(self, src_ids: list[bytes]) -> Iterator[bytes]:
+        """The source's blobs of ``src_ids`` in order, each error where its blob would be;
+        from S3 (a ranged GET each, a round trip of waiting) READERS at once."""
+        if not self.src.on_s3:
+            return map(self._read_blob, src_ids)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(READERS, thread_name_prefix="copy-read")
+        return self._pool.map(self._read_blob, src_ids)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+    def _prepare(
+        self, src_id: bytes, stored: bytes
+    ) -> tuple[bytes, Sequence[bytes | bytearray], bool]:
+        """(target id, blob parts, written as stored) of the source's blob ``stored``."""
         self.stats.chunks_read += 1
         if self.same_ids and self.as_stored:
             try:
@@ -358,6 +379,6 @@ class _Copier:
         try:
             plain = bytes(self.src.decode_chunk(src_id, stored))
         except RepositoryError as exc:  # damaged in the source: never stored anywhere
-            raise SourceError(f"source {self.src.path}: {exc}") from exc
+            raise source_failed(self.src, exc) from exc
         tid, parts = self.dst.prepare_raw_chunk(self.dst.chunk_id(plain), plain)
         return tid, parts, False

@@ -53,6 +53,13 @@ def fsyncs_inline() -> bool:
     return _fsync_latency < INLINE_FSYNC_S
 
 
+def drop_cached(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to drop a durable range of a file from the page cache (a hint:
+    pages still dirty stay, and an error changes nothing)."""
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
 def tmp_path(final: Path) -> Path:
     """A unique temporary name in the same directory (same file system for rename)."""
     return final.with_name(f"{TMP_PREFIX}{final.name}-{os.getpid()}-{secrets.token_hex(4)}")

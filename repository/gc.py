@@ -10,6 +10,7 @@ moved aside) is never swept: it is evidence until ``repo repair`` finds its chun
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from repository.chunk_store import ChunkStore
-from repository.errors import LockedError, RepositoryError
+from repository.errors import InvalidRequestError, LockedError, RepositoryError
 from repository.fsutil import lock_file
 from repository.local_storage import LocalDirectoryStorage
 from repository.pack_gc import PackSweep
@@ -27,6 +28,7 @@ from repository.points import PREFIX as POINTS
 from repository.points import legacy_leftovers
 from repository.repository import Repository
 from repository.s3_gc_lock import ObjectLock, object_lock
+from repository.s3_object_lock import KeptLocked, LockedS3Storage
 from repository.s3_pack_gc import S3PackSweep
 from repository.s3_pack_store import S3PackStore
 
@@ -47,11 +49,23 @@ class GcReport:
     staged_removed: int = 0  # commit parts of requests never committed (abandoned)
     packs_rewritten: int = 0  # version 3: packs whose live chunks were copied to new ones
     packs_removed: int = 0  # version 3: packs with nothing live, dropped from the index
+    # local packs: of bytes_freed, what stays on disk in unindexed pack files until a gc
+    # after pending_until deletes them (a reader that looked a chunk up may still read
+    # them); and what this run deleted of an earlier run's
+    bytes_pending: int = 0
+    pending_until: float = 0.0
+    bytes_deleted: int = 0
     cutoff: float = 0.0
     missing: list[str] = field(default_factory=list)
     stale_markers: list[str] = field(default_factory=list)
     stale_holds_removed: list[str] = field(default_factory=list)  # of killed exports
     dry_run: bool = False
+    # Object Lock (s3_lock_maintenance.py): what stays locked (object, retain_until),
+    # the first 100 of locked_kept_total; versions deleted; the retention extension
+    locked_kept: list[dict[str, str]] = field(default_factory=list)
+    locked_kept_total: int = 0
+    versions_purged: int = 0
+    retention: dict[str, object] | None = None
 
 
 @contextmanager
@@ -69,6 +83,35 @@ def gc_lock(repo: Repository) -> Iterator[ObjectLock | None]:
         yield None
 
 
+def _lock_maintenance(
+    repo: Repository,
+    report: GcReport,
+    referenced: set[bytes],
+    kept: list[KeptLocked],
+    dry_run: bool,
+) -> None:
+    """Object Lock: extend what kept points need, purge versions no reader sees."""
+    from repository.s3_lock_maintenance import REPORT_MAX, extend_retention, purge_expired
+
+    assert isinstance(repo.storage, LockedS3Storage)
+    kept = kept + repo.storage.drain_kept()
+    ext = extend_retention(repo, referenced, dry_run=dry_run)
+    purge = purge_expired(repo.storage, report.cutoff, dry_run=dry_run)
+    report.versions_purged = purge.purged
+    report.locked_kept_total = len(kept) + purge.kept_total
+    report.locked_kept = [k.as_dict() for k in (kept + purge.kept)[:REPORT_MAX]]
+    report.retention = dataclasses.asdict(ext)
+
+
+def check_grace(repo: Repository, grace: float) -> None:
+    """The lock period must be longer than gc's grace (else gc could wait on nothing)."""
+    if isinstance(repo.storage, LockedS3Storage) and grace >= repo.storage.policy.period:
+        raise InvalidRequestError(
+            f"grace {grace:g} s is not shorter than the Object Lock period"
+            f" {repo.storage.policy.period} s"
+        )
+
+
 def gc(
     repo: Repository,
     *,
@@ -77,6 +120,7 @@ def gc(
 ) -> GcReport:
     if grace < 0:
         raise ValueError("grace must not be negative")
+    check_grace(repo, grace)
     report = GcReport(dry_run=dry_run)
     with gc_lock(repo) as held:
         # The cutoff must never pass the mark time as the file system records it: the
@@ -93,11 +137,16 @@ def gc(
         referenced = _mark(repo, report)
         if isinstance(repo.chunks, S3PackStore):
             assert held is not None
-            _sweep_packs(S3PackSweep(repo.chunks, cutoff, start, dry_run, held), report, referenced)
+            sweep = S3PackSweep(repo.chunks, cutoff, start, dry_run, held)
+            _sweep_packs(sweep, report, referenced)
             _sweep_points_and_staging(repo, report, cutoff, dry_run)
+            if isinstance(repo.storage, LockedS3Storage):
+                _lock_maintenance(repo, report, referenced, sweep.locked, dry_run)
         elif isinstance(repo.chunks, PackStore):
             _sweep_packs(PackSweep(repo.chunks, cutoff, start, dry_run), report, referenced)
             _sweep_points_and_staging(repo, report, cutoff, dry_run)
+            if report.bytes_pending:  # their mtime is now: a gc starting after this deletes
+                report.pending_until = time.time() + grace
         else:
             _sweep(repo, report, cutoff, start, dry_run)
     return report
@@ -107,6 +156,11 @@ def _fs_now(repo: Repository) -> float:
     """The storage's clock: the mtime of the lock file gc_lock created, touched now."""
     repo.storage.touch(LOCK)
     return repo.storage.stat(LOCK).mtime
+
+
+def referenced_chunks(repo: Repository) -> set[bytes]:
+    """The chunk ids points name (a pack repository's mark, nothing changed)."""
+    return _mark(repo, GcReport())
 
 
 def _mark(repo: Repository, report: GcReport) -> set[bytes]:
@@ -150,6 +204,9 @@ def _sweep_packs(sweep: PackSweep | S3PackSweep, report: GcReport, referenced: s
     report.packs_rewritten += sweep.packs_rewritten
     report.packs_removed += sweep.packs_removed
     report.temps_removed += sweep.temps_removed
+    if isinstance(sweep, PackSweep):
+        report.bytes_pending += sweep.bytes_pending
+        report.bytes_deleted += sweep.bytes_deleted
 
 
 def _sweep(repo: Repository, report: GcReport, cutoff: float, start: float, dry_run: bool) -> None:

@@ -24,6 +24,22 @@ REPO_VERIFY_QUARANTINED = Counter(
     "Damaged chunks verify moved to the repository's quarantine",
     registry=REGISTRY,
 )
+REPO_LOCK_SOONEST = Gauge(
+    "vmbackup_repo_object_lock_soonest_retain_until_timestamp_seconds",
+    "Object Lock: the soonest retain-until of an object kept points need, after the last"
+    " retention extension (s3_lock_maintenance.py; a time stamp, so the lag shows as it grows)",
+    registry=REGISTRY,
+)
+REPO_LOCK_PERIOD = Gauge(
+    "vmbackup_repo_object_lock_period_seconds",
+    "Object Lock: the repository's retention period",
+    registry=REGISTRY,
+)
+REPO_LOCK_UNPROTECTED = Gauge(
+    "vmbackup_repo_object_lock_unprotected_objects",
+    "Object Lock: objects kept points need whose current version was deleted or overwritten",
+    registry=REGISTRY,
+)
 REPO_S3_ERRORS = Counter(
     "vmbackup_repo_s3_errors_total",
     "S3 requests that failed after their retries (an absent key that may be absent is"

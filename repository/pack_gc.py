@@ -35,6 +35,9 @@ class PackSweep:
         self.dry_run = dry_run
         self.chunks_seen = self.chunks_removed = self.bytes_freed = self.kept_young = 0
         self.packs_rewritten = self.packs_removed = self.temps_removed = 0
+        # bytes_freed counts what left the index; the files go later (module docstring)
+        self.bytes_pending = 0  # pack files this run unindexed: on disk until a later gc
+        self.bytes_deleted = 0  # pack files this run deleted (unindexed by an earlier one)
         self._out: OpenPack | None = None
 
     def run(self, live: set[bytes]) -> None:
@@ -81,7 +84,9 @@ class PackSweep:
         if changed:
             merge_index_files(store.root, files, keep=lambda _c, loc: loc.pack not in changed)
             for pack in changed:  # unindexed from now on: deleted by a later gc
-                os.utime(store.pack_path(pack))
+                path = store.pack_path(pack)
+                os.utime(path)
+                self.bytes_pending += path.stat().st_size
             store.index.refresh()
             # touched after gc began: a backup may have been told "present" just before
             self._rescue(
@@ -143,4 +148,6 @@ class PackSweep:
             ]
             if need:
                 self._rescue(need)
+            size = path.stat().st_size
             path.unlink(missing_ok=True)
+            self.bytes_deleted += size

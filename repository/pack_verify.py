@@ -18,9 +18,8 @@ from repository.pack_index_file import Location
 from repository.pack_quarantine import quarantine_blob
 from repository.pack_store import PackStore
 from repository.repository import Repository
-from repository.s3_pack_store import S3PackStore
 
-BadChunk = Callable[[bytes, str, str], None]  # (id, where, why)
+BadChunk = Callable[[bytes, str, str, bool], None]  # (id, where, why, quarantined)
 
 
 def check_packs(
@@ -31,7 +30,8 @@ def check_packs(
     progress: Progress = no_progress,
 ) -> tuple[int, int, int]:
     """(chunks checked, chunks indexed, plaintext bytes checked); ``bad`` is told of
-    each damaged blob after it was quarantined; ``progress`` in blob bytes read."""
+    each damaged blob after it was quarantined (or why it could not be);
+    ``progress`` in blob bytes read."""
     store = repo.chunks
     assert isinstance(store, PackStore)
     entries = list(dict.fromkeys(store.iter_ids()))  # one per (id, place)
@@ -64,7 +64,10 @@ def check_packs(
                 except Exception as exc:  # never crash on corrupt data
                     why = f"unexpected: {exc!r}"
             where = f"{path} offset {loc.offset}"
-            if not isinstance(store, S3PackStore):  # on S3: reported, not quarantined (yet)
+            try:
                 quarantine_blob(store, repo.quarantine, cid, loc, blob, why)
-            bad(cid, where, why)
+                moved = True
+            except (OSError, RepositoryError) as exc:  # reported all the same
+                moved, why = False, f"{why}; not quarantined: {exc}"
+            bad(cid, where, why, moved)
     return checked, total, nbytes

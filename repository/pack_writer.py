@@ -19,12 +19,13 @@ import fcntl
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from repository import pack_format, pack_index_file
 from repository.errors import RepositoryError
 from repository.fsutil import (
+    drop_cached,
     fsync_dir,
     fsync_dirs,
     makedirs_durable,
@@ -54,6 +55,11 @@ def write_index(root: Path, name: str, entries: Sequence[tuple[bytes, Location]]
 
 
 class OpenPack:
+    # Durable batches leave the page cache: a backup stream read back rarely must not
+    # grow the cache (evicting what the host needs), and the kernel then writes the next
+    # batch into recycled pages (bench/RESULTS.md, "Writers' kernel time").
+    drop_written = True
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.id = secrets.token_bytes(pack_format.PACK_ID_LEN)
@@ -109,6 +115,8 @@ class OpenPack:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self.size)
             raise os_error(exc, f"pack {self.path}") from exc
+        if self.drop_written:
+            drop_cached(self._fd, self.size, pos - self.size)
         self.size = pos
         self.entries.extend(entries)
         self.last_write = time.monotonic()
@@ -176,12 +184,22 @@ def _pwritev_all(fd: int, parts: Sequence[bytes | bytearray | memoryview], offse
 def recover(root: Path, size_range: tuple[int, int]) -> int:
     """Seal the open packs whose writer is gone, and index sealed packs whose index file
     a crash kept from being written; how many packs were recovered."""
-    open_dir = root / "packs" / "open"
+    done = 0
+    for pack, path in abandoned(root / "packs" / "open"):
+        if _recover_one(root, pack, path, size_range):
+            done += 1
+    return done
+
+
+def abandoned(open_dir: Path) -> Iterator[tuple[bytes, Path]]:
+    """(pack id, open pack path) of each open pack in ``open_dir`` whose writer is gone,
+    found by its log's lock, which is held while the caller recovers the pack. The log
+    is removed when the caller asks for the next one: a caller that raises leaves it,
+    so the next recovery tries again."""
     try:
         names = sorted(os.listdir(open_dir))
     except FileNotFoundError:
-        return 0
-    done = 0
+        return
     for stem in [n[: -len(LOG_SUFFIX)] for n in names if n.endswith(LOG_SUFFIX)]:
         try:
             pack = bytes.fromhex(stem)
@@ -201,12 +219,10 @@ def recover(root: Path, size_range: tuple[int, int]) -> int:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # its writer is alive
-            if _recover_one(root, pack, open_dir / (stem + PACK_SUFFIX), size_range):
-                done += 1
+            yield pack, open_dir / (stem + PACK_SUFFIX)
             unlink_quiet(log_path)
         finally:
             os.close(fd)
-    return done
 
 
 def _recover_one(root: Path, pack: bytes, path: Path, size_range: tuple[int, int]) -> bool:

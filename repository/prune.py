@@ -15,6 +15,7 @@ from repository.errors import PointNotFoundError
 from repository.gc import STALE_MARKER
 from repository.interfaces import Pruner
 from repository.retention import Decision, KeepPolicy, RunningJob, decide
+from repository.s3_object_lock import drain_kept, iso
 
 
 @dataclass
@@ -24,6 +25,8 @@ class PruneResult:
     policy: str | None = None
     stale_markers: list[str] = field(default_factory=list)  # ignored: crashed jobs
     stale_holds: list[str] = field(default_factory=list)  # ignored: killed readers
+    # Object Lock: removed points whose objects stay locked (hidden) until retain_until
+    locked: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def keep(self) -> list[Decision]:
@@ -78,6 +81,10 @@ def prune(
                 # removed meanwhile (the same request handled twice): what was asked is done
                 with contextlib.suppress(PointNotFoundError):
                     repo.delete_point(d.point.id)
+                kept = drain_kept(getattr(repo, "storage", None))
+                if kept:
+                    until = max(k.retain_until for k in kept)
+                    result.locked.append({"point": d.point.id, "retain_until": iso(until)})
             n += 1
             progress(n, gone)
     return result

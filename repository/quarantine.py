@@ -40,7 +40,7 @@ _HEX_DIR = re.compile(r"[0-9a-f]{3}")
 @dataclass(frozen=True, slots=True)
 class QuarantinedChunk:
     id: bytes
-    path: Path  # the damaged copy (may be gone if only the record is left)
+    copy: str  # where the damaged copy is, a path or URL (gone if only the record is left)
     reason: str
     quarantined: float  # when (0.0 when the record is unreadable or missing)
 
@@ -114,7 +114,7 @@ class Quarantine:
         rec = self._read_record(chunk_id)
         if rec is None and not self.storage.exists(self._name(chunk_id)):
             return None
-        return _entry(chunk_id, self.path_of(chunk_id), rec or {})
+        return _entry(chunk_id, self.storage.location(self._name(chunk_id)), rec or {})
 
     def read_copy(self, chunk_id: bytes) -> bytes:
         """The quarantined copy as it was found; MissingObjectError when there is none."""
@@ -134,7 +134,7 @@ class Quarantine:
                 continue
             last = m.group(1)
             cid = bytes.fromhex(last)
-            yield _entry(cid, self.path_of(cid), self._read_record(cid) or {})
+            yield _entry(cid, self.storage.location(self._name(cid)), self._read_record(cid) or {})
 
     def raise_if_quarantined(self, chunk_id: bytes) -> None:
         """For a chunk found missing: say so precisely when it is quarantined."""
@@ -169,11 +169,11 @@ class Quarantine:
         return doc if isinstance(doc, dict) else {"reason": "unreadable quarantine record"}
 
 
-def _entry(chunk_id: bytes, path: Path, rec: dict[str, Any]) -> QuarantinedChunk:
+def _entry(chunk_id: bytes, copy: str, rec: dict[str, Any]) -> QuarantinedChunk:
     when = rec.get("quarantined")
     return QuarantinedChunk(
         chunk_id,
-        path,
+        copy,
         str(rec.get("reason", "no record (quarantined by a process that stopped)")),
         float(when) if isinstance(when, int | float) else 0.0,
     )

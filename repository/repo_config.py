@@ -35,6 +35,11 @@ ENCRYPTIONS = ("none", "aes-256-gcm")
 _FIELDS = ("format", "version", "id", "chunk_size", "compression_level", "encryption", "created")
 _SEALS = ("checksum", "mac")
 _PACK_FIELDS = ("pack_size",)
+# version 3 on S3, optional: {"mode": COMPLIANCE|GOVERNANCE, "period_seconds": N}, the
+# Object Lock retention every writer applies (s3_object_lock.py)
+OBJECT_LOCK = "object_lock"
+LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
+MIN_LOCK_PERIOD = 86400  # a day: well above gc's grace, and S3's least default retention
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -60,6 +65,9 @@ def check_fields(doc: dict[str, Any], version: int = REPO_VERSION, *, sealed: bo
         want.add("checksum")
         if doc.get("encryption") == "aes-256-gcm":
             want.add("mac")
+    if version == PACKS_VERSION and OBJECT_LOCK in doc:
+        want.add(OBJECT_LOCK)
+        _check_lock(doc[OBJECT_LOCK])
     for key in sorted(set(doc) - want):
         raise ConfigFieldError(key, "unknown key")
     for key in _FIELDS + _PACK_FIELDS + _SEALS:
@@ -102,6 +110,22 @@ def check_fields(doc: dict[str, Any], version: int = REPO_VERSION, *, sealed: bo
     for key in _SEALS:
         if key in doc and (not isinstance(doc[key], str) or not _HEX64.fullmatch(doc[key])):
             raise ConfigFieldError(key, "is not 64 lowercase hex digits")
+
+
+def _check_lock(lock: Any) -> None:
+    ok = (
+        isinstance(lock, dict)
+        and set(lock) == {"mode", "period_seconds"}
+        and lock["mode"] in LOCK_MODES
+        and _int(lock["period_seconds"])
+        and lock["period_seconds"] >= MIN_LOCK_PERIOD
+    )
+    if not ok:
+        raise ConfigFieldError(
+            OBJECT_LOCK,
+            f"{lock!r:.80} is not {{mode: one of {LOCK_MODES}, period_seconds: at least"
+            f" {MIN_LOCK_PERIOD}}}",
+        )
 
 
 def new(
@@ -172,7 +196,7 @@ def parse(data: bytes, name: str) -> dict[str, Any]:
         raise CorruptObjectError(name, f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise CorruptObjectError(name, "not a JSON object")
-    for key in sorted(set(doc) - set(_FIELDS + _PACK_FIELDS + _SEALS)):  # a misspelt key
+    for key in sorted(set(doc) - {*_FIELDS, *_PACK_FIELDS, *_SEALS, OBJECT_LOCK}):  # misspelt
         raise CorruptObjectError(name, f"key {key!r}: unknown key")
     for key in ("format", "version"):
         if key not in doc:

@@ -17,6 +17,7 @@ from repository.errors import InvalidRequestError
 from repository.s3_config import S3Location, load_s3_config
 
 S3_SCHEME = "s3://"
+NOTHING_TO_UPGRADE = "a repository on S3 is always format version 3 (packs): nothing to upgrade"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,14 @@ def parse_location(
             f"repository {text}: --s3-config is only for an s3://BUCKET/PREFIX repository"
         )
     return RepoLocation(text, local=Path(text))
+
+
+def local_only(where: str | os.PathLike[str], what: str, instead: str) -> Path:
+    """``where`` as a local directory for ``what``, which works only on one; an
+    ``s3://`` location is refused, saying what to do ``instead``."""
+    if is_s3(where):
+        raise InvalidRequestError(f"{what} is for a local repository, not {where}: {instead}")
+    return Path(where)
 
 
 def default_cache_dir(repo_id: str) -> Path:

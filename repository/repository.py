@@ -51,6 +51,7 @@ from repository.points import (
 from repository.quarantine import Quarantine
 from repository.repo_location import RepoLocation, parse_location
 from repository.running import RunningMarkers
+from repository.s3_object_lock import LockPolicy
 from repository.s3_pack_store import S3PackStore
 from repository.s3_repo_open import s3_init, s3_open
 from repository.s3_repo_storage import S3RepoStorage
@@ -153,18 +154,24 @@ class Repository:
         pack_size: int = DEFAULT_PACK_SIZE,
         s3_config: str | Path | None = None,
         cache_dir: Path | None = None,
+        object_lock: LockPolicy | None = None,
     ) -> Repository:
         """``kdf_n`` is the scrypt cost of the key file (lower only where opening
         quickly matters more than resisting a guessed passphrase: tests). ``packs`` (the
         default) makes a version-3 repository (chunks in pack files of about
         ``pack_size``); ``packs=False`` a version-2 one (a file per chunk). ``path`` may
-        be ``s3://BUCKET/PREFIX`` with ``s3_config`` (repo_location.py)."""
+        be ``s3://BUCKET/PREFIX`` with ``s3_config`` (repo_location.py), there with
+        ``object_lock`` for a bucket with Object Lock (s3_object_lock.py)."""
         loc = parse_location(path, s3_config)
         if loc.s3 is not None:
             return s3_init(
                 cls, loc, chunk_size, compression_level, passphrase, kdf_n, pack_size,
-                packs=packs, cache_dir=cache_dir,
+                packs=packs, cache_dir=cache_dir, object_lock=object_lock,
             )  # fmt: skip
+        if object_lock is not None:
+            raise InvalidRequestError(
+                f"{loc.text}: Object Lock is for a repository on S3 (s3://BUCKET/PREFIX)"
+            )
         assert loc.local is not None
         path = loc.local
         try:

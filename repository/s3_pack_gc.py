@@ -20,7 +20,8 @@ The touch logs read are the ones in this host's cache directory (touch_log.py): 
 on another host that dedups against a chunk only a pruned point named is protected by
 its commit's check instead (the commit refuses a point naming a missing chunk, and the
 job stores it again on its retry). Before each deletion gc checks that it still holds
-its lock object (s3_gc_lock.py).
+its lock object (s3_gc_lock.py). With Object Lock (s3_object_lock.py) a pack still
+locked is neither dropped nor rewritten, and is listed in ``locked``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from repository import touch_log
 from repository.pack_gc import REWRITE_DEAD_SHARE
 from repository.pack_index_file import Location
 from repository.s3_gc_lock import ObjectLock
+from repository.s3_object_lock import KeptLocked, locked_until
 from repository.s3_pack_store import S3PackStore
 from repository.s3_pack_upload import INDEX, PACKS, UploadingPack, index_object, pack_object
 
@@ -48,6 +50,7 @@ class S3PackSweep:
         self.chunks_seen = self.chunks_removed = self.bytes_freed = self.kept_young = 0
         self.packs_rewritten = self.packs_removed = self.temps_removed = 0
         self._out: UploadingPack | None = None
+        self.locked: list[KeptLocked] = []  # packs kept whole: Object Lock holds them
 
     def run(self, live: set[bytes]) -> None:
         store, storage = self.store, self.store.storage
@@ -66,9 +69,11 @@ class S3PackSweep:
             if len(o.name) == len(INDEX) + 33
         }
         by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
+        quarantined = store.index.quarantined.holds  # dead: never copied into a new pack
         for f in store.index.files():
             for cid, loc in f:
-                by_pack[loc.pack].append((cid, loc))
+                if not quarantined(cid, loc):
+                    by_pack[loc.pack].append((cid, loc))
         kept: set[bytes] = set()
         old: dict[bytes, list[tuple[bytes, Location]]] = {}
         for pack, entries in by_pack.items():
@@ -86,6 +91,11 @@ class S3PackSweep:
             total = sum(loc.length for _, loc in entries)
             dead = total - sum(loc.length for _, loc in keep)
             if dead == 0 or (keep and dead < REWRITE_DEAD_SHARE * total):
+                kept.update(c for c, _ in entries)
+                continue
+            until = locked_until(storage, pack_object(pack))
+            if until is not None:  # Object Lock: neither dropped nor rewritten (a copy)
+                self.locked.append(KeptLocked(pack_object(pack), until))
                 kept.update(c for c, _ in entries)
                 continue
             self.chunks_removed += len(entries) - len(keep)

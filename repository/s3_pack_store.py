@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from repository.s3_pack_upload import (
     pack_object,
     recover,
 )
+from repository.s3_quarantine import QuarantinedPlaces
 from repository.s3_repo_storage import S3RepoStorage
 
 REFRESH_S = 60.0  # seconds between listings of index/ while lookups hit
@@ -55,6 +56,7 @@ class S3PackIndex(PackIndex):
         self._synced = -float("inf")
         self._sync_lock = threading.Lock()
         self.downloads = 0  # index objects fetched into the cache, for tests and stats
+        self.quarantined = QuarantinedPlaces(storage)  # places left out (s3_quarantine.py)
 
     def refresh(self, *, force: bool = False) -> None:
         if force or time.monotonic() - self._synced >= self.interval:
@@ -63,6 +65,11 @@ class S3PackIndex(PackIndex):
 
     def _read_logs(self) -> None:
         """Other processes' open packs are not uploaded: never counted as present."""
+
+    def lookup(self, chunk_id: bytes) -> list[Location]:
+        return [
+            loc for loc in super().lookup(chunk_id) if not self.quarantined.holds(chunk_id, loc)
+        ]
 
     def sync(self) -> None:
         """The cache's index files made the bucket's: one listing of ``index/``."""
@@ -95,6 +102,7 @@ class S3PackIndex(PackIndex):
                 self.downloads += 1
             for h in local - remote:  # gc removed the pack (or compacted it away)
                 unlink_quiet(self.index_dir / (h + suffix))
+            self.quarantined.sync()
             self._synced = started
 
 
@@ -240,6 +248,11 @@ class S3PackStore(PackStore):
             raise MissingChunkError(
                 f"chunk {chunk_id.hex()} is missing (pack {where} is gone)"
             ) from None
+
+    def iter_ids(self) -> Iterable[tuple[bytes, Location]]:
+        """Every indexed (id, location) but the quarantined places."""
+        held = self.index.quarantined.holds
+        return ((cid, loc) for cid, loc in super().iter_ids() if not held(cid, loc))
 
     def read_pack(self, pack: bytes) -> bytes:
         return self.storage.read(pack_object(pack))

@@ -19,7 +19,6 @@ cache; :func:`recover` (run on open) seals and uploads every one whose writer is
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import mmap
 import os
 from collections.abc import Sequence
@@ -29,9 +28,8 @@ from repository import pack_format, pack_index_file
 from repository.errors import RepositoryError
 from repository.fsutil import os_error, unlink_quiet, write_atomic
 from repository.pack_format import Entry
-from repository.pack_index import LOG_SUFFIX, PACK_SUFFIX
 from repository.pack_index_file import Location
-from repository.pack_writer import OpenPack, _pwritev_all
+from repository.pack_writer import OpenPack, _pwritev_all, abandoned
 from repository.storage import Storage
 
 PACKS = "packs"
@@ -74,6 +72,7 @@ class UploadingPack(OpenPack):
 
     storage: Storage
     _trailed = False
+    drop_written = False  # read again at seal, for the upload
 
     def seal(self) -> None:
         if not self.entries:
@@ -95,36 +94,10 @@ class UploadingPack(OpenPack):
 
 def recover(storage: Storage, root: Path, size_range: tuple[int, int]) -> int:
     """Seal and upload the cache's open packs whose writer is gone; how many."""
-    open_dir = root / PACKS / "open"
-    try:
-        names = sorted(os.listdir(open_dir))
-    except FileNotFoundError:
-        return 0
     done = 0
-    for stem in [n[: -len(LOG_SUFFIX)] for n in names if n.endswith(LOG_SUFFIX)]:
-        try:
-            pack = bytes.fromhex(stem)
-        except ValueError:
-            continue
-        if len(pack) != pack_format.PACK_ID_LEN:
-            continue
-        log_path = open_dir / (stem + LOG_SUFFIX)
-        try:
-            fd = os.open(log_path, os.O_WRONLY)
-        except FileNotFoundError:
-            continue  # recovered by another process meanwhile
-        except OSError as exc:
-            raise os_error(exc, f"pack log {log_path}") from exc
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its writer is alive
-            if _recover_one(storage, root, pack, open_dir / (stem + PACK_SUFFIX), size_range):
-                done += 1
-            unlink_quiet(log_path)
-        finally:
-            os.close(fd)
+    for pack, path in abandoned(root / PACKS / "open"):
+        if _recover_one(storage, root, pack, path, size_range):
+            done += 1
     return done
 
 

@@ -22,6 +22,13 @@ from repository.errors import (
 )
 from repository.meta_auth import MetaAuth, derive_meta_key
 from repository.repo_location import RepoLocation, default_cache_dir
+from repository.s3_config import S3Location
+from repository.s3_object_lock import (
+    LockedS3Storage,
+    LockPolicy,
+    check_bucket_lock,
+    check_bucket_unversioned,
+)
 from repository.s3_pack_store import S3PackStore
 from repository.s3_repo_storage import S3RepoStorage
 
@@ -59,6 +66,7 @@ def s3_init(
     *,
     packs: bool,
     cache_dir: Path | None,
+    object_lock: LockPolicy | None = None,
 ) -> Repository:
     assert loc.s3 is not None
     if not packs:
@@ -70,8 +78,14 @@ def s3_init(
         config = repo_config.new(chunk_size, compression_level, passphrase is not None, pack_size)
     except repo_config.ConfigFieldError as exc:
         raise InvalidRequestError(str(exc)) from None
-    storage = S3RepoStorage(loc.s3)
+    if object_lock is not None:
+        config[repo_config.OBJECT_LOCK] = object_lock.as_config()
+    storage = repo_storage(loc.s3, config)
     storage.check_bucket()
+    if object_lock is not None:
+        check_bucket_lock(storage)  # before anything is written
+    else:
+        check_bucket_unversioned(storage)
     if next(iter(storage.list("")), None) is not None:
         raise RepositoryError(f"{loc.text} is not empty; not creating a repository")
     keys = None
@@ -86,6 +100,12 @@ def s3_init(
         raise RepositoryError(f"{loc.text}: another `repo init` created a repository there")
     doc = repo_config.parse(storage.read(CONFIG), f"repository config {storage.location(CONFIG)}")
     return cls(_cache(cache_dir, doc["id"]), doc, keys, s3=storage, location=loc.text)
+
+
+def repo_storage(s3: S3Location, config: dict[str, Any]) -> S3RepoStorage:
+    """The storage for a repository of ``config``: with its Object Lock, if any."""
+    policy = LockPolicy.of_config(config)
+    return S3RepoStorage(s3) if policy is None else LockedS3Storage(s3, policy)
 
 
 def read_config(storage: S3RepoStorage, text: str) -> dict[str, Any]:
@@ -106,8 +126,8 @@ def s3_open(
     cache_name: str = "",
 ) -> Repository:
     assert loc.s3 is not None
-    storage = S3RepoStorage(loc.s3)
-    config = read_config(storage, loc.text)
+    config = read_config(S3RepoStorage(loc.s3), loc.text)
+    storage = repo_storage(loc.s3, config)
     if config["version"] not in repo_config.VERSIONS:
         raise RepositoryFormatError(
             f"repository config {storage.location(CONFIG)}: format version"

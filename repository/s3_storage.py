@@ -38,7 +38,8 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal, TypedDict, TypeVar
 
 import botocore.exceptions as bx
 
@@ -61,6 +62,15 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
 T = TypeVar("T")
+
+
+class LockArgs(TypedDict, total=False):
+    """What a write adds on a bucket with Object Lock (s3_object_lock.py)."""
+
+    ObjectLockMode: Literal["COMPLIANCE", "GOVERNANCE"]
+    ObjectLockRetainUntilDate: datetime
+
+
 DELETE_BATCH = 1000  # DeleteObjects' limit
 
 
@@ -171,8 +181,11 @@ class S3Storage:
         first = next(cut, b"")
         second = next(cut, None)
         if second is None:  # fits one PUT: botocore may resend these bytes on a retry
+            extra = self._put_args(name)
             self._call(
-                lambda: self._client.put_object(Bucket=self.loc.bucket, Key=key, Body=first),
+                lambda: self._client.put_object(
+                    Bucket=self.loc.bucket, Key=key, Body=first, **extra
+                ),
                 "write",
                 name,
             )
@@ -222,7 +235,7 @@ class S3Storage:
                     name,
                 )
                 done.append({"PartNumber": number, "ETag": resp["ETag"]})
-            self._call(
+            done_resp = self._call(
                 lambda: self._client.complete_multipart_upload(
                     Bucket=bucket,
                     Key=key,
@@ -232,11 +245,21 @@ class S3Storage:
                 "write",
                 name,
             )
+            self._completed(name, done_resp.get("VersionId"))
         except BaseException:
             # best effort: what stays is an unfinished upload, for remove_unfinished
             with contextlib.suppress(bx.BotoCoreError, bx.ClientError):
                 self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
+
+    # hooks for a bucket with Object Lock (s3_object_lock.LockedS3Storage)
+
+    def _put_args(self, name: str) -> LockArgs:
+        """More arguments of the PutObject/CopyObject that writes ``name``."""
+        return {}
+
+    def _completed(self, name: str, version_id: str | None) -> None:
+        """After the CompleteMultipartUpload of ``name`` (its new version's id)."""
 
     def touch(self, name: str) -> bool:
         key = self.key(name)
@@ -249,6 +272,7 @@ class S3Storage:
                     CopySource={"Bucket": self.loc.bucket, "Key": key},
                     MetadataDirective="REPLACE",
                     Metadata={"touched": f"{time.time():.3f}"},
+                    **self._put_args(name),
                 )
             except bx.ClientError as exc:
                 if code(exc) in MISSING_KEY:

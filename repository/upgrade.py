@@ -26,6 +26,7 @@ from repository.fsutil import TMP_PREFIX, write_atomic
 from repository.gc import gc_lock
 from repository.local_storage import LocalDirectoryStorage
 from repository.meta_auth import MetaAuth, derive_meta_key
+from repository.repo_location import NOTHING_TO_UPGRADE, local_only
 from repository.repository import PRIVATE_DIR, TOP_DIRS, Repository
 
 
@@ -45,7 +46,7 @@ def upgrade(
 ) -> UpgradeReport:
     """Upgrade the repository at ``path``; raises RepositoryError naming the first file
     that fails a check (nothing after it is changed; fix it and run again)."""
-    path = Path(path)
+    path = local_only(path, "`repo upgrade`", NOTHING_TO_UPGRADE)
     cfg_path = path / "config"
     config = repo_config.read(cfg_path)
     report = UpgradeReport(from_version=config["version"])

@@ -38,6 +38,7 @@ from repository.meta_auth import MetaAuth, derive_meta_key
 from repository.pack_compact import merge_index_files
 from repository.pack_store import DEFAULT_PACK_SIZE, GC_LOCK, PackStore
 from repository.pack_writer import OpenPack
+from repository.repo_location import NOTHING_TO_UPGRADE, local_only
 from repository.repository import PRIVATE_DIR, Repository
 from repository.running import RunningMarkers
 
@@ -69,7 +70,7 @@ def upgrade_to_packs(
 ) -> PackUpgradeReport:
     """Convert the version-2 repository at ``path`` (or finish an interrupted conversion
     of a version-3 one); raises LockedError while gc runs or a backup is running."""
-    path = Path(path)
+    path = local_only(path, "`repo upgrade`", NOTHING_TO_UPGRADE)
     say = note or (lambda _line: None)
     cfg_path = path / "config"
     config = repo_config.read(cfg_path)

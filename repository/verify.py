@@ -189,10 +189,11 @@ def _check_packs(
 
     bad: set[bytes] = set()
 
-    def found(cid: bytes, where: str, why: str) -> None:
+    def found(cid: bytes, where: str, why: str, quarantined: bool) -> None:
         bad.add(cid)
         report.problems.append(Problem("bad-chunk", f"chunk {cid.hex()} in {where}", why))
-        report.quarantined.append(cid.hex())
+        if quarantined:
+            report.quarantined.append(cid.hex())
 
     checked, total, nbytes = check_packs(repo, sample, rng, found, progress)
     report.chunks_checked += checked

@@ -23,6 +23,7 @@ PRODUCTION = [
     "repository_writer",
     "vmbackup",
     "export",
+    "file_restore",
 ]
 ROLES = ["coordinator", "proxy_worker", "repository_writer"]
 DEV_ONLY = ["lab", "tests", "bench", "scripts"]
@@ -41,6 +42,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "coordinator": {"repository_writer", "vmbackup"},
     # the export's server process reads the repository through the library only
     "export": {*ROLES, "vmbackup"},
+    # file restore opens a disk through the export; the command line drives it
+    "file_restore": {*ROLES, "vmbackup"},
 }
 for _pkg in PRODUCTION:
     FORBIDDEN.setdefault(_pkg, set()).update(DEV_ONLY)

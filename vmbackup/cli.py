@@ -20,7 +20,7 @@ from common.command_result import CommandResult
 from common.role_startup import ConfigRejected
 from common.version import package_version
 from repository.errors import RepositoryError
-from vmbackup import export_command, jobs_command, repo_commands
+from vmbackup import export_command, files_command, jobs_command, repo_commands
 from vmbackup.config_schema import ROLES, Config, check_config, load_config
 from vmbackup.json_output import emit, wants_json
 from vmbackup.progress import progress_board
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     repo_commands.register(sub)
     jobs_command.register(sub)
     export_command.register(sub)
+    files_command.register(sub)
     for name, p in commands(parser):
         if not _groups(p):
             p.set_defaults(command_name=name)  # "repo list": the JSON document's "command"

@@ -2,6 +2,11 @@
 copy at another site), sending only the chunks the target lacks; the library does the
 work (repository/copy.py, its selection repository/copy_selection.py).
 
+Either side may be ``s3://BUCKET/PREFIX``: ``--s3-config`` serves every s3:// side (one
+endpoint and credentials for both buckets), ``--from-s3-config``/``--to-s3-config`` one
+side each (two endpoints or two users); ``--from-cache-dir``/``--to-cache-dir`` its
+local cache (the target's holds its open packs: rerun a killed copy with the same one).
+
 Exit status: 0 every selected point is in the target; 1 a repository error (either side
 does not open, a wrong passphrase, chunk sizes differ) or a point that could not be
 copied (damaged in the source: each named, the others copied); 2 usage.
@@ -16,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from common.command_result import CommandResult
-from repository.copy import CopyResult, copy_points
+from repository.copy import copy_points
+from repository.copy_result import CopyResult
 from repository.copy_selection import CopyFilter, parse_age
 from repository.errors import InvalidRequestError, RepositoryError
+from repository.repo_location import is_s3
 from vmbackup.repo_commands import (
     PASSPHRASE_ENV,
     _human,
@@ -39,6 +46,12 @@ EXAMPLES = """\
       --vm web1 --vm 4210c3e1-0d3a-7c2e-9f1b-2a6c0e1d5b7a --dry-run
   # only the newest point of each VM, as one JSON document
   vmbackup repo copy --from /backup/repo --to /mnt/site-b/repo --latest 1 --json
+  # into a bucket (a rerun after a kill: the same --to-cache-dir uploads what it left)
+  vmbackup repo copy --from /backup/repo --to s3://backups/site-b \\
+      --s3-config /etc/vmbackup/s3.toml --to-cache-dir /var/cache/vmbackup/site-b
+  # between two S3 services, a config each
+  vmbackup repo copy --from s3://backups/site-a --from-s3-config /etc/vmbackup/s3-a.toml \\
+      --to s3://backups/site-b --to-s3-config /etc/vmbackup/s3-b.toml
 """
 
 
@@ -59,16 +72,58 @@ def positive(text: str) -> int:
     return n
 
 
-def _open(path: str, passphrase_file: str | None, env: str, side: str, *, read_only: bool) -> Any:
+def _side_s3(args: argparse.Namespace, side: str) -> tuple[Path | None, Path | None]:
+    """(S3 config, cache dir) of one side ("from" or "to"): its own --SIDE-s3-config, else
+    --s3-config when that side is s3://; refused where it cannot apply."""
+    url = getattr(args, f"{side}_repo")
+    own, cache = getattr(args, f"{side}_s3_config"), getattr(args, f"{side}_cache_dir")
+    if not is_s3(url):
+        for flag, given in ((f"--{side}-s3-config", own), (f"--{side}-cache-dir", cache)):
+            if given is not None:
+                raise InvalidRequestError(
+                    f"{flag}: --{side} {url} is a directory, not an s3://BUCKET/PREFIX repository"
+                )
+        return None, None
+    config = own if own is not None else args.s3_config
+    if config is None:
+        raise InvalidRequestError(
+            f"--{side} {url}: an s3:// repository needs --{side}-s3-config FILE or --s3-config"
+            " FILE (endpoint, region, credentials file; docs/object-storage.md)"
+        )
+    return config, cache
+
+
+def _open(args: argparse.Namespace, side: str) -> Any:
     from repository.repository import Repository
 
+    path = getattr(args, f"{side}_repo")
+    env = PASSPHRASE_ENV if side == "from" else TO_PASSPHRASE_ENV
+    name = "source (--from)" if side == "from" else "target (--to)"
+    s3_config, cache_dir = _side_s3(args, side)
     ns = argparse.Namespace(
-        repo=path, passphrase_file=passphrase_file, passphrase=os.environ.get(env)
+        repo=path,
+        passphrase_file=getattr(args, f"{side}_passphrase_file"),
+        passphrase=os.environ.get(env),
+        s3_config=s3_config,
     )
     try:
-        return Repository.open(Path(path), _repo_passphrase(ns), read_only=read_only)
+        return Repository.open(
+            path,
+            _repo_passphrase(ns),
+            read_only=side == "from",
+            s3_config=s3_config,
+            cache_dir=cache_dir,
+        )
     except RepositoryError as exc:  # which of the two: the messages name paths, not sides
-        raise type(exc)(f"{side} repository: {exc}") from None
+        raise _named(exc, f"{name} repository: {exc}") from None
+
+
+def _named(exc: RepositoryError, message: str) -> RepositoryError:
+    """``exc`` said again as ``message``, of its type where that takes one message."""
+    try:
+        return type(exc)(message)
+    except TypeError:
+        return RepositoryError(message)
 
 
 def cmd_copy(args: argparse.Namespace) -> CommandResult:
@@ -79,12 +134,10 @@ def cmd_copy(args: argparse.Namespace) -> CommandResult:
         latest=args.latest,
         policy=args.policy or "",
     )
-    src = _open(
-        args.from_repo, args.from_passphrase_file, PASSPHRASE_ENV, "source (--from)", read_only=True
-    )
-    dst = _open(
-        args.to_repo, args.to_passphrase_file, TO_PASSPHRASE_ENV, "target (--to)", read_only=False
-    )
+    if args.s3_config is not None and not (is_s3(args.from_repo) or is_s3(args.to_repo)):
+        raise InvalidRequestError("--s3-config: neither --from nor --to is an s3:// repository")
+    src = _open(args, "from")
+    dst = _open(args, "to")
     try:
         result = copy_points(
             src,
@@ -189,22 +242,43 @@ def register(sub: argparse._SubParsersAction) -> None:
         "those --to lacks, re-encrypted under its key when the two differ), each point "
         "last and atomically, so a killed copy leaves nothing half-visible and a rerun "
         "continues; points --to has already are skipped. The two must have the same "
-        "chunk size; formats and encryption may differ (docs/operations.md, 'Second copy').",
+        "chunk size; formats, encryption and storage (a directory or s3://) may differ"
+        " (docs/operations.md, 'Second copy'; docs/object-storage.md).",
     )
     p.add_argument(
         "--from",
         dest="from_repo",
         required=True,
         metavar="PATH",
-        help="source repository (read only)",
+        help="source repository (read only): a directory or s3://BUCKET/PREFIX",
     )
     p.add_argument(
         "--to",
         dest="to_repo",
         required=True,
         metavar="PATH",
-        help="target repository (created with `repo init`)",
+        help="target repository (created with `repo init`): a directory or s3://BUCKET/PREFIX",
     )
+    p.add_argument(
+        "--s3-config",
+        type=Path,
+        metavar="FILE",
+        help="S3 config (docs/object-storage.md) of every s3:// side without its own",
+    )
+    for side, what in (("from", "source"), ("to", "target")):
+        p.add_argument(
+            f"--{side}-s3-config",
+            type=Path,
+            metavar="FILE",
+            help=f"S3 config of an s3:// {what} (default: --s3-config)",
+        )
+        p.add_argument(
+            f"--{side}-cache-dir",
+            type=Path,
+            metavar="DIR",
+            help=f"local cache of an s3:// {what} (default $XDG_CACHE_HOME/vmbackup/<its id>)"
+            + ("; its open packs: keep it for a rerun" if side == "to" else ""),
+        )
     p.add_argument(
         "--from-passphrase-file",
         metavar="FILE",

@@ -57,7 +57,9 @@ def _spec(args: argparse.Namespace, passphrase: str | None) -> Any:
         except ValueError as exc:
             raise RepositoryError(f"--listen: {exc}") from None
     return ExportSpec(
-        repo=Path(args.repo),
+        repo=str(args.repo),
+        s3_config=Path(args.s3_config) if args.s3_config else None,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         point=args.point,
         disk=args.disk,
         passphrase=passphrase,

@@ -103,6 +103,9 @@ def cmd_prune(args: argparse.Namespace) -> CommandResult:
         lines.append(
             f"  {verb:7} {p.id}  {_ts(p.snapshot_time)}  {p.status:8} ({'; '.join(d.reasons)})"
         )
+    for lk in result.locked:
+        until = lk["retain_until"]
+        lines.append(f"  point {lk['point']}: hidden; Object Lock keeps its objects until {until}")
     n_keep, n_remove = len(result.keep), len(result.remove)
     if args.dry_run:
         lines.append(f"{n_keep} kept, {n_remove} would be removed")
@@ -135,6 +138,7 @@ def prune_document(result: PruneResult, keep: KeepPolicy) -> dict[str, Any]:
         "removed": len(result.remove),
         "stale_markers": result.stale_markers,
         "stale_holds": result.stale_holds,
+        "locked": result.locked,
     }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from common.command_result import CommandResult
 from repository.errors import InvalidRequestError, RepositoryError
 from repository.repo_location import is_s3, parse_location
+from repository.s3_object_lock import LockPolicy
 from repository.s3_repo_storage import S3RepoStorage
 
 PASSPHRASE_ENV = "VMBACKUP_PASSPHRASE"
@@ -124,6 +125,7 @@ def cmd_init(args: argparse.Namespace) -> CommandResult:
             raise RepositoryError(
                 f"--encrypt needs a passphrase: --passphrase-file, ${PASSPHRASE_ENV} or a terminal"
             )
+    lock = _lock_policy(args)
     repo = Repository.init(
         str(args.path),
         chunk_size=args.chunk_size,
@@ -133,8 +135,11 @@ def cmd_init(args: argparse.Namespace) -> CommandResult:
         pack_size=args.pack_size,
         s3_config=args.s3_config,
         cache_dir=args.cache_dir,
+        object_lock=lock,
     )
     enc = "encrypted (AES-256-GCM)" if repo.encrypted else "not encrypted"
+    if lock is not None:
+        enc += f", Object Lock {lock.mode} {lock.period // 86400} days"
     return CommandResult(
         0,
         text=f"created repository {args.path}: chunk size {_human(repo.chunk_size)}, "
@@ -147,8 +152,21 @@ def cmd_init(args: argparse.Namespace) -> CommandResult:
             "encrypted": repo.encrypted,
             "packs": repo.packed,
             "version": repo.config["version"],
+            "object_lock": lock.as_config() if lock is not None else None,
         },
     )
+
+
+def _lock_policy(args: argparse.Namespace) -> LockPolicy | None:
+    """The LockPolicy of --object-lock and --object-lock-days, or None."""
+    if args.object_lock is None:
+        if args.object_lock_days is not None:
+            raise InvalidRequestError("--object-lock-days needs --object-lock MODE")
+        return None
+    days = args.object_lock_days if args.object_lock_days is not None else 30
+    if days < 1:
+        raise InvalidRequestError(f"--object-lock-days {days}: at least 1")
+    return LockPolicy(args.object_lock, days * 86400)
 
 
 def cmd_import(args: argparse.Namespace) -> CommandResult:
@@ -294,6 +312,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from vmbackup import (
         copy_command,
         gc_command,
+        lock_command,
         prune_command,
         repo_list_command,
         repo_repair_command,
@@ -321,7 +340,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  vmbackup repo init /backup/repo --encrypt --passphrase-file /etc/vmbackup/pass\n"
         "  vmbackup repo init /backup/repo --pack-size 256M\n"
         "  vmbackup repo init /backup/repo --chunk-files    # format 2: a file per chunk\n"
-        "  vmbackup repo init s3://backups/site-a --s3-config /etc/vmbackup/s3.toml\n",
+        "  vmbackup repo init s3://backups/site-a --s3-config /etc/vmbackup/s3.toml\n"
+        "  vmbackup repo init s3://locked/site-a --s3-config /etc/vmbackup/s3.toml \\\n"
+        "      --object-lock COMPLIANCE --object-lock-days 30\n",
     )
     p.add_argument(
         "path",
@@ -366,6 +387,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_PACK_SIZE,
         metavar="SIZE",
         help=f"size at which a pack is sealed, 1M to 1G (default {_human(DEFAULT_PACK_SIZE)})",
+    )
+    p.add_argument(
+        "--object-lock",
+        choices=("COMPLIANCE", "GOVERNANCE"),
+        default=None,
+        metavar="MODE",
+        help="S3 only, on a bucket created with Object Lock: write every pack, index and"
+        " point with this retention mode, COMPLIANCE (nobody can shorten or delete) or"
+        " GOVERNANCE (who may bypass it can) (docs/object-storage.md)",
+    )
+    p.add_argument(
+        "--object-lock-days",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --object-lock: days each object stays locked after it is written or"
+        " extended (default 30; gc extends what kept points use)",
     )
     json_arg(p)
     p.set_defaults(func=cmd_init)
@@ -439,6 +477,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=repo_list_command.cmd_list)
 
     repo_repair_command.register(rsub)
+    lock_command.register(rsub)
     copy_command.register(rsub)
     restore_command.register(sub)
     verify_command.register(sub)

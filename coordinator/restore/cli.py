@@ -18,6 +18,7 @@ from coordinator.vcenter import (
     Connection,
 )
 from repository.errors import RepositoryError
+from repository.repo_location import local_only
 from repository.repository import Repository
 
 EXAMPLES = """\
@@ -31,6 +32,12 @@ examples:
   vmbackup restore-vm --in-place --point ID -c site.toml             # roll the VM back
   vmbackup restore-vm --in-place --point ID -c site.toml --vm web1 --yes --power-on --json
 """
+
+RESTORE_VM_FROM_S3 = (
+    "restore its disks with `vmbackup restore --repo URL --s3-config FILE`, or copy the"
+    " point into a local repository (`vmbackup repo copy --from URL --s3-config FILE --to"
+    " DIR --vm VM`) and run restore-vm on that"
+)
 
 
 def register_restore_vm(sub: argparse._SubParsersAction) -> None:
@@ -137,10 +144,9 @@ def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
         )
     passphrase = cfg.repository.passphrase.value if cfg.repository.passphrase else None
     try:
-        if args.repo:
-            repo = Repository.open(repo_path, passphrase)
-        else:  # the config's, on S3 too (its own cache there, nothing to recover)
-            repo = cfg.repository.open("restore-vm", read_only=bool(cfg.repository.s3_config))
+        # no --s3-config here, and --instant hands the repository's path to its NBD servers
+        local_only(repo_path, "`restore-vm`", RESTORE_VM_FROM_S3)
+        repo = Repository.open(repo_path, passphrase)
         # bad point: fail before touching vCenter
         point = repo.get_point(point_id) if args.in_place else load_point(repo, point_id)[0]
     except RepositoryError as exc:

@@ -58,6 +58,7 @@ class InstantVm:
     power_state: str = ""
     migrated: bool = False
     disks: list[dict[str, Any]] = field(default_factory=list)  # key, capacity, file
+    metrics: list[str] = field(default_factory=list)  # each disk export's /metrics URL
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,8 +105,12 @@ class InstantSession:
         folder: str = "",
         nfs_host: str = "127.0.0.1",
         export_dir: Path | None = None,
+        metrics_port: int = 0,
         cancelled: Callable[[], bool] = lambda: False,
     ) -> InstantSession:
+        """Serve the point's disks from exports, register the VM on them and power it on.
+        ``metrics_port``: the first disk's export serves /metrics there, the next disk's
+        on the port after it (one nbdkit per disk); 0 = none."""
         point, cfg = load_point(repo, point_id)
         name = name or cfg.name or point.vm_name
         if not name:
@@ -127,7 +132,16 @@ class InstantSession:
         self = cls(conn, store, info)
         try:
             self._start(
-                repo_path, passphrase, point, cfg, wanted, prod, folder, nfs_host, cancelled
+                repo_path,
+                passphrase,
+                point,
+                cfg,
+                wanted,
+                prod,
+                folder,
+                nfs_host,
+                metrics_port,
+                cancelled,
             )
         except BaseException as exc:
             log.warning("instant_start_failed", vm=name, error=str(exc))
@@ -147,6 +161,7 @@ class InstantSession:
         prod: Target,
         folder: str,
         nfs_host: str,
+        metrics_port: int,
         cancelled: Callable[[], bool],
     ) -> None:
         def step() -> None:
@@ -155,12 +170,15 @@ class InstantSession:
 
         vm_dir = _dir_name(self.info.vm_name)
         served: dict[int, ServedDisk] = {}
-        for dp in wanted:
+        for n, dp in enumerate(wanted):
             step()
+            port = metrics_port + n if metrics_port else 0
             sd = self.store.serve_disk(
-                repo_path, passphrase, point.id, dp.saved_key, dp.capacity, vm_dir
+                repo_path, passphrase, point.id, dp.saved_key, dp.capacity, vm_dir, port
             )
             served[dp.saved_key] = sd
+            if port:
+                self.info.metrics.append(f"http://127.0.0.1:{port}/metrics")
         step()
         self.store.mount_on(prod.host, nfs_host)
         step()

@@ -61,6 +61,14 @@ def add_instant_args(p: argparse.ArgumentParser) -> None:
         " --export-dir)",
     )
     g.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="with --instant: each disk's export serves Prometheus /metrics on 127.0.0.1,"
+        " the first disk on PORT, the next on PORT+1, ... (default: none)",
+    )
+    g.add_argument(
         "--export-dir",
         default="",
         metavar="DIR",
@@ -75,6 +83,10 @@ def usage_problem(args: argparse.Namespace) -> str:
         return (
             "--instant and --in-place do not go together: one runs a new VM, the other rolls back"
         )
+    if args.metrics_port and not args.instant:
+        return "--metrics-port needs --instant"
+    if not 0 <= args.metrics_port < 65536:
+        return f"--metrics-port {args.metrics_port}: not a port (1..65535)"
     if args.instant and (args.transport not in (None, "http") or args.keep_failed):
         return "--instant copies nothing: --transport and --keep-failed do not apply"
     return ""
@@ -132,6 +144,7 @@ def _serve(
             folder=args.folder,
             nfs_host=args.nfs_host,
             export_dir=Path(args.export_dir) if args.export_dir else None,
+            metrics_port=args.metrics_port,
             cancelled=lambda: bool(stop),
         )
     except Cancelled as exc:
@@ -147,6 +160,7 @@ def _serve(
         f" from datastore {info.export_datastore} ({info.export_dir}); stop with Ctrl-C or"
         f" `kill -TERM {os.getpid()}` (removes it), migrate to {info.target_datastore}"
         f" with `kill -USR1 {os.getpid()}`"
+        + (f"; metrics: {' '.join(info.metrics)}" if info.metrics else "")
     )
     failure = ""
     try:

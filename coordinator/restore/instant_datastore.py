@@ -94,8 +94,10 @@ class ExportDatastore:
         key: int,
         capacity: int,
         vm_dir: str,
+        metrics_port: int = 0,
     ) -> ServedDisk:
-        """Start the writable export of disk ``key`` and mount it as its flat file."""
+        """Start the writable export of disk ``key`` and mount it as its flat file;
+        its /metrics on 127.0.0.1:``metrics_port`` unless 0."""
         (self.root / vm_dir).mkdir(exist_ok=True)
         socket = self.sockets / f"disk-{key}.sock"
         spec = ExportSpec(
@@ -106,6 +108,7 @@ class ExportDatastore:
             writable=True,
             socket=socket,
             overlay_dir=self.workdir / "run",
+            metrics_port=metrics_port,
         )
         disk = ServedDisk(key, capacity, f"{vm_dir}/disk-{key}.vmdk", start_export(spec))
         self.disks.append(disk)

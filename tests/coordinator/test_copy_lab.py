@@ -1,7 +1,8 @@
 """A policy's second copy with the real services: `vmbackup backup` of a policy with
 ``[policies.copy]`` copies its new points into an encrypted second repository after the
 job, the report says what went, a second job copies only its own points, another
-policy's points stay out, and the copies restore bit-exact against the guests."""
+policy's points stay out, and the copies restore bit-exact against the guests; a target
+that does not open is in the report, and a bucket (s3://) is a target too."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from lab import Lab, LabSpec
 from lab.stack import Stack, StackSpec
 from repository.repository import Repository
 from repository.restore import restore_disk
+from repository.s3_storage import S3Storage
 from repository.verify import verify
 from tests.coordinator.conftest import MiB
+from tests.rgw import Rgw
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -84,17 +87,32 @@ names = {json.dumps(names[:1])}
         assert verify(dst).ok and dst.running_jobs() == []
 
 
-def test_a_target_that_does_not_open_is_in_the_report_not_the_status(
-    lab: Lab, tmp_path: Path
+def test_a_target_that_does_not_open_is_in_the_report_not_the_status_and_s3_is_a_target(
+    lab: Lab, tmp_path: Path, rgw: Rgw, s3_storage: S3Storage
 ) -> None:
     names = sorted(v["name"] for v in lab.vms())
     missing = tmp_path / "nowhere"
+    s3_url = f"s3://{s3_storage.loc.bucket}/site-b"
+    s3_cfg = tmp_path / "s3.toml"
+    s3_cfg.write_text(
+        f'endpoint = "{rgw.endpoint}"\nregion = "{rgw.info.region}"\n'
+        f'credentials_file = "{rgw.credentials_file}"\n'
+    )
+    Repository.init(s3_url, chunk_size=MiB, s3_config=s3_cfg, cache_dir=tmp_path / "c").close()
     policies = f"""
 [[policies]]
 name = "gold"
 names = {json.dumps(names[:1])}
 [policies.copy]
 to = {json.dumps(str(missing))}
+
+[[policies]]
+name = "silver"
+names = {json.dumps(names[:1])}
+[policies.copy]
+to = {json.dumps(s3_url)}
+s3_config = {json.dumps(str(s3_cfg))}
+cache_dir = {json.dumps(str(tmp_path / "c"))}
 """
     spec = StackSpec(
         writers=1, proxies=1, n_shards=2, transport="file", chunk_size=MiB, extra_config=policies
@@ -105,3 +123,12 @@ to = {json.dumps(str(missing))}
         err = run.report["copy"]["error"]
         assert err.startswith("target repository:") and "not a vmbackup repository" in err
         assert not missing.exists()
+        # a bucket as the target: the point goes there and restores bit-exact from it
+        run = stack.backup("silver", timeout=300)
+        assert run.returncode == 0, run.log_path.read_text()[-6000:]
+        assert run.report["copy"]["error"] == "" and run.report["copy"]["copied"] == 1
+        dst = Repository.open(s3_url, s3_config=s3_cfg, cache_dir=tmp_path / "look")
+        (v,) = run.report["vms"]
+        buf = io.BytesIO()
+        restore_disk(dst, v["point_id"], 2000, buf)
+        assert buf.getvalue() == lab.read_guest_data(v["moref"], 2000, 0, 8 * MiB)

@@ -65,6 +65,14 @@ def test_policy_validation() -> None:
         CopySettings(to="site-b")
     assert not PolicySettings(name="p").copy.enabled
     assert CopySettings(to="/mnt/site-b").enabled
+    s3 = CopySettings(to="s3://backups/site-b", s3_config="/etc/vmbackup/s3.toml")
+    assert s3.enabled and s3.cache_dir == ""
+    with pytest.raises(ValueError, match="is on S3: its S3 config file is needed"):
+        CopySettings(to="s3://backups/site-b")
+    with pytest.raises(ValueError, match="only for an s3://BUCKET/PREFIX target"):
+        CopySettings(to="/mnt/site-b", s3_config="/etc/vmbackup/s3.toml")
+    with pytest.raises(ValueError, match="'cache' must be an absolute path"):
+        CopySettings(to="s3://backups/b", s3_config="/etc/s3.toml", cache_dir="cache")
 
 
 def test_copy_in_the_report_and_its_history_round_trip() -> None:

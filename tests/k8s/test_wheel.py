@@ -22,10 +22,10 @@ from tests.k8s.conftest import ROOT
 
 # The build context of the Dockerfile's venv stage (tests/k8s/test_image.py checks the
 # COPY lines against .dockerignore; this list is what they copy).
-COPIED = ["pyproject.toml", "README.md", "common", "coordinator", "export", "proxy_worker",
-          "repository", "repository_writer", "vmbackup"]  # fmt: skip
-PACKAGES = ["common", "coordinator", "export", "proxy_worker", "repository", "repository_writer",
-            "vmbackup"]  # fmt: skip
+COPIED = ["pyproject.toml", "README.md", "common", "coordinator", "export", "file_restore",
+          "proxy_worker", "repository", "repository_writer", "vmbackup"]  # fmt: skip
+PACKAGES = ["common", "coordinator", "export", "file_restore", "proxy_worker", "repository",
+            "repository_writer", "vmbackup"]  # fmt: skip
 # In the source tree for the demo, tests and benchmarks; never in the production wheel.
 DEV_ONLY = ["lab", "tests", "bench", "scripts", "k8s"]
 

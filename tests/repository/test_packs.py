@@ -182,10 +182,17 @@ def test_gc_drops_and_rewrites_packs_keeping_every_point(tmp_path: Path) -> None
     out = tmp_path / "o.img"
     restore_disk(repo, r_keep.point_id, 2000, out)
     assert out.read_bytes() == keep
-    # the dropped packs stay (unindexed) until a later gc finds them older than its cutoff
+    # the dropped packs stay (unindexed) until a later gc finds them older than its cutoff,
+    # and the report says so: what left the index is not yet space on disk
     assert len(_pack_files(repo)) >= n_before
-    gc(repo, grace=0)
+    on_disk = sum(f.stat().st_size for f in _pack_files(repo))
+    assert report.bytes_freed > 0 and report.bytes_deleted == 0
+    assert report.bytes_pending >= report.bytes_freed
+    assert report.pending_until >= report.cutoff
+    second = gc(repo, grace=0)
     assert len(_pack_files(repo)) < n_before
+    assert second.bytes_deleted == report.bytes_pending and second.bytes_pending == 0
+    assert on_disk - sum(f.stat().st_size for f in _pack_files(repo)) == report.bytes_pending
     assert verify(Repository.open(repo.path)).ok
     restore_disk(Repository.open(repo.path), r_keep.point_id, 2000, out)
     assert out.read_bytes() == keep
@@ -261,4 +268,16 @@ def test_cli_on_a_pack_repository(tmp_path: Path) -> None:
     assert r.returncode == 0 and r.stdout == data
     assert vmb("verify", "--repo", repo).returncode == 0
     assert vmb("gc", "--repo", repo).returncode == 0
+    # a point whose chunks nothing else names, pruned: gc unindexes its pack and says the
+    # space comes back with the next gc; that one deletes it and says so
+    make_image(img, "rrrr", seed=9)
+    args = ["--repo", repo, "--vm", "old", "--disk", "2000", str(img)]
+    assert vmb("repo", "import-disk", *args).returncode == 0
+    make_image(img, "zzzz", seed=9)
+    assert vmb("repo", "import-disk", *args).returncode == 0
+    assert vmb("prune", "--repo", repo, "--keep-last", "1").returncode == 0  # per VM
+    r = vmb("gc", "--repo", repo, "--grace", "0")
+    assert r.returncode == 0 and b"stay on disk" in r.stdout and b"deleted" not in r.stdout
+    r = vmb("gc", "--repo", repo, "--grace", "0")
+    assert r.returncode == 0 and b"deleted 1.0 MiB of pack files" in r.stdout, r.stdout
     assert vmb("repo", "init", str(tmp_path / "x"), "--packs", "--pack-size", "10K").returncode

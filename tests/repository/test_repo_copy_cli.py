@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from repository.import_disk import import_disk
+from repository.points import Point
 from repository.repository import Repository
 from repository.verify import verify
 from tests.repository.conftest import CS
@@ -47,6 +48,33 @@ def copy_cmd(src: Path, dst: Path, *extra: str) -> list[str]:
     ]
 
 
+def run_and_kill(cmd: list[str], i: int, kill: random.Random, latest: float) -> int:
+    """Run ``cmd`` and SIGKILL it: on odd ``i`` at any moment up to ``latest`` seconds
+    (starting, asking, sending, committing), else a moment after it said it committed a
+    point. Its exit status (-SIGKILL unless it finished first)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    if i % 2:
+        time.sleep(kill.uniform(0.3, latest))
+    else:
+        for line in proc.stderr:
+            if " sent" in line:
+                break
+        time.sleep(kill.uniform(0.0, 0.3))
+    proc.send_signal(signal.SIGKILL)
+    return proc.wait(timeout=60)
+
+
+def assert_whole(repo: Repository) -> list[Point]:
+    """The points ``repo`` shows, each whole: every map loads and names stored chunks."""
+    visible = repo.points()
+    for p in visible:
+        for d in p.disks:
+            ids = [c for _, c in repo.load_map(p, d.key).iter_ids()]
+            assert all(repo.has_chunks(ids)), f"{p.id} names a chunk the kill lost"
+    return visible
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_copy_again(tmp_path: Path) -> None:
     # enough chunks (unique, compressible: zstd and AES run) that a copy into an encrypted
@@ -73,25 +101,10 @@ def test_sigkill_at_random_moments_then_copy_again(tmp_path: Path) -> None:
     kill = random.Random(99)
     killed_midway = 0
     for i in range(KILLS):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        assert proc.stderr is not None
-        if i % 2:  # any moment: starting, asking, sending, committing
-            time.sleep(kill.uniform(0.3, 1.5))
-        else:  # once it has committed a point in this run, a moment later
-            for line in proc.stderr:
-                if " sent" in line:
-                    break
-            time.sleep(kill.uniform(0.0, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+        returncode = run_and_kill(cmd, i, kill, 1.5)
         dst = Repository.open(dst_path, "site b")
-        visible = dst.points()
-        # whatever is visible is whole: every map of every point loads and its chunks exist
-        for p in visible:
-            for d in p.disks:
-                ids = [c for _, c in dst.load_map(p, d.key).iter_ids()]
-                assert all(dst.has_chunks(ids)), f"{p.id} names a chunk the kill lost"
-        if proc.returncode == -signal.SIGKILL and 0 < len(visible) < total:
+        visible = assert_whole(dst)
+        if returncode == -signal.SIGKILL and 0 < len(visible) < total:
             killed_midway += 1  # between two points at least once
         dst.close()
     assert killed_midway, "every copy finished before its kill: nothing was tested"

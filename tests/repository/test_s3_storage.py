@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -177,15 +176,6 @@ def test_missing_bucket_is_named(rgw: Rgw, s3_storage: S3Storage) -> None:
     with pytest.raises(RepositoryError, match="bucket no-such-bucket-here does not exist at"):
         s.check_bucket()
     s3_storage.check_bucket()  # one that exists
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts connections (the kernel's backlog) and never answers."""
-    with socket.socket() as srv:
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(16)
-        yield srv.getsockname()[1]
 
 
 def test_endpoint_that_never_answers_times_out_clearly(rgw: Rgw, silent_port: int) -> None:

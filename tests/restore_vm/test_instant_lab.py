@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,36 @@ def _processes_under(*paths: Path) -> list[str]:
     return found
 
 
+def _free_ports(n: int) -> int:
+    """A port P with P .. P+n-1 free now (the exports' metrics ports)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base: int = s.getsockname()[1]
+        if base + n >= 65536:
+            continue
+        try:
+            held = []
+            for p in range(base, base + n):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise AssertionError(f"no {n} consecutive free ports")
+
+
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    [value] = [ln.split()[-1] for ln in text.splitlines() if ln.split(" ")[0] == name]
+    return float(value)
+
+
 def _datastores(env: Env) -> list[str]:
     content = env.conn.content
     view = content.viewManager.CreateContainerView(content.rootFolder, [vim.Datastore], True)
@@ -196,18 +228,30 @@ def test_instant_migrate_now_lands_the_point_byte_for_byte(
 def test_a_guest_write_before_the_migration_is_kept(
     env: Env, export_dir: Path, tmp_path: Path
 ) -> None:
-    run = Instant(env, "instant-write", export_dir)
+    base = _free_ports(len(env.plain.capacities))
+    run = Instant(env, "instant-write", export_dir, "--metrics-port", str(base))
     vm = run.running_vm()
     key = min(d.key for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk))
     flat = _flat_on_export(vm, key)
     assert mounted(flat)  # nbdfuse serves it
+    first = f"http://127.0.0.1:{base}/metrics"  # the first disk's export
+    assert f"metrics: {first}" in run.stderr()
+    served = _metric(first, "vmbackup_export_read_bytes_total")
     with DiskWriter(flat) as w:  # the guest's I/O path: through NFS into the export
         w.pwrite(GUEST_WRITE[1], GUEST_WRITE[0])
         assert w.pread(len(GUEST_WRITE[1]), GUEST_WRITE[0]) == GUEST_WRITE[1]
+    with open(flat, "rb") as fh:  # a region nothing read yet: the page cache has none of it
+        fh.seek(os.path.getsize(flat) // 2)
+        assert len(fh.read(65536)) == 65536
+    assert _metric(first, "vmbackup_export_open") == 1
+    assert _metric(first, "vmbackup_export_read_bytes_total") >= served + 65536
     run.proc.send_signal(signal.SIGUSR1)  # migrate now
     rc, doc = run.finish()
     assert rc == 0, run.stderr()
     _check_moved(env, doc, tmp_path, GUEST_WRITE)
+    assert doc["result"]["metrics"] == [
+        f"http://127.0.0.1:{base + n}/metrics" for n in range(len(env.plain.capacities))
+    ]
     _assert_nothing_left(env, export_dir)
     # the repository never saw the write: the point restores as it was backed up
     out = tmp_path / "again.raw"

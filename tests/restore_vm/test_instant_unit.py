@@ -31,6 +31,7 @@ def _args(**kw: object) -> argparse.Namespace:
         "transport": None,  # the option's default (http)
         "keep_failed": False,
         "in_place": False,
+        "metrics_port": 0,
     }
     return argparse.Namespace(**{**base, **kw})
 
@@ -43,3 +44,6 @@ def test_usage_problems() -> None:
     assert "--keep-failed" in usage_problem(_args(instant=True, keep_failed=True))
     assert usage_problem(_args(instant=True, transport="http")) == ""
     assert "--in-place" in usage_problem(_args(instant=True, in_place=True))
+    assert usage_problem(_args(metrics_port=9300)) == "--metrics-port needs --instant"
+    assert usage_problem(_args(instant=True, metrics_port=9300)) == ""
+    assert "not a port" in usage_problem(_args(instant=True, metrics_port=70000))

@@ -21,7 +21,9 @@ from repository.errors import (
 from repository.gc import gc
 from repository.import_disk import import_disk
 from repository.local_storage import LocalDirectoryStorage
+from repository.pack_index_file import Location
 from repository.prune import KeepPolicy, prune
+from repository.repair import repair
 from repository.repository import Repository
 from repository.restore import restore_disk
 from repository.s3_pack_store import S3PackStore
@@ -212,3 +214,76 @@ def test_bad_locations_and_second_init_refused(s3repo: S3Repo, tmp_path: Path) -
         "not empty" in str(x) or "another `repo init`" in str(x) for x in results if x != "won"
     )
     Repository.open(url, "pw", s3_config=s3repo.config, cache_dir=tmp_path / "c9")
+
+
+def _rot(s3repo: S3Repo, loc: Location) -> bytes:
+    """Flip a bit inside a blob of a pack object on the bucket; the pack's bytes before."""
+    key = f"repo/packs/{loc.pack.hex()[:2]}/{loc.pack.hex()}"
+    before = s3repo.bucket.read(key)
+    data = bytearray(before)
+    data[loc.offset + 40] ^= 0x01
+    s3repo.bucket.write(key, [bytes(data)])
+    return before
+
+
+def _point_with_a_victim(
+    s3repo: S3Repo, tmp_path: Path
+) -> tuple[Repository, bytes, str, bytes, Location]:
+    """A repository with one point of four random chunks: (repo, the image, the point,
+    the id of its third chunk, where that chunk is)."""
+    repo = _init(s3repo)
+    blocks: list[bytes | None] = [rand() for _ in range(4)]
+    img = disk_image(tmp_path / "d.img", blocks)
+    point = import_disk(repo, "vm", 2000, tmp_path / "d.img", workers=0).point_id
+    victim = repo.chunk_id(blocks[2])  # type: ignore[arg-type]
+    [loc] = repo.chunks.locations(victim)
+    return repo, img, point, victim, loc
+
+
+def test_a_damaged_blob_is_quarantined_and_the_next_backup_heals_it(
+    s3repo: S3Repo, tmp_path: Path
+) -> None:
+    repo, img, point, victim, loc = _point_with_a_victim(s3repo, tmp_path)
+    _rot(s3repo, loc)
+    other = Repository.open(s3repo.url, s3_config=s3repo.config, cache_dir=s3repo.cache("two"))
+    assert other.chunks.exists(victim)  # another process, before verify
+    report = verify(repo)
+    bad = [p for p in report.problems if p.kind == "bad-chunk"]
+    assert len(bad) == 1 and victim.hex() in bad[0].obj, report.problems
+    assert any(p.kind == "damaged-point" and point in p.obj for p in report.problems)
+    assert report.quarantined == [victim.hex()]
+    # the copy and its record are objects; the index objects are as they were written
+    assert s3repo.bucket.exists(f"repo/quarantine/{victim.hex()[:3]}/{victim.hex()}.json")
+    with pytest.raises(RepositoryError, match="quarantined as damaged"):
+        restore_disk(repo, point, 2000, tmp_path / "out.img")
+    assert not repo.chunks.exists(victim)  # a have-query answers "absent"
+    other.chunks.index.refresh(force=True)  # its next sync of the index
+    assert not other.chunks.exists(victim)
+    assert [cid for cid, _ in other.chunks.iter_ids()].count(victim) == 0
+    # the next backup of the same data stores a good copy: every point restores again
+    again = import_disk(other, "vm", 2000, tmp_path / "d.img", workers=0)
+    assert again.new_chunks == 1
+    restore_disk(repo, point, 2000, tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == img
+    assert verify(repo).problems == []
+    fixed = repair(repo)
+    assert fixed.healed == [victim.hex()] and fixed.damaged == []
+    other.close()
+
+
+def test_a_read_error_quarantined_on_s3_is_put_back_by_repair(
+    s3repo: S3Repo, tmp_path: Path
+) -> None:
+    repo, img, point, victim, loc = _point_with_a_victim(s3repo, tmp_path)
+    good = _rot(s3repo, loc)
+    assert verify(repo).quarantined == [victim.hex()]
+    # it was the read, not the bytes: the pack reads good again, and so does the copy
+    s3repo.bucket.write(f"repo/packs/{loc.pack.hex()[:2]}/{loc.pack.hex()}", [good])
+    copy = f"repo/quarantine/{victim.hex()[:3]}/{victim.hex()}"
+    s3repo.bucket.write(copy, [good[loc.offset : loc.offset + loc.length]])
+    fixed = repair(repo)
+    assert fixed.put_back == [victim.hex()] and fixed.damaged == []
+    assert repo.chunks.locations(victim) == [loc]
+    restore_disk(repo, point, 2000, tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == img
+    assert not s3repo.bucket.exists(copy)
