@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ssl
 import sys
+from pathlib import Path
 
 from pyVmomi import vim
 
@@ -17,9 +19,11 @@ from coordinator.restore.rollback_cli import add_in_place_arguments, in_place_us
 from coordinator.vcenter import (
     Connection,
 )
+from export.nbdkit_server import ExportSpec
 from repository.errors import RepositoryError
-from repository.repo_location import local_only
+from repository.repo_location import is_s3
 from repository.repository import Repository
+from repository_writer.settings import RepositorySettings
 
 EXAMPLES = """\
 examples:
@@ -33,11 +37,20 @@ examples:
   vmbackup restore-vm --in-place --point ID -c site.toml --vm web1 --yes --power-on --json
 """
 
-RESTORE_VM_FROM_S3 = (
-    "restore its disks with `vmbackup restore --repo URL --s3-config FILE`, or copy the"
-    " point into a local repository (`vmbackup repo copy --from URL --s3-config FILE --to"
-    " DIR --vm VM`) and run restore-vm on that"
-)
+
+def export_source(repo_cfg: RepositorySettings, point_id: str) -> ExportSpec:
+    """What --instant's exports read: the repository as configured, its point. On S3
+    they share a cache of their own beside the command's (read-only: no open packs)."""
+    s3 = bool(repo_cfg.s3_config)
+    cache = Path(repo_cfg.cache_dir) / "restore-vm-exports" if s3 and repo_cfg.cache_dir else None
+    return ExportSpec(
+        repo=repo_cfg.path,
+        point=point_id,
+        disk=-1,  # each disk's export sets its own
+        passphrase=repo_cfg.passphrase.value if repo_cfg.passphrase else None,
+        s3_config=Path(repo_cfg.s3_config) if s3 else None,
+        cache_dir=cache,
+    )
 
 
 def register_restore_vm(sub: argparse._SubParsersAction) -> None:
@@ -143,10 +156,13 @@ def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
             f"no repository: give --repo or set repository.path in {args.config}", 2, "config"
         )
     passphrase = cfg.repository.passphrase.value if cfg.repository.passphrase else None
+    # on S3 with the config's s3_config and cache_dir (--repo may name another prefix)
+    repo_cfg = dataclasses.replace(cfg.repository, path=repo_path)
     try:
-        # no --s3-config here, and --instant hands the repository's path to its NBD servers
-        local_only(repo_path, "`restore-vm`", RESTORE_VM_FROM_S3)
-        repo = Repository.open(repo_path, passphrase)
+        if is_s3(repo_path):
+            repo = repo_cfg.open("restore-vm", read_only=True)
+        else:
+            repo = Repository.open(repo_path, passphrase)
         # bad point: fail before touching vCenter
         point = repo.get_point(point_id) if args.in_place else load_point(repo, point_id)[0]
     except RepositoryError as exc:
@@ -169,7 +185,7 @@ def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
         return run_in_place(args, cfg, conn, repo, point_id)
     if args.instant:
         try:
-            return run_instant(args, conn, repo, repo_path, passphrase)
+            return run_instant(args, conn, repo, export_source(repo_cfg, point_id))
         finally:
             conn.close()
     nbd_target = None

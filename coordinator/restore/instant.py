@@ -14,6 +14,7 @@ unregistered (its files are the export's), the datastore unmounted, the exports 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ from coordinator.restore.recreate import TASK_TIMEOUT_S, check_free_name, load_p
 from coordinator.restore.spec import SpecPlan, build_spec
 from coordinator.restore.target import Target, find_target
 from coordinator.vcenter import Connection, VCenterError
+from export.nbdkit_server import ExportSpec
 from repository.interfaces import PointSource
 
 log = get_logger(__name__)
@@ -95,9 +97,7 @@ class InstantSession:
         cls,
         conn: Connection,
         repo: PointSource,
-        repo_path: Path,
-        passphrase: str | None,
-        point_id: str,
+        source: ExportSpec,
         *,
         datastore: str,
         name: str = "",
@@ -110,7 +110,9 @@ class InstantSession:
     ) -> InstantSession:
         """Serve the point's disks from exports, register the VM on them and power it on.
         ``metrics_port``: the first disk's export serves /metrics there, the next disk's
-        on the port after it (one nbdkit per disk); 0 = none."""
+        on the port after it (one nbdkit per disk); 0 = none. ``source``: the exports'
+        repository (a directory or s3://, with its passphrase and S3 settings) and point."""
+        point_id = source.point
         point, cfg = load_point(repo, point_id)
         name = name or cfg.name or point.vm_name
         if not name:
@@ -132,8 +134,7 @@ class InstantSession:
         self = cls(conn, store, info)
         try:
             self._start(
-                repo_path,
-                passphrase,
+                dataclasses.replace(source, point=point.id),
                 point,
                 cfg,
                 wanted,
@@ -153,8 +154,7 @@ class InstantSession:
 
     def _start(
         self,
-        repo_path: Path,
-        passphrase: str | None,
+        source: ExportSpec,
         point: Any,
         cfg: Any,
         wanted: list[Any],
@@ -173,9 +173,7 @@ class InstantSession:
         for n, dp in enumerate(wanted):
             step()
             port = metrics_port + n if metrics_port else 0
-            sd = self.store.serve_disk(
-                repo_path, passphrase, point.id, dp.saved_key, dp.capacity, vm_dir, port
-            )
+            sd = self.store.serve_disk(source, dp.saved_key, dp.capacity, vm_dir, port)
             served[dp.saved_key] = sd
             if port:
                 self.info.metrics.append(f"http://127.0.0.1:{port}/metrics")

@@ -31,6 +31,7 @@ from common.command_result import CommandResult
 from coordinator.restore.errors import RestoreVmError
 from coordinator.restore.instant import Cancelled, InstantSession, MigrationError
 from coordinator.vcenter import Connection, VCenterError
+from export.nbdkit_server import ExportSpec
 from repository.errors import RepositoryError
 from repository.interfaces import PointSource
 
@@ -100,9 +101,9 @@ def run_instant(
     args: argparse.Namespace,
     conn: Connection,
     repo: PointSource,
-    repo_path: str,
-    passphrase: str | None,
+    source: ExportSpec,
 ) -> CommandResult:
+    """``source``: what the exports read (repository, passphrase, S3 settings, point)."""
     stop: list[int] = []
     migrate_now: list[int] = [1] if args.migrate else []
 
@@ -115,7 +116,7 @@ def run_instant(
     handlers = {signal.SIGINT: on_stop, signal.SIGTERM: on_stop, signal.SIGUSR1: on_migrate}
     old = {s: signal.signal(s, h) for s, h in handlers.items()}
     try:
-        return _serve(args, conn, repo, repo_path, passphrase, stop, migrate_now)
+        return _serve(args, conn, repo, source, stop, migrate_now)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -125,8 +126,7 @@ def _serve(
     args: argparse.Namespace,
     conn: Connection,
     repo: PointSource,
-    repo_path: str,
-    passphrase: str | None,
+    source: ExportSpec,
     stop: list[int],
     migrate_now: list[int],
 ) -> CommandResult:
@@ -135,9 +135,7 @@ def _serve(
         session = InstantSession.start(
             conn,
             repo,
-            Path(repo_path),
-            passphrase,
-            args.point,
+            source,
             datastore=args.datastore,
             name=args.name,
             host=args.host,

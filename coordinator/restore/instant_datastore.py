@@ -22,6 +22,7 @@ has at most 107 bytes), removed with it.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import shutil
 import tempfile
@@ -88,23 +89,20 @@ class ExportDatastore:
 
     def serve_disk(
         self,
-        repo: Path,
-        passphrase: str | None,
-        point_id: str,
+        source: ExportSpec,
         key: int,
         capacity: int,
         vm_dir: str,
         metrics_port: int = 0,
     ) -> ServedDisk:
-        """Start the writable export of disk ``key`` and mount it as its flat file;
-        its /metrics on 127.0.0.1:``metrics_port`` unless 0."""
+        """Start the writable export of disk ``key`` of ``source``'s point (its
+        repository, passphrase and S3 settings) and mount it as its flat file; its
+        /metrics on 127.0.0.1:``metrics_port`` unless 0."""
         (self.root / vm_dir).mkdir(exist_ok=True)
         socket = self.sockets / f"disk-{key}.sock"
-        spec = ExportSpec(
-            repo=repo,
-            point=point_id,
+        spec = dataclasses.replace(
+            source,
             disk=key,
-            passphrase=passphrase,
             writable=True,
             socket=socket,
             overlay_dir=self.workdir / "run",

@@ -37,7 +37,9 @@ class Instant:
 
     running: list[Instant] = []
 
-    def __init__(self, env: Env, name: str, export_dir: Path, *extra: str) -> None:
+    def __init__(
+        self, env: Env, name: str, export_dir: Path, *extra: str, config: Path | None = None
+    ) -> None:
         self.env, self.name, self.export_dir = env, name, export_dir
         self.out, self.err = export_dir.parent / f"{name}.out", export_dir.parent / f"{name}.err"
         argv = [
@@ -47,7 +49,7 @@ class Instant:
             "restore-vm",
             env.plain.point_id,
             "--config",
-            str(env.config),
+            str(config or env.config),
             "--to",
             "lab",
             "--datastore",

@@ -1,6 +1,7 @@
 """The commands taking --repo that test_s3_cli.py does not run, on a repository at
 s3://BUCKET/PREFIX of the lab's real RGW: each works there, or refuses naming why and
-what to do instead (`repo upgrade`: S3 is always packs; `restore-vm`: local only)."""
+what to do instead (`repo upgrade`: S3 is always packs). restore-vm on S3:
+tests/restore_vm/test_restore_vm_s3.py."""
 
 from __future__ import annotations
 
@@ -17,20 +18,8 @@ from tests.s3repo.conftest import S3Repo, disk_image, rand
 from tests.s3repo.test_s3_copy import s3_init
 from vmbackup.cli import main
 
-RESTORE_VM_CONFIG = """\
-[broker]
-url = "amqp://guest@127.0.0.1:5672/%2F"
-password = { env = "HOME" }
 
-[[vcenters]]
-name = "vc1"
-url = "https://127.0.0.1:1/sdk"
-user = "u"
-password = { env = "HOME" }
-"""
-
-
-def test_jobs_repair_id_key_work_and_upgrade_restore_vm_refuse(
+def test_jobs_repair_id_key_work_and_upgrade_refuses(
     s3repo: S3Repo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     repo = s3_init(s3repo.url, s3repo.config, s3repo.cache())
@@ -60,10 +49,3 @@ def test_jobs_repair_id_key_work_and_upgrade_restore_vm_refuse(
     for call in (upgrade, upgrade_to_packs):  # the library says the same
         with pytest.raises(ValueError, match="nothing to upgrade"):
             call(s3repo.url)
-
-    cfg = tmp_path / "site.toml"  # restore-vm reads its config before the repository
-    cfg.write_text(RESTORE_VM_CONFIG)
-    code, out = run("restore-vm", "x", "-c", str(cfg), "--repo", s3repo.url, "--to", "vc1",
-                    "--datastore", "ds1", "--json")  # fmt: skip
-    assert code == 1 and "`restore-vm` is for a local repository" in out, out
-    assert "vmbackup repo copy --from URL" in out
