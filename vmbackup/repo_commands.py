@@ -16,13 +16,14 @@ import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.command_result import CommandResult
 from repository.errors import InvalidRequestError, RepositoryError
 from repository.repo_location import is_s3, parse_location
-from repository.s3_object_lock import LockPolicy
-from repository.s3_repo_storage import S3RepoStorage
+
+if TYPE_CHECKING:  # botocore is imported by the commands that reach S3, not by --help
+    from repository.s3_object_lock import LockPolicy
 
 PASSPHRASE_ENV = "VMBACKUP_PASSPHRASE"
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(i?b)?", re.IGNORECASE)
@@ -59,6 +60,8 @@ def _repo_passphrase(args: argparse.Namespace) -> str | None:
     """The passphrase when the config says the repository is encrypted (else no prompt)."""
     try:
         if is_s3(args.repo):
+            from repository.s3_repo_storage import S3RepoStorage
+
             loc = parse_location(args.repo, getattr(args, "s3_config", None))
             assert loc.s3 is not None
             raw = S3RepoStorage(loc.s3).read("config")
@@ -166,6 +169,8 @@ def _lock_policy(args: argparse.Namespace) -> LockPolicy | None:
     days = args.object_lock_days if args.object_lock_days is not None else 30
     if days < 1:
         raise InvalidRequestError(f"--object-lock-days {days}: at least 1")
+    from repository.s3_object_lock import LockPolicy
+
     return LockPolicy(args.object_lock, days * 86400)
 
 
