@@ -23,7 +23,6 @@ from export.nbdkit_server import ExportSpec
 from repository.errors import RepositoryError
 from repository.repo_location import is_s3
 from repository.repository import Repository
-from repository_writer.settings import RepositorySettings
 
 EXAMPLES = """\
 examples:
@@ -38,17 +37,19 @@ examples:
 """
 
 
-def export_source(repo_cfg: RepositorySettings, point_id: str) -> ExportSpec:
-    """What --instant's exports read: the repository as configured, its point. On S3
-    they share a cache of their own beside the command's (read-only: no open packs)."""
-    s3 = bool(repo_cfg.s3_config)
-    cache = Path(repo_cfg.cache_dir) / "restore-vm-exports" if s3 and repo_cfg.cache_dir else None
+def export_source(
+    path: str, passphrase: str | None, s3_config: str, cache_dir: str, point_id: str
+) -> ExportSpec:
+    """What --instant's exports read: the repository as configured (``s3_config`` and
+    ``cache_dir`` "" when not on S3), its point. On S3 they share a cache of their own
+    beside the command's (read-only: no open packs)."""
+    cache = Path(cache_dir) / "restore-vm-exports" if s3_config and cache_dir else None
     return ExportSpec(
-        repo=repo_cfg.path,
+        repo=path,
         point=point_id,
         disk=-1,  # each disk's export sets its own
-        passphrase=repo_cfg.passphrase.value if repo_cfg.passphrase else None,
-        s3_config=Path(repo_cfg.s3_config) if s3 else None,
+        passphrase=passphrase,
+        s3_config=Path(s3_config) if s3_config else None,
         cache_dir=cache,
     )
 
@@ -185,7 +186,10 @@ def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
         return run_in_place(args, cfg, conn, repo, point_id)
     if args.instant:
         try:
-            return run_instant(args, conn, repo, export_source(repo_cfg, point_id))
+            source = export_source(
+                repo_path, passphrase, repo_cfg.s3_config, repo_cfg.cache_dir, point_id
+            )
+            return run_instant(args, conn, repo, source)
         finally:
             conn.close()
     nbd_target = None
