@@ -47,24 +47,31 @@ def timed(fn: Callable[[], CopyResult]) -> tuple[float, float, CopyResult]:
     return time.perf_counter() - w, cpu() - c, res
 
 
+def source_repo(tmp: Path, mib: int, chunk_mib: int) -> Repository:
+    """A repository at ``tmp/a`` holding one disk of ``mib`` MiB, chunks alternately
+    random and base64 text (compressible), the same bytes every run; closed."""
+    cs = chunk_mib << 20
+    rnd = random.Random(3)
+    img = tmp / "disk.img"
+    with img.open("wb") as fh:
+        for i in range(mib // chunk_mib):
+            fh.write(base64.b64encode(rnd.randbytes(cs * 3 // 4)) if i % 2 else rnd.randbytes(cs))
+    src = Repository.init(tmp / "a", chunk_size=cs)
+    import_disk(src, "vm", 2000, img)
+    src.close()
+    img.unlink()
+    return src
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--mib", type=int, default=512, help="disk size in MiB")
     ap.add_argument("--chunk-mib", type=int, default=1)
     args = ap.parse_args()
     cs = args.chunk_mib << 20
-    rnd = random.Random(3)
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as d:
         tmp = Path(d)
-        img = tmp / "disk.img"
-        with img.open("wb") as fh:
-            for i in range(args.mib // args.chunk_mib):
-                fh.write(
-                    base64.b64encode(rnd.randbytes(cs * 3 // 4)) if i % 2 else rnd.randbytes(cs)
-                )
-        src = Repository.init(tmp / "a", chunk_size=cs)
-        import_disk(src, "vm", 2000, img)
-        img.unlink()
+        src = source_repo(tmp, args.mib, args.chunk_mib)
         every = CopyFilter()
 
         def target(name: str, passphrase: str | None = None) -> Repository:

@@ -23,9 +23,7 @@ running); each bucket is removed after the run.
 from __future__ import annotations
 
 import argparse
-import base64
 import os
-import random
 import resource
 import tempfile
 import time
@@ -34,12 +32,12 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.repo_copy import source_repo
 from lab import ceph_rgw
 from repository import copy
 from repository.copy import copy_points
 from repository.copy_result import CopyResult
 from repository.copy_selection import CopyFilter
-from repository.import_disk import import_disk
 from repository.repository import Repository
 from repository.s3_config import S3Location
 from repository.s3_storage import S3Storage
@@ -82,7 +80,6 @@ def main() -> None:
     args = ap.parse_args()
     info = ceph_rgw.start(args.data_dir)
     cs = args.chunk_mib * MiB
-    rnd = random.Random(3)
     buckets: list[S3Storage] = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as d:
         tmp = Path(d)
@@ -104,16 +101,7 @@ def main() -> None:
             buckets.append(s)
             return f"s3://{loc.bucket}/repo"
 
-        img = tmp / "disk.img"
-        with img.open("wb") as fh:
-            for i in range(args.mib // args.chunk_mib):
-                fh.write(
-                    base64.b64encode(rnd.randbytes(cs * 3 // 4)) if i % 2 else rnd.randbytes(cs)
-                )
-        src = Repository.init(tmp / "a", chunk_size=cs)
-        import_disk(src, "vm", 2000, img)
-        src.close()
-        img.unlink()
+        source_repo(tmp, args.mib, args.chunk_mib)  # at tmp/a
         s3_b, s3_c = bucket(), bucket()
 
         def new(where: str) -> Repository:
