@@ -27,6 +27,7 @@ from repository.storage import Storage
 PREFIX = "holds"
 REFRESH = 60.0  # seconds between refreshes of a live hold
 STALE = 15 * 60.0  # a hold not refreshed for this long: its holder is gone
+RELEASE_WAIT = 10.0  # seconds release waits for a refresh in flight (a slow storage)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,11 @@ class Hold:
 
     def release(self) -> None:
         self._stop.set()
+        # a refresh half-way (its touch found nothing, its write not yet done) would
+        # bring the hold back after the delete: let it finish first
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=RELEASE_WAIT)
         self.storage.delete(self.name)
 
     def __enter__(self) -> Hold:
