@@ -196,6 +196,7 @@ class LockedS3Storage(S3RepoStorage):
             lambda: self._client.copy_object(
                 Bucket=self.loc.bucket,
                 Key=key,
+                # the stubs type CopySource as a dict; botocore takes "bucket/key?versionId="
                 CopySource=source,  # type: ignore[arg-type]
                 **self._put_args(name),
             ),
@@ -243,6 +244,7 @@ class LockedS3Storage(S3RepoStorage):
         key = self.key(name)
         kw = {"VersionId": version_id} if version_id else {}
         resp = self._call(
+            # the stubs cannot type **kw (VersionId or nothing): a real HEAD on RGW in the tests
             lambda: self._client.head_object(Bucket=self.loc.bucket, Key=key, **kw),  # type: ignore[arg-type]
             "stat",
             name,

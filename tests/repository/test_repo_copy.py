@@ -197,7 +197,7 @@ def test_a_chunk_damaged_in_the_source_fails_its_points_only(tmp_path: Path) -> 
     web, db = sorted(src.points(), key=lambda p: p.vm_name != "web")
     db_ids = {c for _, c in src.load_map(db, 2000).iter_ids()}
     cid = next(c for _, c in src.load_map(web, 2000).iter_ids() if c not in db_ids)
-    flip_bit(src.chunks.path_of(cid), 40)  # type: ignore[union-attr]
+    flip_bit(src.chunks.path_of(cid), 40)  # type: ignore[union-attr]  # a chunk-file repo
     dst = new_repo(tmp_path / "b")
     r = copy_points(src, dst, EVERY)
     assert [f.id for f in r.failed] == [web.id]
@@ -219,7 +219,7 @@ def test_a_chunk_the_target_quarantined_is_sent_again(tmp_path: Path) -> None:
     copy_points(src, dst, EVERY)
     p = dst.points()[0]
     cid = next(c for _, c in dst.load_map(p, 2000).iter_ids())
-    flip_bit(dst.chunks.path_of(cid), 40)  # type: ignore[union-attr]
+    flip_bit(dst.chunks.path_of(cid), 40)  # type: ignore[union-attr]  # a chunk-file repo
     assert copy_points(src, dst, EVERY).stats.chunks_sent == 0  # not noticed: trusted
     report = verify(dst)
     assert report.quarantined == [cid.hex()]
@@ -336,7 +336,7 @@ def test_a_damaged_chunk_leaves_the_rest_of_its_batch_to_the_next_point(tmp_path
     kept = {c for _, c in src.load_map(second, 2000).iter_ids()}
     index, cid = next((i, c) for i, c in src.load_map(first, 2000).iter_ids() if c not in kept)
     assert index > 0  # chunks before it in the batch, named by the second point too
-    flip_bit(src.chunks.path_of(cid), 40)  # type: ignore[union-attr]
+    flip_bit(src.chunks.path_of(cid), 40)  # type: ignore[union-attr]  # a chunk-file repo
     dst = new_repo(tmp_path / "b")
     r = copy_points(src, dst, EVERY)
     assert [f.id for f in r.failed] == [first.id] and [c.id for c in r.copied] == [second.id]

@@ -43,6 +43,7 @@ def _s3_config(env: Env, s3: S3Repo, tmp: Path) -> Path:
 
 def test_restore_vm_and_instant_from_a_repository_on_s3(
     env: Env,
+    # F811: the fixture imported above is the parameter pytest fills in
     s3repo: S3Repo,  # noqa: F811
     export_dir: Path,
     tmp_path: Path,

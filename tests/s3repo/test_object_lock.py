@@ -68,6 +68,7 @@ def _init(r: S3Repo, **kw: object) -> Repository:
         s3_config=r.config,
         cache_dir=r.cache(),
         object_lock=POLICY,
+        # a dict of mixed values for Repository.init's keywords: mypy cannot type it
         **(args | kw),  # type: ignore[arg-type]
     )
 
@@ -78,6 +79,7 @@ def _open(r: S3Repo, cache: str) -> Repository:
 
 def _until(r: S3Repo, key: str, version: str | None = None) -> float | None:
     kw = {"VersionId": version} if version else {}
+    # a real HEAD on RGW; the stubs cannot type **kw (VersionId or nothing)
     head = r.bucket._client.head_object(Bucket=r.bucket.loc.bucket, Key=key, **kw)  # type: ignore[arg-type]
     u = head.get("ObjectLockRetainUntilDate")
     return u.timestamp() if u else None

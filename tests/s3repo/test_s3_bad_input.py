@@ -130,6 +130,8 @@ def test_the_coordinators_copy_into_a_full_bucket_is_in_its_report(
     src = full_target(s3repo, rgw, tmp_path)
     copy = CopySettings(to=s3repo.url, s3_config=str(s3repo.config), cache_dir=str(s3repo.cache()))
     policy = PolicySettings(name="gold", copy=copy)
+    # the real runtime needs vCenter and the broker; copy_after_job reads only the source
+    # repository of it (real, on RGW); tests/coordinator/test_copy_lab.py runs the real one
     runtime = SimpleNamespace(history=SimpleNamespace(repo=src))  # all the copy reads of it
     out = copy_after_job(runtime, policy)  # type: ignore[arg-type]
     assert out is not None and "no space left on device" in out.error, out

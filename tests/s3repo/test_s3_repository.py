@@ -235,6 +235,7 @@ def _point_with_a_victim(
     blocks: list[bytes | None] = [rand() for _ in range(4)]
     img = disk_image(tmp_path / "d.img", blocks)
     point = import_disk(repo, "vm", 2000, tmp_path / "d.img", workers=0).point_id
+    # blocks holds no None here (random chunks only): a list[bytes | None] for disk_image
     victim = repo.chunk_id(blocks[2])  # type: ignore[arg-type]
     [loc] = repo.chunks.locations(victim)
     return repo, img, point, victim, loc
