@@ -15,8 +15,9 @@ Object Lock needs versioning, which changes two storage guarantees (storage.py):
 - ``create``: RGW 16 ignores ``If-None-Match: *`` on a versioned bucket (verified: a
   second create succeeds). Here the first version wins instead: PUT, then list the
   key's versions; the creator whose version is the oldest since the last delete marker
-  made it, a loser removes its own version (never locked: retention comes after the
-  win) and returns False.
+  (by time, ties by id) made it, once a second listing a settle time later agrees; a
+  loser removes its own version (never locked: retention comes after the win) and
+  returns False.
 - ``delete``: a plain DELETE only adds a delete marker. Here every version of the key is
   deleted by its id; a version still locked stays (S3 answers 403), hidden by a delete
   marker, and is recorded in ``kept`` with its retain-until for the caller's report
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
     from repository.s3_config import S3Location
 
 LOCKED_TOP = ("keys", "packs", "index", "points")
+# seconds a create waits to see rivals whose versions were stamped before its own but
+# listed after (milliseconds on RGW; create is rare: init, keys, the gc lock)
+CREATE_SETTLE = 1.0
 Mode = Literal["COMPLIANCE", "GOVERNANCE"]
 
 
@@ -171,22 +175,32 @@ class LockedS3Storage(S3RepoStorage):
             name,
         )
         mine = resp.get("VersionId")
+        if mine is None:
+            raise RepositoryError(
+                f"cannot create {self.location(name)}: the bucket keeps no versions of it"
+                " (Object Lock needs a versioned bucket)"
+            )
+        # RGW stamps a version's time before the version shows in the listing, so a
+        # creator can list before an older rival shows: the win counts only when a
+        # second listing, after that lag, still finds ours the first.
+        for settle in (0.0, CREATE_SETTLE):
+            time.sleep(settle)
+            if self._first_version(name) != mine:  # another's came first: take ours back
+                self.delete_version(name, mine)
+                return False
+        if locked_name(name):
+            self.set_retention(name, mine, self.policy.until(time.time()))
+        return True
+
+    def _first_version(self, name: str) -> str | None:
+        """The id of the oldest version of ``name`` since its last delete marker (ties
+        in time by id, so every creator picks the same one)."""
         live: list[Version] = []
         for v in self.versions(name):  # newest first
             if v.marker:
                 break
             live.append(v)
-        if mine is None or not live:
-            raise RepositoryError(
-                f"cannot create {self.location(name)}: the bucket keeps no versions of it"
-                " (Object Lock needs a versioned bucket)"
-            )
-        if live[-1].version_id != mine:  # another's came first: take ours back
-            self.delete_version(name, mine)
-            return False
-        if locked_name(name):
-            self.set_retention(name, mine, self.policy.until(time.time()))
-        return True
+        return min(live, key=lambda v: (v.mtime, v.version_id)).version_id if live else None
 
     def copy_version(self, name: str, version_id: str) -> None:
         """Make a copy of that version of ``name`` its current version (locked anew)."""
