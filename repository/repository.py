@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -51,12 +51,13 @@ from repository.points import (
 from repository.quarantine import Quarantine
 from repository.repo_location import RepoLocation, parse_location
 from repository.running import RunningMarkers
-from repository.s3_object_lock import LockPolicy
-from repository.s3_pack_store import S3PackStore
-from repository.s3_repo_open import s3_init, s3_open
-from repository.s3_repo_storage import S3RepoStorage
 from repository.staging import CommitStaging
 from repository.storage import Storage
+
+if TYPE_CHECKING:  # S3 modules load botocore: imported where a repository is on S3
+    from repository.s3_object_lock import LockPolicy
+    from repository.s3_pack_store import S3PackStore
+    from repository.s3_repo_storage import S3RepoStorage
 
 DEFAULT_CHUNK = repo_config.MiB
 DEFAULT_LEVEL = 3
@@ -103,6 +104,7 @@ class Repository:
         self.packed = config["version"] == repo_config.PACKS_VERSION
         sizes = blob.chunk_file_sizes(self.chunk_size)
         self.chunks: ChunkStore | PackStore
+        self._s3_chunks: S3PackStore | None = None
         if s3 is not None:
             if not self.packed:
                 raise RepositoryFormatError(
@@ -110,7 +112,9 @@ class Repository:
                     f" not supported on S3: only pack repositories (version"
                     f" {repo_config.PACKS_VERSION}, `repo init` without --chunk-files)"
                 )
-            self.chunks = S3PackStore(s3, path, sizes, config["pack_size"])
+            from repository.s3_pack_store import S3PackStore
+
+            self.chunks = self._s3_chunks = S3PackStore(s3, path, sizes, config["pack_size"])
         elif self.packed:
             self.chunks = PackStore(path, sizes, config["pack_size"], _unconverted(path, sizes))
         else:
@@ -137,7 +141,7 @@ class Repository:
 
     @property
     def on_s3(self) -> bool:
-        return isinstance(self.chunks, S3PackStore)
+        return self._s3_chunks is not None
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -164,6 +168,8 @@ class Repository:
         ``object_lock`` for a bucket with Object Lock (s3_object_lock.py)."""
         loc = parse_location(path, s3_config)
         if loc.s3 is not None:
+            from repository.s3_repo_open import s3_init
+
             return s3_init(
                 cls, loc, chunk_size, compression_level, passphrase, kdf_n, pack_size,
                 packs=packs, cache_dir=cache_dir, object_lock=object_lock,
@@ -215,6 +221,8 @@ class Repository:
         subdirectory ``cache_name`` when given (a service's own, beside others on a host)."""
         loc = parse_location(path, s3_config)
         if loc.s3 is not None:
+            from repository.s3_repo_open import s3_open
+
             return s3_open(
                 cls, loc, passphrase, read_only=read_only, cache_dir=cache_dir,
                 cache_name=cache_name,
@@ -393,13 +401,14 @@ class Repository:
         gc) before the point becomes visible, atomically. A repeated commit (a
         redelivery) returns the point it already made; staged entries it named are
         removed once it is committed."""
-        if not isinstance(self.chunks, S3PackStore):
+        s3 = self._s3_chunks
+        if s3 is None:
             return self.committer.commit(commit)
         # every chunk the maps name uploaded with its index before the point exists
-        self.chunks.flush()
+        s3.flush()
         deadline = time.monotonic() + self.commit_wait
         while True:
-            self.chunks.index.sync()  # other writers' packs of this backup
+            s3.index.sync()  # other writers' packs of this backup
             try:
                 return self.committer.commit(commit)
             except MissingChunkError:

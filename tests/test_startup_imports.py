@@ -1,0 +1,29 @@
+"""What a process loads at start: boto3 (~0.3 s to import) only where S3 is reached.
+
+Every role process, `vmbackup COMMAND` and the test suite's hundreds of subprocesses pay
+their imports at each start; a writer on a local directory or `vmbackup --help` must not
+pay for the S3 client it does not use (repository/s3_client.make_client imports it).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+S3_ONLY = ("boto3", "botocore.config", "s3transfer")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["vmbackup.cli", "repository_writer.service", "proxy_worker.service", "repository.gc"],
+)
+def test_starting_without_s3_loads_no_s3_client(entry: str) -> None:
+    probe = f"import sys, {entry}; print(' '.join(m for m in {S3_ONLY!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "", f"importing {entry} loads {out.stdout.strip()}"
