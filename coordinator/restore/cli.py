@@ -1,28 +1,12 @@
-"""``vmbackup restore-vm``: arguments, config, errors as exit codes."""
+"""``vmbackup restore-vm``: its arguments (whole VM, --instant, --in-place) and the checks
+on them; restore_vm_command.py runs it, imported when the command runs (pyVmomi and the
+restore modules are not every `vmbackup` process's start-up cost)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import ssl
-import sys
-from pathlib import Path
-
-from pyVmomi import vim
 
 from common.command_result import CommandResult
-from common.progress import Progress
-from coordinator.restore.errors import RestoreVmError
-from coordinator.restore.instant_cli import add_instant_args, run_instant, usage_problem
-from coordinator.restore.recreate import load_point, restore_vm
-from coordinator.restore.rollback_cli import add_in_place_arguments, in_place_usage, run_in_place
-from coordinator.vcenter import (
-    Connection,
-)
-from export.nbdkit_server import ExportSpec
-from repository.errors import RepositoryError
-from repository.repo_location import is_s3
-from repository.repository import Repository
 
 EXAMPLES = """\
 examples:
@@ -35,23 +19,6 @@ examples:
   vmbackup restore-vm --in-place --point ID -c site.toml             # roll the VM back
   vmbackup restore-vm --in-place --point ID -c site.toml --vm web1 --yes --power-on --json
 """
-
-
-def export_source(
-    path: str, passphrase: str | None, s3_config: str, cache_dir: str, point_id: str
-) -> ExportSpec:
-    """What --instant's exports read: the repository as configured (``s3_config`` and
-    ``cache_dir`` "" when not on S3), its point. On S3 they share a cache of their own
-    beside the command's (read-only: no open packs)."""
-    cache = Path(cache_dir) / "restore-vm-exports" if s3_config and cache_dir else None
-    return ExportSpec(
-        repo=path,
-        point=point_id,
-        disk=-1,  # each disk's export sets its own
-        passphrase=passphrase,
-        s3_config=Path(s3_config) if s3_config else None,
-        cache_dir=cache,
-    )
 
 
 def register_restore_vm(sub: argparse._SubParsersAction) -> None:
@@ -114,119 +81,120 @@ def register_restore_vm(sub: argparse._SubParsersAction) -> None:
     )
     add_instant_args(p)
     add_in_place_arguments(p)
-    p.set_defaults(func=cmd_restore_vm)
+    p.set_defaults(func=_cmd_restore_vm)
 
 
-def cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
-    from common.config import ConfigError
-    from common.logging import setup_logging
-    from coordinator.vcenter import VCenterError
+def _cmd_restore_vm(args: argparse.Namespace) -> CommandResult:
+    from coordinator.restore.restore_vm_command import cmd_restore_vm
 
-    def fail(msg: str, code: int = 1, cause: str = "refused") -> CommandResult:
-        return CommandResult.failed(code, msg, cause)
+    return cmd_restore_vm(args)
 
-    if args.upload_attempts < 1:
-        return fail("--upload-attempts must be at least 1", 2, "usage")
-    if args.point and args.point_opt and args.point != args.point_opt:
-        return fail(f"two points given: {args.point} and --point {args.point_opt}", 2, "usage")
-    point_id = args.point or args.point_opt
-    if not point_id:
-        return fail("give the restore point: POINT or --point POINT", 2, "usage")
-    misuse = in_place_usage(args)
-    if misuse:
-        return fail(misuse, 2, "usage")
-    args.point = point_id  # the instant path reads it there
-    if usage_problem(args):
-        return fail(usage_problem(args), 2, "usage")
-    try:
-        cfg = args.load_config(args.config)
-    except ConfigError as exc:  # one reason per problem, each naming file and key
-        return CommandResult(
-            2,
-            result={"errors": [{"key": p.key, "error": p.error} for p in exc.problems]},
-            reasons=str(exc).splitlines(),
-            cause="config",
+
+def add_instant_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("instant recovery (docs/restore.md, 'Instant VM recovery')")
+    g.add_argument(
+        "--instant",
+        action="store_true",
+        help="run the VM from the backup now (disks served from the repository through an"
+        " NFS datastore, writes kept in a throw-away overlay); serves until SIGINT/SIGTERM,"
+        " which removes the VM; --datastore is where --migrate moves it",
+    )
+    g.add_argument(
+        "--migrate",
+        action="store_true",
+        help="with --instant: once it runs, move it to --datastore while it runs"
+        " (RelocateVM_Task), then stop the export and exit; SIGUSR1 does the same later",
+    )
+    g.add_argument(
+        "--nfs-host",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address the ESXi host mounts the export's NFS share from (default 127.0.0.1:"
+        " the lab; on vSphere this machine's address, with an NFS server exporting"
+        " --export-dir)",
+    )
+    g.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="with --instant: each disk's export serves Prometheus /metrics on 127.0.0.1,"
+        " the first disk on PORT, the next on PORT+1, ... (default: none)",
+    )
+    g.add_argument(
+        "--export-dir",
+        default="",
+        metavar="DIR",
+        help="where the export's directory (datastore files, overlays) goes (default $TMPDIR)",
+    )
+
+
+def usage_problem(args: argparse.Namespace) -> str:
+    if args.migrate and not args.instant:
+        return "--migrate needs --instant"
+    if args.instant and args.in_place:
+        return (
+            "--instant and --in-place do not go together: one runs a new VM, the other rolls back"
         )
-    except ValueError as exc:
-        return fail(str(exc), 2, "config")
-    # The result (text or --json) is stdout; logs go to stderr.
-    setup_logging(cfg.log.level, cfg.log.format, role="restore-vm", stream=sys.stderr)
-    repo_path = args.repo or cfg.repository.path
-    if not repo_path:
-        return fail(
-            f"no repository: give --repo or set repository.path in {args.config}", 2, "config"
-        )
-    passphrase = cfg.repository.passphrase.value if cfg.repository.passphrase else None
-    # on S3 with the config's s3_config and cache_dir (--repo may name another prefix)
-    repo_cfg = dataclasses.replace(cfg.repository, path=repo_path)
-    try:
-        if is_s3(repo_path):
-            repo = repo_cfg.open("restore-vm", read_only=True)
-        else:
-            repo = Repository.open(repo_path, passphrase)
-        # bad point: fail before touching vCenter
-        point = repo.get_point(point_id) if args.in_place else load_point(repo, point_id)[0]
-    except RepositoryError as exc:
-        return fail(str(exc), cause="repository")
-    except RestoreVmError as exc:
-        return fail(str(exc))
-    to = args.to or point.vcenter  # --in-place: the point's vCenter by default
-    vcs = [vc for vc in cfg.vcenters if vc.name == to]
-    if not vcs:
-        names = ", ".join(vc.name for vc in cfg.vcenters) or "none"
-        return fail(f"no vCenter named {to!r} in {args.config} (configured: {names})", 2, "config")
-    try:
-        conn = Connection(vcs[0]).connect()
-    except (VCenterError, OSError) as exc:
-        cause = exc.__cause__ if isinstance(exc, VCenterError) else exc
-        down = isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError)
-        why = f"vCenter {to} {'unreachable' if down else 'refused us'}: {exc}"
-        return fail(why, cause="vcenter")
+    if args.metrics_port and not args.instant:
+        return "--metrics-port needs --instant"
+    if not 0 <= args.metrics_port < 65536:
+        return f"--metrics-port {args.metrics_port}: not a port (1..65535)"
+    if args.instant and (args.transport not in (None, "http") or args.keep_failed):
+        return "--instant copies nothing: --transport and --keep-failed do not apply"
+    return ""
+
+
+def add_in_place_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("in-place rollback")
+    g.add_argument(
+        "--in-place",
+        action="store_true",
+        help="roll the point's existing VM back to it: power off, snapshot, ask CBT what"
+        " changed since the point, remove the snapshot, write those chunks from the point"
+        " through NBD (proxy.nbd); the whole disk when CBT cannot answer",
+    )
+    g.add_argument(
+        "--vm",
+        default="",
+        metavar="VM",
+        help="--in-place: the VM, by name or moref (default: the point's, by its uuid)",
+    )
+    g.add_argument(
+        "--yes",
+        action="store_true",
+        help="--in-place: do not ask before powering off and overwriting (without a"
+        " terminal the command refuses unless given)",
+    )
+    g.add_argument(
+        "--power-on", action="store_true", help="--in-place: power the VM on once rolled back"
+    )
+
+
+def in_place_usage(args: argparse.Namespace) -> str:
+    """What is wrong with the options for the mode asked ("" when nothing)."""
     if args.in_place:
-        return run_in_place(args, cfg, conn, repo, point_id)
-    if args.instant:
-        try:
-            source = export_source(
-                repo_path, passphrase, repo_cfg.s3_config, repo_cfg.cache_dir, point_id
+        given = [
+            ("--datastore", args.datastore),
+            ("--name", args.name),
+            ("--host", args.host),
+            ("--folder", args.folder),
+            ("--keep-failed", args.keep_failed),
+            ("--transport http", args.transport == "http"),
+        ]
+        bad = [opt for opt, v in given if v]
+        if bad:
+            return (
+                f"{', '.join(bad)}: not with --in-place, which writes the VM's own disks"
+                " through NBD (proxy.nbd)"
             )
-            return run_instant(args, conn, repo, source)
-        finally:
-            conn.close()
-    nbd_target = None
-    if args.transport == "nbd":
-        from coordinator.restore.nbd_write import NbdTarget
-
-        nbd_target = NbdTarget.from_config(cfg.proxy, vcs[0])
-    bars: dict[str, Progress] = {}  # a bar per disk, on the command's progress board
-
-    def progress(what: str, done: int, total: int) -> None:
-        if what not in bars:
-            bars[what] = args.progress.task(f"restore-vm {what}")
-        bars[what](done, total)
-
-    try:
-        res = restore_vm(
-            conn,
-            repo,
-            point_id,
-            datastore=args.datastore,
-            name=args.name,
-            host=args.host,
-            folder=args.folder,
-            keep_failed=args.keep_failed,
-            upload_attempts=args.upload_attempts,
-            nbd=nbd_target,
-            progress=progress,
-        )
-    except (RestoreVmError, RepositoryError) as exc:
-        return fail(str(exc))
-    except VCenterError as exc:
-        return fail(str(exc), cause="vcenter")
-    except vim.fault.VimFault as exc:
-        why = f"vCenter refused: {type(exc).__name__}: {getattr(exc, 'msg', exc)}"
-        return fail(why, cause="vcenter")
-    finally:
-        conn.close()
-        if nbd_target is not None:
-            nbd_target.transport.close()  # its private copy of the password, if any
-    return CommandResult(0, text=res.to_text(), result=res.as_dict())
+        return ""
+    bad = [
+        o for o, v in (("--vm", args.vm), ("--yes", args.yes), ("--power-on", args.power_on)) if v
+    ]
+    if bad:
+        return f"{', '.join(bad)}: only with --in-place"
+    missing = [o for o, v in (("--to", args.to), ("--datastore", args.datastore)) if not v]
+    if missing:
+        return f"restore-vm needs {' and '.join(missing)} (or --in-place)"
+    return ""

@@ -38,61 +38,6 @@ from repository.interfaces import PointSource
 POLL_S = 0.2
 
 
-def add_instant_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("instant recovery (docs/restore.md, 'Instant VM recovery')")
-    g.add_argument(
-        "--instant",
-        action="store_true",
-        help="run the VM from the backup now (disks served from the repository through an"
-        " NFS datastore, writes kept in a throw-away overlay); serves until SIGINT/SIGTERM,"
-        " which removes the VM; --datastore is where --migrate moves it",
-    )
-    g.add_argument(
-        "--migrate",
-        action="store_true",
-        help="with --instant: once it runs, move it to --datastore while it runs"
-        " (RelocateVM_Task), then stop the export and exit; SIGUSR1 does the same later",
-    )
-    g.add_argument(
-        "--nfs-host",
-        default="127.0.0.1",
-        metavar="ADDR",
-        help="address the ESXi host mounts the export's NFS share from (default 127.0.0.1:"
-        " the lab; on vSphere this machine's address, with an NFS server exporting"
-        " --export-dir)",
-    )
-    g.add_argument(
-        "--metrics-port",
-        type=int,
-        default=0,
-        metavar="PORT",
-        help="with --instant: each disk's export serves Prometheus /metrics on 127.0.0.1,"
-        " the first disk on PORT, the next on PORT+1, ... (default: none)",
-    )
-    g.add_argument(
-        "--export-dir",
-        default="",
-        metavar="DIR",
-        help="where the export's directory (datastore files, overlays) goes (default $TMPDIR)",
-    )
-
-
-def usage_problem(args: argparse.Namespace) -> str:
-    if args.migrate and not args.instant:
-        return "--migrate needs --instant"
-    if args.instant and args.in_place:
-        return (
-            "--instant and --in-place do not go together: one runs a new VM, the other rolls back"
-        )
-    if args.metrics_port and not args.instant:
-        return "--metrics-port needs --instant"
-    if not 0 <= args.metrics_port < 65536:
-        return f"--metrics-port {args.metrics_port}: not a port (1..65535)"
-    if args.instant and (args.transport not in (None, "http") or args.keep_failed):
-        return "--instant copies nothing: --transport and --keep-failed do not apply"
-    return ""
-
-
 def _say(text: str) -> None:
     print(f"vmbackup: {text}", file=sys.stderr, flush=True)
 

@@ -1,6 +1,7 @@
-"""``restore-vm --in-place``: its options, the confirmation, errors as exit codes.
+"""``restore-vm --in-place``: the confirmation, the run, errors as exit codes.
 
-cli.py parses, loads the config, opens the repository and connects; this runs the rest.
+cli.py has its options; restore_vm_command.py loads the config, opens the repository and
+connects; this runs the rest.
 """
 
 from __future__ import annotations
@@ -20,61 +21,6 @@ from coordinator.restore.rollback_result import RollbackFailed
 from coordinator.vcenter import Connection, VCenterError
 from repository.errors import RepositoryError
 from repository.interfaces import PointSource
-
-
-def add_in_place_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("in-place rollback")
-    g.add_argument(
-        "--in-place",
-        action="store_true",
-        help="roll the point's existing VM back to it: power off, snapshot, ask CBT what"
-        " changed since the point, remove the snapshot, write those chunks from the point"
-        " through NBD (proxy.nbd); the whole disk when CBT cannot answer",
-    )
-    g.add_argument(
-        "--vm",
-        default="",
-        metavar="VM",
-        help="--in-place: the VM, by name or moref (default: the point's, by its uuid)",
-    )
-    g.add_argument(
-        "--yes",
-        action="store_true",
-        help="--in-place: do not ask before powering off and overwriting (without a"
-        " terminal the command refuses unless given)",
-    )
-    g.add_argument(
-        "--power-on", action="store_true", help="--in-place: power the VM on once rolled back"
-    )
-
-
-def in_place_usage(args: argparse.Namespace) -> str:
-    """What is wrong with the options for the mode asked ("" when nothing)."""
-    if args.in_place:
-        given = [
-            ("--datastore", args.datastore),
-            ("--name", args.name),
-            ("--host", args.host),
-            ("--folder", args.folder),
-            ("--keep-failed", args.keep_failed),
-            ("--transport http", args.transport == "http"),
-        ]
-        bad = [opt for opt, v in given if v]
-        if bad:
-            return (
-                f"{', '.join(bad)}: not with --in-place, which writes the VM's own disks"
-                " through NBD (proxy.nbd)"
-            )
-        return ""
-    bad = [
-        o for o, v in (("--vm", args.vm), ("--yes", args.yes), ("--power-on", args.power_on)) if v
-    ]
-    if bad:
-        return f"{', '.join(bad)}: only with --in-place"
-    missing = [o for o, v in (("--to", args.to), ("--datastore", args.datastore)) if not v]
-    if missing:
-        return f"restore-vm needs {' and '.join(missing)} (or --in-place)"
-    return ""
 
 
 def confirm(question: str, vm_name: str, stdin: TextIO, stderr: TextIO) -> bool | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from coordinator.restore.cli import usage_problem
 from coordinator.restore.instant import _dir_name
-from coordinator.restore.instant_cli import usage_problem
 from coordinator.restore.instant_datastore import descriptor
 
 

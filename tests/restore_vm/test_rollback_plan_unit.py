@@ -10,9 +10,9 @@ import pytest
 
 from coordinator.cbt import ALL_AREAS
 from coordinator.discovery import DiskInfo, VmInfo
-from coordinator.restore.cli import register_restore_vm
+from coordinator.restore.cli import in_place_usage, register_restore_vm
 from coordinator.restore.errors import RestoreVmError
-from coordinator.restore.rollback_cli import confirm, in_place_usage
+from coordinator.restore.rollback_cli import confirm
 from coordinator.restore.rollback_plan import (
     chunk_runs,
     find_vm,

@@ -239,7 +239,7 @@ def test_create_on_a_versioned_bucket_has_one_winner(lrepo: S3Repo) -> None:
     for round_ in range(4):
         wins: list[bytes] = []
 
-        def one(body: bytes) -> None:
+        def one(body: bytes, wins: list[bytes] = wins) -> None:
             if storage.create("locks/gc", [body]):
                 wins.append(body)
 
