@@ -6,8 +6,9 @@ restarted (memstore keeps what a clean stop wrote out); anything else (nothing t
 half bootstrap, a restart that fails) is wiped and bootstrapped from nothing, in about
 13 s. No ceph-mgr: S3 does not need one (so nothing here calls what goes through it,
 such as ``osd purge``). Daemons daemonize themselves and write pid files; ``stop``
-sends SIGTERM to each one whose pid file names a live process of that program, and
-waits (a clean stop is what makes memstore write its data out).
+sends SIGTERM to each one whose pid file names a live process of that program (in
+reverse start order, one at a time), and waits (a clean stop is what makes memstore
+write its data out).
 
 The S3 user's keys are made by ``radosgw-admin`` (a short-lived process: no key is ever
 on the command line of a daemon) and written to ``s3-credentials`` (mode 0600) in the
@@ -93,7 +94,17 @@ def _live_pid(paths: CephPaths, name: str, program: str) -> int | None:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
     except (OSError, ValueError):
         return None
-    return pid if program.startswith(comm) else None  # comm is cut at 15 characters
+    # comm is cut at 15 characters; an exited daemon's zombie is not its daemon
+    return pid if program.startswith(comm) and process_runs(pid) else None
+
+
+def process_runs(pid: int) -> bool:
+    """Not gone and not a zombie (an exited daemon waiting for its parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # the state follows "(comm)"
 
 
 def _state(paths: CephPaths) -> dict[str, object]:
@@ -141,20 +152,25 @@ def status(data_dir: Path = DEFAULT_DIR) -> RgwInfo:
 
 
 def stop(data_dir: Path = DEFAULT_DIR, timeout: float = 60) -> RgwInfo:
-    """SIGTERM to each daemon by its pid file (gateway first), then wait for them."""
+    """SIGTERM to each daemon by its pid file, one after the other in reverse start order
+    (gateway, OSD, monitor), each once the one before is gone: a gateway whose OSD is gone
+    hangs up to a minute, an OSD whose monitor is gone waits out
+    ``osd_mon_shutdown_timeout`` (5 s) to say it goes down, and a monitor that never heard
+    that waits for the OSD's heartbeat to time out at the next start (about 8 s more)."""
     paths = CephPaths(data_dir)
-    pids = [p for n, prog in reversed(DAEMONS) if (p := _live_pid(paths, n, prog)) is not None]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(Path(f"/proc/{p}").exists() for p in pids):
-        if time.monotonic() > deadline:
-            for pid in pids:  # a daemon that ignores SIGTERM this long is stuck
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.1)
+    for name, prog in reversed(DAEMONS):
+        pids = [p for p in [_live_pid(paths, name, prog)] if p is not None]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        while any(process_runs(p) for p in pids):
+            if time.monotonic() > deadline:
+                for pid in pids:  # a daemon that ignores SIGTERM this long is stuck
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.1)
     return _info(paths)
 
 
