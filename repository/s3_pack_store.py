@@ -7,30 +7,30 @@ appending to, so a committed point never names a chunk that is only in the cache
 commit costs at most one upload per open pack (one PUT of a partly filled pack).
 
 Finding chunks: the index cache is the cache directory's ``index/`` (the same mmap'd
-files as a local repository's index), one file per uploaded pack. ``refresh`` lists the
-bucket's ``index/`` (never ``packs/``) and downloads what the cache lacks and drops
-what the bucket no longer has, when ``refresh_interval`` has passed or a lookup that
-must not miss (a read, a commit's check) missed; other processes' open packs are never
-looked at (their chunks are not uploaded yet: storing a chunk twice is harmless, relying
-on one only in someone's cache is not). An empty or missing cache is rebuilt from the
-bucket on open. Reading a chunk is one ranged GET of its bytes in its pack object.
+files as a local repository's index, merged as they accumulate: s3_pack_index.py).
+``refresh`` lists the bucket's ``index/`` (never ``packs/``) and downloads what the
+cache lacks and drops what the bucket no longer has, when ``refresh_interval`` has
+passed or a lookup that must not miss (a read, a commit's check) missed; other
+processes' open packs are never looked at (their chunks are not uploaded yet: storing a
+chunk twice is harmless, relying on one only in someone's cache is not). An empty or
+missing cache is rebuilt from the bucket on open. Reading a chunk is one ranged GET of
+its bytes in its pack object.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from repository import pack_index_file
 from repository.errors import MissingChunkError, MissingObjectError, RepositoryError
-from repository.fsutil import makedirs_durable, unlink_quiet, write_atomic
-from repository.pack_index import PACK_SUFFIX, PackIndex
+from repository.fsutil import makedirs_durable, unlink_quiet
+from repository.pack_index import PACK_SUFFIX
 from repository.pack_index_file import Location
 from repository.pack_store import PackStore
+from repository.s3_pack_index import S3PackIndex
 from repository.s3_pack_upload import (
     INDEX,
     PACKS,
@@ -40,70 +40,11 @@ from repository.s3_pack_upload import (
     pack_object,
     recover,
 )
-from repository.s3_quarantine import QuarantinedPlaces
 from repository.s3_repo_storage import S3RepoStorage
 
 REFRESH_S = 60.0  # seconds between listings of index/ while lookups hit
 UPLOADS_AT_ONCE = 2  # full packs uploading in the background per process; more wait
 FLUSH_WAIT_S = 600.0  # longest wait for another thread's append before a commit
-
-
-class S3PackIndex(PackIndex):
-    def __init__(self, storage: S3RepoStorage, root: Path, interval: float) -> None:
-        super().__init__(root)
-        self.storage = storage
-        self.interval = interval
-        self._synced = -float("inf")
-        self._sync_lock = threading.Lock()
-        self.downloads = 0  # index objects fetched into the cache, for tests and stats
-        self.quarantined = QuarantinedPlaces(storage)  # places left out (s3_quarantine.py)
-
-    def refresh(self, *, force: bool = False) -> None:
-        if force or time.monotonic() - self._synced >= self.interval:
-            self.sync()
-        super().refresh()
-
-    def _read_logs(self) -> None:
-        """Other processes' open packs are not uploaded: never counted as present."""
-
-    def lookup(self, chunk_id: bytes) -> list[Location]:
-        return [
-            loc for loc in super().lookup(chunk_id) if not self.quarantined.holds(chunk_id, loc)
-        ]
-
-    def sync(self) -> None:
-        """The cache's index files made the bucket's: one listing of ``index/``."""
-        with self._sync_lock:
-            started = time.monotonic()
-            suffix = pack_index_file.SUFFIX
-            # the cache first: a file written after this look was uploaded before it
-            try:
-                names = os.listdir(self.index_dir)
-                local = {n[: -len(suffix)] for n in names if n.endswith(suffix)}
-            except FileNotFoundError:
-                local = set()
-            remote: set[str] = set()
-            for obj in self.storage.list(INDEX):
-                h = obj.name[len(INDEX) + 1 :]
-                if len(h) == 32 and "/" not in h:
-                    remote.add(h)
-            for h in sorted(remote - local):
-                try:
-                    data = self.storage.read(f"{INDEX}/{h}")
-                except MissingObjectError:
-                    continue  # removed by gc meanwhile
-                path = self.index_dir / (h + suffix)
-                write_atomic(path, [data], f"index file {h}", sync_dir=False)
-                try:
-                    pack_index_file.IndexFile(path).close()  # checked before anyone uses it
-                except RepositoryError:
-                    unlink_quiet(path)
-                    raise
-                self.downloads += 1
-            for h in local - remote:  # gc removed the pack (or compacted it away)
-                unlink_quiet(self.index_dir / (h + suffix))
-            self.quarantined.sync()
-            self._synced = started
 
 
 class S3PackStore(PackStore):
@@ -203,8 +144,10 @@ class S3PackStore(PackStore):
         return len(unsent) + super().seal_idle(idle_s, max_age_s)
 
     def compact(self) -> bool:
-        """Index objects are one per pack (gc rewrites them with their packs)."""
-        return False
+        """The cache's index files merged (the bucket's index objects stay one per pack:
+        gc rewrites them with their packs)."""
+        self.index.compact()
+        return True
 
     def recover(self) -> int:
         n = recover(self.storage, self.root, self.size_range)
@@ -263,7 +206,8 @@ class S3PackStore(PackStore):
     # --- for gc ----------------------------------------------------------------------
 
     def drop_pack(self, pack: bytes) -> None:
-        """Delete a pack object, then its index object, then the cached index file."""
+        """Delete a pack object, then its index object, then the cached index file (a
+        merged cache file loses the pack's entries at the next sync: gc's refresh)."""
         self.storage.delete(pack_object(pack))
         self.storage.delete(index_object(pack))
         unlink_quiet(cached_index(self.root, pack))
