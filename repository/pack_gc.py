@@ -2,11 +2,12 @@
 
 Live = named by a point (gc's mark) or recorded in a touch log at or after the cutoff
 (a running backup relied on it; touch_log.py). Only sealed packs older than the cutoff
-are looked at, so whatever a running backup stored stays. For each such pack with dead
-entries: its live blobs are copied into new packs (sealed and indexed first), then the
-index is rewritten without the old pack's entries, then the touch logs are read again
-and any of its dropped chunks touched since gc began is copied back (a have-query that
-answered "present" just before the index changed). The old pack file stays on disk,
+are looked at, so whatever a running backup stored stays (which packs change:
+pack_sweep_plan.py). For each such pack with dead entries: its live blobs are copied
+into new packs (sealed and indexed first), then the index is rewritten without the old
+pack's entries, then the touch logs are read again and any of its dropped chunks
+touched since gc began is copied back (a have-query that answered "present" just
+before the index changed). The old pack file stays on disk,
 unindexed, with its mtime set to now: readers that looked it up before keep reading it,
 and a later gc deletes it once it is older than that run's cutoff (rescuing first any
 live id only it still holds).
@@ -22,19 +23,17 @@ from repository import pack_format, touch_log
 from repository.pack_compact import merge_index_files
 from repository.pack_index_file import Location
 from repository.pack_store import PackStore
+from repository.pack_sweep_plan import SweepCounts, plan_sweep
 from repository.pack_writer import OpenPack
 
-REWRITE_DEAD_SHARE = 0.1  # a pack is rewritten when this share of its bytes is dead
 
-
-class PackSweep:
+class PackSweep(SweepCounts):
     def __init__(self, store: PackStore, cutoff: float, start: float, dry_run: bool) -> None:
+        super().__init__()
         self.store = store
         self.cutoff = cutoff
         self.start = start
         self.dry_run = dry_run
-        self.chunks_seen = self.chunks_removed = self.bytes_freed = self.kept_young = 0
-        self.packs_rewritten = self.packs_removed = self.temps_removed = 0
         # bytes_freed counts what left the index; the files go later (module docstring)
         self.bytes_pending = 0  # pack files this run unindexed: on disk until a later gc
         self.bytes_deleted = 0  # pack files this run deleted (unindexed by an earlier one)
@@ -51,35 +50,15 @@ class PackSweep:
         for cid, loc in dict.fromkeys(e for f in files for e in f):
             by_pack[loc.pack].append((cid, loc))
         open_packs = store.index.open_packs()
-        kept: set[bytes] = set()  # ids with a copy that stays where it is
-        old: dict[bytes, list[tuple[bytes, Location]]] = {}
-        for pack, entries in by_pack.items():
-            self.chunks_seen += len(entries)
-            if pack in open_packs or self._mtime(pack) >= self.cutoff:
-                self.kept_young += len(entries)
-                kept.update(cid for cid, _ in entries)
-            else:
-                old[pack] = entries
-        changed: set[bytes] = set()
-        for pack, entries in sorted(old.items()):
-            keep = [(c, loc) for c, loc in entries if c in live and c not in kept]
-            kept.update(c for c, _ in keep)
-            dead = sum(loc.length for c, loc in entries) - sum(loc.length for _, loc in keep)
-            total = sum(loc.length for _, loc in entries)
-            if dead == 0 or (keep and dead < REWRITE_DEAD_SHARE * total):
-                kept.update(c for c, _ in entries)
-                continue
-            self.chunks_removed += len(entries) - len(keep)
-            self.bytes_freed += dead
-            changed.add(pack)
-            if keep:
-                self.packs_rewritten += 1
-                if not self.dry_run:
-                    self._copy(keep)
-            else:
-                self.packs_removed += 1
+        plan = plan_sweep(
+            by_pack, live, lambda pack: pack in open_packs or self._mtime(pack) >= self.cutoff
+        )
+        self.count(plan)
+        changed, old = plan.changed, plan.old
         if self.dry_run:
             return
+        for keep in plan.rewrite.values():
+            self._copy(keep)
         self._seal_out()
         if changed:
             merge_index_files(store.root, files, keep=lambda _c, loc: loc.pack not in changed)

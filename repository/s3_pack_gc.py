@@ -1,8 +1,8 @@
 """gc's sweep on a repository on S3: drop packs with nothing live, rewrite mostly-dead ones.
 
-The rules of pack_gc.py (live = named by a point or touched at or after the cutoff;
-only packs whose object is older than the cutoff are looked at; a pack is rewritten
-when at least 10 % of its bytes are dead), with objects for files:
+The rules of pack_sweep_plan.py (live = named by a point or touched at or after the
+cutoff; only packs whose object is older than the cutoff are looked at; a pack is
+rewritten when at least 10 % of its bytes are dead), with objects for files:
 
 - a pack with nothing live: its pack object is deleted, then its index object (a crash
   between leaves an index object naming no pack: the next gc deletes it);
@@ -30,25 +30,24 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from repository import touch_log
-from repository.pack_gc import REWRITE_DEAD_SHARE
 from repository.pack_index_file import Location
+from repository.pack_sweep_plan import SweepCounts, plan_sweep
 from repository.s3_gc_lock import ObjectLock
 from repository.s3_object_lock import KeptLocked, locked_until
 from repository.s3_pack_store import S3PackStore
 from repository.s3_pack_upload import INDEX, PACKS, UploadingPack, index_object, pack_object
 
 
-class S3PackSweep:
+class S3PackSweep(SweepCounts):
     def __init__(
         self, store: S3PackStore, cutoff: float, start: float, dry_run: bool, lock: ObjectLock
     ) -> None:
+        super().__init__()
         self.store = store
         self.cutoff = cutoff
         self.start = start
         self.dry_run = dry_run
         self.lock = lock
-        self.chunks_seen = self.chunks_removed = self.bytes_freed = self.kept_young = 0
-        self.packs_rewritten = self.packs_removed = self.temps_removed = 0
         self._out: UploadingPack | None = None
         self.locked: list[KeptLocked] = []  # packs kept whole: Object Lock holds them
 
@@ -70,44 +69,21 @@ class S3PackSweep:
         }
         by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
         quarantined = store.index.quarantined.holds  # dead: never copied into a new pack
-        for f in store.index.files():
-            for cid, loc in f:
-                if not quarantined(cid, loc):
-                    by_pack[loc.pack].append((cid, loc))
-        kept: set[bytes] = set()
-        old: dict[bytes, list[tuple[bytes, Location]]] = {}
-        for pack, entries in by_pack.items():
-            self.chunks_seen += len(entries)
-            if pack_mtime.get(pack, float("inf")) >= self.cutoff:
-                self.kept_young += len(entries)
-                kept.update(c for c, _ in entries)
-            else:
-                old[pack] = entries
-        drop: list[bytes] = []
-        rewrite: list[bytes] = []
-        for pack, entries in sorted(old.items()):
-            keep = [(c, loc) for c, loc in entries if c in live and c not in kept]
-            kept.update(c for c, _ in keep)
-            total = sum(loc.length for _, loc in entries)
-            dead = total - sum(loc.length for _, loc in keep)
-            if dead == 0 or (keep and dead < REWRITE_DEAD_SHARE * total):
-                kept.update(c for c, _ in entries)
-                continue
-            until = locked_until(storage, pack_object(pack))
-            if until is not None:  # Object Lock: neither dropped nor rewritten (a copy)
-                self.locked.append(KeptLocked(pack_object(pack), until))
-                kept.update(c for c, _ in entries)
-                continue
-            self.chunks_removed += len(entries) - len(keep)
-            self.bytes_freed += dead
-            if keep:
-                self.packs_rewritten += 1
-                rewrite.append(pack)
-                if not self.dry_run:
-                    self._copy(keep)
-            else:
-                self.packs_removed += 1
-                drop.append(pack)
+        # an entry may be in two cache files at once (a merge racing an upload's copy)
+        for cid, loc in dict.fromkeys(e for f in store.index.files() for e in f):
+            if not quarantined(cid, loc):
+                by_pack[loc.pack].append((cid, loc))
+        plan = plan_sweep(
+            by_pack,
+            live,
+            lambda pack: pack_mtime.get(pack, float("inf")) >= self.cutoff,
+            self._unlocked,
+        )
+        self.count(plan)
+        kept, old, changed = plan.kept, plan.old, plan.changed
+        if not self.dry_run:
+            for keep in plan.rewrite.values():
+                self._copy(keep)
         # left by crashes: index objects of no pack, packs of no index object
         dangling = [p for p, t in index_mtime.items() if p not in pack_mtime and t < self.cutoff]
         orphans = [p for p, t in pack_mtime.items() if p not in index_mtime and t < self.cutoff]
@@ -115,7 +91,6 @@ class S3PackSweep:
         if self.dry_run:
             return
         self._seal_out()
-        changed = set(drop) | set(rewrite)
         if changed:
             # touched after gc began: a backup may have been told "present" just now
             touched = touch_log.touched_since(store.root, self.start)
@@ -138,6 +113,13 @@ class S3PackSweep:
         self.temps_removed += storage.remove_unfinished(PACKS, self.cutoff)
         store.index.refresh(force=True)
         self.temps_removed += touch_log.remove_old(store.root, self.cutoff)
+
+    def _unlocked(self, pack: bytes) -> bool:
+        """Object Lock: a pack still locked is neither dropped nor rewritten (a copy)."""
+        until = locked_until(self.store.storage, pack_object(pack))
+        if until is not None:
+            self.locked.append(KeptLocked(pack_object(pack), until))
+        return until is None
 
     def _copy(self, items: Iterable[tuple[bytes, Location]]) -> None:
         for cid, loc in items:
