@@ -8,6 +8,7 @@ waited for with WNOWAIT, so its /proc entry can be read before it is reaped.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -148,9 +149,11 @@ class Restic(Tool):
 
 
 class Borg(Tool):
-    """borg 1.2, no encryption, lz4 (its default); ``chunker`` e.g. "fixed,1048576"."""
+    """borg 1.2, no encryption; ``compression`` lz4 (its default) or e.g. "zstd,3";
+    ``chunker`` e.g. "fixed,1048576"."""
 
     chunker: str = ""
+    compression: str = "lz4"
 
     def init(self) -> None:
         run(["borg", "init", "--encryption=none", str(self.repo)], self.env)
@@ -161,7 +164,7 @@ class Borg(Tool):
             "borg",
             "create",
             "--compression",
-            "lz4",
+            self.compression,
             *extra,
             f"{self.repo}::{label}",
             *map(str, files),
@@ -187,13 +190,29 @@ def make_tools(work: Path, names: list[str]) -> list[Tool]:
                 "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
                 "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
             }
-            b = Borg(name, d / "repo", env)
-            if name == "borg-fixed":
-                b.chunker = "fixed,1048576"
-            tools.append(b)
+            tools.append(borg_tool(name, d / "repo", env))
         else:
-            raise ValueError(f"unknown tool {name!r} (restic, borg, borg-fixed)")
+            raise ValueError(f"unknown tool {name!r} (restic, borg, borg-fixed{TOOL_HELP})")
     return tools
+
+
+TOOL_HELP = "; borg and borg-fixed take a suffix -zstdN for zstd level N instead of lz4"
+BORG_NAME = re.compile(r"borg(?P<fixed>-fixed)?(?:-zstd(?P<level>[0-9]+))?")
+
+
+def borg_tool(name: str, repo: Path, env: dict[str, str]) -> Borg:
+    """``borg``, ``borg-fixed`` (fixed 1 MiB chunks), either with ``-zstdN`` (zstd level
+    N, 1..22, instead of borg's default lz4): e.g. ``borg-fixed-zstd3``."""
+    m = BORG_NAME.fullmatch(name)
+    level = int(m["level"]) if m and m["level"] else None
+    if m is None or (level is not None and not 1 <= level <= 22):
+        raise ValueError(f"unknown tool {name!r} (borg, borg-fixed{TOOL_HELP}, N in 1..22)")
+    b = Borg(name, repo, env)
+    if m["fixed"]:
+        b.chunker = "fixed,1048576"
+    if level is not None:
+        b.compression = f"zstd,{level}"
+    return b
 
 
 def broker_pid() -> int | None:
