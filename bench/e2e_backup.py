@@ -53,6 +53,7 @@ from bench.e2e_tools import (
     Restic,
     Tool,
     broker_pid,
+    bytecode_env,
     dir_size,
     load1,
     make_tools,
@@ -185,7 +186,12 @@ class Ours:
         chunk_files: bool = False,
     ) -> None:
         self.lab = lab
-        spec = StackSpec(transport=transport, compression_level=level, chunk_files=chunk_files)
+        spec = StackSpec(
+            transport=transport,
+            compression_level=level,
+            chunk_files=chunk_files,
+            env=bytecode_env(work),
+        )
         self.stack = Stack(lab, work, spec)
         self.broker_pid = broker_pid()
         self.perf_full = perf_full
@@ -277,7 +283,11 @@ class Ours:
         point = next(
             v["point_id"] for v in self.last_report["vms"] if v["moref"] == vm or v["name"] == vm
         )
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        env = {
+            **os.environ,
+            **self.stack.spec.env,  # the compiled bytecode
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        }
         cmd = [sys.executable, "-m", "vmbackup", "restore", "--repo", str(self.stack.repo)]
         m = run([*cmd, "--point", point, "--disk", str(key), "--out", str(out)], env)
         return restore_result("vmbackup", m, capacity, "fsync included")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.e2e_backup import timeline
-from bench.e2e_tools import borg_tool, dir_size, make_tools, run
+from bench.e2e_tools import borg_tool, bytecode_env, dir_size, make_tools, run
 
 
 def test_run_counts_bytes_the_child_read(tmp_path: Path) -> None:
@@ -74,3 +74,11 @@ def test_borg_names_choose_chunker_and_compression(tmp_path: Path) -> None:
 def test_unknown_borg_name_is_refused_by_name(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError, match=f"unknown tool '{name}'"):
         make_tools(tmp_path, [name])
+
+
+def test_bytecode_env_fills_a_private_prefix(tmp_path: Path) -> None:
+    env = bytecode_env(tmp_path)
+    prefix = Path(env["PYTHONPYCACHEPREFIX"])
+    assert prefix.parent == tmp_path and env["PYTHONDONTWRITEBYTECODE"] == ""
+    compiled = {p.name.split(".")[0] for p in prefix.rglob("*.pyc")}
+    assert {"cli", "vm_backup", "pack_writer", "threading"} <= compiled  # ours and stdlib's
