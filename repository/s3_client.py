@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-import boto3
-import botocore.config
 import botocore.exceptions as bx
 
 from repository.errors import MissingObjectError, RepositoryError, RepositoryFullError
@@ -148,6 +146,10 @@ def pieces(parts: Sequence[Bytes], size: int) -> Iterator[bytes]:
 
 def make_client(location: S3Location) -> S3Client:
     """A botocore S3 client for ``location``: path style, bounded retries, TLS verified."""
+    # imported here, not by every command that imports the repository (0.1-0.3 s)
+    import boto3
+    import botocore.config
+
     creds = location.credentials()
     config = botocore.config.Config(
         region_name=location.region,
