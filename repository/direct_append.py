@@ -27,10 +27,8 @@ from common.logging import get_logger
 
 # The alignment of offsets, lengths and buffers: 4 KiB covers 512-byte and 4K devices.
 BLOCK = 4096
-# The aligned staging buffer of one open pack; a bigger batch is written in pieces, each
-# waiting for the device before the next is copied. A proxy's batch (4 MiB of payload and
-# at most one more chunk) fits in one write; only the pages a batch fills are resident.
-BUFFER = 8 << 20
+# The aligned staging buffer of one open pack; a bigger batch is written in pieces.
+BUFFER = 4 << 20
 
 log = get_logger(__name__)
 _refused_logged = False
