@@ -15,7 +15,6 @@ store needs (there the pack would be uploaded whole at seal time).
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import secrets
@@ -23,8 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from repository import direct_append, pack_format, pack_index_file
-from repository.direct_append import DirectAppender
+from repository import pack_format, pack_index_file
 from repository.errors import RepositoryError
 from repository.fsutil import (
     drop_cached,
@@ -61,10 +59,6 @@ class OpenPack:
     # grow the cache (evicting what the host needs), and the kernel then writes the next
     # batch into recycled pages (bench/RESULTS.md, "Writers' kernel time").
     drop_written = True
-    # Batches written with O_DIRECT (repository/direct_append.py) where the file system
-    # takes it: no page-cache copy at all. Subclasses that read the file back whole
-    # (S3's uploading packs) keep buffered writes.
-    direct = True
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -74,7 +68,6 @@ class OpenPack:
         self.path = open_dir / (self.id.hex() + PACK_SUFFIX)
         self.log_path = open_dir / (self.id.hex() + LOG_SUFFIX)
         self.entries: list[Entry] = []
-        self._direct: DirectAppender | None = None  # set once the header is durable
         what = f"pack {self.path}"
         # the log is locked before it gets its name: nobody may take it for abandoned
         tmp = tmp_path(self.log_path)
@@ -90,13 +83,10 @@ class OpenPack:
         except OSError as exc:
             self._drop_log()
             raise os_error(exc, what) from exc
-        head = pack_format.header(self.id)
         try:
-            os.write(self._fd, head)
+            os.write(self._fd, pack_format.header(self.id))
             os.fdatasync(self._fd)
             fsync_dir(open_dir)  # the file itself survives a crash before the first batch ack
-            if self.direct and direct_append.enable(self._fd, str(self.path)):
-                self._direct = DirectAppender(self._fd, head)
         except OSError as exc:
             self.abandon()
             raise os_error(exc, what) from exc
@@ -119,13 +109,13 @@ class OpenPack:
         if pos > pack_format.MAX_PACK:
             raise RepositoryError(f"pack {self.path}: would pass {pack_format.MAX_PACK} bytes")
         try:
-            self._write(parts)
+            _pwritev_all(self._fd, parts, self.size)
             os.fdatasync(self._fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self.size)
             raise os_error(exc, f"pack {self.path}") from exc
-        if self.drop_written and self._direct is None:
+        if self.drop_written:
             drop_cached(self._fd, self.size, pos - self.size)
         self.size = pos
         self.entries.extend(entries)
@@ -142,9 +132,7 @@ class OpenPack:
                 self.abandon()
                 return
             tail = pack_format.trailer(self.entries, self.size)
-            self._write([tail])
-            if self._direct is not None:
-                self._direct.finish()  # the zero padding of the last block cut off
+            _pwritev_all(self._fd, [tail], self.size)
             os.fdatasync(self._fd)
         except OSError as exc:
             raise os_error(exc, f"pack {self.path}") from exc
@@ -152,28 +140,8 @@ class OpenPack:
         publish(self.root, self.id, self.path, self.entries)
         self._drop_log()
 
-    def _write(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
-        """Write ``parts`` at the pack's end (not yet durable)."""
-        if self._direct is not None:
-            if self._direct.size == self.size:
-                try:
-                    self._direct.append(parts)
-                    return
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:  # EINVAL: O_DIRECT taken, writes refused
-                        raise
-                    direct_append.refused(str(self.path), exc)
-            # or its fdatasync failed and the file was cut back: its in-memory tail is no
-            # longer the file's. Either way this pack goes on with buffered writes.
-            self._direct.close()
-            self._direct = None
-            direct_append.disable(self._fd)
-        _pwritev_all(self._fd, parts, self.size)
-
     def abandon(self) -> None:
         """Remove an empty pack (nothing acknowledged lives in it)."""
-        if self._direct is not None:
-            self._direct.close()
         with contextlib.suppress(OSError):
             os.close(self._fd)
         with contextlib.suppress(OSError):

@@ -73,7 +73,6 @@ class UploadingPack(OpenPack):
     storage: Storage
     _trailed = False
     drop_written = False  # read again at seal, for the upload
-    direct = False  # idem: the upload reads it through the page cache
 
     def seal(self) -> None:
         if not self.entries:
