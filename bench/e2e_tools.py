@@ -182,7 +182,7 @@ def bytecode_env(work: Path) -> dict[str, str]:
     ``work``/pycache, filled here first. The product image ships bytecode (Dockerfile:
     compileall) as borg's package does; with PYTHONDONTWRITEBYTECODE set and no
     __pycache__ in a worktree, every ``vmbackup backup`` would compile ~240 modules from
-    source first (0.6-0.9 CPU s of each coordinator run). A prefix is looked in for every
+    source first (0.2-0.3 CPU s of each coordinator run). A prefix is looked in for every
     module, stdlib's too: importing all of the tree's modules once here writes the
     bytecode of what they import; what a process imports later it writes there itself."""
     prefix = work / "pycache"
