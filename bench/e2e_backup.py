@@ -53,6 +53,7 @@ from bench.e2e_tools import (
     Restic,
     Tool,
     broker_pid,
+    bytecode_env,
     dir_size,
     load1,
     make_tools,
@@ -185,7 +186,12 @@ class Ours:
         chunk_files: bool = False,
     ) -> None:
         self.lab = lab
-        spec = StackSpec(transport=transport, compression_level=level, chunk_files=chunk_files)
+        spec = StackSpec(
+            transport=transport,
+            compression_level=level,
+            chunk_files=chunk_files,
+            env=bytecode_env(work),
+        )
         self.stack = Stack(lab, work, spec)
         self.broker_pid = broker_pid()
         self.perf_full = perf_full
@@ -277,7 +283,11 @@ class Ours:
         point = next(
             v["point_id"] for v in self.last_report["vms"] if v["moref"] == vm or v["name"] == vm
         )
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        env = {
+            **os.environ,
+            **self.stack.spec.env,  # the compiled bytecode
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        }
         cmd = [sys.executable, "-m", "vmbackup", "restore", "--repo", str(self.stack.repo)]
         m = run([*cmd, "--point", point, "--disk", str(key), "--out", str(out)], env)
         return restore_result("vmbackup", m, capacity, "fsync included")
@@ -353,7 +363,9 @@ class Bench:
             self.args.chunk_files,
         )
         with ours.stack:
-            full = self.record(ours.backup("full"))
+            full = ours.backup("full")
+            full.detail["compression"] = f"zstd,{self.args.compression_level}"
+            self.record(full)
             full.repo_bytes, full.repo_du = dir_size(ours.stack.repo)
             for cs, what in zip(changes, ("incremental", "worst"), strict=True):
                 cs.apply(disks)
@@ -380,13 +392,31 @@ class Bench:
             flush=True,
         )
 
+    def ours_full_at(self, lab: Lab, level: int) -> None:
+        """Only a full again, into a fresh repository at zstd ``level`` (``--also-level``):
+        for the matched-compression table."""
+        name = f"vmbackup-zstd{level}"
+        print(f"{name} (full only, {self.args.transport} transport):", flush=True)
+        work = self.work / name
+        ours = Ours(lab, work, self.args.transport, level, None, self.args.chunk_files)
+        with ours.stack:
+            full = ours.backup("full")
+            full.tool = name
+            full.detail["compression"] = f"zstd,{level}"
+            full.repo_bytes, full.repo_du = dir_size(ours.stack.repo)
+            self.record(full)
+        shutil.rmtree(work, ignore_errors=True)
+
     def theirs(self, tool: Tool, disks: list[Disk], changes: list[ChangeSet], rdisk: Disk) -> None:
         print(f"{tool.name}:", flush=True)
         files = [d.path for d in disks]
         try:
             tool.init()
             m = tool.backup(files, "full")
-            full = self.record(tool_result(tool, "full", m, image_bytes(tool, disks)))
+            full = tool_result(tool, "full", m, image_bytes(tool, disks))
+            if isinstance(tool, Borg):
+                full.detail["compression"] = tool.compression
+            self.record(full)
             full.repo_bytes, full.repo_du = dir_size(tool.repo)
             for i, (cs, what) in enumerate(zip(changes, ("incremental", "worst"), strict=True)):
                 cs.apply(disks)
@@ -484,7 +514,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", choices=("dev", "full"), default="dev")
     ap.add_argument("--transport", choices=("file", "http", "nbd"), default="file")
     ap.add_argument("--compression-level", type=int, default=3, help="repository zstd level")
-    ap.add_argument("--tools", default="restic,borg,borg-fixed", help="competitors, in order")
+    ap.add_argument(
+        "--also-level",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="also a full of ours at zstd level N (fresh repository; repeatable)",
+    )
+    ap.add_argument(
+        "--tools",
+        default="restic,borg,borg-fixed",
+        help="competitors, in order (borg / borg-fixed with -zstdN: zstd level N, not lz4)",
+    )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--dir", default=None, help="parent of the temp dir (default: $TMPDIR)")
     ap.add_argument("--json", default=None, metavar="OUT", help="write every figure as JSON")
@@ -552,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             rdisk = next(d for d in disks if d.path == lab.local_path(d_r["file"]))
             bench.ours(lab, disks, changes, (vm_r["moref"], int(d_r["key"]), rdisk))
+            for level in args.also_level:
+                bench.ours_full_at(lab, level)
             for tool in make_tools(work, names):
                 bench.theirs(tool, disks, changes, rdisk)
             meta = {
@@ -636,12 +680,32 @@ def print_tables(meta: dict[str, Any], results: list[RunResult]) -> None:
             f"\nlab alone, snapshot create + remove of every VM one at a time: "
             f"{snaps['create']:.1f} s + {snaps['remove']:.1f} s"
         )
+    print_matched(results)
     print("\nvmbackup per run (deltas over the run: CPU s per process, metrics summed):")
     for r in results:
-        if r.tool == "vmbackup" and r.what != "restore":
+        if r.tool.startswith("vmbackup") and r.what != "restore":
             print(f"  {r.what}: {json.dumps(r.detail, sort_keys=True)}")
     rchar = {f"{r.tool} {r.what}": r.detail["rchar"] for r in results if "rchar" in r.detail}
     print(f"competitors' rchar (bytes read by read(), own files included): {json.dumps(rchar)}")
+
+
+def print_matched(results: list[RunResult]) -> None:
+    """Every full of ours beside every full of borg's, each with its compression."""
+    fulls = [r for r in results if r.what == "full" and "compression" in r.detail]
+    ours = [r for r in fulls if r.tool.startswith("vmbackup")]
+    borgs = [r for r in fulls if r.tool.startswith("borg")]
+    if not ours or not borgs or len(ours) + len(borgs) < 3:
+        return
+    print("\nFulls by compression (ours / borg's, same run, same images):")
+    print("| ours | borg | wall ratio | CPU ratio | ours CPU | borg CPU | repo MiB ours/borg |")
+    print("|---|---|---|---|---|---|---|")
+    for o in ours:
+        for b in borgs:
+            print(
+                f"| {o.tool} {o.detail['compression']} | {b.tool} {b.detail['compression']} | "
+                f"{o.wall / b.wall:.2f} | {o.cpu / b.cpu:.2f} | {o.cpu:.1f} | {b.cpu:.1f} | "
+                f"{o.repo_bytes / MiB:.0f} / {b.repo_bytes / MiB:.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ waited for with WNOWAIT, so its /proc entry can be read before it is reaped.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,9 +150,11 @@ class Restic(Tool):
 
 
 class Borg(Tool):
-    """borg 1.2, no encryption, lz4 (its default); ``chunker`` e.g. "fixed,1048576"."""
+    """borg 1.2, no encryption; ``compression`` lz4 (its default) or e.g. "zstd,3";
+    ``chunker`` e.g. "fixed,1048576"."""
 
     chunker: str = ""
+    compression: str = "lz4"
 
     def init(self) -> None:
         run(["borg", "init", "--encryption=none", str(self.repo)], self.env)
@@ -161,11 +165,54 @@ class Borg(Tool):
             "borg",
             "create",
             "--compression",
-            "lz4",
+            self.compression,
             *extra,
             f"{self.repo}::{label}",
             *map(str, files),
         ]
+
+
+# What the product image installs (pyproject's packages) plus the lab the stack runs.
+PACKAGES = ("common", "coordinator", "export", "file_restore", "proxy_worker", "repository",
+            "repository_writer", "vmbackup", "lab")  # fmt: skip
+
+
+def bytecode_env(work: Path) -> dict[str, str]:
+    """The environment that has the stack's processes load compiled bytecode from
+    ``work``/pycache, filled here first. The product image ships bytecode (Dockerfile:
+    compileall) as borg's package does; with PYTHONDONTWRITEBYTECODE set and no
+    __pycache__ in a worktree, every ``vmbackup backup`` would compile ~240 modules from
+    source first (0.2-0.3 CPU s of each coordinator run). A prefix is looked in for every
+    module, stdlib's too: importing all of the tree's modules once here writes the
+    bytecode of what they import; what a process imports later it writes there itself."""
+    prefix = work / "pycache"
+    extra = {"PYTHONPYCACHEPREFIX": str(prefix), "PYTHONDONTWRITEBYTECODE": ""}
+    res = subprocess.run(
+        [sys.executable, "-c", _WARM, *PACKAGES],
+        env={**os.environ, **extra, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"bytecode into {prefix} exited {res.returncode}: {res.stderr[-2000:]}")
+    return extra
+
+
+# Import every module of the packages named (bytecode written as a side effect).
+_WARM = """
+import importlib, pkgutil, sys
+for name in sys.argv[1:]:
+    pkg = importlib.import_module(name)
+    for m in pkgutil.walk_packages(pkg.__path__, name + "."):
+        if m.name.endswith("__main__"):
+            continue
+        try:
+            importlib.import_module(m.name)
+        except Exception:
+            pass
+"""
 
 
 def make_tools(work: Path, names: list[str]) -> list[Tool]:
@@ -187,13 +234,29 @@ def make_tools(work: Path, names: list[str]) -> list[Tool]:
                 "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
                 "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
             }
-            b = Borg(name, d / "repo", env)
-            if name == "borg-fixed":
-                b.chunker = "fixed,1048576"
-            tools.append(b)
+            tools.append(borg_tool(name, d / "repo", env))
         else:
-            raise ValueError(f"unknown tool {name!r} (restic, borg, borg-fixed)")
+            raise ValueError(f"unknown tool {name!r} (restic, borg, borg-fixed{TOOL_HELP})")
     return tools
+
+
+TOOL_HELP = "; borg and borg-fixed take a suffix -zstdN for zstd level N instead of lz4"
+BORG_NAME = re.compile(r"borg(?P<fixed>-fixed)?(?:-zstd(?P<level>[0-9]+))?")
+
+
+def borg_tool(name: str, repo: Path, env: dict[str, str]) -> Borg:
+    """``borg``, ``borg-fixed`` (fixed 1 MiB chunks), either with ``-zstdN`` (zstd level
+    N, 1..22, instead of borg's default lz4): e.g. ``borg-fixed-zstd3``."""
+    m = BORG_NAME.fullmatch(name)
+    level = int(m["level"]) if m and m["level"] else None
+    if m is None or (level is not None and not 1 <= level <= 22):
+        raise ValueError(f"unknown tool {name!r} (borg, borg-fixed{TOOL_HELP}, N in 1..22)")
+    b = Borg(name, repo, env)
+    if m["fixed"]:
+        b.chunker = "fixed,1048576"
+    if level is not None:
+        b.compression = f"zstd,{level}"
+    return b
 
 
 def broker_pid() -> int | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.e2e_backup import timeline
-from bench.e2e_tools import dir_size, run
+from bench.e2e_tools import borg_tool, bytecode_env, dir_size, make_tools, run
 
 
 def test_run_counts_bytes_the_child_read(tmp_path: Path) -> None:
@@ -54,3 +54,31 @@ def test_timeline_splits_vm_time_at_the_snapshot(tmp_path: Path) -> None:
         "vm_snapshot_seconds_sum": 2.0,  # 5 s in all, 3 s after the snapshot existed
         "vm_data_seconds_sum": 2.0,
     }
+
+
+def test_borg_names_choose_chunker_and_compression(tmp_path: Path) -> None:
+    cases = {
+        "borg": ("", "lz4"),
+        "borg-fixed": ("fixed,1048576", "lz4"),
+        "borg-fixed-zstd3": ("fixed,1048576", "zstd,3"),
+        "borg-zstd1": ("", "zstd,1"),
+    }
+    for name, (chunker, compression) in cases.items():
+        b = borg_tool(name, tmp_path / "repo", {})
+        assert (b.chunker, b.compression) == (chunker, compression)
+        cmd = b.backup_cmd([tmp_path / "f"], "full")
+        assert cmd[cmd.index("--compression") + 1] == compression
+
+
+@pytest.mark.parametrize("name", ["borg-fixed-zstd0", "borg-fixed-zstd23", "borg-lz4", "borgx"])
+def test_unknown_borg_name_is_refused_by_name(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match=f"unknown tool '{name}'"):
+        make_tools(tmp_path, [name])
+
+
+def test_bytecode_env_fills_a_private_prefix(tmp_path: Path) -> None:
+    env = bytecode_env(tmp_path)
+    prefix = Path(env["PYTHONPYCACHEPREFIX"])
+    assert prefix.parent == tmp_path and env["PYTHONDONTWRITEBYTECODE"] == ""
+    compiled = {p.name.split(".")[0] for p in prefix.rglob("*.pyc")}
+    assert {"cli", "vm_backup", "pack_writer", "threading"} <= compiled  # ours and stdlib's
