@@ -10,10 +10,8 @@ counts the ranged GETs issued (tests, benchmarks).
 from __future__ import annotations
 
 import threading
-import time
 
 from repository.errors import RepositoryError
-from repository.s3_client import BodyCut
 from repository.s3_storage import S3Storage
 
 
@@ -41,19 +39,7 @@ class S3RepoStorage(S3Storage):
             )
             return resp["Body"].read()
 
-        for attempt in range(self.loc.max_attempts):
-            try:
-                data = self._call(get, "read", name)
-                break
-            except BodyCut:
-                if attempt + 1 == self.loc.max_attempts:
-                    raise RepositoryError(
-                        f"cannot read {self.location(name)} bytes {offset}+{length}: the body"
-                        f" was cut off {self.loc.max_attempts} times"
-                    ) from None
-                time.sleep(min(0.2 * 2**attempt, 5.0))
-        else:
-            raise AssertionError("unreachable")
+        data = self._get_body(get, name, f" bytes {offset}+{length}")
         if len(data) != length:
             raise ShortObjectError(
                 f"{self.location(name)}: {len(data)} bytes at {offset}, {length} expected"
