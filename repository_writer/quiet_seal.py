@@ -8,10 +8,11 @@ commit wait for that timer: 2-3 s per job with 2 s, up to 30 s with the default.
 
 A backup's commit comes right after its last batches were acknowledged, so a writer
 seals its open packs once NO chunk batch (broker or stream) has been in flight for
-``quiet_s``: event-driven (the last batch to finish wakes the sealer), writer-wide (a
-busy writer's pool packs are never sealed because one of them was not written for a
-moment, as per-pack idle times would). The cost: one partly filled pack per writer for
-each quiet gap in the middle of a backup (a proxy between disks), at most one per gap.
+``quiet_s`` (longer on a loaded machine: QuietSealer): event-driven (the last batch to
+finish wakes the sealer), writer-wide (a busy writer's pool packs are never sealed
+because one of them was not written for a moment, as per-pack idle times would). The
+cost: one partly filled pack per writer for each quiet gap in the middle of a backup (a
+proxy between disks), at most one per gap.
 
 The durability rule is unchanged: sealing earlier only changes when a commit finds its
 chunks; the commit still checks that each is in the bucket's index.
@@ -29,9 +30,17 @@ from repository.pack_store import PackStore
 log = get_logger(__name__)
 
 
+GAP_FACTOR = 2.0  # a quiet gap must be this many times the longest gap of the backup
+MAX_FACTOR = 8.0  # at most this many times quiet_s; a longer gap starts a new backup
+
+
 class QuietSealer:
-    """``begin``/``end`` around each chunk batch; a thread seals once ``quiet_s`` passed
-    with nothing in flight after a batch ended."""
+    """``begin``/``end`` around each chunk batch; a thread seals once the writer was quiet
+    (nothing in flight) for ``quiet_s`` after a batch ended, or for GAP_FACTOR times the
+    longest gap between batches seen since the last gap of MAX_FACTOR x ``quiet_s``: on a
+    loaded machine (proxies starved of CPU) the gaps in the middle of a backup grow, and so
+    does the quiet time taken for its end, so they do not each upload a partly filled pack.
+    """
 
     def __init__(self, store: PackStore, quiet_s: float, name: str) -> None:
         if quiet_s <= 0:
@@ -44,11 +53,16 @@ class QuietSealer:
         self._inflight = 0
         self._generation = 0  # batches begun: one beginning during the wait restarts it
         self._dirty = False  # a batch ended since the last seal
+        self._quiet_since: float | None = None  # when the last batch in flight ended
+        self._gap_max = 0.0  # the longest gap between batches of this backup
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     def begin(self) -> None:
         with self._cond:
+            if self._inflight == 0 and self._quiet_since is not None:
+                gap = time.monotonic() - self._quiet_since
+                self._gap_max = 0.0 if gap >= self.cap else max(self._gap_max, gap)
             self._inflight += 1
             self._generation += 1
 
@@ -57,7 +71,16 @@ class QuietSealer:
             self._inflight -= 1
             self._dirty = True
             if self._inflight == 0:
+                self._quiet_since = time.monotonic()
                 self._cond.notify_all()
+
+    @property
+    def cap(self) -> float:
+        return self.quiet_s * MAX_FACTOR
+
+    def quiet_needed(self) -> float:
+        """Seconds of quiet after which the open packs are sealed, now."""
+        return min(self.cap, max(self.quiet_s, GAP_FACTOR * self._gap_max))
 
     def start(self) -> None:
         with self._cond:
@@ -82,7 +105,8 @@ class QuietSealer:
                 self._cond.wait()
                 continue
             gen = self._generation
-            deadline = time.monotonic() + self.quiet_s
+            assert self._quiet_since is not None  # set by the end that made it dirty
+            deadline = self._quiet_since + self.quiet_needed()
             while not self._stopping and gen == self._generation:
                 left = deadline - time.monotonic()
                 if left <= 0:

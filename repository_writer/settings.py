@@ -156,7 +156,8 @@ class WriterSettings:
     pack_quiet_seal: float = doc(
         "s3:// repositories: seconds with no chunk batch in flight after which the writer"
         " uploads its open packs, so that a commit (on any writer) of the backup that just"
-        " sent its last chunks need not wait for pack_idle_seal; one partly filled pack per"
+        " sent its last chunks need not wait for pack_idle_seal (up to 8x longer while the"
+        " gaps between batches are long: a loaded machine); one partly filled pack per"
         " writer per quiet gap; 0 = off",
         default=0.5,
     )

@@ -11,7 +11,7 @@ import pytest
 
 from repository.repository import Repository
 from repository.s3_pack_store import S3PackStore
-from repository_writer.quiet_seal import QuietSealer
+from repository_writer.quiet_seal import MAX_FACTOR, QuietSealer
 from tests.s3repo.conftest import CHUNK, MiB, S3Repo
 from tests.s3repo.test_s3_commit_wait import _commit, _store
 
@@ -70,4 +70,26 @@ def test_quiet_seal_refuses_a_bad_time(s3repo: S3Repo) -> None:
     assert isinstance(a.chunks, S3PackStore)
     with pytest.raises(ValueError, match="quiet seal: 0 s must be above 0"):
         QuietSealer(a.chunks, 0, "writer-a")
+    a.close()
+
+
+def test_the_quiet_taken_grows_with_the_gaps_of_a_backup(s3repo: S3Repo) -> None:
+    """Gaps between batches (a loaded machine) make the quiet taken for a backup's end
+    longer, up to MAX_FACTOR x quiet_s; a gap that long starts over."""
+    Repository.init(s3repo.url, s3_config=s3repo.config, cache_dir=s3repo.cache("init"),
+                    chunk_size=CHUNK, pack_size=8 * MiB)  # fmt: skip
+    a = _open(s3repo, "writer-a")
+    assert isinstance(a.chunks, S3PackStore)
+    sealer = QuietSealer(a.chunks, 0.1, "writer-a")  # not started: nothing sealed here
+    assert sealer.quiet_needed() == 0.1
+    sealer.begin()
+    sealer.end()
+    time.sleep(0.15)  # a gap of at least 0.15 s
+    sealer.begin()
+    assert 0.3 <= sealer.quiet_needed() <= sealer.cap == 0.1 * MAX_FACTOR
+    sealer.end()
+    time.sleep(sealer.cap)  # the writer was idle: the next batch starts a new backup
+    sealer.begin()
+    sealer.end()
+    assert sealer.quiet_needed() == 0.1
     a.close()

@@ -60,6 +60,7 @@ def test_a_damaged_chunk_in_a_run_fails_the_restore_at_that_chunk(
     point, img, chunks = _repo_with_disk(s3repo, tmp_path, 12)
     repo, _ = _fresh(s3repo, "reader")
     victim = repo.chunk_id(chunks[6])  # disk chunk #8 (two zero chunks before it)
+    assert isinstance(repo.chunks, S3PackStore)
     [loc] = repo.chunks.locations(victim)
     key = f"repo/packs/{loc.pack.hex()[:2]}/{loc.pack.hex()}"
     data = bytearray(s3repo.bucket.read(key))
