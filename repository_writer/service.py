@@ -57,7 +57,6 @@ from repository.errors import RepositoryError, RepositoryFullError
 from repository.interfaces import ChunkSink, Committer, Pruner
 from repository.pack_store import PackStore
 from repository.repository import Repository
-from repository.s3_pack_store import S3PackStore
 from repository_writer import metrics
 from repository_writer.chunk_stream_server import HELLO_TIMEOUT, ChunkStreamServer, route_address
 from repository_writer.commit_limits import DEFAULT_MAX_DISK_CAPACITY, CommitLimits
@@ -168,7 +167,7 @@ class WriterService:
         store = repo.chunks
         self.quiet_sealer = (
             QuietSealer(store, pack_quiet_seal, name)
-            if isinstance(store, S3PackStore) and pack_quiet_seal > 0
+            if repo.on_s3 and isinstance(store, PackStore) and pack_quiet_seal > 0
             else None
         )
 
