@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from repository.errors import RepositoryError
 from repository.fixed_index import DiskMap
 from repository.holds import HoldInfo
 from repository.point_commit import PointCommit
@@ -63,6 +64,12 @@ class PointSource(Protocol):
 
     def read_chunk_view(self, chunk_id: bytes, *, check_crc: bool = True) -> bytes | memoryview:
         """A chunk's plaintext, checked against its id (raises CorruptObjectError)."""
+        ...
+
+    def read_chunk_views(
+        self, chunk_ids: Sequence[bytes], *, check_crc: bool = True
+    ) -> list[bytes | memoryview | RepositoryError]:
+        """read_chunk_view of each (neighbours read together): plaintext or its error."""
         ...
 
 

@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from repository import pack_writer
+from repository import pack_writer, read_runs
 from repository.chunk_store import ChunkStore, check_id
 from repository.errors import MissingChunkError, RepositoryError
 from repository.fsutil import lock_file
@@ -46,6 +46,10 @@ _live: weakref.WeakSet[PackStore] = weakref.WeakSet()
 
 
 class PackStore:
+    # read_many reads runs of neighbours at all: S3 (a request each) does; local packs
+    # do not (one pread per chunk measured the same: bench/RESULTS.md, #22 part 2)
+    coalesce_reads = False
+
     def __init__(
         self,
         root: Path,
@@ -138,6 +142,37 @@ class PackStore:
                 f"its index says {loc.offset + loc.length}"
             )
         return data
+
+    def read_many(self, chunk_ids: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The blobs of those of ``chunk_ids`` that lie close to another of them in one
+        pack, each run of such neighbours read with one request (read_runs.py). Left out
+        (for ``read``, one by one, with its lookups, retries and errors): a chunk alone
+        in its run, one the index does not name, one in a pack gone or shorter than its
+        index (``read`` looks it up again, or names the chunk in its error). Other read
+        errors (the endpoint down) are raised. Unchecked, as ``read``'s: the caller
+        checks each blob against its id."""
+        if not self.coalesce_reads:
+            return {}
+        wanted: list[tuple[bytes, Location]] = []
+        for cid in dict.fromkeys(chunk_ids):
+            locs = self.index.lookup(check_id(cid))
+            if locs:
+                wanted.append((cid, locs[0]))
+        out: dict[bytes, bytes] = {}
+        for run in read_runs.plan(wanted):
+            if len(run.members) > 1 and (data := self._read_run(run)) is not None:
+                out.update(read_runs.cut(run, data))
+        return out
+
+    def _read_run(self, run: read_runs.Run) -> bytes | None:
+        """The bytes of ``run`` in its pack; None to leave its chunks to ``read``."""
+        path = self.pack_path(run.pack)
+        try:
+            with open(path, "rb") as fh:
+                data = os.pread(fh.fileno(), run.length, run.offset)
+        except OSError:
+            return None
+        return data if len(data) == run.length else None
 
     def read_pack(self, pack: bytes) -> bytes:
         """A sealed pack's whole bytes (verify)."""

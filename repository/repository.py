@@ -341,6 +341,27 @@ class Repository:
         """:meth:`read_chunk` without copying a stored-raw payload (restore path)."""
         return self.decode_chunk(chunk_id, self.read_chunk_blob(chunk_id), check_crc=check_crc)
 
+    def read_chunk_views(
+        self, chunk_ids: Sequence[bytes], *, check_crc: bool = True
+    ) -> list[bytes | memoryview | RepositoryError]:
+        """:meth:`read_chunk_view` of each of ``chunk_ids`` (a restore's next chunks),
+        neighbours in one pack read with one request (PackStore.read_many): for each,
+        its checked plaintext or the error reading it alone would have raised."""
+        try:
+            blobs = self.chunks.read_many(chunk_ids) if isinstance(self.chunks, PackStore) else {}
+        except RepositoryError as exc:
+            return [exc] * len(chunk_ids)
+        out: list[bytes | memoryview | RepositoryError] = []
+        for cid in chunk_ids:
+            try:
+                data = blobs.get(cid)
+                if data is None:
+                    data = self.read_chunk_blob(cid)
+                out.append(self.decode_chunk(cid, data, check_crc=check_crc))
+            except RepositoryError as exc:
+                out.append(exc)
+        return out
+
     def read_chunk_blob(self, chunk_id: bytes) -> bytes:
         """A chunk's blob as stored (compressed, encrypted), unchecked: for a copy that
         writes it as is into a repository that decodes it (`decode_chunk` checks it)."""

@@ -1,10 +1,11 @@
 """Restore one disk of a point to a raw file, a block device or a stream.
 
-Streaming (at most READ_AHEAD decoded chunks in memory), sparse-aware (zero chunks
-of a regular file are skipped with positional writes and the size is set with
-ftruncate at the end), and every chunk is checked against its id before it is
-written. A regular-file target is written under a temporary name and renamed
-when complete, so a failed restore never leaves a plausible-looking image.
+Streaming (at most ``workers + 1`` batches of BATCH_BYTES of the disk decoded in
+memory), sparse-aware (zero chunks of a regular file are skipped with positional
+writes and the size is set with ftruncate at the end), and every chunk is checked
+against its id before it is written. A regular-file target is written under a
+temporary name and renamed when complete, so a failed restore never leaves a
+plausible-looking image.
 
 Durability: a regular file or a block device is fsynced before the restore
 reports success (``sync=True``, the default): the image is about to be attached
@@ -36,7 +37,9 @@ from repository.fixed_index import ID_LEN, ZERO_ID, DiskMap
 from repository.fsutil import fsync_dir, os_error, tmp_path, unlink_quiet
 from repository.interfaces import PointSource
 
-READ_AHEAD = 8  # chunks decoded ahead of the writer: bounds memory to 8 x chunk size
+# disk bytes whose chunks one reading thread reads and decodes at once: neighbours in a
+# pack are read with one request (read_runs.py); memory is (workers + 1) batches
+BATCH_BYTES = 16 << 20
 WRITEBACK_BYTES = 8 << 20  # start writeback of each 8 MiB written (regular files)
 
 Buf = bytes | memoryview
@@ -234,28 +237,58 @@ def _run(
     return RestoreStats(capacity, chunks, zeros, time.perf_counter() - t0)
 
 
+def _failed(exc: RepositoryError, index: int, cs: int, what: str) -> RepositoryError:
+    return RepositoryError(
+        f"restore of {what} failed at chunk #{index} (offset {index * cs}): {exc}"
+    )
+
+
 def _read(repo: PointSource, cid: bytes, index: int, cs: int, what: str) -> Buf:
     try:
         # no copy of raw payloads; the id check covers what the CRC would
         return repo.read_chunk_view(cid, check_crc=False)
     except RepositoryError as exc:
-        raise RepositoryError(
-            f"restore of {what} failed at chunk #{index} (offset {index * cs}): {exc}"
-        ) from None
+        raise _failed(exc, index, cs, what) from None
+
+
+Batch = list[tuple[int, bytes]]  # (index, id) of consecutive chunks of the disk
+Decoded = Buf | RepositoryError | None  # None: a zero chunk
+
+
+def _read_batch(repo: PointSource, batch: Batch, cs: int, what: str) -> list[Decoded]:
+    """Each chunk of ``batch`` decoded (or the error naming it), its distinct ids read
+    with one call (neighbours in a pack: one request)."""
+    ids = list(dict.fromkeys(cid for _, cid in batch if cid != ZERO_ID))
+    got = dict(zip(ids, repo.read_chunk_views(ids, check_crc=False), strict=True))
+    out: list[Decoded] = []
+    for i, cid in batch:
+        r = None if cid == ZERO_ID else got[cid]
+        out.append(_failed(r, i, cs, what) if isinstance(r, RepositoryError) else r)
+    return out
+
+
+def _batches(dmap: DiskMap, first: int) -> Iterator[Batch]:
+    """The disk's chunks from ``first`` in groups spanning BATCH_BYTES of the disk."""
+    per = max(1, BATCH_BYTES // dmap.chunk_size)
+    entries = memoryview(dmap.entries)
+    for start in range(first, len(dmap), per):
+        stop = min(len(dmap), start + per)
+        yield [(i, bytes(entries[i * ID_LEN : (i + 1) * ID_LEN])) for i in range(start, stop)]
 
 
 def _decoded(
     repo: PointSource, dmap: DiskMap, what: str, workers: int, first: int = 0
 ) -> Iterator[tuple[int, Buf | None]]:
-    """(index, plaintext or None for zero), in order from chunk ``first``, decoded up to
-    READ_AHEAD ahead."""
+    """(index, plaintext or None for zero), in order from chunk ``first``: ``workers``
+    threads each decode a batch (BATCH_BYTES of the disk) ahead of the caller, at most
+    ``workers + 1`` batches in memory; a chunk's error is raised at its turn."""
     cs = dmap.chunk_size
-    entries = memoryview(dmap.entries)
-    ids = (bytes(entries[i * ID_LEN : (i + 1) * ID_LEN]) for i in range(first, len(dmap)))
     if workers <= 0:
+        entries = memoryview(dmap.entries)
         last_id: bytes = b""
         last: Buf = b""
-        for i, cid in enumerate(ids, first):
+        for i in range(first, len(dmap)):
+            cid = bytes(entries[i * ID_LEN : (i + 1) * ID_LEN])
             if cid == ZERO_ID:
                 yield i, None
                 continue
@@ -263,22 +296,26 @@ def _decoded(
                 last_id, last = cid, _read(repo, cid, i, cs, what)
             yield i, last
         return
-    pending: deque[tuple[int, Future[Buf] | None]] = deque()
+    pending: deque[tuple[Batch, Future[list[Decoded]]]] = deque()
+
+    def drain() -> Iterator[tuple[int, Buf | None]]:
+        batch, fut = pending.popleft()
+        for (i, _), r in zip(batch, fut.result(), strict=True):
+            if isinstance(r, RepositoryError):
+                raise r
+            yield i, r
+
     with ThreadPoolExecutor(workers, thread_name_prefix="restore") as ex:
         try:
-            for i, cid in enumerate(ids, first):
-                fut = None if cid == ZERO_ID else ex.submit(_read, repo, cid, i, cs, what)
-                pending.append((i, fut))
-                if len(pending) >= READ_AHEAD:
-                    j, f = pending.popleft()
-                    yield j, None if f is None else f.result()
+            for batch in _batches(dmap, first):
+                pending.append((batch, ex.submit(_read_batch, repo, batch, cs, what)))
+                if len(pending) > workers:
+                    yield from drain()
             while pending:
-                j, f = pending.popleft()
-                yield j, None if f is None else f.result()
+                yield from drain()
         finally:
             for _, f in pending:
-                if f is not None:
-                    f.cancel()
+                f.cancel()
 
 
 def _load_sync_file_range() -> Any:

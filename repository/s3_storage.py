@@ -102,14 +102,18 @@ class S3Storage:
             resp = self._client.get_object(Bucket=self.loc.bucket, Key=key)
             return resp["Body"].read()
 
-        # botocore retries the request; a body cut off mid-read is retried here
+        return self._get_body(get, name, "")
+
+    def _get_body(self, get: Callable[[], bytes], name: str, what: str) -> bytes:
+        """``get()``'s body; botocore retries the request, a body cut off mid-read is
+        retried here. ``what``: the range, for the message ("" for the whole object)."""
         for attempt in range(self.loc.max_attempts):
             try:
                 return self._call(get, "read", name)
             except BodyCut:
                 if attempt + 1 == self.loc.max_attempts:
                     raise RepositoryError(
-                        f"cannot read {self.location(name)}: the body was cut off"
+                        f"cannot read {self.location(name)}{what}: the body was cut off"
                         f" {self.loc.max_attempts} times"
                     ) from None
                 time.sleep(min(0.2 * 2**attempt, 5.0))

@@ -64,6 +64,7 @@ from repository_writer.commit_queue import commit_queue_reply
 from repository_writer.free_space import FreeSpaceGuard, MiB
 from repository_writer.message_context import message_context
 from repository_writer.prune_requests import prune_reply
+from repository_writer.quiet_seal import QuietSealer
 from repository_writer.senders import Senders
 from repository_writer.stream_identity import make_identity
 
@@ -97,6 +98,7 @@ class WriterService:
         proxy_users: Sequence[str] = (),
         pack_idle_seal: float = 30.0,
         pack_max_age: float = 0.0,
+        pack_quiet_seal: float = 0.0,
     ) -> None:
         self.repo = repo
         self.pack_idle_seal = pack_idle_seal  # seconds; 0 = never idle-sealed
@@ -161,6 +163,13 @@ class WriterService:
         self.free_space = FreeSpaceGuard(repo.path, min_free_bytes)
         self._stopping = threading.Event()
         self._sealer: threading.Thread | None = None
+        # s3:// only: other writers' commits wait for this writer's open packs
+        store = repo.chunks
+        self.quiet_sealer = (
+            QuietSealer(store, pack_quiet_seal, name)
+            if repo.on_s3 and isinstance(store, PackStore) and pack_quiet_seal > 0
+            else None
+        )
 
     def _declare(self, ch: Any) -> None:
         declare_base(ch, self.params)
@@ -185,6 +194,8 @@ class WriterService:
                 target=self._seal_idle_packs, name=f"{self.name}-idle-seal", daemon=True
             )
             self._sealer.start()
+        if self.quiet_sealer is not None:
+            self.quiet_sealer.start()
         log.info("writer_started", name=self.name, shards=self.shards, repo=self.repo.location)
         return self
 
@@ -230,6 +241,8 @@ class WriterService:
         if self._sealer is not None:
             self._sealer.join()
             self._sealer = None
+        if self.quiet_sealer is not None:
+            self.quiet_sealer.stop()
 
     def close(self) -> None:
         self.stop()
@@ -284,6 +297,15 @@ class WriterService:
             return self.on_batch(msg, shard)
 
     def on_batch(self, msg: ChunkBatch, shard: int) -> ChunkAck:
+        if self.quiet_sealer is None:
+            return self._on_batch(msg, shard)
+        self.quiet_sealer.begin()
+        try:
+            return self._on_batch(msg, shard)
+        finally:
+            self.quiet_sealer.end()
+
+    def _on_batch(self, msg: ChunkBatch, shard: int) -> ChunkAck:
         stray = [c[0].hex() for c in msg.chunks if shard_of(c[0], self.n_shards) not in self._own]
         if stray:
             why = f"chunks of shards this writer does not own: {stray[:3]}"
@@ -392,6 +414,7 @@ def main(args: argparse.Namespace) -> int:
         proxy_users=ws.proxy_users,
         pack_idle_seal=ws.pack_idle_seal,
         pack_max_age=ws.pack_max_age,
+        pack_quiet_seal=ws.pack_quiet_seal,
     )
     stop_on_signals(service)
     try:

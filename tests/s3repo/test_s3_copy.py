@@ -58,11 +58,15 @@ class PutCounter:
         storage = repo.storage
         assert isinstance(storage, S3Storage)
         self.skip = len(storage.key("x")) - 1  # the repository's prefix
+        # the client is shared by storages of the same endpoint and keys: this one's only
+        self.bucket, self.prefix = storage.loc.bucket, storage.key("x")[: self.skip]
         for op in ("PutObject", "UploadPart", "CopyObject"):
             storage._client.meta.events.register(f"before-parameter-build.s3.{op}", self._count)
 
     def _count(self, params: dict[str, Any], **_kw: object) -> None:
-        self.by_dir[str(params["Key"])[self.skip :].split("/")[0]] += 1
+        key = str(params["Key"])
+        if params.get("Bucket") == self.bucket and key.startswith(self.prefix):
+            self.by_dir[key[self.skip :].split("/")[0]] += 1
 
     def writes(self, *dirs: str) -> int:
         return sum(self.by_dir[d] for d in dirs)
