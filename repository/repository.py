@@ -12,7 +12,6 @@ others work on files under ``path``.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,9 +33,9 @@ from repository.errors import (
     RepositoryFormatError,
 )
 from repository.fixed_index import DiskMap
-from repository.fsutil import makedirs_durable, write_atomic
 from repository.holds import Hold, HoldInfo, PointHolds
 from repository.job_history import JobHistory
+from repository.local_repo_open import local_init, local_open, unconverted_chunks
 from repository.local_storage import LocalDirectoryStorage
 from repository.meta_auth import MetaAuth, derive_meta_key
 from repository.pack_store import DEFAULT_PACK_SIZE, PackStore
@@ -61,10 +60,7 @@ if TYPE_CHECKING:  # S3 modules load botocore: imported where a repository is on
 
 DEFAULT_CHUNK = repo_config.MiB
 DEFAULT_LEVEL = 3
-PRIVATE_DIR = 0o700
 COMMIT_POLL_S = 0.25  # seconds between listings of index/ while a commit on S3 waits
-TOP_DIRS = ("chunks", "points", "running", "locks", "keys")
-PACK_DIRS = ("packs", "index", "points", "running", "locks", "keys")  # version 3: no chunks/
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +112,9 @@ class Repository:
 
             self.chunks = self._s3_chunks = S3PackStore(s3, path, sizes, config["pack_size"])
         elif self.packed:
-            self.chunks = PackStore(path, sizes, config["pack_size"], _unconverted(path, sizes))
+            self.chunks = PackStore(
+                path, sizes, config["pack_size"], unconverted_chunks(path, sizes)
+            )
         else:
             self.chunks = ChunkStore(path / "chunks", sizes)
         self.quarantine = Quarantine(self.storage)  # damaged chunks (verify)
@@ -179,29 +177,10 @@ class Repository:
                 f"{loc.text}: Object Lock is for a repository on S3 (s3://BUCKET/PREFIX)"
             )
         assert loc.local is not None
-        path = loc.local
-        try:
-            config = repo_config.new(
-                chunk_size, compression_level, passphrase is not None, pack_size if packs else None
-            )
-        except repo_config.ConfigFieldError as exc:
-            raise InvalidRequestError(str(exc)) from None
-        if path.exists() and any(path.iterdir()):
-            raise RepositoryError(f"{path} exists and is not empty; not creating a repository")
-        makedirs_durable(path)
-        os.chmod(path, PRIVATE_DIR)  # chunks, maps and key file are for the backup roles only
-        for sub in PACK_DIRS if packs else TOP_DIRS:
-            makedirs_durable(path / sub)
-            os.chmod(path / sub, PRIVATE_DIR)
-        if not packs:
-            ChunkStore(path / "chunks").create_dirs()
-        keys = None
-        if passphrase is not None:
-            keys = keyfile.create(path / "keys" / "repokey", _pass_bytes(passphrase), n=kdf_n)
-        auth = MetaAuth(config["id"], derive_meta_key(keys) if keys else None)
-        # config last: a crash during init leaves a directory that does not open as a repo
-        write_atomic(path / "config", [repo_config.encode(config, auth)], "config")
-        return cls(path, repo_config.read(path / "config"), keys)
+        return local_init(
+            cls, loc.local, chunk_size, compression_level, passphrase, kdf_n, pack_size,
+            packs=packs,
+        )  # fmt: skip
 
     @classmethod
     def open(
@@ -228,30 +207,7 @@ class Repository:
                 cache_name=cache_name,
             )  # fmt: skip
         assert loc.local is not None
-        path = loc.local
-        cfg_path = path / "config"
-        config = repo_config.read(cfg_path)
-        if config["version"] not in repo_config.VERSIONS:
-            raise RepositoryFormatError(
-                f"repository config {cfg_path}: format version {config['version']}: "
-                f"run `vmbackup repo upgrade --repo {path}` first (docs/repository-format.md)"
-            )
-        keys = None
-        if config["encryption"] == "aes-256-gcm":
-            if passphrase is None:
-                raise RepositoryError(f"{path} is encrypted: a passphrase is needed")
-            keys = keyfile.load(path / "keys" / "repokey", _pass_bytes(passphrase))
-            repo_config.check_mac(config, MetaAuth(config["id"], derive_meta_key(keys)), cfg_path)
-        repo = cls(path, config, keys)
-        if (
-            not read_only
-            and isinstance(repo.chunks, PackStore)
-            and os.access(path / "packs", os.W_OK)
-        ):
-            # packs of writers killed earlier: sealed and indexed before anyone relies on
-            # their log (not on a read-only mount: the coordinator only reads)
-            repo.chunks.recover()
-        return repo
+        return local_open(cls, loc.local, passphrase, read_only=read_only)
 
     def close(self) -> None:
         """Seal this process's open packs (a version-3 repository; nothing otherwise)."""
@@ -487,16 +443,6 @@ class Repository:
 
     def job_report(self, job_id: str) -> dict[str, Any]:
         return self.jobs.load(job_id)
-
-
-def _unconverted(path: Path, sizes: tuple[int, int]) -> ChunkStore | None:
-    """The chunk files a version-3 repository still has while `repo upgrade` converts it
-    from version 2 (``chunks/`` exists until the last of them is in a pack)."""
-    return ChunkStore(path / "chunks", sizes) if (path / "chunks").is_dir() else None
-
-
-def _pass_bytes(passphrase: str | bytes) -> bytes:
-    return passphrase.encode() if isinstance(passphrase, str) else passphrase
 
 
 def _decompress(payload: bytes | bytearray, raw_len: int, cid: bytes) -> bytes:

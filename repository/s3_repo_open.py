@@ -20,6 +20,7 @@ from repository.errors import (
     RepositoryError,
     RepositoryFormatError,
 )
+from repository.local_repo_open import passphrase_bytes
 from repository.meta_auth import MetaAuth, derive_meta_key
 from repository.repo_location import RepoLocation, default_cache_dir
 from repository.s3_config import S3Location
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
 CONFIG = "config"
 KEYFILE = "keys/repokey"
 PRIVATE_DIR = 0o700
-
-
-def _pass_bytes(passphrase: str | bytes) -> bytes:
-    return passphrase.encode() if isinstance(passphrase, str) else passphrase
 
 
 def _cache(cache_dir: Path | None, repo_id: str, name: str = "") -> Path:
@@ -90,7 +87,7 @@ def s3_init(
         raise RepositoryError(f"{loc.text} is not empty; not creating a repository")
     keys = None
     if passphrase is not None:
-        keys, data = keyfile.new(_pass_bytes(passphrase), n=kdf_n)
+        keys, data = keyfile.new(passphrase_bytes(passphrase), n=kdf_n)
         if not storage.create(KEYFILE, [data]):
             raise RepositoryError(f"{loc.text}: another `repo init` is creating a repository there")
     auth = MetaAuth(config["id"], derive_meta_key(keys) if keys else None)
@@ -142,7 +139,7 @@ def s3_open(
             raw = storage.read(KEYFILE)
         except MissingObjectError:
             raise RepositoryFormatError(f"{where}: missing") from None
-        keys = keyfile.parse(raw, where, _pass_bytes(passphrase))
+        keys = keyfile.parse(raw, where, passphrase_bytes(passphrase))
         repo_config.check_mac(
             config, MetaAuth(config["id"], derive_meta_key(keys)), storage.location(CONFIG)
         )

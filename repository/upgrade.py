@@ -24,10 +24,11 @@ from repository.errors import CorruptObjectError, RepositoryError
 from repository.fixed_index import V1, VERSION, DiskMap
 from repository.fsutil import TMP_PREFIX, write_atomic
 from repository.gc import gc_lock
+from repository.local_repo_open import PRIVATE_DIR, TOP_DIRS
 from repository.local_storage import LocalDirectoryStorage
 from repository.meta_auth import MetaAuth, derive_meta_key
 from repository.repo_location import NOTHING_TO_UPGRADE, local_only
-from repository.repository import PRIVATE_DIR, TOP_DIRS, Repository
+from repository.repository import Repository
 
 
 @dataclass

@@ -33,13 +33,14 @@ from repository.fsutil import (
     unlink_quiet,
     write_atomic,
 )
+from repository.local_repo_open import PRIVATE_DIR
 from repository.local_storage import LocalDirectoryStorage
 from repository.meta_auth import MetaAuth, derive_meta_key
 from repository.pack_compact import merge_index_files
 from repository.pack_store import DEFAULT_PACK_SIZE, GC_LOCK, PackStore
 from repository.pack_writer import OpenPack
 from repository.repo_location import NOTHING_TO_UPGRADE, local_only
-from repository.repository import PRIVATE_DIR, Repository
+from repository.repository import Repository
 from repository.running import RunningMarkers
 
 STALE_MARKER = 3 * 86400.0  # as gc: a "running" marker this old is a crashed job
