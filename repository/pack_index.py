@@ -83,6 +83,9 @@ class PackIndex:
                     continue
                 log = self._logs[name] = _OpenLog(pack)
             try:
+                # one stat instead of open, seek, read and close when the log did not grow
+                if os.stat(self.open_dir / name).st_size < log.read_to + LOG_RECORD_LEN:
+                    continue
                 with open(self.open_dir / name, "rb") as fh:
                     fh.seek(log.read_to)
                     data = fh.read()
