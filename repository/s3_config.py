@@ -12,8 +12,9 @@ file (every key but ``endpoint`` optional; an unknown key is an error naming it)
     profile = "default"                         # the section of credentials_file
     ca_file = "/etc/vmbackup/s3-ca.pem"         # PEM bundle; unset = system CAs
     part_size_mib = 64                          # multipart above this size
-    stream_part_mib = 16                        # an open pack's parts sent as it fills
-                                                #   (0 = off: uploaded whole at seal)
+    stream_part_mib = 0                         # > 0: an open pack's parts of this size
+                                                #   sent as it fills (0 = uploaded whole
+                                                #   at its seal; bench/RESULTS.md)
     max_attempts = 5                            # per request, with backoff
     connect_timeout_seconds = 10
     read_timeout_seconds = 60
@@ -71,7 +72,8 @@ class S3Location:
     ca_file: Path | None = None
     insecure_http: bool = False
     part_size: int = 64 * MIB  # a 32 MiB pack is one PUT: faster than parts (bench/RESULTS.md)
-    stream_part_size: int = 16 * MIB  # s3_pack_stream.py; 0 = off
+    # s3_pack_stream.py; 0 = off: the e2e full measured no faster with it (bench/RESULTS.md)
+    stream_part_size: int = 0
     max_attempts: int = 5
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
