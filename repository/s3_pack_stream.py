@@ -4,8 +4,9 @@ A writer's open pack (s3_pack_upload.UploadingPack) grows by batches, each fdata
 before its ack. Once the durable bytes not yet sent reach ``part_size`` (the S3 config's
 ``stream_part_mib``, at least S3's 5 MiB; 0, the default, does not stream), the next
 part, exactly ``part_size`` bytes of the cache's file from where the last one ended, is
-uploaded in the background: part ``n`` is always bytes ``[(n - 1) * part_size, n * part_size)`` of the pack file. The first
-part begins the multipart upload of the pack object. At most PARTS_AT_ONCE parts are in
+uploaded in the background: part ``n`` is always bytes ``[(n - 1) * part_size,
+n * part_size)`` of the pack file. The first part begins the multipart upload of the
+pack object. At most PARTS_AT_ONCE parts are in
 flight per process; an append that finds no free slot (or its pack's part still going)
 sends nothing, and a part that ends with enough durable bytes behind it sends the next
 one: the ack path never waits on the network.
