@@ -144,7 +144,7 @@ class PackStream:
                 start = min(start + self.part_size, end)
             parts = list(enumerate(self._etags, start=1))
             self.storage.complete_upload(self.name, self._upload_id, parts)
-        except RepositoryError as exc:
+        except (RepositoryError, ValueError) as exc:  # ValueError: past MAX_PARTS
             self.failed = exc
             self._abort()
             return False
