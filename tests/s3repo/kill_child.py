@@ -36,7 +36,7 @@ def main() -> None:
         return real_part(self, name, upload_id, number, body)
 
     S3RepoStorage.write = write  # type: ignore[method-assign,assignment]
-    S3RepoStorage.upload_part = upload_part  # type: ignore[method-assign]
+    S3RepoStorage.upload_part = upload_part  # type: ignore[method-assign,assignment]
     repo = Repository.open(url, s3_config=cfg, cache_dir=Path(cache))
     import_disk(repo, "vm", 2000, image, workers=0)
     print("not killed", flush=True)
