@@ -6,10 +6,10 @@ before its ack. Once the durable bytes not yet sent reach ``part_size`` (the S3 
 part, exactly ``part_size`` bytes of the cache's file from where the last one ended, is
 uploaded in the background: part ``n`` is always bytes ``[(n - 1) * part_size,
 n * part_size)`` of the pack file. The first part begins the multipart upload of the
-pack object. At most PARTS_AT_ONCE parts are in
-flight per process; an append that finds no free slot (or its pack's part still going)
-sends nothing, and a part that ends with enough durable bytes behind it sends the next
-one: the ack path never waits on the network.
+pack object. At most PARTS_AT_ONCE parts are in flight per process; an append that
+finds no free slot (or its pack's part still going) sends nothing, and a part that ends
+with enough durable bytes behind it sends the next one: the ack path never waits on
+the network.
 
 At seal (trailer written and fdatasync'd), :meth:`PackStream.finish` waits for the part
 in flight, sends the rest of the file (the trailer with it) as the last part(s) and
