@@ -1,7 +1,8 @@
 """The e2e full backup into a repository on the lab's Ceph RGW vs a local directory, and a
 restore from each, in the same run on the same lab.
 
-    .venv/bin/python -m bench.e2e_s3 [--vms 4] [--mib 256] [--rounds 1]
+    .venv/bin/python -m bench.e2e_s3 [--vms 4] [--mib 256] [--rounds 1] [--stream-part-mib 0]
+        [--keep DIR]   # then: python -m bench.job_tail DIR/s3-0 DIR/local-0
 
 One lab (1 cluster, 2 hosts, ``--vms`` VMs of one disk of ``--mib`` MiB, lab.fill_disks'
 mix, no clones), one RGW (lab/ceph_rgw.py, memstore; $VMBACKUP_BENCH_RGW_DIR or
@@ -104,14 +105,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vms", type=int, default=4)
     ap.add_argument("--mib", type=int, default=256, help="disk size of each VM")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument(
+        "--stream-part-mib", type=int, default=0, help="the S3 config's stream_part_mib"
+    )
+    ap.add_argument(
+        "--keep", type=Path, help="work in this (new) directory and keep it: the stack's logs"
+    )
     args = ap.parse_args(argv)
     rgw_dir = Path(os.environ.get("VMBACKUP_BENCH_RGW_DIR") or ceph_rgw.DEFAULT_DIR)
-    work = Path(tempfile.mkdtemp(prefix="e2e-s3-"))
+    if args.keep:
+        args.keep.mkdir(parents=True)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="e2e-s3-"))
     rows: list[Row] = []
     info = ceph_rgw.start(rgw_dir)
     try:
         bucket = f"bench-{uuid.uuid4().hex[:12]}"
         cfg = s3_config_file(work, info)
+        if args.stream_part_mib:
+            cfg.write_text(cfg.read_text() + f"stream_part_mib = {args.stream_part_mib}\n")
         S3RepoStorage(load_s3_config(cfg, f"s3://{bucket}")).create_bucket()
         per_host = (args.vms + 1) // 2
         spec = LabSpec(clusters=1, hosts_per_cluster=2, vms_per_host=per_host,
@@ -125,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(one(lab, work, target, rnd, info, bucket, cfg))
                     print(rows[-1], flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
         if not info.reused:
             ceph_rgw.stop(rgw_dir)
     print_table(rows, args)

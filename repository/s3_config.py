@@ -12,6 +12,9 @@ file (every key but ``endpoint`` optional; an unknown key is an error naming it)
     profile = "default"                         # the section of credentials_file
     ca_file = "/etc/vmbackup/s3-ca.pem"         # PEM bundle; unset = system CAs
     part_size_mib = 64                          # multipart above this size
+    stream_part_mib = 0                         # > 0: an open pack's parts of this size
+                                                #   sent as it fills (0 = uploaded whole
+                                                #   at its seal; bench/RESULTS.md)
     max_attempts = 5                            # per request, with backoff
     connect_timeout_seconds = 10
     read_timeout_seconds = 60
@@ -69,6 +72,8 @@ class S3Location:
     ca_file: Path | None = None
     insecure_http: bool = False
     part_size: int = 64 * MIB  # a 32 MiB pack is one PUT: faster than parts (bench/RESULTS.md)
+    # s3_pack_stream.py; 0 = off: the e2e full measured no faster with it (bench/RESULTS.md)
+    stream_part_size: int = 0
     max_attempts: int = 5
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
@@ -100,6 +105,11 @@ class S3Location:
             raise S3ConfigError("region: empty")
         if self.part_size < MIN_PART:
             raise S3ConfigError(f"part_size: {self.part_size} is below S3's {MIN_PART} bytes")
+        if self.stream_part_size and self.stream_part_size < MIN_PART:
+            raise S3ConfigError(
+                f"stream_part_size: {self.stream_part_size} is below S3's {MIN_PART} bytes"
+                " (0 turns streaming off)"
+            )
         if self.max_attempts < 1:
             raise S3ConfigError(f"max_attempts: {self.max_attempts} (at least 1)")
         if self.connect_timeout <= 0 or self.read_timeout <= 0:
@@ -180,6 +190,7 @@ _KEYS: dict[str, tuple[str, type, int]] = {
     "ca_file": ("ca_file", Path, 1),
     "insecure_http": ("insecure_http", bool, 1),
     "part_size_mib": ("part_size", int, MIB),
+    "stream_part_mib": ("stream_part_size", int, MIB),
     "max_attempts": ("max_attempts", int, 1),
     "connect_timeout_seconds": ("connect_timeout", float, 1),
     "read_timeout_seconds": ("read_timeout", float, 1),

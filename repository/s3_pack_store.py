@@ -1,10 +1,12 @@
 """The chunk store of a version-3 repository on S3: packs uploaded, index cached locally.
 
 Writing is PackStore's (open packs in the cache directory, one fdatasync per batch);
-sealing uploads (s3_pack_upload.py). ``flush`` (which every point commit calls first)
-seals and uploads this process's open packs, waiting for one another thread is
-appending to, so a committed point never names a chunk that is only in the cache: a
-commit costs at most one upload per open pack (one PUT of a partly filled pack).
+an open pack's durable bytes go up as multipart parts while it fills
+(s3_pack_stream.py) and sealing uploads the rest (s3_pack_upload.py). ``flush`` (which
+every point commit calls first) seals and uploads this process's open packs, waiting for
+one another thread is appending to, so a committed point never names a chunk that is
+only in the cache: a commit costs at most one upload per open pack (its last part and
+the completion, or one PUT of a pack smaller than a part).
 
 Finding chunks: the index cache is the cache directory's ``index/`` (the same mmap'd
 files as a local repository's index, merged as they accumulate: s3_pack_index.py).
@@ -77,6 +79,8 @@ class S3PackStore(PackStore):
     def _open_pack(self) -> UploadingPack:
         pack = UploadingPack(self.root)
         pack.storage = self.storage
+        if self.storage.loc.stream_part_size:
+            pack.stream_to(self.storage, self.storage.loc.stream_part_size)
         return pack
 
     def _seal(self, pack: object) -> None:

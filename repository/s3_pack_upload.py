@@ -1,11 +1,14 @@
-"""Packs of a repository on S3: sealed in the local cache, then uploaded whole.
+"""Packs of a repository on S3: written in the local cache, uploaded as they fill.
 
 An open pack is written in the cache directory exactly as in a local repository
-(pack_writer.OpenPack: ``packs/open/<32 hex>.pack`` beside its flock()ed log). Sealing
-appends the trailer and fdatasyncs, then uploads, in this order:
+(pack_writer.OpenPack: ``packs/open/<32 hex>.pack`` beside its flock()ed log). With the
+S3 config's ``stream_part_mib`` (s3_pack_stream.py), its durable bytes go up as the
+parts of a multipart upload while it fills. Sealing appends the trailer and fdatasyncs,
+then uploads, in this order:
 
-1. the pack, as the object ``packs/<2 hex>/<32 hex>`` (one PUT, multipart above the
-   S3 config's part size);
+1. the pack, as the object ``packs/<2 hex>/<32 hex>``: the streamed upload's last
+   part(s) and its completion; else (nothing streamed, or a part failed) the file
+   whole, one PUT, multipart above the S3 config's part size;
 2. its index (pack_index_file.py bytes for this one pack), as ``index/<32 hex>``;
 3. the same index file into the cache (``index/<32 hex>.idx``): a local index file
    therefore always names an uploaded pack;
@@ -29,7 +32,9 @@ from repository.errors import RepositoryError
 from repository.fsutil import os_error, unlink_quiet, write_atomic
 from repository.pack_format import Entry
 from repository.pack_index_file import Location
-from repository.pack_writer import OpenPack, _pwritev_all, abandoned
+from repository.pack_writer import Blob, OpenPack, _pwritev_all, abandoned
+from repository.s3_pack_stream import PackStream
+from repository.s3_storage import S3Storage
 from repository.storage import Storage
 
 PACKS = "packs"
@@ -51,6 +56,12 @@ def cached_index(root: Path, pack: bytes) -> Path:
 
 def upload(storage: Storage, root: Path, pack: bytes, path: Path, entries: Sequence[Entry]) -> None:
     """Steps 1-3 of the module docstring for a sealed pack file at ``path``."""
+    upload_whole(storage, pack, path)
+    upload_index(storage, root, pack, entries)
+
+
+def upload_whole(storage: Storage, pack: bytes, path: Path) -> None:
+    """The sealed pack file at ``path`` as its object (step 1, without streaming)."""
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -62,6 +73,10 @@ def upload(storage: Storage, root: Path, pack: bytes, path: Path, entries: Seque
                     view.release()
     except OSError as exc:
         raise os_error(exc, f"pack {path}") from exc
+
+
+def upload_index(storage: Storage, root: Path, pack: bytes, entries: Sequence[Entry]) -> None:
+    """Steps 2-3: the pack's index object, then the cache's index file."""
     idx = pack_index_file.encode([(e.id, Location(pack, e.offset, e.length)) for e in entries])
     storage.write(index_object(pack), idx)
     write_atomic(cached_index(root, pack), idx, f"index file {pack.hex()}")
@@ -71,8 +86,19 @@ class UploadingPack(OpenPack):
     """An open pack whose seal uploads it (and drops the local copy)."""
 
     storage: Storage
+    stream: PackStream | None = None  # its parts sent as it fills (stream_to)
     _trailed = False
-    drop_written = False  # read again at seal, for the upload
+    drop_written = False  # read again at seal (or by a part), for the upload
+
+    def stream_to(self, storage: S3Storage, part_size: int) -> None:
+        """Send the pack's durable bytes to its object as parts while it fills."""
+        self.stream = PackStream(storage, pack_object(self.id), self._fd, part_size)
+
+    def append(self, blobs: Sequence[Blob]) -> list[Location]:
+        locations = super().append(blobs)
+        if self.stream is not None:
+            self.stream.offer(self.size)  # fdatasync'd: a part may go (never waits)
+        return locations
 
     def seal(self) -> None:
         if not self.entries:
@@ -85,7 +111,10 @@ class UploadingPack(OpenPack):
             except OSError as exc:
                 raise os_error(exc, f"pack {self.path}") from exc
             self._trailed = True
-        upload(self.storage, self.root, self.id, self.path, self.entries)
+        end = self.size + pack_format.trailer_size(len(self.entries))
+        if self.stream is None or not self.stream.finish(end):
+            upload_whole(self.storage, self.id, self.path)
+        upload_index(self.storage, self.root, self.id, self.entries)
         with contextlib.suppress(OSError):
             os.close(self._fd)
         unlink_quiet(self.path)

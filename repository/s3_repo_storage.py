@@ -9,8 +9,6 @@ counts the ranged GETs issued (tests, benchmarks).
 
 from __future__ import annotations
 
-import threading
-
 from repository.errors import RepositoryError
 from repository.s3_storage import S3Storage
 
@@ -21,7 +19,6 @@ class ShortObjectError(RepositoryError):
 
 class S3RepoStorage(S3Storage):
     range_reads = 0  # ranged GETs sent by this storage (retries by botocore not counted)
-    _count_lock = threading.Lock()
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         """``length`` bytes of the object from ``offset``; MissingObjectError when there is

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -75,7 +76,14 @@ DELETE_BATCH = 1000  # DeleteObjects' limit
 
 
 class S3Storage:
-    """storage.Storage on ``location`` (its bucket must exist: ``create_bucket`` makes one)."""
+    """storage.Storage on ``location`` (its bucket must exist: ``create_bucket`` makes one).
+
+    ``parts_uploaded`` and ``part_bytes`` count the multipart parts this storage sent
+    and their bytes (botocore's retries not counted): tests and benchmarks."""
+
+    parts_uploaded = 0
+    part_bytes = 0
+    _count_lock = threading.Lock()
 
     def __init__(self, location: S3Location, client: S3Client | None = None) -> None:
         self.loc = location
@@ -218,12 +226,8 @@ class S3Storage:
     def _multipart(
         self, name: str, key: str, first: bytes, second: bytes, rest: Iterator[bytes]
     ) -> None:
-        bucket = self.loc.bucket
-        up = self._call(
-            lambda: self._client.create_multipart_upload(Bucket=bucket, Key=key), "write", name
-        )
-        upload_id = up["UploadId"]
-        done: list[dict[str, object]] = []
+        upload_id = self.begin_upload(name)
+        done: list[tuple[int, str]] = []
         try:
             for number, body in enumerate(itertools.chain((first, second), rest), start=1):
                 if number > MAX_PARTS:
@@ -231,30 +235,68 @@ class S3Storage:
                         f"cannot write {self.location(name)}: over {MAX_PARTS} parts"
                         f" of {self.loc.part_size} bytes"
                     )
-                resp = self._call(
-                    lambda b=body, n=number: self._client.upload_part(  # type: ignore[misc]
-                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=n, Body=b
-                    ),
-                    "write",
-                    name,
-                )
-                done.append({"PartNumber": number, "ETag": resp["ETag"]})
-            done_resp = self._call(
-                lambda: self._client.complete_multipart_upload(
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": done},  # type: ignore[typeddict-item]
-                ),
-                "write",
-                name,
-            )
-            self._completed(name, done_resp.get("VersionId"))
+                done.append((number, self.upload_part(name, upload_id, number, body)))
+            self.complete_upload(name, upload_id, done)
         except BaseException:
-            # best effort: what stays is an unfinished upload, for remove_unfinished
-            with contextlib.suppress(bx.BotoCoreError, bx.ClientError):
-                self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            self.abort_upload(name, upload_id)
             raise
+
+    # --- a multipart upload, step by step (s3_pack_stream.py: parts as a pack fills) ---
+
+    def begin_upload(self, name: str) -> str:
+        """CreateMultipartUpload of ``name``: the upload's id. Nothing shows under the
+        name until ``complete_upload``; an upload never completed nor aborted is what
+        ``remove_unfinished`` aborts."""
+        key = self.key(name)
+        up = self._call(
+            lambda: self._client.create_multipart_upload(Bucket=self.loc.bucket, Key=key),
+            "write",
+            name,
+        )
+        return up["UploadId"]
+
+    def upload_part(self, name: str, upload_id: str, number: int, body: bytes) -> str:
+        """UploadPart ``number`` (1..MAX_PARTS; every part but the last >= MIN_PART
+        bytes, which CompleteMultipartUpload checks): the part's ETag."""
+        if not 1 <= number <= MAX_PARTS:
+            raise ValueError(f"upload_part({name!r}, part {number}): not in 1..{MAX_PARTS}")
+        key = self.key(name)
+        resp = self._call(
+            lambda: self._client.upload_part(
+                Bucket=self.loc.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+            ),
+            "write",
+            name,
+        )
+        with self._count_lock:
+            self.parts_uploaded += 1
+            self.part_bytes += len(body)
+        return resp["ETag"]
+
+    def complete_upload(self, name: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> None:
+        """CompleteMultipartUpload of (part number, ETag) ``parts``: the object shows,
+        whole; then what a locked bucket adds (``_completed``)."""
+        key = self.key(name)
+        listed = [{"PartNumber": n, "ETag": etag} for n, etag in parts]
+        resp = self._call(
+            lambda: self._client.complete_multipart_upload(
+                Bucket=self.loc.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": listed},  # type: ignore[typeddict-item]
+            ),
+            "write",
+            name,
+        )
+        self._completed(name, resp.get("VersionId"))
+
+    def abort_upload(self, name: str, upload_id: str) -> None:
+        """AbortMultipartUpload, best effort: one that fails stays for
+        ``remove_unfinished``."""
+        with contextlib.suppress(bx.BotoCoreError, bx.ClientError):
+            self._client.abort_multipart_upload(
+                Bucket=self.loc.bucket, Key=self.key(name), UploadId=upload_id
+            )
 
     # hooks for a bucket with Object Lock (s3_object_lock.LockedS3Storage)
 

@@ -75,6 +75,10 @@ def test_a_whole_file(tmp_path: Path) -> None:
         ({"endpoint": "http://127.0.0.1:1", "bucket": "b12", "prefix": "/x"}, "prefix: "),
         ({"endpoint": "http://127.0.0.1:1", "bucket": "b12", "prefix": "a/../b"}, "prefix: "),
         ({"endpoint": "http://127.0.0.1:1", "bucket": "b12", "part_size_mib": 4}, "part_size"),
+        (
+            {"endpoint": "http://127.0.0.1:1", "bucket": "b12", "stream_part_mib": 3},
+            "stream_part_size: 3145728 is below S3's 5242880 bytes",
+        ),
         ({"endpoint": "http://127.0.0.1:1", "bucket": "b12", "max_attempts": 0}, "max_attempts"),
         ({"endpoint": "http://127.0.0.1:1", "bucket": "b12", "max_attempts": "3"}, "not a int"),
         ({"endpoint": "http://127.0.0.1:1", "bucket": "b12", "insecure_http": 1}, "not a bool"),
@@ -84,6 +88,12 @@ def test_a_whole_file(tmp_path: Path) -> None:
 def test_bad_config_names_what_is_wrong(data: dict[str, object], message: str) -> None:
     with pytest.raises(S3ConfigError, match="S3 config: .*" + message.replace("(", r"\(")):
         parse_s3_config(data)
+
+
+def test_streaming_is_off_unless_asked() -> None:
+    base = {"endpoint": "http://127.0.0.1:1", "bucket": "b12"}
+    assert parse_s3_config(base).stream_part_size == 0
+    assert parse_s3_config(base | {"stream_part_mib": 16}).stream_part_size == 16 * MIB
 
 
 def test_plain_http_is_for_loopback_or_said_out_loud() -> None:

@@ -76,6 +76,29 @@ def test_list_pages_through_more_than_one_page(s3_storage: S3Storage) -> None:
     assert list(s3_storage.list("")) == []
 
 
+def test_multipart_upload_step_by_step(s3_storage: S3Storage) -> None:
+    """begin/upload_part/complete/abort (s3_pack_stream.py's steps): parts counted, the
+    object shows only at completion, an aborted upload leaves nothing."""
+    first, last = os.urandom(MIN_PART), os.urandom(MiB + 3)
+    up = s3_storage.begin_upload("packs/ab/step")
+    etags = [s3_storage.upload_part("packs/ab/step", up, 1, first)]
+    assert not s3_storage.exists("packs/ab/step")  # nothing before the completion
+    etags.append(s3_storage.upload_part("packs/ab/step", up, 2, last))
+    assert (s3_storage.parts_uploaded, s3_storage.part_bytes) == (2, len(first) + len(last))
+    s3_storage.complete_upload("packs/ab/step", up, list(enumerate(etags, start=1)))
+    assert s3_storage.read("packs/ab/step") == first + last
+    with pytest.raises(ValueError, match=r"part 0\): not in 1\.\.10000"):
+        s3_storage.upload_part("packs/ab/other", "x", 0, b"")
+    gone = s3_storage.begin_upload("packs/ab/other")
+    s3_storage.upload_part("packs/ab/other", gone, 1, first)
+    s3_storage.abort_upload("packs/ab/other", gone)
+    bucket = s3_storage.loc.bucket
+    assert s3_storage._client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert not s3_storage.exists("packs/ab/other")
+    with pytest.raises(RepositoryError, match="packs/ab/other"):  # no such upload: named
+        s3_storage.upload_part("packs/ab/other", gone, 2, last)
+
+
 KILLED_UPLOAD = """
 import os, sys
 from pathlib import Path

@@ -1,7 +1,7 @@
 """Child of test_s3_kill.py: import a disk into an S3 repository and SIGKILL itself when
 the upload reaches ``KILL_AT`` (an object name prefix: ``packs/`` = before the pack
-object, ``index/`` = after it, before its index object). The storage is the real one;
-only the moment of death is chosen."""
+object, ``index/`` = after it, before its index object; ``part:N`` = before multipart
+part N of a pack). The storage is the real one; only the moment of death is chosen."""
 
 from __future__ import annotations
 
@@ -26,7 +26,17 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         real_write(self, name, parts)
 
+    real_part = S3RepoStorage.upload_part
+
+    def upload_part(
+        self: S3RepoStorage, name: str, upload_id: str, number: int, body: bytes
+    ) -> str:
+        if kill_at == f"part:{number}" and name.startswith("packs/"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_part(self, name, upload_id, number, body)
+
     S3RepoStorage.write = write  # type: ignore[method-assign,assignment]
+    S3RepoStorage.upload_part = upload_part  # type: ignore[method-assign,assignment]
     repo = Repository.open(url, s3_config=cfg, cache_dir=Path(cache))
     import_disk(repo, "vm", 2000, image, workers=0)
     print("not killed", flush=True)

@@ -172,6 +172,24 @@ def test_locked_point_survives_delete_and_overwrite_with_the_repositorys_keys(
     assert rep.hidden == rep.overwritten == [] and rep.extended == 0
 
 
+def test_a_streamed_pack_is_locked_after_its_completion(lrepo: S3Repo, tmp_path: Path) -> None:
+    """A pack sent as parts while it filled (s3_pack_stream.py) gets its retention from
+    PutObjectRetention after CompleteMultipartUpload, as a multipart write does."""
+    lrepo.config.write_text(lrepo.config.read_text() + "stream_part_mib = 5\n")
+    repo = _init(lrepo, pack_size=32 * MiB)
+    data = disk_image(tmp_path / "d.img", [rand() for _ in range(48)])  # 12 MiB: 3 parts
+    pid = import_disk(repo, "vm", 2000, tmp_path / "d.img", workers=0).point_id
+    now = time.time()
+    assert isinstance(repo.storage, LockedS3Storage)
+    assert repo.storage.parts_uploaded >= 3
+    (pack,) = [k for k, _ in _versions(lrepo, "repo/packs/")]
+    until = _until(lrepo, pack)
+    assert until is not None and DAY - 120 < until - now <= DAY + 5
+    fresh = _open(lrepo, "c2")
+    restore_disk(fresh, pid, 2000, tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == data
+
+
 def test_prune_and_gc_keep_what_is_locked_and_free_it_after(lrepo: S3Repo, tmp_path: Path) -> None:
     repo = _init(lrepo, pack_size=1 * MiB)
     disk_image(tmp_path / "old.img", [rand() for _ in range(4)])
