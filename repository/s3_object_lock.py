@@ -38,9 +38,9 @@ import botocore.exceptions as bx
 
 from repository.errors import RepositoryError
 from repository.repo_config import LOCK_MODES, MIN_LOCK_PERIOD, OBJECT_LOCK
+from repository.s3_calls import LockArgs
 from repository.s3_client import code
 from repository.s3_repo_storage import S3RepoStorage
-from repository.s3_storage import LockArgs
 from repository.storage import Bytes, check_name
 
 if TYPE_CHECKING:

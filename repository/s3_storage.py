@@ -28,78 +28,40 @@ How each guarantee of storage.py is met:
   a RepositoryError saying which.
 
 The client, the error translation and the multipart cutting are in s3_client.py; the
-location and its credentials in s3_config.py.
+calls' shared part in s3_calls.py, multipart uploads in s3_multipart.py; the location and
+its credentials in s3_config.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import math
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Literal, TypedDict, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import botocore.exceptions as bx
 
 from repository.errors import MissingObjectError, RepositoryError
-from repository.metrics import REPO_S3_ERRORS
 from repository.s3_client import (
     MISSING_KEY,
     BodyCut,
     code,
-    error_reason,
-    make_client,
     pieces,
-    translate,
-    valid_name,
 )
-from repository.s3_config import MAX_PARTS, S3Location
+from repository.s3_multipart import S3Multipart
 from repository.storage import Bytes, ObjectInfo, ObjectStat, check_name, check_prefix, valid_part
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3.client import S3Client
+    pass
 
 T = TypeVar("T")
-
-
-class LockArgs(TypedDict, total=False):
-    """What a write adds on a bucket with Object Lock (s3_object_lock.py)."""
-
-    ObjectLockMode: Literal["COMPLIANCE", "GOVERNANCE"]
-    ObjectLockRetainUntilDate: datetime
 
 
 DELETE_BATCH = 1000  # DeleteObjects' limit
 
 
-class S3Storage:
-    """storage.Storage on ``location`` (its bucket must exist: ``create_bucket`` makes one).
-
-    ``parts_uploaded`` and ``part_bytes`` count the multipart parts this storage sent
-    and their bytes (botocore's retries not counted): tests and benchmarks."""
-
-    parts_uploaded = 0
-    part_bytes = 0
-    _count_lock = threading.Lock()
-
-    def __init__(self, location: S3Location, client: S3Client | None = None) -> None:
-        self.loc = location
-        self._prefix = location.prefix + "/" if location.prefix else ""
-        self._client = client if client is not None else make_client(location)
-
-    def __repr__(self) -> str:
-        return f"S3Storage({self.loc.endpoint}/{self.loc.bucket}/{self._prefix})"
-
-    # --- names ------------------------------------------------------------------
-
-    def key(self, name: str) -> str:
-        return self._prefix + check_name(name)
-
-    def location(self, name: str) -> str:
-        return f"{self.loc.endpoint.rstrip('/')}/{self.loc.bucket}/{self.key(name)}"
+class S3Storage(S3Multipart):
+    """storage.Storage on ``location`` (its bucket must exist: ``create_bucket`` makes one)."""
 
     # --- reading ----------------------------------------------------------------
 
@@ -223,90 +185,6 @@ class S3Storage:
 
         return self._call(put, "write", name)
 
-    def _multipart(
-        self, name: str, key: str, first: bytes, second: bytes, rest: Iterator[bytes]
-    ) -> None:
-        upload_id = self.begin_upload(name)
-        done: list[tuple[int, str]] = []
-        try:
-            for number, body in enumerate(itertools.chain((first, second), rest), start=1):
-                if number > MAX_PARTS:
-                    raise RepositoryError(
-                        f"cannot write {self.location(name)}: over {MAX_PARTS} parts"
-                        f" of {self.loc.part_size} bytes"
-                    )
-                done.append((number, self.upload_part(name, upload_id, number, body)))
-            self.complete_upload(name, upload_id, done)
-        except BaseException:
-            self.abort_upload(name, upload_id)
-            raise
-
-    # --- a multipart upload, step by step (s3_pack_stream.py: parts as a pack fills) ---
-
-    def begin_upload(self, name: str) -> str:
-        """CreateMultipartUpload of ``name``: the upload's id. Nothing shows under the
-        name until ``complete_upload``; an upload never completed nor aborted is what
-        ``remove_unfinished`` aborts."""
-        key = self.key(name)
-        up = self._call(
-            lambda: self._client.create_multipart_upload(Bucket=self.loc.bucket, Key=key),
-            "write",
-            name,
-        )
-        return up["UploadId"]
-
-    def upload_part(self, name: str, upload_id: str, number: int, body: bytes) -> str:
-        """UploadPart ``number`` (1..MAX_PARTS; every part but the last >= MIN_PART
-        bytes, which CompleteMultipartUpload checks): the part's ETag."""
-        if not 1 <= number <= MAX_PARTS:
-            raise ValueError(f"upload_part({name!r}, part {number}): not in 1..{MAX_PARTS}")
-        key = self.key(name)
-        resp = self._call(
-            lambda: self._client.upload_part(
-                Bucket=self.loc.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
-            ),
-            "write",
-            name,
-        )
-        with self._count_lock:
-            self.parts_uploaded += 1
-            self.part_bytes += len(body)
-        return resp["ETag"]
-
-    def complete_upload(self, name: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> None:
-        """CompleteMultipartUpload of (part number, ETag) ``parts``: the object shows,
-        whole; then what a locked bucket adds (``_completed``)."""
-        key = self.key(name)
-        listed = [{"PartNumber": n, "ETag": etag} for n, etag in parts]
-        resp = self._call(
-            lambda: self._client.complete_multipart_upload(
-                Bucket=self.loc.bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": listed},  # type: ignore[typeddict-item]
-            ),
-            "write",
-            name,
-        )
-        self._completed(name, resp.get("VersionId"))
-
-    def abort_upload(self, name: str, upload_id: str) -> None:
-        """AbortMultipartUpload, best effort: one that fails stays for
-        ``remove_unfinished``."""
-        with contextlib.suppress(bx.BotoCoreError, bx.ClientError):
-            self._client.abort_multipart_upload(
-                Bucket=self.loc.bucket, Key=self.key(name), UploadId=upload_id
-            )
-
-    # hooks for a bucket with Object Lock (s3_object_lock.LockedS3Storage)
-
-    def _put_args(self, name: str) -> LockArgs:
-        """More arguments of the PutObject/CopyObject that writes ``name``."""
-        return {}
-
-    def _completed(self, name: str, version_id: str | None) -> None:
-        """After the CompleteMultipartUpload of ``name`` (its new version's id)."""
-
     def touch(self, name: str) -> bool:
         key = self.key(name)
 
@@ -362,50 +240,6 @@ class S3Storage:
                 f"cannot delete {len(errors)} objects under {self.location(prefix)}/, e.g."
                 f" {e.get('Key', '?')}: {e.get('Code', '?')} {e.get('Message', '')}".rstrip()
             )
-
-    def remove_unfinished(self, prefix: str, older_than: float, *, dry_run: bool = False) -> int:
-        full = self._prefix + check_name(prefix) + "/"
-        pages = self._client.get_paginator("list_multipart_uploads").paginate(
-            Bucket=self.loc.bucket, Prefix=full
-        )
-        it = iter(pages)
-        removed = 0
-        while (page := self._call(lambda: next(it, None), "list uploads", prefix)) is not None:
-            for up in page.get("Uploads", []):
-                if up["Initiated"].timestamp() >= older_than:
-                    continue
-                removed += 1
-                if not dry_run:
-                    key, uid = up["Key"], up["UploadId"]
-                    self._call(
-                        lambda k=key, u=uid: self._client.abort_multipart_upload(  # type: ignore[misc]
-                            Bucket=self.loc.bucket, Key=k, UploadId=u
-                        ),
-                        "abort the upload of",
-                        key[len(self._prefix) :],
-                        missing_ok=True,
-                    )
-        return removed
-
-    # --- errors -----------------------------------------------------------------
-
-    def _call(self, fn: Callable[[], T], verb: str, name: str, *, missing_ok: bool = False) -> T:
-        """``fn()`` with botocore's and the endpoint's errors as repository errors."""
-        where = self.location(name) if valid_name(name) else f"{self.loc.endpoint} ({name})"
-        try:
-            return fn()
-        except bx.ClientError as exc:
-            if missing_ok and code(exc) == "NoSuchUpload":
-                return None  # type: ignore[return-value]
-            failed = translate(exc, self.loc, verb, name, where)
-            if not isinstance(failed, MissingObjectError):  # absent keys are answers
-                REPO_S3_ERRORS.labels(verb, error_reason(exc)).inc()
-            raise failed from None
-        except bx.BotoCoreError as exc:
-            failed = translate(exc, self.loc, verb, name, where)
-            if not isinstance(failed, BodyCut):  # read again by the caller
-                REPO_S3_ERRORS.labels(verb, error_reason(exc)).inc()
-            raise failed from None
 
     def check_bucket(self) -> None:
         """RepositoryError unless the bucket exists and these credentials may use it (a
