@@ -54,6 +54,8 @@ class S3Calls:
             return fn()
         except bx.ClientError as exc:
             if missing_ok and code(exc) == "NoSuchUpload":
+                # only aborts pass missing_ok, and they drop the result: a real
+                # NoSuchUpload from RGW (test_s3_pack_stream) lands here
                 return None  # type: ignore[return-value]
             failed = translate(exc, self.loc, verb, name, where)
             if not isinstance(failed, MissingObjectError):  # absent keys are answers

@@ -83,6 +83,8 @@ class S3Multipart(S3Calls):
                 Bucket=self.loc.bucket,
                 Key=key,
                 UploadId=upload_id,
+                # the stubs want CompletedPartTypeDef; this dict is that shape, and RGW
+                # completes it in test_s3_pack_stream and test_s3_storage
                 MultipartUpload={"Parts": listed},  # type: ignore[typeddict-item]
             ),
             "write",
@@ -113,6 +115,8 @@ class S3Multipart(S3Calls):
                 if not dry_run:
                     key, uid = up["Key"], up["UploadId"]
                     self._call(
+                        # mypy cannot type a lambda's defaults (bound per loop turn);
+                        # the real abort runs in test_s3_pack_stream's kill test
                         lambda k=key, u=uid: self._client.abort_multipart_upload(  # type: ignore[misc]
                             Bucket=self.loc.bucket, Key=k, UploadId=u
                         ),
