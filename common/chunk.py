@@ -91,7 +91,8 @@ def looks_incompressible(data: bytes | bytearray | memoryview, level: int) -> bo
 def compress(
     data: bytes | bytearray | memoryview, level: int, *, probe: bool = True
 ) -> tuple[bytes | bytearray, bool]:
-    """zstd-compress ``data``; returns (payload, compressed).
+    """zstd-compress ``data`` at ``level`` (0: not at all; negative: a fast level);
+    returns (payload, compressed).
 
     The raw bytes are returned (compressed=False) when compression does not make the
     payload smaller, or, with ``probe``, when no sample of it compresses (then zstd is not
@@ -99,7 +100,7 @@ def compress(
     itself unless it is a memoryview (which may look into a buffer that gets reused): the
     caller hands over a bytes or bytearray chunk and must not change it afterwards.
     """
-    if level > 0 and not (probe and looks_incompressible(data, level)):
+    if level != 0 and not (probe and looks_incompressible(data, level)):
         out = _compressor(level).compress(data)
         if len(out) < len(data):
             return out, True

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from common.compression_level import level_problem
 from repository.errors import CorruptObjectError, RepositoryFormatError
 from repository.meta_auth import MetaAuth
 
@@ -89,9 +90,9 @@ def check_fields(doc: dict[str, Any], version: int = REPO_VERSION, *, sealed: bo
         raise ConfigFieldError(
             "chunk_size", f"chunk size {cs!r:.40} must be a power of two from 256 KiB to 8 MiB"
         )
-    lvl = doc["compression_level"]
-    if not _int(lvl) or not 0 <= lvl <= 22:
-        raise ConfigFieldError("compression_level", f"compression level {lvl!r:.40} outside 0..22")
+    level_bad = level_problem(doc["compression_level"])
+    if level_bad is not None:
+        raise ConfigFieldError("compression_level", level_bad)
     if doc["encryption"] not in ENCRYPTIONS:
         raise ConfigFieldError(
             "encryption", f"{doc['encryption']!r:.40} is not one of {ENCRYPTIONS}"

@@ -367,7 +367,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=3,
         metavar="N",
-        help="zstd level for chunks (0 = none; default 3)",
+        help=(
+            "zstd level for chunks: 1..22, or -1..-10 for zstd's fast levels (about lz4's "
+            "speed and size), 0 = none; default 3"
+        ),
     )
     p.add_argument("--encrypt", action="store_true", help="AES-256-GCM with a passphrase key file")
     p.add_argument(

@@ -6,6 +6,7 @@ import typing
 from dataclasses import dataclass
 from typing import ClassVar
 
+from common.compression_level import level_problem
 from common.messages.base import (
     ID_LEN,
     Fields,
@@ -61,6 +62,11 @@ class BackupTask(Message):
     ranges: list[tuple[int, int]]  # (offset, length), chunk aligned; last may end at capacity
     results_to: str
     transport: str = ""  # "" = the proxy's configured default
+
+    def __post_init__(self) -> None:
+        bad = level_problem(self.compression_level)
+        if bad is not None:
+            raise MessageError(f"task: {bad}")
 
 
 @dataclass(frozen=True, slots=True)

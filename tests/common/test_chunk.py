@@ -17,6 +17,7 @@ from common.chunk import (
     is_zero,
     looks_incompressible,
 )
+from common.compression_level import MIN_LEVEL
 
 MiB = 1 << 20
 
@@ -31,7 +32,7 @@ def _text(n: int) -> bytes:
 
 
 @settings(max_examples=200, deadline=None)
-@given(data=st.binary(max_size=3 * PROBE_MIN), level=st.integers(0, 5), probe=st.booleans())
+@given(data=st.binary(max_size=3 * PROBE_MIN), level=st.integers(MIN_LEVEL, 5), probe=st.booleans())
 def test_compress_round_trips_whatever_it_chooses(data: bytes, level: int, probe: bool) -> None:
     payload, compressed = compress(data, level, probe=probe)
     if compressed:

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common import messages as m
+from common.compression_level import MAX_LEVEL, MIN_LEVEL
 from common.job_ids import new_job_id
 from common.packed_entries import pack_entries
 from common.snapshot_disk import SnapshotDisk
@@ -65,7 +66,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
             capacity=i64,
         ),
         chunk_size=i64,
-        compression_level=st.integers(0, 22),
+        compression_level=st.integers(MIN_LEVEL, MAX_LEVEL),
         ranges=st.lists(st.tuples(i64, i64), max_size=10),
         results_to=text,
         transport=text,
@@ -560,3 +561,14 @@ def test_messages_of_senders_before_job_ids_are_understood(msg: m.Message, kind:
     assert got == dataclasses.replace(msg, job_id="")
     with pytest.raises(m.MessageError, match="unexpected field"):
         m.decode(msgpack.packb({**v1, "job_id": "x"}, use_bin_type=True), kind)
+
+
+@pytest.mark.parametrize("level", [MIN_LEVEL - 1, MAX_LEVEL + 1, 10**9])
+def test_a_task_with_a_compression_level_zstd_has_not_is_refused(level: int) -> None:
+    disk = SnapshotDisk("vc", "dc", "esx", "ds", "vm-1", "snapshot-1", "[ds] a/a.vmdk", 4096)
+    body = _raw(m.BackupTask("t", "j", "u", "vm", 2000, disk, 1024, 1, [(0, 4096)], "r"))
+    body["compression_level"] = level
+    with pytest.raises(m.MessageError, match=f"task: compression level {level} outside"):
+        m.decode(msgpack.packb(body, use_bin_type=True))
+    body["compression_level"] = MIN_LEVEL  # a fast level crosses as it is
+    assert m.decode(msgpack.packb(body, use_bin_type=True)).compression_level == MIN_LEVEL

@@ -198,6 +198,7 @@ def _write_config(path: Path, doc: dict) -> None:
         ("chunk_size", 128 * 1024, "'chunk_size'"),
         ("compression_level", 23, "'compression_level'"),
         ("compression_level", True, "'compression_level'"),
+        ("compression_level", -11, "'compression_level'.*-10..22"),
         ("id", "not-a-uuid", "'id'"),
         ("created", "yesterday", "'created'"),
         ("encryption", "rot13", "'encryption'"),
