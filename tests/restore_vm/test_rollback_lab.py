@@ -89,7 +89,8 @@ def chunks_of(ranges: list[tuple[int, int]], capacity: int) -> int:
 
 def _backup(stack: Stack) -> dict[str, str]:
     run = stack.backup()
-    assert run.returncode == 0, run.report
+    # on failure say why: the report's error and the coordinator's last lines
+    assert run.returncode == 0, (run.report.get("error"), run.log_path.read_text()[-4000:])
     return {v["name"]: v["point_id"] for v in run.report["vms"]}
 
 
