@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.e2e_changes import ChangeSet, Disk, guest_runs, isolated_writes
+from bench.e2e_floor import Floor, floor_table, measure_floor
 from bench.e2e_tools import (
     Borg,
     Measured,
@@ -548,6 +549,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="record the full job system-wide with `perf record -a -g` into FILE",
     )
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure the design's CPU floor on the same images (bench/e2e_floor.py)",
+    )
     args = ap.parse_args(argv)
     setup_logging("warning", "console")
     # SIGTERM unwinds like Ctrl-C, so the stack, the lab and the temp data are cleaned up.
@@ -558,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     spec, restore_cap = lab_spec(args.scale)
     work = Path(tempfile.mkdtemp(prefix="e2e-bench-", dir=args.dir))
     bench = Bench(args, work)
+    floor: Floor | None = None
     t_start = time.monotonic()
     print(f"e2e bench, scale {args.scale}, work dir {work}, load {os.getloadavg()}", flush=True)
     try:
@@ -596,6 +603,11 @@ def main(argv: list[str] | None = None) -> int:
             bench.ours(lab, disks, changes, (vm_r["moref"], int(d_r["key"]), rdisk))
             for level in args.also_level:
                 bench.ours_full_at(lab, level)
+            if args.floor:
+                floor = measure_floor(
+                    [d.path for d in disks], 1 << 20, args.compression_level, work
+                )
+                print("\n".join(floor_table(floor, None, {})), flush=True)
             for tool in make_tools(work, names):
                 bench.theirs(tool, disks, changes, rdisk)
             meta = {
@@ -615,6 +627,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_tables(meta, bench.results)
+    if floor is not None:
+        meta["floor"] = floor.as_detail()
+        fulls = {r.tool: r.cpu for r in bench.results if r.what == "full"}
+        peers = {t: c for t, c in fulls.items() if not t.startswith("vmbackup")}
+        print("\n".join(floor_table(floor, fulls.get("vmbackup"), peers)))
     if args.json:
         Path(args.json).write_text(
             json.dumps({"meta": meta, "results": [asdict(r) for r in bench.results]}, indent=1)
