@@ -27,3 +27,13 @@ def test_the_floor_reads_every_chunk_and_stores_only_new_ones(tmp_path: Path) ->
     lines = floor_table(fl, 2 * fl.total, {"borg-fixed": fl.total / 2})
     assert "| 3 / 7 |" in lines[3] and lines[3].endswith("| 2.00 |")
     assert lines[-1].startswith("  floor / borg-fixed's full CPU: 2.00")
+
+
+def test_holes_are_not_read(tmp_path: Path) -> None:
+    img = tmp_path / "sparse.img"
+    with open(img, "wb") as f:
+        f.truncate(64 * CS)  # all hole
+        f.seek(10 * CS + 5)
+        f.write(b"x" * (CS + 10))  # data in chunks 10 and 11 only
+    fl = measure_floor([img], CS, 3, tmp_path)
+    assert (fl.chunks, fl.new_chunks) == (2, 2)
