@@ -24,8 +24,9 @@ def test_the_floor_reads_every_chunk_and_stores_only_new_ones(tmp_path: Path) ->
     assert fl.stored_bytes == want
     assert not (tmp_path / "floor.pack").exists()
     assert min(fl.read, fl.proxy, fl.check, fl.store) >= 0 and fl.total > 0
+    assert 0 <= fl.writer_sys <= fl.check + fl.store and 0 <= fl.writer_kernel_share <= 1
     lines = floor_table(fl, 2 * fl.total, {"borg-fixed": fl.total / 2})
-    assert "| 3 / 7 |" in lines[3] and lines[3].endswith("| 2.00 |")
+    assert "% | 3 / 7 |" in lines[3] and lines[3].endswith("| 2.00 |")
     assert lines[-1].startswith("  floor / borg-fixed's full CPU: 2.00")
 
 
