@@ -2,7 +2,7 @@
 restore from each, in the same run on the same lab.
 
     .venv/bin/python -m bench.e2e_s3 [--vms 4] [--mib 256] [--rounds 1] [--stream-part-mib 0]
-        [--keep DIR]   # then: python -m bench.job_tail DIR/s3-0 DIR/local-0
+        [--tls] [--keep DIR]   # then: python -m bench.job_tail DIR/s3-0 DIR/local-0
 
 One lab (1 cluster, 2 hosts, ``--vms`` VMs of one disk of ``--mib`` MiB, lab.fill_disks'
 mix, no clones), one RGW (lab/ceph_rgw.py, memstore; $VMBACKUP_BENCH_RGW_DIR or
@@ -52,6 +52,7 @@ class Row:
     restore_cpu: float
     restore_ok: bool
     load: str
+    roles: str = ""  # CPU s per role of the full: where S3's extra CPU goes
 
 
 def gateway_cpu(info: ceph_rgw.RgwInfo) -> float:
@@ -96,8 +97,11 @@ def one(
         out.unlink()
         if url:
             empty_repository(S3RepoStorage(load_s3_config(cfg, url)))
+    roles = " ".join(
+        f"{k[4:]} {v:.2f}" for k, v in sorted(full.detail.items()) if k.startswith("cpu:")
+    )
     return Row(target, rnd, full.wall, full.cpu, full.bytes_read, g1 - g0, objects, m.wall,
-               m.cpu, ok, f"{full.load_before:.1f}→{m.load_after:.1f}")  # fmt: skip
+               m.cpu, ok, f"{full.load_before:.1f}→{m.load_after:.1f}", roles)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--keep", type=Path, help="work in this (new) directory and keep it: the stack's logs"
     )
+    ap.add_argument(
+        "--tls",
+        action="store_true",
+        help="S3 over the gateway's https endpoint (its own CA), as a deployment runs it: "
+        "botocore then sends UNSIGNED-PAYLOAD instead of hashing every body for SigV4",
+    )
     args = ap.parse_args(argv)
     rgw_dir = Path(os.environ.get("VMBACKUP_BENCH_RGW_DIR") or ceph_rgw.DEFAULT_DIR)
     if args.keep:
@@ -120,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     info = ceph_rgw.start(rgw_dir)
     try:
         bucket = f"bench-{uuid.uuid4().hex[:12]}"
-        cfg = s3_config_file(work, info)
+        cfg = s3_config_file(work, info, tls=args.tls)
         if args.stream_part_mib:
             cfg.write_text(cfg.read_text() + f"stream_part_mib = {args.stream_part_mib}\n")
         S3RepoStorage(load_s3_config(cfg, f"s3://{bucket}")).create_bucket()
@@ -145,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
-    print(f"\n{args.vms} VMs x {args.mib} MiB, {args.rounds} round(s); load {os.getloadavg()}")
+    print(
+        f"\n{args.vms} VMs x {args.mib} MiB, {args.rounds} round(s), S3 over "
+        f"{'https' if args.tls else 'http'}; load {os.getloadavg()}"
+    )
     print("| target | round | full s | MB/s | ratio | CPU s (pipeline) | CPU s (gateway) |"
           " objects | objects/GiB read | restore s | restore MB/s | ratio | restore CPU s |"
           " bit-exact | load |")  # fmt: skip

@@ -36,11 +36,15 @@ def wanted() -> bool:
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "no", "off", "false")
 
 
-def s3_config_file(work: Path, info: ceph_rgw.RgwInfo) -> Path:
+def s3_config_file(work: Path, info: ceph_rgw.RgwInfo, *, tls: bool = False) -> Path:
+    """The S3 config of the lab's gateway; ``tls``: its https endpoint, checked against
+    the gateway's own CA."""
     path = work / "s3.toml"
+    endpoint = info.tls_endpoint if tls else info.endpoint
     path.write_text(
-        f'endpoint = "{info.endpoint}"\n'
-        f'region = "{info.region}"\n'
+        f'endpoint = "{endpoint}"\n'
+        + (f'ca_file = "{info.ca_file}"\n' if tls else "")
+        + f'region = "{info.region}"\n'
         f'credentials_file = "{info.credentials_file}"\n',
         encoding="utf-8",
     )
