@@ -14,7 +14,11 @@ import botocore.exceptions as bx
 from repository.errors import RepositoryError
 from repository.s3_calls import S3Calls
 from repository.s3_config import MAX_PARTS
+from repository.s3_file_body import FileRange, request_body
 from repository.storage import check_name
+
+# A part's bytes: in memory, or a range of a local file read as it is sent.
+PartBody = bytes | FileRange
 
 
 class S3Multipart(S3Calls):
@@ -26,7 +30,7 @@ class S3Multipart(S3Calls):
     _count_lock = threading.Lock()
 
     def _multipart(
-        self, name: str, key: str, first: bytes, second: bytes, rest: Iterator[bytes]
+        self, name: str, key: str, first: PartBody, second: PartBody, rest: Iterator[PartBody]
     ) -> None:
         upload_id = self.begin_upload(name)
         done: list[tuple[int, str]] = []
@@ -55,7 +59,7 @@ class S3Multipart(S3Calls):
         )
         return up["UploadId"]
 
-    def upload_part(self, name: str, upload_id: str, number: int, body: bytes) -> str:
+    def upload_part(self, name: str, upload_id: str, number: int, body: PartBody) -> str:
         """UploadPart ``number`` (1..MAX_PARTS; every part but the last >= MIN_PART
         bytes, which CompleteMultipartUpload checks): the part's ETag."""
         if not 1 <= number <= MAX_PARTS:
@@ -63,7 +67,11 @@ class S3Multipart(S3Calls):
         key = self.key(name)
         resp = self._call(
             lambda: self._client.upload_part(
-                Bucket=self.loc.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                Bucket=self.loc.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=request_body(body),
             ),
             "write",
             name,

@@ -22,7 +22,6 @@ cache; :func:`recover` (run on open) seals and uploads every one whose writer is
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,25 +53,17 @@ def cached_index(root: Path, pack: bytes) -> Path:
     return root / INDEX / (pack.hex() + pack_index_file.SUFFIX)
 
 
-def upload(storage: Storage, root: Path, pack: bytes, path: Path, entries: Sequence[Entry]) -> None:
+def upload(
+    storage: S3Storage, root: Path, pack: bytes, path: Path, entries: Sequence[Entry]
+) -> None:
     """Steps 1-3 of the module docstring for a sealed pack file at ``path``."""
     upload_whole(storage, pack, path)
     upload_index(storage, root, pack, entries)
 
 
-def upload_whole(storage: Storage, pack: bytes, path: Path) -> None:
+def upload_whole(storage: S3Storage, pack: bytes, path: Path) -> None:
     """The sealed pack file at ``path`` as its object (step 1, without streaming)."""
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as mm:
-                view = memoryview(mm)
-                try:
-                    storage.write(pack_object(pack), [view])
-                finally:
-                    view.release()
-    except OSError as exc:
-        raise os_error(exc, f"pack {path}") from exc
+    storage.write_file(pack_object(pack), path)
 
 
 def upload_index(storage: Storage, root: Path, pack: bytes, entries: Sequence[Entry]) -> None:
@@ -85,7 +76,7 @@ def upload_index(storage: Storage, root: Path, pack: bytes, entries: Sequence[En
 class UploadingPack(OpenPack):
     """An open pack whose seal uploads it (and drops the local copy)."""
 
-    storage: Storage
+    storage: S3Storage
     stream: PackStream | None = None  # its parts sent as it fills (stream_to)
     _trailed = False
     drop_written = False  # read again at seal (or by a part), for the upload
@@ -121,7 +112,7 @@ class UploadingPack(OpenPack):
         self._drop_log()
 
 
-def recover(storage: Storage, root: Path, size_range: tuple[int, int]) -> int:
+def recover(storage: S3Storage, root: Path, size_range: tuple[int, int]) -> int:
     """Seal and upload the cache's open packs whose writer is gone; how many."""
     done = 0
     for pack, path in abandoned(root / PACKS / "open"):
@@ -131,7 +122,7 @@ def recover(storage: Storage, root: Path, size_range: tuple[int, int]) -> int:
 
 
 def _recover_one(
-    storage: Storage, root: Path, pack: bytes, path: Path, size_range: tuple[int, int]
+    storage: S3Storage, root: Path, pack: bytes, path: Path, size_range: tuple[int, int]
 ) -> bool:
     try:
         data = path.read_bytes()

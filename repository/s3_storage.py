@@ -35,19 +35,23 @@ its credentials in s3_config.py.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import botocore.exceptions as bx
 
 from repository.errors import MissingObjectError, RepositoryError
+from repository.fsutil import os_error
 from repository.s3_client import (
     MISSING_KEY,
     BodyCut,
     code,
     pieces,
 )
+from repository.s3_file_body import FileRange, request_body
 from repository.s3_multipart import S3Multipart
 from repository.storage import Bytes, ObjectInfo, ObjectStat, check_name, check_prefix, valid_part
 
@@ -165,6 +169,36 @@ class S3Storage(S3Multipart):
             )
             return
         self._multipart(name, key, first, second, cut)
+
+    def write_file(self, name: str, path: Path) -> None:
+        """``write`` of the bytes of the local file ``path`` (a sealed pack), which botocore
+        reads from the file as it sends them: no copy of the object or of a part in
+        memory (s3_file_body.py). The file must not change while this runs."""
+        key = self.key(name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise os_error(exc, f"file {path} for {self.location(name)}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            part = self.loc.part_size
+            if size <= part:  # one PUT, as write() sends what fits one
+                extra = self._put_args(name)
+                self._call(
+                    lambda: self._client.put_object(
+                        Bucket=self.loc.bucket,
+                        Key=key,
+                        Body=request_body(FileRange(fd, 0, size)),
+                        **extra,
+                    ),
+                    "write",
+                    name,
+                )
+                return
+            bodies = [FileRange(fd, off, min(part, size - off)) for off in range(0, size, part)]
+            self._multipart(name, key, bodies[0], bodies[1], iter(bodies[2:]))
+        finally:
+            os.close(fd)
 
     def create(self, name: str, parts: Sequence[Bytes]) -> bool:
         # One PUT whatever the size (S3 takes up to 5 GiB so): RGW 16 ignores

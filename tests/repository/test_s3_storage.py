@@ -47,6 +47,31 @@ def test_large_object_goes_multipart_and_reads_back_equal(s3_storage: S3Storage)
     assert "-" not in head["ETag"]
 
 
+def test_a_file_goes_up_from_the_file_whole_or_in_parts(
+    s3_storage: S3Storage, tmp_path: Path
+) -> None:
+    """write_file: botocore reads the bodies from the file (no copy in memory); one PUT up
+    to a part's size, a multipart upload past it, the object equal to the file either way."""
+    part = s3_storage.loc.part_size
+    for name, size, parts in (
+        ("packs/cd/small", MiB + 3, 0),
+        ("packs/cd/exact", part, 0),
+        ("packs/cd/big", 2 * part + 12345, 3),
+    ):
+        src = tmp_path / name.rsplit("/", 1)[1]
+        data = os.urandom(size)
+        src.write_bytes(data)
+        before = s3_storage.parts_uploaded
+        s3_storage.write_file(name, src)
+        assert s3_storage.read(name) == data
+        assert s3_storage.parts_uploaded - before == parts
+        etag = s3_storage._client.head_object(Bucket=s3_storage.loc.bucket, Key=name)["ETag"]
+        assert etag.strip('"').endswith(f"-{parts}") if parts else "-" not in etag
+    with pytest.raises(RepositoryError, match=r"gone\.bin"):
+        s3_storage.write_file("packs/cd/gone", tmp_path / "gone.bin")
+    assert not s3_storage.exists("packs/cd/gone")
+
+
 def test_prefix_keeps_repositories_apart(rgw: Rgw, s3_storage: S3Storage) -> None:
     a = S3Storage(replace(s3_storage.loc, prefix="site-a/repo"))
     b = S3Storage(replace(s3_storage.loc, prefix="site-a/repo2"))

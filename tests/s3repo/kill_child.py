@@ -13,6 +13,7 @@ from pathlib import Path
 
 from repository.import_disk import import_disk
 from repository.repository import Repository
+from repository.s3_multipart import PartBody
 from repository.s3_repo_storage import S3RepoStorage
 from repository.storage import Bytes
 
@@ -26,10 +27,17 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         real_write(self, name, parts)
 
+    real_write_file = S3RepoStorage.write_file
+
+    def write_file(self: S3RepoStorage, name: str, path: Path) -> None:  # sealed packs
+        if name.startswith(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_write_file(self, name, path)
+
     real_part = S3RepoStorage.upload_part
 
     def upload_part(
-        self: S3RepoStorage, name: str, upload_id: str, number: int, body: bytes
+        self: S3RepoStorage, name: str, upload_id: str, number: int, body: PartBody
     ) -> str:
         if kill_at == f"part:{number}" and name.startswith("packs/"):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -39,6 +47,7 @@ def main() -> None:
     # unless this is the moment to SIGKILL the process (a signal cannot be sent from
     # inside botocore at an exact request otherwise).
     S3RepoStorage.write = write  # type: ignore[method-assign,assignment]
+    S3RepoStorage.write_file = write_file  # type: ignore[method-assign,assignment]
     S3RepoStorage.upload_part = upload_part  # type: ignore[method-assign,assignment]
     repo = Repository.open(url, s3_config=cfg, cache_dir=Path(cache))
     import_disk(repo, "vm", 2000, image, workers=0)
