@@ -47,6 +47,8 @@ def main() -> None:
     # unless this is the moment to SIGKILL the process (a signal cannot be sent from
     # inside botocore at an exact request otherwise).
     S3RepoStorage.write = write  # type: ignore[method-assign,assignment]
+    # sealed packs go up through write_file (read from the file): the real one runs, on
+    # the lab's RGW, unless this is the kill point
     S3RepoStorage.write_file = write_file  # type: ignore[method-assign,assignment]
     S3RepoStorage.upload_part = upload_part  # type: ignore[method-assign,assignment]
     repo = Repository.open(url, s3_config=cfg, cache_dir=Path(cache))
